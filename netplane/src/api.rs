@@ -1,0 +1,114 @@
+//! The daemon's REST API: paths and JSON bodies, shared by server and client.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every path.
+pub const PREFIX: &str = "/v1";
+
+/// `POST /v1/endpoints`: the flags of `create` and `run`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateEndpoint {
+    /// Endpoint name.
+    pub name: String,
+    /// `bridge`, `host`, `none`, `container:OTHER` or a network name.
+    pub net: String,
+    /// Requested address.
+    pub ip: Option<Ipv4Addr>,
+    /// Hostname of processes started in it.
+    pub hostname: Option<String>,
+    /// `-p` specs.
+    pub publish: Vec<String>,
+    /// `--link OTHER:ALIAS` specs.
+    pub links: Vec<String>,
+}
+
+/// One host binding of a published port, as in `docker inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostBinding {
+    /// Host address, `0.0.0.0` for all.
+    pub host_ip: String,
+    /// Host port.
+    pub host_port: String,
+}
+
+/// Network settings in the shape of `docker inspect`'s `NetworkSettings`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSettings {
+    /// Path of the network namespace.
+    pub sandbox_key: String,
+    /// Address, empty when none.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Prefix length, 0 when no address.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// Default gateway, empty when none.
+    pub gateway: String,
+    /// MAC of eth0, empty when none.
+    pub mac_address: String,
+    /// `"CPORT/proto"` to host bindings.
+    pub ports: BTreeMap<String, Vec<HostBinding>>,
+}
+
+/// `GET /v1/endpoints/NAME`: what `netplane inspect` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointInfo {
+    /// Name.
+    pub name: String,
+    /// `bridge`, `host`, `none` or `container:OTHER`.
+    pub mode: String,
+    /// Hostname of processes started in it.
+    pub hostname: String,
+    /// `--link` specs.
+    pub links: Vec<String>,
+    /// Network settings.
+    pub network_settings: NetworkSettings,
+}
+
+/// `GET /v1/networks/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkInfo {
+    /// Network name.
+    pub name: String,
+    /// `bridge`, `host` or `null`, as Docker names them.
+    pub driver: String,
+    /// Bridge device, for bridge networks.
+    pub bridge: Option<String>,
+    /// Subnet, for bridge networks.
+    pub subnet: Option<String>,
+    /// Gateway, for bridge networks.
+    pub gateway: Option<String>,
+    /// Whether endpoints may talk to each other, for bridge networks.
+    pub icc: Option<bool>,
+    /// Endpoints attached.
+    pub endpoints: Vec<String>,
+}
+
+/// `GET /v1/info`: the daemon itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DaemonInfo {
+    /// Daemon process id.
+    pub pid: u32,
+    /// Network namespace the daemon manages (`/proc/PID/ns/net`).
+    pub netns: String,
+    /// Bridge device.
+    pub bridge: String,
+    /// Uplink interface, if any.
+    pub uplink: Option<String>,
+    /// Bridge subnet.
+    pub subnet: String,
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line naming what is wrong.
+    pub error: String,
+}

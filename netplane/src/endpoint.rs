@@ -1,0 +1,333 @@
+//! Endpoints (Docker's containers, as far as the network is concerned): the
+//! validated model and the plan of kernel steps that realises one.
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Name of the default bridge network, as in `docker network ls`.
+pub const BRIDGE_NETWORK: &str = "bridge";
+/// Interface name of an endpoint inside its namespace.
+pub const ENDPOINT_IFNAME: &str = "eth0";
+/// Prefix of the host-side veth names netplane creates.
+pub const HOST_VETH_PREFIX: &str = "npv";
+
+/// How an endpoint is attached, Docker's `--net`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Own namespace with a veth into the bridge network.
+    Bridge,
+    /// The host's namespace.
+    Host,
+    /// Own namespace with only loopback.
+    None,
+    /// The namespace of another endpoint.
+    Container(String),
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            BRIDGE_NETWORK => Ok(Mode::Bridge),
+            "host" => Ok(Mode::Host),
+            "none" => Ok(Mode::None),
+            _ => match s.strip_prefix("container:") {
+                Some(other) => {
+                    validate_name(other)?;
+                    Ok(Mode::Container(other.to_string()))
+                }
+                None => Err(Error::NetworkNotFound(s.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Bridge => f.write_str(BRIDGE_NETWORK),
+            Mode::Host => f.write_str("host"),
+            Mode::None => f.write_str("none"),
+            Mode::Container(other) => write!(f, "container:{other}"),
+        }
+    }
+}
+
+/// Checks an endpoint name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63
+/// characters, since it also names a file in /run/netns and /etc/netns.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// Docker's MAC scheme: 02:42 followed by the IPv4 address, so the MAC is
+/// locally administered, unicast and unique within the subnet.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Host-side veth of the endpoint with store id `id` (unique, never reused).
+pub fn host_veth_name(id: i64) -> String {
+    format!("{HOST_VETH_PREFIX}{id:x}")
+}
+
+/// The bridge network endpoints attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeNet {
+    /// Bridge device name.
+    pub bridge: String,
+    /// Subnet with the gateway's prefix length.
+    pub subnet: Ipv4Net,
+    /// The bridge's address.
+    pub gateway: Ipv4Addr,
+}
+
+/// An endpoint as stored: everything needed to (re)build or remove it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Store id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Attachment.
+    pub mode: Mode,
+    /// Leased address (bridge mode only).
+    pub ip: Option<Ipv4Addr>,
+    /// Hostname for processes started in it, if it has its own.
+    pub hostname: Option<String>,
+}
+
+impl Endpoint {
+    /// The host-side veth, for bridge endpoints.
+    pub fn host_veth(&self) -> Option<String> {
+        (self.mode == Mode::Bridge).then(|| host_veth_name(self.id))
+    }
+
+    /// Path of its named network namespace, if it has one.
+    pub fn netns_name(&self) -> Option<&str> {
+        (self.mode != Mode::Host).then_some(self.name.as_str())
+    }
+}
+
+/// One kernel or filesystem change. Each step can be undone, and undoing a
+/// step that was never applied (or half applied) is harmless.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A new named network namespace /run/netns/NAME with `lo` up.
+    Netns {
+        /// Namespace name.
+        name: String,
+    },
+    /// /run/netns/NAME naming the namespace of /run/netns/FROM.
+    ShareNetns {
+        /// New name.
+        name: String,
+        /// Existing namespace.
+        from: String,
+    },
+    /// A veth pair: `host` on the bridge, `eth0` in `netns` with address,
+    /// MAC and default route.
+    Veth {
+        /// Host-side name.
+        host: String,
+        /// Namespace of the endpoint side.
+        netns: String,
+        /// Endpoint address.
+        ip: Ipv4Addr,
+        /// Prefix length of the bridge subnet.
+        prefix_len: u8,
+        /// Default gateway.
+        gateway: Ipv4Addr,
+        /// Bridge to enslave the host side to.
+        bridge: String,
+    },
+    /// The data path's endpoint program on the host-side veth.
+    AttachDatapath {
+        /// Host-side veth.
+        ifname: String,
+    },
+    /// /etc/netns/NAME/{hosts,resolv.conf}.
+    EtcFiles {
+        /// Namespace name.
+        name: String,
+        /// Contents of `hosts`.
+        hosts: String,
+        /// Contents of `resolv.conf`.
+        resolv: String,
+    },
+}
+
+/// The steps that build `ep`, in order; removal undoes them in reverse.
+pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str) -> Vec<Step> {
+    let name = ep.name.clone();
+    let hostname = ep.hostname.clone().unwrap_or_else(|| name.clone());
+    let etc = |ip| Step::EtcFiles {
+        name: name.clone(),
+        hosts: hosts_file(&hostname, &name, ip),
+        resolv: resolv_conf(host_resolv),
+    };
+    match &ep.mode {
+        Mode::Host => Vec::new(),
+        Mode::None => vec![Step::Netns { name: name.clone() }, etc(None)],
+        Mode::Container(other) => vec![
+            Step::ShareNetns { name: name.clone(), from: other.clone() },
+            etc(ep.ip),
+        ],
+        Mode::Bridge => {
+            let ip = ep.ip.expect("bridge endpoints have an address");
+            let host = host_veth_name(ep.id);
+            vec![
+                Step::Netns { name: name.clone() },
+                Step::Veth {
+                    host: host.clone(),
+                    netns: name.clone(),
+                    ip,
+                    prefix_len: net.subnet.prefix_len(),
+                    gateway: net.gateway,
+                    bridge: net.bridge.clone(),
+                },
+                Step::AttachDatapath { ifname: host },
+                etc(Some(ip)),
+            ]
+        }
+    }
+}
+
+/// The hosts file of an endpoint, as Docker writes it.
+pub fn hosts_file(hostname: &str, name: &str, ip: Option<Ipv4Addr>) -> String {
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n",
+    );
+    let names = if hostname == name { name.to_string() } else { format!("{hostname} {name}") };
+    match ip {
+        Some(ip) => hosts.push_str(&format!("{ip}\t{names}\n")),
+        None => hosts.push_str(&format!("127.0.1.1\t{names}\n")),
+    }
+    hosts
+}
+
+/// The host's resolv.conf without loopback nameservers, which an endpoint in
+/// its own namespace cannot reach.
+pub fn resolv_conf(host_resolv: &str) -> String {
+    host_resolv
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace();
+            !(words.next() == Some("nameserver")
+                && words
+                    .next()
+                    .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|a| a.is_loopback()))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> BridgeNet {
+        BridgeNet {
+            bridge: "np0".into(),
+            subnet: "172.17.0.1/16".parse().unwrap(),
+            gateway: "172.17.0.1".parse().unwrap(),
+        }
+    }
+
+    fn ep(mode: Mode, ip: Option<&str>) -> Endpoint {
+        Endpoint {
+            id: 26,
+            name: "web".into(),
+            mode,
+            ip: ip.map(|s| s.parse().unwrap()),
+            hostname: None,
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-1", "db.prod_2", &"x".repeat(63)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "a/b", "a b", "é", &"x".repeat(64), "../x"] {
+            assert_eq!(validate_name(bad), Err(Error::InvalidName(bad.into())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("bridge".parse::<Mode>().unwrap(), Mode::Bridge);
+        assert_eq!("host".parse::<Mode>().unwrap(), Mode::Host);
+        assert_eq!("none".parse::<Mode>().unwrap(), Mode::None);
+        assert_eq!("container:db".parse::<Mode>().unwrap(), Mode::Container("db".into()));
+        assert_eq!("nope".parse::<Mode>(), Err(Error::NetworkNotFound("nope".into())));
+        assert!("container:".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn mac_and_veth_names() {
+        assert_eq!(format_mac(&mac_for("172.17.0.2".parse().unwrap())), "02:42:ac:11:00:02");
+        assert_eq!(host_veth_name(26), "npv1a");
+        assert!(host_veth_name(i64::from(u32::MAX)).len() <= 15, "IFNAMSIZ");
+    }
+
+    #[test]
+    fn bridge_plan() {
+        let steps = plan(&ep(Mode::Bridge, Some("172.17.0.2")), &net(), "nameserver 127.0.0.53\nnameserver 9.9.9.9\n");
+        assert_eq!(steps.len(), 4);
+        assert_eq!(steps[0], Step::Netns { name: "web".into() });
+        assert_eq!(
+            steps[1],
+            Step::Veth {
+                host: "npv1a".into(),
+                netns: "web".into(),
+                ip: "172.17.0.2".parse().unwrap(),
+                prefix_len: 16,
+                gateway: "172.17.0.1".parse().unwrap(),
+                bridge: "np0".into(),
+            }
+        );
+        assert_eq!(steps[2], Step::AttachDatapath { ifname: "npv1a".into() });
+        let Step::EtcFiles { hosts, resolv, .. } = &steps[3] else { panic!() };
+        assert!(hosts.ends_with("172.17.0.2\tweb\n"));
+        assert_eq!(resolv, "nameserver 9.9.9.9\n");
+    }
+
+    #[test]
+    fn other_mode_plans() {
+        assert!(plan(&ep(Mode::Host, None), &net(), "").is_empty());
+        let none = plan(&ep(Mode::None, None), &net(), "");
+        assert_eq!(none[0], Step::Netns { name: "web".into() });
+        assert_eq!(none.len(), 2);
+        let shared = plan(&ep(Mode::Container("db".into()), Some("172.17.0.9")), &net(), "");
+        assert_eq!(shared[0], Step::ShareNetns { name: "web".into(), from: "db".into() });
+        let Step::EtcFiles { hosts, .. } = &shared[1] else { panic!() };
+        assert!(hosts.contains("172.17.0.9\tweb"));
+    }
+
+    #[test]
+    fn hostname_goes_first_in_hosts() {
+        assert!(hosts_file("box", "web", None).ends_with("127.0.1.1\tbox web\n"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Errors of the netplane library. Each names the object and the operation.
+
+use std::{io, net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+
+use crate::{ipam::LeaseError, portspec::PortSpecError};
+
+/// What went wrong, by kind, so the API can answer with the right status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name that cannot name an endpoint.
+    #[error("invalid name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 63 characters")]
+    InvalidName(String),
+    /// An endpoint of that name exists.
+    #[error("endpoint {0} already exists")]
+    EndpointExists(String),
+    /// No endpoint of that name.
+    #[error("endpoint {0} not found")]
+    EndpointNotFound(String),
+    /// No network of that name.
+    #[error("network {0} not found")]
+    NetworkNotFound(String),
+    /// A `-p` argument was refused.
+    #[error(transparent)]
+    PortSpec(#[from] PortSpecError),
+    /// An address could not be leased.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// `--ip` was given for an endpoint that does not get an address.
+    #[error("--ip only applies to bridge endpoints, not {0}")]
+    IpNotApplicable(String),
+    /// A published host port is taken.
+    #[error("host port {port}/{proto} on {ip} is already published by {owner}")]
+    PortInUse {
+        /// Host port.
+        port: u16,
+        /// Protocol.
+        proto: String,
+        /// Host address (0.0.0.0 for all).
+        ip: Ipv4Addr,
+        /// Endpoint publishing it.
+        owner: String,
+    },
+    /// No free host port for `-p CPORT`.
+    #[error("no free host port left for {0}")]
+    NoFreeHostPort(String),
+    /// A `-p` host address is not an address of this host.
+    #[error("host address {0} in -p is not an address of this host")]
+    HostIpNotLocal(Ipv4Addr),
+    /// `--subnet` overlaps something on the host.
+    #[error("subnet {subnet} overlaps {other} already in use on this host")]
+    SubnetOverlaps {
+        /// Requested subnet.
+        subnet: Ipv4Net,
+        /// The route or address it overlaps.
+        other: Ipv4Net,
+    },
+    /// No default pool is free.
+    #[error("no free subnet in the default pools; pass --subnet")]
+    NoFreeSubnet,
+    /// The daemon was restarted with settings that contradict its state.
+    #[error("{what} is {stored} in the state in {dir}; `netplane down` first to change it")]
+    ConfigChanged {
+        /// Setting.
+        what: &'static str,
+        /// Stored value.
+        stored: String,
+        /// State directory.
+        dir: PathBuf,
+    },
+    /// Another daemon manages this network namespace.
+    #[error("a netplane daemon already runs in this network namespace")]
+    AlreadyRunning,
+    /// An interface that must exist does not.
+    #[error("interface {0} not found")]
+    InterfaceNotFound(String),
+    /// A device netplane would create exists and is not netplane's.
+    #[error("{0} already exists and is not managed by this netplane")]
+    Foreign(String),
+    /// The embedded eBPF object is empty.
+    #[error("this netplane was built without its eBPF object (bpf-linker missing); run `cargo xtask build-ebpf`")]
+    NoEbpfObject,
+    /// A netlink request failed.
+    #[error("{op} {object}: {source}")]
+    Netlink {
+        /// Operation.
+        op: &'static str,
+        /// Object operated on.
+        object: String,
+        /// Cause.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A system call or file operation failed.
+    #[error("{op} {object}: {source}")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// Object operated on.
+        object: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Loading, attaching or updating eBPF failed.
+    #[error("{op} {object}: {source}")]
+    Ebpf {
+        /// Operation.
+        op: &'static str,
+        /// Object operated on.
+        object: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(#[from] rusqlite::Error),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `op` on `object`.
+    pub fn io(op: &'static str, object: impl std::fmt::Display, source: impl Into<io::Error>) -> Self {
+        Error::Io { op, object: object.to_string(), source: source.into() }
+    }
+
+    /// An [`Error::Netlink`] for `op` on `object`.
+    pub fn netlink(op: &'static str, object: impl std::fmt::Display, source: rtnetlink::Error) -> Self {
+        Error::Netlink { op, object: object.to_string(), source }
+    }
+
+    /// An [`Error::Ebpf`] for `op` on `object`.
+    pub fn ebpf(
+        op: &'static str,
+        object: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Ebpf { op, object: object.to_string(), source: Box::new(source) }
+    }
+
+    /// Whether the request was at fault (as opposed to the host or netplane).
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidName(_)
+                | Error::PortSpec(_)
+                | Error::Lease(_)
+                | Error::IpNotApplicable(_)
+                | Error::HostIpNotLocal(_)
+                | Error::SubnetOverlaps { .. }
+                | Error::NoFreeHostPort(_)
+        )
+    }
+
+    /// Whether the request names something that does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::EndpointNotFound(_) | Error::NetworkNotFound(_))
+    }
+
+    /// Whether the request conflicts with existing state.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::EndpointExists(_) | Error::PortInUse { .. } | Error::Foreign(_))
+    }
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,11 @@
+//! netplane: a container network data plane for one Linux host.
+//!
+//! The pure core (address management, `-p` parsing, endpoint plans) is
+//! separate from the few modules under [`sys`] that talk to the kernel.
+
+pub mod api;
+pub mod endpoint;
+pub mod error;
+pub mod ipam;
+pub mod portspec;
+pub mod store;

@@ -1,0 +1,322 @@
+//! Docker's `-p` syntax: `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP, the default.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// An inclusive range of ports, never containing port 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port.
+    pub start: u16,
+    /// Last port, `>= start`.
+    pub end: u16,
+}
+
+impl PortRange {
+    /// Number of ports in the range.
+    pub fn len(&self) -> u32 {
+        u32::from(self.end - self.start) + 1
+    }
+
+    /// Whether the two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        let (start, end) = match s.split_once('-') {
+            Some((a, b)) => (parse_port(a)?, parse_port(b)?),
+            None => {
+                let p = parse_port(s)?;
+                (p, p)
+            }
+        };
+        if start > end {
+            return Err(format!("range {start}-{end} starts after it ends"));
+        }
+        Ok(PortRange { start, end })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port".into()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("{s:?} is not a port number (1-65535)")),
+    }
+}
+
+/// One `-p` argument, parsed and checked for internal consistency. Whether
+/// the host address belongs to the host and the host ports are free is
+/// checked by the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Host address to publish on; all addresses when absent.
+    pub host_ip: Option<Ipv4Addr>,
+    /// Host ports; picked by the daemon when absent.
+    pub host_ports: Option<PortRange>,
+    /// Ports of the endpoint.
+    pub container_ports: PortRange,
+    /// Protocol.
+    pub proto: Proto,
+}
+
+/// Why a `-p` argument was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid port spec {spec:?}: {reason}")]
+pub struct PortSpecError {
+    /// The argument as given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for PortSpec {
+    type Err = PortSpecError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        parse(spec).map_err(|reason| PortSpecError { spec: spec.to_string(), reason })
+    }
+}
+
+fn parse(spec: &str) -> Result<PortSpec, String> {
+    let (addr_ports, proto) = match spec.rsplit_once('/') {
+        Some((rest, "tcp")) => (rest, Proto::Tcp),
+        Some((rest, "udp")) => (rest, Proto::Udp),
+        Some((_, other)) => return Err(format!("unknown protocol {other:?} (tcp or udp)")),
+        None => (spec, Proto::Tcp),
+    };
+    if addr_ports.starts_with('[') {
+        return Err("IPv6 host addresses are not supported".into());
+    }
+    let parts: Vec<&str> = addr_ports.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [c] => (None, None, *c),
+        [h, c] => (None, Some(*h), *c),
+        [ip, h, c] => (Some(*ip), Some(*h), *c),
+        _ => return Err("expected [IP:][HOSTPORT:]CONTAINERPORT".into()),
+    };
+    let host_ip = ip
+        .map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| format!("{ip:?} is not an IPv4 address")))
+        .transpose()?;
+    let host_ports = host.filter(|h| !h.is_empty()).map(PortRange::parse).transpose()?;
+    let container_ports = PortRange::parse(container)?;
+    if let Some(h) = host_ports {
+        if h.len() != container_ports.len() {
+            return Err(format!(
+                "host range {h} and container range {container_ports} differ in length"
+            ));
+        }
+    }
+    Ok(PortSpec { host_ip, host_ports, container_ports, proto })
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        match (self.host_ports, self.host_ip) {
+            (Some(h), _) => write!(f, "{h}:")?,
+            (None, Some(_)) => f.write_str(":")?,
+            (None, None) => {}
+        }
+        write!(f, "{}/{}", self.container_ports, self.proto)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> PortSpec {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn err(s: &str) -> String {
+        s.parse::<PortSpec>().expect_err(s).reason
+    }
+
+    #[test]
+    fn container_port_only() {
+        let p = ok("80");
+        assert_eq!(p.host_ip, None);
+        assert_eq!(p.host_ports, None);
+        assert_eq!(p.container_ports, PortRange { start: 80, end: 80 });
+        assert_eq!(p.proto, Proto::Tcp);
+    }
+
+    #[test]
+    fn full_forms() {
+        let p = ok("127.0.0.1:8080:80/udp");
+        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.host_ports, Some(PortRange { start: 8080, end: 8080 }));
+        assert_eq!(p.proto, Proto::Udp);
+        let p = ok("10.0.0.1::53/udp");
+        assert_eq!(p.host_ports, None);
+        let p = ok("8000-8010:9000-9010");
+        assert_eq!(p.host_ports.unwrap().len(), 11);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in ["80/tcp", "8080:80/tcp", "127.0.0.1:8080:80/udp", "10.0.0.1::53/udp", "1-3:4-6/tcp"] {
+            assert_eq!(ok(s).to_string(), s);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        assert!(err("0").contains("port 0"));
+        assert!(err("8080:0").contains("port 0"));
+        assert!(err("70000").contains("not a port"));
+        assert!(err("80/sctp").contains("unknown protocol"));
+        assert!(err("90-80").contains("starts after"));
+        assert!(err("8000-8002:80-81").contains("differ in length"));
+        assert!(err("1.2.3:80:80").contains("not an IPv4"));
+        assert!(err("a:b:c:d").contains("expected"));
+        assert!(err("").contains("not a port"));
+        assert!(err("[::1]:80:80").contains("IPv6"));
+    }
+}
+
+/// A port or range as published: host ports resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// Host address; 0.0.0.0 means every address of the host.
+    pub host_ip: Ipv4Addr,
+    /// Host ports.
+    pub host_ports: PortRange,
+    /// Endpoint ports, same length as `host_ports`.
+    pub container_ports: PortRange,
+    /// Protocol.
+    pub proto: Proto,
+}
+
+impl PublishedPort {
+    /// Whether both publish a common host port of the same protocol on
+    /// addresses that can coincide.
+    pub fn conflicts_with(&self, other: &PublishedPort) -> bool {
+        self.proto == other.proto
+            && self.host_ports.overlaps(&other.host_ports)
+            && (self.host_ip == other.host_ip
+                || self.host_ip.is_unspecified()
+                || other.host_ip.is_unspecified())
+    }
+}
+
+/// Resolves `specs` against the ports already published (`taken`, with their
+/// owners): explicit host ports must be free, missing ones are the lowest
+/// free ports of `ephemeral` (the host's ip_local_port_range, as Docker does).
+pub fn assign_host_ports(
+    specs: &[PortSpec],
+    taken: &[(String, PublishedPort)],
+    ephemeral: PortRange,
+) -> Result<Vec<PublishedPort>, crate::error::Error> {
+    let mut assigned: Vec<(String, PublishedPort)> = taken.to_vec();
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let host_ip = spec.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let candidate = |start: u16| PublishedPort {
+            host_ip,
+            host_ports: PortRange { start, end: start + (spec.container_ports.end - spec.container_ports.start) },
+            container_ports: spec.container_ports,
+            proto: spec.proto,
+        };
+        let port = match spec.host_ports {
+            Some(h) => {
+                let p = candidate(h.start);
+                if let Some((owner, other)) = assigned.iter().find(|(_, o)| o.conflicts_with(&p)) {
+                    return Err(crate::error::Error::PortInUse {
+                        port: other.host_ports.start.max(p.host_ports.start),
+                        proto: p.proto.to_string(),
+                        ip: host_ip,
+                        owner: owner.clone(),
+                    });
+                }
+                p
+            }
+            None => {
+                let width = spec.container_ports.end - spec.container_ports.start;
+                (ephemeral.start..=ephemeral.end.saturating_sub(width))
+                    .map(candidate)
+                    .find(|p| !assigned.iter().any(|(_, o)| o.conflicts_with(p)))
+                    .ok_or_else(|| crate::error::Error::NoFreeHostPort(spec.to_string()))?
+            }
+        };
+        assigned.push((String::new(), port));
+        out.push(port);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod assign_tests {
+    use super::*;
+
+    const EPHEMERAL: PortRange = PortRange { start: 32768, end: 60999 };
+
+    fn specs(s: &[&str]) -> Vec<PortSpec> {
+        s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn auto_ports_are_lowest_free_and_distinct() {
+        let got = assign_host_ports(&specs(&["80", "81", "53/udp"]), &[], EPHEMERAL).unwrap();
+        assert_eq!(got[0].host_ports.start, 32768);
+        assert_eq!(got[1].host_ports.start, 32769);
+        assert_eq!(got[2].host_ports.start, 32768, "udp is a separate space");
+        assert!(got.iter().all(|p| p.host_ip.is_unspecified()));
+    }
+
+    #[test]
+    fn explicit_conflicts_name_the_owner() {
+        let taken = assign_host_ports(&specs(&["8080:80"]), &[], EPHEMERAL).unwrap();
+        let taken = vec![("web".to_string(), taken[0])];
+        let err = assign_host_ports(&specs(&["127.0.0.1:8080:81"]), &taken, EPHEMERAL).unwrap_err();
+        assert!(err.to_string().contains("published by web"), "{err}");
+        assert!(assign_host_ports(&specs(&["8080:80/udp"]), &taken, EPHEMERAL).is_ok());
+        assert!(assign_host_ports(&specs(&["8081:80"]), &taken, EPHEMERAL).is_ok());
+        let err = assign_host_ports(&specs(&["9000:80", "9000:81"]), &[], EPHEMERAL).unwrap_err();
+        assert!(err.to_string().contains("9000"));
+    }
+
+    #[test]
+    fn auto_ranges_fit_and_exhaust() {
+        let tiny = PortRange { start: 40000, end: 40002 };
+        let got = assign_host_ports(&specs(&["10-11"]), &[], tiny).unwrap();
+        assert_eq!(got[0].host_ports, PortRange { start: 40000, end: 40001 });
+        let err = assign_host_ports(&specs(&["10-11", "12-13"]), &[], tiny).unwrap_err();
+        assert!(err.to_string().contains("no free host port"));
+    }
+}

@@ -1,0 +1,277 @@
+//! The daemon's state: SQLite, one transaction per change, so a crash at any
+//! moment leaves either the old or the new state, never a duplicated lease.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{
+    endpoint::{Endpoint, Mode},
+    error::{Error, Result},
+    ipam::Pool,
+    portspec::PublishedPort,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS endpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    mode TEXT NOT NULL,
+    ip TEXT UNIQUE,
+    hostname TEXT,
+    ports TEXT NOT NULL,
+    links TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing'))
+);
+";
+
+/// Lifecycle of an endpoint record. A record that is not `Ready` after a
+/// restart belonged to an operation the crash interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Recorded, kernel objects being created.
+    Creating,
+    /// Fully created.
+    Ready,
+    /// Kernel objects being removed.
+    Removing,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Ready => "ready",
+            State::Removing => "removing",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "ready" => State::Ready,
+            "removing" => State::Removing,
+            _ => State::Creating,
+        }
+    }
+}
+
+/// An endpoint record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEndpoint {
+    /// The endpoint.
+    pub ep: Endpoint,
+    /// Its lifecycle state.
+    pub state: State,
+    /// Published ports.
+    pub ports: Vec<PublishedPort>,
+    /// `--link` specs.
+    pub links: Vec<String>,
+}
+
+/// What a new record needs; the address is leased by [`Store::insert_endpoint`].
+#[derive(Debug)]
+pub struct NewEndpoint<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Mode.
+    pub mode: &'a Mode,
+    /// Requested address, bridge mode only.
+    pub ip: Option<Ipv4Addr>,
+    /// Hostname.
+    pub hostname: Option<&'a str>,
+    /// Resolved published ports.
+    pub ports: &'a [PublishedPort],
+    /// Links.
+    pub links: &'a [String],
+}
+
+/// The state database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// A daemon setting recorded by an earlier run.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Records a daemon setting.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Records a new endpoint in state `Creating`, leasing its address from
+    /// `pool` (the requested one, or the lowest free) in the same transaction.
+    pub fn insert_endpoint(&mut self, new: NewEndpoint<'_>, pool: Option<&Pool>) -> Result<Endpoint> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM endpoints WHERE name = ?1)", [new.name], |r| r.get(0))?;
+        if exists {
+            return Err(Error::EndpointExists(new.name.to_string()));
+        }
+        let ip = match pool {
+            Some(pool) => {
+                let leased = leased(&tx)?;
+                Some(match new.ip {
+                    Some(ip) => pool.check(ip, &leased).map(|()| ip)?,
+                    None => pool.next_free(&leased)?,
+                })
+            }
+            None => None,
+        };
+        tx.execute(
+            "INSERT INTO endpoints (name, mode, ip, hostname, ports, links, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'creating')",
+            params![
+                new.name,
+                new.mode.to_string(),
+                ip.map(|ip| ip.to_string()),
+                new.hostname,
+                serde_json::to_string(new.ports).expect("ports serialize"),
+                serde_json::to_string(new.links).expect("links serialize"),
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Endpoint {
+            id,
+            name: new.name.to_string(),
+            mode: new.mode.clone(),
+            ip,
+            hostname: new.hostname.map(str::to_string),
+        })
+    }
+
+    /// Moves an endpoint to `state`.
+    pub fn set_state(&self, name: &str, state: State) -> Result<()> {
+        self.conn.execute("UPDATE endpoints SET state = ?2 WHERE name = ?1", params![name, state.as_str()])?;
+        Ok(())
+    }
+
+    /// Forgets an endpoint, releasing its lease and ports.
+    pub fn delete_endpoint(&self, name: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM endpoints WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    /// Every endpoint, oldest first.
+    pub fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, mode, ip, hostname, ports, links, state FROM endpoints ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, name, mode, ip, hostname, ports, links, state) = row?;
+            Ok(StoredEndpoint {
+                ep: Endpoint {
+                    id,
+                    mode: mode.parse().map_err(|_| corrupt("mode", &name))?,
+                    ip: ip.map(|ip| ip.parse()).transpose().map_err(|_| corrupt("ip", &name))?,
+                    hostname,
+                    name: name.clone(),
+                },
+                state: State::parse(&state),
+                ports: serde_json::from_str(&ports).map_err(|_| corrupt("ports", &name))?,
+                links: serde_json::from_str(&links).map_err(|_| corrupt("links", &name))?,
+            })
+        })
+        .collect()
+    }
+
+    /// One endpoint.
+    pub fn endpoint(&self, name: &str) -> Result<StoredEndpoint> {
+        self.endpoints()?
+            .into_iter()
+            .find(|e| e.ep.name == name)
+            .ok_or_else(|| Error::EndpointNotFound(name.to_string()))
+    }
+}
+
+fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
+    let mut stmt = tx.prepare("SELECT ip FROM endpoints WHERE ip IS NOT NULL AND mode = 'bridge'")?;
+    let ips = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    ips.map(|ip| ip?.parse().map_err(|_| corrupt("ip", "lease")))
+        .collect::<Result<_>>()
+}
+
+fn corrupt(column: &str, name: &str) -> Error {
+    Error::Store(rusqlite::Error::InvalidColumnName(format!("unreadable {column} of endpoint {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::LeaseError;
+
+    fn new<'a>(name: &'a str, mode: &'a Mode, ip: Option<Ipv4Addr>) -> NewEndpoint<'a> {
+        NewEndpoint { name, mode, ip, hostname: None, ports: &[], links: &[] }
+    }
+
+    #[test]
+    fn leases_are_unique_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let pool = Pool::new("10.1.0.0/24".parse().unwrap()).unwrap();
+        let a = store.insert_endpoint(new("a", &Mode::Bridge, None), Some(&pool)).unwrap();
+        let b = store.insert_endpoint(new("b", &Mode::Bridge, None), Some(&pool)).unwrap();
+        assert_eq!(a.ip.unwrap().to_string(), "10.1.0.2");
+        assert_eq!(b.ip.unwrap().to_string(), "10.1.0.3");
+        let err = store.insert_endpoint(new("c", &Mode::Bridge, a.ip), Some(&pool)).unwrap_err();
+        assert_eq!(err, Error::Lease(LeaseError::InUse(a.ip.unwrap())));
+        let err = store.insert_endpoint(new("a", &Mode::None, None), None).unwrap_err();
+        assert_eq!(err, Error::EndpointExists("a".into()));
+        store.delete_endpoint("a").unwrap();
+        let c = store.insert_endpoint(new("c", &Mode::Bridge, None), Some(&pool)).unwrap();
+        assert_eq!(c.ip, a.ip);
+        assert!(c.id > b.id, "ids are never reused, so veth names are not either");
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            store.set_meta("subnet", "10.1.0.0/24").unwrap();
+            store.insert_endpoint(new("x", &Mode::Container("y".into()), None), None).unwrap();
+            store.set_state("x", State::Ready).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.meta("subnet").unwrap().as_deref(), Some("10.1.0.0/24"));
+        let x = store.endpoint("x").unwrap();
+        assert_eq!(x.state, State::Ready);
+        assert_eq!(x.ep.mode, Mode::Container("y".into()));
+        assert_eq!(store.endpoint("nope").unwrap_err(), Error::EndpointNotFound("nope".into()));
+    }
+}
