@@ -9,3 +9,4 @@ pub mod error;
 pub mod ipam;
 pub mod portspec;
 pub mod store;
+pub mod sys;

@@ -1,0 +1,242 @@
+//! Loading netplane's eBPF object, attaching it with tcx links pinned in
+//! bpffs, and reading its maps.
+//!
+//! Maps and links are pinned, so the data path keeps running while the
+//! daemon is down; a restarted daemon loads the programs again and swaps
+//! them into the pinned links atomically (BPF_LINK_UPDATE).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use netplane_common::abi::{DropReason, Direction, IfCounters, IfStatsKey, NetConfig, maps, programs};
+use nix::net::if_::if_nametoindex;
+
+use crate::error::{Error, Result};
+
+/// The object built from netplane-ebpf by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane.bpf.o"));
+
+/// What an interface is to the data path, which decides the programs on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Host side of an endpoint's veth.
+    Endpoint,
+    /// The bridge or the uplink: counted both ways.
+    Counted,
+}
+
+impl Role {
+    fn hooks(self) -> &'static [(&'static str, Direction)] {
+        match self {
+            Role::Endpoint => &[(programs::ENDPOINT_INGRESS, Direction::Ingress)],
+            Role::Counted => &[
+                (programs::COUNT_INGRESS, Direction::Ingress),
+                (programs::COUNT_EGRESS, Direction::Egress),
+            ],
+        }
+    }
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+/// Packet and byte counts of one interface, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Traffic {
+    /// Packets received (tc ingress).
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent (tc egress).
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// The loaded data path.
+#[derive(Debug)]
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps_dir: PathBuf,
+    links_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the programs, reusing maps pinned under `pin_dir` by an earlier
+    /// run, and sets the network configuration.
+    pub fn load(pin_dir: &Path, cfg: NetConfig) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Error::NoEbpfObject);
+        }
+        let maps_dir = pin_dir.join("maps");
+        let links_dir = pin_dir.join("links");
+        for dir in [&maps_dir, &links_dir] {
+            fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)
+            .map_err(|e| Error::ebpf("load", "eBPF object", e))?;
+        for name in [programs::ENDPOINT_INGRESS, programs::COUNT_INGRESS, programs::COUNT_EGRESS] {
+            classifier(&mut ebpf, name)?.load().map_err(|e| Error::ebpf("load program", name, e))?;
+        }
+        let mut dp = Datapath { ebpf, maps_dir, links_dir };
+        dp.set_config(cfg)?;
+        Ok(dp)
+    }
+
+    /// Replaces the network configuration the programs read.
+    pub fn set_config(&mut self, cfg: NetConfig) -> Result<()> {
+        let mut config: Array<_, NetConfig> = self.map_mut(maps::NET_CONFIG)?;
+        config.set(0, cfg, 0).map_err(|e| Error::ebpf("update", maps::NET_CONFIG, e))
+    }
+
+    fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(&'a mut self, name: &str) -> Result<T> {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| Error::ebpf("find map", name, MapError::InvalidName {
+            name: name.to_string(),
+        }))?;
+        T::try_from(map).map_err(|e| Error::ebpf("open map", name, e))
+    }
+
+    fn map<'a, T: TryFrom<&'a aya::maps::Map, Error = MapError>>(&'a self, name: &str) -> Result<T> {
+        let map = self.ebpf.map(name).ok_or_else(|| Error::ebpf("find map", name, MapError::InvalidName {
+            name: name.to_string(),
+        }))?;
+        T::try_from(map).map_err(|e| Error::ebpf("open map", name, e))
+    }
+
+    fn link_pin(&self, ifname: &str, d: Direction) -> PathBuf {
+        self.links_dir.join(format!("{ifname}.{}", direction_name(d)))
+    }
+
+    /// Attaches the programs of `role` to `ifname` and gives it counters.
+    /// An existing pinned link gets the freshly loaded program atomically.
+    pub fn attach(&mut self, ifname: &str, role: Role) -> Result<()> {
+        let ifindex = if_nametoindex(ifname).map_err(|e| Error::io("look up", ifname, e))?;
+        for &(name, direction) in role.hooks() {
+            let pin = self.link_pin(ifname, direction);
+            let prog = classifier(&mut self.ebpf, name)?;
+            let replaced = PinnedLink::from_pin(&pin)
+                .ok()
+                .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok())
+                .and_then(|link| prog.attach_to_link(link).ok());
+            let link_id = match replaced {
+                Some(id) => id,
+                None => {
+                    // No pin, or a pin of a link whose interface is gone.
+                    let _ = fs::remove_file(&pin);
+                    let attach_type = match direction {
+                        Direction::Ingress => TcAttachType::Ingress,
+                        Direction::Egress => TcAttachType::Egress,
+                    };
+                    prog.attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                        .map_err(|e| Error::ebpf("attach to", format!("{ifname} {}", direction_name(direction)), e))?
+                }
+            };
+            let link = prog.take_link(link_id).map_err(|e| Error::ebpf("take link", ifname, e))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf("pin link", ifname, e))?;
+            let _ = fs::remove_file(&pin);
+            fd_link.pin(&pin).map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
+            self.ensure_counters(IfStatsKey { ifindex, direction: direction as u32 })?;
+        }
+        Ok(())
+    }
+
+    fn ensure_counters(&mut self, key: IfStatsKey) -> Result<()> {
+        let mut stats: PerCpuHashMap<_, IfStatsKey, IfCounters> = self.map_mut(maps::IF_STATS)?;
+        match stats.get(&key, 0) {
+            Ok(_) => Ok(()),
+            Err(MapError::KeyNotFound) => {
+                let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io("count CPUs", what, e))?;
+                let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
+                    .map_err(|e| Error::io("build per-CPU value", maps::IF_STATS, e))?;
+                stats.insert(key, zero, 0).map_err(|e| Error::ebpf("insert into", maps::IF_STATS, e))
+            }
+            Err(e) => Err(Error::ebpf("look up", maps::IF_STATS, e)),
+        }
+    }
+
+    /// Detaches everything from `ifname` and drops its counters. Detaching
+    /// an interface that has nothing attached is fine.
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        let ifindex = if_nametoindex(ifname).ok();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let pin = self.link_pin(ifname, direction);
+            if let Ok(link) = PinnedLink::from_pin(&pin) {
+                // Closing the last reference to the link detaches it.
+                drop(link.unpin().map_err(|e| Error::io("unpin", pin.display(), e))?);
+            }
+            if let Some(ifindex) = ifindex {
+                let mut stats: PerCpuHashMap<_, IfStatsKey, IfCounters> = self.map_mut(maps::IF_STATS)?;
+                let _ = stats.remove(&IfStatsKey { ifindex, direction: direction as u32 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters of `ifname`; zero for an interface without counters.
+    pub fn traffic(&self, ifname: &str) -> Result<Traffic> {
+        let Ok(ifindex) = if_nametoindex(ifname) else {
+            return Ok(Traffic::default());
+        };
+        let stats: PerCpuHashMap<_, IfStatsKey, IfCounters> = self.map(maps::IF_STATS)?;
+        let sum = |direction: Direction| -> (u64, u64) {
+            stats
+                .get(&IfStatsKey { ifindex, direction: direction as u32 }, 0)
+                .map(|v| v.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)))
+                .unwrap_or_default()
+        };
+        let (rx_packets, rx_bytes) = sum(Direction::Ingress);
+        let (tx_packets, tx_bytes) = sum(Direction::Egress);
+        Ok(Traffic { rx_packets, rx_bytes, tx_packets, tx_bytes })
+    }
+
+    /// Drops by reason, summed over CPUs.
+    pub fn drops(&self) -> Result<BTreeMap<String, u64>> {
+        let drops: PerCpuArray<_, u64> = self.map(maps::DROPS)?;
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                let v = drops.get(&(*r as u32), 0).map_err(|e| Error::ebpf("read", maps::DROPS, e))?;
+                Ok((r.name().to_string(), v.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Detaches every pinned link and removes every pin: the data path is
+    /// gone once this and the daemon's own handles are dropped.
+    pub fn remove_pins(self) -> Result<()> {
+        for dir in [&self.links_dir, &self.maps_dir] {
+            let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir.display(), e))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(|e| Error::io("remove pin", path.display(), e))?;
+            }
+            fs::remove_dir(dir).map_err(|e| Error::io("remove", dir.display(), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::ebpf("find program", name, MapError::InvalidName { name: name.to_string() }))?;
+    prog.try_into().map_err(|e| Error::ebpf("open program", name, e))
+}

@@ -1,0 +1,124 @@
+//! Host files the daemon reads and writes: sysctls, bpffs, /etc/netns, and
+//! the per-namespace daemon lock.
+
+use std::{
+    fs,
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use super::netns::NETNS_ETC_DIR;
+use crate::{
+    error::{Error, Result},
+    portspec::PortRange,
+};
+
+/// IPv4 forwarding of the caller's network namespace.
+pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// Reads a sysctl (of the caller's network namespace, for net.*).
+pub fn read_sysctl(path: &str) -> Result<String> {
+    fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| Error::io("read", path, e))
+}
+
+/// Writes a sysctl.
+pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(|e| Error::io("write", path, e))
+}
+
+/// The host's ephemeral port range, from which `-p CPORT` picks host ports.
+pub fn ephemeral_ports() -> Result<PortRange> {
+    let s = read_sysctl(LOCAL_PORT_RANGE)?;
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    match (it.next(), it.next()) {
+        (Some(Ok(start)), Some(Ok(end))) if start > 0 && start <= end => Ok(PortRange { start, end }),
+        _ => Err(Error::io("parse", LOCAL_PORT_RANGE, std::io::Error::other(s))),
+    }
+}
+
+/// Holds the abstract socket that marks this network namespace as managed.
+/// Abstract unix sockets live in the network namespace, and the kernel frees
+/// the name when the daemon dies, however it dies.
+#[derive(Debug)]
+pub struct DaemonLock(#[allow(dead_code, reason = "held for its name")] UnixListener);
+
+impl DaemonLock {
+    /// Takes the lock, or fails if another daemon holds it.
+    pub fn acquire() -> Result<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"netplane-daemon")
+            .map_err(|e| Error::io("name", "daemon lock", e))?;
+        match UnixListener::bind_addr(&addr) {
+            Ok(l) => Ok(DaemonLock(l)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::AlreadyRunning),
+            Err(e) => Err(Error::io("bind", "daemon lock", e)),
+        }
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes `dir` a directory on a bpffs: inside an existing one, or by mounting
+/// one there. Returns the mount point it created, if it did.
+pub fn ensure_bpffs(dir: &Path) -> Result<Option<PathBuf>> {
+    if is_bpffs(dir) {
+        return Ok(None);
+    }
+    if dir.parent().is_some_and(is_bpffs) {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
+        return Ok(None);
+    }
+    // /sys/fs/bpf/NAME: sysfs allows no new directories, so mount the
+    // standard bpffs at /sys/fs/bpf first.
+    let mount_point = match dir.parent() {
+        Some(parent) if fs::create_dir_all(dir).is_err() && parent.exists() => parent.to_path_buf(),
+        _ => dir.to_path_buf(),
+    };
+    mount(Some("bpffs"), &mount_point, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
+        .map_err(|e| Error::io("mount bpffs on", mount_point.display(), e))?;
+    fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
+    Ok(Some(mount_point))
+}
+
+/// Unmounts a bpffs that [`ensure_bpffs`] mounted.
+pub fn unmount_bpffs(mount_point: &Path) -> Result<()> {
+    umount2(mount_point, MntFlags::MNT_DETACH).map_err(|e| Error::io("unmount bpffs", mount_point.display(), e))
+}
+
+/// /etc/netns/NAME.
+pub fn etc_dir(name: &str) -> PathBuf {
+    Path::new(NETNS_ETC_DIR).join(name)
+}
+
+/// Writes /etc/netns/NAME/{hosts,resolv.conf}.
+pub fn write_etc_files(name: &str, hosts: &str, resolv: &str) -> Result<()> {
+    let dir = etc_dir(name);
+    fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.display(), e))?;
+    for (file, contents) in [("hosts", hosts), ("resolv.conf", resolv)] {
+        let path = dir.join(file);
+        fs::write(&path, contents).map_err(|e| Error::io("write", path.display(), e))?;
+    }
+    Ok(())
+}
+
+/// Removes /etc/netns/NAME; a missing directory is fine.
+pub fn remove_etc_files(name: &str) -> Result<()> {
+    let dir = etc_dir(name);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", dir.display(), e)),
+    }
+}
+
+/// The host's resolv.conf, empty if there is none.
+pub fn host_resolv_conf() -> String {
+    fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+}

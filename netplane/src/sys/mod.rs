@@ -1,0 +1,7 @@
+//! The only modules that touch the kernel: namespaces, netlink, sysctls,
+//! mounts and the eBPF data path.
+
+pub mod datapath;
+pub mod host;
+pub mod netlink;
+pub mod netns;

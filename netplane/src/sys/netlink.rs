@@ -1,0 +1,286 @@
+//! Links, addresses and routes over rtnetlink.
+
+use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        address::AddressAttribute,
+        link::{LinkAttribute, LinkMessage},
+        route::{RouteAddress, RouteAttribute},
+    },
+};
+
+use super::netns;
+use crate::error::{Error, Result};
+
+const EEXIST: i32 = -libc::EEXIST;
+const ENODEV: i32 = -libc::ENODEV;
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get()),
+        _ => None,
+    }
+}
+
+/// A link as listed by the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Index of the bridge it is enslaved to.
+    pub controller: Option<u32>,
+}
+
+impl From<LinkMessage> for Link {
+    fn from(m: LinkMessage) -> Self {
+        let mut link = Link { index: m.header.index, name: String::new(), controller: None };
+        for attr in m.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n,
+                LinkAttribute::Controller(c) => link.controller = Some(c),
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// An rtnetlink connection bound to one network namespace.
+#[derive(Clone, Debug)]
+pub struct Rtnl {
+    handle: Handle,
+}
+
+impl Rtnl {
+    /// A connection in the caller's namespace.
+    pub fn current() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::io("open", "rtnetlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Rtnl { handle })
+    }
+
+    /// A connection in the namespace `ns`.
+    pub fn in_netns(ns: &File) -> Result<Self> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = netns::run_in(ns, move || {
+            // The socket registers with the runtime's reactor when created.
+            let _guard = rt.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(|e| Error::io("open", "rtnetlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Rtnl { handle })
+    }
+
+    /// Every link.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink("list", "links", e))?;
+        Ok(links.into_iter().map(Link::from).collect())
+    }
+
+    /// The link named `name`, if any.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut found = self.handle.link().get().match_name(name.to_string()).execute();
+        match found.try_next().await {
+            Ok(m) => Ok(m.map(Link::from)),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(Error::netlink("get link", name, e)),
+        }
+    }
+
+    async fn index(&self, name: &str) -> Result<u32> {
+        self.link(name).await?.map(|l| l.index).ok_or_else(|| Error::InterfaceNotFound(name.to_string()))
+    }
+
+    /// Creates a bridge and brings it up.
+    pub async fn create_bridge(&self, name: &str) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("create bridge", name, e))?;
+        let index = self.index(name).await?;
+        self.set_up(index, name).await?;
+        Ok(index)
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("set up", name, e))
+    }
+
+    /// Adds an address; an address that is already there is fine.
+    pub async fn add_address(&self, index: u32, name: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        match self.handle.address().add(index, ip.into(), prefix_len).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(Error::netlink("add address to", format!("{name} ({ip}/{prefix_len})"), e)),
+        }
+    }
+
+    /// Deletes a link; a link that does not exist is fine.
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(Error::netlink("delete link", name, e)),
+        }
+    }
+
+    /// Creates a veth pair, enslaves `host` to `bridge` and brings it up,
+    /// and moves `peer` into the namespace `ns`.
+    pub async fn create_veth(&self, host: &str, peer: &str, bridge: &str, ns: &File) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("create veth", host, e))?;
+        let peer_index = self.index(peer).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("move into namespace", peer, e))?;
+        let bridge_index = self.index(bridge).await?;
+        let host_index = self.index(host).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(host_index).controller(bridge_index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("attach to bridge", format!("{host} -> {bridge}"), e))
+    }
+
+    /// Inside an endpoint's namespace: renames `from` to `to`, sets its MAC
+    /// and address, brings it and `lo` up and routes everything via `gateway`.
+    pub async fn configure_endpoint(
+        &self,
+        from: &str,
+        to: &str,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<()> {
+        let index = self.index(from).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(to.to_string()).address(mac.to_vec()).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("rename and set MAC of", from, e))?;
+        self.add_address(index, to, ip, prefix_len).await?;
+        self.set_up(index, to).await?;
+        self.loopback_up().await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(Error::netlink("add default route via", gateway, e)),
+        }
+    }
+
+    /// Brings `lo` up.
+    pub async fn loopback_up(&self) -> Result<()> {
+        let lo = self.index("lo").await?;
+        self.set_up(lo, "lo").await
+    }
+
+    /// Interface of the IPv4 default route in the main table, if any.
+    pub async fn default_route_interface(&self) -> Result<Option<String>> {
+        let routes = self.routes().await?;
+        let Some(oif) = routes.iter().find(|(dst, _)| dst.prefix_len() == 0).and_then(|(_, oif)| *oif) else {
+            return Ok(None);
+        };
+        Ok(self.links().await?.into_iter().find(|l| l.index == oif).map(|l| l.name))
+    }
+
+    async fn routes(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<_> = self
+            .handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink("list", "routes", e))?;
+        Ok(msgs
+            .into_iter()
+            .map(|m| {
+                let mut dst = Ipv4Addr::UNSPECIFIED;
+                let mut oif = None;
+                for attr in &m.attributes {
+                    match attr {
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                let net = Ipv4Net::new(dst, m.header.destination_prefix_length).unwrap_or_default();
+                (net, oif)
+            })
+            .collect())
+    }
+
+    /// IPv4 addresses with their prefixes and interface indexes.
+    pub async fn addresses(&self) -> Result<Vec<(Ipv4Net, u32)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink("list", "addresses", e))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                        Ipv4Net::new(*ip, m.header.prefix_len).ok().map(|n| (n, m.header.index))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Networks in use by routes (other than default routes) and addresses,
+    /// except those on the interface `except`.
+    pub async fn networks_in_use(&self, except: Option<u32>) -> Result<Vec<Ipv4Net>> {
+        let routes = self.routes().await?;
+        let addresses = self.addresses().await?;
+        Ok(routes
+            .into_iter()
+            .filter(|(n, oif)| n.prefix_len() > 0 && (oif.is_none() || *oif != except))
+            .map(|(n, _)| n.trunc())
+            .chain(addresses.into_iter().filter(|(_, i)| Some(*i) != except).map(|(n, _)| n.trunc()))
+            .filter(|n| !n.network().is_loopback())
+            .collect())
+    }
+}

@@ -1,0 +1,123 @@
+//! Named network namespaces in the iproute2 convention (/run/netns/NAME),
+//! and running code inside one.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+};
+
+use crate::error::{Error, Result};
+
+/// Where iproute2 keeps named network namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+/// Where iproute2 keeps per-namespace /etc overrides.
+pub const NETNS_ETC_DIR: &str = "/etc/netns";
+
+/// Path of the named namespace `name`.
+pub fn path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+/// Opens a namespace file (a named one, or /proc/PID/ns/net).
+pub fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| Error::io("open network namespace", path.display(), e))
+}
+
+/// Whether `path` names a live namespace (a bind-mounted nsfs file).
+pub fn is_mounted(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// Makes /run/netns a shared mount, as `ip netns add` does, so namespaces
+/// named here are seen by every mount namespace that shares it.
+fn prepare_run_dir() -> Result<()> {
+    let dir = Path::new(NETNS_RUN_DIR);
+    fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
+    let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    match shared() {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) => {
+            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| Error::io("bind-mount", dir.display(), e))?;
+            shared().map_err(|e| Error::io("make shared", dir.display(), e))
+        }
+        Err(e) => Err(Error::io("make shared", dir.display(), e)),
+    }
+}
+
+/// Creates the named namespace `name`; fails if the name is taken.
+pub fn create(name: &str) -> Result<PathBuf> {
+    prepare_run_dir()?;
+    let target = path(name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&target)
+        .map_err(|e| Error::io("create network namespace", target.display(), e))?;
+    let t = target.clone();
+    let bound = std::thread::spawn(move || -> nix::Result<()> {
+        // unshare moves only this short-lived thread into the new namespace.
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        mount(Some("/proc/thread-self/ns/net"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    })
+    .join()
+    .expect("netns thread panicked");
+    if let Err(e) = bound {
+        let _ = fs::remove_file(&target);
+        return Err(Error::io("create network namespace", target.display(), e));
+    }
+    Ok(target)
+}
+
+/// Names the namespace of `from` as `name` too.
+pub fn share(name: &str, from: &Path) -> Result<PathBuf> {
+    if !is_mounted(from) {
+        return Err(Error::io("share network namespace", from.display(), Errno::ENOENT));
+    }
+    prepare_run_dir()?;
+    let target = path(name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&target)
+        .map_err(|e| Error::io("create network namespace", target.display(), e))?;
+    if let Err(e) = mount(Some(from), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        let _ = fs::remove_file(&target);
+        return Err(Error::io("bind network namespace", target.display(), e));
+    }
+    Ok(target)
+}
+
+/// Removes the name `name`; the namespace goes when nothing else holds it.
+/// Removing a name that does not exist succeeds.
+pub fn delete(name: &str) -> Result<()> {
+    let target = path(name);
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(Error::io("unmount network namespace", target.display(), e)),
+    }
+    match fs::remove_file(&target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", target.display(), e)),
+    }
+}
+
+/// Runs `f` on a thread that has entered the namespace `ns`. Sockets `f`
+/// opens stay in that namespace after the thread is gone.
+pub fn run_in<T: Send + 'static>(ns: &File, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let fd = ns.try_clone().map_err(|e| Error::io("dup namespace fd", "netns", e))?;
+    std::thread::spawn(move || -> Result<T> {
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::io("enter network namespace", "netns", e))?;
+        Ok(f())
+    })
+    .join()
+    .expect("netns thread panicked")
+}
