@@ -62,8 +62,8 @@ pub struct EndpointInfo {
     pub name: String,
     /// `bridge`, `host`, `none` or `container:OTHER`.
     pub mode: String,
-    /// Hostname of processes started in it.
-    pub hostname: String,
+    /// Hostname of processes started in it, when it has its own.
+    pub hostname: Option<String>,
     /// `--link` specs.
     pub links: Vec<String>,
     /// Network settings.
@@ -104,6 +104,15 @@ pub struct DaemonInfo {
     pub uplink: Option<String>,
     /// Bridge subnet.
     pub subnet: String,
+}
+
+/// `GET /v1/stats`: data path counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Counters per interface the data path is attached to.
+    pub interfaces: BTreeMap<String, crate::sys::datapath::Traffic>,
+    /// Dropped packets by reason.
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// Body of every error response.

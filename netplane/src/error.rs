@@ -27,9 +27,17 @@ pub enum Error {
     /// An address could not be leased.
     #[error(transparent)]
     Lease(#[from] LeaseError),
-    /// `--ip` was given for an endpoint that does not get an address.
-    #[error("--ip only applies to bridge endpoints, not {0}")]
-    IpNotApplicable(String),
+    /// A flag was given for a mode it does not apply to.
+    #[error("{flag} only applies to bridge endpoints, not {mode}")]
+    NotApplicable {
+        /// The flag.
+        flag: &'static str,
+        /// The endpoint's mode.
+        mode: String,
+    },
+    /// `container:OTHER` where OTHER has no namespace of its own.
+    #[error("endpoint {0} uses the host's namespace; container: needs one with its own")]
+    NoNamespace(String),
     /// A published host port is taken.
     #[error("host port {port}/{proto} on {ip} is already published by {owner}")]
     PortInUse {
@@ -146,7 +154,8 @@ impl Error {
             Error::InvalidName(_)
                 | Error::PortSpec(_)
                 | Error::Lease(_)
-                | Error::IpNotApplicable(_)
+                | Error::NotApplicable { .. }
+                | Error::NoNamespace(_)
                 | Error::HostIpNotLocal(_)
                 | Error::SubnetOverlaps { .. }
                 | Error::NoFreeHostPort(_)

@@ -4,9 +4,13 @@
 //! separate from the few modules under [`sys`] that talk to the kernel.
 
 pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;
 pub mod endpoint;
 pub mod error;
 pub mod ipam;
 pub mod portspec;
+pub mod server;
 pub mod store;
 pub mod sys;

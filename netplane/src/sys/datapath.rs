@@ -122,7 +122,7 @@ impl Datapath {
     }
 
     fn link_pin(&self, ifname: &str, d: Direction) -> PathBuf {
-        self.links_dir.join(format!("{ifname}.{}", direction_name(d)))
+        self.links_dir.join(pin_name(ifname, d))
     }
 
     /// Attaches the programs of `role` to `ifname` and gives it counters.
@@ -234,9 +234,28 @@ impl Datapath {
     }
 }
 
+/// bpffs refuses names containing '.', which interface names may contain
+/// (VLAN devices): escape it, and the escape character, percent-style.
+fn pin_name(ifname: &str, d: Direction) -> String {
+    let escaped = ifname.replace('%', "%25").replace('.', "%2e");
+    format!("{escaped}@{}", direction_name(d))
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| Error::ebpf("find program", name, MapError::InvalidName { name: name.to_string() }))?;
     prog.try_into().map_err(|e| Error::ebpf("open program", name, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_have_no_dots_and_stay_distinct() {
+        assert_eq!(pin_name("np0", Direction::Ingress), "np0@ingress");
+        assert_eq!(pin_name("eth0.100", Direction::Egress), "eth0%2e100@egress");
+        assert_ne!(pin_name("a.b", Direction::Egress), pin_name("a%2eb", Direction::Egress));
+    }
 }

@@ -2,6 +2,7 @@
 //! mounts and the eBPF data path.
 
 pub mod datapath;
+pub mod exec;
 pub mod host;
 pub mod netlink;
 pub mod netns;

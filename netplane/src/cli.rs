@@ -1,0 +1,317 @@
+//! The `netplane` command line.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use std::os::unix::process::CommandExt;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use ipnet::Ipv4Net;
+
+use crate::{
+    api::{CreateEndpoint, DaemonInfo, EndpointInfo, NetworkInfo, Stats},
+    client::Client,
+    daemon::{Config, Daemon},
+    server,
+    sys::exec,
+};
+
+/// Container network data plane: namespaces, veths and a bridge, with NAT
+/// and forwarding in eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "netplane", version)]
+pub struct Cli {
+    /// Runtime directory of the daemon (API socket).
+    #[arg(long, global = true, env = "NETPLANE_RUN_DIR", default_value = "/run/netplane")]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the daemon for this network namespace.
+    Up(UpArgs),
+    /// Stop the daemon and remove everything it created.
+    Down,
+    /// Create an endpoint.
+    Create(CreateArgs),
+    /// Create an endpoint and run a command in it.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Remove the endpoint when the command exits.
+        #[arg(long)]
+        rm: bool,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Run a command in an endpoint.
+    Exec {
+        /// Endpoint name.
+        name: String,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List endpoints.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an endpoint as JSON.
+    Inspect {
+        /// Endpoint name.
+        name: String,
+    },
+    /// Remove an endpoint.
+    Rm {
+        /// Endpoint name.
+        name: String,
+    },
+    /// Networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Data path counters as JSON.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// List networks.
+    Ls,
+    /// Show a network as JSON.
+    Inspect {
+        /// Network name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Bridge device.
+    #[arg(long, default_value = "np0")]
+    bridge: String,
+    /// Bridge subnet (default: the first of Docker's pools that is free).
+    #[arg(long)]
+    subnet: Option<Ipv4Net>,
+    /// Uplink interface (default: the default route's).
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Whether endpoints may talk to each other.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    icc: bool,
+    /// State directory.
+    #[arg(long, default_value = "/var/lib/netplane")]
+    state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, default_value = "/sys/fs/bpf/netplane")]
+    bpffs: PathBuf,
+    /// Return once the API is ready, leaving the daemon running.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// Endpoint name.
+    name: String,
+    /// bridge, host, none, container:OTHER or a network name.
+    #[arg(long, default_value = "bridge")]
+    net: String,
+    /// Address in the bridge subnet.
+    #[arg(long)]
+    ip: Option<Ipv4Addr>,
+    /// Hostname of processes run in the endpoint.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Publish ports: [IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp].
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// OTHER:ALIAS.
+    #[arg(long = "link")]
+    links: Vec<String>,
+}
+
+impl CreateArgs {
+    fn request(&self) -> CreateEndpoint {
+        CreateEndpoint {
+            name: self.name.clone(),
+            net: self.net.clone(),
+            ip: self.ip,
+            hostname: self.hostname.clone(),
+            publish: self.publish.clone(),
+            links: self.links.clone(),
+        }
+    }
+}
+
+/// Runs the command line; the exit code of `run`/`exec` is the command's.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netplane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&cli.run_dir);
+    let rt = runtime()?;
+    match cli.command {
+        Command::Up(args) if args.detach => detach(&cli.run_dir, &client, &rt),
+        Command::Up(args) => {
+            init_tracing();
+            let cfg = Config {
+                bridge: args.bridge,
+                subnet: args.subnet,
+                uplink: args.uplink,
+                icc: args.icc,
+                state_dir: args.state_dir,
+                run_dir: cli.run_dir,
+                bpffs: args.bpffs,
+            };
+            rt.block_on(async {
+                let daemon = Daemon::start(cfg.clone()).await?;
+                server::serve(daemon, &cfg).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down => {
+            rt.block_on(client.act(Method::POST, "/v1/down"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Create(args) => {
+            let info: EndpointInfo = rt.block_on(client.post("/v1/endpoints", &args.request()))?;
+            println!("{}", info.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { create, rm, cmd } => {
+            let info: EndpointInfo = rt.block_on(client.post("/v1/endpoints", &create.request()))?;
+            let daemon: DaemonInfo = rt.block_on(client.get("/v1/info"))?;
+            let status = exec::run(&target(&info, &daemon), &cmd);
+            if rm {
+                rt.block_on(client.act(Method::DELETE, &format!("/v1/endpoints/{}", info.name)))?;
+            }
+            Ok(exit_code(status?))
+        }
+        Command::Exec { name, cmd } => {
+            let info: EndpointInfo = rt.block_on(client.get(&format!("/v1/endpoints/{name}")))?;
+            let daemon: DaemonInfo = rt.block_on(client.get("/v1/info"))?;
+            Ok(exit_code(exec::run(&target(&info, &daemon), &cmd)?))
+        }
+        Command::Ls { json } => {
+            let list: Vec<EndpointInfo> = rt.block_on(client.get("/v1/endpoints"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<20} {:<16} {:<16} {:<18} PORTS", "NAME", "MODE", "IP", "MAC");
+                for e in list {
+                    let s = &e.network_settings;
+                    let ports: Vec<String> = s
+                        .ports
+                        .iter()
+                        .flat_map(|(c, hs)| hs.iter().map(move |h| format!("{}:{}->{c}", h.host_ip, h.host_port)))
+                        .collect();
+                    println!("{:<20} {:<16} {:<16} {:<18} {}", e.name, e.mode, s.ip_address, s.mac_address, ports.join(", "));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { name } => {
+            let info: EndpointInfo = rt.block_on(client.get(&format!("/v1/endpoints/{name}")))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { name } => {
+            rt.block_on(client.act(Method::DELETE, &format!("/v1/endpoints/{name}")))?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Network(NetworkCommand::Ls) => {
+            let nets: Vec<NetworkInfo> = rt.block_on(client.get("/v1/networks"))?;
+            println!("{:<12} {:<8} {:<18} ENDPOINTS", "NAME", "DRIVER", "SUBNET");
+            for n in nets {
+                println!("{:<12} {:<8} {:<18} {}", n.name, n.driver, n.subnet.unwrap_or_default(), n.endpoints.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Network(NetworkCommand::Inspect { name }) => {
+            let net: NetworkInfo = rt.block_on(client.get(&format!("/v1/networks/{name}")))?;
+            println!("{}", serde_json::to_string_pretty(&net)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats => {
+            let stats: Stats = rt.block_on(client.get("/v1/stats"))?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn target(info: &EndpointInfo, daemon: &DaemonInfo) -> exec::Target {
+    let host = info.mode == "host";
+    exec::Target {
+        netns: PathBuf::from(if host { &daemon.netns } else { &info.network_settings.sandbox_key }),
+        etc_name: (!host).then(|| info.name.clone()),
+        hostname: info.hostname.clone().filter(|_| !host),
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// `up --detach`: starts `up` in the background with its log in the run
+/// directory and returns once its API answers.
+fn detach(run_dir: &Path, client: &Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let log_path = run_dir.join("netplane.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--detach").collect();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(&args)
+        .env("NETPLANE_RUN_DIR", run_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the daemon exited ({status}):\n{}", log.trim_end());
+        }
+        if rt.block_on(client.get::<DaemonInfo>("/v1/info")).is_ok() {
+            println!("netplane daemon {} running; log in {}", child.id(), log_path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the daemon did not answer within 60 s; see {}", log_path.display())
+}

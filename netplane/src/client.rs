@@ -1,0 +1,76 @@
+//! Client of the daemon's API, used by every subcommand but `up`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::net::UnixStream;
+
+use crate::{api::ErrorBody, daemon::Config};
+
+/// A connection target: the socket in a run directory.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// The client of the daemon whose run directory is `run_dir`.
+    pub fn new(run_dir: &Path) -> Self {
+        Client { socket: Config::socket(run_dir) }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Bytes)> {
+        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
+            format!("no netplane daemon is running (cannot connect to {})", self.socket.display())
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "netplane")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = sender.send_request(req).await.context("sending request to the daemon")?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<T> {
+        let (status, bytes) = self.call(method, path, body).await?;
+        check(status, &bytes)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("decoding the daemon's answer to {path}"))
+    }
+
+    /// `GET path`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.json(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, decoding the JSON answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.json(Method::POST, path, Some(serde_json::to_vec(body)?)).await
+    }
+
+    /// `POST path` or `DELETE path` expecting no content.
+    pub async fn act(&self, method: Method, path: &str) -> anyhow::Result<()> {
+        let (status, bytes) = self.call(method, path, None).await?;
+        check(status, &bytes)
+    }
+}
+
+fn check(status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
+    if status.is_success() {
+        return Ok(());
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => bail!(e.error),
+        Err(_) => Err(anyhow!("daemon answered {status}: {}", String::from_utf8_lossy(body))),
+    }
+}
