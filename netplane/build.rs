@@ -52,7 +52,12 @@ fn main() {
     // build must pick its toolchain and target afresh.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
-        if key.starts_with("CARGO") || key.starts_with("RUSTC") || key.starts_with("RUSTFLAGS") || key == "RUSTUP_TOOLCHAIN" || key == "RUSTDOC" {
+        if key.starts_with("CARGO")
+            || key.starts_with("RUSTC")
+            || key.starts_with("RUSTFLAGS")
+            || key == "RUSTUP_TOOLCHAIN"
+            || key == "RUSTDOC"
+        {
             cargo.env_remove(key.as_ref());
         }
     }
@@ -64,14 +69,23 @@ fn main() {
         "stable"
     };
     cargo
-        .args(["run", toolchain, "cargo", "build", "--release", "--target", EBPF_TARGET])
+        .args([
+            "run",
+            toolchain,
+            "cargo",
+            "build",
+            "--release",
+            "--target",
+            EBPF_TARGET,
+        ])
         .args(["-Z", "build-std=core", "--manifest-path"])
         .arg(root.join("netplane-ebpf/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
     let linker_dir = linker.parent().unwrap();
     let path = env::join_paths(
-        std::iter::once(linker_dir.to_path_buf()).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+        std::iter::once(linker_dir.to_path_buf())
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
     )
     .unwrap();
     cargo.env("PATH", path);

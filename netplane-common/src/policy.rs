@@ -36,14 +36,26 @@ mod tests {
     #[test]
     fn icc_enabled_allows_everything() {
         let c = cfg(0);
-        assert!(endpoint_traffic_allowed(&c, be([172, 17, 0, 2]), be([172, 17, 0, 3])));
+        assert!(endpoint_traffic_allowed(
+            &c,
+            be([172, 17, 0, 2]),
+            be([172, 17, 0, 3])
+        ));
     }
 
     #[test]
     fn icc_disabled_denies_endpoint_to_endpoint() {
         let c = cfg(NET_FLAG_ICC_DISABLED);
-        assert!(!endpoint_traffic_allowed(&c, be([172, 17, 0, 2]), be([172, 17, 0, 3])));
-        assert!(!endpoint_traffic_allowed(&c, be([172, 17, 0, 2]), be([172, 17, 255, 255])));
+        assert!(!endpoint_traffic_allowed(
+            &c,
+            be([172, 17, 0, 2]),
+            be([172, 17, 0, 3])
+        ));
+        assert!(!endpoint_traffic_allowed(
+            &c,
+            be([172, 17, 0, 2]),
+            be([172, 17, 255, 255])
+        ));
     }
 
     #[test]

@@ -67,7 +67,10 @@ fn endpoint_verdict(ctx: &TcContext) -> Result<(), DropReason> {
 fn count(ctx: &TcContext, direction: Direction) {
     // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let key = IfStatsKey { ifindex, direction: direction as u32 };
+    let key = IfStatsKey {
+        ifindex,
+        direction: direction as u32,
+    };
     if let Some(counters) = IF_STATS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, so no other writer runs concurrently.
         unsafe {

@@ -28,7 +28,12 @@ use crate::{
 #[command(name = "netplane", version)]
 pub struct Cli {
     /// Runtime directory of the daemon (API socket).
-    #[arg(long, global = true, env = "NETPLANE_RUN_DIR", default_value = "/run/netplane")]
+    #[arg(
+        long,
+        global = true,
+        env = "NETPLANE_RUN_DIR",
+        default_value = "/run/netplane"
+    )]
     run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -167,7 +172,10 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -202,7 +210,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { create, rm, cmd } => {
-            let info: EndpointInfo = rt.block_on(client.post("/v1/endpoints", &create.request()))?;
+            let info: EndpointInfo =
+                rt.block_on(client.post("/v1/endpoints", &create.request()))?;
             let daemon: DaemonInfo = rt.block_on(client.get("/v1/info"))?;
             let status = exec::run(&target(&info, &daemon), &cmd);
             if rm {
@@ -220,15 +229,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<20} {:<16} {:<16} {:<18} PORTS", "NAME", "MODE", "IP", "MAC");
+                println!(
+                    "{:<20} {:<16} {:<16} {:<18} PORTS",
+                    "NAME", "MODE", "IP", "MAC"
+                );
                 for e in list {
                     let s = &e.network_settings;
                     let ports: Vec<String> = s
                         .ports
                         .iter()
-                        .flat_map(|(c, hs)| hs.iter().map(move |h| format!("{}:{}->{c}", h.host_ip, h.host_port)))
+                        .flat_map(|(c, hs)| {
+                            hs.iter()
+                                .map(move |h| format!("{}:{}->{c}", h.host_ip, h.host_port))
+                        })
                         .collect();
-                    println!("{:<20} {:<16} {:<16} {:<18} {}", e.name, e.mode, s.ip_address, s.mac_address, ports.join(", "));
+                    println!(
+                        "{:<20} {:<16} {:<16} {:<18} {}",
+                        e.name,
+                        e.mode,
+                        s.ip_address,
+                        s.mac_address,
+                        ports.join(", ")
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -247,7 +269,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let nets: Vec<NetworkInfo> = rt.block_on(client.get("/v1/networks"))?;
             println!("{:<12} {:<8} {:<18} ENDPOINTS", "NAME", "DRIVER", "SUBNET");
             for n in nets {
-                println!("{:<12} {:<8} {:<18} {}", n.name, n.driver, n.subnet.unwrap_or_default(), n.endpoints.len());
+                println!(
+                    "{:<12} {:<8} {:<18} {}",
+                    n.name,
+                    n.driver,
+                    n.subnet.unwrap_or_default(),
+                    n.endpoints.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -267,7 +295,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn target(info: &EndpointInfo, daemon: &DaemonInfo) -> exec::Target {
     let host = info.mode == "host";
     exec::Target {
-        netns: PathBuf::from(if host { &daemon.netns } else { &info.network_settings.sandbox_key }),
+        netns: PathBuf::from(if host {
+            &daemon.netns
+        } else {
+            &info.network_settings.sandbox_key
+        }),
         etc_name: (!host).then(|| info.name.clone()),
         hostname: info.hostname.clone().filter(|_| !host),
     }
@@ -275,23 +307,36 @@ fn target(info: &EndpointInfo, daemon: &DaemonInfo) -> exec::Target {
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// `up --detach`: starts `up` in the background with its log in the run
 /// directory and returns once its API answers.
-fn detach(run_dir: &Path, client: &Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+fn detach(
+    run_dir: &Path,
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let log_path = run_dir.join("netplane.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--detach").collect();
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(&args)
         .env("NETPLANE_RUN_DIR", run_dir)
@@ -308,10 +353,17 @@ fn detach(run_dir: &Path, client: &Client, rt: &tokio::runtime::Runtime) -> anyh
             bail!("the daemon exited ({status}):\n{}", log.trim_end());
         }
         if rt.block_on(client.get::<DaemonInfo>("/v1/info")).is_ok() {
-            println!("netplane daemon {} running; log in {}", child.id(), log_path.display());
+            println!(
+                "netplane daemon {} running; log in {}",
+                child.id(),
+                log_path.display()
+            );
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("the daemon did not answer within 60 s; see {}", log_path.display())
+    bail!(
+        "the daemon did not answer within 60 s; see {}",
+        log_path.display()
+    )
 }

@@ -21,14 +21,25 @@ pub struct Client {
 impl Client {
     /// The client of the daemon whose run directory is `run_dir`.
     pub fn new(run_dir: &Path) -> Self {
-        Client { socket: Config::socket(run_dir) }
+        Client {
+            socket: Config::socket(run_dir),
+        }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let stream = UnixStream::connect(&self.socket).await.with_context(|| {
-            format!("no netplane daemon is running (cannot connect to {})", self.socket.display())
+            format!(
+                "no netplane daemon is running (cannot connect to {})",
+                self.socket.display()
+            )
         })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
@@ -36,16 +47,25 @@ impl Client {
             .header("host", "netplane")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender.send_request(req).await.context("sending request to the daemon")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("sending request to the daemon")?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<T> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<T> {
         let (status, bytes) = self.call(method, path, body).await?;
         check(status, &bytes)?;
-        serde_json::from_slice(&bytes).with_context(|| format!("decoding the daemon's answer to {path}"))
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("decoding the daemon's answer to {path}"))
     }
 
     /// `GET path`.
@@ -54,8 +74,13 @@ impl Client {
     }
 
     /// `POST path` with a JSON body, decoding the JSON answer.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.json(Method::POST, path, Some(serde_json::to_vec(body)?)).await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.json(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await
     }
 
     /// `POST path` or `DELETE path` expecting no content.
@@ -71,6 +96,9 @@ fn check(status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
     }
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => bail!(e.error),
-        Err(_) => Err(anyhow!("daemon answered {status}: {}", String::from_utf8_lossy(body))),
+        Err(_) => Err(anyhow!(
+            "daemon answered {status}: {}",
+            String::from_utf8_lossy(body)
+        )),
     }
 }

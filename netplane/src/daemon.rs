@@ -15,7 +15,9 @@ use tracing::{info, warn};
 
 use crate::{
     api::{CreateEndpoint, DaemonInfo, EndpointInfo, HostBinding, NetworkInfo, NetworkSettings},
-    endpoint::{self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, Mode, Step, format_mac, mac_for},
+    endpoint::{
+        self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, Mode, Step, format_mac, mac_for,
+    },
     error::{Error, Result},
     ipam::{self, Pool},
     portspec::{self, PortSpec},
@@ -98,13 +100,26 @@ impl Daemon {
         let rtnl = Rtnl::current()?;
 
         let stored_bridge = store.meta(meta::BRIDGE)?;
-        let stored_subnet = store.meta(meta::SUBNET)?.map(|s| s.parse::<Ipv4Net>()).transpose().ok().flatten();
+        let stored_subnet = store
+            .meta(meta::SUBNET)?
+            .map(|s| s.parse::<Ipv4Net>())
+            .transpose()
+            .ok()
+            .flatten();
         if let Some(b) = stored_bridge.as_ref().filter(|b| **b != cfg.bridge) {
-            return Err(Error::ConfigChanged { what: "bridge", stored: b.clone(), dir: cfg.state_dir.clone() });
+            return Err(Error::ConfigChanged {
+                what: "bridge",
+                stored: b.clone(),
+                dir: cfg.state_dir.clone(),
+            });
         }
         if let (Some(s), Some(want)) = (stored_subnet, cfg.subnet) {
             if s != want {
-                return Err(Error::ConfigChanged { what: "subnet", stored: s.to_string(), dir: cfg.state_dir.clone() });
+                return Err(Error::ConfigChanged {
+                    what: "subnet",
+                    stored: s.to_string(),
+                    dir: cfg.state_dir.clone(),
+                });
             }
         }
         let existing_bridge = rtnl.link(&cfg.bridge).await?;
@@ -112,20 +127,32 @@ impl Daemon {
             return Err(Error::Foreign(format!("bridge {}", cfg.bridge)));
         }
         let uplink = match &cfg.uplink {
-            Some(u) => Some(rtnl.link(u).await?.ok_or_else(|| Error::InterfaceNotFound(u.clone()))?.name),
+            Some(u) => Some(
+                rtnl.link(u)
+                    .await?
+                    .ok_or_else(|| Error::InterfaceNotFound(u.clone()))?
+                    .name,
+            ),
             None => rtnl.default_route_interface().await?,
         };
         let subnet = match (stored_subnet, cfg.subnet) {
             (Some(s), _) => s,
             (None, Some(want)) => {
-                let in_use = rtnl.networks_in_use(existing_bridge.as_ref().map(|b| b.index)).await?;
+                let in_use = rtnl
+                    .networks_in_use(existing_bridge.as_ref().map(|b| b.index))
+                    .await?;
                 if let Some(other) = in_use.iter().find(|u| ipam::overlaps(&want, u)) {
-                    return Err(Error::SubnetOverlaps { subnet: want, other: *other });
+                    return Err(Error::SubnetOverlaps {
+                        subnet: want,
+                        other: *other,
+                    });
                 }
                 want
             }
             (None, None) => {
-                let in_use = rtnl.networks_in_use(existing_bridge.as_ref().map(|b| b.index)).await?;
+                let in_use = rtnl
+                    .networks_in_use(existing_bridge.as_ref().map(|b| b.index))
+                    .await?;
                 ipam::pick_subnet(ipam::default_pools(), &in_use).ok_or(Error::NoFreeSubnet)?
             }
         };
@@ -137,7 +164,15 @@ impl Daemon {
         };
 
         let mut undo = Vec::new();
-        let mut daemon = Daemon { cfg, store, rtnl, dp: None, net, uplink, _lock: lock };
+        let mut daemon = Daemon {
+            cfg,
+            store,
+            rtnl,
+            dp: None,
+            net,
+            uplink,
+            _lock: lock,
+        };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
             Ok(()) => Ok(daemon),
             Err(e) => {
@@ -164,8 +199,19 @@ impl Daemon {
             self.rtnl.create_bridge(&net.bridge).await?;
             undo.push(Undo::DeleteLink(net.bridge.clone()));
         }
-        let bridge = self.rtnl.link(&net.bridge).await?.ok_or_else(|| Error::InterfaceNotFound(net.bridge.clone()))?;
-        self.rtnl.add_address(bridge.index, &net.bridge, net.gateway, net.subnet.prefix_len()).await?;
+        let bridge = self
+            .rtnl
+            .link(&net.bridge)
+            .await?
+            .ok_or_else(|| Error::InterfaceNotFound(net.bridge.clone()))?;
+        self.rtnl
+            .add_address(
+                bridge.index,
+                &net.bridge,
+                net.gateway,
+                net.subnet.prefix_len(),
+            )
+            .await?;
         self.rtnl.set_up(bridge.index, &net.bridge).await?;
 
         if self.store.meta(meta::IP_FORWARD_BEFORE)?.is_none() {
@@ -176,7 +222,8 @@ impl Daemon {
         host::write_sysctl(host::IP_FORWARD, "1")?;
 
         if let Some(mounted) = host::ensure_bpffs(&self.cfg.bpffs)? {
-            self.store.set_meta(meta::BPFFS_MOUNTED, &mounted.to_string_lossy())?;
+            self.store
+                .set_meta(meta::BPFFS_MOUNTED, &mounted.to_string_lossy())?;
             undo.push(Undo::Unmount(mounted));
         }
         let mut dp = Datapath::load(&self.cfg.bpffs, self.net_config())?;
@@ -186,7 +233,8 @@ impl Daemon {
         }
         self.dp = Some(dp);
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
-        self.store.set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
+        self.store
+            .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
         self.reconcile().await
     }
 
@@ -203,12 +251,18 @@ impl Daemon {
             subnet_be: u32::from(self.net.subnet.network()).to_be(),
             mask_be: u32::from(self.net.subnet.netmask()).to_be(),
             gateway_be: u32::from(self.net.gateway).to_be(),
-            flags: if self.cfg.icc { 0 } else { NET_FLAG_ICC_DISABLED },
+            flags: if self.cfg.icc {
+                0
+            } else {
+                NET_FLAG_ICC_DISABLED
+            },
         }
     }
 
     fn dp(&mut self) -> &mut Datapath {
-        self.dp.as_mut().expect("data path is loaded while the daemon runs")
+        self.dp
+            .as_mut()
+            .expect("data path is loaded while the daemon runs")
     }
 
     /// Brings the kernel in line with the store after a restart: finishes
@@ -236,7 +290,12 @@ impl Daemon {
                 }
             }
         }
-        let owned: Vec<String> = self.store.endpoints()?.iter().filter_map(|r| r.ep.host_veth()).collect();
+        let owned: Vec<String> = self
+            .store
+            .endpoints()?
+            .iter()
+            .filter_map(|r| r.ep.host_veth())
+            .collect();
         for link in self.rtnl.links().await? {
             if link.name.starts_with(HOST_VETH_PREFIX) && !owned.contains(&link.name) {
                 info!(link = %link.name, "removing veth no endpoint owns");
@@ -260,7 +319,7 @@ impl Daemon {
     }
 
     fn plan(&self, ep: &endpoint::Endpoint) -> Vec<Step> {
-        endpoint::plan(ep, &self.net, &host::host_resolv_conf())
+        endpoint::plan(&self.resolved(ep), &self.net, &host::host_resolv_conf())
     }
 
     /// Applies the plan of `ep`; on failure undoes the applied steps.
@@ -299,16 +358,34 @@ impl Daemon {
                 Rtnl::in_netns(&netns::open(&path)?)?.loopback_up().await
             }
             Step::ShareNetns { name, from } => netns::share(name, &netns::path(from)).map(drop),
-            Step::Veth { host, netns: ns, ip, prefix_len, gateway, bridge } => {
+            Step::Veth {
+                host,
+                netns: ns,
+                ip,
+                prefix_len,
+                gateway,
+                bridge,
+            } => {
                 let ns_file = netns::open(&netns::path(ns))?;
                 let peer = format!("{host}p");
                 self.rtnl.create_veth(host, &peer, bridge, &ns_file).await?;
                 Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(&peer, ENDPOINT_IFNAME, mac_for(*ip), *ip, *prefix_len, *gateway)
+                    .configure_endpoint(
+                        &peer,
+                        ENDPOINT_IFNAME,
+                        mac_for(*ip),
+                        *ip,
+                        *prefix_len,
+                        *gateway,
+                    )
                     .await
             }
             Step::AttachDatapath { ifname } => self.dp().attach(ifname, Role::Endpoint),
-            Step::EtcFiles { name, hosts, resolv } => host::write_etc_files(name, hosts, resolv),
+            Step::EtcFiles {
+                name,
+                hosts,
+                resolv,
+            } => host::write_etc_files(name, hosts, resolv),
         }
     }
 
@@ -328,39 +405,63 @@ impl Daemon {
         if let Some(h) = &req.hostname {
             endpoint::validate_name(h)?;
         }
-        let specs = req.publish.iter().map(|s| s.parse::<PortSpec>()).collect::<Result<Vec<_>, _>>()?;
+        let specs = req
+            .publish
+            .iter()
+            .map(|s| s.parse::<PortSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
         if mode != Mode::Bridge {
             if req.ip.is_some() {
-                return Err(Error::NotApplicable { flag: "--ip", mode: mode.to_string() });
+                return Err(Error::NotApplicable {
+                    flag: "--ip",
+                    mode: mode.to_string(),
+                });
             }
             if !specs.is_empty() {
-                return Err(Error::NotApplicable { flag: "-p", mode: mode.to_string() });
+                return Err(Error::NotApplicable {
+                    flag: "-p",
+                    mode: mode.to_string(),
+                });
             }
         }
         let records = self.store.endpoints()?;
-        let ready = |name: &str| records.iter().find(|r| r.ep.name == name && r.state == State::Ready);
-        let mut shared_ip = None;
+        let ready = |name: &str| {
+            records
+                .iter()
+                .find(|r| r.ep.name == name && r.state == State::Ready)
+        };
         if let Mode::Container(other) = &mode {
             let other = ready(other).ok_or_else(|| Error::EndpointNotFound(other.clone()))?;
             if other.ep.netns_name().is_none() {
                 return Err(Error::NoNamespace(other.ep.name.clone()));
             }
-            shared_ip = other.ep.ip;
         }
         for link in &req.links {
             let (other, alias) = link.split_once(':').unwrap_or((link, link));
             endpoint::validate_name(alias)?;
             ready(other).ok_or_else(|| Error::EndpointNotFound(other.to_string()))?;
         }
-        let local: Vec<Ipv4Addr> = self.rtnl.addresses().await?.iter().map(|(n, _)| n.addr()).collect();
-        if let Some(ip) = specs.iter().filter_map(|s| s.host_ip).find(|ip| !ip.is_loopback() && !local.contains(ip)) {
+        let local: Vec<Ipv4Addr> = self
+            .rtnl
+            .addresses()
+            .await?
+            .iter()
+            .map(|(n, _)| n.addr())
+            .collect();
+        if let Some(ip) = specs
+            .iter()
+            .filter_map(|s| s.host_ip)
+            .find(|ip| !ip.is_loopback() && !local.contains(ip))
+        {
             return Err(Error::HostIpNotLocal(ip));
         }
-        let taken: Vec<_> =
-            records.iter().flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), *p))).collect();
+        let taken: Vec<_> = records
+            .iter()
+            .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), *p)))
+            .collect();
         let ports = portspec::assign_host_ports(&specs, &taken, host::ephemeral_ports()?)?;
         let pool = Pool::new(self.net.subnet)?;
-        let mut ep = self.store.insert_endpoint(
+        let ep = self.store.insert_endpoint(
             NewEndpoint {
                 name: &req.name,
                 mode: &mode,
@@ -371,9 +472,6 @@ impl Daemon {
             },
             (mode == Mode::Bridge).then_some(&pool),
         )?;
-        if shared_ip.is_some() {
-            ep.ip = shared_ip;
-        }
         if let Err(e) = self.apply_plan(&ep).await {
             self.store.delete_endpoint(&ep.name)?;
             return Err(e);
@@ -386,8 +484,14 @@ impl Daemon {
     /// Removes an endpoint and every endpoint sharing its namespace.
     pub async fn remove(&mut self, name: &str) -> Result<()> {
         let records = self.store.endpoints()?;
-        let rec = records.iter().find(|r| r.ep.name == name).ok_or_else(|| Error::EndpointNotFound(name.into()))?;
-        for dependent in records.iter().filter(|r| r.ep.mode == Mode::Container(name.to_string())) {
+        let rec = records
+            .iter()
+            .find(|r| r.ep.name == name)
+            .ok_or_else(|| Error::EndpointNotFound(name.into()))?;
+        for dependent in records
+            .iter()
+            .filter(|r| r.ep.mode == Mode::Container(name.to_string()))
+        {
             Box::pin(self.remove(&dependent.ep.name)).await?;
         }
         self.store.set_state(name, State::Removing)?;
@@ -422,7 +526,10 @@ impl Daemon {
         if let Some(mounted) = self.store.meta(meta::BPFFS_MOUNTED)? {
             note(host::unmount_bpffs(Path::new(&mounted)));
         } else {
-            note(fs::remove_dir(&self.cfg.bpffs).map_err(|e| Error::io("remove", self.cfg.bpffs.display(), e)));
+            note(
+                fs::remove_dir(&self.cfg.bpffs)
+                    .map_err(|e| Error::io("remove", self.cfg.bpffs.display(), e)),
+            );
         }
         note(remove_db(&self.cfg.db()));
         let _ = fs::remove_file(Config::socket(&self.cfg.run_dir));
@@ -441,16 +548,29 @@ impl Daemon {
         }
     }
 
+    /// `ep` with the address it has in the kernel: a `container:` endpoint
+    /// has the address of the endpoint whose namespace it shares.
+    fn resolved(&self, ep: &endpoint::Endpoint) -> endpoint::Endpoint {
+        let mut ep = ep.clone();
+        if let Mode::Container(other) = &ep.mode {
+            ep.ip = self.store.endpoint(other).ok().and_then(|o| o.ep.ip);
+        }
+        ep
+    }
+
     fn to_info(&self, rec: &StoredEndpoint) -> EndpointInfo {
-        let ep = &rec.ep;
+        let ep = &self.resolved(&rec.ep);
         let bridged = matches!(ep.mode, Mode::Bridge | Mode::Container(_)) && ep.ip.is_some();
         let mut ports: BTreeMap<String, Vec<HostBinding>> = BTreeMap::new();
         for p in &rec.ports {
             for (i, cport) in (p.container_ports.start..=p.container_ports.end).enumerate() {
-                ports.entry(format!("{cport}/{}", p.proto)).or_default().push(HostBinding {
-                    host_ip: p.host_ip.to_string(),
-                    host_port: (usize::from(p.host_ports.start) + i).to_string(),
-                });
+                ports
+                    .entry(format!("{cport}/{}", p.proto))
+                    .or_default()
+                    .push(HostBinding {
+                        host_ip: p.host_ip.to_string(),
+                        host_port: (usize::from(p.host_ports.start) + i).to_string(),
+                    });
             }
         }
         EndpointInfo {
@@ -463,10 +583,26 @@ impl Daemon {
                     Some(n) => netns::path(n).to_string_lossy().into_owned(),
                     None => self.info().netns,
                 },
-                ip_address: ep.ip.filter(|_| bridged).map(|ip| ip.to_string()).unwrap_or_default(),
-                ip_prefix_len: if bridged { self.net.subnet.prefix_len() } else { 0 },
-                gateway: if bridged { self.net.gateway.to_string() } else { String::new() },
-                mac_address: ep.ip.filter(|_| bridged).map(|ip| format_mac(&mac_for(ip))).unwrap_or_default(),
+                ip_address: ep
+                    .ip
+                    .filter(|_| bridged)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+                ip_prefix_len: if bridged {
+                    self.net.subnet.prefix_len()
+                } else {
+                    0
+                },
+                gateway: if bridged {
+                    self.net.gateway.to_string()
+                } else {
+                    String::new()
+                },
+                mac_address: ep
+                    .ip
+                    .filter(|_| bridged)
+                    .map(|ip| format_mac(&mac_for(ip)))
+                    .unwrap_or_default(),
                 ports,
             },
         }
@@ -479,14 +615,24 @@ impl Daemon {
 
     /// `GET /v1/endpoints`.
     pub fn list(&self) -> Result<Vec<EndpointInfo>> {
-        Ok(self.store.endpoints()?.iter().filter(|r| r.state == State::Ready).map(|r| self.to_info(r)).collect())
+        Ok(self
+            .store
+            .endpoints()?
+            .iter()
+            .filter(|r| r.state == State::Ready)
+            .map(|r| self.to_info(r))
+            .collect())
     }
 
     /// `GET /v1/networks`.
     pub fn networks(&self) -> Result<Vec<NetworkInfo>> {
         let records = self.store.endpoints()?;
         let members = |pred: &dyn Fn(&Mode) -> bool| -> Vec<String> {
-            records.iter().filter(|r| pred(&r.ep.mode)).map(|r| r.ep.name.clone()).collect()
+            records
+                .iter()
+                .filter(|r| pred(&r.ep.mode))
+                .map(|r| r.ep.name.clone())
+                .collect()
         };
         let simple = |name: &str, driver: &str, endpoints| NetworkInfo {
             name: name.into(),
@@ -514,7 +660,10 @@ impl Daemon {
 
     /// Counters of the bridge, the uplink and every endpoint veth, and drops.
     pub fn stats(&self) -> Result<crate::api::Stats> {
-        let dp = self.dp.as_ref().expect("data path is loaded while the daemon runs");
+        let dp = self
+            .dp
+            .as_ref()
+            .expect("data path is loaded while the daemon runs");
         let mut interfaces: BTreeMap<String, Traffic> = BTreeMap::new();
         let records = self.store.endpoints()?;
         let names = std::iter::once(self.net.bridge.clone())
@@ -523,7 +672,10 @@ impl Daemon {
         for name in names {
             interfaces.insert(name.clone(), dp.traffic(&name)?);
         }
-        Ok(crate::api::Stats { interfaces, drops: dp.drops()? })
+        Ok(crate::api::Stats {
+            interfaces,
+            drops: dp.drops()?,
+        })
     }
 }
 

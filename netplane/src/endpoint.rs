@@ -81,7 +81,10 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Host-side veth of the endpoint with store id `id` (unique, never reused).
@@ -188,7 +191,10 @@ pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str) -> Vec<Step> {
         Mode::Host => Vec::new(),
         Mode::None => vec![Step::Netns { name: name.clone() }, etc(None)],
         Mode::Container(other) => vec![
-            Step::ShareNetns { name: name.clone(), from: other.clone() },
+            Step::ShareNetns {
+                name: name.clone(),
+                from: other.clone(),
+            },
             etc(ep.ip),
         ],
         Mode::Bridge => {
@@ -218,7 +224,11 @@ pub fn hosts_file(hostname: &str, name: &str, ip: Option<Ipv4Addr>) -> String {
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
          ff02::2\tip6-allrouters\n",
     );
-    let names = if hostname == name { name.to_string() } else { format!("{hostname} {name}") };
+    let names = if hostname == name {
+        name.to_string()
+    } else {
+        format!("{hostname} {name}")
+    };
     match ip {
         Some(ip) => hosts.push_str(&format!("{ip}\t{names}\n")),
         None => hosts.push_str(&format!("127.0.1.1\t{names}\n")),
@@ -271,7 +281,11 @@ mod tests {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
         for bad in ["", "-a", ".a", "a/b", "a b", "é", &"x".repeat(64), "../x"] {
-            assert_eq!(validate_name(bad), Err(Error::InvalidName(bad.into())), "{bad}");
+            assert_eq!(
+                validate_name(bad),
+                Err(Error::InvalidName(bad.into())),
+                "{bad}"
+            );
         }
     }
 
@@ -280,21 +294,34 @@ mod tests {
         assert_eq!("bridge".parse::<Mode>().unwrap(), Mode::Bridge);
         assert_eq!("host".parse::<Mode>().unwrap(), Mode::Host);
         assert_eq!("none".parse::<Mode>().unwrap(), Mode::None);
-        assert_eq!("container:db".parse::<Mode>().unwrap(), Mode::Container("db".into()));
-        assert_eq!("nope".parse::<Mode>(), Err(Error::NetworkNotFound("nope".into())));
+        assert_eq!(
+            "container:db".parse::<Mode>().unwrap(),
+            Mode::Container("db".into())
+        );
+        assert_eq!(
+            "nope".parse::<Mode>(),
+            Err(Error::NetworkNotFound("nope".into()))
+        );
         assert!("container:".parse::<Mode>().is_err());
     }
 
     #[test]
     fn mac_and_veth_names() {
-        assert_eq!(format_mac(&mac_for("172.17.0.2".parse().unwrap())), "02:42:ac:11:00:02");
+        assert_eq!(
+            format_mac(&mac_for("172.17.0.2".parse().unwrap())),
+            "02:42:ac:11:00:02"
+        );
         assert_eq!(host_veth_name(26), "npv1a");
         assert!(host_veth_name(i64::from(u32::MAX)).len() <= 15, "IFNAMSIZ");
     }
 
     #[test]
     fn bridge_plan() {
-        let steps = plan(&ep(Mode::Bridge, Some("172.17.0.2")), &net(), "nameserver 127.0.0.53\nnameserver 9.9.9.9\n");
+        let steps = plan(
+            &ep(Mode::Bridge, Some("172.17.0.2")),
+            &net(),
+            "nameserver 127.0.0.53\nnameserver 9.9.9.9\n",
+        );
         assert_eq!(steps.len(), 4);
         assert_eq!(steps[0], Step::Netns { name: "web".into() });
         assert_eq!(
@@ -308,8 +335,15 @@ mod tests {
                 bridge: "np0".into(),
             }
         );
-        assert_eq!(steps[2], Step::AttachDatapath { ifname: "npv1a".into() });
-        let Step::EtcFiles { hosts, resolv, .. } = &steps[3] else { panic!() };
+        assert_eq!(
+            steps[2],
+            Step::AttachDatapath {
+                ifname: "npv1a".into()
+            }
+        );
+        let Step::EtcFiles { hosts, resolv, .. } = &steps[3] else {
+            panic!()
+        };
         assert!(hosts.ends_with("172.17.0.2\tweb\n"));
         assert_eq!(resolv, "nameserver 9.9.9.9\n");
     }
@@ -320,9 +354,21 @@ mod tests {
         let none = plan(&ep(Mode::None, None), &net(), "");
         assert_eq!(none[0], Step::Netns { name: "web".into() });
         assert_eq!(none.len(), 2);
-        let shared = plan(&ep(Mode::Container("db".into()), Some("172.17.0.9")), &net(), "");
-        assert_eq!(shared[0], Step::ShareNetns { name: "web".into(), from: "db".into() });
-        let Step::EtcFiles { hosts, .. } = &shared[1] else { panic!() };
+        let shared = plan(
+            &ep(Mode::Container("db".into()), Some("172.17.0.9")),
+            &net(),
+            "",
+        );
+        assert_eq!(
+            shared[0],
+            Step::ShareNetns {
+                name: "web".into(),
+                from: "db".into()
+            }
+        );
+        let Step::EtcFiles { hosts, .. } = &shared[1] else {
+            panic!()
+        };
         assert!(hosts.contains("172.17.0.9\tweb"));
     }
 

@@ -87,7 +87,9 @@ pub enum Error {
     #[error("{0} already exists and is not managed by this netplane")]
     Foreign(String),
     /// The embedded eBPF object is empty.
-    #[error("this netplane was built without its eBPF object (bpf-linker missing); run `cargo xtask build-ebpf`")]
+    #[error(
+        "this netplane was built without its eBPF object (bpf-linker missing); run `cargo xtask build-ebpf`"
+    )]
     NoEbpfObject,
     /// A netlink request failed.
     #[error("{op} {object}: {source}")]
@@ -129,13 +131,29 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::Io`] for `op` on `object`.
-    pub fn io(op: &'static str, object: impl std::fmt::Display, source: impl Into<io::Error>) -> Self {
-        Error::Io { op, object: object.to_string(), source: source.into() }
+    pub fn io(
+        op: &'static str,
+        object: impl std::fmt::Display,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        Error::Io {
+            op,
+            object: object.to_string(),
+            source: source.into(),
+        }
     }
 
     /// An [`Error::Netlink`] for `op` on `object`.
-    pub fn netlink(op: &'static str, object: impl std::fmt::Display, source: rtnetlink::Error) -> Self {
-        Error::Netlink { op, object: object.to_string(), source }
+    pub fn netlink(
+        op: &'static str,
+        object: impl std::fmt::Display,
+        source: rtnetlink::Error,
+    ) -> Self {
+        Error::Netlink {
+            op,
+            object: object.to_string(),
+            source,
+        }
     }
 
     /// An [`Error::Ebpf`] for `op` on `object`.
@@ -144,7 +162,11 @@ impl Error {
         object: impl std::fmt::Display,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error::Ebpf { op, object: object.to_string(), source: Box::new(source) }
+        Error::Ebpf {
+            op,
+            object: object.to_string(),
+            source: Box::new(source),
+        }
     }
 
     /// Whether the request was at fault (as opposed to the host or netplane).
@@ -169,7 +191,10 @@ impl Error {
 
     /// Whether the request conflicts with existing state.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::EndpointExists(_) | Error::PortInUse { .. } | Error::Foreign(_))
+        matches!(
+            self,
+            Error::EndpointExists(_) | Error::PortInUse { .. } | Error::Foreign(_)
+        )
     }
 }
 

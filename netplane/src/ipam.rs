@@ -25,7 +25,9 @@ pub fn pick_subnet(
     pools: impl IntoIterator<Item = Ipv4Net>,
     in_use: &[Ipv4Net],
 ) -> Option<Ipv4Net> {
-    pools.into_iter().find(|p| !in_use.iter().any(|u| overlaps(p, u)))
+    pools
+        .into_iter()
+        .find(|p| !in_use.iter().any(|u| overlaps(p, u)))
 }
 
 /// A subnet with its gateway: the addresses endpoints may lease.
@@ -69,14 +71,20 @@ impl Pool {
         if subnet.prefix_len() > 30 {
             return Err(LeaseError::SubnetTooSmall(subnet));
         }
-        let gateway = subnet.hosts().next().ok_or(LeaseError::SubnetTooSmall(subnet))?;
+        let gateway = subnet
+            .hosts()
+            .next()
+            .ok_or(LeaseError::SubnetTooSmall(subnet))?;
         Ok(Pool { subnet, gateway })
     }
 
     /// Checks that `ip` may be leased given the current `leased` addresses.
     pub fn check(&self, ip: Ipv4Addr, leased: &BTreeSet<Ipv4Addr>) -> Result<(), LeaseError> {
         if !self.subnet.contains(&ip) {
-            return Err(LeaseError::OutsideSubnet { ip, subnet: self.subnet });
+            return Err(LeaseError::OutsideSubnet {
+                ip,
+                subnet: self.subnet,
+            });
         }
         if ip == self.subnet.network() || ip == self.subnet.broadcast() || ip == self.gateway {
             return Err(LeaseError::Reserved(ip));
@@ -115,9 +123,19 @@ mod tests {
 
     #[test]
     fn pick_skips_overlapping_routes_and_addresses() {
-        let in_use = [net("172.17.5.0/24"), net("172.16.0.0/12"), net("10.0.0.1/32")];
-        assert_eq!(pick_subnet(default_pools(), &in_use), Some(net("192.168.0.0/20")));
-        assert_eq!(pick_subnet(default_pools(), &[net("172.17.0.0/16")]), Some(net("172.18.0.0/16")));
+        let in_use = [
+            net("172.17.5.0/24"),
+            net("172.16.0.0/12"),
+            net("10.0.0.1/32"),
+        ];
+        assert_eq!(
+            pick_subnet(default_pools(), &in_use),
+            Some(net("192.168.0.0/20"))
+        );
+        assert_eq!(
+            pick_subnet(default_pools(), &[net("172.17.0.0/16")]),
+            Some(net("172.18.0.0/16"))
+        );
         assert_eq!(pick_subnet(default_pools(), &[net("0.0.0.0/0")]), None);
     }
 
@@ -131,7 +149,10 @@ mod tests {
             assert_eq!(ip.to_string(), expected);
             leased.insert(ip);
         }
-        assert_eq!(pool.next_free(&leased), Err(LeaseError::Exhausted(pool.subnet)));
+        assert_eq!(
+            pool.next_free(&leased),
+            Err(LeaseError::Exhausted(pool.subnet))
+        );
         leased.remove(&"10.9.0.4".parse().unwrap());
         assert_eq!(pool.next_free(&leased).unwrap().to_string(), "10.9.0.4");
     }
@@ -142,10 +163,22 @@ mod tests {
         let leased: BTreeSet<Ipv4Addr> = ["10.9.0.7".parse().unwrap()].into();
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert!(pool.check(ip("10.9.0.8"), &leased).is_ok());
-        assert_eq!(pool.check(ip("10.9.0.7"), &leased), Err(LeaseError::InUse(ip("10.9.0.7"))));
-        assert_eq!(pool.check(ip("10.9.0.1"), &leased), Err(LeaseError::Reserved(ip("10.9.0.1"))));
-        assert_eq!(pool.check(ip("10.9.0.255"), &leased), Err(LeaseError::Reserved(ip("10.9.0.255"))));
-        assert!(matches!(pool.check(ip("10.9.1.1"), &leased), Err(LeaseError::OutsideSubnet { .. })));
+        assert_eq!(
+            pool.check(ip("10.9.0.7"), &leased),
+            Err(LeaseError::InUse(ip("10.9.0.7")))
+        );
+        assert_eq!(
+            pool.check(ip("10.9.0.1"), &leased),
+            Err(LeaseError::Reserved(ip("10.9.0.1")))
+        );
+        assert_eq!(
+            pool.check(ip("10.9.0.255"), &leased),
+            Err(LeaseError::Reserved(ip("10.9.0.255")))
+        );
+        assert!(matches!(
+            pool.check(ip("10.9.1.1"), &leased),
+            Err(LeaseError::OutsideSubnet { .. })
+        ));
         assert!(Pool::new(net("10.0.0.0/31")).is_err());
     }
 }

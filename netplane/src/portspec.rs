@@ -105,7 +105,10 @@ impl FromStr for PortSpec {
     type Err = PortSpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        parse(spec).map_err(|reason| PortSpecError { spec: spec.to_string(), reason })
+        parse(spec).map_err(|reason| PortSpecError {
+            spec: spec.to_string(),
+            reason,
+        })
     }
 }
 
@@ -127,9 +130,15 @@ fn parse(spec: &str) -> Result<PortSpec, String> {
         _ => return Err("expected [IP:][HOSTPORT:]CONTAINERPORT".into()),
     };
     let host_ip = ip
-        .map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| format!("{ip:?} is not an IPv4 address")))
+        .map(|ip| {
+            ip.parse::<Ipv4Addr>()
+                .map_err(|_| format!("{ip:?} is not an IPv4 address"))
+        })
         .transpose()?;
-    let host_ports = host.filter(|h| !h.is_empty()).map(PortRange::parse).transpose()?;
+    let host_ports = host
+        .filter(|h| !h.is_empty())
+        .map(PortRange::parse)
+        .transpose()?;
     let container_ports = PortRange::parse(container)?;
     if let Some(h) = host_ports {
         if h.len() != container_ports.len() {
@@ -138,7 +147,12 @@ fn parse(spec: &str) -> Result<PortSpec, String> {
             ));
         }
     }
-    Ok(PortSpec { host_ip, host_ports, container_ports, proto })
+    Ok(PortSpec {
+        host_ip,
+        host_ports,
+        container_ports,
+        proto,
+    })
 }
 
 impl fmt::Display for PortSpec {
@@ -180,7 +194,13 @@ mod tests {
     fn full_forms() {
         let p = ok("127.0.0.1:8080:80/udp");
         assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
-        assert_eq!(p.host_ports, Some(PortRange { start: 8080, end: 8080 }));
+        assert_eq!(
+            p.host_ports,
+            Some(PortRange {
+                start: 8080,
+                end: 8080
+            })
+        );
         assert_eq!(p.proto, Proto::Udp);
         let p = ok("10.0.0.1::53/udp");
         assert_eq!(p.host_ports, None);
@@ -190,7 +210,13 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["80/tcp", "8080:80/tcp", "127.0.0.1:8080:80/udp", "10.0.0.1::53/udp", "1-3:4-6/tcp"] {
+        for s in [
+            "80/tcp",
+            "8080:80/tcp",
+            "127.0.0.1:8080:80/udp",
+            "10.0.0.1::53/udp",
+            "1-3:4-6/tcp",
+        ] {
             assert_eq!(ok(s).to_string(), s);
         }
     }
@@ -249,7 +275,10 @@ pub fn assign_host_ports(
         let host_ip = spec.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         let candidate = |start: u16| PublishedPort {
             host_ip,
-            host_ports: PortRange { start, end: start + (spec.container_ports.end - spec.container_ports.start) },
+            host_ports: PortRange {
+                start,
+                end: start + (spec.container_ports.end - spec.container_ports.start),
+            },
             container_ports: spec.container_ports,
             proto: spec.proto,
         };
@@ -284,7 +313,10 @@ pub fn assign_host_ports(
 mod assign_tests {
     use super::*;
 
-    const EPHEMERAL: PortRange = PortRange { start: 32768, end: 60999 };
+    const EPHEMERAL: PortRange = PortRange {
+        start: 32768,
+        end: 60999,
+    };
 
     fn specs(s: &[&str]) -> Vec<PortSpec> {
         s.iter().map(|s| s.parse().unwrap()).collect()
@@ -313,9 +345,18 @@ mod assign_tests {
 
     #[test]
     fn auto_ranges_fit_and_exhaust() {
-        let tiny = PortRange { start: 40000, end: 40002 };
+        let tiny = PortRange {
+            start: 40000,
+            end: 40002,
+        };
         let got = assign_host_ports(&specs(&["10-11"]), &[], tiny).unwrap();
-        assert_eq!(got[0].host_ports, PortRange { start: 40000, end: 40001 });
+        assert_eq!(
+            got[0].host_ports,
+            PortRange {
+                start: 40000,
+                end: 40001
+            }
+        );
         let err = assign_host_ports(&specs(&["10-11", "12-13"]), &[], tiny).unwrap_err();
         assert!(err.to_string().contains("no free host port"));
     }

@@ -36,7 +36,13 @@ impl IntoResponse for ApiError {
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
         };
-        (status, Json(ErrorBody { error: self.0.to_string() })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: self.0.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -49,10 +55,17 @@ impl From<Error> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 fn gone() -> ApiError {
-    ApiError(Error::io("serve", "API", std::io::Error::other("daemon is shutting down")))
+    ApiError(Error::io(
+        "serve",
+        "API",
+        std::io::Error::other("daemon is shutting down"),
+    ))
 }
 
-async fn with<T>(state: &Shared, f: impl AsyncFnOnce(&mut Daemon) -> Result<T, Error>) -> ApiResult<T> {
+async fn with<T>(
+    state: &Shared,
+    f: impl AsyncFnOnce(&mut Daemon) -> Result<T, Error>,
+) -> ApiResult<T> {
     let mut guard = state.lock().await;
     let daemon = guard.as_mut().ok_or_else(gone)?;
     Ok(f(daemon).await?)
@@ -68,12 +81,18 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     let state: Shared = Arc::new(Mutex::new(Some(daemon)));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let app = Router::new()
-        .route("/v1/info", get(async |State(s): State<Shared>| with(&s, async |d| Ok(Json(d.info()))).await))
+        .route(
+            "/v1/info",
+            get(async |State(s): State<Shared>| with(&s, async |d| Ok(Json(d.info()))).await),
+        )
         .route(
             "/v1/endpoints",
             get(async |State(s): State<Shared>| with(&s, async |d| d.list().map(Json)).await).post(
                 async |State(s): State<Shared>, Json(req): Json<CreateEndpoint>| {
-                    with(&s, async |d| d.create(req).await.map(|i| (StatusCode::CREATED, Json(i)))).await
+                    with(&s, async |d| {
+                        d.create(req).await.map(|i| (StatusCode::CREATED, Json(i)))
+                    })
+                    .await
                 },
             ),
         )
@@ -83,36 +102,52 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 with(&s, async |d| d.inspect(&n).map(Json)).await
             })
             .delete(async |State(s): State<Shared>, Path(n): Path<String>| {
-                with(&s, async |d| d.remove(&n).await.map(|()| StatusCode::NO_CONTENT)).await
-            }),
-        )
-        .route("/v1/networks", get(async |State(s): State<Shared>| with(&s, async |d| d.networks().map(Json)).await))
-        .route(
-            "/v1/networks/{name}",
-            get(async |State(s): State<Shared>, Path(n): Path<String>| {
                 with(&s, async |d| {
-                    d.networks()?.into_iter().find(|x| x.name == n).map(Json).ok_or(Error::NetworkNotFound(n))
+                    d.remove(&n).await.map(|()| StatusCode::NO_CONTENT)
                 })
                 .await
             }),
         )
-        .route("/v1/stats", get(async |State(s): State<Shared>| with(&s, async |d| d.stats().map(Json)).await))
+        .route(
+            "/v1/networks",
+            get(async |State(s): State<Shared>| with(&s, async |d| d.networks().map(Json)).await),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(async |State(s): State<Shared>, Path(n): Path<String>| {
+                with(&s, async |d| {
+                    d.networks()?
+                        .into_iter()
+                        .find(|x| x.name == n)
+                        .map(Json)
+                        .ok_or(Error::NetworkNotFound(n))
+                })
+                .await
+            }),
+        )
+        .route(
+            "/v1/stats",
+            get(async |State(s): State<Shared>| with(&s, async |d| d.stats().map(Json)).await),
+        )
         .route(
             "/v1/down",
-            post(async move |State(s): State<Shared>| -> ApiResult<StatusCode> {
-                let daemon = s.lock().await.take().ok_or_else(gone)?;
-                let result = daemon.down().await;
-                let _ = stop_tx.send(true);
-                result?;
-                Ok(StatusCode::NO_CONTENT)
-            }),
+            post(
+                async move |State(s): State<Shared>| -> ApiResult<StatusCode> {
+                    let daemon = s.lock().await.take().ok_or_else(gone)?;
+                    let result = daemon.down().await;
+                    let _ = stop_tx.send(true);
+                    result?;
+                    Ok(StatusCode::NO_CONTENT)
+                },
+            ),
         )
         .with_state(state);
     info!(socket = %socket.display(), "API ready");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => info!("interrupted: stopping, data path stays"),
                 _ = term.recv() => info!("terminated: stopping, data path stays"),

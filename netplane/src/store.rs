@@ -122,10 +122,19 @@ impl Store {
 
     /// Records a new endpoint in state `Creating`, leasing its address from
     /// `pool` (the requested one, or the lowest free) in the same transaction.
-    pub fn insert_endpoint(&mut self, new: NewEndpoint<'_>, pool: Option<&Pool>) -> Result<Endpoint> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool =
-            tx.query_row("SELECT EXISTS (SELECT 1 FROM endpoints WHERE name = ?1)", [new.name], |r| r.get(0))?;
+    pub fn insert_endpoint(
+        &mut self,
+        new: NewEndpoint<'_>,
+        pool: Option<&Pool>,
+    ) -> Result<Endpoint> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM endpoints WHERE name = ?1)",
+            [new.name],
+            |r| r.get(0),
+        )?;
         if exists {
             return Err(Error::EndpointExists(new.name.to_string()));
         }
@@ -164,21 +173,25 @@ impl Store {
 
     /// Moves an endpoint to `state`.
     pub fn set_state(&self, name: &str, state: State) -> Result<()> {
-        self.conn.execute("UPDATE endpoints SET state = ?2 WHERE name = ?1", params![name, state.as_str()])?;
+        self.conn.execute(
+            "UPDATE endpoints SET state = ?2 WHERE name = ?1",
+            params![name, state.as_str()],
+        )?;
         Ok(())
     }
 
     /// Forgets an endpoint, releasing its lease and ports.
     pub fn delete_endpoint(&self, name: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM endpoints WHERE name = ?1", [name])?;
+        self.conn
+            .execute("DELETE FROM endpoints WHERE name = ?1", [name])?;
         Ok(())
     }
 
     /// Every endpoint, oldest first.
     pub fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, name, mode, ip, hostname, ports, links, state FROM endpoints ORDER BY id")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, mode, ip, hostname, ports, links, state FROM endpoints ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -197,7 +210,10 @@ impl Store {
                 ep: Endpoint {
                     id,
                     mode: mode.parse().map_err(|_| corrupt("mode", &name))?,
-                    ip: ip.map(|ip| ip.parse()).transpose().map_err(|_| corrupt("ip", &name))?,
+                    ip: ip
+                        .map(|ip| ip.parse())
+                        .transpose()
+                        .map_err(|_| corrupt("ip", &name))?,
                     hostname,
                     name: name.clone(),
                 },
@@ -219,14 +235,17 @@ impl Store {
 }
 
 fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
-    let mut stmt = tx.prepare("SELECT ip FROM endpoints WHERE ip IS NOT NULL AND mode = 'bridge'")?;
+    let mut stmt =
+        tx.prepare("SELECT ip FROM endpoints WHERE ip IS NOT NULL AND mode = 'bridge'")?;
     let ips = stmt.query_map([], |r| r.get::<_, String>(0))?;
     ips.map(|ip| ip?.parse().map_err(|_| corrupt("ip", "lease")))
         .collect::<Result<_>>()
 }
 
 fn corrupt(column: &str, name: &str) -> Error {
-    Error::Store(rusqlite::Error::InvalidColumnName(format!("unreadable {column} of endpoint {name}")))
+    Error::Store(rusqlite::Error::InvalidColumnName(format!(
+        "unreadable {column} of endpoint {name}"
+    )))
 }
 
 #[cfg(test)]
@@ -235,7 +254,14 @@ mod tests {
     use crate::ipam::LeaseError;
 
     fn new<'a>(name: &'a str, mode: &'a Mode, ip: Option<Ipv4Addr>) -> NewEndpoint<'a> {
-        NewEndpoint { name, mode, ip, hostname: None, ports: &[], links: &[] }
+        NewEndpoint {
+            name,
+            mode,
+            ip,
+            hostname: None,
+            ports: &[],
+            links: &[],
+        }
     }
 
     #[test]
@@ -243,18 +269,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let pool = Pool::new("10.1.0.0/24".parse().unwrap()).unwrap();
-        let a = store.insert_endpoint(new("a", &Mode::Bridge, None), Some(&pool)).unwrap();
-        let b = store.insert_endpoint(new("b", &Mode::Bridge, None), Some(&pool)).unwrap();
+        let a = store
+            .insert_endpoint(new("a", &Mode::Bridge, None), Some(&pool))
+            .unwrap();
+        let b = store
+            .insert_endpoint(new("b", &Mode::Bridge, None), Some(&pool))
+            .unwrap();
         assert_eq!(a.ip.unwrap().to_string(), "10.1.0.2");
         assert_eq!(b.ip.unwrap().to_string(), "10.1.0.3");
-        let err = store.insert_endpoint(new("c", &Mode::Bridge, a.ip), Some(&pool)).unwrap_err();
+        let err = store
+            .insert_endpoint(new("c", &Mode::Bridge, a.ip), Some(&pool))
+            .unwrap_err();
         assert_eq!(err, Error::Lease(LeaseError::InUse(a.ip.unwrap())));
-        let err = store.insert_endpoint(new("a", &Mode::None, None), None).unwrap_err();
+        let err = store
+            .insert_endpoint(new("a", &Mode::None, None), None)
+            .unwrap_err();
         assert_eq!(err, Error::EndpointExists("a".into()));
         store.delete_endpoint("a").unwrap();
-        let c = store.insert_endpoint(new("c", &Mode::Bridge, None), Some(&pool)).unwrap();
+        let c = store
+            .insert_endpoint(new("c", &Mode::Bridge, None), Some(&pool))
+            .unwrap();
         assert_eq!(c.ip, a.ip);
-        assert!(c.id > b.id, "ids are never reused, so veth names are not either");
+        assert!(
+            c.id > b.id,
+            "ids are never reused, so veth names are not either"
+        );
     }
 
     #[test]
@@ -264,14 +303,22 @@ mod tests {
         {
             let mut store = Store::open(&path).unwrap();
             store.set_meta("subnet", "10.1.0.0/24").unwrap();
-            store.insert_endpoint(new("x", &Mode::Container("y".into()), None), None).unwrap();
+            store
+                .insert_endpoint(new("x", &Mode::Container("y".into()), None), None)
+                .unwrap();
             store.set_state("x", State::Ready).unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.meta("subnet").unwrap().as_deref(), Some("10.1.0.0/24"));
+        assert_eq!(
+            store.meta("subnet").unwrap().as_deref(),
+            Some("10.1.0.0/24")
+        );
         let x = store.endpoint("x").unwrap();
         assert_eq!(x.state, State::Ready);
         assert_eq!(x.ep.mode, Mode::Container("y".into()));
-        assert_eq!(store.endpoint("nope").unwrap_err(), Error::EndpointNotFound("nope".into()));
+        assert_eq!(
+            store.endpoint("nope").unwrap_err(),
+            Error::EndpointNotFound("nope".into())
+        );
     }
 }

@@ -1,1 +1,179 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build-ebpf | up | test`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages: the eBPF linker's LLVM, and the tools the daemon and the
+/// tests run.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "iputils-ping",
+    "util-linux",
+    "procps",
+    "curl",
+    "socat",
+    "bpftool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const EBPF_TOOLCHAIN: &str = "nightly";
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install everything building and testing needs (idempotent, fast when done).
+    Setup,
+    /// Build the eBPF object and the netplane binary that embeds it.
+    BuildEbpf {
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, and run `netplane up` in the foreground (extra arguments go to `up`).
+    Up {
+        /// Arguments for `netplane up`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test (needs root).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::BuildEbpf { release } => build_ebpf(release).map(|bin| println!("{}", bin.display())),
+        Task::Up { args } => {
+            setup()?;
+            let bin = build_ebpf(true)?;
+            let status = Command::new(&bin).arg("up").args(args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test => {
+            if !is_root() {
+                bail!("the test suite builds network namespaces and must run as root");
+            }
+            setup()?;
+            build_ebpf(false)?;
+            run(cargo()
+                .args(["test", "--workspace"])
+                .env("NETPLANE_REQUIRE_EBPF", "1"))
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let toolchain =
+        if succeeds(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])) {
+            EBPF_TOOLCHAIN
+        } else {
+            "stable"
+        };
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
+        .output()?;
+    if !String::from_utf8_lossy(&components.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            toolchain,
+        ]))?;
+    }
+    let linker = Command::new("bpf-linker").arg("--version").output();
+    if !linker.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    Ok(())
+}
+
+fn build_ebpf(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "netplane"])
+        .env("NETPLANE_REQUIRE_EBPF", "1");
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("netplane"))
+}

@@ -20,7 +20,9 @@ use aya::{
         tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
-use netplane_common::abi::{DropReason, Direction, IfCounters, IfStatsKey, NetConfig, maps, programs};
+use netplane_common::abi::{
+    Direction, DropReason, IfCounters, IfStatsKey, NetConfig, maps, programs,
+};
 use nix::net::if_::if_nametoindex;
 
 use crate::error::{Error, Result};
@@ -93,10 +95,20 @@ impl Datapath {
             .default_map_pin_directory(&maps_dir)
             .load(OBJECT)
             .map_err(|e| Error::ebpf("load", "eBPF object", e))?;
-        for name in [programs::ENDPOINT_INGRESS, programs::COUNT_INGRESS, programs::COUNT_EGRESS] {
-            classifier(&mut ebpf, name)?.load().map_err(|e| Error::ebpf("load program", name, e))?;
+        for name in [
+            programs::ENDPOINT_INGRESS,
+            programs::COUNT_INGRESS,
+            programs::COUNT_EGRESS,
+        ] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|e| Error::ebpf("load program", name, e))?;
         }
-        let mut dp = Datapath { ebpf, maps_dir, links_dir };
+        let mut dp = Datapath {
+            ebpf,
+            maps_dir,
+            links_dir,
+        };
         dp.set_config(cfg)?;
         Ok(dp)
     }
@@ -104,20 +116,40 @@ impl Datapath {
     /// Replaces the network configuration the programs read.
     pub fn set_config(&mut self, cfg: NetConfig) -> Result<()> {
         let mut config: Array<_, NetConfig> = self.map_mut(maps::NET_CONFIG)?;
-        config.set(0, cfg, 0).map_err(|e| Error::ebpf("update", maps::NET_CONFIG, e))
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| Error::ebpf("update", maps::NET_CONFIG, e))
     }
 
-    fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(&'a mut self, name: &str) -> Result<T> {
-        let map = self.ebpf.map_mut(name).ok_or_else(|| Error::ebpf("find map", name, MapError::InvalidName {
-            name: name.to_string(),
-        }))?;
+    fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(
+        &'a mut self,
+        name: &str,
+    ) -> Result<T> {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| {
+            Error::ebpf(
+                "find map",
+                name,
+                MapError::InvalidName {
+                    name: name.to_string(),
+                },
+            )
+        })?;
         T::try_from(map).map_err(|e| Error::ebpf("open map", name, e))
     }
 
-    fn map<'a, T: TryFrom<&'a aya::maps::Map, Error = MapError>>(&'a self, name: &str) -> Result<T> {
-        let map = self.ebpf.map(name).ok_or_else(|| Error::ebpf("find map", name, MapError::InvalidName {
-            name: name.to_string(),
-        }))?;
+    fn map<'a, T: TryFrom<&'a aya::maps::Map, Error = MapError>>(
+        &'a self,
+        name: &str,
+    ) -> Result<T> {
+        let map = self.ebpf.map(name).ok_or_else(|| {
+            Error::ebpf(
+                "find map",
+                name,
+                MapError::InvalidName {
+                    name: name.to_string(),
+                },
+            )
+        })?;
         T::try_from(map).map_err(|e| Error::ebpf("open map", name, e))
     }
 
@@ -145,15 +177,32 @@ impl Datapath {
                         Direction::Ingress => TcAttachType::Ingress,
                         Direction::Egress => TcAttachType::Egress,
                     };
-                    prog.attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                        .map_err(|e| Error::ebpf("attach to", format!("{ifname} {}", direction_name(direction)), e))?
+                    prog.attach_with_options(
+                        ifname,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| {
+                        Error::ebpf(
+                            "attach to",
+                            format!("{ifname} {}", direction_name(direction)),
+                            e,
+                        )
+                    })?
                 }
             };
-            let link = prog.take_link(link_id).map_err(|e| Error::ebpf("take link", ifname, e))?;
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| Error::ebpf("take link", ifname, e))?;
             let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf("pin link", ifname, e))?;
             let _ = fs::remove_file(&pin);
-            fd_link.pin(&pin).map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
-            self.ensure_counters(IfStatsKey { ifindex, direction: direction as u32 })?;
+            fd_link
+                .pin(&pin)
+                .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
+            self.ensure_counters(IfStatsKey {
+                ifindex,
+                direction: direction as u32,
+            })?;
         }
         Ok(())
     }
@@ -163,10 +212,13 @@ impl Datapath {
         match stats.get(&key, 0) {
             Ok(_) => Ok(()),
             Err(MapError::KeyNotFound) => {
-                let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io("count CPUs", what, e))?;
+                let cpus =
+                    aya::util::nr_cpus().map_err(|(what, e)| Error::io("count CPUs", what, e))?;
                 let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
                     .map_err(|e| Error::io("build per-CPU value", maps::IF_STATS, e))?;
-                stats.insert(key, zero, 0).map_err(|e| Error::ebpf("insert into", maps::IF_STATS, e))
+                stats
+                    .insert(key, zero, 0)
+                    .map_err(|e| Error::ebpf("insert into", maps::IF_STATS, e))
             }
             Err(e) => Err(Error::ebpf("look up", maps::IF_STATS, e)),
         }
@@ -180,11 +232,18 @@ impl Datapath {
             let pin = self.link_pin(ifname, direction);
             if let Ok(link) = PinnedLink::from_pin(&pin) {
                 // Closing the last reference to the link detaches it.
-                drop(link.unpin().map_err(|e| Error::io("unpin", pin.display(), e))?);
+                drop(
+                    link.unpin()
+                        .map_err(|e| Error::io("unpin", pin.display(), e))?,
+                );
             }
             if let Some(ifindex) = ifindex {
-                let mut stats: PerCpuHashMap<_, IfStatsKey, IfCounters> = self.map_mut(maps::IF_STATS)?;
-                let _ = stats.remove(&IfStatsKey { ifindex, direction: direction as u32 });
+                let mut stats: PerCpuHashMap<_, IfStatsKey, IfCounters> =
+                    self.map_mut(maps::IF_STATS)?;
+                let _ = stats.remove(&IfStatsKey {
+                    ifindex,
+                    direction: direction as u32,
+                });
             }
         }
         Ok(())
@@ -198,13 +257,27 @@ impl Datapath {
         let stats: PerCpuHashMap<_, IfStatsKey, IfCounters> = self.map(maps::IF_STATS)?;
         let sum = |direction: Direction| -> (u64, u64) {
             stats
-                .get(&IfStatsKey { ifindex, direction: direction as u32 }, 0)
-                .map(|v| v.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)))
+                .get(
+                    &IfStatsKey {
+                        ifindex,
+                        direction: direction as u32,
+                    },
+                    0,
+                )
+                .map(|v| {
+                    v.iter()
+                        .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
+                })
                 .unwrap_or_default()
         };
         let (rx_packets, rx_bytes) = sum(Direction::Ingress);
         let (tx_packets, tx_bytes) = sum(Direction::Egress);
-        Ok(Traffic { rx_packets, rx_bytes, tx_packets, tx_bytes })
+        Ok(Traffic {
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+        })
     }
 
     /// Drops by reason, summed over CPUs.
@@ -213,7 +286,9 @@ impl Datapath {
         DropReason::ALL
             .iter()
             .map(|r| {
-                let v = drops.get(&(*r as u32), 0).map_err(|e| Error::ebpf("read", maps::DROPS, e))?;
+                let v = drops
+                    .get(&(*r as u32), 0)
+                    .map_err(|e| Error::ebpf("read", maps::DROPS, e))?;
                 Ok((r.name().to_string(), v.iter().sum()))
             })
             .collect()
@@ -242,10 +317,17 @@ fn pin_name(ifname: &str, d: Direction) -> String {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::ebpf("find program", name, MapError::InvalidName { name: name.to_string() }))?;
-    prog.try_into().map_err(|e| Error::ebpf("open program", name, e))
+    let prog = ebpf.program_mut(name).ok_or_else(|| {
+        Error::ebpf(
+            "find program",
+            name,
+            MapError::InvalidName {
+                name: name.to_string(),
+            },
+        )
+    })?;
+    prog.try_into()
+        .map_err(|e| Error::ebpf("open program", name, e))
 }
 
 #[cfg(test)]
@@ -256,6 +338,9 @@ mod tests {
     fn pin_names_have_no_dots_and_stay_distinct() {
         assert_eq!(pin_name("np0", Direction::Ingress), "np0@ingress");
         assert_eq!(pin_name("eth0.100", Direction::Egress), "eth0%2e100@egress");
-        assert_ne!(pin_name("a.b", Direction::Egress), pin_name("a%2eb", Direction::Egress));
+        assert_ne!(
+            pin_name("a.b", Direction::Egress),
+            pin_name("a%2eb", Direction::Egress)
+        );
     }
 }

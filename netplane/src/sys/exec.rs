@@ -31,7 +31,9 @@ pub struct Target {
 
 /// Runs `argv` in `target` and waits for it.
 pub fn run(target: &Target, argv: &[String]) -> anyhow::Result<ExitStatus> {
-    let (program, args) = argv.split_first().ok_or_else(|| anyhow::anyhow!("no command given"))?;
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("no command given"))?;
     let ns = netns::open(&target.netns)?;
     let overlays: Vec<(PathBuf, PathBuf)> = match &target.etc_name {
         Some(name) => std::fs::read_dir(host::etc_dir(name))
@@ -51,19 +53,44 @@ pub fn run(target: &Target, argv: &[String]) -> anyhow::Result<ExitStatus> {
     // SAFETY: the closure runs in the forked child before exec and only
     // makes system calls on data prepared above.
     unsafe {
-        cmd.pre_exec(move || enter(&ns, &overlays, hostname.as_ref()).map_err(std::io::Error::from));
+        cmd.pre_exec(move || {
+            enter(&ns, &overlays, hostname.as_ref()).map_err(std::io::Error::from)
+        });
     }
-    cmd.status().map_err(|e| anyhow::anyhow!("running {program}: {e}"))
+    cmd.status()
+        .map_err(|e| anyhow::anyhow!("running {program}: {e}"))
 }
 
-fn enter(ns: &File, overlays: &[(PathBuf, PathBuf)], hostname: Option<&OsString>) -> nix::Result<()> {
+fn enter(
+    ns: &File,
+    overlays: &[(PathBuf, PathBuf)],
+    hostname: Option<&OsString>,
+) -> nix::Result<()> {
     setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
     unshare(CloneFlags::CLONE_NEWNS)?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
     umount2("/sys", MntFlags::MNT_DETACH)?;
-    mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), None::<&str>)?;
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )?;
     for (src, dst) in overlays {
-        mount(Some(src.as_path()), dst.as_path(), None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        mount(
+            Some(src.as_path()),
+            dst.as_path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
     }
     if let Some(h) = hostname {
         unshare(CloneFlags::CLONE_NEWUTS)?;

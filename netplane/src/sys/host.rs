@@ -21,7 +21,9 @@ const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 /// Reads a sysctl (of the caller's network namespace, for net.*).
 pub fn read_sysctl(path: &str) -> Result<String> {
-    fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| Error::io("read", path, e))
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::io("read", path, e))
 }
 
 /// Writes a sysctl.
@@ -34,8 +36,14 @@ pub fn ephemeral_ports() -> Result<PortRange> {
     let s = read_sysctl(LOCAL_PORT_RANGE)?;
     let mut it = s.split_whitespace().map(str::parse::<u16>);
     match (it.next(), it.next()) {
-        (Some(Ok(start)), Some(Ok(end))) if start > 0 && start <= end => Ok(PortRange { start, end }),
-        _ => Err(Error::io("parse", LOCAL_PORT_RANGE, std::io::Error::other(s))),
+        (Some(Ok(start)), Some(Ok(end))) if start > 0 && start <= end => {
+            Ok(PortRange { start, end })
+        }
+        _ => Err(Error::io(
+            "parse",
+            LOCAL_PORT_RANGE,
+            std::io::Error::other(s),
+        )),
     }
 }
 
@@ -81,15 +89,22 @@ pub fn ensure_bpffs(dir: &Path) -> Result<Option<PathBuf>> {
         Some(parent) if fs::create_dir_all(dir).is_err() && parent.exists() => parent.to_path_buf(),
         _ => dir.to_path_buf(),
     };
-    mount(Some("bpffs"), &mount_point, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
-        .map_err(|e| Error::io("mount bpffs on", mount_point.display(), e))?;
+    mount(
+        Some("bpffs"),
+        &mount_point,
+        Some("bpf"),
+        MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .map_err(|e| Error::io("mount bpffs on", mount_point.display(), e))?;
     fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
     Ok(Some(mount_point))
 }
 
 /// Unmounts a bpffs that [`ensure_bpffs`] mounted.
 pub fn unmount_bpffs(mount_point: &Path) -> Result<()> {
-    umount2(mount_point, MntFlags::MNT_DETACH).map_err(|e| Error::io("unmount bpffs", mount_point.display(), e))
+    umount2(mount_point, MntFlags::MNT_DETACH)
+        .map_err(|e| Error::io("unmount bpffs", mount_point.display(), e))
 }
 
 /// /etc/netns/NAME.

@@ -39,7 +39,11 @@ pub struct Link {
 
 impl From<LinkMessage> for Link {
     fn from(m: LinkMessage) -> Self {
-        let mut link = Link { index: m.header.index, name: String::new(), controller: None };
+        let mut link = Link {
+            index: m.header.index,
+            name: String::new(),
+            controller: None,
+        };
         for attr in m.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n,
@@ -60,7 +64,8 @@ pub struct Rtnl {
 impl Rtnl {
     /// A connection in the caller's namespace.
     pub fn current() -> Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::io("open", "rtnetlink socket", e))?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("open", "rtnetlink socket", e))?;
         tokio::spawn(conn);
         Ok(Rtnl { handle })
     }
@@ -93,7 +98,12 @@ impl Rtnl {
 
     /// The link named `name`, if any.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut found = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut found = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match found.try_next().await {
             Ok(m) => Ok(m.map(Link::from)),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
@@ -102,7 +112,10 @@ impl Rtnl {
     }
 
     async fn index(&self, name: &str) -> Result<u32> {
-        self.link(name).await?.map(|l| l.index).ok_or_else(|| Error::InterfaceNotFound(name.to_string()))
+        self.link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| Error::InterfaceNotFound(name.to_string()))
     }
 
     /// Creates a bridge and brings it up.
@@ -129,11 +142,27 @@ impl Rtnl {
     }
 
     /// Adds an address; an address that is already there is fine.
-    pub async fn add_address(&self, index: u32, name: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
-        match self.handle.address().add(index, ip.into(), prefix_len).execute().await {
+    pub async fn add_address(
+        &self,
+        index: u32,
+        name: &str,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, ip.into(), prefix_len)
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => Err(Error::netlink("add address to", format!("{name} ({ip}/{prefix_len})"), e)),
+            Err(e) => Err(Error::netlink(
+                "add address to",
+                format!("{name} ({ip}/{prefix_len})"),
+                e,
+            )),
         }
     }
 
@@ -161,7 +190,11 @@ impl Rtnl {
         let peer_index = self.index(peer).await?;
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).build())
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|e| Error::netlink("move into namespace", peer, e))?;
@@ -169,7 +202,12 @@ impl Rtnl {
         let host_index = self.index(host).await?;
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(host_index).controller(bridge_index).up().build())
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(bridge_index)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|e| Error::netlink("attach to bridge", format!("{host} -> {bridge}"), e))
@@ -189,14 +227,22 @@ impl Rtnl {
         let index = self.index(from).await?;
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).name(to.to_string()).address(mac.to_vec()).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(to.to_string())
+                    .address(mac.to_vec())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|e| Error::netlink("rename and set MAC of", from, e))?;
         self.add_address(index, to, ip, prefix_len).await?;
         self.set_up(index, to).await?;
         self.loopback_up().await?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
         match self.handle.route().add(route).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
@@ -213,10 +259,19 @@ impl Rtnl {
     /// Interface of the IPv4 default route in the main table, if any.
     pub async fn default_route_interface(&self) -> Result<Option<String>> {
         let routes = self.routes().await?;
-        let Some(oif) = routes.iter().find(|(dst, _)| dst.prefix_len() == 0).and_then(|(_, oif)| *oif) else {
+        let Some(oif) = routes
+            .iter()
+            .find(|(dst, _)| dst.prefix_len() == 0)
+            .and_then(|(_, oif)| *oif)
+        else {
             return Ok(None);
         };
-        Ok(self.links().await?.into_iter().find(|l| l.index == oif).map(|l| l.name))
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .find(|l| l.index == oif)
+            .map(|l| l.name))
     }
 
     async fn routes(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>> {
@@ -262,7 +317,9 @@ impl Rtnl {
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
                     AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
-                        Ipv4Net::new(*ip, m.header.prefix_len).ok().map(|n| (n, m.header.index))
+                        Ipv4Net::new(*ip, m.header.prefix_len)
+                            .ok()
+                            .map(|n| (n, m.header.index))
                     }
                     _ => None,
                 })
@@ -279,7 +336,12 @@ impl Rtnl {
             .into_iter()
             .filter(|(n, oif)| n.prefix_len() > 0 && (oif.is_none() || *oif != except))
             .map(|(n, _)| n.trunc())
-            .chain(addresses.into_iter().filter(|(_, i)| Some(*i) != except).map(|(n, _)| n.trunc()))
+            .chain(
+                addresses
+                    .into_iter()
+                    .filter(|(_, i)| Some(*i) != except)
+                    .map(|(n, _)| n.trunc()),
+            )
             .filter(|n| !n.network().is_loopback())
             .collect())
     }

@@ -32,7 +32,8 @@ pub fn open(path: &Path) -> Result<File> {
 
 /// Whether `path` names a live namespace (a bind-mounted nsfs file).
 pub fn is_mounted(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Makes /run/netns a shared mount, as `ip netns add` does, so namespaces
@@ -40,12 +41,26 @@ pub fn is_mounted(path: &Path) -> bool {
 fn prepare_run_dir() -> Result<()> {
     let dir = Path::new(NETNS_RUN_DIR);
     fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
-    let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared() {
         Ok(()) => Ok(()),
         Err(Errno::EINVAL) => {
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| Error::io("bind-mount", dir.display(), e))?;
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::io("bind-mount", dir.display(), e))?;
             shared().map_err(|e| Error::io("make shared", dir.display(), e))
         }
         Err(e) => Err(Error::io("make shared", dir.display(), e)),
@@ -65,7 +80,13 @@ pub fn create(name: &str) -> Result<PathBuf> {
     let bound = std::thread::spawn(move || -> nix::Result<()> {
         // unshare moves only this short-lived thread into the new namespace.
         unshare(CloneFlags::CLONE_NEWNET)?;
-        mount(Some("/proc/thread-self/ns/net"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
     })
     .join()
     .expect("netns thread panicked");
@@ -79,7 +100,11 @@ pub fn create(name: &str) -> Result<PathBuf> {
 /// Names the namespace of `from` as `name` too.
 pub fn share(name: &str, from: &Path) -> Result<PathBuf> {
     if !is_mounted(from) {
-        return Err(Error::io("share network namespace", from.display(), Errno::ENOENT));
+        return Err(Error::io(
+            "share network namespace",
+            from.display(),
+            Errno::ENOENT,
+        ));
     }
     prepare_run_dir()?;
     let target = path(name);
@@ -88,7 +113,13 @@ pub fn share(name: &str, from: &Path) -> Result<PathBuf> {
         .create_new(true)
         .open(&target)
         .map_err(|e| Error::io("create network namespace", target.display(), e))?;
-    if let Err(e) = mount(Some(from), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+    if let Err(e) = mount(
+        Some(from),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
         let _ = fs::remove_file(&target);
         return Err(Error::io("bind network namespace", target.display(), e));
     }
@@ -113,9 +144,12 @@ pub fn delete(name: &str) -> Result<()> {
 /// Runs `f` on a thread that has entered the namespace `ns`. Sockets `f`
 /// opens stay in that namespace after the thread is gone.
 pub fn run_in<T: Send + 'static>(ns: &File, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let fd = ns.try_clone().map_err(|e| Error::io("dup namespace fd", "netns", e))?;
+    let fd = ns
+        .try_clone()
+        .map_err(|e| Error::io("dup namespace fd", "netns", e))?;
     std::thread::spawn(move || -> Result<T> {
-        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::io("enter network namespace", "netns", e))?;
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("enter network namespace", "netns", e))?;
         Ok(f())
     })
     .join()

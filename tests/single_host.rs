@@ -1,0 +1,473 @@
+//! The four single-host modes, the API and the daemon's lifecycle, on
+//! simulated hosts in network namespaces.
+
+mod support;
+
+use std::{thread::sleep, time::Duration};
+
+use serde_json::Value;
+use support::{HOST_IP, Host, WORLD_IP, sh, sh_ok};
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn bridge_endpoints_reach_each_other_and_the_data_path_counts() {
+    let h = Host::new();
+    h.up(&[]);
+    let (a, b) = (h.name("a"), h.name("b"));
+    h.np_ok(&["create", &a]);
+    h.np_ok(&["create", &b]);
+    let ip_a = h.ip_of(&a);
+    let ip_b = h.ip_of(&b);
+    assert_ne!(ip_a, ip_b);
+    assert!(h.pings(&a, &ip_b), "{a} -> {b}");
+    let out = h.np(&["exec", &b, "--", "ping", "-c1", "-W1", &ip_a]);
+    assert!(
+        out.status.success(),
+        "netplane exec ping: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Real programs: an HTTP server in one endpoint, curl in the other.
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a,
+            "socat",
+            "TCP-LISTEN:8000,reuseaddr,fork",
+        ])
+        .arg("SYSTEM:echo HTTP/1.0 200 OK; echo; echo hello from a")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(h.dir.join("http.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut server = scopeguard(server);
+    let mut body = String::new();
+    for _ in 0..50 {
+        let out = h.np(&[
+            "exec",
+            &b,
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            &format!("http://{ip_a}:8000/"),
+        ]);
+        if out.status.success() {
+            body = String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(h.dir.join("http.log")).unwrap_or_default();
+    assert!(
+        body == "hello from a\n",
+        "curl through the bridge got: {body:?}; server: {log}"
+    );
+    server.kill_now();
+
+    let stats = json(&h.np_ok(&["stats"]));
+    let veth_of = |ip: &str| format!("npv{:x}", if ip == ip_a { 1 } else { 2 });
+    for ip in [&ip_a, &ip_b] {
+        let rx = stats["interfaces"][veth_of(ip)]["rx_packets"]
+            .as_u64()
+            .unwrap();
+        assert!(rx >= 3, "endpoint veth counted {rx} packets: {stats}");
+    }
+    assert!(
+        stats["interfaces"][&h.uplink]["rx_packets"].is_u64(),
+        "uplink is attached: {stats}"
+    );
+}
+
+/// Kills the child when dropped, so a failing assertion leaves no server.
+struct Guard(std::process::Child);
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+impl Guard {
+    fn kill_now(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+#[test]
+fn none_container_and_host_modes() {
+    let h = Host::new();
+    h.up(&[]);
+    let (a, n, c, ho) = (h.name("a"), h.name("n"), h.name("c"), h.name("h"));
+    h.np_ok(&["create", &a]);
+    h.np_ok(&["create", &n, "--net", "none"]);
+    h.np_ok(&["create", &c, "--net", &format!("container:{a}")]);
+    h.np_ok(&["create", &ho, "--net", "host"]);
+
+    let links = String::from_utf8_lossy(&h.np(&["exec", &n, "--", "ip", "-br", "link"]).stdout)
+        .into_owned();
+    assert_eq!(links.lines().count(), 1, "none has only lo: {links}");
+    assert!(links.starts_with("lo") && links.contains("UP"), "{links}");
+
+    let ip_a = h.ip_of(&a);
+    let addr_c = String::from_utf8_lossy(
+        &h.np(&["exec", &c, "--", "ip", "-br", "addr", "show", "eth0"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        addr_c.contains(&ip_a),
+        "container: shares {a}'s address: {addr_c}"
+    );
+    let mac = json(&h.np_ok(&["inspect", &a]))["NetworkSettings"]["MacAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let link_c =
+        String::from_utf8_lossy(&h.in_endpoint(&c, "ip -br link show eth0").stdout).into_owned();
+    assert!(link_c.contains(&mac), "same MAC {mac}: {link_c}");
+    assert_eq!(
+        json(&h.np_ok(&["inspect", &c]))["NetworkSettings"]["IPAddress"],
+        ip_a
+    );
+
+    let host_links =
+        String::from_utf8_lossy(&h.np(&["exec", &ho, "--", "ip", "-br", "link"]).stdout)
+            .into_owned();
+    assert!(
+        host_links.contains(&h.uplink) && host_links.contains("np0"),
+        "host mode sees the host: {host_links}"
+    );
+
+    // Removing the namespace's owner removes the endpoint sharing it.
+    h.np_ok(&["rm", &a]);
+    let ls = h.np_ok(&["ls", "--json"]);
+    assert!(!ls.contains(&format!("\"{c}\"")), "{c} went with {a}: {ls}");
+    assert!(!h.own_netns().contains(&c) && !h.own_netns().contains(&a));
+
+    let nets = h.np_ok(&["network", "ls"]);
+    for n in ["bridge", "host", "none"] {
+        assert!(
+            nets.lines().any(|l| l.starts_with(n)),
+            "network ls shows {n}: {nets}"
+        );
+    }
+}
+
+#[test]
+fn inspect_reports_docker_shaped_settings() {
+    let h = Host::new();
+    h.up(&["--subnet", "10.77.0.0/24"]);
+    let w = h.name("web");
+    h.np_ok(&[
+        "create",
+        &w,
+        "--ip",
+        "10.77.0.50",
+        "-p",
+        "8080:80",
+        "-p",
+        "53/udp",
+        "--hostname",
+        "box",
+    ]);
+    let v = json(&h.np_ok(&["inspect", &w]));
+    let s = &v["NetworkSettings"];
+    assert_eq!(s["IPAddress"], "10.77.0.50");
+    assert_eq!(s["IPPrefixLen"], 24);
+    assert_eq!(s["Gateway"], "10.77.0.1");
+    assert_eq!(s["MacAddress"], "02:42:0a:4d:00:32");
+    assert_eq!(s["SandboxKey"], format!("/run/netns/{w}"));
+    assert_eq!(s["Ports"]["80/tcp"][0]["HostPort"], "8080");
+    assert_eq!(s["Ports"]["80/tcp"][0]["HostIp"], "0.0.0.0");
+    let auto: u16 = s["Ports"]["53/udp"][0]["HostPort"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(auto >= 1024, "auto host port {auto}");
+    assert_eq!(v["Mode"], "bridge");
+
+    // What inspect says is what the kernel has.
+    let addr =
+        String::from_utf8_lossy(&h.in_endpoint(&w, "ip -br addr show eth0").stdout).into_owned();
+    assert!(addr.contains("10.77.0.50/24"), "{addr}");
+    let route =
+        String::from_utf8_lossy(&h.in_endpoint(&w, "ip route show default").stdout).into_owned();
+    assert!(route.contains("via 10.77.0.1 dev eth0"), "{route}");
+    let hosts = std::fs::read_to_string(format!("/etc/netns/{w}/hosts")).unwrap();
+    assert!(hosts.contains("10.77.0.50\tbox"), "{hosts}");
+    assert!(std::path::Path::new(&format!("/etc/netns/{w}/resolv.conf")).exists());
+    let hostname = h.np_ok(&["exec", &w, "--", "hostname"]);
+    assert_eq!(hostname.trim(), "box");
+    let etc_hosts = h.np_ok(&["exec", &w, "--", "cat", "/etc/hosts"]);
+    assert_eq!(
+        etc_hosts, hosts,
+        "exec sees /etc/netns/NAME/hosts as /etc/hosts"
+    );
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_and_create_nothing() {
+    let h = Host::new();
+    assert!(h.np_err(&["ls"]).contains("no netplane daemon is running"));
+    h.up(&["--subnet", "10.78.0.0/24"]);
+    let taken = h.name("taken");
+    h.np_ok(&["create", &taken, "-p", "8080:80"]);
+    let links_before = h.in_host("ip -br link");
+    let netns_before = h.own_netns();
+    let n = h.name("x");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["create".into(), "bad/name".into()], "invalid name"),
+        (vec!["create".into(), taken.clone()], "already exists"),
+        (
+            vec!["create".into(), n.clone(), "--net".into(), "nonet".into()],
+            "network nonet not found",
+        ),
+        (
+            vec![
+                "create".into(),
+                n.clone(),
+                "--net".into(),
+                "container:ghost".into(),
+            ],
+            "endpoint ghost not found",
+        ),
+        (
+            vec!["create".into(), n.clone(), "--ip".into(), "10.9.9.9".into()],
+            "not in subnet",
+        ),
+        (
+            vec![
+                "create".into(),
+                n.clone(),
+                "--ip".into(),
+                "10.78.0.1".into(),
+            ],
+            "reserved",
+        ),
+        (
+            vec!["create".into(), n.clone(), "--ip".into(), h.ip_of(&taken)],
+            "already leased",
+        ),
+        (
+            vec!["create".into(), n.clone(), "-p".into(), "0".into()],
+            "port 0",
+        ),
+        (
+            vec![
+                "create".into(),
+                n.clone(),
+                "-p".into(),
+                "80-82:80-81".into(),
+            ],
+            "differ in length",
+        ),
+        (
+            vec!["create".into(), n.clone(), "-p".into(), "90-80".into()],
+            "starts after",
+        ),
+        (
+            vec!["create".into(), n.clone(), "-p".into(), "80/sctp".into()],
+            "unknown protocol",
+        ),
+        (
+            vec![
+                "create".into(),
+                n.clone(),
+                "-p".into(),
+                "203.0.113.9:80:80".into(),
+            ],
+            "not an address of this host",
+        ),
+        (
+            vec!["create".into(), n.clone(), "-p".into(), "8080:81".into()],
+            "already published",
+        ),
+        (
+            vec![
+                "create".into(),
+                n.clone(),
+                "--net".into(),
+                "none".into(),
+                "-p".into(),
+                "80".into(),
+            ],
+            "only applies",
+        ),
+        (vec!["rm".into(), "ghost".into()], "not found"),
+        (vec!["inspect".into(), "ghost".into()], "not found"),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = h.np_err(&args);
+        assert!(
+            err.contains(expected),
+            "{args:?}: {err:?} lacks {expected:?}"
+        );
+    }
+    assert_eq!(h.in_host("ip -br link"), links_before);
+    assert_eq!(h.own_netns(), netns_before);
+    assert!(!std::path::Path::new(&format!("/etc/netns/{n}")).exists());
+
+    // A second daemon in the same namespace, and an overlapping subnet.
+    let second = h.up_cmd(&[]).output().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already runs in this network namespace"),
+        "{stderr}"
+    );
+    let other = Host::new();
+    let out = other
+        .up_cmd(&["--subnet", "198.18.0.128/25"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("overlaps 198.18.0.0/24"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !other.in_host("ip -br link").contains("np0"),
+        "failed up leaves no bridge"
+    );
+}
+
+#[test]
+fn down_leaves_zero_residue() {
+    let h = Host::new();
+    let snapshot = || {
+        (
+            h.in_host("ip -j link"),
+            h.in_host("ip -j addr"),
+            h.own_netns(),
+            h.in_host("iptables-save"),
+            h.in_host("nft list ruleset"),
+            h.in_host("cat /proc/sys/net/ipv4/ip_forward"),
+            sh_ok(&format!("ls -A {}", h.dir.join("bpf").display())),
+            String::from_utf8_lossy(&sh("mount").stdout)
+                .lines()
+                .filter(|l| l.contains(&h.prefix))
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let before = snapshot();
+    h.up(&[]);
+    for (n, mode) in [
+        ("a", "bridge"),
+        ("b", "bridge"),
+        ("n", "none"),
+        ("h", "host"),
+    ] {
+        h.np_ok(&["create", &h.name(n), "--net", mode]);
+    }
+    h.np_ok(&[
+        "create",
+        &h.name("c"),
+        "--net",
+        &format!("container:{}", h.name("a")),
+    ]);
+    assert_ne!(snapshot(), before, "up changed the host");
+    h.np_ok(&["down"]);
+    for _ in 0..50 {
+        if h.daemon_pid().is_none() {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    assert!(h.daemon_pid().is_none(), "daemon exits after down");
+    assert_eq!(snapshot(), before);
+    assert!(!sh_ok("ls /etc/netns 2>/dev/null || true").contains(&h.prefix));
+}
+
+#[test]
+fn kill_9_then_up_keeps_endpoints_working() {
+    let h = Host::new();
+    h.up(&[]);
+    let (a, b, c) = (h.name("a"), h.name("b"), h.name("c"));
+    h.np_ok(&["create", &a]);
+    h.np_ok(&["create", &b]);
+    let (ip_a, ip_b) = (h.ip_of(&a), h.ip_of(&b));
+    let pid = h.daemon_pid().expect("daemon runs");
+    sh_ok(&format!("kill -9 {pid}"));
+    sleep(Duration::from_millis(200));
+    assert!(h.pings(&a, &ip_b), "traffic flows while the daemon is down");
+
+    h.up(&[]);
+    assert_eq!(h.ip_of(&a), ip_a);
+    assert_eq!(h.ip_of(&b), ip_b);
+    assert!(h.pings(&b, &ip_a));
+    h.np_ok(&["create", &c]);
+    let ip_c = h.ip_of(&c);
+    assert!(ip_c != ip_a && ip_c != ip_b, "no duplicated lease: {ip_c}");
+    assert!(h.pings(&c, &ip_a));
+    // The restarted daemon swapped its programs into the pinned links: the
+    // counters keep counting.
+    let stats = json(&h.np_ok(&["stats"]));
+    assert!(
+        stats["interfaces"]["npv1"]["rx_packets"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+}
+
+#[test]
+fn icc_false_isolates_endpoints_but_not_the_gateway() {
+    let h = Host::new();
+    h.up(&["--icc=false", "--subnet", "10.79.0.0/24"]);
+    let (a, b) = (h.name("a"), h.name("b"));
+    h.np_ok(&["create", &a]);
+    h.np_ok(&["create", &b]);
+    assert!(
+        !h.pings(&a, &h.ip_of(&b)),
+        "icc=false blocks endpoint to endpoint"
+    );
+    assert!(h.pings(&a, "10.79.0.1"), "the gateway stays reachable");
+    assert!(h.pings(&a, HOST_IP), "the host stays reachable");
+    let stats = json(&h.np_ok(&["stats"]));
+    assert!(
+        stats["drops"]["icc_denied"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let _ = WORLD_IP;
+}
+
+#[test]
+fn run_rm_runs_and_cleans_up() {
+    let h = Host::new();
+    h.up(&[]);
+    let r = h.name("r");
+    let out = h.np(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "box",
+        &r,
+        "--",
+        "sh",
+        "-c",
+        "hostname; ip -br addr show eth0; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code of the command: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("box\n") && stdout.contains("eth0"),
+        "{stdout}"
+    );
+    assert!(!h.np_ok(&["ls"]).contains(&r), "--rm removed it");
+    assert!(!h.own_netns().contains(&r));
+}

@@ -1,0 +1,223 @@
+//! A simulated host for privileged tests: its own network namespace with an
+//! uplink veth to a "world" namespace, and a netplane daemon with state, run
+//! and bpffs directories of its own. Everything is removed on drop, also when
+//! the test panics.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Address of the simulated host on its uplink.
+pub const HOST_IP: &str = "198.18.0.2";
+/// Address of the world namespace behind the uplink.
+pub const WORLD_IP: &str = "198.18.0.1";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("running sh")
+}
+
+pub fn sh_ok(cmd: &str) -> String {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Host {
+    /// Prefix of every name this host creates.
+    pub prefix: String,
+    pub netns: String,
+    pub world: String,
+    pub uplink: String,
+    pub dir: PathBuf,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        assert!(
+            nix_uid_is_root(),
+            "privileged tests must run as root (cargo xtask test)"
+        );
+        let prefix = format!(
+            "t{:x}{}",
+            std::process::id() & 0xffff,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("netplane-{prefix}"));
+        std::fs::create_dir_all(dir.join("bpf")).unwrap();
+        let h = Host {
+            netns: format!("{prefix}h"),
+            world: format!("{prefix}w"),
+            uplink: format!("{prefix}u"),
+            prefix,
+            dir,
+        };
+        let (n, w, u, x) = (&h.netns, &h.world, &h.uplink, format!("{}x", h.prefix));
+        sh_ok(&format!(
+            "set -e; ip netns add {n}; ip netns add {w}
+             ip link add {u} type veth peer name {x}
+             ip link set {u} netns {n}; ip link set {x} netns {w}
+             ip -n {n} addr add {HOST_IP}/24 dev {u}; ip -n {n} link set {u} up; ip -n {n} link set lo up
+             ip -n {n} route add default via {WORLD_IP}
+             ip -n {w} addr add {WORLD_IP}/24 dev {x}; ip -n {w} link set {x} up; ip -n {w} link set lo up"
+        ));
+        h
+    }
+
+    /// An endpoint name unique to this host.
+    pub fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// `netplane ARGS` as a client of this host's daemon.
+    pub fn np(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_netplane"))
+            .args(args)
+            .env("NETPLANE_RUN_DIR", self.run_dir())
+            .output()
+            .expect("running netplane")
+    }
+
+    pub fn np_ok(&self, args: &[&str]) -> String {
+        let out = self.np(args);
+        assert!(
+            out.status.success(),
+            "netplane {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The one-line error of a failing `netplane ARGS`.
+    pub fn np_err(&self, args: &[&str]) -> String {
+        let out = self.np(args);
+        assert!(!out.status.success(), "netplane {args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        err
+    }
+
+    /// The daemon command line, run inside the host namespace.
+    pub fn up_cmd(&self, extra: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(env!("CARGO_BIN_EXE_netplane"))
+            .arg("up")
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--bpffs")
+            .arg(self.dir.join("bpf"))
+            .args(extra);
+        c
+    }
+
+    pub fn up(&self, extra: &[&str]) {
+        let out = self
+            .up_cmd(&[extra, &["--detach"]].concat())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Pid of this host's daemon, if one runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let pattern = format!("up --state-dir {}", self.dir.join("state").display());
+        let out = Command::new("pgrep")
+            .args(["-f", "--", &pattern])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Runs `cmd` in the endpoint's namespace with `ip netns exec`.
+    pub fn in_endpoint(&self, endpoint: &str, cmd: &str) -> Output {
+        sh(&format!("ip netns exec {endpoint} {cmd}"))
+    }
+
+    /// Runs `cmd` in the simulated host's namespace.
+    pub fn in_host(&self, cmd: &str) -> String {
+        sh_ok(&format!("ip netns exec {} {cmd}", self.netns))
+    }
+
+    pub fn ip_of(&self, endpoint: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.np_ok(&["inspect", endpoint])).unwrap();
+        v["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn pings(&self, from: &str, to: &str) -> bool {
+        self.in_endpoint(from, &format!("ping -c1 -W1 {to}"))
+            .status
+            .success()
+    }
+
+    /// Named namespaces whose names this host's tests created.
+    pub fn own_netns(&self) -> Vec<String> {
+        sh_ok("ip netns list")
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn nix_uid_is_root() -> bool {
+    sh_ok("id -u").trim() == "0"
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid() {
+            let _ = self.np(&["down"]);
+            let _ = sh(&format!("kill -9 {pid} 2>/dev/null"));
+        }
+        for ns in self.own_netns() {
+            let _ = sh(&format!("ip netns del {ns}"));
+        }
+        let _ = sh(&format!("rm -rf /etc/netns/{}-*", self.prefix));
+        let _ = sh(&format!(
+            "ip netns del {}; ip netns del {}",
+            self.netns, self.world
+        ));
+        let bpf = self.dir.join("bpf");
+        let _ = sh(&format!(
+            "mountpoint -q {0} && umount -l {0}",
+            bpf.display()
+        ));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
