@@ -113,14 +113,14 @@ impl Daemon {
                 dir: cfg.state_dir.clone(),
             });
         }
-        if let (Some(s), Some(want)) = (stored_subnet, cfg.subnet) {
-            if s != want {
-                return Err(Error::ConfigChanged {
-                    what: "subnet",
-                    stored: s.to_string(),
-                    dir: cfg.state_dir.clone(),
-                });
-            }
+        if let (Some(s), Some(want)) = (stored_subnet, cfg.subnet)
+            && s != want
+        {
+            return Err(Error::ConfigChanged {
+                what: "subnet",
+                stored: s.to_string(),
+                dir: cfg.state_dir.clone(),
+            });
         }
         let existing_bridge = rtnl.link(&cfg.bridge).await?;
         if existing_bridge.is_some() && stored_bridge.is_none() {
@@ -307,10 +307,10 @@ impl Daemon {
     }
 
     async fn is_intact(&self, ep: &endpoint::Endpoint) -> Result<bool> {
-        if let Some(name) = ep.netns_name() {
-            if !netns::is_mounted(&netns::path(name)) {
-                return Ok(false);
-            }
+        if let Some(name) = ep.netns_name()
+            && !netns::is_mounted(&netns::path(name))
+        {
+            return Ok(false);
         }
         match ep.host_veth() {
             Some(veth) => Ok(self.rtnl.link(&veth).await?.is_some()),

@@ -34,7 +34,7 @@ pub struct PortRange {
 
 impl PortRange {
     /// Number of ports in the range.
-    pub fn len(&self) -> u32 {
+    pub fn count(&self) -> u32 {
         u32::from(self.end - self.start) + 1
     }
 
@@ -140,12 +140,12 @@ fn parse(spec: &str) -> Result<PortSpec, String> {
         .map(PortRange::parse)
         .transpose()?;
     let container_ports = PortRange::parse(container)?;
-    if let Some(h) = host_ports {
-        if h.len() != container_ports.len() {
-            return Err(format!(
-                "host range {h} and container range {container_ports} differ in length"
-            ));
-        }
+    if let Some(h) = host_ports
+        && h.count() != container_ports.count()
+    {
+        return Err(format!(
+            "host range {h} and container range {container_ports} differ in length"
+        ));
     }
     Ok(PortSpec {
         host_ip,
@@ -205,7 +205,7 @@ mod tests {
         let p = ok("10.0.0.1::53/udp");
         assert_eq!(p.host_ports, None);
         let p = ok("8000-8010:9000-9010");
-        assert_eq!(p.host_ports.unwrap().len(), 11);
+        assert_eq!(p.host_ports.unwrap().count(), 11);
     }
 
     #[test]

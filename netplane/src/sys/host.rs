@@ -70,7 +70,7 @@ impl DaemonLock {
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Makes `dir` a directory on a bpffs: inside an existing one, or by mounting
