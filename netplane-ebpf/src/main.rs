@@ -71,7 +71,7 @@ fn count(ctx: &TcContext, direction: Direction) {
         ifindex,
         direction: direction as u32,
     };
-    if let Some(counters) = IF_STATS.get_ptr_mut(&key) {
+    if let Some(counters) = IF_STATS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, so no other writer runs concurrently.
         unsafe {
             (*counters).packets += 1;
