@@ -221,7 +221,7 @@ fn bad_inputs_fail_with_one_line_and_create_nothing() {
     h.up(&["--subnet", "10.78.0.0/24"]);
     let taken = h.name("taken");
     h.np_ok(&["create", &taken, "-p", "8080:80"]);
-    let links_before = h.in_host("ip -br link");
+    let links_before = h.in_host("ip -o link show | cut -d: -f2");
     let netns_before = h.own_netns();
     let n = h.name("x");
     let cases: Vec<(Vec<String>, &str)> = vec![
@@ -313,7 +313,7 @@ fn bad_inputs_fail_with_one_line_and_create_nothing() {
             "{args:?}: {err:?} lacks {expected:?}"
         );
     }
-    assert_eq!(h.in_host("ip -br link"), links_before);
+    assert_eq!(h.in_host("ip -o link show | cut -d: -f2"), links_before);
     assert_eq!(h.own_netns(), netns_before);
     assert!(!std::path::Path::new(&format!("/etc/netns/{n}")).exists());
 
