@@ -125,15 +125,10 @@ impl Datapath {
         &'a mut self,
         name: &str,
     ) -> Result<T> {
-        let map = self.ebpf.map_mut(name).ok_or_else(|| {
-            Error::ebpf(
-                "find map",
-                name,
-                MapError::InvalidName {
-                    name: name.to_string(),
-                },
-            )
-        })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| not_in_object("map", name))?;
         T::try_from(map).map_err(|e| Error::ebpf("open map", name, e))
     }
 
@@ -141,15 +136,10 @@ impl Datapath {
         &'a self,
         name: &str,
     ) -> Result<T> {
-        let map = self.ebpf.map(name).ok_or_else(|| {
-            Error::ebpf(
-                "find map",
-                name,
-                MapError::InvalidName {
-                    name: name.to_string(),
-                },
-            )
-        })?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| not_in_object("map", name))?;
         T::try_from(map).map_err(|e| Error::ebpf("open map", name, e))
     }
 
@@ -309,6 +299,15 @@ impl Datapath {
     }
 }
 
+/// A map or program the embedded object should have and does not.
+fn not_in_object(kind: &'static str, name: &str) -> Error {
+    Error::ebpf(
+        kind,
+        name,
+        std::io::Error::new(std::io::ErrorKind::NotFound, "not in the eBPF object"),
+    )
+}
+
 /// bpffs refuses names containing '.', which interface names may contain
 /// (VLAN devices): escape it, and the escape character, percent-style.
 fn pin_name(ifname: &str, d: Direction) -> String {
@@ -317,15 +316,9 @@ fn pin_name(ifname: &str, d: Direction) -> String {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| {
-        Error::ebpf(
-            "find program",
-            name,
-            MapError::InvalidName {
-                name: name.to_string(),
-            },
-        )
-    })?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| not_in_object("program", name))?;
     prog.try_into()
         .map_err(|e| Error::ebpf("open program", name, e))
 }

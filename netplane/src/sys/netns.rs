@@ -67,8 +67,9 @@ fn prepare_run_dir() -> Result<()> {
     }
 }
 
-/// Creates the named namespace `name`; fails if the name is taken.
-pub fn create(name: &str) -> Result<PathBuf> {
+/// Creates the empty file /run/netns/NAME that a namespace gets bound to;
+/// fails if the name is taken.
+fn reserve(name: &str) -> Result<PathBuf> {
     prepare_run_dir()?;
     let target = path(name);
     OpenOptions::new()
@@ -76,6 +77,12 @@ pub fn create(name: &str) -> Result<PathBuf> {
         .create_new(true)
         .open(&target)
         .map_err(|e| Error::io("create network namespace", target.display(), e))?;
+    Ok(target)
+}
+
+/// Creates the named namespace `name`; fails if the name is taken.
+pub fn create(name: &str) -> Result<PathBuf> {
+    let target = reserve(name)?;
     let t = target.clone();
     let bound = std::thread::spawn(move || -> nix::Result<()> {
         // unshare moves only this short-lived thread into the new namespace.
@@ -106,13 +113,7 @@ pub fn share(name: &str, from: &Path) -> Result<PathBuf> {
             Errno::ENOENT,
         ));
     }
-    prepare_run_dir()?;
-    let target = path(name);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&target)
-        .map_err(|e| Error::io("create network namespace", target.display(), e))?;
+    let target = reserve(name)?;
     if let Err(e) = mount(
         Some(from),
         &target,
