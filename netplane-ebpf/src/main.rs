@@ -5,6 +5,7 @@
 
 mod packet;
 
+use aya_log_ebpf::debug;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, map},
@@ -43,7 +44,7 @@ pub fn np_endpoint_ingress(ctx: TcContext) -> i32 {
     count(&ctx, Direction::Ingress);
     match endpoint_verdict(&ctx) {
         Ok(()) => TC_ACT_OK,
-        Err(reason) => drop_packet(reason),
+        Err(reason) => drop_packet(&ctx, reason),
     }
 }
 
@@ -80,7 +81,9 @@ fn count(ctx: &TcContext, direction: Direction) {
     }
 }
 
-fn drop_packet(reason: DropReason) -> i32 {
+fn drop_packet(ctx: &TcContext, reason: DropReason) -> i32 {
+    // Off unless the daemon runs with debug logging (AYA_LOG_LEVEL).
+    debug!(ctx, "dropped packet: {}", reason.name());
     if let Some(n) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU value, so no other writer runs concurrently.
         unsafe { *n += 1 };

@@ -20,10 +20,12 @@ use aya::{
         tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
+use aya_log::EbpfLogger;
 use netplane_common::abi::{
     Direction, DropReason, IfCounters, IfStatsKey, NetConfig, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
+use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::error::{Error, Result};
 
@@ -77,6 +79,45 @@ pub struct Datapath {
     ebpf: Ebpf,
     maps_dir: PathBuf,
     links_dir: PathBuf,
+    log_drain: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.log_drain.abort();
+    }
+}
+
+/// The `aya_log_common::Level` value matching the daemon's log filter, so
+/// the programs skip formatting records nobody would see.
+fn ebpf_log_level() -> u8 {
+    match tracing::level_filters::LevelFilter::current().into_level() {
+        None => 0,
+        Some(tracing::Level::ERROR) => 1,
+        Some(tracing::Level::WARN) => 2,
+        Some(tracing::Level::INFO) => 3,
+        Some(tracing::Level::DEBUG) => 4,
+        Some(tracing::Level::TRACE) => 5,
+    }
+}
+
+/// Forwards the programs' aya-log records to the daemon's log. The logger
+/// owns the ring buffer's only user-space fd and lives as long as the task.
+fn spawn_log_drain(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>> {
+    let logger = EbpfLogger::init(ebpf).map_err(|e| Error::ebpf("open", "AYA_LOGS", e))?;
+    // SAFETY: the logger owns the ring buffer's fd and never replaces it,
+    // and the AsyncFd owns the logger.
+    let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(|e| Error::io("poll", "AYA_LOGS", e.into_parts().1))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
 }
 
 impl Datapath {
@@ -91,10 +132,13 @@ impl Datapath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
         }
+        let log_level = ebpf_log_level();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .override_global("AYA_LOG_LEVEL", &log_level, true)
             .load(OBJECT)
             .map_err(|e| Error::ebpf("load", "eBPF object", e))?;
+        let log_drain = spawn_log_drain(&mut ebpf)?;
         for name in [
             programs::ENDPOINT_INGRESS,
             programs::COUNT_INGRESS,
@@ -108,6 +152,7 @@ impl Datapath {
             ebpf,
             maps_dir,
             links_dir,
+            log_drain,
         };
         dp.set_config(cfg)?;
         Ok(dp)
