@@ -70,6 +70,18 @@ fn bridge_endpoints_reach_each_other_and_the_data_path_counts() {
     );
     server.kill_now();
 
+    // --link puts the other endpoint in the hosts file under its alias.
+    let c = h.name("c");
+    h.np_ok(&["create", &c, "--link", &format!("{a}:web")]);
+    let out = h.np(&["exec", &c, "--", "getent", "hosts", "web"]);
+    let resolved = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        resolved.split_whitespace().collect::<Vec<_>>() == [ip_a.as_str(), "web", a.as_str()],
+        "getent hosts web in {c}: {resolved:?}"
+    );
+    let out = h.np(&["exec", &c, "--", "ping", "-c1", "-W1", "web"]);
+    assert!(out.status.success(), "ping web from {c}");
+
     let stats = json(&h.np_ok(&["stats"]));
     let veth_of = |ip: &str| format!("npv{:x}", if ip == ip_a { 1 } else { 2 });
     for ip in [&ip_a, &ip_b] {

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 use crate::{
     api::{CreateEndpoint, DaemonInfo, EndpointInfo, HostBinding, NetworkInfo, NetworkSettings},
     endpoint::{
-        self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, Mode, Step, format_mac, mac_for,
+        self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step, format_mac,
+        mac_for,
     },
     error::{Error, Result},
     ipam::{self, Pool},
@@ -319,7 +320,28 @@ impl Daemon {
     }
 
     fn plan(&self, ep: &endpoint::Endpoint) -> Vec<Step> {
-        endpoint::plan(&self.resolved(ep), &self.net, &host::host_resolv_conf())
+        let links: Vec<LinkedHost> = self
+            .store
+            .endpoint(&ep.name)
+            .map(|rec| rec.links)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|spec| {
+                let (other, alias) = endpoint::parse_link(spec);
+                let other = self.resolved(&self.store.endpoint(other).ok()?.ep);
+                Some(LinkedHost {
+                    ip: other.ip?,
+                    alias: alias.to_string(),
+                    name: other.name,
+                })
+            })
+            .collect();
+        endpoint::plan(
+            &self.resolved(ep),
+            &self.net,
+            &host::host_resolv_conf(),
+            &links,
+        )
     }
 
     /// Applies the plan of `ep`; on failure undoes the applied steps.
@@ -437,7 +459,7 @@ impl Daemon {
             }
         }
         for link in &req.links {
-            let (other, alias) = link.split_once(':').unwrap_or((link, link));
+            let (other, alias) = endpoint::parse_link(link);
             endpoint::validate_name(alias)?;
             ready(other).ok_or_else(|| Error::EndpointNotFound(other.to_string()))?;
         }

@@ -178,13 +178,29 @@ pub enum Step {
     },
 }
 
+/// The other endpoint and the alias of a `--link OTHER[:ALIAS]` spec.
+pub fn parse_link(spec: &str) -> (&str, &str) {
+    spec.split_once(':').unwrap_or((spec, spec))
+}
+
+/// A linked endpoint as `ep`'s hosts file names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedHost {
+    /// The linked endpoint's address.
+    pub ip: Ipv4Addr,
+    /// The alias given with `--link`.
+    pub alias: String,
+    /// The linked endpoint's name.
+    pub name: String,
+}
+
 /// The steps that build `ep`, in order; removal undoes them in reverse.
-pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str) -> Vec<Step> {
+pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str, links: &[LinkedHost]) -> Vec<Step> {
     let name = ep.name.clone();
     let hostname = ep.hostname.clone().unwrap_or_else(|| name.clone());
     let etc = |ip| Step::EtcFiles {
         name: name.clone(),
-        hosts: hosts_file(&hostname, &name, ip),
+        hosts: hosts_file(&hostname, &name, ip, links),
         resolv: resolv_conf(host_resolv),
     };
     match &ep.mode {
@@ -217,13 +233,26 @@ pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str) -> Vec<Step> {
     }
 }
 
-/// The hosts file of an endpoint, as Docker writes it.
-pub fn hosts_file(hostname: &str, name: &str, ip: Option<Ipv4Addr>) -> String {
+/// The hosts file of an endpoint, as Docker writes it: linked endpoints
+/// under their alias and their own name, then the endpoint itself.
+pub fn hosts_file(
+    hostname: &str,
+    name: &str,
+    ip: Option<Ipv4Addr>,
+    links: &[LinkedHost],
+) -> String {
     let mut hosts = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
          ff02::2\tip6-allrouters\n",
     );
+    for link in links {
+        if link.alias == link.name {
+            hosts.push_str(&format!("{}\t{}\n", link.ip, link.name));
+        } else {
+            hosts.push_str(&format!("{}\t{} {}\n", link.ip, link.alias, link.name));
+        }
+    }
     let names = if hostname == name {
         name.to_string()
     } else {
@@ -321,6 +350,7 @@ mod tests {
             &ep(Mode::Bridge, Some("172.17.0.2")),
             &net(),
             "nameserver 127.0.0.53\nnameserver 9.9.9.9\n",
+            &[],
         );
         assert_eq!(steps.len(), 4);
         assert_eq!(steps[0], Step::Netns { name: "web".into() });
@@ -350,14 +380,15 @@ mod tests {
 
     #[test]
     fn other_mode_plans() {
-        assert!(plan(&ep(Mode::Host, None), &net(), "").is_empty());
-        let none = plan(&ep(Mode::None, None), &net(), "");
+        assert!(plan(&ep(Mode::Host, None), &net(), "", &[]).is_empty());
+        let none = plan(&ep(Mode::None, None), &net(), "", &[]);
         assert_eq!(none[0], Step::Netns { name: "web".into() });
         assert_eq!(none.len(), 2);
         let shared = plan(
             &ep(Mode::Container("db".into()), Some("172.17.0.9")),
             &net(),
             "",
+            &[],
         );
         assert_eq!(
             shared[0],
@@ -374,6 +405,26 @@ mod tests {
 
     #[test]
     fn hostname_goes_first_in_hosts() {
-        assert!(hosts_file("box", "web", None).ends_with("127.0.1.1\tbox web\n"));
+        assert!(hosts_file("box", "web", None, &[]).ends_with("127.0.1.1\tbox web\n"));
+    }
+
+    #[test]
+    fn links_are_named_by_alias_and_name() {
+        let links = [
+            LinkedHost {
+                ip: "172.17.0.3".parse().unwrap(),
+                alias: "db".into(),
+                name: "postgres".into(),
+            },
+            LinkedHost {
+                ip: "172.17.0.4".parse().unwrap(),
+                alias: "cache".into(),
+                name: "cache".into(),
+            },
+        ];
+        let hosts = hosts_file("web", "web", "172.17.0.2".parse().ok(), &links);
+        assert!(hosts.ends_with("172.17.0.3\tdb postgres\n172.17.0.4\tcache\n172.17.0.2\tweb\n"));
+        assert_eq!(parse_link("postgres:db"), ("postgres", "db"));
+        assert_eq!(parse_link("cache"), ("cache", "cache"));
     }
 }
