@@ -8,6 +8,26 @@ pub mod maps {
     pub const IF_STATS: &str = "NP_IF_STATS";
     /// Per-CPU `u64` drop counts indexed by [`super::DropReason`].
     pub const DROPS: &str = "NP_DROPS";
+    /// [`super::EndpointPort`] keyed by the endpoint's address (`u32`,
+    /// network byte order): where packets for an endpoint are delivered.
+    pub const ENDPOINTS: &str = "NP_ENDPOINTS";
+    /// [`super::EndpointIdentity`] keyed by the host-side veth's ifindex
+    /// (`u32`, host byte order): what an endpoint may send as.
+    pub const ENDPOINT_IFACES: &str = "NP_ENDPOINT_IFACES";
+    /// Addresses of the host itself (`u32` keys, network byte order; the
+    /// value is unused): destinations published ports are reachable on.
+    pub const HOST_ADDRS: &str = "NP_HOST_ADDRS";
+    /// [`super::PortTarget`] keyed by [`super::PortKey`]: published ports.
+    pub const PUBLISHED: &str = "NP_PUBLISHED";
+    /// [`super::CtEntry`] keyed by [`super::FlowKey`]: connection tracking
+    /// and NAT, one entry per direction of a flow.
+    pub const CONNTRACK: &str = "NP_CONNTRACK";
+    /// Per-CPU [`super::IfCounters`] indexed by NAT rule slot: slot
+    /// [`super::MASQUERADE_SLOT`] is masquerade, the others published ports.
+    pub const NAT_COUNTERS: &str = "NP_NAT_COUNTERS";
+    /// Pairs of endpoint addresses joined with `--link` ([`super::AddrPair`],
+    /// both orders; the value is unused): allowed to talk with `--icc=false`.
+    pub const LINKED: &str = "NP_LINKED";
 }
 
 /// Names of the programs in the eBPF object.
@@ -18,10 +38,35 @@ pub mod programs {
     pub const COUNT_INGRESS: &str = "np_count_ingress";
     /// tc egress of the uplink and the bridge: counts.
     pub const COUNT_EGRESS: &str = "np_count_egress";
+    /// tc ingress of the uplink: counts, reverses masquerade, publishes ports.
+    pub const UPLINK_INGRESS: &str = "np_uplink_ingress";
 }
 
 /// Capacity of [`maps::IF_STATS`]: two directions for this many interfaces.
 pub const MAX_INTERFACES: u32 = 4096;
+
+/// Capacity of [`maps::ENDPOINTS`] and [`maps::ENDPOINT_IFACES`].
+pub const MAX_ENDPOINTS: u32 = 4096;
+
+/// Capacity of [`maps::HOST_ADDRS`].
+pub const MAX_HOST_ADDRS: u32 = 256;
+
+/// Capacity of [`maps::PUBLISHED`]: every host port of both protocols on
+/// the wildcard address and a few more.
+pub const MAX_PUBLISHED: u32 = 2 * 65536 + 8192;
+
+/// Capacity of [`maps::NAT_COUNTERS`].
+pub const MAX_NAT_SLOTS: u32 = 16384;
+
+/// [`maps::NAT_COUNTERS`] slot of masquerade.
+pub const MASQUERADE_SLOT: u32 = 0;
+
+/// Default capacity of [`maps::CONNTRACK`] (entries, two per flow); `up
+/// --ct-max` overrides it.
+pub const DEFAULT_CT_MAX: u32 = 262_144;
+
+/// Capacity of [`maps::LINKED`].
+pub const MAX_LINKED: u32 = 8192;
 
 /// Bit in [`NetConfig::flags`]: endpoints of the bridge may not talk to each
 /// other (Docker's `--icc=false`).
@@ -39,6 +84,150 @@ pub struct NetConfig {
     pub gateway_be: u32,
     /// `NET_FLAG_*` bits, host byte order.
     pub flags: u32,
+    /// Masquerade source address (the uplink's), network byte order; 0 when
+    /// there is no uplink.
+    pub uplink_addr_be: u32,
+    /// The uplink's ifindex, host byte order; 0 when there is none.
+    pub uplink_ifindex: u32,
+    /// The bridge's ifindex, host byte order.
+    pub bridge_ifindex: u32,
+    /// Lowest source port masquerade picks when it cannot keep a port, host
+    /// byte order.
+    pub nat_port_min: u16,
+    /// Highest such port, host byte order.
+    pub nat_port_max: u16,
+    /// The bridge's MAC: the source of frames the data path delivers to
+    /// endpoints, as if the gateway had routed them.
+    pub bridge_mac: [u8; 6],
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Where packets for an endpoint go: value of [`maps::ENDPOINTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPort {
+    /// ifindex of the host-side veth, host byte order.
+    pub ifindex: u32,
+    /// The endpoint's MAC.
+    pub mac: [u8; 6],
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// What an endpoint may send as: value of [`maps::ENDPOINT_IFACES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointIdentity {
+    /// Its address, network byte order.
+    pub addr_be: u32,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`maps::LINKED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrPair {
+    /// Source address, network byte order.
+    pub src_be: u32,
+    /// Destination address, network byte order.
+    pub dst_be: u32,
+}
+
+/// IP protocol numbers the data path translates.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Key of [`maps::PUBLISHED`]: a host address, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    /// Host address the port is published on, network byte order; 0 for
+    /// every address of the host.
+    pub addr_be: u32,
+    /// Host port, network byte order.
+    pub port_be: u16,
+    /// [`proto`] number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// Value of [`maps::PUBLISHED`]: the endpoint behind a published port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTarget {
+    /// Endpoint address, network byte order.
+    pub addr_be: u32,
+    /// Endpoint port, network byte order.
+    pub port_be: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// [`maps::NAT_COUNTERS`] slot of the rule, host byte order.
+    pub slot: u32,
+}
+
+/// Key of [`maps::CONNTRACK`]: one direction of a flow as it arrives at the
+/// data path, before translation. For ICMP echo the identifier is the source
+/// port of requests and the destination port of replies; the other is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address, network byte order.
+    pub saddr_be: u32,
+    /// Destination address, network byte order.
+    pub daddr_be: u32,
+    /// Source port, network byte order.
+    pub sport_be: u16,
+    /// Destination port, network byte order.
+    pub dport_be: u16,
+    /// [`proto`] number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
+/// [`CtEntry::flags`]: this entry is the reply direction of its flow.
+pub const CT_REPLY: u32 = 1 << 0;
+/// [`CtEntry::flags`]: a TCP SYN was seen in this direction.
+pub const CT_SEEN_SYN: u32 = 1 << 1;
+/// [`CtEntry::flags`]: a TCP ACK was seen in this direction.
+pub const CT_SEEN_ACK: u32 = 1 << 2;
+/// [`CtEntry::flags`]: a TCP FIN was seen in this direction.
+pub const CT_SEEN_FIN: u32 = 1 << 3;
+/// [`CtEntry::flags`]: a TCP RST was seen in this direction.
+pub const CT_SEEN_RST: u32 = 1 << 4;
+
+/// Value of [`maps::CONNTRACK`]: the addresses and ports a packet of this
+/// direction leaves with, and what was seen of the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// Source address after translation, network byte order.
+    pub saddr_be: u32,
+    /// Destination address after translation, network byte order.
+    pub daddr_be: u32,
+    /// Source port after translation, network byte order.
+    pub sport_be: u16,
+    /// Destination port after translation, network byte order.
+    pub dport_be: u16,
+    /// [`maps::NAT_COUNTERS`] slot, host byte order.
+    pub slot: u32,
+    /// `CT_*` bits, host byte order.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// `bpf_ktime_get_boot_ns` of the last packet, host byte order.
+    pub last_seen_ns: u64,
 }
 
 /// Direction of a counted packet, relative to the interface it crossed.
@@ -77,16 +266,47 @@ pub struct IfCounters {
 pub enum DropReason {
     /// Endpoint to endpoint traffic on a bridge with `--icc=false`.
     IccDenied = 0,
+    /// An endpoint sent with an address or MAC that is not its own.
+    Spoofed = 1,
+    /// A header ends past the end of the packet.
+    Truncated = 2,
+    /// The connection tracking table is full: new flows are refused.
+    CtFull = 3,
+    /// No source port was free for a new masqueraded flow.
+    NatPortsExhausted = 4,
+    /// A non-first fragment of a flow that needs translation: without its
+    /// ports it cannot be translated and must not leak untranslated.
+    Fragment = 5,
+    /// A translated packet has no route out of the host.
+    NoRoute = 6,
+    /// A translated packet is larger than the way out and may be fragmented.
+    TooBig = 7,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 1] = [DropReason::IccDenied];
+    pub const ALL: [DropReason; 8] = [
+        DropReason::IccDenied,
+        DropReason::Spoofed,
+        DropReason::Truncated,
+        DropReason::CtFull,
+        DropReason::NatPortsExhausted,
+        DropReason::Fragment,
+        DropReason::NoRoute,
+        DropReason::TooBig,
+    ];
 
     /// Stable name, used in metrics and the CLI.
     pub const fn name(self) -> &'static str {
         match self {
             DropReason::IccDenied => "icc_denied",
+            DropReason::Spoofed => "spoofed",
+            DropReason::Truncated => "truncated",
+            DropReason::CtFull => "ct_full",
+            DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::Fragment => "fragment",
+            DropReason::NoRoute => "no_route",
+            DropReason::TooBig => "too_big",
         }
     }
 }
@@ -102,6 +322,20 @@ mod pod {
     unsafe impl aya::Pod for super::IfStatsKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EndpointPort {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EndpointIdentity {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AddrPair {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtEntry {}
 }
 
 #[cfg(test)]
@@ -112,7 +346,14 @@ mod tests {
 
     #[test]
     fn map_types_have_no_implicit_padding() {
-        assert_eq!(size_of::<NetConfig>(), 16);
+        assert_eq!(size_of::<NetConfig>(), 40);
+        assert_eq!(size_of::<EndpointPort>(), 12);
+        assert_eq!(size_of::<EndpointIdentity>(), 12);
+        assert_eq!(size_of::<AddrPair>(), 8);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<PortTarget>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 32);
         assert_eq!(size_of::<IfStatsKey>(), 8);
         assert_eq!(size_of::<IfCounters>(), 16);
     }

@@ -7,4 +7,5 @@
 #![no_std]
 
 pub mod abi;
+pub mod nat;
 pub mod policy;

@@ -7,9 +7,10 @@ use crate::abi::{NET_FLAG_ICC_DISABLED, NetConfig};
 /// With inter-container communication disabled, only traffic whose
 /// destination is another endpoint of the same subnet is refused: the
 /// gateway and everything beyond the bridge stay reachable, as with
-/// Docker's `--icc=false`. Addresses are in network byte order.
-pub fn endpoint_traffic_allowed(cfg: &NetConfig, src_be: u32, dst_be: u32) -> bool {
-    if cfg.flags & NET_FLAG_ICC_DISABLED == 0 {
+/// Docker's `--icc=false`, and pairs joined with `--link` (`linked`) stay
+/// allowed. Addresses are in network byte order.
+pub fn endpoint_traffic_allowed(cfg: &NetConfig, src_be: u32, dst_be: u32, linked: bool) -> bool {
+    if cfg.flags & NET_FLAG_ICC_DISABLED == 0 || linked {
         return true;
     }
     let on_bridge = dst_be & cfg.mask_be == cfg.subnet_be;
@@ -30,6 +31,7 @@ mod tests {
             mask_be: be([255, 255, 0, 0]),
             gateway_be: be([172, 17, 0, 1]),
             flags,
+            ..NetConfig::default()
         }
     }
 
@@ -39,7 +41,8 @@ mod tests {
         assert!(endpoint_traffic_allowed(
             &c,
             be([172, 17, 0, 2]),
-            be([172, 17, 0, 3])
+            be([172, 17, 0, 3]),
+            false
         ));
     }
 
@@ -49,12 +52,14 @@ mod tests {
         assert!(!endpoint_traffic_allowed(
             &c,
             be([172, 17, 0, 2]),
-            be([172, 17, 0, 3])
+            be([172, 17, 0, 3]),
+            false
         ));
         assert!(!endpoint_traffic_allowed(
             &c,
             be([172, 17, 0, 2]),
-            be([172, 17, 255, 255])
+            be([172, 17, 255, 255]),
+            false
         ));
     }
 
@@ -62,8 +67,19 @@ mod tests {
     fn icc_disabled_allows_gateway_self_and_outside() {
         let c = cfg(NET_FLAG_ICC_DISABLED);
         let me = be([172, 17, 0, 2]);
-        assert!(endpoint_traffic_allowed(&c, me, be([172, 17, 0, 1])));
-        assert!(endpoint_traffic_allowed(&c, me, me));
-        assert!(endpoint_traffic_allowed(&c, me, be([198, 18, 0, 1])));
+        assert!(endpoint_traffic_allowed(&c, me, be([172, 17, 0, 1]), false));
+        assert!(endpoint_traffic_allowed(&c, me, me, false));
+        assert!(endpoint_traffic_allowed(&c, me, be([198, 18, 0, 1]), false));
+    }
+
+    #[test]
+    fn icc_disabled_allows_linked_pairs() {
+        let c = cfg(NET_FLAG_ICC_DISABLED);
+        assert!(endpoint_traffic_allowed(
+            &c,
+            be([172, 17, 0, 2]),
+            be([172, 17, 0, 3]),
+            true
+        ));
     }
 }

@@ -3,19 +3,22 @@
 #![no_std]
 #![no_main]
 
+mod nat;
 mod packet;
 
-use aya_log_ebpf::debug;
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
     macros::{classifier, map},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
-use netplane_common::{
-    abi::{DROP_REASONS, Direction, DropReason, IfCounters, IfStatsKey, MAX_INTERFACES, NetConfig},
-    policy::endpoint_traffic_allowed,
+use aya_log_ebpf::debug;
+use netplane_common::abi::{
+    AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EndpointIdentity,
+    EndpointPort, FlowKey, IfCounters, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES,
+    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, NetConfig, PortKey, PortTarget,
 };
+use packet::{L3, load};
 
 #[map(name = "NP_NET_CONFIG")]
 static NET_CONFIG: Array<NetConfig> = Array::pinned(1, 0);
@@ -26,6 +29,44 @@ static IF_STATS: PerCpuHashMap<IfStatsKey, IfCounters> =
 
 #[map(name = "NP_DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASONS, 0);
+
+#[map(name = "NP_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, EndpointPort> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "NP_ENDPOINT_IFACES")]
+static ENDPOINT_IFACES: HashMap<u32, EndpointIdentity> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "NP_HOST_ADDRS")]
+static HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_ADDRS, 0);
+
+#[map(name = "NP_PUBLISHED")]
+static PUBLISHED: HashMap<PortKey, PortTarget> = HashMap::pinned(MAX_PUBLISHED, 0);
+
+#[map(name = "NP_CONNTRACK")]
+static CONNTRACK: HashMap<FlowKey, CtEntry> = HashMap::pinned(DEFAULT_CT_MAX, 0);
+
+#[map(name = "NP_NAT_COUNTERS")]
+static NAT_COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(MAX_NAT_SLOTS, 0);
+
+/// Per-CPU room for a FIB lookup request, too big for the stack.
+#[map]
+static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for the parsed packet, too big for the stack along every
+/// call chain (the verifier allows 512 bytes for all frames together).
+#[map]
+static PACKET: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for the packet quoted in an ICMP error.
+#[map]
+static QUOTED: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for a flow being created.
+#[map]
+static NEW_FLOW: PerCpuArray<nat::NewFlow> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "NP_LINKED")]
+static LINKED: HashMap<AddrPair, u32> = HashMap::pinned(MAX_LINKED, 0);
 
 #[classifier]
 pub fn np_count_ingress(ctx: TcContext) -> i32 {
@@ -42,34 +83,86 @@ pub fn np_count_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn np_endpoint_ingress(ctx: TcContext) -> i32 {
     count(&ctx, Direction::Ingress);
-    match endpoint_verdict(&ctx) {
-        Ok(()) => TC_ACT_OK,
-        Err(reason) => drop_packet(&ctx, reason),
+    verdict(&ctx, endpoint_ingress(&ctx))
+}
+
+#[classifier]
+pub fn np_uplink_ingress(ctx: TcContext) -> i32 {
+    count(&ctx, Direction::Ingress);
+    verdict(&ctx, uplink_ingress(&ctx))
+}
+
+fn verdict(ctx: &TcContext, v: Result<i32, DropReason>) -> i32 {
+    match v {
+        Ok(action) => action,
+        Err(reason) => drop_packet(ctx, reason),
     }
 }
 
-/// Policy for traffic an endpoint sends into the bridge.
-fn endpoint_verdict(ctx: &TcContext) -> Result<(), DropReason> {
-    let Some(cfg) = NET_CONFIG.get(0) else {
-        return Ok(());
+/// What an endpoint sends: only as itself, then NAT and policy.
+fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
+    // SAFETY: a map value, copied out.
+    let me = unsafe { ENDPOINT_IFACES.get(&ifindex(ctx)).copied() };
+    let (Some(cfg), Some(me)) = (NET_CONFIG.get(0), me) else {
+        return Ok(TC_ACT_OK);
     };
-    let Some((src_be, dst_be)) = packet::ipv4_addrs(ctx) else {
-        return Ok(());
-    };
-    if endpoint_traffic_allowed(cfg, src_be, dst_be) {
-        Ok(())
-    } else {
-        Err(DropReason::IccDenied)
+    let src_mac: [u8; 6] = load(ctx, 6)?;
+    if src_mac != me.mac {
+        return Err(DropReason::Spoofed);
     }
+    match packet::l3(ctx)? {
+        L3::Ipv4 => {
+            let ip = parsed(ctx)?;
+            if ip.saddr != me.addr_be {
+                return Err(DropReason::Spoofed);
+            }
+            nat::from_endpoint(ctx, cfg, ip)
+        }
+        L3::Arp(sender_addr) => {
+            if load::<u32>(ctx, sender_addr)? != me.addr_be {
+                return Err(DropReason::Spoofed);
+            }
+            Ok(TC_ACT_OK)
+        }
+        L3::Other => Ok(TC_ACT_OK),
+    }
+}
+
+/// What arrives from outside: replies to masquerade, published ports.
+fn uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(cfg) = NET_CONFIG.get(0) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        // Frames of a VLAN device above the uplink are that device's.
+        return Ok(TC_ACT_OK);
+    }
+    match packet::l3(ctx)? {
+        L3::Ipv4 => nat::from_uplink(ctx, cfg, parsed(ctx)?),
+        _ => Ok(TC_ACT_OK),
+    }
+}
+
+/// The packet's IPv4 header and ports, parsed into [`PACKET`].
+fn parsed(ctx: &TcContext) -> Result<&'static packet::Ipv4, DropReason> {
+    let ip = PACKET.get_ptr_mut(0).ok_or(DropReason::Truncated)?;
+    // SAFETY: a per-CPU map value, used by this invocation only.
+    let ip = unsafe { &mut *ip };
+    packet::ipv4(ctx, packet::ETH_HLEN, false, ip)?;
+    Ok(ip)
+}
+
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
+    unsafe { (*ctx.skb.skb).ifindex }
 }
 
 /// Interfaces get their counter slots when the daemon attaches to them, so
 /// the hot path never inserts.
 fn count(ctx: &TcContext, direction: Direction) {
-    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let key = IfStatsKey {
-        ifindex,
+        ifindex: ifindex(ctx),
         direction: direction as u32,
     };
     if let Some(counters) = IF_STATS.get_ptr_mut(key) {

@@ -13,10 +13,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 use ipnet::Ipv4Net;
+use netplane_common::abi::DEFAULT_CT_MAX;
 
 use crate::{
     api::{CreateEndpoint, DaemonInfo, EndpointInfo, NetworkInfo, Stats},
     client::Client,
+    conntrack::Timeouts,
     daemon::{Config, Daemon},
     server,
     sys::exec,
@@ -123,6 +125,37 @@ struct UpArgs {
     /// Return once the API is ready, leaving the daemon running.
     #[arg(long)]
     detach: bool,
+    /// Connection tracking table size, in entries (two per flow); applies
+    /// when the table is created, at the first `up` after a `down`.
+    #[arg(long, default_value_t = DEFAULT_CT_MAX)]
+    ct_max: u32,
+    /// Lifetime of a TCP flow before its handshake completes, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().tcp_syn.as_secs())]
+    ct_tcp_syn: u64,
+    /// Lifetime of an established TCP flow after its last packet, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().tcp_established.as_secs())]
+    ct_tcp_established: u64,
+    /// Lifetime of a TCP flow after FIN or RST, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().tcp_closing.as_secs())]
+    ct_tcp_closing: u64,
+    /// Lifetime of a UDP flow after its last packet, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().udp.as_secs())]
+    ct_udp: u64,
+    /// Lifetime of an ICMP echo flow after its last packet, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().icmp.as_secs())]
+    ct_icmp: u64,
+}
+
+impl UpArgs {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            tcp_syn: Duration::from_secs(self.ct_tcp_syn),
+            tcp_established: Duration::from_secs(self.ct_tcp_established),
+            tcp_closing: Duration::from_secs(self.ct_tcp_closing),
+            udp: Duration::from_secs(self.ct_udp),
+            icmp: Duration::from_secs(self.ct_icmp),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +219,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => {
             init_tracing();
             let cfg = Config {
+                timeouts: args.timeouts(),
+                ct_max: args.ct_max,
                 bridge: args.bridge,
                 subnet: args.subnet,
                 uplink: args.uplink,

@@ -7,26 +7,29 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::Ipv4Net;
-use netplane_common::abi::{NET_FLAG_ICC_DISABLED, NetConfig};
+use netplane_common::abi::{MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NetConfig};
+use nix::net::if_::if_nametoindex;
 use tracing::{info, warn};
 
 use crate::{
     api::{CreateEndpoint, DaemonInfo, EndpointInfo, HostBinding, NetworkInfo, NetworkSettings},
+    conntrack::{self, Timeouts},
     endpoint::{
         self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step, format_mac,
         mac_for,
     },
     error::{Error, Result},
     ipam::{self, Pool},
-    portspec::{self, PortSpec},
+    portspec::{self, PortSpec, PublishedPort},
     store::{NewEndpoint, State, Store, StoredEndpoint},
     sys::{
-        datapath::{Datapath, Role, Traffic},
+        datapath::{Datapath, Role, Traffic, be},
         host::{self, DaemonLock},
-        netlink::Rtnl,
+        netlink::{Link, Rtnl},
         netns,
     },
 };
@@ -48,6 +51,10 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// bpffs directory for pins.
     pub bpffs: PathBuf,
+    /// Capacity of the connection tracking table, in entries (two per flow).
+    pub ct_max: u32,
+    /// Lifetimes of tracked flows.
+    pub timeouts: Timeouts,
 }
 
 impl Config {
@@ -85,6 +92,9 @@ pub struct Daemon {
     dp: Option<Datapath>,
     net: BridgeNet,
     uplink: Option<String>,
+    /// What the data path needs to know of the bridge and the uplink, once
+    /// they are up.
+    net_config: NetConfig,
     _lock: DaemonLock,
 }
 
@@ -172,6 +182,7 @@ impl Daemon {
             dp: None,
             net,
             uplink,
+            net_config: NetConfig::default(),
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -227,12 +238,15 @@ impl Daemon {
                 .set_meta(meta::BPFFS_MOUNTED, &mounted.to_string_lossy())?;
             undo.push(Undo::Unmount(mounted));
         }
-        let mut dp = Datapath::load(&self.cfg.bpffs, self.net_config())?;
+        self.net_config = self.build_net_config(&bridge).await?;
+        let mut dp = Datapath::load(&self.cfg.bpffs, self.net_config, self.cfg.ct_max)?;
         dp.attach(&net.bridge, Role::Counted)?;
         if let Some(uplink) = &self.uplink {
-            dp.attach(uplink, Role::Counted)?;
+            dp.attach(uplink, Role::Uplink)?;
         }
+        dp.reset_nat_counters(MASQUERADE_SLOT)?;
         self.dp = Some(dp);
+        self.sync_host_addrs().await?;
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
         self.store
             .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
@@ -247,17 +261,88 @@ impl Daemon {
         }
     }
 
-    fn net_config(&self) -> NetConfig {
-        NetConfig {
-            subnet_be: u32::from(self.net.subnet.network()).to_be(),
-            mask_be: u32::from(self.net.subnet.netmask()).to_be(),
-            gateway_be: u32::from(self.net.gateway).to_be(),
+    async fn build_net_config(&self, bridge: &Link) -> Result<NetConfig> {
+        let (uplink_ifindex, uplink_addr) = match &self.uplink {
+            Some(name) => {
+                let link = self
+                    .rtnl
+                    .link(name)
+                    .await?
+                    .ok_or_else(|| Error::InterfaceNotFound(name.clone()))?;
+                let addr = self
+                    .rtnl
+                    .addresses()
+                    .await?
+                    .iter()
+                    .find(|(_, index)| *index == link.index)
+                    .map(|(net, _)| net.addr());
+                match addr {
+                    Some(addr) => (link.index, addr),
+                    None => {
+                        warn!(uplink = %name, "the uplink has no IPv4 address: no masquerade");
+                        (0, Ipv4Addr::UNSPECIFIED)
+                    }
+                }
+            }
+            None => (0, Ipv4Addr::UNSPECIFIED),
+        };
+        let nat_ports = host::ephemeral_ports()?;
+        Ok(NetConfig {
+            subnet_be: be(self.net.subnet.network()),
+            mask_be: be(self.net.subnet.netmask()),
+            gateway_be: be(self.net.gateway),
             flags: if self.cfg.icc {
                 0
             } else {
                 NET_FLAG_ICC_DISABLED
             },
-        }
+            uplink_addr_be: be(uplink_addr),
+            uplink_ifindex,
+            bridge_ifindex: bridge.index,
+            nat_port_min: nat_ports.start,
+            nat_port_max: nat_ports.end,
+            bridge_mac: bridge.mac.unwrap_or_default(),
+            _pad: [0; 2],
+        })
+    }
+
+    /// Tells the data path which addresses are the host's own, the ones
+    /// published ports answer on. Loopback is not among them: ports
+    /// published on 127.0.0.1 are reachable from the host only.
+    pub async fn sync_host_addrs(&mut self) -> Result<()> {
+        let addrs: Vec<Ipv4Addr> = self
+            .rtnl
+            .addresses()
+            .await?
+            .iter()
+            .map(|(net, _)| net.addr())
+            .filter(|a| !a.is_loopback())
+            .collect();
+        self.dp().set_host_addrs(&addrs)
+    }
+
+    /// Removes the flows whose lifetime has passed, both directions at once.
+    pub fn collect_garbage(&mut self) -> Result<usize> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map_err(|e| Error::io("read", "CLOCK_BOOTTIME", e))?;
+        let now_ns = u64::try_from(Duration::from(now).as_nanos()).unwrap_or(u64::MAX);
+        let timeouts = self.cfg.timeouts;
+        let dp = self.dp();
+        let doomed = conntrack::expired(&dp.flows()?, now_ns, &timeouts);
+        dp.delete_flow_keys(&doomed)?;
+        Ok(doomed.len())
+    }
+
+    /// How often [`Daemon::collect_garbage`] should run: often enough for
+    /// the shortest lifetime to be honoured within a quarter of it.
+    pub fn gc_interval(&self) -> Duration {
+        let t = self.cfg.timeouts;
+        [t.tcp_syn, t.tcp_closing, t.udp, t.icmp]
+            .into_iter()
+            .min()
+            .unwrap_or_default()
+            .div_f64(4.0)
+            .clamp(Duration::from_millis(250), Duration::from_secs(10))
     }
 
     fn dp(&mut self) -> &mut Datapath {
@@ -280,14 +365,16 @@ impl Daemon {
                     self.store.delete_endpoint(&rec.ep.name)?;
                 }
                 State::Ready if self.is_intact(&rec.ep).await? => {
-                    if let Some(veth) = rec.ep.host_veth() {
-                        self.dp().attach(&veth, Role::Endpoint)?;
+                    if let (Some(veth), Some(ip)) = (rec.ep.host_veth(), rec.ep.ip) {
+                        self.attach_endpoint(&veth, ip)?;
                     }
+                    self.publish(&rec.ep, &rec.ports)?;
                 }
                 State::Ready => {
                     warn!(endpoint = %rec.ep.name, "kernel objects missing: rebuilding");
                     self.teardown(&rec.ep).await?;
                     self.apply_plan(&rec.ep).await?;
+                    self.publish(&rec.ep, &rec.ports)?;
                 }
             }
         }
@@ -360,10 +447,73 @@ impl Daemon {
         Ok(())
     }
 
+    fn attach_endpoint(&mut self, ifname: &str, ip: Ipv4Addr) -> Result<()> {
+        let ifindex = if_nametoindex(ifname).map_err(|e| Error::io("look up", ifname, e))?;
+        let dp = self.dp();
+        dp.attach(ifname, Role::Endpoint)?;
+        dp.add_endpoint(ifindex, ip, mac_for(ip))
+    }
+
+    /// Writes the published ports of `ep` into the data path.
+    fn publish(&mut self, ep: &endpoint::Endpoint, ports: &[PublishedPort]) -> Result<()> {
+        let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
+            return Ok(());
+        };
+        let dp = self.dp();
+        for port in ports {
+            dp.reset_nat_counters(port.slot)?;
+            dp.publish(&port.map_entries(ip))?;
+        }
+        Ok(())
+    }
+
+    /// Withdraws published ports and their flows from the data path.
+    fn unpublish(&mut self, ep: &endpoint::Endpoint, ports: &[PublishedPort]) -> Result<()> {
+        let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
+            return Ok(());
+        };
+        let dp = self.dp();
+        for port in ports {
+            let keys: Vec<_> = port.map_entries(ip).into_iter().map(|(k, _)| k).collect();
+            dp.unpublish(&keys, port.slot)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the pairs of endpoints joined with `--link`, which talk even
+    /// with `--icc=false`.
+    fn sync_linked(&mut self) -> Result<()> {
+        let records = self.store.endpoints()?;
+        let ip_of = |name: &str| {
+            records
+                .iter()
+                .find(|r| r.ep.name == name)
+                .and_then(|r| self.resolved(&r.ep).ip)
+        };
+        let pairs: Vec<(Ipv4Addr, Ipv4Addr)> = records
+            .iter()
+            .flat_map(|r| {
+                r.links
+                    .iter()
+                    .filter_map(|spec| {
+                        Some((ip_of(&r.ep.name)?, ip_of(endpoint::parse_link(spec).0)?))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.dp().set_linked(&pairs)
+    }
+
     /// Undoes every step of the plan of `ep`, continuing past failures and
     /// returning the first.
     async fn teardown(&mut self, ep: &endpoint::Endpoint) -> Result<()> {
         let mut first = None;
+        if let Ok(rec) = self.store.endpoint(&ep.name)
+            && let Err(e) = self.unpublish(ep, &rec.ports)
+        {
+            warn!("removing {}: {e}", ep.name);
+            first.get_or_insert(e);
+        }
         for step in self.plan(ep).iter().rev() {
             if let Err(e) = self.undo(step).await {
                 warn!("removing {}: {e}", ep.name);
@@ -402,7 +552,7 @@ impl Daemon {
                     )
                     .await
             }
-            Step::AttachDatapath { ifname } => self.dp().attach(ifname, Role::Endpoint),
+            Step::AttachDatapath { ifname, ip } => self.attach_endpoint(ifname, *ip),
             Step::EtcFiles {
                 name,
                 hosts,
@@ -415,7 +565,11 @@ impl Daemon {
         match step {
             Step::Netns { name } | Step::ShareNetns { name, .. } => netns::delete(name),
             Step::Veth { host, .. } => self.rtnl.delete_link(host).await,
-            Step::AttachDatapath { ifname } => self.dp().detach(ifname),
+            Step::AttachDatapath { ifname, ip } => {
+                let ifindex = if_nametoindex(ifname.as_str()).unwrap_or(0);
+                self.dp().remove_endpoint(ifindex, *ip)?;
+                self.dp().detach(ifname)
+            }
             Step::EtcFiles { name, .. } => host::remove_etc_files(name),
         }
     }
@@ -498,6 +652,11 @@ impl Daemon {
             self.store.delete_endpoint(&ep.name)?;
             return Err(e);
         }
+        if let Err(e) = self.publish(&ep, &ports).and(self.sync_linked()) {
+            let _ = self.teardown(&ep).await;
+            self.store.delete_endpoint(&ep.name)?;
+            return Err(e);
+        }
         self.store.set_state(&ep.name, State::Ready)?;
         info!(endpoint = %ep.name, mode = %ep.mode, ip = ?ep.ip, "created");
         self.inspect(&ep.name)
@@ -519,6 +678,7 @@ impl Daemon {
         self.store.set_state(name, State::Removing)?;
         self.teardown(&rec.ep).await?;
         self.store.delete_endpoint(name)?;
+        self.sync_linked()?;
         info!(endpoint = %name, "removed");
         Ok(())
     }

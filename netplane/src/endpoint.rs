@@ -162,10 +162,13 @@ pub enum Step {
         /// Bridge to enslave the host side to.
         bridge: String,
     },
-    /// The data path's endpoint program on the host-side veth.
+    /// The data path's endpoint program on the host-side veth, and the
+    /// endpoint's address and MAC in its maps.
     AttachDatapath {
         /// Host-side veth.
         ifname: String,
+        /// Endpoint address.
+        ip: Ipv4Addr,
     },
     /// /etc/netns/NAME/{hosts,resolv.conf}.
     EtcFiles {
@@ -226,7 +229,7 @@ pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str, links: &[LinkedHo
                     gateway: net.gateway,
                     bridge: net.bridge.clone(),
                 },
-                Step::AttachDatapath { ifname: host },
+                Step::AttachDatapath { ifname: host, ip },
                 etc(Some(ip)),
             ]
         }
@@ -368,7 +371,8 @@ mod tests {
         assert_eq!(
             steps[2],
             Step::AttachDatapath {
-                ifname: "npv1a".into()
+                ifname: "npv1a".into(),
+                ip: "172.17.0.2".parse().unwrap(),
             }
         );
         let Step::EtcFiles { hosts, resolv, .. } = &steps[3] else {

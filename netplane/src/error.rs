@@ -53,6 +53,9 @@ pub enum Error {
     /// No free host port for `-p CPORT`.
     #[error("no free host port left for {0}")]
     NoFreeHostPort(String),
+    /// Every NAT counter slot is taken by a published rule.
+    #[error("too many published port rules: every counter slot is taken")]
+    NoFreeSlot,
     /// A `-p` host address is not an address of this host.
     #[error("host address {0} in -p is not an address of this host")]
     HostIpNotLocal(Ipv4Addr),
@@ -181,6 +184,7 @@ impl Error {
                 | Error::HostIpNotLocal(_)
                 | Error::SubnetOverlaps { .. }
                 | Error::NoFreeHostPort(_)
+                | Error::NoFreeSlot
         )
     }
 

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod conntrack;
 pub mod daemon;
 pub mod endpoint;
 pub mod error;

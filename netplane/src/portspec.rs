@@ -2,6 +2,7 @@
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
+use netplane_common::abi::{MAX_NAT_SLOTS, PortKey, PortTarget, proto};
 use serde::{Deserialize, Serialize};
 
 /// Transport protocol of a published port.
@@ -247,9 +248,39 @@ pub struct PublishedPort {
     pub container_ports: PortRange,
     /// Protocol.
     pub proto: Proto,
+    /// The data path's counter slot for this rule (`nat ls`).
+    pub slot: u32,
 }
 
 impl PublishedPort {
+    /// The data path's entries for this rule: one per host port, each
+    /// naming the endpoint port it maps to on `endpoint`.
+    pub fn map_entries(&self, endpoint: Ipv4Addr) -> Vec<(PortKey, PortTarget)> {
+        let proto = match self.proto {
+            Proto::Tcp => proto::TCP,
+            Proto::Udp => proto::UDP,
+        };
+        (self.host_ports.start..=self.host_ports.end)
+            .zip(self.container_ports.start..=self.container_ports.end)
+            .map(|(host, container)| {
+                (
+                    PortKey {
+                        addr_be: u32::from_ne_bytes(self.host_ip.octets()),
+                        port_be: host.to_be(),
+                        proto,
+                        _pad: 0,
+                    },
+                    PortTarget {
+                        addr_be: u32::from_ne_bytes(endpoint.octets()),
+                        port_be: container.to_be(),
+                        _pad: 0,
+                        slot: self.slot,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Whether both publish a common host port of the same protocol on
     /// addresses that can coincide.
     pub fn conflicts_with(&self, other: &PublishedPort) -> bool {
@@ -281,6 +312,7 @@ pub fn assign_host_ports(
             },
             container_ports: spec.container_ports,
             proto: spec.proto,
+            slot: 0,
         };
         let port = match spec.host_ports {
             Some(h) => {
@@ -302,6 +334,12 @@ pub fn assign_host_ports(
                     .find(|p| !assigned.iter().any(|(_, o)| o.conflicts_with(p)))
                     .ok_or_else(|| crate::error::Error::NoFreeHostPort(spec.to_string()))?
             }
+        };
+        let port = PublishedPort {
+            slot: (1..MAX_NAT_SLOTS)
+                .find(|s| !assigned.iter().any(|(_, o)| o.slot == *s))
+                .ok_or(crate::error::Error::NoFreeSlot)?,
+            ..port
         };
         assigned.push((String::new(), port));
         out.push(port);
@@ -341,6 +379,30 @@ mod assign_tests {
         assert!(assign_host_ports(&specs(&["8081:80"]), &taken, EPHEMERAL).is_ok());
         let err = assign_host_ports(&specs(&["9000:80", "9000:81"]), &[], EPHEMERAL).unwrap_err();
         assert!(err.to_string().contains("9000"));
+    }
+
+    #[test]
+    fn rules_get_distinct_counter_slots_after_masquerade() {
+        let first = assign_host_ports(&specs(&["80", "81"]), &[], EPHEMERAL).unwrap();
+        assert_eq!((first[0].slot, first[1].slot), (1, 2));
+        let taken = vec![("web".to_string(), first[1])];
+        let next = assign_host_ports(&specs(&["82"]), &taken, EPHEMERAL).unwrap();
+        assert_eq!(next[0].slot, 1, "freed slots are reused");
+    }
+
+    #[test]
+    fn map_entries_pair_each_host_port_with_its_endpoint_port() {
+        let p = assign_host_ports(&specs(&["127.0.0.1:8000-8002:80-82/udp"]), &[], EPHEMERAL)
+            .unwrap()[0];
+        let entries = p.map_entries("172.17.0.2".parse().unwrap());
+        assert_eq!(entries.len(), 3);
+        let (key, target) = entries[2];
+        assert_eq!(key.addr_be.to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!(u16::from_be(key.port_be), 8002);
+        assert_eq!(key.proto, proto::UDP);
+        assert_eq!(target.addr_be.to_ne_bytes(), [172, 17, 0, 2]);
+        assert_eq!(u16::from_be(target.port_be), 82);
+        assert_eq!(target.slot, p.slot);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The REST API on the daemon's unix socket.
 
-use std::{os::unix::fs::PermissionsExt, sync::Arc};
+use std::{os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -13,7 +13,7 @@ use tokio::{
     net::UnixListener,
     sync::{Mutex, watch},
 };
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{CreateEndpoint, ErrorBody},
@@ -78,8 +78,10 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let gc_interval = daemon.gc_interval();
     let state: Shared = Arc::new(Mutex::new(Some(daemon)));
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let gc = tokio::spawn(housekeeping(state.clone(), gc_interval));
     let app = Router::new()
         .route(
             "/v1/info",
@@ -155,5 +157,28 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             }
         })
         .await?;
+    gc.abort();
     Ok(())
+}
+
+/// Expires tracked flows and keeps the data path's view of the host's
+/// addresses current, until the daemon goes down.
+async fn housekeeping(state: Shared, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut guard = state.lock().await;
+        let Some(daemon) = guard.as_mut() else {
+            return;
+        };
+        match daemon.collect_garbage() {
+            Ok(0) => {}
+            Ok(n) => debug!(entries = n, "expired tracked flows"),
+            Err(e) => warn!("conntrack garbage collection: {e}"),
+        }
+        if let Err(e) = daemon.sync_host_addrs().await {
+            warn!("refreshing host addresses: {e}");
+        }
+    }
 }

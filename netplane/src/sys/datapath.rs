@@ -8,12 +8,13 @@
 use std::{
     collections::BTreeMap,
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -22,12 +23,21 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use netplane_common::abi::{
-    Direction, DropReason, IfCounters, IfStatsKey, NetConfig, maps, programs,
+    AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
+    IfStatsKey, NetConfig, PortKey, PortTarget, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::error::{Error, Result};
+use crate::{
+    conntrack as ct,
+    error::{Error, Result},
+};
+
+/// An address as the data path stores it: network byte order.
+pub fn be(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
 
 /// The object built from netplane-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane.bpf.o"));
@@ -37,8 +47,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 pub enum Role {
     /// Host side of an endpoint's veth.
     Endpoint,
-    /// The bridge or the uplink: counted both ways.
+    /// The bridge: counted both ways.
     Counted,
+    /// The uplink: replies to masquerade and published ports come in here.
+    Uplink,
 }
 
 impl Role {
@@ -47,6 +59,10 @@ impl Role {
             Role::Endpoint => &[(programs::ENDPOINT_INGRESS, Direction::Ingress)],
             Role::Counted => &[
                 (programs::COUNT_INGRESS, Direction::Ingress),
+                (programs::COUNT_EGRESS, Direction::Egress),
+            ],
+            Role::Uplink => &[
+                (programs::UPLINK_INGRESS, Direction::Ingress),
                 (programs::COUNT_EGRESS, Direction::Egress),
             ],
         }
@@ -123,7 +139,7 @@ fn spawn_log_drain(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>> {
 impl Datapath {
     /// Loads the programs, reusing maps pinned under `pin_dir` by an earlier
     /// run, and sets the network configuration.
-    pub fn load(pin_dir: &Path, cfg: NetConfig) -> Result<Self> {
+    pub fn load(pin_dir: &Path, cfg: NetConfig, ct_max: u32) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(Error::NoEbpfObject);
         }
@@ -136,11 +152,13 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global("AYA_LOG_LEVEL", &log_level, true)
+            .map_max_entries(maps::CONNTRACK, ct_max)
             .load(OBJECT)
             .map_err(|e| Error::ebpf("load", "eBPF object", e))?;
         let log_drain = spawn_log_drain(&mut ebpf)?;
         for name in [
             programs::ENDPOINT_INGRESS,
+            programs::UPLINK_INGRESS,
             programs::COUNT_INGRESS,
             programs::COUNT_EGRESS,
         ] {
@@ -327,6 +345,166 @@ impl Datapath {
                 Ok((r.name().to_string(), v.iter().sum()))
             })
             .collect()
+    }
+
+    /// Lets the data path deliver to the endpoint behind the host-side veth
+    /// `ifindex` and accept what it sends as `addr` from `mac`.
+    pub fn add_endpoint(&mut self, ifindex: u32, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let addr_be = be(addr);
+        let mut ids: HashMap<_, u32, EndpointIdentity> = self.map_mut(maps::ENDPOINT_IFACES)?;
+        ids.insert(
+            ifindex,
+            EndpointIdentity {
+                addr_be,
+                mac,
+                _pad: [0; 2],
+            },
+            0,
+        )
+        .map_err(|e| Error::ebpf("insert into", maps::ENDPOINT_IFACES, e))?;
+        let mut ports: HashMap<_, u32, EndpointPort> = self.map_mut(maps::ENDPOINTS)?;
+        ports
+            .insert(
+                addr_be,
+                EndpointPort {
+                    ifindex,
+                    mac,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .map_err(|e| Error::ebpf("insert into", maps::ENDPOINTS, e))
+    }
+
+    /// Forgets an endpoint and every flow to or from it, so that a later
+    /// endpoint with the same address starts clean. Forgetting one that is
+    /// not there is fine.
+    pub fn remove_endpoint(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
+        let addr_be = be(addr);
+        let mut ids: HashMap<_, u32, EndpointIdentity> = self.map_mut(maps::ENDPOINT_IFACES)?;
+        let _ = ids.remove(&ifindex);
+        let mut ports: HashMap<_, u32, EndpointPort> = self.map_mut(maps::ENDPOINTS)?;
+        let _ = ports.remove(&addr_be);
+        self.remove_flows(|k, e| {
+            [k.saddr_be, k.daddr_be, e.saddr_be, e.daddr_be].contains(&addr_be)
+        })
+    }
+
+    /// Replaces the set of the host's own addresses.
+    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+        let want: Vec<u32> = addrs.iter().map(|a| be(*a)).collect();
+        let mut map: HashMap<_, u32, u32> = self.map_mut(maps::HOST_ADDRS)?;
+        let stale: Vec<u32> = map.keys().flatten().filter(|k| !want.contains(k)).collect();
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+        for k in want {
+            map.insert(k, 1, 0)
+                .map_err(|e| Error::ebpf("insert into", maps::HOST_ADDRS, e))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the pairs of endpoints allowed to talk with `--icc=false`.
+    pub fn set_linked(&mut self, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Result<()> {
+        let want: Vec<AddrPair> = pairs
+            .iter()
+            .flat_map(|(a, b)| [(*a, *b), (*b, *a)])
+            .map(|(src, dst)| AddrPair {
+                src_be: be(src),
+                dst_be: be(dst),
+            })
+            .collect();
+        let mut map: HashMap<_, AddrPair, u32> = self.map_mut(maps::LINKED)?;
+        let stale: Vec<AddrPair> = map.keys().flatten().filter(|k| !want.contains(k)).collect();
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+        for k in want {
+            map.insert(k, 1, 0)
+                .map_err(|e| Error::ebpf("insert into", maps::LINKED, e))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes ports: one map entry per host port, written in one pass.
+    pub fn publish(&mut self, entries: &[(PortKey, PortTarget)]) -> Result<()> {
+        let mut map: HashMap<_, PortKey, PortTarget> = self.map_mut(maps::PUBLISHED)?;
+        for (k, v) in entries {
+            map.insert(k, v, 0)
+                .map_err(|e| Error::ebpf("insert into", maps::PUBLISHED, e))?;
+        }
+        Ok(())
+    }
+
+    /// Withdraws published ports and the flows through them; withdrawing
+    /// one that is not there is fine.
+    pub fn unpublish(&mut self, keys: &[PortKey], slot: u32) -> Result<()> {
+        let mut map: HashMap<_, PortKey, PortTarget> = self.map_mut(maps::PUBLISHED)?;
+        for k in keys {
+            let _ = map.remove(k);
+        }
+        self.remove_flows(|_, e| e.slot == slot)
+    }
+
+    /// The published ports in the data path.
+    pub fn published(&self) -> Result<Vec<(PortKey, PortTarget)>> {
+        let map: HashMap<_, PortKey, PortTarget> = self.map(maps::PUBLISHED)?;
+        map.iter()
+            .map(|r| r.map_err(|e| Error::ebpf("read", maps::PUBLISHED, e)))
+            .collect()
+    }
+
+    /// Packets and bytes translated under NAT rule `slot`, summed over CPUs.
+    pub fn nat_counters(&self, slot: u32) -> Result<(u64, u64)> {
+        let counters: PerCpuArray<_, IfCounters> = self.map(maps::NAT_COUNTERS)?;
+        let v = counters
+            .get(&slot, 0)
+            .map_err(|e| Error::ebpf("read", maps::NAT_COUNTERS, e))?;
+        Ok(v.iter()
+            .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)))
+    }
+
+    /// Zeroes the counters of a NAT rule slot before it is given to a rule.
+    pub fn reset_nat_counters(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io("count CPUs", what, e))?;
+        let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
+            .map_err(|e| Error::io("build per-CPU value", maps::NAT_COUNTERS, e))?;
+        let mut counters: PerCpuArray<_, IfCounters> = self.map_mut(maps::NAT_COUNTERS)?;
+        counters
+            .set(slot, zero, 0)
+            .map_err(|e| Error::ebpf("update", maps::NAT_COUNTERS, e))
+    }
+
+    /// Every connection tracking entry.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+        let map: HashMap<_, FlowKey, CtEntry> = self.map(maps::CONNTRACK)?;
+        Ok(map.iter().flatten().collect())
+    }
+
+    /// Removes both entries of every flow one of whose entries matches.
+    pub fn remove_flows(&mut self, matches: impl Fn(&FlowKey, &CtEntry) -> bool) -> Result<()> {
+        let doomed: Vec<FlowKey> = self
+            .flows()?
+            .iter()
+            .filter(|(k, e)| matches(k, e))
+            .flat_map(|(k, e)| [*k, ct::other_direction(k, e)])
+            .collect();
+        self.delete_flow_keys(&doomed)
+    }
+
+    /// Deletes connection tracking entries; absent ones are fine.
+    pub fn delete_flow_keys(&mut self, keys: &[FlowKey]) -> Result<()> {
+        let mut map: HashMap<_, FlowKey, CtEntry> = self.map_mut(maps::CONNTRACK)?;
+        for k in keys {
+            match map.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(Error::ebpf("delete from", maps::CONNTRACK, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Detaches every pinned link and removes every pin: the data path is

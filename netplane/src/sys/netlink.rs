@@ -35,6 +35,8 @@ pub struct Link {
     pub name: String,
     /// Index of the bridge it is enslaved to.
     pub controller: Option<u32>,
+    /// Hardware address, for Ethernet-like links.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl From<LinkMessage> for Link {
@@ -43,11 +45,13 @@ impl From<LinkMessage> for Link {
             index: m.header.index,
             name: String::new(),
             controller: None,
+            mac: None,
         };
         for attr in m.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n,
                 LinkAttribute::Controller(c) => link.controller = Some(c),
+                LinkAttribute::Address(a) => link.mac = a.try_into().ok(),
                 _ => {}
             }
         }

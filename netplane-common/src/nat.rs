@@ -1,0 +1,305 @@
+//! Packet arithmetic of translation: incremental Internet checksums and the
+//! pair of connection tracking entries that describes a translated flow.
+//!
+//! Checksum functions take 16- and 32-bit words exactly as they sit in the
+//! packet (loaded with native byte order from network-ordered bytes): the
+//! ones' complement sum is byte-order independent as long as every word is
+//! read the same way.
+
+use crate::abi::{CT_REPLY, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN, CtEntry, FlowKey};
+
+/// Folds a 32-bit ones' complement accumulator into 16 bits.
+pub const fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum field after one 16-bit word it covers changed from `old` to
+/// `new` (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold(!check as u32 + !old as u32 + new as u32)
+}
+
+/// As [`replace16`] for a 32-bit word (an address).
+pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
+    let check = replace16(check, old as u16, new as u16);
+    replace16(check, (old >> 16) as u16, (new >> 16) as u16)
+}
+
+/// As [`replace32`] for a UDP checksum, where 0 means "no checksum" and a
+/// computed 0 is sent as 0xffff (RFC 768).
+pub const fn replace32_udp(check: u16, old: u32, new: u32) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    match replace32(check, old, new) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// As [`replace16`] for a UDP checksum; see [`replace32_udp`].
+pub const fn replace16_udp(check: u16, old: u16, new: u16) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    match replace16(check, old, new) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+impl FlowKey {
+    /// The same flow seen from the other end: what its replies look like.
+    pub const fn reversed(&self) -> FlowKey {
+        FlowKey {
+            saddr_be: self.daddr_be,
+            daddr_be: self.saddr_be,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The two entries of a flow, as written to [`crate::abi::maps::CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowPair {
+    /// Key of the originator's direction: its packets as they arrive.
+    pub fwd_key: FlowKey,
+    /// How they leave.
+    pub fwd: CtEntry,
+    /// Key of the reply direction: replies to the translated packet.
+    pub reply_key: FlowKey,
+    /// How replies leave: back to the originator's own addresses.
+    pub reply: CtEntry,
+}
+
+/// Fills `out` with the entries of a flow whose first packet `original`
+/// leaves the data path as `translated`, at time `now_ns`, counted in NAT
+/// rule `slot`. (An out-parameter, so the eBPF side can build it in a map
+/// value instead of its small stack.)
+///
+/// The reply entry is keyed by the reply to the translated packet and turns
+/// it back into the reply the originator expects. Its key doubles as the
+/// reservation of the translated source port: two flows can never share it.
+pub fn flow_entries(
+    original: &FlowKey,
+    translated: &FlowKey,
+    slot: u32,
+    now_ns: u64,
+    out: &mut FlowPair,
+) {
+    let entry = |to: &FlowKey, flags: u32| CtEntry {
+        saddr_be: to.saddr_be,
+        daddr_be: to.daddr_be,
+        sport_be: to.sport_be,
+        dport_be: to.dport_be,
+        slot,
+        flags,
+        _pad: 0,
+        last_seen_ns: now_ns,
+    };
+    out.fwd_key = *original;
+    out.fwd = entry(translated, 0);
+    out.reply_key = translated.reversed();
+    out.reply = entry(&original.reversed(), CT_REPLY);
+}
+
+/// The `CT_SEEN_*` bits for a TCP header's flags byte (offset 13).
+pub const fn tcp_seen_flags(tcp_flags: u8) -> u32 {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    let mut seen = 0;
+    if tcp_flags & FIN != 0 {
+        seen |= CT_SEEN_FIN;
+    }
+    if tcp_flags & SYN != 0 {
+        seen |= CT_SEEN_SYN;
+    }
+    if tcp_flags & RST != 0 {
+        seen |= CT_SEEN_RST;
+    }
+    if tcp_flags & ACK != 0 {
+        seen |= CT_SEEN_ACK;
+    }
+    seen
+}
+
+/// The source port masquerade tries after `attempt` failed ones: first the
+/// flow's own, then pseudo-random ones in `min..=max` (host byte order).
+pub const fn candidate_port(own: u16, attempt: u32, random: u32, min: u16, max: u16) -> u16 {
+    if attempt == 0 || max < min {
+        return own;
+    }
+    let span = (max - min) as u32 + 1;
+    min + (random % span) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::proto;
+
+    /// Full ones' complement checksum over `bytes`, as the words sit in memory.
+    fn full(bytes: &[u8]) -> u16 {
+        let mut sum = 0u32;
+        for w in bytes.chunks(2) {
+            let word = if w.len() == 2 {
+                [w[0], w[1]]
+            } else {
+                [w[0], 0]
+            };
+            sum += u32::from(u16::from_ne_bytes(word));
+        }
+        !fold(sum)
+    }
+
+    fn word16(b: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([b[at], b[at + 1]])
+    }
+
+    fn word32(b: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    /// An IPv4 header with a known checksum (0xb861), from the usual worked
+    /// example: 192.168.0.1 -> 192.168.0.199, UDP, 115 bytes.
+    const GOLDEN: [u8; 20] = [
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00,
+        0x01, 0xc0, 0xa8, 0x00, 0xc7,
+    ];
+
+    #[test]
+    fn golden_header_checks() {
+        let mut h = GOLDEN;
+        assert_eq!(full(&h), 0, "a valid header sums to zero");
+        h[10] = 0;
+        h[11] = 0;
+        assert_eq!(full(&h).to_ne_bytes(), [0xb8, 0x61]);
+    }
+
+    #[test]
+    fn address_rewrite_matches_full_recompute() {
+        let mut h = GOLDEN;
+        let old = word32(&h, 12);
+        let new = u32::from_ne_bytes([198, 18, 0, 2]);
+        h[12..16].copy_from_slice(&new.to_ne_bytes());
+        let check = replace32(word16(&GOLDEN, 10), old, new);
+        h[10..12].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(full(&h), 0);
+        // Golden: 198.18.0.2 -> 192.168.0.199 has checksum 0xb2f6.
+        assert_eq!(h[10..12], [0xb2, 0xf6]);
+    }
+
+    #[test]
+    fn ttl_decrement_matches_full_recompute() {
+        let mut h = GOLDEN;
+        let old = word16(&h, 8);
+        h[8] -= 1;
+        let check = replace16(word16(&GOLDEN, 10), old, word16(&h, 8));
+        h[10..12].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(full(&h), 0);
+        assert_eq!(h[10..12], [0xb9, 0x61]);
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_zero_and_computed_zero_is_sent_as_ffff() {
+        assert_eq!(replace32_udp(0, 1, 2), 0);
+        assert_eq!(replace16_udp(0, 1, 2), 0);
+        // A checksum that the update brings to 0 must go out as 0xffff.
+        let old = 0x1234u16;
+        let new = 0x1235u16;
+        let check = !fold(u32::from(!old) + u32::from(new));
+        assert_ne!(check, 0);
+        let wraps = replace16(0xffff, old, new);
+        assert_eq!(
+            replace16_udp(0xffff, old, new),
+            if wraps == 0 { 0xffff } else { wraps }
+        );
+        // Search a pair whose update is exactly 0 and check the mapping.
+        let (o, n) = (1u16..)
+            .map(|o| (o, o.wrapping_add(1)))
+            .find(|&(o, n)| replace16(0x0001, o, n) == 0)
+            .unwrap();
+        assert_eq!(replace16_udp(0x0001, o, n), 0xffff);
+    }
+
+    #[test]
+    fn masquerade_entries_reverse_each_other() {
+        let be = |a: [u8; 4]| u32::from_ne_bytes(a);
+        let original = FlowKey {
+            saddr_be: be([172, 17, 0, 2]),
+            daddr_be: be([198, 18, 0, 1]),
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: proto::TCP,
+            _pad: [0; 3],
+        };
+        let translated = FlowKey {
+            saddr_be: be([198, 18, 0, 2]),
+            sport_be: 40001u16.to_be(),
+            ..original
+        };
+        let mut pair = FlowPair::default();
+        flow_entries(&original, &translated, 0, 7, &mut pair);
+        let FlowPair {
+            fwd_key: fk,
+            fwd: fe,
+            reply_key: rk,
+            reply: re,
+        } = pair;
+        assert_eq!(fk, original);
+        assert_eq!(
+            (fe.saddr_be, fe.sport_be),
+            (translated.saddr_be, translated.sport_be)
+        );
+        assert_eq!(fe.flags & CT_REPLY, 0);
+        // The server answers the translated source...
+        assert_eq!(
+            rk,
+            FlowKey {
+                saddr_be: be([198, 18, 0, 1]),
+                daddr_be: be([198, 18, 0, 2]),
+                sport_be: 80u16.to_be(),
+                dport_be: 40001u16.to_be(),
+                proto: proto::TCP,
+                _pad: [0; 3],
+            }
+        );
+        // ...and the reply goes back to the endpoint's own address and port.
+        assert_eq!(
+            (re.daddr_be, re.dport_be),
+            (original.saddr_be, original.sport_be)
+        );
+        assert_eq!(
+            (re.saddr_be, re.sport_be),
+            (original.daddr_be, original.dport_be)
+        );
+        assert_eq!(re.flags & CT_REPLY, CT_REPLY);
+        assert_eq!(re.last_seen_ns, 7);
+    }
+
+    #[test]
+    fn tcp_flags_map_to_seen_bits() {
+        assert_eq!(tcp_seen_flags(0x02), CT_SEEN_SYN);
+        assert_eq!(tcp_seen_flags(0x12), CT_SEEN_SYN | CT_SEEN_ACK);
+        assert_eq!(tcp_seen_flags(0x11), CT_SEEN_FIN | CT_SEEN_ACK);
+        assert_eq!(tcp_seen_flags(0x04), CT_SEEN_RST);
+    }
+
+    #[test]
+    fn port_candidates_keep_the_own_port_first_then_stay_in_range() {
+        assert_eq!(candidate_port(40000, 0, 12345, 1024, 65535), 40000);
+        for (attempt, random) in [(1, 0), (2, u32::MAX), (3, 64511), (4, 64512)] {
+            let p = candidate_port(40000, attempt, random, 1024, 65535);
+            assert!((1024..=65535).contains(&p));
+        }
+        assert_eq!(candidate_port(5, 1, 7, 10, 10), 10);
+    }
+}

@@ -1,0 +1,665 @@
+//! Connection tracking, translation and delivery.
+//!
+//! A translated packet never goes through the host's IP stack: it is
+//! rewritten here and redirected straight to the endpoint's veth or to the
+//! device the FIB names, so no netfilter rule (or flush of them) is involved.
+
+use core::{ffi::c_void, mem::size_of, ptr};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK,
+        bpf_fib_lookup,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_redirect,
+        bpf_redirect_neigh,
+    },
+    programs::TcContext,
+};
+use netplane_common::{
+    abi::{
+        AddrPair, CtEntry, DropReason, EndpointPort, FlowKey, MASQUERADE_SLOT, NetConfig, PortKey,
+        PortTarget, proto,
+    },
+    nat::{
+        FlowPair, candidate_port, flow_entries, replace16, replace16_udp, replace32, replace32_udp,
+        tcp_seen_flags,
+    },
+    policy::endpoint_traffic_allowed,
+};
+
+use crate::{
+    CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
+    QUOTED,
+    packet::{ICMP_ECHO, Ipv4, ipv4, load},
+};
+
+/// Source ports masquerade tries for a new flow: its own, then random ones.
+const PORT_TRIES: u32 = 8;
+const EEXIST: i32 = 17;
+const AF_INET: u8 = 2;
+
+type Verdict = Result<i32, DropReason>;
+
+fn now() -> u64 {
+    // SAFETY: no arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+fn count(slot: u32, len: u32) {
+    if let Some(c) = NAT_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, so no other writer runs concurrently.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
+        }
+    }
+}
+
+/// The entry of the flow this packet belongs to, updated with the packet.
+#[inline(always)]
+fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
+    let entry = CONNTRACK.get_ptr_mut(ip.key())?;
+    // SAFETY: a map value, which stays valid while the program runs; racing
+    // writers only lose a timestamp or a flag, which the next packet sets.
+    let entry = unsafe {
+        (*entry).last_seen_ns = now();
+        if ip.proto == proto::TCP {
+            (*entry).flags |= tcp_seen_flags(ip.l4_flags);
+        }
+        &*entry
+    };
+    count(entry.slot, ctx.len());
+    Some(entry)
+}
+
+/// A flow to record: its first packet `original` leaves as `translated`.
+/// With `pick_port` the source port (or echo id) may be changed to find a
+/// reply tuple no other flow uses. Lives in a per-CPU map value, as does
+/// the pair of entries built from it.
+pub struct NewFlow {
+    original: FlowKey,
+    translated: FlowKey,
+    pick_port: bool,
+    slot: u32,
+    pair: FlowPair,
+}
+
+/// The per-CPU [`NewFlow`], reset for a flow from `original`.
+#[inline(always)]
+fn new_flow(original: &FlowKey, slot: u32) -> Result<&'static mut NewFlow, DropReason> {
+    let flow = NEW_FLOW.get_ptr_mut(0).ok_or(DropReason::CtFull)?;
+    // SAFETY: a per-CPU map value, used by this invocation only.
+    let flow = unsafe { &mut *flow };
+    flow.original = *original;
+    flow.translated = *original;
+    flow.pick_port = false;
+    flow.slot = slot;
+    Ok(flow)
+}
+
+/// Records a new flow, reply entry first; its forward entry is then in
+/// `flow.pair.fwd`. Not inlined: the verifier limits the stack of each
+/// call chain, and this frame is only live while creating.
+#[inline(never)]
+fn create(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<(), DropReason> {
+    let own = u16::from_be(flow.original.sport_be);
+    let stamp = now();
+    for attempt in 0..PORT_TRIES {
+        if flow.pick_port {
+            // SAFETY: no arguments.
+            let random = unsafe { bpf_get_prandom_u32() };
+            flow.translated.sport_be =
+                candidate_port(own, attempt, random, cfg.nat_port_min, cfg.nat_port_max).to_be();
+        }
+        flow_entries(
+            &flow.original,
+            &flow.translated,
+            flow.slot,
+            stamp,
+            &mut flow.pair,
+        );
+        let pair = &mut flow.pair;
+        match CONNTRACK.insert(&pair.reply_key, &pair.reply, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST && flow.pick_port => continue,
+            Err(e) if e == -EEXIST => return Err(DropReason::NatPortsExhausted),
+            Err(_) => return Err(DropReason::CtFull),
+        }
+        return match CONNTRACK.insert(&pair.fwd_key, &pair.fwd, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {
+                count(flow.slot, ctx.len());
+                Ok(())
+            }
+            Err(e) => {
+                let _ = CONNTRACK.remove(&pair.reply_key);
+                if e != -EEXIST {
+                    return Err(DropReason::CtFull);
+                }
+                // Another CPU created the flow first: use its entry.
+                // SAFETY: a map value, copied out.
+                pair.fwd = unsafe { CONNTRACK.get(&pair.fwd_key) }
+                    .copied()
+                    .ok_or(DropReason::CtFull)?;
+                Ok(())
+            }
+        };
+    }
+    Err(DropReason::NatPortsExhausted)
+}
+
+fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget> {
+    let key = PortKey {
+        addr_be: daddr,
+        port_be: dport,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: map values, copied out.
+    unsafe {
+        PUBLISHED
+            .get(&key)
+            .or_else(|| PUBLISHED.get(&PortKey { addr_be: 0, ..key }))
+            .copied()
+    }
+}
+
+fn is_host_addr(addr: u32) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { HOST_ADDRS.get(&addr).is_some() }
+}
+
+fn csum_err<T>(r: Result<T, i64>) -> Result<T, DropReason> {
+    r.map_err(|_| DropReason::Truncated)
+}
+
+/// Rewrites an address of `ip`, fixing the IP checksum and, for TCP and
+/// UDP, the transport checksum whose pseudo-header covers it.
+#[inline(always)]
+fn set_addr(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    offset: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    if let Some(csum) = ip
+        .l4_csum()
+        .filter(|_| ip.proto != proto::ICMP && !ip.later_fragment)
+    {
+        let flags = u64::from(BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) | 4;
+        csum_err(ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags))?;
+    }
+    csum_err(ctx.l3_csum_replace(ip.l3 + 10, u64::from(old), u64::from(new), 4))?;
+    csum_err(ctx.store(offset, &new, 0))
+}
+
+/// Rewrites a 16-bit word of the transport header covered by its checksum.
+#[inline(always)]
+fn set_l4_word(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    offset: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    if let Some(csum) = ip.l4_csum() {
+        let flags = u64::from(BPF_F_MARK_MANGLED_0) | 2;
+        csum_err(ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags))?;
+    }
+    csum_err(ctx.store(offset, &new, 0))
+}
+
+/// Makes the packet's addresses and ports those of `to`.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, ip: &Ipv4, to: &CtEntry) -> Result<(), DropReason> {
+    set_addr(ctx, ip, ip.l3 + 12, ip.saddr, to.saddr_be)?;
+    set_addr(ctx, ip, ip.l3 + 16, ip.daddr, to.daddr_be)?;
+    if ip.later_fragment {
+        return Ok(());
+    }
+    match ip.proto {
+        proto::TCP | proto::UDP => {
+            set_l4_word(ctx, ip, ip.l4, ip.sport, to.sport_be)?;
+            set_l4_word(ctx, ip, ip.l4 + 2, ip.dport, to.dport_be)
+        }
+        proto::ICMP if ip.l4_flags == ICMP_ECHO => {
+            set_l4_word(ctx, ip, ip.l4 + 4, ip.sport, to.sport_be)
+        }
+        proto::ICMP => set_l4_word(ctx, ip, ip.l4 + 4, ip.dport, to.dport_be),
+        _ => Ok(()),
+    }
+}
+
+/// Decrements the TTL, as the router the host is would.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropReason> {
+    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);
+    csum_err(ctx.l3_csum_replace(ip.l3 + 10, u64::from(old), u64::from(new), 2))?;
+    csum_err(ctx.store(ip.l3 + 8, &(ip.ttl - 1), 0))
+}
+
+/// Source and destination of a packet once translated.
+#[derive(Clone, Copy)]
+struct Addrs {
+    saddr: u32,
+    daddr: u32,
+}
+
+/// The way out of the host for a packet.
+struct Route {
+    ifindex: u32,
+    /// Source and destination MAC, when the neighbour is resolved.
+    macs: Option<([u8; 6], [u8; 6])>,
+}
+
+/// Not inlined, and the request lives in a per-CPU map: both keep the
+/// programs' stack within the verifier's limit.
+#[inline(never)]
+fn route(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<Route, DropReason> {
+    let Addrs { saddr, daddr } = *addrs;
+    let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(DropReason::NoRoute)?;
+    // SAFETY: a per-CPU map value, used by this invocation only; all-zero
+    // is a valid request to fill in.
+    let p = unsafe {
+        ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
+    p.family = AF_INET;
+    p.l4_protocol = ip.proto;
+    p.sport = ip.sport;
+    p.dport = ip.dport;
+    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    // GSO packets are segmented on the way out: only others can be too big.
+    p.__bindgen_anon_1.tot_len = if gso { 0 } else { ip.tot_len };
+    p.ifindex = cfg.bridge_ifindex;
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: `p` is a bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut c_void,
+            p,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Route {
+            ifindex: p.ifindex,
+            macs: Some((p.smac, p.dmac)),
+        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route {
+            ifindex: p.ifindex,
+            macs: None,
+        }),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(DropReason::TooBig),
+        _ => Err(DropReason::NoRoute),
+    }
+}
+
+/// Sends a rewritten packet out of the host along `route`.
+#[inline(always)]
+fn send(ctx: &TcContext, ip: &Ipv4, route: &Route) -> Verdict {
+    decrement_ttl(ctx, ip)?;
+    // SAFETY: plain helper calls on this packet.
+    Ok(unsafe {
+        match route.macs {
+            Some((smac, dmac)) => {
+                csum_err(ctx.store(0, &dmac, 0))?;
+                csum_err(ctx.store(6, &smac, 0))?;
+                bpf_redirect(route.ifindex, 0)
+            }
+            None => bpf_redirect_neigh(route.ifindex, ptr::null_mut(), 0, 0),
+        }
+    } as i32)
+}
+
+/// Delivers a rewritten packet to the endpoint `to`, as if the gateway had
+/// routed it there.
+#[inline(always)]
+fn to_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &EndpointPort) -> Verdict {
+    decrement_ttl(ctx, ip)?;
+    csum_err(ctx.store(0, &to.mac, 0))?;
+    csum_err(ctx.store(6, &cfg.bridge_mac, 0))?;
+    // SAFETY: plain helper call.
+    Ok(unsafe { bpf_redirect(to.ifindex, 0) } as i32)
+}
+
+/// Where a packet of a known flow goes once rewritten to `to`.
+enum Next {
+    Endpoint(EndpointPort),
+    Out(Route),
+}
+
+#[inline(always)]
+fn next_hop(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv4,
+    saddr: u32,
+    daddr: u32,
+) -> Result<Next, DropReason> {
+    // SAFETY: a map value, copied out.
+    match unsafe { ENDPOINTS.get(&daddr) } {
+        Some(ep) => Ok(Next::Endpoint(*ep)),
+        None => route(ctx, cfg, ip, &Addrs { saddr, daddr }).map(Next::Out),
+    }
+}
+
+/// Translates a packet of a tracked flow and delivers it. Not inlined, for
+/// the stack limit.
+#[inline(never)]
+fn forward(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &CtEntry) -> Verdict {
+    let next = match next_hop(ctx, cfg, ip, to.saddr_be, to.daddr_be) {
+        Ok(next) => next,
+        // Untranslated, the stack answers "fragmentation needed" and drops it.
+        Err(DropReason::TooBig) if ip.dont_fragment => return Ok(TC_ACT_OK as i32),
+        Err(e) => return Err(e),
+    };
+    rewrite(ctx, ip, to)?;
+    match next {
+        Next::Endpoint(ep) => to_endpoint(ctx, cfg, ip, &ep),
+        Next::Out(route) => send(ctx, ip, &route),
+    }
+}
+
+/// Rewrites a 16-bit word inside an ICMP error's payload, keeping the ICMP
+/// checksum right.
+#[inline(always)]
+fn set_quoted16(
+    ctx: &TcContext,
+    icmp_csum: usize,
+    offset: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    csum_err(ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2))?;
+    csum_err(ctx.store(offset, &new, 0))
+}
+
+/// Rewrites an address of the packet quoted in an ICMP error, with its IP
+/// checksum, its UDP checksum if it has one, and the ICMP checksum.
+#[inline(always)]
+fn set_quoted_addr(
+    ctx: &TcContext,
+    icmp_csum: usize,
+    inner: &Ipv4,
+    offset: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    let ip_csum: u16 = load(ctx, inner.l3 + 10)?;
+    set_quoted16(
+        ctx,
+        icmp_csum,
+        inner.l3 + 10,
+        ip_csum,
+        replace32(ip_csum, old, new),
+    )?;
+    if inner.proto == proto::UDP {
+        let udp_csum: u16 = load(ctx, inner.l4 + 6)?;
+        set_quoted16(
+            ctx,
+            icmp_csum,
+            inner.l4 + 6,
+            udp_csum,
+            replace32_udp(udp_csum, old, new),
+        )?;
+    }
+    csum_err(ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 4))?;
+    csum_err(ctx.store(offset, &new, 0))
+}
+
+/// Rewrites a port (or echo id) of the packet quoted in an ICMP error.
+#[inline(always)]
+fn set_quoted_port(
+    ctx: &TcContext,
+    icmp_csum: usize,
+    inner: &Ipv4,
+    offset: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    let inner_csum = match inner.proto {
+        proto::UDP => Some(inner.l4 + 6),
+        proto::ICMP => Some(inner.l4 + 2),
+        // A quoted TCP checksum may lie beyond the 8 bytes quoted; nothing
+        // checks it.
+        _ => None,
+    };
+    if let Some(at) = inner_csum {
+        let c: u16 = load(ctx, at)?;
+        let updated = if inner.proto == proto::UDP {
+            replace16_udp(c, old, new)
+        } else {
+            replace16(c, old, new)
+        };
+        set_quoted16(ctx, icmp_csum, at, c, updated)?;
+    }
+    set_quoted16(ctx, icmp_csum, offset, old, new)
+}
+
+/// An ICMP error about a packet of a translated flow: the quoted packet is
+/// what the data path sent, so its reversed tuple is a reply key. The error
+/// is translated like a reply, quoted packet included, and delivered.
+/// `None` when the error is about no tracked flow. Not inlined, to keep
+/// its frame off the stack of ordinary packets.
+#[inline(never)]
+fn icmp_error(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, DropReason> {
+    let Some(inner) = QUOTED.get_ptr_mut(0) else {
+        return Ok(None);
+    };
+    // SAFETY: a per-CPU map value, used by this invocation only.
+    let inner = unsafe { &mut *inner };
+    ipv4(ctx, ip.l4 + 8, true, inner)?;
+    if !inner.has_ports() {
+        return Ok(None);
+    }
+    let key = inner.key().reversed();
+    // SAFETY: a map value, valid while the program runs.
+    let Some(e) = (unsafe { CONNTRACK.get(&key) }) else {
+        return Ok(None);
+    };
+    // The error came from the flow's peer itself, or from a router between.
+    let saddr = if ip.saddr == key.saddr_be {
+        e.saddr_be
+    } else {
+        ip.saddr
+    };
+    let next = match next_hop(ctx, cfg, ip, saddr, e.daddr_be) {
+        Ok(next) => next,
+        Err(_) => return Ok(None),
+    };
+    let icmp_csum = ip.l4 + 2;
+    set_quoted_addr(
+        ctx,
+        icmp_csum,
+        &inner,
+        inner.l3 + 12,
+        inner.saddr,
+        e.daddr_be,
+    )?;
+    set_quoted_addr(
+        ctx,
+        icmp_csum,
+        &inner,
+        inner.l3 + 16,
+        inner.daddr,
+        e.saddr_be,
+    )?;
+    match inner.proto {
+        proto::TCP | proto::UDP => {
+            set_quoted_port(ctx, icmp_csum, inner, inner.l4, inner.sport, e.dport_be)?;
+            set_quoted_port(
+                ctx,
+                icmp_csum,
+                &inner,
+                inner.l4 + 2,
+                inner.dport,
+                e.sport_be,
+            )?;
+        }
+        proto::ICMP if inner.l4_flags == ICMP_ECHO => {
+            set_quoted_port(
+                ctx,
+                icmp_csum,
+                &inner,
+                inner.l4 + 4,
+                inner.sport,
+                e.dport_be,
+            )?;
+        }
+        _ => {
+            set_quoted_port(
+                ctx,
+                icmp_csum,
+                &inner,
+                inner.l4 + 4,
+                inner.dport,
+                e.sport_be,
+            )?;
+        }
+    }
+    set_addr(ctx, ip, ip.l3 + 12, ip.saddr, saddr)?;
+    set_addr(ctx, ip, ip.l3 + 16, ip.daddr, e.daddr_be)?;
+    count(e.slot, ctx.len());
+    match next {
+        Next::Endpoint(ep) => to_endpoint(ctx, cfg, ip, &ep).map(Some),
+        Next::Out(route) => send(ctx, ip, &route).map(Some),
+    }
+}
+
+/// The verdict for a packet of a tracked flow, or an ICMP error about one.
+/// Protocols without ports are tracked by address alone.
+#[inline(always)]
+fn tracked(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, DropReason> {
+    if ip.is_icmp_error() {
+        return icmp_error(ctx, cfg, ip);
+    }
+    if ip.later_fragment {
+        return Ok(None);
+    }
+    match track(ctx, ip) {
+        Some(e) => forward(ctx, cfg, ip, e).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A packet an endpoint sent: tracked flows, hairpin to published ports,
+/// `--icc=false`, masquerade.
+#[inline(never)]
+pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+    const PASS: i32 = TC_ACT_OK as i32;
+    if ip.ttl <= 1 {
+        // The stack answers "time exceeded" (traceroute's first hop).
+        return Ok(PASS);
+    }
+    if let Some(verdict) = tracked(ctx, cfg, ip)? {
+        return Ok(verdict);
+    }
+    let on_bridge = ip.daddr & cfg.mask_be == cfg.subnet_be;
+    if on_bridge && ip.daddr != cfg.gateway_be {
+        let pair = AddrPair {
+            src_be: ip.saddr,
+            dst_be: ip.daddr,
+        };
+        // SAFETY: only presence is read.
+        let linked = unsafe { LINKED.get(&pair).is_some() };
+        return if endpoint_traffic_allowed(cfg, ip.saddr, ip.daddr, linked) {
+            Ok(PASS)
+        } else {
+            Err(DropReason::IccDenied)
+        };
+    }
+    let key = ip.key();
+    if is_host_addr(ip.daddr) {
+        if matches!(ip.proto, proto::TCP | proto::UDP)
+            && !ip.later_fragment
+            && let Some(target) = published(ip.daddr, ip.dport, ip.proto)
+        {
+            // Hairpin. An endpoint reaching itself must see another source,
+            // or its stack takes the packet for a martian.
+            let flow = new_flow(&key, target.slot)?;
+            if target.addr_be == ip.saddr {
+                flow.translated.saddr_be = cfg.gateway_be;
+                flow.pick_port = true;
+            }
+            flow.translated.daddr_be = target.addr_be;
+            flow.translated.dport_be = target.port_be;
+            create(ctx, cfg, flow)?;
+            return forward(ctx, cfg, ip, &flow.pair.fwd);
+        }
+        return Ok(PASS);
+    }
+    if cfg.uplink_ifindex == 0 || on_bridge {
+        return Ok(PASS);
+    }
+    let addrs = Addrs {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+    };
+    let route = match route(ctx, cfg, ip, &addrs) {
+        Ok(route) => route,
+        // The stack answers: "unreachable", or "fragmentation needed" for a
+        // DF packet; it must not fragment and send one untranslated.
+        Err(DropReason::TooBig) if !ip.dont_fragment => return Err(DropReason::TooBig),
+        Err(_) => return Ok(PASS),
+    };
+    if route.ifindex != cfg.uplink_ifindex {
+        return Ok(PASS);
+    }
+    if ip.later_fragment {
+        return Err(DropReason::Fragment);
+    }
+    let flow = new_flow(&key, MASQUERADE_SLOT)?;
+    flow.translated.saddr_be = cfg.uplink_addr_be;
+    flow.pick_port = ip.has_ports();
+    create(ctx, cfg, flow)?;
+    rewrite(ctx, ip, &flow.pair.fwd)?;
+    send(ctx, ip, &route)
+}
+
+/// A packet arriving on the uplink: replies to masqueraded flows and
+/// published ports.
+#[inline(never)]
+pub fn from_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+    const PASS: i32 = TC_ACT_OK as i32;
+    if ip.ttl <= 1 {
+        return Ok(PASS);
+    }
+    if let Some(verdict) = tracked(ctx, cfg, ip)? {
+        return Ok(verdict);
+    }
+    if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP) || !is_host_addr(ip.daddr)
+    {
+        return Ok(PASS);
+    }
+    let Some(target) = published(ip.daddr, ip.dport, ip.proto) else {
+        return Ok(PASS);
+    };
+    let flow = new_flow(&ip.key(), target.slot)?;
+    flow.translated.daddr_be = target.addr_be;
+    flow.translated.dport_be = target.port_be;
+    create(ctx, cfg, flow)?;
+    forward(ctx, cfg, ip, &flow.pair.fwd)
+}
