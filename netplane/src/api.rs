@@ -115,6 +115,67 @@ pub struct Stats {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// `POST /v1/endpoints/NAME/ports` (publish) and `DELETE` on the same path
+/// (withdraw): a `-p` spec. Withdrawing matches the endpoint ports and
+/// protocol, and the host address and ports when the spec gives them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PortRequest {
+    /// `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
+    pub spec: String,
+}
+
+/// One published rule, as `port ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// Endpoint.
+    pub endpoint: String,
+    /// Endpoint address.
+    pub endpoint_ip: Ipv4Addr,
+    /// Host address, `0.0.0.0` for all.
+    pub host_ip: Ipv4Addr,
+    /// First host port.
+    pub host_port: u16,
+    /// Last host port.
+    pub host_port_end: u16,
+    /// First endpoint port.
+    pub container_port: u16,
+    /// Last endpoint port.
+    pub container_port_end: u16,
+    /// `tcp` or `udp`.
+    pub proto: String,
+}
+
+/// One NAT rule with the packets and bytes the data path translated under
+/// it (every packet of every flow, not only the first as with iptables).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatRule {
+    /// `MASQUERADE` or `DNAT`.
+    pub target: String,
+    /// `all`, `tcp` or `udp`.
+    pub prot: String,
+    /// Source the rule matches.
+    pub source: String,
+    /// Destination the rule matches.
+    pub destination: String,
+    /// The rest, in iptables' words (`tcp dpt:8080 to:172.17.0.2:80`).
+    pub detail: String,
+    /// Packets translated.
+    pub packets: u64,
+    /// Bytes translated.
+    pub bytes: u64,
+}
+
+/// `GET /v1/nat`: what `netplane nat ls` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatTable {
+    /// Masquerade first, then published ports.
+    pub rules: Vec<NatRule>,
+    /// Flows tracked now (each has two entries).
+    pub tracked_flows: usize,
+    /// Dropped packets by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -16,7 +16,10 @@ use ipnet::Ipv4Net;
 use netplane_common::abi::DEFAULT_CT_MAX;
 
 use crate::{
-    api::{CreateEndpoint, DaemonInfo, EndpointInfo, NetworkInfo, Stats},
+    api::{
+        CreateEndpoint, DaemonInfo, EndpointInfo, NatTable, NetworkInfo, PortInfo, PortRequest,
+        Stats,
+    },
     client::Client,
     conntrack::Timeouts,
     daemon::{Config, Daemon},
@@ -89,6 +92,48 @@ enum Command {
     Network(NetworkCommand),
     /// Data path counters as JSON.
     Stats,
+    /// Published ports, at any time.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// NAT rules and their counters.
+    #[command(subcommand)]
+    Nat(NatCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PortCommand {
+    /// Publish a port of a running endpoint.
+    Add {
+        /// Endpoint name.
+        name: String,
+        /// `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
+        spec: String,
+    },
+    /// Withdraw a published port.
+    Rm {
+        /// Endpoint name.
+        name: String,
+        /// The spec it was published with, or just `CPORT[/proto]`.
+        spec: String,
+    },
+    /// List published ports.
+    Ls {
+        /// Only this endpoint's.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NatCommand {
+    /// List NAT rules with packet and byte counters.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +364,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&net)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Port(PortCommand::Add { name, spec }) => {
+            let ports: Vec<PortInfo> = rt.block_on(client.post(
+                &format!("/v1/endpoints/{name}/ports"),
+                &PortRequest { spec },
+            ))?;
+            print_ports(&ports);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Port(PortCommand::Rm { name, spec }) => {
+            let ports: Vec<PortInfo> = rt.block_on(client.send(
+                Method::DELETE,
+                &format!("/v1/endpoints/{name}/ports"),
+                &PortRequest { spec },
+            ))?;
+            print_ports(&ports);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Port(PortCommand::Ls { name, json }) => {
+            let mut ports: Vec<PortInfo> = rt.block_on(client.get("/v1/ports"))?;
+            if let Some(name) = &name {
+                ports.retain(|p| &p.endpoint == name);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ports)?);
+            } else {
+                print_ports(&ports);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nat(NatCommand::Ls { json }) => {
+            let table: NatTable = rt.block_on(client.get("/v1/nat"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&table)?);
+            } else {
+                print_nat(&table);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats => {
             let stats: Stats = rt.block_on(client.get("/v1/stats"))?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -337,6 +420,51 @@ fn target(info: &EndpointInfo, daemon: &DaemonInfo) -> exec::Target {
         }),
         etc_name: (!host).then(|| info.name.clone()),
         hostname: info.hostname.clone().filter(|_| !host),
+    }
+}
+
+/// `docker port`'s shape: `80/tcp -> 0.0.0.0:8080`, one line per rule.
+fn print_ports(ports: &[PortInfo]) {
+    let range = |a: u16, b: u16| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    };
+    for p in ports {
+        println!(
+            "{:<20} {}/{} -> {}:{}",
+            p.endpoint,
+            range(p.container_port, p.container_port_end),
+            p.proto,
+            p.host_ip,
+            range(p.host_port, p.host_port_end)
+        );
+    }
+}
+
+/// The shape of `iptables -t nat -nvL`.
+fn print_nat(table: &NatTable) {
+    println!(
+        "{:>8} {:>10} {:<10} {:<5} {:<18} {:<18} ",
+        "pkts", "bytes", "target", "prot", "source", "destination"
+    );
+    for r in &table.rules {
+        println!(
+            "{:>8} {:>10} {:<10} {:<5} {:<18} {:<18} {}",
+            r.packets, r.bytes, r.target, r.prot, r.source, r.destination, r.detail
+        );
+    }
+    println!("\ntracked flows: {}", table.tracked_flows);
+    let drops: Vec<String> = table
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| format!("{reason}={n}"))
+        .collect();
+    if !drops.is_empty() {
+        println!("drops: {}", drops.join(" "));
     }
 }
 

@@ -79,7 +79,17 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.json(Method::POST, path, Some(serde_json::to_vec(body)?))
+        self.send(Method::POST, path, body).await
+    }
+
+    /// `method path` with a JSON body, decoding the JSON answer.
+    pub async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.json(method, path, Some(serde_json::to_vec(body)?))
             .await
     }
 

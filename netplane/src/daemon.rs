@@ -16,7 +16,10 @@ use nix::net::if_::if_nametoindex;
 use tracing::{info, warn};
 
 use crate::{
-    api::{CreateEndpoint, DaemonInfo, EndpointInfo, HostBinding, NetworkInfo, NetworkSettings},
+    api::{
+        CreateEndpoint, DaemonInfo, EndpointInfo, HostBinding, NatRule, NatTable, NetworkInfo,
+        NetworkSettings, PortInfo,
+    },
     conntrack::{self, Timeouts},
     endpoint::{
         self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step, format_mac,
@@ -617,25 +620,7 @@ impl Daemon {
             endpoint::validate_name(alias)?;
             ready(other).ok_or_else(|| Error::EndpointNotFound(other.to_string()))?;
         }
-        let local: Vec<Ipv4Addr> = self
-            .rtnl
-            .addresses()
-            .await?
-            .iter()
-            .map(|(n, _)| n.addr())
-            .collect();
-        if let Some(ip) = specs
-            .iter()
-            .filter_map(|s| s.host_ip)
-            .find(|ip| !ip.is_loopback() && !local.contains(ip))
-        {
-            return Err(Error::HostIpNotLocal(ip));
-        }
-        let taken: Vec<_> = records
-            .iter()
-            .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), *p)))
-            .collect();
-        let ports = portspec::assign_host_ports(&specs, &taken, host::ephemeral_ports()?)?;
+        let ports = Self::resolve_ports(&self.rtnl, &specs, &records).await?;
         let pool = Pool::new(self.net.subnet)?;
         let ep = self.store.insert_endpoint(
             NewEndpoint {
@@ -660,6 +645,170 @@ impl Daemon {
         self.store.set_state(&ep.name, State::Ready)?;
         info!(endpoint = %ep.name, mode = %ep.mode, ip = ?ep.ip, "created");
         self.inspect(&ep.name)
+    }
+
+    /// Checks `-p` specs against the host and the ports already published,
+    /// and picks the host ports and counter slots they leave open. (Takes
+    /// the netlink handle, not `&self`: the daemon is not `Sync`, and API
+    /// futures must be `Send`.)
+    async fn resolve_ports(
+        rtnl: &Rtnl,
+        specs: &[PortSpec],
+        records: &[StoredEndpoint],
+    ) -> Result<Vec<PublishedPort>> {
+        let local: Vec<Ipv4Addr> = rtnl
+            .addresses()
+            .await?
+            .iter()
+            .map(|(n, _)| n.addr())
+            .collect();
+        if let Some(ip) = specs
+            .iter()
+            .filter_map(|s| s.host_ip)
+            .find(|ip| !ip.is_loopback() && !local.contains(ip))
+        {
+            return Err(Error::HostIpNotLocal(ip));
+        }
+        let taken: Vec<_> = records
+            .iter()
+            .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), *p)))
+            .collect();
+        portspec::assign_host_ports(specs, &taken, host::ephemeral_ports()?)
+    }
+
+    /// The ready bridge endpoint `name`, which ports can be published to.
+    fn publishable(&self, name: &str) -> Result<StoredEndpoint> {
+        let rec = self.store.endpoint(name)?;
+        if rec.ep.mode != Mode::Bridge || rec.state != State::Ready {
+            return Err(Error::NotApplicable {
+                flag: "-p",
+                mode: rec.ep.mode.to_string(),
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Publishes one more port of a running endpoint: `port add`.
+    pub async fn add_port(&mut self, name: &str, spec: &str) -> Result<Vec<PortInfo>> {
+        let spec: PortSpec = spec.parse()?;
+        let rec = self.publishable(name)?;
+        let records = self.store.endpoints()?;
+        let added = Self::resolve_ports(&self.rtnl, &[spec], &records).await?;
+        let mut ports = rec.ports.clone();
+        ports.extend(&added);
+        self.store.set_ports(name, &ports)?;
+        if let Err(e) = self.publish(&rec.ep, &added) {
+            let _ = self.unpublish(&rec.ep, &added);
+            self.store.set_ports(name, &rec.ports)?;
+            return Err(e);
+        }
+        info!(endpoint = %name, %spec, "published");
+        self.ports(Some(name))
+    }
+
+    /// Withdraws the published ports of `name` that `spec` names: `port rm`.
+    pub fn remove_port(&mut self, name: &str, spec: &str) -> Result<Vec<PortInfo>> {
+        let parsed: PortSpec = spec.parse()?;
+        let rec = self.publishable(name)?;
+        let (gone, kept): (Vec<PublishedPort>, Vec<PublishedPort>) =
+            rec.ports.iter().partition(|p| p.matches(&parsed));
+        if gone.is_empty() {
+            return Err(Error::PortNotPublished {
+                spec: spec.to_string(),
+                endpoint: name.to_string(),
+            });
+        }
+        self.unpublish(&rec.ep, &gone)?;
+        self.store.set_ports(name, &kept)?;
+        info!(endpoint = %name, %spec, "withdrawn");
+        self.ports(Some(name))
+    }
+
+    /// Published ports, of one endpoint or all: `port ls`.
+    pub fn ports(&self, name: Option<&str>) -> Result<Vec<PortInfo>> {
+        if let Some(name) = name {
+            self.store.endpoint(name)?;
+        }
+        Ok(self
+            .store
+            .endpoints()?
+            .iter()
+            .filter(|r| name.is_none_or(|n| r.ep.name == n))
+            .flat_map(|r| {
+                r.ports.iter().filter_map(|p| {
+                    Some(PortInfo {
+                        endpoint: r.ep.name.clone(),
+                        endpoint_ip: r.ep.ip?,
+                        host_ip: p.host_ip,
+                        host_port: p.host_ports.start,
+                        host_port_end: p.host_ports.end,
+                        container_port: p.container_ports.start,
+                        container_port_end: p.container_ports.end,
+                        proto: p.proto.to_string(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// The NAT rules with their counters: `nat ls`.
+    pub fn nat_table(&self) -> Result<NatTable> {
+        let dp = self
+            .dp
+            .as_ref()
+            .expect("data path is loaded while the daemon runs");
+        let (packets, bytes) = dp.nat_counters(MASQUERADE_SLOT)?;
+        let mut rules = vec![NatRule {
+            target: "MASQUERADE".into(),
+            prot: "all".into(),
+            source: self.net.subnet.trunc().to_string(),
+            destination: "0.0.0.0/0".into(),
+            detail: match &self.uplink {
+                Some(u) => format!(
+                    "out:{u} to:{}",
+                    Ipv4Addr::from(self.net_config.uplink_addr_be.to_ne_bytes())
+                ),
+                None => "no uplink".into(),
+            },
+            packets,
+            bytes,
+        }];
+        for rec in self.store.endpoints()? {
+            let Some(ip) = rec.ep.ip else { continue };
+            for p in &rec.ports {
+                let (packets, bytes) = dp.nat_counters(p.slot)?;
+                let range = |r: &portspec::PortRange| {
+                    if r.start == r.end {
+                        r.start.to_string()
+                    } else {
+                        format!("{}-{}", r.start, r.end)
+                    }
+                };
+                rules.push(NatRule {
+                    target: "DNAT".into(),
+                    prot: p.proto.to_string(),
+                    source: "0.0.0.0/0".into(),
+                    destination: if p.host_ip.is_unspecified() {
+                        "0.0.0.0/0".into()
+                    } else {
+                        format!("{}/32", p.host_ip)
+                    },
+                    detail: format!(
+                        "{} dpt:{} to:{ip}:{}",
+                        p.proto,
+                        range(&p.host_ports),
+                        range(&p.container_ports)
+                    ),
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        Ok(NatTable {
+            rules,
+            tracked_flows: dp.flows()?.len() / 2,
+            drops: dp.drops()?,
+        })
     }
 
     /// Removes an endpoint and every endpoint sharing its namespace.

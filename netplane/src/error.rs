@@ -53,6 +53,14 @@ pub enum Error {
     /// No free host port for `-p CPORT`.
     #[error("no free host port left for {0}")]
     NoFreeHostPort(String),
+    /// `port rm` named no published rule.
+    #[error("{spec} is not published by {endpoint}")]
+    PortNotPublished {
+        /// The spec given.
+        spec: String,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// Every NAT counter slot is taken by a published rule.
     #[error("too many published port rules: every counter slot is taken")]
     NoFreeSlot,
@@ -190,7 +198,10 @@ impl Error {
 
     /// Whether the request names something that does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::EndpointNotFound(_) | Error::NetworkNotFound(_))
+        matches!(
+            self,
+            Error::EndpointNotFound(_) | Error::NetworkNotFound(_) | Error::PortNotPublished { .. }
+        )
     }
 
     /// Whether the request conflicts with existing state.

@@ -253,6 +253,15 @@ pub struct PublishedPort {
 }
 
 impl PublishedPort {
+    /// Whether `spec` names this rule: same endpoint ports and protocol, and
+    /// the same host address and ports when the spec gives them.
+    pub fn matches(&self, spec: &PortSpec) -> bool {
+        self.container_ports == spec.container_ports
+            && self.proto == spec.proto
+            && spec.host_ip.is_none_or(|ip| ip == self.host_ip)
+            && spec.host_ports.is_none_or(|h| h == self.host_ports)
+    }
+
     /// The data path's entries for this rule: one per host port, each
     /// naming the endpoint port it maps to on `endpoint`.
     pub fn map_entries(&self, endpoint: Ipv4Addr) -> Vec<(PortKey, PortTarget)> {
@@ -403,6 +412,22 @@ mod assign_tests {
         assert_eq!(target.addr_be.to_ne_bytes(), [172, 17, 0, 2]);
         assert_eq!(u16::from_be(target.port_be), 82);
         assert_eq!(target.slot, p.slot);
+    }
+
+    #[test]
+    fn specs_match_the_rules_they_name() {
+        let p = assign_host_ports(&specs(&["127.0.0.1:8080:80"]), &[], EPHEMERAL).unwrap()[0];
+        for (spec, matches) in [
+            ("80", true),
+            ("8080:80", true),
+            ("127.0.0.1:8080:80", true),
+            ("80/udp", false),
+            ("8081:80", false),
+            ("10.0.0.1:8080:80", false),
+            ("81", false),
+        ] {
+            assert_eq!(p.matches(&spec.parse().unwrap()), matches, "{spec}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{CreateEndpoint, ErrorBody},
+    api::{CreateEndpoint, ErrorBody, PortRequest},
     daemon::{Config, Daemon},
     error::Error,
 };
@@ -109,6 +109,31 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 })
                 .await
             }),
+        )
+        .route(
+            "/v1/endpoints/{name}/ports",
+            post(
+                async |State(s): State<Shared>,
+                       Path(n): Path<String>,
+                       Json(req): Json<PortRequest>| {
+                    with(&s, async |d| d.add_port(&n, &req.spec).await.map(Json)).await
+                },
+            )
+            .delete(
+                async |State(s): State<Shared>,
+                       Path(n): Path<String>,
+                       Json(req): Json<PortRequest>| {
+                    with(&s, async |d| d.remove_port(&n, &req.spec).map(Json)).await
+                },
+            ),
+        )
+        .route(
+            "/v1/ports",
+            get(async |State(s): State<Shared>| with(&s, async |d| d.ports(None).map(Json)).await),
+        )
+        .route(
+            "/v1/nat",
+            get(async |State(s): State<Shared>| with(&s, async |d| d.nat_table().map(Json)).await),
         )
         .route(
             "/v1/networks",

@@ -171,6 +171,15 @@ impl Store {
         })
     }
 
+    /// Replaces an endpoint's published ports.
+    pub fn set_ports(&self, name: &str, ports: &[PublishedPort]) -> Result<()> {
+        self.conn.execute(
+            "UPDATE endpoints SET ports = ?2 WHERE name = ?1",
+            params![name, serde_json::to_string(ports).expect("ports serialize")],
+        )?;
+        Ok(())
+    }
+
     /// Moves an endpoint to `state`.
     pub fn set_state(&self, name: &str, state: State) -> Result<()> {
         self.conn.execute(
