@@ -25,6 +25,10 @@ pub mod maps {
     /// Per-CPU [`super::IfCounters`] indexed by NAT rule slot: slot
     /// [`super::MASQUERADE_SLOT`] is masquerade, the others published ports.
     pub const NAT_COUNTERS: &str = "NP_NAT_COUNTERS";
+    /// [`super::SockRevValue`] keyed by [`super::SockRevKey`] (LRU): the
+    /// published address a host socket sent to, so that replies read from
+    /// an unconnected UDP socket come from the address it expects.
+    pub const SOCK_REV: &str = "NP_SOCK_REV";
     /// Pairs of endpoint addresses joined with `--link` ([`super::AddrPair`],
     /// both orders; the value is unused): allowed to talk with `--icc=false`.
     pub const LINKED: &str = "NP_LINKED";
@@ -40,6 +44,12 @@ pub mod programs {
     pub const COUNT_EGRESS: &str = "np_count_egress";
     /// tc ingress of the uplink: counts, reverses masquerade, publishes ports.
     pub const UPLINK_INGRESS: &str = "np_uplink_ingress";
+    /// cgroup connect4: host processes reach published ports.
+    pub const CONNECT4: &str = "np_connect4";
+    /// cgroup sendmsg4: the same for unconnected UDP.
+    pub const SENDMSG4: &str = "np_sendmsg4";
+    /// cgroup recvmsg4: replies seem to come from the published address.
+    pub const RECVMSG4: &str = "np_recvmsg4";
 }
 
 /// Capacity of [`maps::IF_STATS`]: two directions for this many interfaces.
@@ -64,6 +74,35 @@ pub const MASQUERADE_SLOT: u32 = 0;
 /// Default capacity of [`maps::CONNTRACK`] (entries, two per flow); `up
 /// --ct-max` overrides it.
 pub const DEFAULT_CT_MAX: u32 = 262_144;
+
+/// Capacity of [`maps::SOCK_REV`].
+pub const MAX_SOCK_REV: u32 = 65536;
+
+/// Key of [`maps::SOCK_REV`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    /// Socket cookie, host byte order.
+    pub cookie: u64,
+    /// Endpoint address the socket really talks to, network byte order.
+    pub addr_be: u32,
+    /// Endpoint port, network byte order.
+    pub port_be: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// Value of [`maps::SOCK_REV`]: the published address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    /// Address the socket asked for, network byte order.
+    pub addr_be: u32,
+    /// Port it asked for, network byte order.
+    pub port_be: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
 
 /// Capacity of [`maps::LINKED`].
 pub const MAX_LINKED: u32 = 8192;
@@ -101,6 +140,10 @@ pub struct NetConfig {
     pub bridge_mac: [u8; 6],
     /// Explicit padding.
     pub _pad: [u8; 2],
+    /// Cookie of the daemon's network namespace, host byte order: the
+    /// socket programs are attached to a whole cgroup and act only on
+    /// sockets of this namespace.
+    pub netns_cookie: u64,
 }
 
 /// Where packets for an endpoint go: value of [`maps::ENDPOINTS`].
@@ -336,6 +379,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevValue {}
 }
 
 #[cfg(test)]
@@ -346,7 +393,9 @@ mod tests {
 
     #[test]
     fn map_types_have_no_implicit_padding() {
-        assert_eq!(size_of::<NetConfig>(), 40);
+        assert_eq!(size_of::<NetConfig>(), 48);
+        assert_eq!(size_of::<SockRevKey>(), 16);
+        assert_eq!(size_of::<SockRevValue>(), 8);
         assert_eq!(size_of::<EndpointPort>(), 12);
         assert_eq!(size_of::<EndpointIdentity>(), 12);
         assert_eq!(size_of::<AddrPair>(), 8);

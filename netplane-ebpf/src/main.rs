@@ -5,18 +5,20 @@
 
 mod nat;
 mod packet;
+mod sock;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
-    macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
-    programs::TcContext,
+    macros::{cgroup_sock_addr, classifier, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{SockAddrContext, TcContext},
 };
 use aya_log_ebpf::debug;
 use netplane_common::abi::{
     AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EndpointIdentity,
     EndpointPort, FlowKey, IfCounters, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES,
-    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, NetConfig, PortKey, PortTarget,
+    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig, PortKey, PortTarget,
+    SockRevKey, SockRevValue,
 };
 use packet::{L3, load};
 
@@ -65,6 +67,9 @@ static QUOTED: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static NEW_FLOW: PerCpuArray<nat::NewFlow> = PerCpuArray::with_max_entries(1, 0);
 
+#[map(name = "NP_SOCK_REV")]
+static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_SOCK_REV, 0);
+
 #[map(name = "NP_LINKED")]
 static LINKED: HashMap<AddrPair, u32> = HashMap::pinned(MAX_LINKED, 0);
 
@@ -90,6 +95,27 @@ pub fn np_endpoint_ingress(ctx: TcContext) -> i32 {
 pub fn np_uplink_ingress(ctx: TcContext) -> i32 {
     count(&ctx, Direction::Ingress);
     verdict(&ctx, uplink_ingress(&ctx))
+}
+
+/// Allow: the hooks translate, they never refuse.
+const SOCK_ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn np_connect4(ctx: SockAddrContext) -> i32 {
+    sock::redirect(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn np_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::redirect(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn np_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx);
+    SOCK_ALLOW
 }
 
 fn verdict(ctx: &TcContext, v: Result<i32, DropReason>) -> i32 {

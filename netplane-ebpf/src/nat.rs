@@ -150,7 +150,7 @@ fn create(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<(), Dr
     Err(DropReason::NatPortsExhausted)
 }
 
-fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget> {
+pub fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget> {
     let key = PortKey {
         addr_be: daddr,
         port_be: dport,
@@ -166,7 +166,7 @@ fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget> {
     }
 }
 
-fn is_host_addr(addr: u32) -> bool {
+pub fn is_host_addr(addr: u32) -> bool {
     // SAFETY: only presence is read.
     unsafe { HOST_ADDRS.get(&addr).is_some() }
 }

@@ -248,6 +248,7 @@ impl Daemon {
             dp.attach(uplink, Role::Uplink)?;
         }
         dp.reset_nat_counters(MASQUERADE_SLOT)?;
+        dp.attach_sockets(&host::cgroup2_root()?)?;
         self.dp = Some(dp);
         self.sync_host_addrs().await?;
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
@@ -306,6 +307,7 @@ impl Daemon {
             nat_port_max: nat_ports.end,
             bridge_mac: bridge.mac.unwrap_or_default(),
             _pad: [0; 2],
+            netns_cookie: host::netns_cookie()?,
         })
     }
 

@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
@@ -163,6 +163,11 @@ impl Datapath {
             programs::COUNT_EGRESS,
         ] {
             classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|e| Error::ebpf("load program", name, e))?;
+        }
+        for name in SOCKET_PROGRAMS {
+            socket_program(&mut ebpf, name)?
                 .load()
                 .map_err(|e| Error::ebpf("load program", name, e))?;
         }
@@ -345,6 +350,38 @@ impl Datapath {
                 Ok((r.name().to_string(), v.iter().sum()))
             })
             .collect()
+    }
+
+    /// Attaches the socket programs to the cgroup tree at `cgroup` (host
+    /// processes reaching published ports), next to other programs there.
+    /// Programs a previous run pinned are detached once the new ones are in,
+    /// so no connect goes untranslated meanwhile.
+    pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = fs::File::open(cgroup).map_err(|e| Error::io("open", cgroup.display(), e))?;
+        for name in SOCKET_PROGRAMS {
+            let pin = self.links_dir.join(format!("cgroup@{name}"));
+            let prog = socket_program(&mut self.ebpf, name)?;
+            // A bpf_link attachment always sits next to the others; the
+            // kernel refuses any attach flag on link creation, so no
+            // AllowMultiple here.
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| Error::ebpf("attach to", cgroup.display(), e))?;
+            let link = FdLink::try_from(
+                prog.take_link(id)
+                    .map_err(|e| Error::ebpf("take link", name, e))?,
+            )
+            .map_err(|e| Error::ebpf("pin link", name, e))?;
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                drop(
+                    old.unpin()
+                        .map_err(|e| Error::io("unpin", pin.display(), e))?,
+                );
+            }
+            link.pin(&pin)
+                .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
+        }
+        Ok(())
     }
 
     /// Lets the data path deliver to the endpoint behind the host-side veth
@@ -536,6 +573,17 @@ fn not_in_object(kind: &'static str, name: &str) -> Error {
 fn pin_name(ifname: &str, d: Direction) -> String {
     let escaped = ifname.replace('%', "%25").replace('.', "%2e");
     format!("{escaped}@{}", direction_name(d))
+}
+
+/// The cgroup programs, which see host sockets rather than packets.
+const SOCKET_PROGRAMS: [&str; 3] = [programs::CONNECT4, programs::SENDMSG4, programs::RECVMSG4];
+
+fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| not_in_object("program", name))?;
+    prog.try_into()
+        .map_err(|e| Error::ebpf("open program", name, e))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -108,6 +108,59 @@ pub fn unmount_bpffs(mount_point: &Path) -> Result<()> {
 }
 
 /// /etc/netns/NAME.
+/// Where the unified (v2) cgroup hierarchy is mounted: the socket programs
+/// attach to its root, covering every process.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| Error::io("read", "/proc/self/mounts", e))?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .ok_or_else(|| {
+            Error::io(
+                "find",
+                "a cgroup2 mount",
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "host-local access to published ports needs the unified cgroup hierarchy mounted",
+                ),
+            )
+        })
+}
+
+/// The cookie of the current network namespace, as `bpf_get_netns_cookie`
+/// returns it to programs.
+pub fn netns_cookie() -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("open", "socket for the netns cookie", e))?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of the length passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            "read",
+            "SO_NETNS_COOKIE",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(cookie)
+}
+
 pub fn etc_dir(name: &str) -> PathBuf {
     Path::new(NETNS_ETC_DIR).join(name)
 }
