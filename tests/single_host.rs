@@ -6,7 +6,7 @@ mod support;
 use std::{thread::sleep, time::Duration};
 
 use serde_json::Value;
-use support::{HOST_IP, Host, WORLD_IP, sh, sh_ok};
+use support::{HOST_IP, Host, sh, sh_ok};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
@@ -450,7 +450,6 @@ fn icc_false_isolates_endpoints_but_not_the_gateway() {
         stats["drops"]["icc_denied"].as_u64().unwrap() >= 1,
         "{stats}"
     );
-    let _ = WORLD_IP;
 }
 
 #[test]

@@ -164,6 +164,36 @@ impl Host {
         sh(&format!("ip netns exec {endpoint} {cmd}"))
     }
 
+    /// Runs `cmd` in the world namespace behind the uplink.
+    pub fn in_world(&self, cmd: &str) -> Output {
+        sh(&format!("ip netns exec {} {cmd}", self.world))
+    }
+
+    /// Starts `cmd` in namespace `netns` in the background, its stderr in
+    /// this host's directory; it is killed when the guard drops.
+    pub fn spawn_in(&self, netns: &str, cmd: &str) -> Background {
+        let log = self
+            .dir
+            .join(format!("bg{}.log", NEXT.fetch_add(1, Ordering::SeqCst)));
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, "sh", "-c", &format!("exec {cmd}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Background { child, log }
+    }
+
+    /// The data path's NAT table as `netplane nat ls --json` shows it.
+    pub fn nat(&self) -> serde_json::Value {
+        serde_json::from_str(&self.np_ok(&["nat", "ls", "--json"])).unwrap()
+    }
+
+    /// Packets counted by the drop reason `reason`.
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.nat()["drops"][reason].as_u64().unwrap()
+    }
+
     /// Runs `cmd` in the simulated host's namespace.
     pub fn in_host(&self, cmd: &str) -> String {
         sh_ok(&format!("ip netns exec {} {cmd}", self.netns))
@@ -193,6 +223,44 @@ impl Host {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// A background process, killed on drop so a failing test leaves none.
+pub struct Background {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Background {
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Retries `f` for up to five seconds (servers take a moment to listen),
+/// returning its last result.
+pub fn retry<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..50 {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+/// Stdout of a successful command, or `None`.
+pub fn stdout_if_ok(out: Output) -> Option<String> {
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nix_uid_is_root() -> bool {

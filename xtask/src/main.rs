@@ -24,6 +24,11 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "socat",
     "bpftool",
+    "python3-scapy",
+    "tcpdump",
+    "iperf3",
+    "ncat",
+    "dnsutils",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
