@@ -364,7 +364,7 @@ fn forward(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &CtEntry) -> Verdict
     let next = match next_hop(ctx, cfg, ip, to.saddr_be, to.daddr_be) {
         Ok(next) => next,
         // Untranslated, the stack answers "fragmentation needed" and drops it.
-        Err(DropReason::TooBig) if ip.dont_fragment => return Ok(TC_ACT_OK as i32),
+        Err(DropReason::TooBig) if ip.dont_fragment => return Ok(TC_ACT_OK),
         Err(e) => return Err(e),
     };
     rewrite(ctx, ip, to)?;
@@ -494,7 +494,7 @@ fn icmp_error(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>
     set_quoted_addr(
         ctx,
         icmp_csum,
-        &inner,
+        inner,
         inner.l3 + 12,
         inner.saddr,
         e.daddr_be,
@@ -502,7 +502,7 @@ fn icmp_error(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>
     set_quoted_addr(
         ctx,
         icmp_csum,
-        &inner,
+        inner,
         inner.l3 + 16,
         inner.daddr,
         e.saddr_be,
@@ -510,34 +510,13 @@ fn icmp_error(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>
     match inner.proto {
         proto::TCP | proto::UDP => {
             set_quoted_port(ctx, icmp_csum, inner, inner.l4, inner.sport, e.dport_be)?;
-            set_quoted_port(
-                ctx,
-                icmp_csum,
-                &inner,
-                inner.l4 + 2,
-                inner.dport,
-                e.sport_be,
-            )?;
+            set_quoted_port(ctx, icmp_csum, inner, inner.l4 + 2, inner.dport, e.sport_be)?;
         }
         proto::ICMP if inner.l4_flags == ICMP_ECHO => {
-            set_quoted_port(
-                ctx,
-                icmp_csum,
-                &inner,
-                inner.l4 + 4,
-                inner.sport,
-                e.dport_be,
-            )?;
+            set_quoted_port(ctx, icmp_csum, inner, inner.l4 + 4, inner.sport, e.dport_be)?;
         }
         _ => {
-            set_quoted_port(
-                ctx,
-                icmp_csum,
-                &inner,
-                inner.l4 + 4,
-                inner.dport,
-                e.sport_be,
-            )?;
+            set_quoted_port(ctx, icmp_csum, inner, inner.l4 + 4, inner.dport, e.sport_be)?;
         }
     }
     set_addr(ctx, ip, ip.l3 + 12, ip.saddr, saddr)?;
@@ -569,10 +548,9 @@ fn tracked(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, D
 /// `--icc=false`, masquerade.
 #[inline(never)]
 pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
-    const PASS: i32 = TC_ACT_OK as i32;
     if ip.ttl <= 1 {
         // The stack answers "time exceeded" (traceroute's first hop).
-        return Ok(PASS);
+        return Ok(TC_ACT_OK);
     }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);
@@ -586,7 +564,7 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         // SAFETY: only presence is read.
         let linked = unsafe { LINKED.get(&pair).is_some() };
         return if endpoint_traffic_allowed(cfg, ip.saddr, ip.daddr, linked) {
-            Ok(PASS)
+            Ok(TC_ACT_OK)
         } else {
             Err(DropReason::IccDenied)
         };
@@ -609,10 +587,10 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
             create(ctx, cfg, flow)?;
             return forward(ctx, cfg, ip, &flow.pair.fwd);
         }
-        return Ok(PASS);
+        return Ok(TC_ACT_OK);
     }
     if cfg.uplink_ifindex == 0 || on_bridge {
-        return Ok(PASS);
+        return Ok(TC_ACT_OK);
     }
     let addrs = Addrs {
         saddr: ip.saddr,
@@ -623,10 +601,10 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         // The stack answers: "unreachable", or "fragmentation needed" for a
         // DF packet; it must not fragment and send one untranslated.
         Err(DropReason::TooBig) if !ip.dont_fragment => return Err(DropReason::TooBig),
-        Err(_) => return Ok(PASS),
+        Err(_) => return Ok(TC_ACT_OK),
     };
     if route.ifindex != cfg.uplink_ifindex {
-        return Ok(PASS);
+        return Ok(TC_ACT_OK);
     }
     if ip.later_fragment {
         return Err(DropReason::Fragment);
@@ -643,19 +621,18 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
 /// published ports.
 #[inline(never)]
 pub fn from_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
-    const PASS: i32 = TC_ACT_OK as i32;
     if ip.ttl <= 1 {
-        return Ok(PASS);
+        return Ok(TC_ACT_OK);
     }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);
     }
     if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP) || !is_host_addr(ip.daddr)
     {
-        return Ok(PASS);
+        return Ok(TC_ACT_OK);
     }
     let Some(target) = published(ip.daddr, ip.dport, ip.proto) else {
-        return Ok(PASS);
+        return Ok(TC_ACT_OK);
     };
     let flow = new_flow(&ip.key(), target.slot)?;
     flow.translated.daddr_be = target.addr_be;
