@@ -459,6 +459,13 @@ impl Daemon {
         dp.add_endpoint(ifindex, ip, mac_for(ip))
     }
 
+    /// Zeroes the counters of newly published rules, whose slots may have
+    /// served rules since withdrawn.
+    fn reset_counters(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        let dp = self.dp();
+        ports.iter().try_for_each(|p| dp.reset_nat_counters(p.slot))
+    }
+
     /// Writes the published ports of `ep` into the data path.
     fn publish(&mut self, ep: &endpoint::Endpoint, ports: &[PublishedPort]) -> Result<()> {
         let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
@@ -466,7 +473,6 @@ impl Daemon {
         };
         let dp = self.dp();
         for port in ports {
-            dp.reset_nat_counters(port.slot)?;
             dp.publish(&port.map_entries(ip))?;
         }
         Ok(())
@@ -639,7 +645,12 @@ impl Daemon {
             self.store.delete_endpoint(&ep.name)?;
             return Err(e);
         }
-        if let Err(e) = self.publish(&ep, &ports).and(self.sync_linked()) {
+        let mut activate = || {
+            self.reset_counters(&ports)?;
+            self.publish(&ep, &ports)?;
+            self.sync_linked()
+        };
+        if let Err(e) = activate() {
             let _ = self.teardown(&ep).await;
             self.store.delete_endpoint(&ep.name)?;
             return Err(e);
@@ -699,7 +710,11 @@ impl Daemon {
         let mut ports = rec.ports.clone();
         ports.extend(&added);
         self.store.set_ports(name, &ports)?;
-        if let Err(e) = self.publish(&rec.ep, &added) {
+        let mut activate = || {
+            self.reset_counters(&added)?;
+            self.publish(&rec.ep, &added)
+        };
+        if let Err(e) = activate() {
             let _ = self.unpublish(&rec.ep, &added);
             self.store.set_ports(name, &rec.ports)?;
             return Err(e);
