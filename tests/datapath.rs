@@ -450,3 +450,19 @@ fn a_full_table_refuses_new_flows_and_keeps_existing_ones() {
     assert_eq!(action, TC_ACT_REDIRECT, "existing flows are untouched");
     assert_eq!(seen(&out).src, UPLINK);
 }
+
+#[test]
+fn tagged_frames_belong_to_the_vlan_device_and_are_left_alone() {
+    // The kernel strips the tag of a VLAN device's own frames before tc
+    // runs on it; a tag still in the data means the frame is for a VLAN
+    // device above the uplink, which netplane does not manage.
+    let mut lab = Lab::new(1024);
+    let untagged = tcp_syn(world_frame(&lab, UPLINK), 5555, 8080);
+    let mut tagged = untagged[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+    tagged.extend_from_slice(&untagged[12..]);
+    let (action, out) = lab.arriving_from_world(&tagged);
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(out, tagged, "not a byte changed");
+    assert!(lab.dp.flows().unwrap().is_empty());
+}

@@ -94,6 +94,17 @@ fn world_reaches_published_ports_and_the_endpoint_sees_the_real_client() {
         assert!(r["bytes"].as_u64().unwrap() > 0, "{r}");
     }
 
+    // Bulk TCP through the published port with iperf3.
+    h.np_ok(&["port", "add", &web, "5201:5201"]);
+    let _iperf = h.spawn_in(&web, "iperf3 -s -p 5201");
+    let report =
+        retry(|| stdout_if_ok(h.in_world(&format!("iperf3 -c {HOST_IP} -p 5201 -t 1 -J"))))
+            .expect("iperf3 through the published port");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    assert!(received > 1_000_000, "iperf3 moved {received} bytes");
+    h.np_ok(&["port", "rm", &web, "5201"]);
+
     // Withdrawn at run time: nothing answers any more.
     h.np_ok(&["port", "rm", &web, "80"]);
     let out = h.in_world(&format!("curl -sS --max-time 1 http://{HOST_IP}:8080/"));
