@@ -429,3 +429,68 @@ fn expired_flows_are_collected() {
         h.nat()
     );
 }
+
+#[test]
+fn checksums_left_to_offload_come_out_right() {
+    // Real sockets on veth leave TCP checksums to offload (CHECKSUM_PARTIAL):
+    // the packet carries only the pseudo-header sum, which the data path
+    // must update for the new addresses. With checksum offload off on the
+    // device a packet leaves by, the kernel completes the checksum in
+    // software there, and the capture on the other side checks the result.
+    let h = Host::new();
+    h.up(&["--subnet", "10.84.0.0/24"]);
+    let e = h.name("e");
+    h.np_ok(&["create", &e, "-p", "8080:80"]);
+    let host_veth = h
+        .in_host("ip -br link")
+        .lines()
+        .find_map(|l| {
+            l.split('@')
+                .next()
+                .filter(|n| n.starts_with("npv"))
+                .map(str::to_string)
+        })
+        .expect("the endpoint's host-side veth");
+    h.in_host(&format!("ethtool -K {} tx off", h.uplink));
+    h.in_host(&format!("ethtool -K {host_veth} tx off"));
+    let world_if = format!("{}x", h.prefix);
+    let capture = |netns: &str, iface: &str, filter: &str| {
+        let bg = h.spawn_in(
+            netns,
+            &format!("tcpdump -l -n -vv -i {iface} -c 1 '{filter}' 1>&2"),
+        );
+        retry(|| {
+            std::fs::read_to_string(&bg.log)
+                .unwrap_or_default()
+                .contains("listening on")
+                .then_some(())
+        })
+        .expect("tcpdump starts");
+        bg
+    };
+    let verdict = |mut bg: Background| {
+        let log = retry(|| {
+            let log = std::fs::read_to_string(&bg.log).unwrap_or_default();
+            log.contains("packet captured").then_some(log)
+        })
+        .unwrap_or_default();
+        bg.stop();
+        log
+    };
+
+    let out_cap = capture(&h.world, &world_if, "tcp dst port 7777");
+    let _ = h.in_endpoint(&e, &format!("curl -s --max-time 1 http://{WORLD_IP}:7777/"));
+    let log = verdict(out_cap);
+    assert!(
+        log.contains(", cksum") && log.contains("(correct)"),
+        "masqueraded SYN: {log}"
+    );
+
+    let in_cap = capture(&e, "eth0", "tcp dst port 80");
+    let _ = h.in_world(&format!("curl -s --max-time 1 http://{HOST_IP}:8080/"));
+    let log = verdict(in_cap);
+    assert!(
+        log.contains(", cksum") && log.contains("(correct)"),
+        "published SYN: {log}"
+    );
+}

@@ -29,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "ncat",
     "dnsutils",
+    "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
