@@ -410,18 +410,52 @@ fn spoofed_truncated_and_fragmented_packets_are_dropped_with_a_reason() {
     // (A cut IPv4 header takes the same path; BPF_PROG_TEST_RUN itself
     // refuses such a packet with EINVAL, so it cannot be shown here.)
 
-    // A later fragment has no ports: it cannot be translated and must not
-    // leave untranslated.
-    let mut later = udp(endpoint_frame(&lab), 1, 53, b"rest of a datagram");
-    later[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
-    later[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
-    let mut check = sum(&later[14..34]);
+    // A later fragment of a datagram whose first fragment was never seen
+    // has no ports to go by: it must not leave untranslated.
+    let later = fragment(
+        &udp(endpoint_frame(&lab), 1, 53, b"rest of a datagram"),
+        0x0010,
+    );
+    assert_eq!(lab.sent_by_endpoint(&later).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::Fragment), 1);
+}
+
+/// `packet` with the IPv4 fragment field set to `frag` (flags and offset)
+/// and its header checksum made right again.
+fn fragment(packet: &[u8], frag: u16) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    p[14 + 6..14 + 8].copy_from_slice(&frag.to_be_bytes());
+    p[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let mut check = sum(&p[14..34]);
     while check > 0xffff {
         check = (check & 0xffff) + (check >> 16);
     }
-    later[14 + 10..14 + 12].copy_from_slice(&(!(check as u16)).to_be_bytes());
-    assert_eq!(lab.sent_by_endpoint(&later).0, TC_ACT_SHOT);
-    assert_eq!(lab.drops(DropReason::Fragment), 1);
+    p[14 + 10..14 + 12].copy_from_slice(&(!(check as u16)).to_be_bytes());
+    p
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut lab = Lab::new(1024);
+    const MF: u16 = 0x2000;
+    // Same identification (etherparse writes 0) for both fragments.
+    let first = fragment(&udp(endpoint_frame(&lab), 6000, 53, &[7; 64]), MF);
+    let (action, out) = lab.sent_by_endpoint(&first);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert!(folds_to_ffff(sum(&out[14..34])));
+    assert_eq!(&out[14 + 12..14 + 16], &UPLINK);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 6000);
+
+    let later = fragment(&udp(endpoint_frame(&lab), 0, 0, &[7; 64]), 0x0003);
+    let (action, out) = lab.sent_by_endpoint(&later);
+    assert_eq!(
+        action, TC_ACT_REDIRECT,
+        "translated like its first fragment"
+    );
+    assert!(folds_to_ffff(sum(&out[14..34])), "IPv4 header checksum");
+    assert_eq!(&out[14 + 12..14 + 16], &UPLINK);
+    assert_eq!(&out[34..], &later[34..], "the payload is not touched");
+    assert_eq!(lab.drops(DropReason::Fragment), 0);
 }
 
 #[test]

@@ -161,6 +161,31 @@ fn endpoints_leave_with_the_uplink_address_even_with_the_same_source_port() {
 
     let peer = udp_peer(&a, &format!("{WORLD_IP}:7"), ",sourceport=5000").expect("udp");
     assert_eq!(peer, format!("{HOST_IP} 5000"));
+
+    // A datagram larger than the MTU leaves in fragments; every one must be
+    // translated for the world to reassemble it.
+    let _sink = h.spawn_in(
+        &h.world,
+        &format!(
+            "socat -u UDP-RECV:9999 OPEN:{}/big.out,creat",
+            h.dir.display()
+        ),
+    );
+    let big = "x".repeat(4000);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sh_ok(&format!(
+        "printf '%s' {big} | ip netns exec {a} socat -u - UDP:{WORLD_IP}:9999"
+    ));
+    let got = retry(|| {
+        std::fs::read_to_string(h.dir.join("big.out"))
+            .ok()
+            .filter(|s| s.len() == big.len())
+    });
+    assert_eq!(
+        got.as_deref(),
+        Some(big.as_str()),
+        "the reassembled datagram"
+    );
     assert!(h.pings(&a, WORLD_IP), "ICMP echo is masqueraded too");
 
     let masq = rule(&h.nat(), "to:").clone();

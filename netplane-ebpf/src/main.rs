@@ -73,6 +73,12 @@ static NEW_FLOW: PerCpuArray<nat::NewFlow> = PerCpuArray::with_max_entries(1, 0)
 #[map(name = "NP_SOCK_REV")]
 static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_SOCK_REV, 0);
 
+/// Ports of datagrams being fragmented, so that later fragments of a
+/// translated flow are translated too (LRU: entries age out by themselves).
+#[map]
+static FRAGMENTS: LruHashMap<packet::FragmentKey, packet::FragmentPorts> =
+    LruHashMap::with_max_entries(8192, 0);
+
 #[map(name = "NP_LINKED")]
 static LINKED: HashMap<AddrPair, u32> = HashMap::pinned(MAX_LINKED, 0);
 

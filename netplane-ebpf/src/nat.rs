@@ -33,7 +33,7 @@ use netplane_common::{
 use crate::{
     CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
     QUOTED,
-    packet::{ICMP_ECHO, Ipv4, ipv4, load},
+    packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports},
 };
 
 /// Source ports masquerade tries for a new flow: its own, then random ones.
@@ -212,7 +212,13 @@ fn set_l4_word(
         return Ok(());
     }
     if let Some(csum) = ip.l4_csum() {
-        let flags = u64::from(BPF_F_MARK_MANGLED_0) | 2;
+        // Zero means "no checksum" for UDP only; for ICMP it is a checksum.
+        let mangled = if ip.proto == proto::UDP {
+            BPF_F_MARK_MANGLED_0
+        } else {
+            0
+        };
+        let flags = u64::from(mangled) | 2;
         csum_err(ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags))?;
     }
     csum_err(ctx.store(offset, &new, 0))
@@ -221,6 +227,7 @@ fn set_l4_word(
 /// Makes the packet's addresses and ports those of `to`.
 #[inline(always)]
 fn rewrite(ctx: &TcContext, ip: &Ipv4, to: &CtEntry) -> Result<(), DropReason> {
+    remember_fragment_ports(ip);
     set_addr(ctx, ip, ip.l3 + 12, ip.saddr, to.saddr_be)?;
     set_addr(ctx, ip, ip.l3 + 16, ip.daddr, to.daddr_be)?;
     if ip.later_fragment {
@@ -535,7 +542,7 @@ fn tracked(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, D
     if ip.is_icmp_error() {
         return icmp_error(ctx, cfg, ip);
     }
-    if ip.later_fragment {
+    if ip.later_fragment && !ip.ports_from_first_fragment {
         return Ok(None);
     }
     match track(ctx, ip) {

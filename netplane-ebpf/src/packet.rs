@@ -3,12 +3,15 @@
 //! header is an error and never a read past the end.
 
 use aya_ebpf::programs::TcContext;
+
+use crate::FRAGMENTS;
 use netplane_common::abi::{DropReason, FlowKey, proto};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const IP_DF: u16 = 0x4000;
+const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
@@ -53,6 +56,12 @@ pub struct Ipv4 {
     pub dont_fragment: bool,
     /// Not the first fragment: no transport header.
     pub later_fragment: bool,
+    /// More fragments follow this one.
+    pub more_fragments: bool,
+    /// For a later fragment: the ports were taken from its first fragment.
+    pub ports_from_first_fragment: bool,
+    /// Identification, as in the packet.
+    pub id: u16,
     /// Total length, host byte order.
     pub tot_len: u16,
     pub saddr: u32,
@@ -100,13 +109,52 @@ impl Ipv4 {
 
     /// Whether the flow key of this packet carries ports (or an echo id).
     pub fn has_ports(&self) -> bool {
-        !self.later_fragment
+        (!self.later_fragment || self.ports_from_first_fragment)
             && match self.proto {
                 proto::TCP | proto::UDP => true,
                 proto::ICMP => matches!(self.l4_flags, ICMP_ECHO | ICMP_ECHO_REPLY),
                 _ => false,
             }
     }
+}
+
+/// A datagram being fragmented: the later fragments carry no ports, so the
+/// first one's are remembered under this key (values as in the packet).
+#[repr(C)]
+pub struct FragmentKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The ports of a fragmented datagram, as in its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FragmentPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Remembers the ports of a first fragment for the fragments that follow.
+#[inline(always)]
+pub fn remember_fragment_ports(ip: &Ipv4) {
+    if !ip.more_fragments || ip.later_fragment {
+        return;
+    }
+    let key = FragmentKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    let ports = FragmentPorts {
+        sport: ip.sport,
+        dport: ip.dport,
+    };
+    let _ = FRAGMENTS.insert(&key, &ports, 0);
 }
 
 /// The fixed part of an IPv4 header, as on the wire.
@@ -155,13 +203,32 @@ pub fn ipv4(ctx: &TcContext, l3: usize, quoted: bool, ip: &mut Ipv4) -> Result<(
     ip.ttl = h.ttl;
     ip.dont_fragment = frag & IP_DF != 0;
     ip.later_fragment = frag & IP_OFFSET != 0;
+    ip.more_fragments = frag & IP_MF != 0;
+    ip.ports_from_first_fragment = false;
+    ip.id = h.id;
     ip.tot_len = u16::from_be(h.tot_len);
     ip.saddr = h.saddr;
     ip.daddr = h.daddr;
     ip.sport = 0;
     ip.dport = 0;
     ip.l4_flags = 0;
-    if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP | proto::ICMP) {
+    if ip.later_fragment {
+        let key = FragmentKey {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            id: ip.id,
+            proto: ip.proto,
+            _pad: 0,
+        };
+        // SAFETY: a map value, copied out.
+        if let Some(ports) = unsafe { FRAGMENTS.get(&key) }.copied() {
+            ip.sport = ports.sport;
+            ip.dport = ports.dport;
+            ip.ports_from_first_fragment = true;
+        }
+        return Ok(());
+    }
+    if !matches!(ip.proto, proto::TCP | proto::UDP | proto::ICMP) {
         return Ok(());
     }
     // Also proves the option area is all there.
