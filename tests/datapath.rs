@@ -13,7 +13,7 @@ use etherparse::{
 use netplane::{
     conntrack,
     portspec::PortSpec,
-    sys::datapath::{Datapath, be},
+    sys::datapath::{Datapath, Role, be},
 };
 use netplane_common::abi::{DropReason, NetConfig, programs};
 use support::{Host, WORLD_IP, sh_ok};
@@ -36,6 +36,7 @@ const WORLD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 struct Lab {
     dp: Datapath,
     endpoint_if: u32,
+    bridge_if: u32,
     /// Another interface, for a second endpoint.
     spare_if: u32,
     uplink_if: u32,
@@ -118,6 +119,7 @@ impl Lab {
         Lab {
             dp,
             endpoint_if,
+            bridge_if,
             spare_if: index("tv1"),
             uplink_if,
             uplink_mac,
@@ -421,12 +423,13 @@ fn spoofed_truncated_and_fragmented_packets_are_dropped_with_a_reason() {
 }
 
 /// `packet` with the IPv4 fragment field set to `frag` (flags and offset)
-/// and its header checksum made right again.
+/// and its header checksum made right again (also after other edits).
 fn fragment(packet: &[u8], frag: u16) -> Vec<u8> {
     let mut p = packet.to_vec();
     p[14 + 6..14 + 8].copy_from_slice(&frag.to_be_bytes());
     p[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
-    let mut check = sum(&p[14..34]);
+    let ihl = usize::from(p[14] & 0x0f) * 4;
+    let mut check = sum(&p[14..14 + ihl]);
     while check > 0xffff {
         check = (check & 0xffff) + (check >> 16);
     }
@@ -499,4 +502,39 @@ fn tagged_frames_belong_to_the_vlan_device_and_are_left_alone() {
     assert_eq!(action, TC_ACT_OK);
     assert_eq!(out, tagged, "not a byte changed");
     assert!(lab.dp.flows().unwrap().is_empty());
+}
+
+#[test]
+fn ip_options_are_skipped_over() {
+    let mut lab = Lab::new(1024);
+    let plain = tcp_syn(endpoint_frame(&lab), 42000, 80);
+    // Four bytes of options (NOP NOP NOP EOL): a 24-byte header.
+    let mut with_options = plain[..34].to_vec();
+    with_options.extend_from_slice(&[1, 1, 1, 0]);
+    with_options.extend_from_slice(&plain[34..]);
+    with_options[14] = 0x46;
+    let total = u16::from_be_bytes([with_options[16], with_options[17]]) + 4;
+    with_options[16..18].copy_from_slice(&total.to_be_bytes());
+    let with_options = fragment(&with_options[..], 0x4000);
+    let (action, out) = lab.sent_by_endpoint(&with_options);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let s = seen(&out);
+    assert_eq!((s.src, s.sport, s.dport), (UPLINK, 42000, 80));
+    assert_eq!(&out[34..38], &[1, 1, 1, 0], "options untouched");
+}
+
+#[test]
+fn counting_programs_count_and_pass() {
+    let mut lab = Lab::new(1024);
+    lab.dp.attach("tb0", Role::Counted).unwrap();
+    let bridge_if = lab.bridge_if;
+    let packet = tcp_syn(endpoint_frame(&lab), 1, 80);
+    for program in [programs::COUNT_INGRESS, programs::COUNT_EGRESS] {
+        let (action, out) = lab.run(program, bridge_if, &packet);
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(out, packet);
+    }
+    let t = lab.dp.traffic("tb0").unwrap();
+    assert_eq!((t.rx_packets, t.tx_packets), (1, 1));
+    assert_eq!(t.rx_bytes, packet.len() as u64);
 }
