@@ -2,174 +2,15 @@
 //! built with etherparse, maps seeded through the daemon's own map code,
 //! output checked field by field and map state checked after.
 
-mod support;
+use std::net::Ipv4Addr;
 
-use std::{fs::File, net::Ipv4Addr};
-
-use etherparse::{
-    Icmpv4Type, IpHeaders, IpNumber, PacketBuilder, PacketBuilderStep,
-    icmpv4::DestUnreachableHeader,
+use etherparse::{Icmpv4Type, IpNumber, PacketBuilder, icmpv4::DestUnreachableHeader};
+use netplane::{conntrack, sys::datapath::Role};
+use netplane_benches::lab::{
+    ENDPOINT, ENDPOINT_MAC, Lab, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, WORLD, WORLD_MAC,
+    tcp_syn, udp,
 };
-use netplane::{
-    conntrack,
-    portspec::PortSpec,
-    sys::datapath::{Datapath, Role, be},
-};
-use netplane_common::abi::{DropReason, NetConfig, programs};
-use support::{Host, WORLD_IP, sh_ok};
-
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_REDIRECT: i32 = 7;
-const TC_ACT_OK: i32 = 0;
-
-const ENDPOINT: [u8; 4] = [10, 90, 0, 2];
-const ENDPOINT_MAC: [u8; 6] = [0x02, 0x42, 10, 90, 0, 2];
-const GATEWAY: [u8; 4] = [10, 90, 0, 1];
-const UPLINK: [u8; 4] = [198, 18, 0, 2];
-const WORLD: [u8; 4] = [198, 18, 0, 1];
-const WORLD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-
-/// A simulated host with a bridge, one endpoint veth, a resolved neighbour
-/// behind the uplink, and the data path loaded into its bpffs. The test
-/// thread lives in the host's namespace, where test runs look up devices
-/// and routes.
-struct Lab {
-    dp: Datapath,
-    endpoint_if: u32,
-    bridge_if: u32,
-    /// Another interface, for a second endpoint.
-    spare_if: u32,
-    uplink_if: u32,
-    uplink_mac: [u8; 6],
-    bridge_mac: [u8; 6],
-    _rt: tokio::runtime::Runtime,
-    _host: Host,
-}
-
-fn mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
-impl Lab {
-    fn new(ct_max: u32) -> Lab {
-        let host = Host::new();
-        let n = &host.netns;
-        sh_ok(&format!(
-            "set -e
-             ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1
-             ip -n {n} link add tb0 type bridge; ip -n {n} addr add 10.90.0.1/24 dev tb0
-             ip -n {n} link add tv0 type veth peer name tv1
-             ip -n {n} link set tv0 master tb0
-             for l in tb0 tv0 tv1; do ip -n {n} link set $l up; done
-             ip -n {n} neigh add {WORLD_IP} lladdr 02:00:00:00:00:01 dev {u} nud permanent
-             mount -t bpf bpf {bpf}",
-            u = host.uplink,
-            bpf = host.dir.join("bpf").display()
-        ));
-        let sys = |what: &str| host.in_host(&format!("cat /sys/class/net/{what}"));
-        let index = |dev: &str| {
-            sys(&format!("{dev}/ifindex"))
-                .trim()
-                .parse::<u32>()
-                .unwrap()
-        };
-        let (endpoint_if, uplink_if, bridge_if) = (index("tv0"), index(&host.uplink), index("tb0"));
-        let uplink_mac = mac(&sys(&format!("{}/address", host.uplink)));
-        let bridge_mac = mac(&sys("tb0/address"));
-        let ns = File::open(format!("/run/netns/{n}")).unwrap();
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _in_rt = rt.enter();
-        let cfg = NetConfig {
-            subnet_be: be(Ipv4Addr::new(10, 90, 0, 0)),
-            mask_be: be(Ipv4Addr::new(255, 255, 255, 0)),
-            gateway_be: be(GATEWAY.into()),
-            uplink_addr_be: be(UPLINK.into()),
-            uplink_ifindex: uplink_if,
-            bridge_ifindex: bridge_if,
-            nat_port_min: 32768,
-            nat_port_max: 60999,
-            bridge_mac,
-            ..NetConfig::default()
-        };
-        let mut dp = Datapath::load(&host.dir.join("bpf"), cfg, ct_max).unwrap();
-        dp.add_endpoint(endpoint_if, ENDPOINT.into(), ENDPOINT_MAC)
-            .unwrap();
-        dp.set_host_addrs(&[UPLINK.into(), GATEWAY.into()]).unwrap();
-        let published = netplane::portspec::assign_host_ports(
-            &["8080:80".parse::<PortSpec>().unwrap()],
-            &[],
-            netplane::portspec::PortRange {
-                start: 32768,
-                end: 60999,
-            },
-        )
-        .unwrap();
-        dp.publish(&published[0].map_entries(ENDPOINT.into()))
-            .unwrap();
-        Lab {
-            dp,
-            endpoint_if,
-            bridge_if,
-            spare_if: index("tv1"),
-            uplink_if,
-            uplink_mac,
-            bridge_mac,
-            _rt: rt,
-            _host: host,
-        }
-    }
-
-    fn run(&mut self, program: &str, ifindex: u32, packet: &[u8]) -> (i32, Vec<u8>) {
-        let out = self.dp.test_run(program, ifindex, packet, 1).unwrap();
-        (out.action, out.packet)
-    }
-
-    fn sent_by_endpoint(&mut self, packet: &[u8]) -> (i32, Vec<u8>) {
-        self.run(programs::ENDPOINT_INGRESS, self.endpoint_if, packet)
-    }
-
-    fn arriving_from_world(&mut self, packet: &[u8]) -> (i32, Vec<u8>) {
-        self.run(programs::UPLINK_INGRESS, self.uplink_if, packet)
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.dp.drops().unwrap()[reason.name()]
-    }
-}
-
-/// The frame an endpoint sends to its gateway.
-fn endpoint_frame(lab: &Lab) -> PacketBuilderStep<IpHeaders> {
-    PacketBuilder::ethernet2(ENDPOINT_MAC, lab.bridge_mac).ipv4(ENDPOINT, WORLD, 64)
-}
-
-/// A frame from the world to the host.
-fn world_frame(lab: &Lab, dst: [u8; 4]) -> PacketBuilderStep<IpHeaders> {
-    PacketBuilder::ethernet2(WORLD_MAC, lab.uplink_mac).ipv4(WORLD, dst, 64)
-}
-
-fn tcp_syn(step: PacketBuilderStep<IpHeaders>, sport: u16, dport: u16) -> Vec<u8> {
-    let b = step.tcp(sport, dport, 1000, 65535).syn();
-    let mut v = Vec::with_capacity(b.size(0));
-    b.write(&mut v, &[]).unwrap();
-    v
-}
-
-fn udp(step: PacketBuilderStep<IpHeaders>, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = step.udp(sport, dport);
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).unwrap();
-    v
-}
+use netplane_common::abi::{DropReason, programs};
 
 /// Ones' complement sum of 16-bit big-endian words.
 fn sum(bytes: &[u8]) -> u32 {
@@ -227,7 +68,7 @@ fn seen(frame: &[u8]) -> Seen {
 #[test]
 fn masquerade_rewrites_the_source_and_its_reply_comes_back() {
     let mut lab = Lab::new(1024);
-    let (action, out) = lab.sent_by_endpoint(&tcp_syn(endpoint_frame(&lab), 40000, 80));
+    let (action, out) = lab.sent_by_endpoint(&tcp_syn(lab.endpoint_frame(), 40000, 80));
     assert_eq!(action, TC_ACT_REDIRECT);
     assert_eq!(
         seen(&out),
@@ -249,7 +90,8 @@ fn masquerade_rewrites_the_source_and_its_reply_comes_back() {
     );
 
     let reply = {
-        let b = world_frame(&lab, UPLINK)
+        let b = lab
+            .world_frame(UPLINK)
             .tcp(80, 40000, 5000, 65535)
             .syn()
             .ack(1001);
@@ -278,7 +120,7 @@ fn masquerade_rewrites_the_source_and_its_reply_comes_back() {
 #[test]
 fn a_taken_source_port_is_replaced_and_a_free_one_kept() {
     let mut lab = Lab::new(1024);
-    let (action, out) = lab.sent_by_endpoint(&udp(endpoint_frame(&lab), 5000, 53, b"query"));
+    let (action, out) = lab.sent_by_endpoint(&udp(lab.endpoint_frame(), 5000, 53, b"query"));
     assert_eq!(action, TC_ACT_REDIRECT);
     assert_eq!(seen(&out).sport, 5000, "the own port is kept when free");
 
@@ -309,7 +151,7 @@ fn a_taken_source_port_is_replaced_and_a_free_one_kept() {
 #[test]
 fn udp_without_checksum_stays_without() {
     let mut lab = Lab::new(1024);
-    let mut packet = udp(endpoint_frame(&lab), 5001, 53, b"query");
+    let mut packet = udp(lab.endpoint_frame(), 5001, 53, b"query");
     packet[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
     let (action, out) = lab.sent_by_endpoint(&packet);
     assert_eq!(action, TC_ACT_REDIRECT);
@@ -320,7 +162,7 @@ fn udp_without_checksum_stays_without() {
 #[test]
 fn published_ports_translate_the_destination_and_keep_the_client() {
     let mut lab = Lab::new(1024);
-    let (action, out) = lab.arriving_from_world(&tcp_syn(world_frame(&lab, UPLINK), 5555, 8080));
+    let (action, out) = lab.arriving_from_world(&tcp_syn(lab.world_frame(UPLINK), 5555, 8080));
     assert_eq!(action, TC_ACT_REDIRECT);
     assert_eq!(
         seen(&out),
@@ -336,7 +178,7 @@ fn published_ports_translate_the_destination_and_keep_the_client() {
     );
     // The endpoint's answer leaves as the published address and port.
     let answer = {
-        let b = endpoint_frame(&lab).tcp(80, 5555, 1, 65535).syn().ack(1001);
+        let b = lab.endpoint_frame().tcp(80, 5555, 1, 65535).syn().ack(1001);
         let mut v = Vec::new();
         b.write(&mut v, &[]).unwrap();
         v
@@ -350,7 +192,7 @@ fn published_ports_translate_the_destination_and_keep_the_client() {
     );
 
     // An unpublished port of the host is the host's business.
-    let (action, out) = lab.arriving_from_world(&tcp_syn(world_frame(&lab, UPLINK), 5555, 22));
+    let (action, out) = lab.arriving_from_world(&tcp_syn(lab.world_frame(UPLINK), 5555, 22));
     assert_eq!(action, TC_ACT_OK);
     assert_eq!(seen(&out).dport, 22);
 }
@@ -358,12 +200,14 @@ fn published_ports_translate_the_destination_and_keep_the_client() {
 #[test]
 fn icmp_errors_are_translated_with_the_quoted_packet() {
     let mut lab = Lab::new(1024);
-    let (_, sent) = lab.sent_by_endpoint(&udp(endpoint_frame(&lab), 41000, 9, b"x"));
+    let (_, sent) = lab.sent_by_endpoint(&udp(lab.endpoint_frame(), 41000, 9, b"x"));
     let quoted = &sent[14..];
     // The world's "port unreachable" quotes the masqueraded datagram.
-    let b = world_frame(&lab, UPLINK).icmpv4(Icmpv4Type::DestinationUnreachable(
-        DestUnreachableHeader::Port,
-    ));
+    let b = lab
+        .world_frame(UPLINK)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ));
     let mut error = Vec::new();
     b.write(&mut error, quoted).unwrap();
     let (action, out) = lab.arriving_from_world(&error);
@@ -406,7 +250,7 @@ fn spoofed_truncated_and_fragmented_packets_are_dropped_with_a_reason() {
     assert_eq!(lab.drops(DropReason::Spoofed), 2);
 
     // The TCP header stops short: the program must not read past the end.
-    let whole = tcp_syn(endpoint_frame(&lab), 1, 80);
+    let whole = tcp_syn(lab.endpoint_frame(), 1, 80);
     assert_eq!(lab.sent_by_endpoint(&whole[..14 + 20 + 10]).0, TC_ACT_SHOT);
     assert_eq!(lab.drops(DropReason::Truncated), 1);
     // (A cut IPv4 header takes the same path; BPF_PROG_TEST_RUN itself
@@ -415,7 +259,7 @@ fn spoofed_truncated_and_fragmented_packets_are_dropped_with_a_reason() {
     // A later fragment of a datagram whose first fragment was never seen
     // has no ports to go by: it must not leave untranslated.
     let later = fragment(
-        &udp(endpoint_frame(&lab), 1, 53, b"rest of a datagram"),
+        &udp(lab.endpoint_frame(), 1, 53, b"rest of a datagram"),
         0x0010,
     );
     assert_eq!(lab.sent_by_endpoint(&later).0, TC_ACT_SHOT);
@@ -442,14 +286,14 @@ fn later_fragments_follow_their_first_fragment() {
     let mut lab = Lab::new(1024);
     const MF: u16 = 0x2000;
     // Same identification (etherparse writes 0) for both fragments.
-    let first = fragment(&udp(endpoint_frame(&lab), 6000, 53, &[7; 64]), MF);
+    let first = fragment(&udp(lab.endpoint_frame(), 6000, 53, &[7; 64]), MF);
     let (action, out) = lab.sent_by_endpoint(&first);
     assert_eq!(action, TC_ACT_REDIRECT);
     assert!(folds_to_ffff(sum(&out[14..34])));
     assert_eq!(&out[14 + 12..14 + 16], &UPLINK);
     assert_eq!(u16::from_be_bytes([out[34], out[35]]), 6000);
 
-    let later = fragment(&udp(endpoint_frame(&lab), 0, 0, &[7; 64]), 0x0003);
+    let later = fragment(&udp(lab.endpoint_frame(), 0, 0, &[7; 64]), 0x0003);
     let (action, out) = lab.sent_by_endpoint(&later);
     assert_eq!(
         action, TC_ACT_REDIRECT,
@@ -467,13 +311,13 @@ fn a_full_table_refuses_new_flows_and_keeps_existing_ones() {
     let mut lab = Lab::new(4);
     for sport in [1001, 1002] {
         assert_eq!(
-            lab.sent_by_endpoint(&tcp_syn(endpoint_frame(&lab), sport, 80))
+            lab.sent_by_endpoint(&tcp_syn(lab.endpoint_frame(), sport, 80))
                 .0,
             TC_ACT_REDIRECT
         );
     }
     assert_eq!(
-        lab.sent_by_endpoint(&tcp_syn(endpoint_frame(&lab), 1003, 80))
+        lab.sent_by_endpoint(&tcp_syn(lab.endpoint_frame(), 1003, 80))
             .0,
         TC_ACT_SHOT
     );
@@ -483,7 +327,7 @@ fn a_full_table_refuses_new_flows_and_keeps_existing_ones() {
         4,
         "no half-written flow is left"
     );
-    let (action, out) = lab.sent_by_endpoint(&tcp_syn(endpoint_frame(&lab), 1001, 80));
+    let (action, out) = lab.sent_by_endpoint(&tcp_syn(lab.endpoint_frame(), 1001, 80));
     assert_eq!(action, TC_ACT_REDIRECT, "existing flows are untouched");
     assert_eq!(seen(&out).src, UPLINK);
 }
@@ -494,7 +338,7 @@ fn tagged_frames_belong_to_the_vlan_device_and_are_left_alone() {
     // runs on it; a tag still in the data means the frame is for a VLAN
     // device above the uplink, which netplane does not manage.
     let mut lab = Lab::new(1024);
-    let untagged = tcp_syn(world_frame(&lab, UPLINK), 5555, 8080);
+    let untagged = tcp_syn(lab.world_frame(UPLINK), 5555, 8080);
     let mut tagged = untagged[..12].to_vec();
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
     tagged.extend_from_slice(&untagged[12..]);
@@ -507,7 +351,7 @@ fn tagged_frames_belong_to_the_vlan_device_and_are_left_alone() {
 #[test]
 fn ip_options_are_skipped_over() {
     let mut lab = Lab::new(1024);
-    let plain = tcp_syn(endpoint_frame(&lab), 42000, 80);
+    let plain = tcp_syn(lab.endpoint_frame(), 42000, 80);
     // Four bytes of options (NOP NOP NOP EOL): a 24-byte header.
     let mut with_options = plain[..34].to_vec();
     with_options.extend_from_slice(&[1, 1, 1, 0]);
@@ -528,7 +372,7 @@ fn counting_programs_count_and_pass() {
     let mut lab = Lab::new(1024);
     lab.dp.attach("tb0", Role::Counted).unwrap();
     let bridge_if = lab.bridge_if;
-    let packet = tcp_syn(endpoint_frame(&lab), 1, 80);
+    let packet = tcp_syn(lab.endpoint_frame(), 1, 80);
     for program in [programs::COUNT_INGRESS, programs::COUNT_EGRESS] {
         let (action, out) = lab.run(program, bridge_if, &packet);
         assert_eq!(action, TC_ACT_OK);

@@ -1,0 +1,234 @@
+//! A simulated host for running the data path's programs one packet at a
+//! time (BPF_PROG_TEST_RUN): a network namespace with a bridge, endpoint
+//! veths and an uplink with a resolved neighbour, a bpffs, and the data path
+//! loaded with its maps seeded. The calling thread enters the namespace
+//! (test runs look devices and routes up there) and leaves it on drop;
+//! everything is removed on drop, also when a test panics.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
+use netplane::{
+    portspec::{PortRange, PortSpec, assign_host_ports},
+    sys::datapath::{Datapath, be},
+};
+use netplane_common::abi::{DropReason, NetConfig, programs};
+use nix::sched::{CloneFlags, setns};
+
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
+
+pub const ENDPOINT: [u8; 4] = [10, 90, 0, 2];
+pub const ENDPOINT_MAC: [u8; 6] = [0x02, 0x42, 10, 90, 0, 2];
+pub const GATEWAY: [u8; 4] = [10, 90, 0, 1];
+pub const UPLINK: [u8; 4] = [198, 18, 0, 2];
+pub const WORLD: [u8; 4] = [198, 18, 0, 1];
+pub const WORLD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+/// The host port published to port 80 of [`ENDPOINT`].
+pub const PUBLISHED_PORT: u16 = 8080;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("running sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC"))
+        .collect();
+    v.try_into().expect("six bytes")
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub dp: Datapath,
+    pub endpoint_if: u32,
+    pub bridge_if: u32,
+    /// Another interface, for a second endpoint.
+    pub spare_if: u32,
+    pub uplink_if: u32,
+    pub uplink_mac: [u8; 6],
+    pub bridge_mac: [u8; 6],
+    _rt: tokio::runtime::Runtime,
+    netns: String,
+    dir: PathBuf,
+    home: File,
+}
+
+impl Lab {
+    /// A lab whose connection tracking table holds `ct_max` entries.
+    pub fn new(ct_max: u32) -> Lab {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "the data path tests and benchmarks need root"
+        );
+        let netns = format!(
+            "npl{:x}{}",
+            std::process::id() & 0xffff,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("netplane-{netns}"));
+        std::fs::create_dir_all(&dir).expect("lab directory");
+        let n = &netns;
+        sh(&format!(
+            "set -e
+             ip netns add {n}
+             ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1
+             ip -n {n} link add tb0 type bridge; ip -n {n} addr add 10.90.0.1/24 dev tb0
+             ip -n {n} link add tv0 type veth peer name tv1
+             ip -n {n} link set tv0 master tb0
+             ip -n {n} link add tu0 type veth peer name tu1
+             ip -n {n} addr add 198.18.0.2/24 dev tu0
+             for l in lo tb0 tv0 tv1 tu0 tu1; do ip -n {n} link set $l up; done
+             ip -n {n} route add default via 198.18.0.1
+             ip -n {n} neigh add 198.18.0.1 lladdr 02:00:00:00:00:01 dev tu0 nud permanent
+             mount -t bpf bpf {bpf}",
+            bpf = dir.display()
+        ));
+        let sys = |what: &str| sh(&format!("ip netns exec {n} cat /sys/class/net/{what}"));
+        let index = |dev: &str| {
+            sys(&format!("{dev}/ifindex"))
+                .trim()
+                .parse::<u32>()
+                .expect("ifindex")
+        };
+        let (endpoint_if, uplink_if, bridge_if) = (index("tv0"), index("tu0"), index("tb0"));
+        let uplink_mac = mac(&sys("tu0/address"));
+        let bridge_mac = mac(&sys("tb0/address"));
+        let home = File::open("/proc/thread-self/ns/net").expect("own netns");
+        setns(
+            File::open(format!("/run/netns/{n}")).expect("lab netns"),
+            CloneFlags::CLONE_NEWNET,
+        )
+        .expect("entering the lab netns");
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_rt = rt.enter();
+        let cfg = NetConfig {
+            subnet_be: be(Ipv4Addr::new(10, 90, 0, 0)),
+            mask_be: be(Ipv4Addr::new(255, 255, 255, 0)),
+            gateway_be: be(GATEWAY.into()),
+            uplink_addr_be: be(UPLINK.into()),
+            uplink_ifindex: uplink_if,
+            bridge_ifindex: bridge_if,
+            nat_port_min: 32768,
+            nat_port_max: 60999,
+            bridge_mac,
+            ..NetConfig::default()
+        };
+        let mut dp = Datapath::load(&dir, cfg, ct_max).expect("loading the data path");
+        dp.add_endpoint(endpoint_if, ENDPOINT.into(), ENDPOINT_MAC)
+            .expect("endpoint");
+        dp.set_host_addrs(&[UPLINK.into(), GATEWAY.into()])
+            .expect("host addresses");
+        let spec: PortSpec = format!("{PUBLISHED_PORT}:80").parse().expect("spec");
+        let published = assign_host_ports(
+            &[spec],
+            &[],
+            PortRange {
+                start: 32768,
+                end: 60999,
+            },
+        )
+        .expect("host port");
+        dp.publish(&published[0].map_entries(ENDPOINT.into()))
+            .expect("publishing");
+        Lab {
+            dp,
+            endpoint_if,
+            bridge_if,
+            spare_if: index("tv1"),
+            uplink_if,
+            uplink_mac,
+            bridge_mac,
+            _rt: rt,
+            netns,
+            dir,
+            home,
+        }
+    }
+
+    /// Runs `program` once on `packet` arriving on `ifindex`.
+    pub fn run(&mut self, program: &str, ifindex: u32, packet: &[u8]) -> (i32, Vec<u8>) {
+        let out = self
+            .dp
+            .test_run(program, ifindex, packet, 1)
+            .expect("test run");
+        (out.action, out.packet)
+    }
+
+    /// The endpoint's veth program on a packet the endpoint sent.
+    pub fn sent_by_endpoint(&mut self, packet: &[u8]) -> (i32, Vec<u8>) {
+        self.run(programs::ENDPOINT_INGRESS, self.endpoint_if, packet)
+    }
+
+    /// The uplink's program on a packet from the world.
+    pub fn arriving_from_world(&mut self, packet: &[u8]) -> (i32, Vec<u8>) {
+        self.run(programs::UPLINK_INGRESS, self.uplink_if, packet)
+    }
+
+    /// Packets dropped for `reason` so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.dp.drops().expect("drop counters")[reason.name()]
+    }
+
+    /// A frame the endpoint sends to its gateway, for the world.
+    pub fn endpoint_frame(&self) -> PacketBuilderStep<IpHeaders> {
+        PacketBuilder::ethernet2(ENDPOINT_MAC, self.bridge_mac).ipv4(ENDPOINT, WORLD, 64)
+    }
+
+    /// A frame from the world to `dst`.
+    pub fn world_frame(&self, dst: [u8; 4]) -> PacketBuilderStep<IpHeaders> {
+        PacketBuilder::ethernet2(WORLD_MAC, self.uplink_mac).ipv4(WORLD, dst, 64)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = setns(&self.home, CloneFlags::CLONE_NEWNET);
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP SYN (or any TCP segment: the builder can be extended by the caller).
+pub fn tcp_syn(step: PacketBuilderStep<IpHeaders>, sport: u16, dport: u16) -> Vec<u8> {
+    let b = step.tcp(sport, dport, 1000, 65535).syn();
+    let mut v = Vec::with_capacity(b.size(0));
+    b.write(&mut v, &[]).expect("building a TCP packet");
+    v
+}
+
+/// A UDP datagram.
+pub fn udp(step: PacketBuilderStep<IpHeaders>, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = step.udp(sport, dport);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("building a UDP packet");
+    v
+}
