@@ -197,7 +197,7 @@ impl Lab {
 
     /// A frame the endpoint sends to its gateway, for the world.
     pub fn endpoint_frame(&self) -> PacketBuilderStep<IpHeaders> {
-        PacketBuilder::ethernet2(ENDPOINT_MAC, self.bridge_mac).ipv4(ENDPOINT, WORLD, 64)
+        endpoint_frame(self.bridge_mac)
     }
 
     /// A frame from the world to `dst`.
@@ -217,7 +217,12 @@ impl Drop for Lab {
     }
 }
 
-/// A TCP SYN (or any TCP segment: the builder can be extended by the caller).
+/// A frame the endpoint sends to the bridge `bridge_mac`, for the world.
+pub fn endpoint_frame(bridge_mac: [u8; 6]) -> PacketBuilderStep<IpHeaders> {
+    PacketBuilder::ethernet2(ENDPOINT_MAC, bridge_mac).ipv4(ENDPOINT, WORLD, 64)
+}
+
+/// A TCP SYN.
 pub fn tcp_syn(step: PacketBuilderStep<IpHeaders>, sport: u16, dport: u16) -> Vec<u8> {
     let b = step.tcp(sport, dport, 1000, 65535).syn();
     let mut v = Vec::with_capacity(b.size(0));

@@ -42,6 +42,8 @@ pub mod programs {
     pub const COUNT_INGRESS: &str = "np_count_ingress";
     /// tc egress of the uplink and the bridge: counts.
     pub const COUNT_EGRESS: &str = "np_count_egress";
+    /// Does nothing: the floor of the per-packet benchmarks.
+    pub const PASS: &str = "np_pass";
     /// tc ingress of the uplink: counts, reverses masquerade, publishes ports.
     pub const UPLINK_INGRESS: &str = "np_uplink_ingress";
     /// cgroup connect4: host processes reach published ports.

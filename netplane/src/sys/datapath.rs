@@ -173,6 +173,7 @@ impl Datapath {
             programs::UPLINK_INGRESS,
             programs::COUNT_INGRESS,
             programs::COUNT_EGRESS,
+            programs::PASS,
         ] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -540,6 +541,17 @@ impl Datapath {
             .flat_map(|(k, e)| [*k, ct::other_direction(k, e)])
             .collect();
         self.delete_flow_keys(&doomed)
+    }
+
+    /// Writes connection tracking entries as they are (benchmarks seed the
+    /// table with them).
+    pub fn insert_flows(&mut self, entries: &[(FlowKey, CtEntry)]) -> Result<()> {
+        let mut map: HashMap<_, FlowKey, CtEntry> = self.map_mut(maps::CONNTRACK)?;
+        for (k, v) in entries {
+            map.insert(k, v, 0)
+                .map_err(|e| Error::ebpf("insert into", maps::CONNTRACK, e))?;
+        }
+        Ok(())
     }
 
     /// Deletes connection tracking entries; absent ones are fine.

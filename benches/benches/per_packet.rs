@@ -1,0 +1,204 @@
+//! Per-packet cost of the data path's programs under BPF_PROG_TEST_RUN,
+//! with 1 to 100,000 published ports and tracked flows in the maps.
+//!
+//! Each sample is the kernel's own measurement of one run (a fresh copy of
+//! the packet every time, so every run takes the path named), summed: no
+//! syscall or user-space time is included. Every run's verdict is checked;
+//! a broken path fails the benchmark instead of winning it.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use netplane::sys::datapath::be;
+use netplane_benches::lab::{
+    ENDPOINT, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, UPLINK, WORLD, endpoint_frame,
+    tcp_syn, udp,
+};
+use netplane_common::{
+    abi::{FlowKey, PortKey, PortTarget, programs, proto},
+    nat::{FlowPair, flow_entries},
+};
+
+const SIZES: [u32; 4] = [1, 1_000, 10_000, 100_000];
+
+/// `n` published ports and `n` tracked flows that the measured packets never
+/// match: what a busy host has in its maps.
+fn seed(lab: &mut Lab, n: u32) {
+    let ports: Vec<(PortKey, PortTarget)> = (0..n)
+        .map(|i| {
+            (
+                PortKey {
+                    // Addresses of no interface: these rules never match.
+                    addr_be: be(Ipv4Addr::from(0x0a64_0000 + (i >> 16))),
+                    port_be: ((i & 0xffff) as u16).to_be(),
+                    proto: proto::TCP,
+                    _pad: 0,
+                },
+                PortTarget {
+                    addr_be: be(ENDPOINT.into()),
+                    port_be: 80u16.to_be(),
+                    _pad: 0,
+                    slot: 1,
+                },
+            )
+        })
+        .collect();
+    lab.dp.publish(&ports).expect("seeding published ports");
+    let mut flows = Vec::with_capacity(2 * n as usize);
+    for i in 0..n {
+        let original = FlowKey {
+            saddr_be: be(Ipv4Addr::from(0x0a5b_0000 + i)),
+            daddr_be: be(WORLD.into()),
+            sport_be: 40000u16.to_be(),
+            dport_be: 443u16.to_be(),
+            proto: proto::TCP,
+            _pad: [0; 3],
+        };
+        let translated = FlowKey {
+            saddr_be: be(UPLINK.into()),
+            sport_be: ((i % 60000) as u16 + 1024).to_be(),
+            ..original
+        };
+        let mut pair = FlowPair::default();
+        flow_entries(&original, &translated, 0, 0, &mut pair);
+        flows.push((pair.fwd_key, pair.fwd));
+        flows.push((pair.reply_key, pair.reply));
+    }
+    lab.dp.insert_flows(&flows).expect("seeding flows");
+}
+
+/// Sum of the kernel-measured time of `iters` runs, each checked.
+fn kernel_time(
+    lab: &mut Lab,
+    program: &str,
+    ifindex: u32,
+    iters: u64,
+    mut packet: impl FnMut(u64) -> Vec<u8>,
+    expect: i32,
+) -> Duration {
+    (0..iters)
+        .map(|i| {
+            let out = lab
+                .dp
+                .test_run(program, ifindex, &packet(i), 1)
+                .expect("test run");
+            assert_eq!(out.action, expect, "{program}: verdict of run {i}");
+            out.duration
+        })
+        .sum()
+}
+
+fn per_packet(c: &mut Criterion) {
+    let mut group = c.benchmark_group("per_packet");
+    for n in SIZES {
+        // Room for the seeded flows and the new ones measured.
+        let mut lab = Lab::new(2 * n + 200_000);
+        seed(&mut lab, n);
+        let (endpoint_if, uplink_if, bridge_mac) = (lab.endpoint_if, lab.uplink_if, lab.bridge_mac);
+
+        // Establish the measured flows once.
+        let dnat = tcp_syn(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT);
+        assert_eq!(lab.arriving_from_world(&dnat).0, TC_ACT_REDIRECT);
+        // The endpoint's answer to the published-port client.
+        let reverse = tcp_syn(lab.endpoint_frame(), 80, 5555);
+        let snat = udp(lab.endpoint_frame(), 40000, 53, &[0; 18]);
+        assert_eq!(lab.sent_by_endpoint(&snat).0, TC_ACT_REDIRECT);
+        let miss = tcp_syn(lab.world_frame(UPLINK), 5555, 22);
+
+        let cases: [(&str, &str, u32, &Vec<u8>, i32); 5] = [
+            (
+                "floor_empty_program",
+                programs::PASS,
+                uplink_if,
+                &miss,
+                TC_ACT_OK,
+            ),
+            (
+                "dnat_established",
+                programs::UPLINK_INGRESS,
+                uplink_if,
+                &dnat,
+                TC_ACT_REDIRECT,
+            ),
+            (
+                "dnat_reverse",
+                programs::ENDPOINT_INGRESS,
+                endpoint_if,
+                &reverse,
+                TC_ACT_REDIRECT,
+            ),
+            (
+                "snat_established",
+                programs::ENDPOINT_INGRESS,
+                endpoint_if,
+                &snat,
+                TC_ACT_REDIRECT,
+            ),
+            (
+                "miss",
+                programs::UPLINK_INGRESS,
+                uplink_if,
+                &miss,
+                TC_ACT_OK,
+            ),
+        ];
+        for (name, program, ifindex, packet, expect) in cases {
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    kernel_time(
+                        &mut lab,
+                        program,
+                        ifindex,
+                        iters,
+                        |_| packet.clone(),
+                        expect,
+                    )
+                })
+            });
+        }
+        // Every run a new flow: a source port never used before.
+        let mut next_flow = 0u64;
+        group.bench_with_input(BenchmarkId::new("snat_new_flow", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                if next_flow > 150_000 {
+                    // Forget the flows made here (untimed), keep the seeded.
+                    lab.dp
+                        .remove_flows(|k, _| {
+                            k.saddr_be == be(ENDPOINT.into()) && k.dport_be != 53u16.to_be()
+                        })
+                        .expect("clearing measured flows");
+                    next_flow = 0;
+                }
+                let start = next_flow;
+                next_flow += iters;
+                kernel_time(
+                    &mut lab,
+                    programs::ENDPOINT_INGRESS,
+                    endpoint_if,
+                    iters,
+                    |i| {
+                        let flow = start + i;
+                        udp(
+                            endpoint_frame(bridge_mac),
+                            (flow % 60000) as u16 + 1024,
+                            1000 + (flow / 60000) as u16,
+                            &[0; 18],
+                        )
+                    },
+                    TC_ACT_REDIRECT,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = per_packet
+}
+criterion_main!(benches);
