@@ -271,7 +271,8 @@ pub struct CtEntry {
     pub flags: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// `bpf_ktime_get_boot_ns` of the last packet, host byte order.
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`) of the last packet, kept
+    /// to within a second, host byte order.
     pub last_seen_ns: u64,
 }
 

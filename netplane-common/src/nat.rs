@@ -50,6 +50,32 @@ pub const fn replace16_udp(check: u16, old: u16, new: u16) -> u16 {
     }
 }
 
+/// The 32-bit ones' complement accumulator (the kernel's `__wsum`) that
+/// turns a checksum over `old` into one over `new`: ~old + new, for
+/// `bpf_l4_csum_replace`'s diff mode (no field size), which applies it the
+/// right way for both complete checksums and ones left to offload.
+pub const fn diff32(old: u32, new: u32) -> u32 {
+    add32(!old, new)
+}
+
+/// As [`diff32`] for a 16-bit word.
+pub const fn diff16(old: u16, new: u16) -> u32 {
+    add32(!old as u32 & 0xffff, new as u32)
+}
+
+/// Ones' complement addition of two accumulators.
+pub const fn add32(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(carry as u32)
+}
+
+/// A checksum field after applying a [`diff32`]-style accumulator, as the
+/// kernel does for a complete checksum.
+pub const fn apply_diff(check: u16, diff: u32) -> u16 {
+    let sum = add32(diff, !check as u32 & 0xffff);
+    !fold(sum)
+}
+
 impl FlowKey {
     /// The same flow seen from the other end: what its replies look like.
     pub const fn reversed(&self) -> FlowKey {
@@ -195,6 +221,25 @@ mod tests {
         assert_eq!(full(&h), 0);
         // Golden: 198.18.0.2 -> 192.168.0.199 has checksum 0xb2f6.
         assert_eq!(h[10..12], [0xb2, 0xf6]);
+    }
+
+    #[test]
+    fn diffs_agree_with_word_replacement() {
+        let check = word16(&GOLDEN, 10);
+        let old = word32(&GOLDEN, 12);
+        let new = u32::from_ne_bytes([198, 18, 0, 2]);
+        assert_eq!(apply_diff(check, diff32(old, new)), replace32(check, old, new));
+        // Several changes combine into one accumulator.
+        let old_d = word32(&GOLDEN, 16);
+        let new_d = u32::from_ne_bytes([10, 0, 0, 7]);
+        let both = add32(diff32(old, new), diff32(old_d, new_d));
+        assert_eq!(
+            apply_diff(check, both),
+            replace32(replace32(check, old, new), old_d, new_d)
+        );
+        assert_eq!(apply_diff(check, diff16(0x1234, 0x4321)), replace16(check, 0x1234, 0x4321));
+        // A no-op diff changes nothing.
+        assert_eq!(apply_diff(check, diff32(old, old)), check);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod nat;
 mod packet;
+mod reg;
 mod sock;
 
 use aya_ebpf::{
@@ -147,6 +148,7 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let (Some(cfg), Some(me)) = (NET_CONFIG.get(0), me) else {
         return Ok(TC_ACT_OK);
     };
+    packet::linearize(ctx);
     let src_mac: [u8; 6] = load(ctx, 6)?;
     if src_mac != me.mac {
         return Err(DropReason::Spoofed);
@@ -157,7 +159,7 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             if ip.saddr != me.addr_be {
                 return Err(DropReason::Spoofed);
             }
-            nat::from_endpoint(ctx, cfg, ip)
+            nat::from_endpoint(ctx, cfg, ip).get()
         }
         L3::Arp(sender_addr) => {
             if load::<u32>(ctx, sender_addr)? != me.addr_be {
@@ -179,8 +181,9 @@ fn uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         // Frames of a VLAN device above the uplink are that device's.
         return Ok(TC_ACT_OK);
     }
+    packet::linearize(ctx);
     match packet::l3(ctx)? {
-        L3::Ipv4 => nat::from_uplink(ctx, cfg, parsed(ctx)?),
+        L3::Ipv4 => nat::from_uplink(ctx, cfg, parsed(ctx)?).get(),
         _ => Ok(TC_ACT_OK),
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
         bpf_fib_lookup,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_redirect,
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect,
         bpf_redirect_neigh,
     },
     programs::TcContext,
@@ -24,8 +24,8 @@ use netplane_common::{
         PortTarget, proto,
     },
     nat::{
-        FlowPair, candidate_port, flow_entries, replace16, replace16_udp, replace32, replace32_udp,
-        tcp_seen_flags,
+        FlowPair, add32, apply_diff, candidate_port, diff16, diff32, flow_entries, replace16,
+        replace16_udp, replace32, replace32_udp, tcp_seen_flags,
     },
     policy::endpoint_traffic_allowed,
 };
@@ -33,7 +33,8 @@ use netplane_common::{
 use crate::{
     CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
     QUOTED,
-    packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports},
+    packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
+    reg::{InReg, Route},
 };
 
 /// Source ports masquerade tries for a new flow: its own, then random ones.
@@ -43,10 +44,16 @@ const AF_INET: u8 = 2;
 
 type Verdict = Result<i32, DropReason>;
 
+/// CLOCK_MONOTONIC at tick resolution: plenty for lifetimes of seconds, and
+/// cheaper than the precise clock.
 fn now() -> u64 {
     // SAFETY: no arguments.
-    unsafe { bpf_ktime_get_boot_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
+
+/// How stale a flow's timestamp may get before a packet refreshes it:
+/// writing it on every packet would bounce its cache line between CPUs.
+const TOUCH_NS: u64 = 1_000_000_000;
 
 fn count(slot: u32, len: u32) {
     if let Some(c) = NAT_COUNTERS.get_ptr_mut(slot) {
@@ -65,9 +72,15 @@ fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
     // SAFETY: a map value, which stays valid while the program runs; racing
     // writers only lose a timestamp or a flag, which the next packet sets.
     let entry = unsafe {
-        (*entry).last_seen_ns = now();
+        let stamp = now();
+        if stamp.wrapping_sub((*entry).last_seen_ns) > TOUCH_NS {
+            (*entry).last_seen_ns = stamp;
+        }
         if ip.proto == proto::TCP {
-            (*entry).flags |= tcp_seen_flags(ip.l4_flags);
+            let seen = tcp_seen_flags(ip.l4_flags);
+            if (*entry).flags & seen != seen {
+                (*entry).flags |= seen;
+            }
         }
         &*entry
     };
@@ -104,7 +117,12 @@ fn new_flow(original: &FlowKey, slot: u32) -> Result<&'static mut NewFlow, DropR
 /// `flow.pair.fwd`. Not inlined: the verifier limits the stack of each
 /// call chain, and this frame is only live while creating.
 #[inline(never)]
-fn create(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<(), DropReason> {
+fn create(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> InReg<Result<(), DropReason>> {
+    InReg::new(create_now(ctx, cfg, flow))
+}
+
+#[inline(always)]
+fn create_now(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<(), DropReason> {
     let own = u16::from_be(flow.original.sport_be);
     let stamp = now();
     for attempt in 0..PORT_TRIES {
@@ -175,73 +193,83 @@ fn csum_err<T>(r: Result<T, i64>) -> Result<T, DropReason> {
     r.map_err(|_| DropReason::Truncated)
 }
 
-/// Rewrites an address of `ip`, fixing the IP checksum and, for TCP and
-/// UDP, the transport checksum whose pseudo-header covers it.
-#[inline(always)]
-fn set_addr(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    offset: usize,
-    old: u32,
-    new: u32,
-) -> Result<(), DropReason> {
-    if old == new {
-        return Ok(());
-    }
-    if let Some(csum) = ip
-        .l4_csum()
-        .filter(|_| ip.proto != proto::ICMP && !ip.later_fragment)
-    {
-        let flags = u64::from(BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) | 4;
-        csum_err(ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags))?;
-    }
-    csum_err(ctx.l3_csum_replace(ip.l3 + 10, u64::from(old), u64::from(new), 4))?;
-    csum_err(ctx.store(offset, &new, 0))
+/// Flags for `bpf_l4_csum_replace` on `ip`'s transport checksum: zero means
+/// "no checksum" for UDP only.
+fn l4_csum_flags(ip: &Ipv4) -> u64 {
+    u64::from(if ip.proto == proto::UDP {
+        BPF_F_MARK_MANGLED_0
+    } else {
+        0
+    })
 }
 
-/// Rewrites a 16-bit word of the transport header covered by its checksum.
+/// Applies a ones' complement `diff` (see [`diff32`]) to `ip`'s transport
+/// checksum, in the kernel so that checksums left to offload are updated
+/// the way they need (`pseudo`: the diff is of pseudo-header fields).
 #[inline(always)]
-fn set_l4_word(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    offset: usize,
-    old: u16,
-    new: u16,
-) -> Result<(), DropReason> {
-    if old == new {
+fn l4_csum_diff(ctx: &TcContext, ip: &Ipv4, diff: u32, pseudo: bool) -> Result<(), DropReason> {
+    let Some(csum) = ip.l4_csum() else {
+        return Ok(());
+    };
+    let pseudo = if pseudo {
+        u64::from(BPF_F_PSEUDO_HDR)
+    } else {
+        0
+    };
+    // No field size in the flags: `to` is a diff.
+    csum_err(ctx.l4_csum_replace(csum, 0, u64::from(diff), l4_csum_flags(ip) | pseudo))
+}
+
+/// Rewrites the addresses of `ip`: the IPv4 checksum directly, the
+/// transport checksum (whose pseudo-header covers them) with one helper
+/// call, never for ICMP, whose checksum does not cover them.
+#[inline(always)]
+fn set_addrs(ctx: &TcContext, ip: &Ipv4, saddr: u32, daddr: u32) -> Result<(), DropReason> {
+    if ip.saddr == saddr && ip.daddr == daddr {
         return Ok(());
     }
-    if let Some(csum) = ip.l4_csum() {
-        // Zero means "no checksum" for UDP only; for ICMP it is a checksum.
-        let mangled = if ip.proto == proto::UDP {
-            BPF_F_MARK_MANGLED_0
-        } else {
-            0
-        };
-        let flags = u64::from(mangled) | 2;
-        csum_err(ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags))?;
+    let diff = add32(diff32(ip.saddr, saddr), diff32(ip.daddr, daddr));
+    if matches!(ip.proto, proto::TCP | proto::UDP) && !ip.later_fragment {
+        l4_csum_diff(ctx, ip, diff, true)?;
     }
-    csum_err(ctx.store(offset, &new, 0))
+    let check: u16 = load(ctx, ip.l3 + 10)?;
+    store(ctx, ip.l3 + 10, apply_diff(check, diff))?;
+    store(ctx, ip.l3 + 12, saddr)?;
+    store(ctx, ip.l3 + 16, daddr)
 }
 
 /// Makes the packet's addresses and ports those of `to`.
 #[inline(always)]
 fn rewrite(ctx: &TcContext, ip: &Ipv4, to: &CtEntry) -> Result<(), DropReason> {
     remember_fragment_ports(ip);
-    set_addr(ctx, ip, ip.l3 + 12, ip.saddr, to.saddr_be)?;
-    set_addr(ctx, ip, ip.l3 + 16, ip.daddr, to.daddr_be)?;
+    set_addrs(ctx, ip, to.saddr_be, to.daddr_be)?;
     if ip.later_fragment {
         return Ok(());
     }
     match ip.proto {
         proto::TCP | proto::UDP => {
-            set_l4_word(ctx, ip, ip.l4, ip.sport, to.sport_be)?;
-            set_l4_word(ctx, ip, ip.l4 + 2, ip.dport, to.dport_be)
+            if ip.sport == to.sport_be && ip.dport == to.dport_be {
+                return Ok(());
+            }
+            let diff = add32(diff16(ip.sport, to.sport_be), diff16(ip.dport, to.dport_be));
+            l4_csum_diff(ctx, ip, diff, false)?;
+            store(ctx, ip.l4, to.sport_be)?;
+            store(ctx, ip.l4 + 2, to.dport_be)
         }
-        proto::ICMP if ip.l4_flags == ICMP_ECHO => {
-            set_l4_word(ctx, ip, ip.l4 + 4, ip.sport, to.sport_be)
+        proto::ICMP => {
+            // The echo identifier: the source port of requests, the
+            // destination port of replies.
+            let (old, new) = if ip.l4_flags == ICMP_ECHO {
+                (ip.sport, to.sport_be)
+            } else {
+                (ip.dport, to.dport_be)
+            };
+            if old == new {
+                return Ok(());
+            }
+            l4_csum_diff(ctx, ip, diff16(old, new), false)?;
+            store(ctx, ip.l4 + 4, new)
         }
-        proto::ICMP => set_l4_word(ctx, ip, ip.l4 + 4, ip.dport, to.dport_be),
         _ => Ok(()),
     }
 }
@@ -251,8 +279,11 @@ fn rewrite(ctx: &TcContext, ip: &Ipv4, to: &CtEntry) -> Result<(), DropReason> {
 fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropReason> {
     let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
     let new = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);
-    csum_err(ctx.l3_csum_replace(ip.l3 + 10, u64::from(old), u64::from(new), 2))?;
-    csum_err(ctx.store(ip.l3 + 8, &(ip.ttl - 1), 0))
+    let check: u16 = load(ctx, ip.l3 + 10)?;
+    store(ctx, ip.l3 + 10, replace16(check, old, new))?;
+    // The TTL with the protocol byte: single-byte accesses get their bounds
+    // check compiled into a shape the verifier rejects.
+    store(ctx, ip.l3 + 8, new)
 }
 
 /// Source and destination of a packet once translated.
@@ -262,17 +293,21 @@ struct Addrs {
     daddr: u32,
 }
 
-/// The way out of the host for a packet.
-struct Route {
-    ifindex: u32,
-    /// Source and destination MAC, when the neighbour is resolved.
-    macs: Option<([u8; 6], [u8; 6])>,
+/// The way out of the host for a packet. Not inlined, and the request
+/// lives in a per-CPU map: both keep the programs' stack within the
+/// verifier's limit.
+#[inline(never)]
+fn route(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv4,
+    addrs: &Addrs,
+) -> InReg<Result<Route, DropReason>> {
+    InReg::new(fib(ctx, cfg, ip, addrs))
 }
 
-/// Not inlined, and the request lives in a per-CPU map: both keep the
-/// programs' stack within the verifier's limit.
-#[inline(never)]
-fn route(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<Route, DropReason> {
+#[inline(always)]
+fn fib(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<Route, DropReason> {
     let Addrs { saddr, daddr } = *addrs;
     let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(DropReason::NoRoute)?;
     // SAFETY: a per-CPU map value, used by this invocation only; all-zero
@@ -304,11 +339,11 @@ fn route(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<R
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Ok(Route {
             ifindex: p.ifindex,
-            macs: Some((p.smac, p.dmac)),
+            resolved: true,
         }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route {
             ifindex: p.ifindex,
-            macs: None,
+            resolved: false,
         }),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(DropReason::TooBig),
         _ => Err(DropReason::NoRoute),
@@ -319,17 +354,19 @@ fn route(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<R
 #[inline(always)]
 fn send(ctx: &TcContext, ip: &Ipv4, route: &Route) -> Verdict {
     decrement_ttl(ctx, ip)?;
-    // SAFETY: plain helper calls on this packet.
-    Ok(unsafe {
-        match route.macs {
-            Some((smac, dmac)) => {
-                csum_err(ctx.store(0, &dmac, 0))?;
-                csum_err(ctx.store(6, &smac, 0))?;
-                bpf_redirect(route.ifindex, 0)
-            }
-            None => bpf_redirect_neigh(route.ifindex, ptr::null_mut(), 0, 0),
-        }
-    } as i32)
+    if !route.resolved {
+        // SAFETY: a plain helper call; the kernel resolves the neighbour.
+        return Ok(unsafe { bpf_redirect_neigh(route.ifindex, ptr::null_mut(), 0, 0) } as i32);
+    }
+    // SAFETY: the per-CPU FIB request `route` came from, in this invocation.
+    let (smac, dmac) = match FIB_SCRATCH.get_ptr(0) {
+        Some(p) => unsafe { ((*p).smac, (*p).dmac) },
+        None => return Err(DropReason::NoRoute),
+    };
+    store(ctx, 0, dmac)?;
+    store(ctx, 6, smac)?;
+    // SAFETY: a plain helper call.
+    Ok(unsafe { bpf_redirect(route.ifindex, 0) } as i32)
 }
 
 /// Delivers a rewritten packet to the endpoint `to`, as if the gateway had
@@ -337,8 +374,8 @@ fn send(ctx: &TcContext, ip: &Ipv4, route: &Route) -> Verdict {
 #[inline(always)]
 fn to_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &EndpointPort) -> Verdict {
     decrement_ttl(ctx, ip)?;
-    csum_err(ctx.store(0, &to.mac, 0))?;
-    csum_err(ctx.store(6, &cfg.bridge_mac, 0))?;
+    store(ctx, 0, to.mac)?;
+    store(ctx, 6, cfg.bridge_mac)?;
     // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(to.ifindex, 0) } as i32)
 }
@@ -360,14 +397,21 @@ fn next_hop(
     // SAFETY: a map value, copied out.
     match unsafe { ENDPOINTS.get(&daddr) } {
         Some(ep) => Ok(Next::Endpoint(*ep)),
-        None => route(ctx, cfg, ip, &Addrs { saddr, daddr }).map(Next::Out),
+        None => route(ctx, cfg, ip, &Addrs { saddr, daddr })
+            .get()
+            .map(Next::Out),
     }
 }
 
 /// Translates a packet of a tracked flow and delivers it. Not inlined, for
 /// the stack limit.
 #[inline(never)]
-fn forward(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &CtEntry) -> Verdict {
+fn forward(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &CtEntry) -> InReg<Verdict> {
+    InReg::new(forward_now(ctx, cfg, ip, to))
+}
+
+#[inline(always)]
+fn forward_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &CtEntry) -> Verdict {
     let next = match next_hop(ctx, cfg, ip, to.saddr_be, to.daddr_be) {
         Ok(next) => next,
         // Untranslated, the stack answers "fragmentation needed" and drops it.
@@ -395,7 +439,7 @@ fn set_quoted16(
         return Ok(());
     }
     csum_err(ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2))?;
-    csum_err(ctx.store(offset, &new, 0))
+    store(ctx, offset, new)
 }
 
 /// Rewrites an address of the packet quoted in an ICMP error, with its IP
@@ -431,7 +475,7 @@ fn set_quoted_addr(
         )?;
     }
     csum_err(ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 4))?;
-    csum_err(ctx.store(offset, &new, 0))
+    store(ctx, offset, new)
 }
 
 /// Rewrites a port (or echo id) of the packet quoted in an ICMP error.
@@ -472,7 +516,16 @@ fn set_quoted_port(
 /// `None` when the error is about no tracked flow. Not inlined, to keep
 /// its frame off the stack of ordinary packets.
 #[inline(never)]
-fn icmp_error(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, DropReason> {
+fn icmp_error(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv4,
+) -> InReg<Result<Option<i32>, DropReason>> {
+    InReg::new(icmp_error_now(ctx, cfg, ip))
+}
+
+#[inline(always)]
+fn icmp_error_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, DropReason> {
     let Some(inner) = QUOTED.get_ptr_mut(0) else {
         return Ok(None);
     };
@@ -526,8 +579,7 @@ fn icmp_error(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>
             set_quoted_port(ctx, icmp_csum, inner, inner.l4 + 4, inner.dport, e.sport_be)?;
         }
     }
-    set_addr(ctx, ip, ip.l3 + 12, ip.saddr, saddr)?;
-    set_addr(ctx, ip, ip.l3 + 16, ip.daddr, e.daddr_be)?;
+    set_addrs(ctx, ip, saddr, e.daddr_be)?;
     count(e.slot, ctx.len());
     match next {
         Next::Endpoint(ep) => to_endpoint(ctx, cfg, ip, &ep).map(Some),
@@ -540,13 +592,13 @@ fn icmp_error(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>
 #[inline(always)]
 fn tracked(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, DropReason> {
     if ip.is_icmp_error() {
-        return icmp_error(ctx, cfg, ip);
+        return icmp_error(ctx, cfg, ip).get();
     }
     if ip.later_fragment && !ip.ports_from_first_fragment {
         return Ok(None);
     }
     match track(ctx, ip) {
-        Some(e) => forward(ctx, cfg, ip, e).map(Some),
+        Some(e) => forward(ctx, cfg, ip, e).get().map(Some),
         None => Ok(None),
     }
 }
@@ -554,7 +606,12 @@ fn tracked(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, D
 /// A packet an endpoint sent: tracked flows, hairpin to published ports,
 /// `--icc=false`, masquerade.
 #[inline(never)]
-pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> InReg<Verdict> {
+    InReg::new(from_endpoint_now(ctx, cfg, ip))
+}
+
+#[inline(always)]
+fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     if ip.ttl <= 1 {
         // The stack answers "time exceeded" (traceroute's first hop).
         return Ok(TC_ACT_OK);
@@ -591,8 +648,8 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
             }
             flow.translated.daddr_be = target.addr_be;
             flow.translated.dport_be = target.port_be;
-            create(ctx, cfg, flow)?;
-            return forward(ctx, cfg, ip, &flow.pair.fwd);
+            create(ctx, cfg, flow).get()?;
+            return forward(ctx, cfg, ip, &flow.pair.fwd).get();
         }
         return Ok(TC_ACT_OK);
     }
@@ -603,7 +660,7 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         saddr: ip.saddr,
         daddr: ip.daddr,
     };
-    let route = match route(ctx, cfg, ip, &addrs) {
+    let route = match route(ctx, cfg, ip, &addrs).get() {
         Ok(route) => route,
         // The stack answers: "unreachable", or "fragmentation needed" for a
         // DF packet; it must not fragment and send one untranslated.
@@ -619,7 +676,7 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     let flow = new_flow(&key, MASQUERADE_SLOT)?;
     flow.translated.saddr_be = cfg.uplink_addr_be;
     flow.pick_port = ip.has_ports();
-    create(ctx, cfg, flow)?;
+    create(ctx, cfg, flow).get()?;
     rewrite(ctx, ip, &flow.pair.fwd)?;
     send(ctx, ip, &route)
 }
@@ -627,7 +684,12 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
 /// A packet arriving on the uplink: replies to masqueraded flows and
 /// published ports.
 #[inline(never)]
-pub fn from_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+pub fn from_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> InReg<Verdict> {
+    InReg::new(from_uplink_now(ctx, cfg, ip))
+}
+
+#[inline(always)]
+fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     if ip.ttl <= 1 {
         return Ok(TC_ACT_OK);
     }
@@ -644,6 +706,6 @@ pub fn from_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     let flow = new_flow(&ip.key(), target.slot)?;
     flow.translated.daddr_be = target.addr_be;
     flow.translated.dport_be = target.port_be;
-    create(ctx, cfg, flow)?;
-    forward(ctx, cfg, ip, &flow.pair.fwd)
+    create(ctx, cfg, flow).get()?;
+    forward(ctx, cfg, ip, &flow.pair.fwd).get()
 }

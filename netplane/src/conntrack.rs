@@ -64,7 +64,7 @@ pub fn lifetime(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>, t: &Timeo
     }
 }
 
-/// Keys of the entries to delete at `now_ns` (CLOCK_BOOTTIME, as the data
+/// Keys of the entries to delete at `now_ns` (CLOCK_MONOTONIC, as the data
 /// path stamps), both directions of a flow together. A reply entry without
 /// its forward entry (a creation in progress, or a forward entry lost) goes
 /// only once its own lifetime has passed.

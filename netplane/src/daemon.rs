@@ -328,8 +328,8 @@ impl Daemon {
 
     /// Removes the flows whose lifetime has passed, both directions at once.
     pub fn collect_garbage(&mut self) -> Result<usize> {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .map_err(|e| Error::io("read", "CLOCK_BOOTTIME", e))?;
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map_err(|e| Error::io("read", "CLOCK_MONOTONIC", e))?;
         let now_ns = u64::try_from(Duration::from(now).as_nanos()).unwrap_or(u64::MAX);
         let timeouts = self.cfg.timeouts;
         let dp = self.dp();
