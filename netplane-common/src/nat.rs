@@ -228,7 +228,10 @@ mod tests {
         let check = word16(&GOLDEN, 10);
         let old = word32(&GOLDEN, 12);
         let new = u32::from_ne_bytes([198, 18, 0, 2]);
-        assert_eq!(apply_diff(check, diff32(old, new)), replace32(check, old, new));
+        assert_eq!(
+            apply_diff(check, diff32(old, new)),
+            replace32(check, old, new)
+        );
         // Several changes combine into one accumulator.
         let old_d = word32(&GOLDEN, 16);
         let new_d = u32::from_ne_bytes([10, 0, 0, 7]);
@@ -237,7 +240,10 @@ mod tests {
             apply_diff(check, both),
             replace32(replace32(check, old, new), old_d, new_d)
         );
-        assert_eq!(apply_diff(check, diff16(0x1234, 0x4321)), replace16(check, 0x1234, 0x4321));
+        assert_eq!(
+            apply_diff(check, diff16(0x1234, 0x4321)),
+            replace16(check, 0x1234, 0x4321)
+        );
         // A no-op diff changes nothing.
         assert_eq!(apply_diff(check, diff32(old, old)), check);
     }
