@@ -442,15 +442,20 @@ impl Datapath {
 
     /// Replaces the set of the host's own addresses.
     pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
-        let want: Vec<u32> = addrs.iter().map(|a| be(*a)).collect();
-        let mut map: HashMap<_, u32, u32> = self.map_mut(maps::HOST_ADDRS)?;
-        let stale: Vec<u32> = map.keys().flatten().filter(|k| !want.contains(k)).collect();
+        self.set_keys(maps::HOST_ADDRS, addrs.iter().map(|a| be(*a)).collect())
+    }
+
+    /// Makes the set-like hash map `name` (values unused) hold exactly
+    /// `want`, leaving the keys it keeps in place.
+    fn set_keys<K: aya::Pod + PartialEq>(&mut self, name: &str, want: Vec<K>) -> Result<()> {
+        let mut map: HashMap<_, K, u32> = self.map_mut(name)?;
+        let stale: Vec<K> = map.keys().flatten().filter(|k| !want.contains(k)).collect();
         for k in stale {
             let _ = map.remove(&k);
         }
         for k in want {
             map.insert(k, 1, 0)
-                .map_err(|e| Error::ebpf("insert into", maps::HOST_ADDRS, e))?;
+                .map_err(|e| Error::ebpf("insert into", name, e))?;
         }
         Ok(())
     }
@@ -465,16 +470,7 @@ impl Datapath {
                 dst_be: be(dst),
             })
             .collect();
-        let mut map: HashMap<_, AddrPair, u32> = self.map_mut(maps::LINKED)?;
-        let stale: Vec<AddrPair> = map.keys().flatten().filter(|k| !want.contains(k)).collect();
-        for k in stale {
-            let _ = map.remove(&k);
-        }
-        for k in want {
-            map.insert(k, 1, 0)
-                .map_err(|e| Error::ebpf("insert into", maps::LINKED, e))?;
-        }
-        Ok(())
+        self.set_keys(maps::LINKED, want)
     }
 
     /// Publishes ports: one map entry per host port, written in one pass.
