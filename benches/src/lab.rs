@@ -8,7 +8,6 @@
 use std::{
     fs::File,
     net::Ipv4Addr,
-    path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -20,6 +19,8 @@ use netplane::{
 };
 use netplane_common::abi::{DropReason, NetConfig, programs};
 use nix::sched::{CloneFlags, setns};
+
+use crate::Cleanup;
 
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
@@ -70,9 +71,8 @@ pub struct Lab {
     pub uplink_mac: [u8; 6],
     pub bridge_mac: [u8; 6],
     _rt: tokio::runtime::Runtime,
-    netns: String,
-    dir: PathBuf,
-    home: File,
+    /// Last: the data path is dropped before its bpffs goes.
+    _cleanup: Cleanup,
 }
 
 impl Lab {
@@ -88,6 +88,12 @@ impl Lab {
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
         let dir = std::env::temp_dir().join(format!("netplane-{netns}"));
+        let mut cleanup = Cleanup {
+            netns: vec![netns.clone()],
+            mounts: vec![dir.clone()],
+            dirs: vec![dir.clone()],
+            home: None,
+        };
         std::fs::create_dir_all(&dir).expect("lab directory");
         let n = &netns;
         sh(&format!(
@@ -115,7 +121,7 @@ impl Lab {
         let (endpoint_if, uplink_if, bridge_if) = (index("tv0"), index("tu0"), index("tb0"));
         let uplink_mac = mac(&sys("tu0/address"));
         let bridge_mac = mac(&sys("tb0/address"));
-        let home = File::open("/proc/thread-self/ns/net").expect("own netns");
+        cleanup.home = Some(File::open("/proc/thread-self/ns/net").expect("own netns"));
         setns(
             File::open(format!("/run/netns/{n}")).expect("lab netns"),
             CloneFlags::CLONE_NEWNET,
@@ -165,9 +171,7 @@ impl Lab {
             uplink_mac,
             bridge_mac,
             _rt: rt,
-            netns,
-            dir,
-            home,
+            _cleanup: cleanup,
         }
     }
 
@@ -203,17 +207,6 @@ impl Lab {
     /// A frame from the world to `dst`.
     pub fn world_frame(&self, dst: [u8; 4]) -> PacketBuilderStep<IpHeaders> {
         PacketBuilder::ethernet2(WORLD_MAC, self.uplink_mac).ipv4(WORLD, dst, 64)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = setns(&self.home, CloneFlags::CLONE_NEWNET);
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

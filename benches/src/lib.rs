@@ -2,3 +2,46 @@
 //! the data path's BPF_PROG_TEST_RUN tests.
 
 pub mod lab;
+pub mod load;
+pub mod topo;
+
+use std::{fs::File, path::PathBuf, process::Command};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Undoes a simulated host's setup when dropped, whichever step failed:
+/// created first, before anything it removes exists.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    /// Named network namespaces, deleted in order.
+    pub netns: Vec<String>,
+    /// Mount points, unmounted.
+    pub mounts: Vec<PathBuf>,
+    /// Directories, removed with their contents.
+    pub dirs: Vec<PathBuf>,
+    /// The calling thread's own namespace, returned to first.
+    pub home: Option<File>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            let _ = setns(home, CloneFlags::CLONE_NEWNET);
+        }
+        let quiet = |c: &mut Command| {
+            let _ = c
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        for m in &self.mounts {
+            quiet(Command::new("umount").arg(m));
+        }
+        for ns in &self.netns {
+            quiet(Command::new("ip").args(["netns", "del", ns]));
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Real traffic through a [`Topo`]: servers in the endpoint, clients in the
+//! world, each on a thread inside its namespace. Every exchange is checked;
+//! a reply missing or wrong fails the benchmark instead of speeding it up.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::OwnedFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+};
+
+use crate::topo::{CLIENTS, SERVICE_PORT, Topo, in_netns};
+
+/// The endpoint's servers: TCP answering one byte with one byte, UDP
+/// counting datagrams. Stopped on drop.
+#[derive(Debug)]
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    /// Datagrams received by the UDP server.
+    pub datagrams: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+    endpoint: String,
+}
+
+impl Servers {
+    pub fn start(topo: &Topo) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let datagrams = Arc::new(AtomicU64::new(0));
+        let (tcp_stop, udp_stop, count) = (stop.clone(), stop.clone(), datagrams.clone());
+        // Both report once listening, so no client races them.
+        let (ready, listening) = std::sync::mpsc::channel();
+        let udp_ready = ready.clone();
+        let tcp = in_netns(&topo.endpoint, move || {
+            let listener = TcpListener::bind(("0.0.0.0", SERVICE_PORT)).expect("TCP server");
+            let _ = ready.send(());
+            for conn in listener.incoming() {
+                if tcp_stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut byte = [0u8; 1];
+                if conn.read_exact(&mut byte).is_ok() {
+                    let _ = conn.write_all(&[byte[0].wrapping_add(1)]);
+                }
+            }
+        });
+        let udp = in_netns(&topo.endpoint, move || {
+            let socket = UdpSocket::bind(("0.0.0.0", SERVICE_PORT)).expect("UDP server");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let _ = udp_ready.send(());
+            let mut buf = [0u8; 2048];
+            while !udp_stop.load(Ordering::Relaxed) {
+                if socket.recv(&mut buf).is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        for _ in 0..2 {
+            listening.recv().expect("a server failed to start");
+        }
+        Servers {
+            stop,
+            datagrams,
+            threads: vec![tcp, udp],
+            endpoint: topo.endpoint.clone(),
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = in_netns(&self.endpoint, || {
+            let _ = TcpStream::connect(("127.0.0.1", SERVICE_PORT));
+        })
+        .join();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One connection from client address `client`: connect, a byte each way,
+/// close.
+fn exchange(client: SocketAddrV4, target: SocketAddrV4, byte: u8) {
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(client),
+    )
+    .expect("bind");
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(target),
+    )
+    .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
+    let mut stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    stream.write_all(&[byte]).expect("request byte");
+    let mut reply = [0u8; 1];
+    stream.read_exact(&mut reply).expect("reply byte");
+    assert_eq!(reply[0], byte.wrapping_add(1), "the server's answer");
+}
+
+/// The time `n` new connections take, one after another, from the world's
+/// client addresses in turn.
+pub fn connections(topo: &Topo, n: u64) -> Duration {
+    let target = topo.target;
+    in_netns(&topo.world, move || {
+        let start = Instant::now();
+        for i in 0..n {
+            let client = SocketAddrV4::new(
+                std::net::Ipv4Addr::new(198, 18, 0, 100 + (i % u64::from(CLIENTS)) as u8),
+                0,
+            );
+            exchange(client, target, i as u8);
+        }
+        start.elapsed()
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// Sends `n` datagrams of 18 bytes (64-byte frames) from the world and
+/// returns the time per datagram received, waiting for stragglers; lost
+/// datagrams make it longer, as they should.
+pub fn datagrams(topo: &Topo, servers: &Servers, n: u64) -> Duration {
+    let target = topo.target;
+    let before = servers.datagrams.load(Ordering::Relaxed);
+    let start = Instant::now();
+    in_netns(&topo.world, move || {
+        let socket = UdpSocket::bind("198.18.0.100:0").expect("UDP client");
+        let payload = [7u8; 18];
+        for _ in 0..n {
+            // A full socket buffer is not loss: try again.
+            while socket.send_to(&payload, target).is_err() {}
+        }
+    })
+    .join()
+    .expect("sender thread");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut received;
+    loop {
+        received = servers.datagrams.load(Ordering::Relaxed) - before;
+        if received >= n || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(received > 0, "no datagram got through");
+    let elapsed = start.elapsed();
+    elapsed.mul_f64(n as f64 / received as f64)
+}
