@@ -1,5 +1,7 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | up | test`.
 
+mod report;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -58,6 +60,12 @@ enum Task {
     },
     /// Set up, build, and run every test (needs root).
     Test,
+    /// Set up, run the benchmarks (needs root), and write benches/RESULTS.md.
+    Bench {
+        /// Criterion's quick mode: fewer samples, a few minutes in all.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,7 +90,43 @@ fn main() -> anyhow::Result<()> {
                 .args(["test", "--workspace", "--all-targets"])
                 .env("NETPLANE_REQUIRE_EBPF", "1"))
         }
+        Task::Bench { quick } => {
+            if !is_root() {
+                bail!("the benchmarks build network namespaces and must run as root");
+            }
+            setup()?;
+            let mut cmd = cargo();
+            cmd.args(["bench", "--package", "netplane-benches"])
+                .env("NETPLANE_REQUIRE_EBPF", "1");
+            if quick {
+                cmd.args(["--", "--quick"]);
+            }
+            run(&mut cmd)?;
+            let rows = report::read(&root().join("target").join("criterion"))?;
+            let out = root().join("benches").join("RESULTS.md");
+            std::fs::write(&out, report::render(&rows, &machine()))?;
+            eprintln!("bench: wrote {}", out.display());
+            Ok(())
+        }
     }
+}
+
+/// The CPU, core count and kernel the benchmarks ran on.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {kernel}")
 }
 
 fn is_root() -> bool {

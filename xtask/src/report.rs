@@ -1,0 +1,242 @@
+//! benches/RESULTS.md from criterion's output: the medians of every
+//! benchmark, side by side, with the ratios the benchmark issue asks for.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// One benchmark's median, as criterion stored it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub group: String,
+    pub function: String,
+    pub value: Option<String>,
+    pub median_ns: f64,
+}
+
+#[derive(Deserialize)]
+struct BenchmarkJson {
+    group_id: String,
+    function_id: Option<String>,
+    value_str: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Estimate {
+    point_estimate: f64,
+}
+
+#[derive(Deserialize)]
+struct Estimates {
+    median: Estimate,
+}
+
+/// Every benchmark under criterion's directory (`target/criterion`).
+pub fn read(dir: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "new") {
+                    let bench: BenchmarkJson = serde_json::from_slice(
+                        &std::fs::read(path.join("benchmark.json"))
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )?;
+                    let est: Estimates =
+                        serde_json::from_slice(&std::fs::read(path.join("estimates.json"))?)?;
+                    rows.push(Row {
+                        group: bench.group_id,
+                        function: bench.function_id.unwrap_or_default(),
+                        value: bench.value_str,
+                        median_ns: est.median.point_estimate,
+                    });
+                } else if path
+                    .file_name()
+                    .is_none_or(|n| n != "base" && n != "report")
+                {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn median(rows: &[Row], group: &str, function: &str, value: Option<&str>) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.group == group && r.function == function && r.value.as_deref() == value)
+        .map(|r| r.median_ns)
+}
+
+fn cell(ns: Option<f64>) -> String {
+    ns.map_or("–".into(), |ns| format!("{ns:.0}"))
+}
+
+fn ratio(num: Option<f64>, den: Option<f64>) -> String {
+    match (num, den) {
+        (Some(n), Some(d)) if d > 0.0 => format!("{:.2}x", n / d),
+        _ => "–".into(),
+    }
+}
+
+/// The report, for rows of one run on `machine`.
+pub fn render(rows: &[Row], machine: &str) -> String {
+    let mut out = String::from(
+        "# netplane benchmark results\n\n\
+         Written by `cargo xtask bench` from criterion's medians; every figure below\n\
+         was measured in the same run.\n\n",
+    );
+    let _ = writeln!(out, "Machine: {machine}\n");
+
+    let sizes: Vec<String> = {
+        let mut v: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.group == "per_packet")
+            .filter_map(|r| r.value.as_deref()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v.iter().map(u64::to_string).collect()
+    };
+    if !sizes.is_empty() {
+        out.push_str(
+            "## Per-packet program cost (BPF_PROG_TEST_RUN)\n\n\
+             Median ns per packet, the kernel's own measurement of single runs, with\n\
+             as many published ports and tracked flows in the maps as the column says.\n\
+             The floor is an empty program measured the same way (the kernel's timer\n\
+             and per-run setup); `net` is a path's median minus the floor's.\n\n",
+        );
+        let _ = writeln!(out, "| path | {} |", sizes.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(sizes.len()));
+        let paths: BTreeMap<&str, ()> = rows
+            .iter()
+            .filter(|r| r.group == "per_packet")
+            .map(|r| (r.function.as_str(), ()))
+            .collect();
+        for path in paths.keys() {
+            let cells: Vec<String> = sizes
+                .iter()
+                .map(|n| {
+                    let v = median(rows, "per_packet", path, Some(n));
+                    let floor = median(rows, "per_packet", "floor_empty_program", Some(n));
+                    match (v, floor) {
+                        (Some(v), Some(f)) if *path != "floor_empty_program" => {
+                            format!("{v:.0} (net {:.0})", v - f)
+                        }
+                        _ => cell(v),
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "| {path} | {} |", cells.join(" | "));
+        }
+        out.push('\n');
+    }
+
+    let published: Vec<String> = {
+        let mut v: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.group == "new_connection")
+            .filter_map(|r| r.value.as_deref()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v.iter().map(u64::to_string).collect()
+    };
+    if !published.is_empty() {
+        out.push_str(
+            "## New connections through a published TCP port\n\n\
+             Median µs per connection (connect, a byte each way, close; client\n\
+             addresses and ports vary, so every connection is new), with this many\n\
+             ports published, the measured one last. Speed-up is iptables' time over\n\
+             netplane's; the ceiling is plain forwarding with nothing published.\n\n\
+             | published | netplane | iptables | ceiling | speed-up vs iptables | netplane / ceiling |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        let ceiling = median(rows, "new_connection", "ceiling", Some("1"));
+        for n in &published {
+            let np = median(rows, "new_connection", "netplane", Some(n));
+            let ipt = median(rows, "new_connection", "iptables", Some(n));
+            let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / 1000.0));
+            let _ = writeln!(
+                out,
+                "| {n} | {} | {} | {} | {} | {} |",
+                us(np),
+                us(ipt),
+                us(ceiling),
+                ratio(ipt, np),
+                ratio(ceiling, np),
+            );
+        }
+        out.push('\n');
+    }
+
+    let udp: Vec<(&str, Option<f64>)> = ["netplane", "iptables", "ceiling"]
+        .iter()
+        .map(|n| (*n, median(rows, "udp_64b", n, None)))
+        .collect();
+    if udp.iter().any(|(_, v)| v.is_some()) {
+        out.push_str(
+            "## 64-byte UDP through a published port\n\n\
+             Median ns of wall time per datagram received (sender and receiver share\n\
+             the machine's cores), and the packet rate that makes.\n\n\
+             | | ns per packet | packets per second |\n|---|---|---|\n",
+        );
+        for (name, v) in &udp {
+            let pps = v.map_or("–".into(), |v| format!("{:.0}", 1e9 / v));
+            let _ = writeln!(out, "| {name} | {} | {pps} |", cell(*v));
+        }
+        let (np, ipt, ceil) = (udp[0].1, udp[1].1, udp[2].1);
+        let _ = writeln!(
+            out,
+            "\nnetplane's packet rate is {} iptables' and {} the ceiling's.\n",
+            ratio(ipt, np),
+            ratio(ceil, np)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(group: &str, function: &str, value: Option<&str>, ns: f64) -> Row {
+        Row {
+            group: group.into(),
+            function: function.into(),
+            value: value.map(str::to_string),
+            median_ns: ns,
+        }
+    }
+
+    #[test]
+    fn ratios_and_net_costs_come_out_right() {
+        let rows = vec![
+            row("per_packet", "floor_empty_program", Some("1"), 100.0),
+            row("per_packet", "dnat_established", Some("1"), 350.0),
+            row("new_connection", "netplane", Some("1"), 20_000.0),
+            row("new_connection", "iptables", Some("1"), 50_000.0),
+            row("new_connection", "ceiling", Some("1"), 18_000.0),
+            row("udp_64b", "netplane", None, 1_000.0),
+            row("udp_64b", "iptables", None, 1_500.0),
+            row("udp_64b", "ceiling", None, 900.0),
+        ];
+        let md = render(&rows, "test box");
+        assert!(md.contains("| dnat_established | 350 (net 250) |"), "{md}");
+        assert!(
+            md.contains("| 1 | 20.0 | 50.0 | 18.0 | 2.50x | 0.90x |"),
+            "{md}"
+        );
+        assert!(md.contains("| netplane | 1000 | 1000000 |"), "{md}");
+        assert!(
+            md.contains("1.50x iptables' and 0.90x the ceiling's"),
+            "{md}"
+        );
+    }
+}
