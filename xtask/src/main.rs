@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             }
             setup()?;
             let mut cmd = cargo();
-            cmd.args(["bench", "--package", "netplane-benches"])
+            cmd.args(["bench", "--package", "netplane-benches", "--benches"])
                 .env("NETPLANE_REQUIRE_EBPF", "1");
             if quick {
                 cmd.args(["--", "--quick"]);
