@@ -1,14 +1,14 @@
 //! Real traffic through the host, netplane against Docker's iptables rules
 //! and against plain forwarding (the ceiling), in the same run: the time per
 //! new connection through a published TCP port with 1, 1,000 and 10,000
-//! ports published (the measured one last), and the time per 64-byte UDP
-//! datagram through a published port.
+//! ports published (the measured one last), and the wall and CPU time per
+//! 64-byte UDP datagram through a published port.
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use netplane_benches::{
-    load::{Servers, connections, datagrams},
+    load::{Cost, Servers, connections, datagrams},
     topo::{Nat, Topo},
 };
 
@@ -40,17 +40,20 @@ fn new_connections(c: &mut Criterion) {
     group.finish();
 }
 
+/// Wall time per datagram, and the machine's CPU time per datagram.
 fn udp_packets(c: &mut Criterion) {
-    let mut group = c.benchmark_group("udp_64b");
-    group.throughput(Throughput::Elements(1));
-    for nat in NATS {
-        let topo = Topo::new(nat, 1);
-        let servers = Servers::start(&topo);
-        group.bench_function(nat.name(), |b| {
-            b.iter_custom(|iters| datagrams(&topo, &servers, iters))
-        });
+    for (group_name, cost) in [("udp_64b", Cost::Wall), ("udp_64b_cpu", Cost::Cpu)] {
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(1));
+        for nat in NATS {
+            let topo = Topo::new(nat, 1);
+            let servers = Servers::start(&topo);
+            group.bench_function(nat.name(), |b| {
+                b.iter_custom(|iters| datagrams(&topo, &servers, iters, cost))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group! {

@@ -144,14 +144,49 @@ pub fn connections(topo: &Topo, n: u64) -> Duration {
     .expect("client thread")
 }
 
+/// What [`datagrams`] reports per datagram received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cost {
+    /// Wall-clock time.
+    Wall,
+    /// CPU time of the whole machine (all cores busy, from /proc/stat):
+    /// with sender and receiver sharing two cores, the fair figure.
+    Cpu,
+}
+
+/// Busy CPU time of the whole machine so far.
+fn busy_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().expect("ticks"))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle, iowait.
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(busy * 1_000_000_000 / hz)
+}
+
 /// Sends `n` datagrams of 18 bytes (64-byte frames) from the world as fast
-/// as it can and returns the time it took, scaled by how many of them were
+/// as it can and returns the `cost` of it, scaled by how many of them were
 /// received (stragglers are waited for until the count stops moving): lost
-/// datagrams make it longer, as they should.
-pub fn datagrams(topo: &Topo, servers: &Servers, n: u64) -> Duration {
+/// datagrams make it higher, as they should.
+pub fn datagrams(topo: &Topo, servers: &Servers, n: u64, cost: Cost) -> Duration {
     let target = topo.target;
     let before = servers.datagrams.load(Ordering::Relaxed);
     let start = Instant::now();
+    let cpu_start = busy_cpu();
     in_netns(&topo.world, move || {
         let socket = UdpSocket::bind("198.18.0.100:0").expect("UDP client");
         let payload = [7u8; 18];
@@ -173,6 +208,9 @@ pub fn datagrams(topo: &Topo, servers: &Servers, n: u64) -> Duration {
         }
     }
     assert!(received > 0, "no datagram got through");
-    let elapsed = start.elapsed();
-    elapsed.mul_f64(n as f64 / received as f64)
+    let spent = match cost {
+        Cost::Wall => start.elapsed(),
+        Cost::Cpu => busy_cpu().saturating_sub(cpu_start),
+    };
+    spent.mul_f64(n as f64 / received as f64)
 }

@@ -183,20 +183,26 @@ pub fn render(rows: &[Row], machine: &str) -> String {
     if udp.iter().any(|(_, v)| v.is_some()) {
         out.push_str(
             "## 64-byte UDP through a published port\n\n\
-             Median ns of wall time per datagram received (sender and receiver share\n\
-             the machine's cores), and the packet rate that makes.\n\n\
-             | | ns per packet | packets per second |\n|---|---|---|\n",
+             Median ns of wall time per datagram received, the packet rate that\n\
+             makes, and the machine's CPU time per datagram (sender and receiver\n\
+             share its cores, so this is the fair figure).\n\n\
+             | | ns per packet | packets per second | CPU ns per packet |\n|---|---|---|---|\n",
         );
         for (name, v) in &udp {
             let pps = v.map_or("–".into(), |v| format!("{:.0}", 1e9 / v));
-            let _ = writeln!(out, "| {name} | {} | {pps} |", cell(*v));
+            let cpu = median(rows, "udp_64b_cpu", name, None);
+            let _ = writeln!(out, "| {name} | {} | {pps} | {} |", cell(*v), cell(cpu));
         }
         let (np, ipt, ceil) = (udp[0].1, udp[1].1, udp[2].1);
+        let cpu = |n| median(rows, "udp_64b_cpu", n, None);
         let _ = writeln!(
             out,
-            "\nnetplane's packet rate is {} iptables' and {} the ceiling's.\n",
+            "\nnetplane's packet rate is {} iptables' and {} the ceiling's; per packet\n\
+             it spends {} of iptables' CPU time and {} of the ceiling's.\n",
             ratio(ipt, np),
-            ratio(ceil, np)
+            ratio(ceil, np),
+            ratio(cpu("netplane"), cpu("iptables")),
+            ratio(cpu("netplane"), cpu("ceiling")),
         );
     }
     out
@@ -226,6 +232,8 @@ mod tests {
             row("udp_64b", "netplane", None, 1_000.0),
             row("udp_64b", "iptables", None, 1_500.0),
             row("udp_64b", "ceiling", None, 900.0),
+            row("udp_64b_cpu", "netplane", None, 800.0),
+            row("udp_64b_cpu", "iptables", None, 1_600.0),
         ];
         let md = render(&rows, "test box");
         assert!(md.contains("| dnat_established | 350 (net 250) |"), "{md}");
