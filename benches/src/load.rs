@@ -28,7 +28,6 @@ pub struct Servers {
     /// Datagrams received by the UDP server.
     pub datagrams: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
-    endpoint: String,
 }
 
 impl Servers {
@@ -41,12 +40,21 @@ impl Servers {
         let udp_ready = ready.clone();
         let tcp = in_netns(&topo.endpoint, move || {
             let listener = TcpListener::bind(("0.0.0.0", SERVICE_PORT)).expect("TCP server");
+            // Polled, so that stopping needs no connection to wake it.
+            listener
+                .set_nonblocking(true)
+                .expect("non-blocking listener");
             let _ = ready.send(());
-            for conn in listener.incoming() {
-                if tcp_stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(mut conn) = conn else { continue };
+            while !tcp_stop.load(Ordering::Relaxed) {
+                let mut conn = match listener.accept() {
+                    Ok((conn, _)) => conn,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_micros(50));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = conn.set_nonblocking(false);
                 let mut byte = [0u8; 1];
                 if conn.read_exact(&mut byte).is_ok() {
                     let _ = conn.write_all(&[byte[0].wrapping_add(1)]);
@@ -75,7 +83,6 @@ impl Servers {
             stop,
             datagrams,
             threads: vec![tcp, udp],
-            endpoint: topo.endpoint.clone(),
         }
     }
 }
@@ -83,11 +90,6 @@ impl Servers {
 impl Drop for Servers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = in_netns(&self.endpoint, || {
-            let _ = TcpStream::connect(("127.0.0.1", SERVICE_PORT));
-        })
-        .join();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

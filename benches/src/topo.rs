@@ -45,6 +45,9 @@ pub enum Nat {
     Netplane,
     /// Docker's iptables rules with kernel conntrack.
     Iptables,
+    /// The CNI reference plugins (`bridge` with `ipMasq`, `portmap`,
+    /// `host-local`), invoked as a container runtime does.
+    Cni,
     /// No translation: the world routes to the endpoint directly.
     Ceiling,
 }
@@ -54,6 +57,7 @@ impl Nat {
         match self {
             Nat::Netplane => "netplane",
             Nat::Iptables => "iptables",
+            Nat::Cni => "cni",
             Nat::Ceiling => "ceiling",
         }
     }
@@ -160,6 +164,7 @@ impl Topo {
                 topo.manual_endpoint(&p);
                 topo.docker_rules(&p, published);
             }
+            Nat::Cni => topo.cni_add(&p, published),
             Nat::Ceiling => {
                 topo.manual_endpoint(&p);
                 sh(&format!(
@@ -216,6 +221,99 @@ impl Topo {
         })
         .join()
         .expect("starting netplane")
+    }
+
+    /// The endpoint made by the CNI plugins, chained the way libcni chains
+    /// them: `bridge` (with `host-local` IPAM) then `portmap`, each given the
+    /// previous result, the network config on stdin and the runtime's
+    /// environment. IPAM state stays in the topology's directory.
+    fn cni_add(&self, p: &str, published: u16) {
+        // What the runtime's `loopback` plugin would do.
+        sh(&format!(
+            "ip netns add {0}; ip -n {0} link set lo up",
+            self.endpoint
+        ));
+        let mut mappings: Vec<serde_json::Value> = (0..published.saturating_sub(1))
+            .map(|i| {
+                serde_json::json!({
+                    "hostPort": OTHER_PORTS + i,
+                    "containerPort": OTHER_PORTS + i,
+                    "protocol": "tcp",
+                })
+            })
+            .collect();
+        for proto in ["tcp", "udp"] {
+            mappings.push(serde_json::json!({
+                "hostPort": PUBLISHED_PORT,
+                "containerPort": SERVICE_PORT,
+                "protocol": proto,
+            }));
+        }
+        let bridge = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "bench",
+            "type": "bridge",
+            "bridge": format!("{p}c0"),
+            "isGateway": true,
+            "ipMasq": true,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.dir.join("cni-ipam"),
+                "ranges": [[{"subnet": "10.88.0.0/24"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+            },
+        });
+        let result = self.cni("bridge", &bridge);
+        let portmap = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "bench",
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": mappings},
+            "prevResult": result,
+        });
+        self.cni("portmap", &portmap);
+        let ip = result["ips"][0]["address"].as_str().unwrap_or_default();
+        assert!(
+            ip.starts_with(&format!("{ENDPOINT}/")),
+            "the CNI bridge gave the endpoint {ip}"
+        );
+    }
+
+    /// One CNI ADD of `plugin` for the endpoint, from the host namespace.
+    fn cni(&self, plugin: &str, config: &serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.host,
+                &format!("/usr/lib/cni/{plugin}"),
+            ])
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &self.endpoint)
+            .env("CNI_NETNS", format!("/run/netns/{}", self.endpoint))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running a CNI plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(config.to_string().as_bytes())
+            .expect("network config");
+        let out = child.wait_with_output().expect("CNI plugin");
+        assert!(
+            out.status.success(),
+            "CNI {plugin} ADD: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("CNI result")
     }
 
     /// The endpoint the way Docker builds it: a bridge, a veth, a netns.

@@ -32,6 +32,7 @@ const APT_PACKAGES: &[&str] = &[
     "ncat",
     "dnsutils",
     "ethtool",
+    "containernetworking-plugins",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";

@@ -153,30 +153,33 @@ pub fn render(rows: &[Row], machine: &str) -> String {
             "## New connections through a published TCP port\n\n\
              Median µs per connection (connect, a byte each way, close; client\n\
              addresses and ports vary, so every connection is new), with this many\n\
-             ports published, the measured one last. Speed-up is iptables' time over\n\
-             netplane's; the ceiling is plain forwarding with nothing published.\n\n\
-             | published | netplane | iptables | ceiling | speed-up vs iptables | netplane / ceiling |\n\
-             |---|---|---|---|---|---|\n",
+             ports published, the measured one last. A speed-up is the other's time\n\
+             over netplane's; the ceiling is plain forwarding with nothing published.\n\n\
+             | published | netplane | iptables | CNI | ceiling | vs iptables | vs CNI | vs ceiling |\n\
+             |---|---|---|---|---|---|---|---|\n",
         );
         let ceiling = median(rows, "new_connection", "ceiling", Some("1"));
         for n in &published {
             let np = median(rows, "new_connection", "netplane", Some(n));
             let ipt = median(rows, "new_connection", "iptables", Some(n));
+            let cni = median(rows, "new_connection", "cni", Some(n));
             let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / 1000.0));
             let _ = writeln!(
                 out,
-                "| {n} | {} | {} | {} | {} | {} |",
+                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
                 us(np),
                 us(ipt),
+                us(cni),
                 us(ceiling),
                 ratio(ipt, np),
+                ratio(cni, np),
                 ratio(ceiling, np),
             );
         }
         out.push('\n');
     }
 
-    let udp: Vec<(&str, Option<f64>)> = ["netplane", "iptables", "ceiling"]
+    let udp: Vec<(&str, Option<f64>)> = ["netplane", "iptables", "cni", "ceiling"]
         .iter()
         .map(|n| (*n, median(rows, "udp_64b", n, None)))
         .collect();
@@ -193,15 +196,18 @@ pub fn render(rows: &[Row], machine: &str) -> String {
             let cpu = median(rows, "udp_64b_cpu", name, None);
             let _ = writeln!(out, "| {name} | {} | {pps} | {} |", cell(*v), cell(cpu));
         }
-        let (np, ipt, ceil) = (udp[0].1, udp[1].1, udp[2].1);
+        let (np, ipt, cni, ceil) = (udp[0].1, udp[1].1, udp[2].1, udp[3].1);
         let cpu = |n| median(rows, "udp_64b_cpu", n, None);
         let _ = writeln!(
             out,
-            "\nnetplane's packet rate is {} iptables' and {} the ceiling's; per packet\n\
-             it spends {} of iptables' CPU time and {} of the ceiling's.\n",
+            "\nnetplane's packet rate is {} iptables', {} CNI's and {} the ceiling's;\n\
+             per packet it spends {} of iptables' CPU time, {} of CNI's and {} of\n\
+             the ceiling's.\n",
             ratio(ipt, np),
+            ratio(cni, np),
             ratio(ceil, np),
             ratio(cpu("netplane"), cpu("iptables")),
+            ratio(cpu("netplane"), cpu("cni")),
             ratio(cpu("netplane"), cpu("ceiling")),
         );
     }
@@ -238,12 +244,12 @@ mod tests {
         let md = render(&rows, "test box");
         assert!(md.contains("| dnat_established | 350 (net 250) |"), "{md}");
         assert!(
-            md.contains("| 1 | 20.0 | 50.0 | 18.0 | 2.50x | 0.90x |"),
+            md.contains("| 1 | 20.0 | 50.0 | – | 18.0 | 2.50x | – | 0.90x |"),
             "{md}"
         );
         assert!(md.contains("| netplane | 1000 | 1000000 |"), "{md}");
         assert!(
-            md.contains("1.50x iptables' and 0.90x the ceiling's"),
+            md.contains("1.50x iptables', – CNI's and 0.90x the ceiling's"),
             "{md}"
         );
     }
