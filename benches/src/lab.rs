@@ -8,7 +8,6 @@
 use std::{
     fs::File,
     net::Ipv4Addr,
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -20,7 +19,7 @@ use netplane::{
 use netplane_common::abi::{DropReason, NetConfig, programs};
 use nix::sched::{CloneFlags, setns};
 
-use crate::Cleanup;
+use crate::{Cleanup, sh};
 
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
@@ -36,20 +35,6 @@ pub const WORLD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 pub const PUBLISHED_PORT: u16 = 8080;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("running sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s

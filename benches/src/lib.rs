@@ -9,6 +9,21 @@ use std::{fs::File, path::PathBuf, process::Command};
 
 use nix::sched::{CloneFlags, setns};
 
+/// Runs a shell command that must succeed; its stdout.
+pub(crate) fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("running sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Undoes a simulated host's setup when dropped, whichever step failed:
 /// created first, before anything it removes exists.
 #[derive(Debug, Default)]

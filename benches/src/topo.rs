@@ -20,7 +20,7 @@ use netplane::{
 use netplane_common::abi::DEFAULT_CT_MAX;
 use nix::sched::{CloneFlags, setns};
 
-use crate::Cleanup;
+use crate::{Cleanup, sh};
 
 /// The host's uplink address, where published ports are reached.
 pub const HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -61,20 +61,6 @@ impl Nat {
             Nat::Ceiling => "ceiling",
         }
     }
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("running sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `f` on a thread inside network namespace `netns`.

@@ -172,6 +172,20 @@ pub struct FragmentKey {
     pub _pad: u8,
 }
 
+impl FragmentKey {
+    /// The datagram `ip` is a fragment of.
+    #[inline(always)]
+    fn of(ip: &Ipv4) -> FragmentKey {
+        FragmentKey {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            id: ip.id,
+            proto: ip.proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// The ports of a fragmented datagram, as in its first fragment.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -186,13 +200,7 @@ pub fn remember_fragment_ports(ip: &Ipv4) {
     if !ip.more_fragments || ip.later_fragment {
         return;
     }
-    let key = FragmentKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        id: ip.id,
-        proto: ip.proto,
-        _pad: 0,
-    };
+    let key = FragmentKey::of(ip);
     let ports = FragmentPorts {
         sport: ip.sport,
         dport: ip.dport,
@@ -255,13 +263,7 @@ pub fn ipv4(ctx: &TcContext, l3: usize, quoted: bool, ip: &mut Ipv4) -> Result<(
     ip.dport = 0;
     ip.l4_flags = 0;
     if ip.later_fragment {
-        let key = FragmentKey {
-            saddr: ip.saddr,
-            daddr: ip.daddr,
-            id: ip.id,
-            proto: ip.proto,
-            _pad: 0,
-        };
+        let key = FragmentKey::of(ip);
         // SAFETY: a map value, copied out.
         if let Some(ports) = unsafe { FRAGMENTS.get(&key) }.copied() {
             ip.sport = ports.sport;
