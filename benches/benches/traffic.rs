@@ -3,13 +3,15 @@
 //! same run: the time per
 //! new connection through a published TCP port with 1, 1,000 and 10,000
 //! ports published (the measured one last), and the wall and CPU time per
-//! 64-byte UDP datagram through a published port.
+//! 64-byte UDP datagram through a published port and out through
+//! masquerade, and the latency of a one-byte request/response on an
+//! established connection.
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use netplane_benches::{
-    load::{Cost, Servers, connections, datagrams},
+    load::{Cost, Direction, Servers, connections, datagrams, round_trips},
     topo::{Nat, Topo},
 };
 
@@ -43,19 +45,40 @@ fn new_connections(c: &mut Criterion) {
     group.finish();
 }
 
-/// Wall time per datagram, and the machine's CPU time per datagram.
+/// Round trips of one byte each way on an established connection through
+/// the published port.
+fn request_response(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tcp_round_trip");
+    group.throughput(Throughput::Elements(1));
+    for nat in NATS {
+        let topo = Topo::new(nat, 1);
+        let _servers = Servers::start(&topo);
+        group.bench_function(nat.name(), |b| {
+            b.iter_custom(|iters| round_trips(&topo, iters))
+        });
+    }
+    group.finish();
+}
+
+/// Wall time per datagram, and the machine's CPU time per datagram, in
+/// through the published port and out through masquerade.
 fn udp_packets(c: &mut Criterion) {
-    for (group_name, cost) in [("udp_64b", Cost::Wall), ("udp_64b_cpu", Cost::Cpu)] {
-        let mut group = c.benchmark_group(group_name);
-        group.throughput(Throughput::Elements(1));
-        for nat in NATS {
-            let topo = Topo::new(nat, 1);
-            let servers = Servers::start(&topo);
-            group.bench_function(nat.name(), |b| {
-                b.iter_custom(|iters| datagrams(&topo, &servers, iters, cost))
-            });
+    for (way, wall, cpu) in [
+        (Direction::Inbound, "udp_64b", "udp_64b_cpu"),
+        (Direction::Outbound, "udp_64b_out", "udp_64b_out_cpu"),
+    ] {
+        for (group_name, cost) in [(wall, Cost::Wall), (cpu, Cost::Cpu)] {
+            let mut group = c.benchmark_group(group_name);
+            group.throughput(Throughput::Elements(1));
+            for nat in NATS {
+                let topo = Topo::new(nat, 1);
+                let servers = Servers::start(&topo);
+                group.bench_function(nat.name(), |b| {
+                    b.iter_custom(|iters| datagrams(&topo, &servers, way, iters, cost))
+                });
+            }
+            group.finish();
         }
-        group.finish();
     }
 }
 
@@ -65,6 +88,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = new_connections, udp_packets
+    targets = new_connections, request_response, udp_packets
 }
 criterion_main!(benches);

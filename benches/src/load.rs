@@ -4,85 +4,150 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::OwnedFd,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::Sender,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
 };
 
-use crate::topo::{CLIENTS, SERVICE_PORT, Topo, in_netns};
+use crate::topo::{CLIENTS, SERVICE_PORT, Topo, WORLD_SERVER, in_netns};
 
-/// The endpoint's servers: TCP answering one byte with one byte, UDP
-/// counting datagrams. Stopped on drop.
+/// The servers: in the endpoint, TCP answering each byte with the next and
+/// UDP counting datagrams sent to the published port; in the world, UDP
+/// counting datagrams the endpoint sends out. Stopped on drop.
 #[derive(Debug)]
 pub struct Servers {
     stop: Arc<AtomicBool>,
-    /// Datagrams received by the UDP server.
-    pub datagrams: Arc<AtomicU64>,
+    /// Datagrams received by the endpoint's UDP server, from the world.
+    inbound: Arc<AtomicU64>,
+    /// Datagrams received by the world's UDP server, from the endpoint.
+    outbound: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// Which way [`datagrams`] go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the world to the published port (DNAT).
+    Inbound,
+    /// From the endpoint to the world (masquerade).
+    Outbound,
+}
+
+/// The payload of every datagram [`datagrams`] sends: 18 bytes make a
+/// 64-byte frame.
+const PAYLOAD: [u8; 18] = [7; 18];
+
+/// A UDP server at `bind` in `netns` counting the datagrams that carry
+/// [`PAYLOAD`] and come from `from`: a translation that went wrong (say, a
+/// masquerade that did not rewrite the source) counts nothing.
+fn udp_counter(
+    netns: &str,
+    bind: SocketAddrV4,
+    from: Ipv4Addr,
+    stop: Arc<AtomicBool>,
+    ready: Sender<()>,
+) -> (JoinHandle<()>, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    let thread = in_netns(netns, move || {
+        let socket = UdpSocket::bind(bind).expect("UDP server");
+        // Room for bursts, so that the socket is not what drops.
+        setsockopt(&socket, sockopt::RcvBufForce, &(8 << 20)).expect("SO_RCVBUFFORCE");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let _ = ready.send(());
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((len, SocketAddr::V4(src))) = socket.recv_from(&mut buf)
+                && *src.ip() == from
+                && buf[..len] == PAYLOAD
+            {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    (thread, count)
+}
+
+/// Accepts connections on `listener` and answers each byte with the next
+/// until the client closes: one byte for a new connection, many for
+/// request/response latency.
+fn answer(listener: &TcpListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        // Woken by the kernel, not by a timer, so that a client never waits
+        // on the server's sleep; the timeout lets it stop without a
+        // connection to wake it.
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::from(100u8)), Ok(1..)) {
+            continue;
+        }
+        let Ok((mut conn, _)) = listener.accept() else {
+            continue;
+        };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_nodelay(true);
+        let mut byte = [0u8; 1];
+        while conn.read_exact(&mut byte).is_ok()
+            && conn.write_all(&[byte[0].wrapping_add(1)]).is_ok()
+        {}
+    }
 }
 
 impl Servers {
     pub fn start(topo: &Topo) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
-        let datagrams = Arc::new(AtomicU64::new(0));
-        let (tcp_stop, udp_stop, count) = (stop.clone(), stop.clone(), datagrams.clone());
-        // Both report once listening, so no client races them.
+        // Each reports once listening, so no client races them.
         let (ready, listening) = std::sync::mpsc::channel();
-        let udp_ready = ready.clone();
-        let tcp = in_netns(&topo.endpoint, move || {
+        let (inbound_thread, inbound) = udp_counter(
+            &topo.endpoint,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVICE_PORT),
+            *client(0).ip(),
+            stop.clone(),
+            ready.clone(),
+        );
+        let (outbound_thread, outbound) = udp_counter(
+            &topo.world,
+            WORLD_SERVER,
+            topo.endpoint_seen_as(),
+            stop.clone(),
+            ready.clone(),
+        );
+        let listener = in_netns(&topo.endpoint, || {
             let listener = TcpListener::bind(("0.0.0.0", SERVICE_PORT)).expect("TCP server");
-            // Polled, so that stopping needs no connection to wake it.
+            // Accepted by whichever handler gets there first; the others
+            // go back to waiting.
             listener
                 .set_nonblocking(true)
                 .expect("non-blocking listener");
-            let _ = ready.send(());
-            while !tcp_stop.load(Ordering::Relaxed) {
-                let mut conn = match listener.accept() {
-                    Ok((conn, _)) => conn,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_micros(50));
-                        continue;
-                    }
-                    Err(_) => continue,
-                };
-                let _ = conn.set_nonblocking(false);
-                let mut byte = [0u8; 1];
-                if conn.read_exact(&mut byte).is_ok() {
-                    let _ = conn.write_all(&[byte[0].wrapping_add(1)]);
-                }
-            }
-        });
-        let udp = in_netns(&topo.endpoint, move || {
-            let socket = UdpSocket::bind(("0.0.0.0", SERVICE_PORT)).expect("UDP server");
-            // Room for bursts, so that the socket is not what drops.
-            setsockopt(&socket, sockopt::RcvBufForce, &(8 << 20)).expect("SO_RCVBUFFORCE");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(100)))
-                .expect("timeout");
-            let _ = udp_ready.send(());
-            let mut buf = [0u8; 2048];
-            while !udp_stop.load(Ordering::Relaxed) {
-                if socket.recv(&mut buf).is_ok() {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
+            Arc::new(listener)
+        })
+        .join()
+        .expect("TCP server");
+        let mut threads = vec![inbound_thread, outbound_thread];
+        threads.extend((0..CONCURRENCY).map(|_| {
+            let (listener, stop) = (listener.clone(), stop.clone());
+            std::thread::spawn(move || answer(&listener, &stop))
+        }));
         for _ in 0..2 {
             listening.recv().expect("a server failed to start");
         }
         Servers {
             stop,
-            datagrams,
-            threads: vec![tcp, udp],
+            inbound,
+            outbound,
+            threads,
         }
     }
 }
@@ -96,9 +161,8 @@ impl Drop for Servers {
     }
 }
 
-/// One connection from client address `client`: connect, a byte each way,
-/// close.
-fn exchange(client: SocketAddrV4, target: SocketAddrV4, byte: u8) {
+/// A connection from client address `client` to `target`.
+fn connect_from(client: SocketAddrV4, target: SocketAddrV4) -> TcpStream {
     let fd: OwnedFd = socket(
         AddressFamily::Inet,
         SockType::Stream,
@@ -107,38 +171,69 @@ fn exchange(client: SocketAddrV4, target: SocketAddrV4, byte: u8) {
     )
     .expect("socket");
     setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(client),
-    )
-    .expect("bind");
-    connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(target),
-    )
-    .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
-    let mut stream = TcpStream::from(fd);
+    bind(fd.as_raw_fd(), &SockaddrIn::from(client)).expect("bind");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target))
+        .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
+    let stream = TcpStream::from(fd);
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
+    stream.set_nodelay(true).expect("TCP_NODELAY");
+    stream
+}
+
+/// One request byte, and the server's answer to it checked.
+fn ask(stream: &mut TcpStream, byte: u8) {
     stream.write_all(&[byte]).expect("request byte");
     let mut reply = [0u8; 1];
     stream.read_exact(&mut reply).expect("reply byte");
     assert_eq!(reply[0], byte.wrapping_add(1), "the server's answer");
 }
 
-/// The time `n` new connections take, one after another, from the world's
-/// client addresses in turn.
+/// The world's `i`th client address.
+fn client(i: u64) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::new(198, 18, 0, 100 + (i % u64::from(CLIENTS)) as u8),
+        0,
+    )
+}
+
+/// Clients connecting at once in [`connections`], and server threads
+/// answering them: enough that while some wait to be woken, others keep
+/// the CPUs busy, so that the rate measured is the host's, not the latency
+/// of one connection after another.
+const CONCURRENCY: u64 = 4;
+
+/// The time `n` new connections take (connect, a byte each way, close),
+/// made by [`CONCURRENCY`] clients at once, each one after another, from
+/// the world's client addresses in turn.
 pub fn connections(topo: &Topo, n: u64) -> Duration {
     let target = topo.target;
+    let start = Instant::now();
+    let clients: Vec<_> = (0..CONCURRENCY)
+        .map(|c| {
+            in_netns(&topo.world, move || {
+                for i in (c..n).step_by(CONCURRENCY as usize) {
+                    ask(&mut connect_from(client(i), target), i as u8);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    start.elapsed()
+}
+
+/// The time `n` request/response round trips of one byte take on one
+/// established connection (set up before the clock starts).
+pub fn round_trips(topo: &Topo, n: u64) -> Duration {
+    let target = topo.target;
     in_netns(&topo.world, move || {
+        let mut stream = connect_from(client(0), target);
         let start = Instant::now();
         for i in 0..n {
-            let client = SocketAddrV4::new(
-                std::net::Ipv4Addr::new(198, 18, 0, 100 + (i % u64::from(CLIENTS)) as u8),
-                0,
-            );
-            exchange(client, target, i as u8);
+            ask(&mut stream, i as u8);
         }
         start.elapsed()
     })
@@ -180,36 +275,43 @@ fn busy_cpu() -> Duration {
     Duration::from_nanos(busy * 1_000_000_000 / hz)
 }
 
-/// Sends `n` datagrams of 18 bytes (64-byte frames) from the world as fast
-/// as it can and returns the `cost` of it, scaled by how many of them were
+/// Sends `n` datagrams of [`PAYLOAD`] the `way` given as fast as one
+/// socket can and returns the `cost` of it, scaled by how many of them were
 /// received (stragglers are waited for until the count stops moving): lost
 /// datagrams make it higher, as they should.
-pub fn datagrams(topo: &Topo, servers: &Servers, n: u64, cost: Cost) -> Duration {
-    let target = topo.target;
-    let before = servers.datagrams.load(Ordering::Relaxed);
+pub fn datagrams(topo: &Topo, servers: &Servers, way: Direction, n: u64, cost: Cost) -> Duration {
+    let (netns, from, target, counter) = match way {
+        Direction::Inbound => (&topo.world, client(0), topo.target, &servers.inbound),
+        Direction::Outbound => (
+            &topo.endpoint,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            WORLD_SERVER,
+            &servers.outbound,
+        ),
+    };
+    let before = counter.load(Ordering::Relaxed);
     let start = Instant::now();
     let cpu_start = busy_cpu();
-    in_netns(&topo.world, move || {
-        let socket = UdpSocket::bind("198.18.0.100:0").expect("UDP client");
-        let payload = [7u8; 18];
+    in_netns(netns, move || {
+        let socket = UdpSocket::bind(from).expect("UDP client");
         for _ in 0..n {
             // A full socket buffer is not loss: try again.
-            while socket.send_to(&payload, target).is_err() {}
+            while socket.send_to(&PAYLOAD, target).is_err() {}
         }
     })
     .join()
     .expect("sender thread");
-    let mut received = servers.datagrams.load(Ordering::Relaxed) - before;
+    let mut received = counter.load(Ordering::Relaxed) - before;
     let mut settled = Instant::now();
     while received < n && settled.elapsed() < Duration::from_millis(20) {
         std::thread::sleep(Duration::from_micros(200));
-        let now = servers.datagrams.load(Ordering::Relaxed) - before;
+        let now = counter.load(Ordering::Relaxed) - before;
         if now != received {
             received = now;
             settled = Instant::now();
         }
     }
-    assert!(received > 0, "no datagram got through");
+    assert!(received > 0, "no datagram got through {way:?}");
     let spent = match cost {
         Cost::Wall => start.elapsed(),
         Cost::Cpu => busy_cpu().saturating_sub(cpu_start),

@@ -24,6 +24,9 @@ use crate::{Cleanup, sh};
 
 /// The host's uplink address, where published ports are reached.
 pub const HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Where the world's server listens, for traffic the endpoint sends out.
+pub const WORLD_SERVER: SocketAddrV4 =
+    SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), SERVICE_PORT);
 /// The endpoint's address.
 pub const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
 /// The port the endpoint's servers listen on.
@@ -355,6 +358,15 @@ impl Topo {
 }
 
 impl Topo {
+    /// The source address the world sees on the endpoint's traffic: the
+    /// host's, masqueraded, or the endpoint's own with no NAT.
+    pub fn endpoint_seen_as(&self) -> Ipv4Addr {
+        match self.nat {
+            Nat::Ceiling => ENDPOINT,
+            _ => HOST,
+        }
+    }
+
     /// Expires finished flows, as the daemon's housekeeping does every few
     /// seconds; the benchmarks call it between samples.
     pub fn collect_garbage(&mut self) {
