@@ -8,8 +8,9 @@ use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 use netplane::{
@@ -35,6 +36,8 @@ pub const SERVICE_PORT: u16 = 80;
 pub const PUBLISHED_PORT: u16 = 8080;
 /// First of the other published ports (rules that match nothing measured).
 const OTHER_PORTS: u16 = 20000;
+/// First of the ports the control-plane benchmarks publish.
+const BENCH_PORTS: u16 = 30000;
 /// Client source addresses in the world, so that connections differ in more
 /// than the source port.
 pub const CLIENTS: u8 = 16;
@@ -94,8 +97,12 @@ pub struct Topo {
     pub host: String,
     pub world: String,
     pub endpoint: String,
+    /// Prefix of every name this topology gives.
+    prefix: String,
     dir: PathBuf,
     daemon: Option<InProcess>,
+    /// What the CNI bridge plugin returned for the endpoint.
+    cni_result: Option<serde_json::Value>,
     /// Dropped after the daemon is down.
     _cleanup: Cleanup,
 }
@@ -115,7 +122,13 @@ impl Topo {
         let dir = std::env::temp_dir().join(format!("netplane-{p}"));
         let (host, world) = (format!("{p}h"), format!("{p}w"));
         let cleanup = Cleanup {
-            netns: vec![format!("{p}-e"), host.clone(), world.clone()],
+            // `{p}-x` is the endpoint the control-plane benchmarks create.
+            netns: vec![
+                format!("{p}-e"),
+                format!("{p}-x"),
+                host.clone(),
+                world.clone(),
+            ],
             // The daemon's bpffs, should its `down` not get that far.
             mounts: vec![dir.join("bpf")],
             dirs: vec![dir.clone()],
@@ -143,17 +156,19 @@ impl Topo {
             endpoint: format!("{p}-e"),
             host,
             world,
+            prefix: p.clone(),
             dir,
             daemon: None,
+            cni_result: None,
             _cleanup: cleanup,
         };
         match nat {
             Nat::Netplane => topo.daemon = Some(topo.start_netplane(&p, published)),
             Nat::Iptables => {
                 topo.manual_endpoint(&p);
-                topo.docker_rules(&p, published);
+                topo.docker_rules(published);
             }
-            Nat::Cni => topo.cni_add(&p, published),
+            Nat::Cni => topo.cni_result = Some(topo.cni_add(published)),
             Nat::Ceiling => {
                 topo.manual_endpoint(&p);
                 sh(&format!(
@@ -214,35 +229,41 @@ impl Topo {
 
     /// The endpoint made by the CNI plugins, chained the way libcni chains
     /// them: `bridge` (with `host-local` IPAM) then `portmap`, each given the
-    /// previous result, the network config on stdin and the runtime's
-    /// environment. IPAM state stays in the topology's directory.
-    fn cni_add(&self, p: &str, published: u16) {
+    /// previous result. Returns the bridge plugin's result.
+    fn cni_add(&self, published: u16) -> serde_json::Value {
         // What the runtime's `loopback` plugin would do.
         sh(&format!(
             "ip netns add {0}; ip -n {0} link set lo up",
             self.endpoint
         ));
-        let mut mappings: Vec<serde_json::Value> = (0..published.saturating_sub(1))
-            .map(|i| {
-                serde_json::json!({
-                    "hostPort": OTHER_PORTS + i,
-                    "containerPort": OTHER_PORTS + i,
-                    "protocol": "tcp",
-                })
-            })
+        let (result, _) = self.cni("ADD", &self.endpoint, "bridge", &self.cni_bridge());
+        let mut mappings: Vec<_> = (0..published.saturating_sub(1))
+            .map(|i| (OTHER_PORTS + i, OTHER_PORTS + i, "tcp"))
             .collect();
-        for proto in ["tcp", "udp"] {
-            mappings.push(serde_json::json!({
-                "hostPort": PUBLISHED_PORT,
-                "containerPort": SERVICE_PORT,
-                "protocol": proto,
-            }));
-        }
-        let bridge = serde_json::json!({
+        mappings.push((PUBLISHED_PORT, SERVICE_PORT, "tcp"));
+        mappings.push((PUBLISHED_PORT, SERVICE_PORT, "udp"));
+        self.cni(
+            "ADD",
+            &self.endpoint,
+            "portmap",
+            &Self::cni_portmap(&result, &mappings),
+        );
+        let ip = result["ips"][0]["address"].as_str().unwrap_or_default();
+        assert!(
+            ip.starts_with(&format!("{ENDPOINT}/")),
+            "the CNI bridge gave the endpoint {ip}"
+        );
+        result
+    }
+
+    /// The `bridge` plugin's network config, IPAM state kept in the
+    /// topology's directory.
+    fn cni_bridge(&self) -> serde_json::Value {
+        serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "bench",
             "type": "bridge",
-            "bridge": format!("{p}c0"),
+            "bridge": format!("{}c0", self.prefix),
             "isGateway": true,
             "ipMasq": true,
             "ipam": {
@@ -251,58 +272,77 @@ impl Topo {
                 "ranges": [[{"subnet": "10.88.0.0/24"}]],
                 "routes": [{"dst": "0.0.0.0/0"}],
             },
-        });
-        let result = self.cni("bridge", &bridge);
-        let portmap = serde_json::json!({
+        })
+    }
+
+    /// The `portmap` plugin's network config: the runtime's port mappings
+    /// (host port, container port, protocol), chained after `bridge`.
+    fn cni_portmap(bridge: &serde_json::Value, mappings: &[(u16, u16, &str)]) -> serde_json::Value {
+        let mappings: Vec<_> = mappings
+            .iter()
+            .map(|(host, container, proto)| {
+                serde_json::json!({"hostPort": host, "containerPort": container, "protocol": proto})
+            })
+            .collect();
+        serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "bench",
             "type": "portmap",
             "capabilities": {"portMappings": true},
             "runtimeConfig": {"portMappings": mappings},
-            "prevResult": result,
-        });
-        self.cni("portmap", &portmap);
-        let ip = result["ips"][0]["address"].as_str().unwrap_or_default();
-        assert!(
-            ip.starts_with(&format!("{ENDPOINT}/")),
-            "the CNI bridge gave the endpoint {ip}"
-        );
+            "prevResult": bridge,
+        })
     }
 
-    /// One CNI ADD of `plugin` for the endpoint, from the host namespace.
-    fn cni(&self, plugin: &str, config: &serde_json::Value) -> serde_json::Value {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.host,
-                &format!("/usr/lib/cni/{plugin}"),
-            ])
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", &self.endpoint)
-            .env("CNI_NETNS", format!("/run/netns/{}", self.endpoint))
+    /// Runs `plugin` for container `id` in namespace `netns` as a runtime
+    /// does: from the host namespace, the command and the container in the
+    /// environment, the network config on stdin. Its result, and how long
+    /// it ran.
+    fn cni(
+        &self,
+        command: &str,
+        id: &str,
+        plugin: &str,
+        config: &serde_json::Value,
+    ) -> (serde_json::Value, Duration) {
+        let mut cmd = Command::new(format!("/usr/lib/cni/{plugin}"));
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", format!("/run/netns/{id}"))
             .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("running a CNI plugin");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(config.to_string().as_bytes())
-            .expect("network config");
-        let out = child.wait_with_output().expect("CNI plugin");
+            .env("CNI_PATH", "/usr/lib/cni");
+        let config = config.to_string();
+        let (out, took) = in_netns(&self.host, move || {
+            use std::io::Write;
+            let start = Instant::now();
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("running a CNI plugin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(config.as_bytes())
+                .expect("network config");
+            let out = child.wait_with_output().expect("CNI plugin");
+            (out, start.elapsed())
+        })
+        .join()
+        .expect("CNI plugin thread");
         assert!(
             out.status.success(),
-            "CNI {plugin} ADD: {}{}",
+            "CNI {plugin} {command}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("CNI result")
+        let result = match command {
+            "ADD" => serde_json::from_slice(&out.stdout).expect("CNI result"),
+            _ => serde_json::Value::Null,
+        };
+        (result, took)
     }
 
     /// The endpoint the way Docker builds it: a bridge, a veth, a netns.
@@ -324,9 +364,9 @@ impl Topo {
 
     /// Docker's rules: MASQUERADE for the subnet, a DOCKER chain behind
     /// `addrtype LOCAL` with one DNAT per published port, the measured one
-    /// last. Loaded with iptables-restore.
-    fn docker_rules(&self, p: &str, published: u16) {
-        let bridge = format!("{p}d0");
+    /// last. Loaded with iptables-restore, replacing the nat table.
+    fn docker_rules(&self, published: u16) {
+        let bridge = format!("{}d0", self.prefix);
         let mut rules = format!(
             "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
              :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
@@ -335,25 +375,168 @@ impl Topo {
              -A POSTROUTING -s 10.88.0.0/24 ! -o {bridge} -j MASQUERADE\n\
              -A DOCKER -i {bridge} -j RETURN\n"
         );
-        for port in (0..published.saturating_sub(1)).map(|i| OTHER_PORTS + i) {
-            rules.push_str(&format!(
-                "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {port} -j DNAT --to-destination {ENDPOINT}:{port}\n"
-            ));
-        }
-        for proto in ["tcp", "udp"] {
-            rules.push_str(&format!(
-                "-A DOCKER ! -i {bridge} -p {proto} -m {proto} --dport {PUBLISHED_PORT} \
-                 -j DNAT --to-destination {ENDPOINT}:{SERVICE_PORT}\n"
-            ));
-        }
+        rules += &self.docker_dnat(
+            (0..published.saturating_sub(1)).map(|i| OTHER_PORTS + i),
+            "tcp",
+        );
+        rules += &self.docker_dnat([PUBLISHED_PORT], "tcp");
+        rules += &self.docker_dnat([PUBLISHED_PORT], "udp");
         rules.push_str("COMMIT\n");
+        self.iptables_restore(&rules, false);
+    }
+
+    /// Docker's DNAT rule for each of `ports`, to the same port of the
+    /// endpoint except for [`PUBLISHED_PORT`], which goes to
+    /// [`SERVICE_PORT`].
+    fn docker_dnat(&self, ports: impl IntoIterator<Item = u16>, proto: &str) -> String {
+        let bridge = format!("{}d0", self.prefix);
+        ports
+            .into_iter()
+            .map(|port| {
+                let to = if port == PUBLISHED_PORT {
+                    SERVICE_PORT
+                } else {
+                    port
+                };
+                format!(
+                    "-A DOCKER ! -i {bridge} -p {proto} -m {proto} --dport {port} \
+                     -j DNAT --to-destination {ENDPOINT}:{to}\n"
+                )
+            })
+            .collect()
+    }
+
+    /// Runs iptables-restore on `rules` in the host namespace, appending
+    /// with `--noflush`; how long it ran.
+    fn iptables_restore(&self, rules: &str, noflush: bool) -> Duration {
         let path = self.dir.join("rules");
         std::fs::write(&path, rules).expect("writing rules");
-        sh(&format!(
-            "ip netns exec {} iptables-restore < {}",
-            self.host,
-            path.display()
-        ));
+        let mut cmd = Command::new("iptables-restore");
+        if noflush {
+            cmd.arg("--noflush");
+        }
+        cmd.stdin(File::open(&path).expect("rules"));
+        let (out, took) = in_netns(&self.host, move || {
+            let start = Instant::now();
+            (
+                cmd.output().expect("running iptables-restore"),
+                start.elapsed(),
+            )
+        })
+        .join()
+        .expect("iptables-restore thread");
+        assert!(
+            out.status.success(),
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        took
+    }
+}
+
+/// Control-plane operations, timed: each does its work once, undoes it
+/// without the clock running, and returns how long the work took.
+impl Topo {
+    /// Publishes `ports` more TCP ports to the endpoint: netplane's
+    /// `port add` of a range, one iptables-restore of Docker's DNAT rule
+    /// per port, or a CNI portmap ADD with a mapping per port.
+    pub fn publish_ports(&mut self, ports: u16) -> Duration {
+        let range = BENCH_PORTS..BENCH_PORTS + ports;
+        match self.nat {
+            Nat::Netplane => {
+                let (endpoint, last) = (self.endpoint.clone(), range.end - 1);
+                let spec = format!("{BENCH_PORTS}-{last}:{BENCH_PORTS}-{last}");
+                self.with_daemon(move |rt, daemon| {
+                    let start = Instant::now();
+                    let published = rt.block_on(daemon.add_port(&endpoint, &spec));
+                    let took = start.elapsed();
+                    let published = published.expect("netplane port add");
+                    assert_eq!(published.len(), 3, "{published:?}");
+                    daemon
+                        .remove_port(&endpoint, &spec)
+                        .expect("netplane port rm");
+                    took
+                })
+            }
+            Nat::Iptables => {
+                let took = self.iptables_restore(
+                    &format!("*nat\n{}COMMIT\n", self.docker_dnat(range, "tcp")),
+                    true,
+                );
+                let listed = sh(&format!(
+                    "ip netns exec {} iptables -t nat -S DOCKER",
+                    self.host
+                ));
+                assert_eq!(
+                    listed.lines().filter(|l| l.contains("DNAT")).count(),
+                    usize::from(ports) + 2
+                );
+                self.docker_rules(1);
+                took
+            }
+            Nat::Cni => {
+                let bridge = self.cni_result.clone().expect("the CNI endpoint");
+                let mappings: Vec<_> = range.map(|p| (p, p, "tcp")).collect();
+                let config = Self::cni_portmap(&bridge, &mappings);
+                // Another container's mappings, so that its chain is its own.
+                let id = format!("{}-ports", self.endpoint);
+                let (_, took) = self.cni("ADD", &id, "portmap", &config);
+                self.cni("DEL", &id, "portmap", &config);
+                took
+            }
+            Nat::Ceiling => panic!("the ceiling publishes nothing"),
+        }
+    }
+
+    /// Creates one more endpoint on the bridge and removes it: netplane's
+    /// `create` (which also makes the namespace), or the CNI bridge
+    /// plugin's ADD into a namespace made beforehand, as runtimes do.
+    pub fn create_endpoint(&mut self) -> Duration {
+        let name = format!("{}-x", self.prefix);
+        match self.nat {
+            Nat::Netplane => self.with_daemon(move |rt, daemon| {
+                let start = Instant::now();
+                let created = rt.block_on(daemon.create(CreateEndpoint {
+                    name: name.clone(),
+                    net: "bridge".into(),
+                    ..CreateEndpoint::default()
+                }));
+                let took = start.elapsed();
+                let created = created.expect("netplane create");
+                assert!(!created.network_settings.ip_address.is_empty());
+                rt.block_on(daemon.remove(&name)).expect("netplane rm");
+                took
+            }),
+            Nat::Cni => {
+                sh(&format!("ip netns add {name}; ip -n {name} link set lo up"));
+                let config = self.cni_bridge();
+                let (result, took) = self.cni("ADD", &name, "bridge", &config);
+                assert!(result["ips"][0]["address"].is_string(), "{result}");
+                self.cni("DEL", &name, "bridge", &config);
+                sh(&format!("ip netns del {name}"));
+                took
+            }
+            nat => panic!("{nat:?} has no endpoint API"),
+        }
+    }
+
+    /// Runs `f` on the in-process daemon, from a thread in the host
+    /// namespace (netlink and /proc/sys/net are the calling thread's).
+    fn with_daemon<T: Send>(
+        &mut self,
+        f: impl FnOnce(&tokio::runtime::Runtime, &mut Daemon) -> T + Send,
+    ) -> T {
+        let ns = File::open(format!("/run/netns/{}", self.host)).expect("netns");
+        let d = self.daemon.as_mut().expect("netplane is running");
+        let (rt, daemon) = (&d.rt, d.daemon.as_mut().expect("netplane is running"));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                setns(ns, CloneFlags::CLONE_NEWNET).expect("entering netns");
+                f(rt, daemon)
+            })
+            .join()
+            .expect("daemon thread")
+        })
     }
 }
 

@@ -17,8 +17,14 @@ pub mod maps {
     /// Addresses of the host itself (`u32` keys, network byte order; the
     /// value is unused): destinations published ports are reachable on.
     pub const HOST_ADDRS: &str = "NP_HOST_ADDRS";
-    /// [`super::PortTarget`] keyed by [`super::PortKey`]: published ports.
+    /// [`super::PortTarget`] keyed by [`super::PortKey`]: ports published
+    /// on one address of the host.
     pub const PUBLISHED: &str = "NP_PUBLISHED";
+    /// [`super::PortTarget`] array indexed by
+    /// [`super::PortKey::wildcard_index`]: ports published on every address
+    /// of the host, the common case, where an array is cheaper than a hash
+    /// both to look up and to fill. An entry with address 0 is empty.
+    pub const PUBLISHED_ANY: &str = "NP_PUBLISHED_ANY";
     /// [`super::CtEntry`] keyed by [`super::FlowKey`]: connection tracking
     /// and NAT, one entry per direction of a flow.
     pub const CONNTRACK: &str = "NP_CONNTRACK";
@@ -63,9 +69,12 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of [`maps::HOST_ADDRS`].
 pub const MAX_HOST_ADDRS: u32 = 256;
 
-/// Capacity of [`maps::PUBLISHED`]: every host port of both protocols on
-/// the wildcard address and a few more.
-pub const MAX_PUBLISHED: u32 = 2 * 65536 + 8192;
+/// Capacity of [`maps::PUBLISHED`]: ports published on a given host
+/// address.
+pub const MAX_PUBLISHED: u32 = 65536;
+
+/// Entries of [`maps::PUBLISHED_ANY`]: every port of TCP, then of UDP.
+pub const PUBLISHED_ANY_ENTRIES: u32 = 2 * 65536;
 
 /// Capacity of [`maps::NAT_COUNTERS`].
 pub const MAX_NAT_SLOTS: u32 = 16384;
@@ -207,7 +216,21 @@ pub struct PortKey {
     pub _pad: u8,
 }
 
-/// Value of [`maps::PUBLISHED`]: the endpoint behind a published port.
+impl PortKey {
+    /// The key's index in [`maps::PUBLISHED_ANY`], whatever its address;
+    /// `None` for protocols that have no ports.
+    pub const fn wildcard_index(&self) -> Option<u32> {
+        let port = u16::from_be(self.port_be) as u32;
+        match self.proto {
+            proto::TCP => Some(port),
+            proto::UDP => Some(65536 + port),
+            _ => None,
+        }
+    }
+}
+
+/// Value of [`maps::PUBLISHED`] and [`maps::PUBLISHED_ANY`]: the endpoint
+/// behind a published port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortTarget {
@@ -408,6 +431,23 @@ mod tests {
         assert_eq!(size_of::<CtEntry>(), 32);
         assert_eq!(size_of::<IfStatsKey>(), 8);
         assert_eq!(size_of::<IfCounters>(), 16);
+    }
+
+    #[test]
+    fn wildcard_ports_index_by_protocol_then_host_order_port() {
+        let key = |port: u16, proto| PortKey {
+            addr_be: 0x0100_a8c0,
+            port_be: port.to_be(),
+            proto,
+            _pad: 0,
+        };
+        assert_eq!(key(8080, proto::TCP).wildcard_index(), Some(8080));
+        assert_eq!(key(8080, proto::UDP).wildcard_index(), Some(65536 + 8080));
+        assert_eq!(
+            key(65535, proto::UDP).wildcard_index(),
+            Some(PUBLISHED_ANY_ENTRIES - 1)
+        );
+        assert_eq!(key(0, proto::ICMP).wildcard_index(), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod reg;
 mod sock;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{SockAddrContext, TcContext},
@@ -21,7 +21,7 @@ use aya_log_ebpf::debug;
 use netplane_common::abi::{
     AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EndpointIdentity,
     EndpointPort, FlowKey, IfCounters, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES,
-    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig, PortKey, PortTarget,
+    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget,
     SockRevKey, SockRevValue,
 };
 use packet::{L3, load};
@@ -47,6 +47,9 @@ static HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_ADDRS, 0);
 
 #[map(name = "NP_PUBLISHED")]
 static PUBLISHED: HashMap<PortKey, PortTarget> = HashMap::pinned(MAX_PUBLISHED, 0);
+
+#[map(name = "NP_PUBLISHED_ANY")]
+static PUBLISHED_ANY: Array<PortTarget> = Array::pinned(PUBLISHED_ANY_ENTRIES, BPF_F_MMAPABLE);
 
 #[map(name = "NP_CONNTRACK")]
 static CONNTRACK: HashMap<FlowKey, CtEntry> = HashMap::pinned(DEFAULT_CT_MAX, 0);

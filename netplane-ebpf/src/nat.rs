@@ -32,6 +32,7 @@ use netplane_common::{
 
 use crate::{
     CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
+    PUBLISHED_ANY,
     QUOTED,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
@@ -176,12 +177,12 @@ pub fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget> {
         _pad: 0,
     };
     // SAFETY: map values, copied out.
-    unsafe {
-        PUBLISHED
-            .get(&key)
-            .or_else(|| PUBLISHED.get(&PortKey { addr_be: 0, ..key }))
+    unsafe { PUBLISHED.get(&key).copied() }.or_else(|| {
+        PUBLISHED_ANY
+            .get(key.wildcard_index()?)
             .copied()
-    }
+            .filter(|t| t.addr_be != 0)
+    })
 }
 
 pub fn is_host_addr(addr: u32) -> bool {
