@@ -663,21 +663,6 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
         .map_err(|e| Error::ebpf("open program", name, e))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pin_names_have_no_dots_and_stay_distinct() {
-        assert_eq!(pin_name("np0", Direction::Ingress), "np0@ingress");
-        assert_eq!(pin_name("eth0.100", Direction::Egress), "eth0%2e100@egress");
-        assert_ne!(
-            pin_name("a.b", Direction::Egress),
-            pin_name("a%2eb", Direction::Egress)
-        );
-    }
-}
-
 /// The file descriptor of map `name`: a hash, or the wildcard port array.
 fn map_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
     use aya::maps::Map;
@@ -696,11 +681,14 @@ fn map_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
     }
 }
 
-/// Published port entries split by map: (index, target) for those on every
-/// host address, (key, target) for those on one.
+/// Published ports keyed one way or another.
+type PortEntries<K> = Vec<(K, PortTarget)>;
+
+/// Published port entries split by map: by array index for those on every
+/// host address, by key for those on one.
 fn by_wildcard(
     entries: impl Iterator<Item = (PortKey, PortTarget)>,
-) -> (Vec<(u32, PortTarget)>, Vec<(PortKey, PortTarget)>) {
+) -> (PortEntries<u32>, PortEntries<PortKey>) {
     let mut any = Vec::new();
     let mut on_addr = Vec::new();
     for (key, target) in entries {
@@ -752,4 +740,48 @@ fn map_batch<K: aya::Pod, V: aya::Pod>(
         Ok(())
     };
     (done, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use netplane_common::abi::proto;
+
+    use super::*;
+
+    #[test]
+    fn pin_names_have_no_dots_and_stay_distinct() {
+        assert_eq!(pin_name("np0", Direction::Ingress), "np0@ingress");
+        assert_eq!(pin_name("eth0.100", Direction::Egress), "eth0%2e100@egress");
+        assert_ne!(
+            pin_name("a.b", Direction::Egress),
+            pin_name("a%2eb", Direction::Egress)
+        );
+    }
+
+    #[test]
+    fn wildcard_ports_go_to_the_array_and_the_rest_to_the_hash() {
+        let key = |addr: Ipv4Addr, port: u16, proto| PortKey {
+            addr_be: be(addr),
+            port_be: port.to_be(),
+            proto,
+            _pad: 0,
+        };
+        let target = PortTarget {
+            addr_be: be(Ipv4Addr::new(10, 88, 0, 2)),
+            port_be: 80u16.to_be(),
+            _pad: 0,
+            slot: 3,
+        };
+        let on_addr = key(Ipv4Addr::LOCALHOST, 8080, proto::TCP);
+        let (any, hashed) = by_wildcard(
+            [
+                (key(Ipv4Addr::UNSPECIFIED, 8080, proto::TCP), target),
+                (key(Ipv4Addr::UNSPECIFIED, 53, proto::UDP), target),
+                (on_addr, target),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(any, [(8080, target), (65536 + 53, target)]);
+        assert_eq!(hashed, [(on_addr, target)]);
+    }
 }
