@@ -550,17 +550,11 @@ impl Daemon {
                 bridge,
             } => {
                 let ns_file = netns::open(&netns::path(ns))?;
-                let peer = format!("{host}p");
-                self.rtnl.create_veth(host, &peer, bridge, &ns_file).await?;
+                self.rtnl
+                    .create_veth(host, bridge, ENDPOINT_IFNAME, mac_for(*ip), &ns_file)
+                    .await?;
                 Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(
-                        &peer,
-                        ENDPOINT_IFNAME,
-                        mac_for(*ip),
-                        *ip,
-                        *prefix_len,
-                        *gateway,
-                    )
+                    .configure_endpoint(ENDPOINT_IFNAME, *ip, *prefix_len, *gateway)
                     .await
             }
             Step::AttachDatapath { ifname, ip } => self.attach_endpoint(ifname, *ip),

@@ -5,10 +5,10 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkMessage},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute},
     },
 };
@@ -182,66 +182,51 @@ impl Rtnl {
         }
     }
 
-    /// Creates a veth pair, enslaves `host` to `bridge` and brings it up,
-    /// and moves `peer` into the namespace `ns`.
-    pub async fn create_veth(&self, host: &str, peer: &str, bridge: &str, ns: &File) -> Result<()> {
-        self.handle
-            .link()
-            .add(LinkVeth::new(host, peer).build())
-            .execute()
-            .await
-            .map_err(|e| Error::netlink("create veth", host, e))?;
-        let peer_index = self.index(peer).await?;
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer_index)
-                    .setns_by_fd(ns.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| Error::netlink("move into namespace", peer, e))?;
+    /// Creates the veth pair of an endpoint in one request: `host` in this
+    /// namespace, attached to `bridge` and up; its peer `peer` with `mac`
+    /// straight in namespace `ns`, as `ip link add ... peer ... netns`
+    /// does. Creating the peer where it belongs spares moving it across
+    /// namespaces, which waits for RCU grace periods, and renaming it.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        bridge: &str,
+        peer: &str,
+        mac: [u8; 6],
+        ns: &File,
+    ) -> Result<()> {
         let bridge_index = self.index(bridge).await?;
-        let host_index = self.index(host).await?;
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .address(mac.to_vec())
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .controller(bridge_index)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(host_index)
-                    .controller(bridge_index)
-                    .up()
-                    .build(),
-            )
+            .add(veth)
             .execute()
             .await
-            .map_err(|e| Error::netlink("attach to bridge", format!("{host} -> {bridge}"), e))
+            .map_err(|e| Error::netlink("create veth", format!("{host} -> {bridge}"), e))
     }
 
-    /// Inside an endpoint's namespace: renames `from` to `to`, sets its MAC
-    /// and address, brings it and `lo` up and routes everything via `gateway`.
+    /// Inside an endpoint's namespace: gives `ifname` its address, brings it
+    /// and `lo` up and routes everything via `gateway`.
     pub async fn configure_endpoint(
         &self,
-        from: &str,
-        to: &str,
-        mac: [u8; 6],
+        ifname: &str,
         ip: Ipv4Addr,
         prefix_len: u8,
         gateway: Ipv4Addr,
     ) -> Result<()> {
-        let index = self.index(from).await?;
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(to.to_string())
-                    .address(mac.to_vec())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| Error::netlink("rename and set MAC of", from, e))?;
-        self.add_address(index, to, ip, prefix_len).await?;
-        self.set_up(index, to).await?;
+        let index = self.index(ifname).await?;
+        self.add_address(index, ifname, ip, prefix_len).await?;
+        self.set_up(index, ifname).await?;
         self.loopback_up().await?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
