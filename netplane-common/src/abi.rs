@@ -69,9 +69,9 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of [`maps::HOST_ADDRS`].
 pub const MAX_HOST_ADDRS: u32 = 256;
 
-/// Capacity of [`maps::PUBLISHED`]: ports published on a given host
-/// address.
-pub const MAX_PUBLISHED: u32 = 65536;
+/// Capacity of [`maps::PUBLISHED`], ports published on a given host
+/// address: as many as every port of both protocols on one address.
+pub const MAX_PUBLISHED: u32 = 2 * 65536;
 
 /// Entries of [`maps::PUBLISHED_ANY`]: every port of TCP, then of UDP.
 pub const PUBLISHED_ANY_ENTRIES: u32 = 2 * 65536;

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | up | test`.
 
+mod plot;
 mod report;
 
 use std::{
@@ -33,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "dnsutils",
     "ethtool",
     "containernetworking-plugins",
+    // The plot's lettering.
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
@@ -107,6 +110,9 @@ fn main() -> anyhow::Result<()> {
             let out = root().join("benches").join("RESULTS.md");
             std::fs::write(&out, report::render(&rows, &machine()))?;
             eprintln!("bench: wrote {}", out.display());
+            let png = root().join("benches").join("results.png");
+            plot::draw(&rows, &png)?;
+            eprintln!("bench: drew {}", png.display());
             Ok(())
         }
     }
