@@ -64,11 +64,16 @@ enum Task {
     },
     /// Set up, build, and run every test (needs root).
     Test,
-    /// Set up, run the benchmarks (needs root), and write benches/RESULTS.md.
+    /// Set up, run the benchmarks (needs root), and write benches/RESULTS.md
+    /// and benches/results.png.
     Bench {
         /// Criterion's quick mode: fewer samples, a few minutes in all.
         #[arg(long)]
         quick: bool,
+        /// Only write the report and the plot again from criterion's last
+        /// results in target/criterion.
+        #[arg(long, conflicts_with = "quick")]
+        report_only: bool,
     },
 }
 
@@ -94,18 +99,20 @@ fn main() -> anyhow::Result<()> {
                 .args(["test", "--workspace", "--all-targets"])
                 .env("NETPLANE_REQUIRE_EBPF", "1"))
         }
-        Task::Bench { quick } => {
-            if !is_root() {
-                bail!("the benchmarks build network namespaces and must run as root");
+        Task::Bench { quick, report_only } => {
+            if !report_only {
+                if !is_root() {
+                    bail!("the benchmarks build network namespaces and must run as root");
+                }
+                setup()?;
+                let mut cmd = cargo();
+                cmd.args(["bench", "--package", "netplane-benches", "--benches"])
+                    .env("NETPLANE_REQUIRE_EBPF", "1");
+                if quick {
+                    cmd.args(["--", "--quick"]);
+                }
+                run(&mut cmd)?;
             }
-            setup()?;
-            let mut cmd = cargo();
-            cmd.args(["bench", "--package", "netplane-benches", "--benches"])
-                .env("NETPLANE_REQUIRE_EBPF", "1");
-            if quick {
-                cmd.args(["--", "--quick"]);
-            }
-            run(&mut cmd)?;
             let rows = report::read(&root().join("target").join("criterion"))?;
             let out = root().join("benches").join("RESULTS.md");
             std::fs::write(&out, report::render(&rows, &machine()))?;

@@ -94,12 +94,20 @@ fn panel(
         .x_label_area_size(45)
         .y_label_area_size(70);
     let series_colour = |i: usize| Palette99::pick(i).to_rgba();
+    // Clear of the lines: on the log-scaled panel they end low on the right.
+    let legend = if log_y {
+        SeriesLabelPosition::UpperRight
+    } else {
+        SeriesLabelPosition::UpperLeft
+    };
     macro_rules! plot_on {
         ($chart:expr) => {{
             let mut chart = $chart;
             chart
                 .configure_mesh()
                 .x_desc("ports published")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .label_style(("sans-serif", 15))
                 .draw()?;
             for (i, (label, points)) in drawn.iter().enumerate() {
@@ -120,7 +128,7 @@ fn panel(
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 15))
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(legend)
                 .draw()?;
         }};
     }

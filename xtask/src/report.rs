@@ -177,15 +177,11 @@ pub fn render(rows: &[Row], machine: &str) -> String {
     let rtt = |n: &str| median(rows, "tcp_round_trip", n, None);
     if NATS.iter().any(|n| rtt(n).is_some()) {
         out.push_str(
-            "## TCP request/response latency through a published port
-
-             Median µs per round trip of one byte each way on an established
-             connection. On this 2-core VM most of it is waking the two processes
-             in turn, which every contender pays alike.
-
-             | | µs per round trip | vs netplane |
-|---|---|---|
-",
+            "## TCP request/response latency through a published port\n\n\
+             Median µs per round trip of one byte each way on an established\n\
+             connection. On this 2-core VM most of it is waking the two processes\n\
+             in turn.\n\n\
+             | | µs per round trip | vs netplane |\n|---|---|---|\n",
         );
         for n in NATS {
             let _ = writeln!(
@@ -201,17 +197,14 @@ pub fn render(rows: &[Row], machine: &str) -> String {
     let counts = values(rows, "publish");
     if !counts.is_empty() {
         out.push_str(
-            "## Publishing ports
-
-             Median ms to publish this many more ports to a running endpoint:
-             netplane's `port add` of a range (state store, checks, data path),
-             one `iptables-restore --noflush` with Docker's DNAT rule per port,
-             and a CNI `portmap` ADD with a mapping per port. A speed-up is the
-             other's time over netplane's.
-
-             | ports | netplane | iptables-restore | CNI portmap | vs iptables | vs CNI |
-             |---|---|---|---|---|---|
-",
+            "## Publishing ports\n\n\
+             Median ms to publish this many more ports to a running endpoint:\n\
+             netplane's `port add` of a range (state store, checks, data path),\n\
+             one `iptables-restore --noflush` with Docker's DNAT rule per port,\n\
+             and a CNI `portmap` ADD with a mapping per port. A speed-up is the\n\
+             other's time over netplane's.\n\n\
+             | ports | netplane | iptables-restore | CNI portmap | vs iptables | vs CNI |\n\
+             |---|---|---|---|---|---|\n",
         );
         for n in &counts {
             let get = |f| median(rows, "publish", f, Some(n));
@@ -232,20 +225,17 @@ pub fn render(rows: &[Row], machine: &str) -> String {
 
     let create = |n: &str| median(rows, "create_endpoint", n, None);
     if create("netplane").is_some() || create("cni").is_some() {
+        let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / 1e6));
         let _ = writeln!(
             out,
-            "## Creating a bridge endpoint
-
-             Median ms: netplane's `create` (namespace, veth, address, route,
-             data path attached, state stored) against the CNI `bridge` plugin's
-             ADD with `host-local` IPAM into a namespace made beforehand.
-
-             | netplane | CNI bridge | vs CNI |
-|---|---|---|
-             | {} | {} | {} |
-",
-            create("netplane").map_or("–".into(), |v| format!("{:.1}", v / 1e6)),
-            create("cni").map_or("–".into(), |v| format!("{:.1}", v / 1e6)),
+            "## Creating a bridge endpoint\n\n\
+             Median ms: netplane's `create` (namespace, veth, address, route,\n\
+             data path attached, state stored) against the CNI `bridge` plugin's\n\
+             ADD with `host-local` IPAM into a namespace made beforehand.\n\n\
+             | netplane | CNI bridge | vs CNI |\n|---|---|---|\n\
+             | {} | {} | {} |\n",
+            ms(create("netplane")),
+            ms(create("cni")),
             ratio(create("cni"), create("netplane")),
         );
     }
