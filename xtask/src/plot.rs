@@ -94,7 +94,8 @@ fn panel(
         .x_label_area_size(45)
         .y_label_area_size(70);
     let series_colour = |i: usize| Palette99::pick(i).to_rgba();
-    // Clear of the lines: on the log-scaled panel they end low on the right.
+    // Clear of the lines, which on the log-scaled panel stay below its
+    // upper right.
     let legend = if log_y {
         SeriesLabelPosition::UpperRight
     } else {
