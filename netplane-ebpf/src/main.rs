@@ -21,8 +21,8 @@ use aya_log_ebpf::debug;
 use netplane_common::abi::{
     AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EndpointIdentity,
     EndpointPort, FlowKey, IfCounters, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES,
-    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget,
-    SockRevKey, SockRevValue,
+    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig, PUBLISHED_ANY_ENTRIES,
+    PortKey, PortTarget, SockRevKey, SockRevValue,
 };
 use packet::{L3, load};
 

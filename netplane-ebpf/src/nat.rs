@@ -32,8 +32,7 @@ use netplane_common::{
 
 use crate::{
     CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
-    PUBLISHED_ANY,
-    QUOTED,
+    PUBLISHED_ANY, QUOTED,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
 };
