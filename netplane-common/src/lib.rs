@@ -9,3 +9,4 @@
 pub mod abi;
 pub mod nat;
 pub mod policy;
+pub mod vxlan;
