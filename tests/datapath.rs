@@ -5,12 +5,18 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{Icmpv4Type, IpNumber, PacketBuilder, icmpv4::DestUnreachableHeader};
-use netplane::{conntrack, sys::datapath::Role};
+use netplane::{
+    conntrack,
+    sys::datapath::{Role, be},
+};
 use netplane_benches::lab::{
     ENDPOINT, ENDPOINT_MAC, Lab, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, WORLD, WORLD_MAC,
     tcp_syn, udp,
 };
-use netplane_common::abi::{DropReason, programs};
+use netplane_common::{
+    abi::{DropReason, OverlayPeer, programs},
+    vxlan::{OVERHEAD, Outer, write_outer_headers},
+};
 
 /// Ones' complement sum of 16-bit big-endian words.
 fn sum(bytes: &[u8]) -> u32 {
@@ -381,4 +387,114 @@ fn counting_programs_count_and_pass() {
     let t = lab.dp.traffic("tb0").unwrap();
     assert_eq!((t.rx_packets, t.tx_packets), (1, 1));
     assert_eq!(t.rx_bytes, packet.len() as u64);
+}
+
+/// In the overlay tests: another host's lease, held by the world's address
+/// (whose MAC the lab's uplink knows), and an endpoint in it.
+const PEER_LEASE: [u8; 4] = [10, 201, 2, 0];
+const REMOTE_ENDPOINT: [u8; 4] = [10, 201, 2, 3];
+const REMOTE_ENDPOINT_MAC: [u8; 6] = [0x02, 0x42, 10, 201, 2, 3];
+const VNI: u32 = 42;
+
+fn overlay_lab() -> Lab {
+    let mut lab = Lab::new(1024);
+    lab.dp
+        .set_overlay_routes(&[(
+            PEER_LEASE.into(),
+            OverlayPeer {
+                vtep_be: be(WORLD.into()),
+                vni: VNI,
+            },
+        )])
+        .unwrap();
+    lab
+}
+
+#[test]
+fn overlay_frames_leave_in_vxlan_with_the_outer_headers_a_vtep_expects() {
+    let mut lab = overlay_lab();
+    let inner = udp(
+        PacketBuilder::ethernet2(ENDPOINT_MAC, lab.bridge_mac).ipv4(ENDPOINT, REMOTE_ENDPOINT, 64),
+        5000,
+        6000,
+        b"overlay",
+    );
+    let (action, out) = lab.sent_by_endpoint(&inner);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), inner.len() + OVERHEAD);
+    let sport = u16::from_be_bytes([out[34], out[35]]);
+    assert!(sport >= 49152, "source port {sport} from the flow hash");
+    let mut outer = [0; OVERHEAD];
+    write_outer_headers(
+        &Outer {
+            src_mac: lab.uplink_mac,
+            dst_mac: WORLD_MAC,
+            src_be: be(UPLINK.into()),
+            dst_be: be(WORLD.into()),
+            sport,
+            vni: VNI,
+        },
+        inner.len() as u16,
+        &mut outer,
+    );
+    assert_eq!(out[..OVERHEAD], outer);
+    assert!(folds_to_ffff(sum(&out[14..34])), "outer IPv4 checksum");
+    // Inside: Ethernet to the remote endpoint, from the sender, and the
+    // packet itself untouched.
+    assert_eq!(out[OVERHEAD..OVERHEAD + 6], REMOTE_ENDPOINT_MAC);
+    assert_eq!(out[OVERHEAD + 6..OVERHEAD + 12], ENDPOINT_MAC);
+    assert_eq!(out[OVERHEAD + 12..], inner[12..]);
+    assert!(
+        lab.dp.flows().unwrap().is_empty(),
+        "overlay traffic is not tracked"
+    );
+}
+
+#[test]
+fn vxlan_from_the_lease_holder_reaches_the_endpoint_and_nothing_else_does() {
+    let mut lab = overlay_lab();
+    let inner = |src: [u8; 4]| {
+        udp(
+            PacketBuilder::ethernet2(REMOTE_ENDPOINT_MAC, ENDPOINT_MAC).ipv4(src, ENDPOINT, 64),
+            6000,
+            5000,
+            b"reply",
+        )
+    };
+    let uplink_mac = lab.uplink_mac;
+    let vxlan = |vtep: [u8; 4], vni: u32, inner: &[u8]| {
+        let mut outer = [0; OVERHEAD];
+        write_outer_headers(
+            &Outer {
+                src_mac: WORLD_MAC,
+                dst_mac: uplink_mac,
+                src_be: be(vtep.into()),
+                dst_be: be(UPLINK.into()),
+                sport: 50000,
+                vni,
+            },
+            inner.len() as u16,
+            &mut outer,
+        );
+        [outer.as_slice(), inner].concat()
+    };
+    let good = inner(REMOTE_ENDPOINT);
+    let (action, out) = lab.arriving_from_world(&vxlan(WORLD, VNI, &good));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(out[..6], ENDPOINT_MAC);
+    assert_eq!(out[6..12], lab.bridge_mac);
+    assert_eq!(out[12..], good[12..]);
+
+    let wrong = [
+        vxlan(WORLD, VNI + 1, &good),
+        vxlan([198, 18, 0, 9], VNI, &good),
+        vxlan(WORLD, VNI, &inner([10, 201, 3, 3])),
+    ];
+    for frame in &wrong {
+        assert_eq!(lab.arriving_from_world(frame).0, TC_ACT_SHOT);
+    }
+    assert_eq!(
+        lab.drops(DropReason::OverlayUnknownPeer),
+        wrong.len() as u64
+    );
 }

@@ -25,6 +25,10 @@ pub mod maps {
     /// of the host, the common case, where an array is cheaper than a hash
     /// both to look up and to fill. An entry with address 0 is empty.
     pub const PUBLISHED_ANY: &str = "NP_PUBLISHED_ANY";
+    /// [`super::OverlayPeer`] keyed by the network address of another
+    /// host's /24 lease of an overlay subnet (`u32`, network byte order):
+    /// where frames to that lease go, and what frames from it must carry.
+    pub const OVERLAY_ROUTES: &str = "NP_OVERLAY_ROUTES";
     /// [`super::CtEntry`] keyed by [`super::FlowKey`]: connection tracking
     /// and NAT, one entry per direction of a flow.
     pub const CONNTRACK: &str = "NP_CONNTRACK";
@@ -72,6 +76,9 @@ pub const MAX_HOST_ADDRS: u32 = 256;
 /// Capacity of [`maps::PUBLISHED`], ports published on a given host
 /// address: as many as every port of both protocols on one address.
 pub const MAX_PUBLISHED: u32 = 2 * 65536;
+
+/// Capacity of [`maps::OVERLAY_ROUTES`]: leases of other hosts.
+pub const MAX_OVERLAY_LEASES: u32 = 4096;
 
 /// Entries of [`maps::PUBLISHED_ANY`]: every port of TCP, then of UDP.
 pub const PUBLISHED_ANY_ENTRIES: u32 = 2 * 65536;
@@ -244,6 +251,16 @@ pub struct PortTarget {
     pub slot: u32,
 }
 
+/// Value of [`maps::OVERLAY_ROUTES`]: the host holding a lease.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlayPeer {
+    /// The host's VTEP (uplink) address, network byte order.
+    pub vtep_be: u32,
+    /// The overlay's VXLAN network identifier, host byte order.
+    pub vni: u32,
+}
+
 /// Key of [`maps::CONNTRACK`]: one direction of a flow as it arrives at the
 /// data path, before translation. For ICMP echo the identifier is the source
 /// port of requests and the destination port of replies; the other is 0.
@@ -350,11 +367,14 @@ pub enum DropReason {
     NoRoute = 6,
     /// A translated packet is larger than the way out and may be fragmented.
     TooBig = 7,
+    /// A VXLAN frame whose VNI, sender or inner source is not that of a
+    /// known peer's lease, or whose inner destination is no endpoint here.
+    OverlayUnknownPeer = 8,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::IccDenied,
         DropReason::Spoofed,
         DropReason::Truncated,
@@ -363,6 +383,7 @@ impl DropReason {
         DropReason::Fragment,
         DropReason::NoRoute,
         DropReason::TooBig,
+        DropReason::OverlayUnknownPeer,
     ];
 
     /// Stable name, used in metrics and the CLI.
@@ -376,6 +397,7 @@ impl DropReason {
             DropReason::Fragment => "fragment",
             DropReason::NoRoute => "no_route",
             DropReason::TooBig => "too_big",
+            DropReason::OverlayUnknownPeer => "overlay_unknown_peer",
         }
     }
 }
@@ -409,6 +431,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OverlayPeer {}
 }
 
 #[cfg(test)]
@@ -427,6 +451,7 @@ mod tests {
         assert_eq!(size_of::<AddrPair>(), 8);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<PortTarget>(), 12);
+        assert_eq!(size_of::<OverlayPeer>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 32);
         assert_eq!(size_of::<IfStatsKey>(), 8);

@@ -35,11 +35,12 @@ pub struct Outer {
     pub vni: u32,
 }
 
-/// The outer headers for an inner Ethernet frame of `inner_len` bytes:
-/// IPv4 without DF and with TTL 64, UDP without checksum (RFC 7348 allows
-/// it over IPv4, and Linux's vxlan device sends none by default).
-pub fn outer_headers(o: &Outer, inner_len: u16) -> [u8; OVERHEAD] {
-    let mut h = [0u8; OVERHEAD];
+/// Writes into `h` the outer headers for an inner Ethernet frame of
+/// `inner_len` bytes: IPv4 without DF and with TTL 64, UDP without checksum
+/// (RFC 7348 allows it over IPv4, and Linux's vxlan device sends none by
+/// default).
+pub fn write_outer_headers(o: &Outer, inner_len: u16, h: &mut [u8; OVERHEAD]) {
+    *h = [0; OVERHEAD];
     h[0..6].copy_from_slice(&o.dst_mac);
     h[6..12].copy_from_slice(&o.src_mac);
     h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
@@ -58,7 +59,12 @@ pub fn outer_headers(o: &Outer, inner_len: u16) -> [u8; OVERHEAD] {
     h[UDP + 4..UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
     h[VXLAN] = FLAG_VNI;
     h[VXLAN + 4..VXLAN + 8].copy_from_slice(&(o.vni << 8).to_be_bytes());
-    h
+}
+
+/// The network address of the /24 lease `addr` (network byte order) falls
+/// in: overlay subnets are handed out to hosts a /24 at a time.
+pub const fn lease_of(addr_be: u32) -> u32 {
+    addr_be & u32::from_ne_bytes([255, 255, 255, 0])
 }
 
 /// The Internet checksum of an IPv4 header whose checksum field is zero.
@@ -117,7 +123,9 @@ mod tests {
             sport: 50000,
             vni: 42,
         };
-        assert_eq!(hex(&outer_headers(&outer, 50)), GOLDEN);
+        let mut headers = [0xaa; OVERHEAD];
+        write_outer_headers(&outer, 50, &mut headers);
+        assert_eq!(hex(&headers), GOLDEN);
     }
 
     #[test]
@@ -132,6 +140,13 @@ mod tests {
         assert_eq!(vni([0x08, 0, 0, 0, 0, 0, 42, 0]), Some(42));
         assert_eq!(vni([0x08, 0, 0, 0, 0xff, 0xff, 0xff, 0]), Some(0xff_ffff));
         assert_eq!(vni([0x00, 0, 0, 0, 0, 0, 42, 0]), None);
+    }
+
+    #[test]
+    fn leases_are_the_24s_addresses_fall_in() {
+        let be = |a: [u8; 4]| u32::from_ne_bytes(a);
+        assert_eq!(lease_of(be([10, 201, 2, 3])), be([10, 201, 2, 0]));
+        assert_eq!(lease_of(be([10, 201, 2, 255])), be([10, 201, 2, 0]));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod nat;
+mod overlay;
 mod packet;
 mod reg;
 mod sock;
@@ -21,8 +22,8 @@ use aya_log_ebpf::debug;
 use netplane_common::abi::{
     AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EndpointIdentity,
     EndpointPort, FlowKey, IfCounters, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES,
-    MAX_LINKED, MAX_NAT_SLOTS, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig, PUBLISHED_ANY_ENTRIES,
-    PortKey, PortTarget, SockRevKey, SockRevValue,
+    MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig,
+    OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, SockRevKey, SockRevValue,
 };
 use packet::{L3, load};
 
@@ -47,6 +48,13 @@ static HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_ADDRS, 0);
 
 #[map(name = "NP_PUBLISHED")]
 static PUBLISHED: HashMap<PortKey, PortTarget> = HashMap::pinned(MAX_PUBLISHED, 0);
+
+#[map(name = "NP_OVERLAY_ROUTES")]
+static OVERLAY_ROUTES: HashMap<u32, OverlayPeer> = HashMap::pinned(MAX_OVERLAY_LEASES, 0);
+
+/// Scratch for the headers encapsulation writes, off the stack.
+#[map]
+static ENCAP_HEADERS: PerCpuArray<overlay::EncapHeaders> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NP_PUBLISHED_ANY")]
 static PUBLISHED_ANY: Array<PortTarget> = Array::pinned(PUBLISHED_ANY_ENTRIES, BPF_F_MMAPABLE);

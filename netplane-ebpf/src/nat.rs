@@ -32,7 +32,7 @@ use netplane_common::{
 
 use crate::{
     CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
-    PUBLISHED_ANY, QUOTED,
+    PUBLISHED_ANY, QUOTED, overlay,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
 };
@@ -42,7 +42,7 @@ const PORT_TRIES: u32 = 8;
 const EEXIST: i32 = 17;
 const AF_INET: u8 = 2;
 
-type Verdict = Result<i32, DropReason>;
+pub type Verdict = Result<i32, DropReason>;
 
 /// CLOCK_MONOTONIC at tick resolution: plenty for lifetimes of seconds, and
 /// cheaper than the precise clock.
@@ -288,26 +288,54 @@ fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropReason> {
 
 /// Source and destination of a packet once translated.
 #[derive(Clone, Copy)]
-struct Addrs {
-    saddr: u32,
-    daddr: u32,
+pub struct Addrs {
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+/// What the FIB is asked about a packet besides its addresses.
+#[derive(Clone, Copy)]
+pub struct FibFlow {
+    pub proto: u8,
+    /// Ports as in the packet.
+    pub sport: u16,
+    pub dport: u16,
+    /// Total length, host byte order, for the MTU check.
+    pub tot_len: u16,
+}
+
+impl FibFlow {
+    #[inline(always)]
+    fn of(ip: &Ipv4) -> FibFlow {
+        FibFlow {
+            proto: ip.proto,
+            sport: ip.sport,
+            dport: ip.dport,
+            tot_len: ip.tot_len,
+        }
+    }
 }
 
 /// The way out of the host for a packet. Not inlined, and the request
 /// lives in a per-CPU map: both keep the programs' stack within the
 /// verifier's limit.
 #[inline(never)]
-fn route(
+pub fn route(
     ctx: &TcContext,
     cfg: &NetConfig,
-    ip: &Ipv4,
+    flow: &FibFlow,
     addrs: &Addrs,
 ) -> InReg<Result<Route, DropReason>> {
-    InReg::new(fib(ctx, cfg, ip, addrs))
+    InReg::new(fib(ctx, cfg, flow, addrs))
 }
 
 #[inline(always)]
-fn fib(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<Route, DropReason> {
+fn fib(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    flow: &FibFlow,
+    addrs: &Addrs,
+) -> Result<Route, DropReason> {
     let Addrs { saddr, daddr } = *addrs;
     let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(DropReason::NoRoute)?;
     // SAFETY: a per-CPU map value, used by this invocation only; all-zero
@@ -317,13 +345,13 @@ fn fib(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<Rou
         &mut *p
     };
     p.family = AF_INET;
-    p.l4_protocol = ip.proto;
-    p.sport = ip.sport;
-    p.dport = ip.dport;
+    p.l4_protocol = flow.proto;
+    p.sport = flow.sport;
+    p.dport = flow.dport;
     // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     // GSO packets are segmented on the way out: only others can be too big.
-    p.__bindgen_anon_1.tot_len = if gso { 0 } else { ip.tot_len };
+    p.__bindgen_anon_1.tot_len = if gso { 0 } else { flow.tot_len };
     p.ifindex = cfg.bridge_ifindex;
     p.__bindgen_anon_3.ipv4_src = saddr;
     p.__bindgen_anon_4.ipv4_dst = daddr;
@@ -354,6 +382,13 @@ fn fib(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, addrs: &Addrs) -> Result<Rou
 #[inline(always)]
 fn send(ctx: &TcContext, ip: &Ipv4, route: &Route) -> Verdict {
     decrement_ttl(ctx, ip)?;
+    out_along(ctx, route)
+}
+
+/// Redirects the frame out along `route`, its Ethernet addresses those the
+/// FIB request of this invocation found, or the kernel's to resolve.
+#[inline(always)]
+pub fn out_along(ctx: &TcContext, route: &Route) -> Verdict {
     if !route.resolved {
         // SAFETY: a plain helper call; the kernel resolves the neighbour.
         return Ok(unsafe { bpf_redirect_neigh(route.ifindex, ptr::null_mut(), 0, 0) } as i32);
@@ -397,7 +432,7 @@ fn next_hop(
     // SAFETY: a map value, copied out.
     match unsafe { ENDPOINTS.get(&daddr) } {
         Some(ep) => Ok(Next::Endpoint(*ep)),
-        None => route(ctx, cfg, ip, &Addrs { saddr, daddr })
+        None => route(ctx, cfg, &FibFlow::of(ip), &Addrs { saddr, daddr })
             .get()
             .map(Next::Out),
     }
@@ -616,6 +651,10 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         // The stack answers "time exceeded" (traceroute's first hop).
         return Ok(TC_ACT_OK);
     }
+    // Overlay traffic keeps its addresses: no tracking, no translation.
+    if let Some(peer) = overlay::peer_of(ip.daddr) {
+        return overlay::encapsulate(ctx, cfg, ip, &peer).get();
+    }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);
     }
@@ -660,7 +699,7 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         saddr: ip.saddr,
         daddr: ip.daddr,
     };
-    let route = match route(ctx, cfg, ip, &addrs).get() {
+    let route = match route(ctx, cfg, &FibFlow::of(ip), &addrs).get() {
         Ok(route) => route,
         // The stack answers: "unreachable", or "fragmentation needed" for a
         // DF packet; it must not fragment and send one untranslated.
@@ -692,6 +731,9 @@ pub fn from_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> InReg<Verdict
 fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     if ip.ttl <= 1 {
         return Ok(TC_ACT_OK);
+    }
+    if overlay::is_vxlan_for(cfg, ip) {
+        return overlay::decapsulate(ctx, cfg, ip).get();
     }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);

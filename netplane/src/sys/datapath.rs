@@ -27,7 +27,7 @@ use aya_log::EbpfLogger;
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use netplane_common::abi::{
     AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
-    IfStatsKey, NetConfig, PortKey, PortTarget, maps, programs,
+    IfStatsKey, NetConfig, OverlayPeer, PortKey, PortTarget, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -454,16 +454,40 @@ impl Datapath {
     /// Makes the set-like hash map `name` (values unused) hold exactly
     /// `want`, leaving the keys it keeps in place.
     fn set_keys<K: aya::Pod + PartialEq>(&mut self, name: &str, want: Vec<K>) -> Result<()> {
-        let mut map: HashMap<_, K, u32> = self.map_mut(name)?;
-        let stale: Vec<K> = map.keys().flatten().filter(|k| !want.contains(k)).collect();
+        self.set_entries(name, want.into_iter().map(|k| (k, 1u32)).collect())
+    }
+
+    /// Makes hash map `name` hold exactly `want`: keys not in it go, the
+    /// others are written in place, so no lookup ever misses a kept key.
+    fn set_entries<K: aya::Pod + PartialEq, V: aya::Pod>(
+        &mut self,
+        name: &str,
+        want: Vec<(K, V)>,
+    ) -> Result<()> {
+        let mut map: HashMap<_, K, V> = self.map_mut(name)?;
+        let stale: Vec<K> = map
+            .keys()
+            .flatten()
+            .filter(|k| !want.iter().any(|(w, _)| w == k))
+            .collect();
         for k in stale {
             let _ = map.remove(&k);
         }
-        for k in want {
-            map.insert(k, 1, 0)
+        for (k, v) in want {
+            map.insert(k, v, 0)
                 .map_err(|e| Error::ebpf("insert into", name, e))?;
         }
         Ok(())
+    }
+
+    /// Replaces the other hosts' leases of overlay subnets: each /24
+    /// network address with the host that holds it.
+    pub fn set_overlay_routes(&mut self, leases: &[(Ipv4Addr, OverlayPeer)]) -> Result<()> {
+        let want = leases
+            .iter()
+            .map(|(lease, peer)| (be(*lease), *peer))
+            .collect();
+        self.set_entries(maps::OVERLAY_ROUTES, want)
     }
 
     /// Replaces the pairs of endpoints allowed to talk with `--icc=false`.

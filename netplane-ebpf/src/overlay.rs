@@ -1,0 +1,162 @@
+//! The overlay: frames between endpoints on different hosts travel in
+//! VXLAN, pushed in front of them here as they leave the sending endpoint
+//! and taken off as they reach the receiving host's uplink. The kernel's
+//! own vxlan device speaks the same wire format.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::{bpf_get_hash_recalc, bpf_redirect},
+    programs::TcContext,
+};
+use netplane_common::{
+    abi::{DropReason, NetConfig, OverlayPeer, proto},
+    vxlan::{OVERHEAD, Outer, VXLAN_PORT, lease_of, source_port, vni, write_outer_headers},
+};
+
+use crate::{
+    ENCAP_HEADERS, ENDPOINTS, OVERLAY_ROUTES,
+    nat::{Addrs, FibFlow, Verdict, out_along, route},
+    packet::{ETH_HLEN, Ipv4, load, store},
+    reg::InReg,
+};
+
+/// What encapsulation writes in front of the inner IPv4 packet: the outer
+/// headers, then the inner Ethernet header.
+#[repr(C)]
+pub struct EncapHeaders {
+    outer: [u8; OVERHEAD],
+    inner_eth: [u8; ETH_HLEN],
+}
+
+/// The host holding the /24 lease `addr` belongs to, if another does.
+#[inline(always)]
+pub fn peer_of(addr_be: u32) -> Option<OverlayPeer> {
+    // SAFETY: a map value, copied out.
+    unsafe { OVERLAY_ROUTES.get(&lease_of(addr_be)).copied() }
+}
+
+/// Where the MAC of an endpoint comes from: its address, as the control
+/// plane assigns it (02:42 and the four octets).
+#[inline(always)]
+fn endpoint_mac(addr_be: u32) -> [u8; 6] {
+    let [a, b, c, d] = addr_be.to_ne_bytes();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// Sends the endpoint's packet `ip` to `peer` in VXLAN. Not inlined, for
+/// the stack limit.
+#[inline(never)]
+pub fn encapsulate(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv4,
+    peer: &OverlayPeer,
+) -> InReg<Verdict> {
+    InReg::new(encapsulate_now(ctx, cfg, ip, peer))
+}
+
+#[inline(always)]
+fn encapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, peer: &OverlayPeer) -> Verdict {
+    // The inner flow's hash, taken before the headers change, spreads
+    // flows over an ECMP underlay and keeps each on one path.
+    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
+    let sport = source_port(unsafe { bpf_get_hash_recalc(ctx.skb.skb) });
+    let inner_len = ip.tot_len.wrapping_add(ETH_HLEN as u16);
+    let way = route(
+        ctx,
+        cfg,
+        &FibFlow {
+            proto: proto::UDP,
+            sport: sport.to_be(),
+            dport: VXLAN_PORT.to_be(),
+            tot_len: ip.tot_len.wrapping_add((OVERHEAD - ETH_HLEN) as u16),
+        },
+        &Addrs {
+            saddr: cfg.uplink_addr_be,
+            daddr: peer.vtep_be,
+        },
+    )
+    .get()?;
+    let headers = ENCAP_HEADERS.get_ptr_mut(0).ok_or(DropReason::NoRoute)?;
+    // SAFETY: a per-CPU map value, used by this invocation only.
+    let headers = unsafe { &mut *headers };
+    // The outer MACs are the route's, written when the frame goes out.
+    write_outer_headers(
+        &Outer {
+            src_be: cfg.uplink_addr_be,
+            dst_be: peer.vtep_be,
+            sport,
+            vni: peer.vni,
+            ..Outer::default()
+        },
+        inner_len,
+        &mut headers.outer,
+    );
+    headers.inner_eth[..6].copy_from_slice(&endpoint_mac(ip.daddr));
+    headers.inner_eth[6..12].copy_from_slice(&load::<[u8; 6]>(ctx, 6)?);
+    headers.inner_eth[12..].copy_from_slice(&0x0800u16.to_be_bytes());
+    // Marked as UDP-tunnelled Ethernet, with the inner MAC header's length
+    // (BPF_F_ADJ_ROOM_ENCAP_L2), so that GSO segments the inner packet and
+    // fixes up the outer lengths of every segment.
+    let flags = u64::from(
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+    ) | ((ETH_HLEN as u64) << 56);
+    ctx.adjust_room(OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
+        .map_err(|_| DropReason::Truncated)?;
+    ctx.store(0, headers, 0)
+        .map_err(|_| DropReason::Truncated)?;
+    out_along(ctx, &way)
+}
+
+/// Takes a VXLAN frame `ip` (the outer packet, for this host) apart and
+/// delivers the inner packet to its endpoint, if it comes from the peer
+/// holding the inner source's lease with that peer's VNI. Not inlined, for
+/// the stack limit.
+#[inline(never)]
+pub fn decapsulate(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> InReg<Verdict> {
+    InReg::new(decapsulate_now(ctx, cfg, ip))
+}
+
+#[inline(always)]
+fn decapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+    // Outer headers as encapsulation writes them; IPv4 options would move
+    // everything and no VTEP sends them.
+    if ip.l4 != ETH_HLEN + 20 {
+        return Err(DropReason::OverlayUnknownPeer);
+    }
+    let header: [u8; 8] = load(ctx, ip.l4 + 8)?;
+    let inner_ip = OVERHEAD + ETH_HLEN;
+    let inner_type: u16 = load(ctx, OVERHEAD + 12)?;
+    let inner_src: u32 = load(ctx, inner_ip + 12)?;
+    let inner_dst: u32 = load(ctx, inner_ip + 16)?;
+    let from_peer = peer_of(inner_src).is_some_and(|p| {
+        p.vtep_be == ip.saddr && Some(p.vni) == vni(header) && inner_type == 0x0800u16.to_be()
+    });
+    // SAFETY: a map value, copied out.
+    let to = unsafe { ENDPOINTS.get(&inner_dst).copied() };
+    let (true, Some(to)) = (from_peer, to) else {
+        return Err(DropReason::OverlayUnknownPeer);
+    };
+    ctx.adjust_room(
+        -(OVERHEAD as i32),
+        BPF_ADJ_ROOM_MAC,
+        u64::from(BPF_F_ADJ_ROOM_DECAP_L3_IPV4),
+    )
+    .map_err(|_| DropReason::Truncated)?;
+    store(ctx, 0, to.mac)?;
+    store(ctx, 6, cfg.bridge_mac)?;
+    // SAFETY: a plain helper call.
+    Ok(unsafe { bpf_redirect(to.ifindex, 0) } as i32)
+}
+
+/// Whether `ip` is a VXLAN frame for this host's VTEP.
+#[inline(always)]
+pub fn is_vxlan_for(cfg: &NetConfig, ip: &Ipv4) -> bool {
+    ip.proto == proto::UDP
+        && ip.dport == VXLAN_PORT.to_be()
+        && ip.daddr == cfg.uplink_addr_be
+        && !ip.later_fragment
+}
