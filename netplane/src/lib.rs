@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod endpoint;
 pub mod error;
 pub mod ipam;
+pub mod overlay;
 pub mod portspec;
 pub mod server;
 pub mod store;

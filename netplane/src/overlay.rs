@@ -1,0 +1,192 @@
+//! Overlay networks across hosts: cutting the subnet into one /24 lease per
+//! host, the VXLAN network identifier a network gets, and the routes to the
+//! other hosts' leases that the data path encapsulates along.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use netplane_common::abi::OverlayPeer;
+
+use crate::sys::datapath::be;
+
+/// Each host's slice of an overlay subnet, as flannel hands them out.
+pub const LEASE_PREFIX: u8 = 24;
+
+/// VNIs below this are left for networks given one by hand.
+const FIRST_DERIVED_VNI: u32 = 4096;
+
+/// VXLAN network identifiers have 24 bits.
+const VNI_LIMIT: u32 = 1 << 24;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OverlayError {
+    #[error("overlay subnet {0} is narrower than one /24 lease")]
+    SubnetTooNarrow(Ipv4Net),
+    #[error("overlay subnet {subnet} has {leases} /24 leases for {hosts} hosts")]
+    TooManyHosts {
+        subnet: Ipv4Net,
+        leases: usize,
+        hosts: usize,
+    },
+    #[error("VNI {0} does not fit VXLAN's 24 bits")]
+    VniOutOfRange(u32),
+}
+
+/// Leases under static membership: every host is given the same VTEP
+/// addresses (its own among them) and takes the /24 at its address's rank,
+/// so that all of them agree without a store.
+pub fn static_leases(
+    subnet: Ipv4Net,
+    vteps: &[Ipv4Addr],
+) -> Result<Vec<(Ipv4Addr, Ipv4Net)>, OverlayError> {
+    let mut hosts = vteps.to_vec();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let leases: Vec<Ipv4Net> = subnet
+        .subnets(LEASE_PREFIX)
+        .map_err(|_| OverlayError::SubnetTooNarrow(subnet))?
+        .collect();
+    if hosts.len() > leases.len() {
+        return Err(OverlayError::TooManyHosts {
+            subnet,
+            leases: leases.len(),
+            hosts: hosts.len(),
+        });
+    }
+    Ok(hosts.into_iter().zip(leases).collect())
+}
+
+/// The VNI of a network created without one, from its name: every host
+/// that creates the network by that name arrives at the same VNI.
+pub fn default_vni(name: &str) -> u32 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    FIRST_DERIVED_VNI + hash % (VNI_LIMIT - FIRST_DERIVED_VNI)
+}
+
+/// Checks a VNI given by hand.
+pub fn check_vni(vni: u32) -> Result<u32, OverlayError> {
+    if vni == 0 || vni >= VNI_LIMIT {
+        return Err(OverlayError::VniOutOfRange(vni));
+    }
+    Ok(vni)
+}
+
+/// What the data path needs to reach the other hosts: each one's lease
+/// network address with its VTEP and the overlay's VNI.
+pub fn peer_routes(
+    leases: &[(Ipv4Addr, Ipv4Net)],
+    me: Ipv4Addr,
+    vni: u32,
+) -> Vec<(Ipv4Addr, OverlayPeer)> {
+    leases
+        .iter()
+        .filter(|(vtep, _)| *vtep != me)
+        .map(|(vtep, lease)| {
+            (
+                lease.network(),
+                OverlayPeer {
+                    vtep_be: be(*vtep),
+                    vni,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_host_computes_the_same_leases_whatever_order_it_lists_peers_in() {
+        let a = static_leases(
+            net("10.200.0.0/16"),
+            &[ip("192.0.2.3"), ip("192.0.2.1"), ip("192.0.2.2")],
+        )
+        .unwrap();
+        let b = static_leases(
+            net("10.200.0.0/16"),
+            &[
+                ip("192.0.2.2"),
+                ip("192.0.2.3"),
+                ip("192.0.2.1"),
+                ip("192.0.2.2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            [
+                (ip("192.0.2.1"), net("10.200.0.0/24")),
+                (ip("192.0.2.2"), net("10.200.1.0/24")),
+                (ip("192.0.2.3"), net("10.200.2.0/24")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_subnet_must_hold_a_lease_per_host() {
+        assert_eq!(
+            static_leases(net("10.200.0.0/25"), &[ip("192.0.2.1")]),
+            Err(OverlayError::SubnetTooNarrow(net("10.200.0.0/25")))
+        );
+        assert_eq!(
+            static_leases(
+                net("10.200.0.0/23"),
+                &[ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")]
+            ),
+            Err(OverlayError::TooManyHosts {
+                subnet: net("10.200.0.0/23"),
+                leases: 2,
+                hosts: 3
+            })
+        );
+    }
+
+    #[test]
+    fn derived_vnis_are_stable_and_clear_of_hand_picked_ones() {
+        assert_eq!(default_vni("web"), default_vni("web"));
+        assert_ne!(default_vni("web"), default_vni("db"));
+        for name in ["web", "db", "a", "a-much-longer-network-name"] {
+            let vni = default_vni(name);
+            assert!(
+                (FIRST_DERIVED_VNI..VNI_LIMIT).contains(&vni),
+                "{name}: {vni}"
+            );
+        }
+        assert_eq!(check_vni(42), Ok(42));
+        assert_eq!(check_vni(0), Err(OverlayError::VniOutOfRange(0)));
+        assert_eq!(
+            check_vni(1 << 24),
+            Err(OverlayError::VniOutOfRange(1 << 24))
+        );
+    }
+
+    #[test]
+    fn routes_lead_to_every_other_host() {
+        let leases =
+            static_leases(net("10.200.0.0/16"), &[ip("192.0.2.1"), ip("192.0.2.2")]).unwrap();
+        assert_eq!(
+            peer_routes(&leases, ip("192.0.2.1"), 42),
+            [(
+                ip("10.200.1.0"),
+                OverlayPeer {
+                    vtep_be: be(ip("192.0.2.2")),
+                    vni: 42
+                }
+            )]
+        );
+    }
+}
