@@ -175,6 +175,7 @@ impl Daemon {
             bridge: cfg.bridge.clone(),
             subnet: Ipv4Net::new(pool.gateway, subnet.prefix_len()).expect("prefix of a valid net"),
             gateway: pool.gateway,
+            mtu: None,
         };
 
         let mut undo = Vec::new();
@@ -548,10 +549,11 @@ impl Daemon {
                 prefix_len,
                 gateway,
                 bridge,
+                mtu,
             } => {
                 let ns_file = netns::open(&netns::path(ns))?;
                 self.rtnl
-                    .create_veth(host, bridge, ENDPOINT_IFNAME, mac_for(*ip), &ns_file)
+                    .create_veth(host, bridge, ENDPOINT_IFNAME, mac_for(*ip), *mtu, &ns_file)
                     .await?;
                 Rtnl::in_netns(&ns_file)?
                     .configure_endpoint(ENDPOINT_IFNAME, *ip, *prefix_len, *gateway)

@@ -101,6 +101,9 @@ pub struct BridgeNet {
     pub subnet: Ipv4Net,
     /// The bridge's address.
     pub gateway: Ipv4Addr,
+    /// MTU of the endpoints' interfaces, when not the kernel's default:
+    /// smaller on an overlay, to leave room for the encapsulation.
+    pub mtu: Option<u32>,
 }
 
 /// An endpoint as stored: everything needed to (re)build or remove it.
@@ -161,6 +164,8 @@ pub enum Step {
         gateway: Ipv4Addr,
         /// Bridge to enslave the host side to.
         bridge: String,
+        /// MTU of both ends, when not the kernel's default.
+        mtu: Option<u32>,
     },
     /// The data path's endpoint program on the host-side veth, and the
     /// endpoint's address and MAC in its maps.
@@ -228,6 +233,7 @@ pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str, links: &[LinkedHo
                     prefix_len: net.subnet.prefix_len(),
                     gateway: net.gateway,
                     bridge: net.bridge.clone(),
+                    mtu: net.mtu,
                 },
                 Step::AttachDatapath { ifname: host, ip },
                 etc(Some(ip)),
@@ -294,6 +300,7 @@ mod tests {
             bridge: "np0".into(),
             subnet: "172.17.0.1/16".parse().unwrap(),
             gateway: "172.17.0.1".parse().unwrap(),
+            mtu: None,
         }
     }
 
@@ -366,6 +373,7 @@ mod tests {
                 prefix_len: 16,
                 gateway: "172.17.0.1".parse().unwrap(),
                 bridge: "np0".into(),
+                mtu: None,
             }
         );
         assert_eq!(

@@ -185,7 +185,7 @@ impl Rtnl {
     /// Creates the veth pair of an endpoint in one request: `host` in this
     /// namespace, attached to `bridge` and up; its peer `peer` with `mac`
     /// straight in namespace `ns`, as `ip link add ... peer ... netns`
-    /// does. Creating the peer where it belongs spares moving it across
+    /// does; both ends with `mtu` if given. Creating the peer where it belongs spares moving it across
     /// namespaces, which waits for RCU grace periods, and renaming it.
     pub async fn create_veth(
         &self,
@@ -193,19 +193,24 @@ impl Rtnl {
         bridge: &str,
         peer: &str,
         mac: [u8; 6],
+        mtu: Option<u32>,
         ns: &File,
     ) -> Result<()> {
         let bridge_index = self.index(bridge).await?;
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .address(mac.to_vec())
-            .setns_by_fd(ns.as_raw_fd())
-            .build();
-        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .setns_by_fd(ns.as_raw_fd());
+        let mut veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
             .controller(bridge_index)
-            .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .up();
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+            veth = veth.mtu(mtu);
+        }
+        let veth = veth
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
         self.handle
             .link()
