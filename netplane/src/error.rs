@@ -21,6 +21,27 @@ pub enum Error {
     /// No network of that name.
     #[error("network {0} not found")]
     NetworkNotFound(String),
+    /// The name or the VNI of a new overlay network is taken.
+    #[error("network {name} (VNI {vni}): network {other} already has that name or VNI")]
+    NetworkExists {
+        /// The new network.
+        name: String,
+        /// Its VNI.
+        vni: u32,
+        /// The network in the way.
+        other: String,
+    },
+    /// An overlay network still has endpoints.
+    #[error("network {network} still has endpoint {endpoint}")]
+    NetworkInUse {
+        /// The network.
+        network: String,
+        /// One of its endpoints.
+        endpoint: String,
+    },
+    /// An overlay network cannot be planned.
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
     /// A `-p` argument was refused.
     #[error(transparent)]
     PortSpec(#[from] PortSpecError),
@@ -208,7 +229,11 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            Error::EndpointExists(_) | Error::PortInUse { .. } | Error::Foreign(_)
+            Error::EndpointExists(_)
+                | Error::NetworkExists { .. }
+                | Error::NetworkInUse { .. }
+                | Error::PortInUse { .. }
+                | Error::Foreign(_)
         )
     }
 }

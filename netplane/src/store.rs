@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
+use ipnet::Ipv4Net;
+
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
@@ -24,7 +26,23 @@ CREATE TABLE IF NOT EXISTS endpoints (
     links TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing'))
 );
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY,
+    subnet TEXT NOT NULL,
+    vni INTEGER NOT NULL UNIQUE
+);
 ";
+
+/// An overlay network: the same on every host of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredNetwork {
+    /// Name.
+    pub name: String,
+    /// The whole overlay subnet, cut into /24 leases.
+    pub subnet: Ipv4Net,
+    /// VXLAN network identifier.
+    pub vni: u32,
+}
 
 /// Lifecycle of an endpoint record. A record that is not `Ready` after a
 /// restart belonged to an operation the crash interrupted.
@@ -120,6 +138,63 @@ impl Store {
         Ok(())
     }
 
+    /// Records an overlay network; its name and VNI must be new.
+    pub fn insert_network(&self, net: &StoredNetwork) -> Result<()> {
+        let taken: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT name FROM networks WHERE name = ?1 OR vni = ?2",
+                params![net.name, net.vni],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = taken {
+            return Err(Error::NetworkExists {
+                name: net.name.clone(),
+                vni: net.vni,
+                other,
+            });
+        }
+        self.conn.execute(
+            "INSERT INTO networks (name, subnet, vni) VALUES (?1, ?2, ?3)",
+            params![net.name, net.subnet.to_string(), net.vni],
+        )?;
+        Ok(())
+    }
+
+    /// Every overlay network.
+    pub fn networks(&self) -> Result<Vec<StoredNetwork>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, subnet, vni FROM networks ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?;
+        rows.map(|row| {
+            let (name, subnet, vni) = row?;
+            let subnet = subnet
+                .parse()
+                .map_err(|_| corrupt("subnet", "network", &name))?;
+            Ok(StoredNetwork { name, subnet, vni })
+        })
+        .collect()
+    }
+
+    /// The overlay network `name`.
+    pub fn network(&self, name: &str) -> Result<StoredNetwork> {
+        self.networks()?
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| Error::NetworkNotFound(name.to_string()))
+    }
+
+    /// Forgets an overlay network.
+    pub fn delete_network(&self, name: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM networks WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
     /// Records a new endpoint in state `Creating`, leasing its address from
     /// `pool` (the requested one, or the lowest free) in the same transaction.
     pub fn insert_endpoint(
@@ -140,7 +215,7 @@ impl Store {
         }
         let ip = match pool {
             Some(pool) => {
-                let leased = leased(&tx)?;
+                let leased = leased(&tx, new.mode)?;
                 Some(match new.ip {
                     Some(ip) => pool.check(ip, &leased).map(|()| ip)?,
                     None => pool.next_free(&leased)?,
@@ -218,17 +293,21 @@ impl Store {
             Ok(StoredEndpoint {
                 ep: Endpoint {
                     id,
-                    mode: mode.parse().map_err(|_| corrupt("mode", &name))?,
+                    mode: mode
+                        .parse()
+                        .map_err(|_| corrupt("mode", "endpoint", &name))?,
                     ip: ip
                         .map(|ip| ip.parse())
                         .transpose()
-                        .map_err(|_| corrupt("ip", &name))?,
+                        .map_err(|_| corrupt("ip", "endpoint", &name))?,
                     hostname,
                     name: name.clone(),
                 },
                 state: State::parse(&state),
-                ports: serde_json::from_str(&ports).map_err(|_| corrupt("ports", &name))?,
-                links: serde_json::from_str(&links).map_err(|_| corrupt("links", &name))?,
+                ports: serde_json::from_str(&ports)
+                    .map_err(|_| corrupt("ports", "endpoint", &name))?,
+                links: serde_json::from_str(&links)
+                    .map_err(|_| corrupt("links", "endpoint", &name))?,
             })
         })
         .collect()
@@ -243,17 +322,24 @@ impl Store {
     }
 }
 
-fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
+/// The addresses leased to endpoints attached in `mode` (the bridge, or an
+/// overlay network).
+fn leased(tx: &rusqlite::Transaction<'_>, mode: &Mode) -> Result<BTreeSet<Ipv4Addr>> {
     let mut stmt =
-        tx.prepare("SELECT ip FROM endpoints WHERE ip IS NOT NULL AND mode = 'bridge'")?;
-    let ips = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    ips.map(|ip| ip?.parse().map_err(|_| corrupt("ip", "lease")))
-        .collect::<Result<_>>()
+        tx.prepare("SELECT name, ip FROM endpoints WHERE ip IS NOT NULL AND mode = ?1")?;
+    let ips = stmt.query_map([mode.to_string()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    ips.map(|row| {
+        let (name, ip) = row?;
+        ip.parse().map_err(|_| corrupt("ip", "endpoint", &name))
+    })
+    .collect::<Result<_>>()
 }
 
-fn corrupt(column: &str, name: &str) -> Error {
+fn corrupt(column: &str, kind: &str, name: &str) -> Error {
     Error::Store(rusqlite::Error::InvalidColumnName(format!(
-        "unreadable {column} of endpoint {name}"
+        "unreadable {column} of {kind} {name}"
     )))
 }
 
@@ -329,5 +415,38 @@ mod tests {
             store.endpoint("nope").unwrap_err(),
             Error::EndpointNotFound("nope".into())
         );
+    }
+
+    #[test]
+    fn overlay_networks_keep_their_names_and_vnis_to_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let web = StoredNetwork {
+            name: "web".into(),
+            subnet: "10.200.0.0/16".parse().unwrap(),
+            vni: 42,
+        };
+        store.insert_network(&web).unwrap();
+        let same_vni = StoredNetwork {
+            name: "db".into(),
+            ..web.clone()
+        };
+        assert!(matches!(
+            store.insert_network(&same_vni),
+            Err(Error::NetworkExists { other, .. }) if other == "web"
+        ));
+        assert!(matches!(
+            store.insert_network(&StoredNetwork {
+                vni: 43,
+                ..web.clone()
+            }),
+            Err(Error::NetworkExists { .. })
+        ));
+        assert_eq!(store.network("web").unwrap(), web);
+        store.delete_network("web").unwrap();
+        assert!(matches!(
+            store.network("web"),
+            Err(Error::NetworkNotFound(_))
+        ));
     }
 }
