@@ -197,6 +197,7 @@ impl Topo {
                     bpffs: dir.join("bpf"),
                     ct_max: DEFAULT_CT_MAX,
                     timeouts: Timeouts::default(),
+                    peers: Vec::new(),
                 };
                 let mut daemon = Daemon::start(cfg).await.expect("netplane up");
                 let mut publish = Vec::new();

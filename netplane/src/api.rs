@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every path.
@@ -88,6 +89,38 @@ pub struct NetworkInfo {
     pub icc: Option<bool>,
     /// Endpoints attached.
     pub endpoints: Vec<String>,
+    /// VXLAN network identifier, for overlays.
+    #[serde(rename = "VNI", default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// This host's /24 of the subnet, for overlays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Every host of the overlay with its lease, this one included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerInfo>,
+}
+
+/// A host of an overlay network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PeerInfo {
+    /// Its VTEP address.
+    pub vtep: String,
+    /// Its /24 of the overlay subnet.
+    pub lease: String,
+}
+
+/// `POST /v1/networks`: a new overlay network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateNetwork {
+    /// Name.
+    pub name: String,
+    /// Only `overlay`.
+    pub driver: String,
+    /// The whole subnet, cut into a /24 per host.
+    pub subnet: Ipv4Net,
+    /// VXLAN network identifier; derived from the name when absent.
+    pub vni: Option<u32>,
 }
 
 /// `GET /v1/info`: the daemon itself.

@@ -17,8 +17,8 @@ use netplane_common::abi::DEFAULT_CT_MAX;
 
 use crate::{
     api::{
-        CreateEndpoint, DaemonInfo, EndpointInfo, NatTable, NetworkInfo, PortInfo, PortRequest,
-        Stats,
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, NatTable, NetworkInfo, PortInfo,
+        PortRequest, Stats,
     },
     client::Client,
     conntrack::Timeouts,
@@ -138,6 +138,25 @@ enum NatCommand {
 
 #[derive(Debug, Subcommand)]
 enum NetworkCommand {
+    /// Create an overlay network, the same on every host that creates it.
+    Create {
+        /// Only `overlay`: VXLAN between the hosts of the cluster.
+        #[arg(long, default_value = "overlay")]
+        driver: String,
+        /// The whole overlay subnet; each host takes a /24 of it.
+        #[arg(long)]
+        subnet: Ipv4Net,
+        /// VXLAN network identifier (default: derived from the name).
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Network name.
+        name: String,
+    },
+    /// Remove an overlay network without endpoints.
+    Rm {
+        /// Network name.
+        name: String,
+    },
     /// List networks.
     Ls,
     /// Show a network as JSON.
@@ -170,6 +189,10 @@ struct UpArgs {
     /// Return once the API is ready, leaving the daemon running.
     #[arg(long)]
     detach: bool,
+    /// VTEP (uplink) address of another host of the cluster, for overlay
+    /// networks without a store; every host is given the same set.
+    #[arg(long = "peer", value_name = "ADDRESS")]
+    peers: Vec<Ipv4Addr>,
     /// Connection tracking table size, in entries (two per flow); applies
     /// when the table is created, at the first `up` after a `down`.
     #[arg(long, default_value_t = DEFAULT_CT_MAX)]
@@ -273,6 +296,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 state_dir: args.state_dir,
                 run_dir: cli.run_dir,
                 bpffs: args.bpffs,
+                peers: args.peers,
             };
             rt.block_on(async {
                 let daemon = Daemon::start(cfg.clone()).await?;
@@ -357,6 +381,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     n.endpoints.len()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Network(NetworkCommand::Create {
+            driver,
+            subnet,
+            vni,
+            name,
+        }) => {
+            let net: NetworkInfo = rt.block_on(client.post(
+                "/v1/networks",
+                &CreateNetwork {
+                    name,
+                    driver,
+                    subnet,
+                    vni,
+                },
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&net)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Network(NetworkCommand::Rm { name }) => {
+            rt.block_on(client.act(Method::DELETE, &format!("/v1/networks/{name}")))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Network(NetworkCommand::Inspect { name }) => {

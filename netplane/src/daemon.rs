@@ -11,14 +11,17 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netplane_common::abi::{MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NetConfig};
+use netplane_common::{
+    abi::{MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NetConfig},
+    vxlan,
+};
 use nix::net::if_::if_nametoindex;
 use tracing::{info, warn};
 
 use crate::{
     api::{
-        CreateEndpoint, DaemonInfo, EndpointInfo, HostBinding, NatRule, NatTable, NetworkInfo,
-        NetworkSettings, PortInfo,
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, HostBinding, NatRule, NatTable,
+        NetworkInfo, NetworkSettings, PeerInfo, PortInfo,
     },
     conntrack::{self, Timeouts},
     endpoint::{
@@ -27,8 +30,9 @@ use crate::{
     },
     error::{Error, Result},
     ipam::{self, Pool},
+    overlay,
     portspec::{self, PortSpec, PublishedPort},
-    store::{NewEndpoint, State, Store, StoredEndpoint},
+    store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
     sys::{
         datapath::{Datapath, Role, Traffic, be},
         host::{self, DaemonLock},
@@ -36,6 +40,12 @@ use crate::{
         netns,
     },
 };
+
+/// Overlay bridges are named this and their VNI (at most 11 characters).
+const OVERLAY_BRIDGE_PREFIX: &str = "npo";
+
+/// The uplink's MTU when it cannot be read.
+const DEFAULT_MTU: u32 = 1500;
 
 /// Settings of `netplane up`.
 #[derive(Clone, Debug)]
@@ -58,6 +68,8 @@ pub struct Config {
     pub ct_max: u32,
     /// Lifetimes of tracked flows.
     pub timeouts: Timeouts,
+    /// Other hosts' VTEP addresses, for overlay networks without a store.
+    pub peers: Vec<Ipv4Addr>,
 }
 
 impl Config {
@@ -98,6 +110,8 @@ pub struct Daemon {
     /// What the data path needs to know of the bridge and the uplink, once
     /// they are up.
     net_config: NetConfig,
+    /// The uplink's MTU, which overlay endpoints leave room under.
+    uplink_mtu: u32,
     _lock: DaemonLock,
 }
 
@@ -187,6 +201,7 @@ impl Daemon {
             net,
             uplink,
             net_config: NetConfig::default(),
+            uplink_mtu: DEFAULT_MTU,
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -251,7 +266,12 @@ impl Daemon {
         dp.reset_nat_counters(MASQUERADE_SLOT)?;
         dp.attach_sockets(&host::cgroup2_root()?)?;
         self.dp = Some(dp);
+        if let Some(uplink) = &self.uplink {
+            let link = self.rtnl.link(uplink).await?;
+            self.uplink_mtu = link.and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
+        }
         self.sync_host_addrs().await?;
+        self.restore_overlays().await?;
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
         self.store
             .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
@@ -412,7 +432,7 @@ impl Daemon {
         }
     }
 
-    fn plan(&self, ep: &endpoint::Endpoint) -> Vec<Step> {
+    fn plan(&self, ep: &endpoint::Endpoint) -> Result<Vec<Step>> {
         let links: Vec<LinkedHost> = self
             .store
             .endpoint(&ep.name)
@@ -429,17 +449,17 @@ impl Daemon {
                 })
             })
             .collect();
-        endpoint::plan(
+        Ok(endpoint::plan(
             &self.resolved(ep),
-            &self.net,
+            &self.bridge_net_of(&ep.mode)?,
             &host::host_resolv_conf(),
             &links,
-        )
+        ))
     }
 
     /// Applies the plan of `ep`; on failure undoes the applied steps.
     async fn apply_plan(&mut self, ep: &endpoint::Endpoint) -> Result<()> {
-        let steps = self.plan(ep);
+        let steps = self.plan(ep)?;
         for (done, step) in steps.iter().enumerate() {
             if let Err(e) = self.apply(step).await {
                 for applied in steps[..=done].iter().rev() {
@@ -526,7 +546,7 @@ impl Daemon {
             warn!("removing {}: {e}", ep.name);
             first.get_or_insert(e);
         }
-        for step in self.plan(ep).iter().rev() {
+        for step in self.plan(ep)?.iter().rev() {
             if let Err(e) = self.undo(step).await {
                 warn!("removing {}: {e}", ep.name);
                 first.get_or_insert(e);
@@ -593,19 +613,17 @@ impl Daemon {
             .iter()
             .map(|s| s.parse::<PortSpec>())
             .collect::<Result<Vec<_>, _>>()?;
-        if mode != Mode::Bridge {
-            if req.ip.is_some() {
-                return Err(Error::NotApplicable {
-                    flag: "--ip",
-                    mode: mode.to_string(),
-                });
-            }
-            if !specs.is_empty() {
-                return Err(Error::NotApplicable {
-                    flag: "-p",
-                    mode: mode.to_string(),
-                });
-            }
+        if !mode.has_veth() && req.ip.is_some() {
+            return Err(Error::NotApplicable {
+                flag: "--ip",
+                mode: mode.to_string(),
+            });
+        }
+        if mode != Mode::Bridge && !specs.is_empty() {
+            return Err(Error::NotApplicable {
+                flag: "-p",
+                mode: mode.to_string(),
+            });
         }
         let records = self.store.endpoints()?;
         let ready = |name: &str| {
@@ -625,7 +643,8 @@ impl Daemon {
             ready(other).ok_or_else(|| Error::EndpointNotFound(other.to_string()))?;
         }
         let ports = Self::resolve_ports(&self.rtnl, &specs, &records).await?;
-        let pool = Pool::new(self.net.subnet)?;
+        // The bridge's, or the overlay's (which must exist) on this host.
+        let pool = Pool::new(self.bridge_net_of(&mode)?.subnet)?;
         let ep = self.store.insert_endpoint(
             NewEndpoint {
                 name: &req.name,
@@ -635,7 +654,7 @@ impl Daemon {
                 ports: &ports,
                 links: &req.links,
             },
-            (mode == Mode::Bridge).then_some(&pool),
+            mode.has_veth().then_some(&pool),
         )?;
         if let Err(e) = self.apply_plan(&ep).await {
             self.store.delete_endpoint(&ep.name)?;
@@ -863,6 +882,10 @@ impl Daemon {
         if let Some(dp) = self.dp.take() {
             note(dp.remove_pins());
         }
+        for net in self.store.networks()? {
+            let bridge = format!("{OVERLAY_BRIDGE_PREFIX}{}", net.vni);
+            note(self.rtnl.delete_link(&bridge).await);
+        }
         note(self.rtnl.delete_link(&self.net.bridge).await);
         if let Some(before) = self.store.meta(meta::IP_FORWARD_BEFORE)? {
             note(host::write_sysctl(host::IP_FORWARD, &before));
@@ -904,7 +927,17 @@ impl Daemon {
 
     fn to_info(&self, rec: &StoredEndpoint) -> EndpointInfo {
         let ep = &self.resolved(&rec.ep);
-        let bridged = matches!(ep.mode, Mode::Bridge | Mode::Container(_)) && ep.ip.is_some();
+        // The bridge or overlay the endpoint (or the one whose namespace it
+        // shares) is attached to.
+        let attached = match &ep.mode {
+            Mode::Container(other) => self.store.endpoint(other).ok().map(|o| o.ep.mode),
+            mode => Some(mode.clone()),
+        };
+        let net = attached
+            .filter(Mode::has_veth)
+            .and_then(|mode| self.bridge_net_of(&mode).ok())
+            .filter(|_| ep.ip.is_some());
+        let bridged = net.is_some();
         let mut ports: BTreeMap<String, Vec<HostBinding>> = BTreeMap::new();
         for p in &rec.ports {
             for (i, cport) in (p.container_ports.start..=p.container_ports.end).enumerate() {
@@ -932,16 +965,11 @@ impl Daemon {
                     .filter(|_| bridged)
                     .map(|ip| ip.to_string())
                     .unwrap_or_default(),
-                ip_prefix_len: if bridged {
-                    self.net.subnet.prefix_len()
-                } else {
-                    0
-                },
-                gateway: if bridged {
-                    self.net.gateway.to_string()
-                } else {
-                    String::new()
-                },
+                ip_prefix_len: net.as_ref().map_or(0, |n| n.subnet.prefix_len()),
+                gateway: net
+                    .as_ref()
+                    .map(|n| n.gateway.to_string())
+                    .unwrap_or_default(),
                 mac_address: ep
                     .ip
                     .filter(|_| bridged)
@@ -986,6 +1014,9 @@ impl Daemon {
             gateway: None,
             icc: None,
             endpoints,
+            vni: None,
+            lease: None,
+            peers: Vec::new(),
         };
         Ok(vec![
             NetworkInfo {
@@ -996,10 +1027,186 @@ impl Daemon {
                 gateway: Some(self.net.gateway.to_string()),
                 icc: Some(self.cfg.icc),
                 endpoints: members(&|m| *m == Mode::Bridge),
+                vni: None,
+                lease: None,
+                peers: Vec::new(),
             },
             simple("host", "host", members(&|m| *m == Mode::Host)),
             simple("none", "null", members(&|m| *m == Mode::None)),
-        ])
+        ]
+        .into_iter()
+        .chain(self.store.networks()?.iter().filter_map(|net| {
+            let on_host = self.overlay_bridge_net(net).ok()?;
+            let leases = overlay::static_leases(net.subnet, &self.members().ok()?).ok()?;
+            Some(NetworkInfo {
+                name: net.name.clone(),
+                driver: "overlay".into(),
+                bridge: Some(on_host.bridge),
+                subnet: Some(net.subnet.to_string()),
+                gateway: Some(on_host.gateway.to_string()),
+                icc: None,
+                endpoints: members(&|m| *m == Mode::Network(net.name.clone())),
+                vni: Some(net.vni),
+                lease: Some(on_host.subnet.trunc().to_string()),
+                peers: leases
+                    .iter()
+                    .map(|(vtep, lease)| PeerInfo {
+                        vtep: vtep.to_string(),
+                        lease: lease.to_string(),
+                    })
+                    .collect(),
+            })
+        }))
+        .collect())
+    }
+
+    /// This host's VTEP: the uplink's address.
+    fn vtep(&self) -> Result<Ipv4Addr> {
+        match Ipv4Addr::from(self.net_config.uplink_addr_be.to_ne_bytes()) {
+            Ipv4Addr::UNSPECIFIED => Err(Error::NoVtep),
+            vtep => Ok(vtep),
+        }
+    }
+
+    /// The hosts of the cluster, this one among them.
+    fn members(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(std::iter::once(self.vtep()?)
+            .chain(self.cfg.peers.iter().copied())
+            .collect())
+    }
+
+    /// What overlay `net` is on this host: a bridge at the first address of
+    /// this host's lease, endpoints with room left for the encapsulation.
+    fn overlay_bridge_net(&self, net: &StoredNetwork) -> Result<BridgeNet> {
+        let vtep = self.vtep()?;
+        let leases = overlay::static_leases(net.subnet, &self.members()?)?;
+        let lease = leases
+            .iter()
+            .find(|(v, _)| *v == vtep)
+            .map(|(_, lease)| *lease)
+            .expect("this host is among the members");
+        let gateway = lease.hosts().next().expect("a /24 has hosts");
+        Ok(BridgeNet {
+            bridge: format!("{OVERLAY_BRIDGE_PREFIX}{}", net.vni),
+            subnet: Ipv4Net::new(gateway, lease.prefix_len()).expect("prefix of a valid net"),
+            gateway,
+            mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
+        })
+    }
+
+    /// The bridge an endpoint attached in `mode` joins.
+    fn bridge_net_of(&self, mode: &Mode) -> Result<BridgeNet> {
+        match mode {
+            Mode::Network(name) => self.overlay_bridge_net(&self.store.network(name)?),
+            _ => Ok(self.net.clone()),
+        }
+    }
+
+    /// Creates an overlay network: recorded, its bridge up, the routes to
+    /// the other hosts' leases in the data path.
+    pub async fn create_network(&mut self, req: CreateNetwork) -> Result<NetworkInfo> {
+        endpoint::validate_name(&req.name)?;
+        if req.driver != "overlay" {
+            return Err(Error::UnsupportedDriver(req.driver));
+        }
+        if req.name.parse::<Mode>()? != Mode::Network(req.name.clone()) {
+            return Err(Error::NetworkExists {
+                name: req.name.clone(),
+                vni: req.vni.unwrap_or_default(),
+                other: req.name,
+            });
+        }
+        let net = StoredNetwork {
+            vni: match req.vni {
+                Some(vni) => overlay::check_vni(vni)?,
+                None => overlay::default_vni(&req.name),
+            },
+            name: req.name,
+            subnet: req.subnet.trunc(),
+        };
+        let on_host = self.overlay_bridge_net(&net)?;
+        self.store.insert_network(&net)?;
+        if let Err(e) = self.bring_up_overlay(&on_host).await {
+            let _ = self.rtnl.delete_link(&on_host.bridge).await;
+            self.store.delete_network(&net.name)?;
+            return Err(e);
+        }
+        info!(network = %net.name, vni = net.vni, lease = %on_host.subnet.trunc(), "overlay created");
+        self.network(&net.name)
+    }
+
+    /// Removes an overlay network that has no endpoints.
+    pub async fn remove_network(&mut self, name: &str) -> Result<()> {
+        let net = self.store.network(name)?;
+        let mode = Mode::Network(name.to_string());
+        if let Some(rec) = self.store.endpoints()?.iter().find(|r| r.ep.mode == mode) {
+            return Err(Error::NetworkInUse {
+                network: name.to_string(),
+                endpoint: rec.ep.name.clone(),
+            });
+        }
+        self.store.delete_network(name)?;
+        self.sync_overlay_routes()?;
+        self.rtnl
+            .delete_link(&format!("{OVERLAY_BRIDGE_PREFIX}{}", net.vni))
+            .await?;
+        info!(network = %name, "overlay removed");
+        Ok(())
+    }
+
+    /// The overlay bridge `on_host`, with its address, and the data path's
+    /// routes for every overlay.
+    async fn bring_up_overlay(&mut self, on_host: &BridgeNet) -> Result<()> {
+        if self.rtnl.link(&on_host.bridge).await?.is_none() {
+            self.rtnl.create_bridge(&on_host.bridge).await?;
+        }
+        let bridge = self
+            .rtnl
+            .link(&on_host.bridge)
+            .await?
+            .ok_or_else(|| Error::InterfaceNotFound(on_host.bridge.clone()))?;
+        self.rtnl
+            .add_address(
+                bridge.index,
+                &on_host.bridge,
+                on_host.gateway,
+                on_host.subnet.prefix_len(),
+            )
+            .await?;
+        self.rtnl.set_up(bridge.index, &on_host.bridge).await?;
+        self.sync_overlay_routes()
+    }
+
+    /// Brings back the overlays an earlier run recorded, before their
+    /// endpoints are reconciled.
+    async fn restore_overlays(&mut self) -> Result<()> {
+        for net in self.store.networks()? {
+            let on_host = self.overlay_bridge_net(&net)?;
+            self.bring_up_overlay(&on_host).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the routes to every other host's lease of every overlay.
+    fn sync_overlay_routes(&mut self) -> Result<()> {
+        let networks = self.store.networks()?;
+        let mut routes = Vec::new();
+        if !networks.is_empty() {
+            let (vtep, members) = (self.vtep()?, self.members()?);
+            for net in &networks {
+                let leases = overlay::static_leases(net.subnet, &members)?;
+                routes.extend(overlay::peer_routes(&leases, vtep, net.vni));
+            }
+        }
+        self.dp().set_overlay_routes(&routes)
+    }
+
+    /// One network, as `network inspect` shows it.
+    pub fn network(&self, name: &str) -> Result<NetworkInfo> {
+        self.networks()?
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| Error::NetworkNotFound(name.to_string()))
     }
 
     /// Counters of the bridge, the uplink and every endpoint veth, and drops.

@@ -27,6 +27,17 @@ pub enum Mode {
     None,
     /// The namespace of another endpoint.
     Container(String),
+    /// Own namespace with a veth into the named overlay network, which the
+    /// daemon checks exists.
+    Network(String),
+}
+
+impl Mode {
+    /// Whether the endpoint has a veth into a bridge: the default one or an
+    /// overlay network's.
+    pub fn has_veth(&self) -> bool {
+        matches!(self, Mode::Bridge | Mode::Network(_))
+    }
 }
 
 impl FromStr for Mode {
@@ -42,7 +53,10 @@ impl FromStr for Mode {
                     validate_name(other)?;
                     Ok(Mode::Container(other.to_string()))
                 }
-                None => Err(Error::NetworkNotFound(s.to_string())),
+                None => {
+                    validate_name(s).map_err(|_| Error::NetworkNotFound(s.to_string()))?;
+                    Ok(Mode::Network(s.to_string()))
+                }
             },
         }
     }
@@ -55,6 +69,7 @@ impl fmt::Display for Mode {
             Mode::Host => f.write_str("host"),
             Mode::None => f.write_str("none"),
             Mode::Container(other) => write!(f, "container:{other}"),
+            Mode::Network(name) => f.write_str(name),
         }
     }
 }
@@ -124,7 +139,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// The host-side veth, for bridge endpoints.
     pub fn host_veth(&self) -> Option<String> {
-        (self.mode == Mode::Bridge).then(|| host_veth_name(self.id))
+        self.mode.has_veth().then(|| host_veth_name(self.id))
     }
 
     /// Path of its named network namespace, if it has one.
@@ -221,8 +236,8 @@ pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str, links: &[LinkedHo
             },
             etc(ep.ip),
         ],
-        Mode::Bridge => {
-            let ip = ep.ip.expect("bridge endpoints have an address");
+        Mode::Bridge | Mode::Network(_) => {
+            let ip = ep.ip.expect("bridge and overlay endpoints have an address");
             let host = host_veth_name(ep.id);
             vec![
                 Step::Netns { name: name.clone() },
@@ -337,9 +352,10 @@ mod tests {
             "container:db".parse::<Mode>().unwrap(),
             Mode::Container("db".into())
         );
+        assert_eq!("web".parse::<Mode>().unwrap(), Mode::Network("web".into()));
         assert_eq!(
-            "nope".parse::<Mode>(),
-            Err(Error::NetworkNotFound("nope".into()))
+            "no/pe".parse::<Mode>(),
+            Err(Error::NetworkNotFound("no/pe".into()))
         );
         assert!("container:".parse::<Mode>().is_err());
     }

@@ -39,6 +39,12 @@ pub enum Error {
         /// One of its endpoints.
         endpoint: String,
     },
+    /// Only overlay networks can be created.
+    #[error("network driver {0:?} is not supported: only overlay networks can be created")]
+    UnsupportedDriver(String),
+    /// Overlays need the uplink's address as this host's VTEP.
+    #[error("overlay networks need an uplink with an IPv4 address, the host's VTEP")]
+    NoVtep,
     /// An overlay network cannot be planned.
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),

@@ -16,7 +16,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{CreateEndpoint, ErrorBody, PortRequest},
+    api::{CreateEndpoint, CreateNetwork, ErrorBody, PortRequest},
     daemon::{Config, Daemon},
     error::Error,
 };
@@ -137,17 +137,26 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         )
         .route(
             "/v1/networks",
-            get(async |State(s): State<Shared>| with(&s, async |d| d.networks().map(Json)).await),
+            get(async |State(s): State<Shared>| with(&s, async |d| d.networks().map(Json)).await)
+                .post(
+                    async |State(s): State<Shared>, Json(req): Json<CreateNetwork>| {
+                        with(&s, async |d| {
+                            d.create_network(req)
+                                .await
+                                .map(|i| (StatusCode::CREATED, Json(i)))
+                        })
+                        .await
+                    },
+                ),
         )
         .route(
             "/v1/networks/{name}",
             get(async |State(s): State<Shared>, Path(n): Path<String>| {
+                with(&s, async |d| d.network(&n).map(Json)).await
+            })
+            .delete(async |State(s): State<Shared>, Path(n): Path<String>| {
                 with(&s, async |d| {
-                    d.networks()?
-                        .into_iter()
-                        .find(|x| x.name == n)
-                        .map(Json)
-                        .ok_or(Error::NetworkNotFound(n))
+                    d.remove_network(&n).await.map(|()| StatusCode::NO_CONTENT)
                 })
                 .await
             }),

@@ -37,6 +37,8 @@ pub struct Link {
     pub controller: Option<u32>,
     /// Hardware address, for Ethernet-like links.
     pub mac: Option<[u8; 6]>,
+    /// MTU.
+    pub mtu: Option<u32>,
 }
 
 impl From<LinkMessage> for Link {
@@ -46,12 +48,14 @@ impl From<LinkMessage> for Link {
             name: String::new(),
             controller: None,
             mac: None,
+            mtu: None,
         };
         for attr in m.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n,
                 LinkAttribute::Controller(c) => link.controller = Some(c),
                 LinkAttribute::Address(a) => link.mac = a.try_into().ok(),
+                LinkAttribute::Mtu(m) => link.mtu = Some(m),
                 _ => {}
             }
         }
