@@ -46,8 +46,38 @@ pub struct Host {
     pub dir: PathBuf,
 }
 
+/// A switch between simulated hosts: a bridge in a namespace of its own,
+/// which their uplinks plug into. Removed on drop.
+pub struct Underlay {
+    pub netns: String,
+    bridge: String,
+}
+
+impl Underlay {
+    pub fn new() -> Underlay {
+        let netns = format!(
+            "t{:x}{}n",
+            std::process::id() & 0xffff,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let bridge = "sw0".to_string();
+        sh_ok(&format!(
+            "set -e; ip netns add {netns}
+             ip -n {netns} link add {bridge} type bridge; ip -n {netns} link set {bridge} up"
+        ));
+        Underlay { netns, bridge }
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip netns del {}", self.netns));
+    }
+}
+
 impl Host {
-    pub fn new() -> Host {
+    /// Names and directories of a new host; nothing is created yet.
+    fn named() -> Host {
         assert!(
             nix_uid_is_root(),
             "privileged tests must run as root (cargo xtask test)"
@@ -59,13 +89,19 @@ impl Host {
         );
         let dir = std::env::temp_dir().join(format!("netplane-{prefix}"));
         std::fs::create_dir_all(dir.join("bpf")).unwrap();
-        let h = Host {
+        Host {
             netns: format!("{prefix}h"),
             world: format!("{prefix}w"),
             uplink: format!("{prefix}u"),
             prefix,
             dir,
-        };
+        }
+    }
+
+    /// A host at [`HOST_IP`] with the world at [`WORLD_IP`] behind its
+    /// uplink.
+    pub fn new() -> Host {
+        let h = Host::named();
         let (n, w, u, x) = (&h.netns, &h.world, &h.uplink, format!("{}x", h.prefix));
         sh_ok(&format!(
             "set -e; ip netns add {n}; ip netns add {w}
@@ -74,6 +110,23 @@ impl Host {
              ip -n {n} addr add {HOST_IP}/24 dev {u}; ip -n {n} link set {u} up; ip -n {n} link set lo up
              ip -n {n} route add default via {WORLD_IP}
              ip -n {w} addr add {WORLD_IP}/24 dev {x}; ip -n {w} link set {x} up; ip -n {w} link set lo up"
+        ));
+        h
+    }
+
+    /// A host whose uplink, with address `addr`/24, plugs into `underlay`
+    /// (its world).
+    pub fn on_underlay(underlay: &Underlay, addr: &str) -> Host {
+        let mut h = Host::named();
+        h.world = underlay.netns.clone();
+        let (n, w, u, x) = (&h.netns, &h.world, &h.uplink, format!("{}x", h.prefix));
+        let sw = &underlay.bridge;
+        sh_ok(&format!(
+            "set -e; ip netns add {n}
+             ip link add {u} type veth peer name {x}
+             ip link set {u} netns {n}; ip link set {x} netns {w}
+             ip -n {n} addr add {addr}/24 dev {u}; ip -n {n} link set {u} up; ip -n {n} link set lo up
+             ip -n {w} link set {x} master {sw}; ip -n {w} link set {x} up"
         ));
         h
     }
