@@ -14,7 +14,7 @@ use netplane_benches::lab::{
     tcp_syn, udp,
 };
 use netplane_common::{
-    abi::{DropReason, OverlayPeer, programs},
+    abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, programs},
     vxlan::{OVERHEAD, Outer, write_outer_headers},
 };
 
@@ -398,6 +398,11 @@ const VNI: u32 = 42;
 
 fn overlay_lab() -> Lab {
     let mut lab = Lab::new(1024);
+    let cfg = NetConfig {
+        flags: lab.cfg.flags | NET_FLAG_OVERLAY,
+        ..lab.cfg
+    };
+    lab.dp.set_config(cfg).unwrap();
     lab.dp
         .set_overlay_routes(&[(
             PEER_LEASE.into(),

@@ -24,7 +24,13 @@ fn cluster(underlay: &Underlay) -> (Vec<Host>, Vec<String>, Vec<String>) {
         }
         h.up(&args);
         h.np_ok(&[
-            "network", "create", "--driver", "overlay", "--subnet", "10.201.0.0/16", "ov",
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.201.0.0/16",
+            "ov",
         ]);
     }
     let endpoints: Vec<String> = hosts
@@ -35,7 +41,11 @@ fn cluster(underlay: &Underlay) -> (Vec<Host>, Vec<String>, Vec<String>) {
             e
         })
         .collect();
-    let ips = hosts.iter().zip(&endpoints).map(|(h, e)| h.ip_of(e)).collect();
+    let ips = hosts
+        .iter()
+        .zip(&endpoints)
+        .map(|(h, e)| h.ip_of(e))
+        .collect();
     (hosts, endpoints, ips)
 }
 
@@ -76,7 +86,10 @@ fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
     assert!(received > 1_000_000, "iperf3 received {received} bytes");
 
     // UDP: a datagram from host 1 to host 0 and the answer back.
-    let _echo = hosts[0].spawn_in(&eps[0], "socat UDP-RECVFROM:5353,fork 'SYSTEM:echo pong $SOCAT_PEERADDR'");
+    let _echo = hosts[0].spawn_in(
+        &eps[0],
+        "socat UDP-RECVFROM:5353,fork 'SYSTEM:echo pong $SOCAT_PEERADDR'",
+    );
     let answer = retry(|| {
         stdout_if_ok(sh(&format!(
             "echo ping | ip netns exec {} socat -t 1 - UDP:{}:5353",
@@ -85,7 +98,11 @@ fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
         .filter(|s| !s.is_empty())
     })
     .expect("a UDP answer through the overlay");
-    assert_eq!(answer.trim(), format!("pong {}", ips[1]), "no NAT on the overlay");
+    assert_eq!(
+        answer.trim(),
+        format!("pong {}", ips[1]),
+        "no NAT on the overlay"
+    );
 
     for h in &hosts {
         assert_eq!(h.drops("overlay_unknown_peer"), 0);

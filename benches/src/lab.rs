@@ -55,6 +55,8 @@ pub struct Lab {
     pub uplink_if: u32,
     pub uplink_mac: [u8; 6],
     pub bridge_mac: [u8; 6],
+    /// The network configuration the data path was loaded with.
+    pub cfg: NetConfig,
     _rt: tokio::runtime::Runtime,
     /// Last: the data path is dropped before its bpffs goes.
     _cleanup: Cleanup,
@@ -155,6 +157,7 @@ impl Lab {
             uplink_if,
             uplink_mac,
             bridge_mac,
+            cfg,
             _rt: rt,
             _cleanup: cleanup,
         }

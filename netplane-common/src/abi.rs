@@ -129,6 +129,11 @@ pub const MAX_LINKED: u32 = 8192;
 /// other (Docker's `--icc=false`).
 pub const NET_FLAG_ICC_DISABLED: u32 = 1 << 0;
 
+/// [`NetConfig::flags`]: the host has overlay networks, so VXLAN to its
+/// VTEP address is the data path's to take apart. Without one it is left
+/// to the stack, where another VXLAN user of the host may want it.
+pub const NET_FLAG_OVERLAY: u32 = 1 << 1;
+
 /// The bridge network as the data path sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netplane_common::{
-    abi::{DropReason, NetConfig, OverlayPeer, proto},
+    abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, proto},
     vxlan::{OVERHEAD, Outer, VXLAN_PORT, lease_of, source_port, vni, write_outer_headers},
 };
 
@@ -152,10 +152,12 @@ fn decapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     Ok(unsafe { bpf_redirect(to.ifindex, 0) } as i32)
 }
 
-/// Whether `ip` is a VXLAN frame for this host's VTEP.
+/// Whether `ip` is a VXLAN frame for this host's VTEP, while it has
+/// overlays.
 #[inline(always)]
 pub fn is_vxlan_for(cfg: &NetConfig, ip: &Ipv4) -> bool {
-    ip.proto == proto::UDP
+    cfg.flags & NET_FLAG_OVERLAY != 0
+        && ip.proto == proto::UDP
         && ip.dport == VXLAN_PORT.to_be()
         && ip.daddr == cfg.uplink_addr_be
         && !ip.later_fragment

@@ -12,7 +12,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netplane_common::{
-    abi::{MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NetConfig},
+    abi::{MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig},
     vxlan,
 };
 use nix::net::if_::if_nametoindex;
@@ -1187,7 +1187,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Writes the routes to every other host's lease of every overlay.
+    /// Writes the routes to every other host's lease of every overlay, and
+    /// whether the data path takes VXLAN to this host apart at all.
     fn sync_overlay_routes(&mut self) -> Result<()> {
         let networks = self.store.networks()?;
         let mut routes = Vec::new();
@@ -1198,7 +1199,14 @@ impl Daemon {
                 routes.extend(overlay::peer_routes(&leases, vtep, net.vni));
             }
         }
-        self.dp().set_overlay_routes(&routes)
+        self.dp().set_overlay_routes(&routes)?;
+        self.net_config.flags = if networks.is_empty() {
+            self.net_config.flags & !NET_FLAG_OVERLAY
+        } else {
+            self.net_config.flags | NET_FLAG_OVERLAY
+        };
+        let cfg = self.net_config;
+        self.dp().set_config(cfg)
     }
 
     /// One network, as `network inspect` shows it.
