@@ -230,20 +230,7 @@ impl Daemon {
             self.rtnl.create_bridge(&net.bridge).await?;
             undo.push(Undo::DeleteLink(net.bridge.clone()));
         }
-        let bridge = self
-            .rtnl
-            .link(&net.bridge)
-            .await?
-            .ok_or_else(|| Error::InterfaceNotFound(net.bridge.clone()))?;
-        self.rtnl
-            .add_address(
-                bridge.index,
-                &net.bridge,
-                net.gateway,
-                net.subnet.prefix_len(),
-            )
-            .await?;
-        self.rtnl.set_up(bridge.index, &net.bridge).await?;
+        let bridge = Self::address_bridge(&self.rtnl, &net).await?;
 
         if self.store.meta(meta::IP_FORWARD_BEFORE)?.is_none() {
             let before = host::read_sysctl(host::IP_FORWARD)?;
@@ -1160,21 +1147,26 @@ impl Daemon {
         if self.rtnl.link(&on_host.bridge).await?.is_none() {
             self.rtnl.create_bridge(&on_host.bridge).await?;
         }
-        let bridge = self
-            .rtnl
-            .link(&on_host.bridge)
-            .await?
-            .ok_or_else(|| Error::InterfaceNotFound(on_host.bridge.clone()))?;
-        self.rtnl
-            .add_address(
-                bridge.index,
-                &on_host.bridge,
-                on_host.gateway,
-                on_host.subnet.prefix_len(),
-            )
-            .await?;
-        self.rtnl.set_up(bridge.index, &on_host.bridge).await?;
+        Self::address_bridge(&self.rtnl, on_host).await?;
         self.sync_overlay_routes()
+    }
+
+    /// Gives the bridge of `net` its gateway address and brings it up.
+    /// (Takes the netlink handle, not `&self`: API futures must be `Send`.)
+    async fn address_bridge(rtnl: &Rtnl, net: &BridgeNet) -> Result<Link> {
+        let bridge = rtnl
+            .link(&net.bridge)
+            .await?
+            .ok_or_else(|| Error::InterfaceNotFound(net.bridge.clone()))?;
+        rtnl.add_address(
+            bridge.index,
+            &net.bridge,
+            net.gateway,
+            net.subnet.prefix_len(),
+        )
+        .await?;
+        rtnl.set_up(bridge.index, &net.bridge).await?;
+        Ok(bridge)
     }
 
     /// Brings back the overlays an earlier run recorded, before their
