@@ -1,7 +1,8 @@
-//! Overlay networks across simulated hosts: three hosts on one underlay
-//! switch, each with its own netplane, peers given statically; endpoints on
+//! Overlay networks across simulated hosts: hosts on one underlay switch,
+//! each with its own netplane, peers given statically; endpoints on
 //! different hosts reach each other by their overlay addresses with ping,
-//! TCP (iperf3) and UDP (socat).
+//! TCP (iperf3) and UDP (socat), also with a daemon killed, and with a host
+//! that runs Linux's own vxlan device instead of netplane.
 
 mod support;
 
@@ -9,9 +10,10 @@ use support::{Host, Underlay, retry, sh, stdout_if_ok};
 
 const VTEPS: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
 
-/// Three hosts with the overlay `ov` (10.201.0.0/16) and one endpoint each.
-fn cluster(underlay: &Underlay) -> (Vec<Host>, Vec<String>, Vec<String>) {
-    let hosts: Vec<Host> = VTEPS
+/// netplane hosts at the first `n` of [`VTEPS`], all of them peers, with
+/// the overlay `ov` (10.201.0.0/16) and one endpoint each.
+fn cluster(underlay: &Underlay, n: usize) -> (Vec<Host>, Vec<String>, Vec<String>) {
+    let hosts: Vec<Host> = VTEPS[..n]
         .iter()
         .map(|v| Host::on_underlay(underlay, v))
         .collect();
@@ -52,7 +54,7 @@ fn cluster(underlay: &Underlay) -> (Vec<Host>, Vec<String>, Vec<String>) {
 #[test]
 fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
     let underlay = Underlay::new();
-    let (hosts, eps, ips) = cluster(&underlay);
+    let (hosts, eps, ips) = cluster(&underlay, 3);
     // Every host agrees on the leases: the VTEPs' order, a /24 each.
     for (i, ip) in ips.iter().enumerate() {
         assert!(ip.starts_with(&format!("10.201.{i}.")), "{ip} on host {i}");
@@ -117,4 +119,86 @@ fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
     for h in &hosts {
         assert_eq!(h.drops("overlay_unknown_peer"), 0);
     }
+}
+
+#[test]
+fn overlay_traffic_outlives_a_killed_daemon() {
+    let underlay = Underlay::new();
+    let (hosts, eps, ips) = cluster(&underlay, 3);
+    let pid = hosts[2].daemon_pid().expect("host 2's daemon");
+    sh(&format!("kill -9 {pid}"));
+    assert!(
+        retry(|| hosts[2].daemon_pid().is_none().then_some(())).is_some(),
+        "the daemon is gone"
+    );
+    // The programs and maps stay pinned: the other two hosts keep talking,
+    // and so does the killed one's endpoint.
+    for (i, j) in [(0, 1), (1, 0), (0, 2), (2, 1)] {
+        assert!(
+            hosts[i].pings(&eps[i], &ips[j]),
+            "{} on host {i} pings {} on host {j} after the kill",
+            eps[i],
+            ips[j]
+        );
+    }
+}
+
+#[test]
+fn a_host_with_linux_vxlan_talks_with_a_netplane_host() {
+    let underlay = Underlay::new();
+    // Host 1 of the cluster runs no netplane: its lease, 10.201.1.0/24, is
+    // behind a plain vxlan device, addressed and MAC'd as netplane would an
+    // endpoint there, with netplane's endpoints behind host 0 as neighbours.
+    let kernel = Host::on_underlay(&underlay, VTEPS[1]);
+    let (hosts, eps, ips) = cluster(&underlay, 1);
+    let vx_ip = "10.201.1.2";
+    let k = &kernel.netns;
+    support::sh_ok(&format!(
+        "set -e
+         ip -n {k} link add vx0 type vxlan id {vni} dstport 4789 local {local} remote {remote} dev {uplink}
+         ip -n {k} link set vx0 address 02:42:0a:c9:01:02 mtu 1450
+         ip netns exec {k} sysctl -qw net.ipv6.conf.vx0.disable_ipv6=1
+         ip -n {k} addr add {vx_ip}/24 dev vx0; ip -n {k} link set vx0 up
+         ip -n {k} route add 10.201.0.0/24 dev vx0
+         ip -n {k} neigh add {ep} lladdr 02:42:{mac} dev vx0 nud permanent",
+        vni = vni_of(&hosts[0]),
+        local = VTEPS[1],
+        remote = VTEPS[0],
+        uplink = kernel.uplink,
+        ep = ips[0],
+        mac = ips[0]
+            .split('.')
+            .map(|o| format!("{:02x}", o.parse::<u8>().unwrap()))
+            .collect::<Vec<_>>()
+            .join(":"),
+    ));
+    assert!(
+        retry(|| hosts[0].pings(&eps[0], vx_ip).then_some(())).is_some(),
+        "netplane's endpoint pings the Linux vxlan device"
+    );
+    let _server = kernel.spawn_in(
+        k,
+        &format!("socat TCP-LISTEN:7000,bind={vx_ip},reuseaddr 'SYSTEM:echo $SOCAT_PEERADDR'"),
+    );
+    let peer = retry(|| {
+        stdout_if_ok(sh(&format!(
+            "ip netns exec {} socat -t 2 - TCP:{vx_ip}:7000 </dev/null",
+            eps[0]
+        )))
+        .filter(|s| !s.trim().is_empty())
+    })
+    .expect("a TCP answer from the Linux vxlan host");
+    assert_eq!(
+        peer.trim(),
+        ips[0],
+        "the overlay keeps the endpoint's address"
+    );
+    assert_eq!(hosts[0].drops("overlay_unknown_peer"), 0);
+}
+
+/// The VNI of `ov` on `host`.
+fn vni_of(host: &Host) -> u64 {
+    let net: serde_json::Value =
+        serde_json::from_str(&host.np_ok(&["network", "inspect", "ov"])).unwrap();
+    net["VNI"].as_u64().unwrap()
 }
