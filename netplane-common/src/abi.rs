@@ -256,6 +256,15 @@ pub struct PortTarget {
     pub slot: u32,
 }
 
+/// The MAC of the endpoint with address `addr_be` (network byte order):
+/// Docker's scheme, 02:42 and the four octets, so locally administered,
+/// unicast and unique within a subnet. The control plane gives endpoints
+/// these MACs and the overlay addresses frames to remote endpoints by them.
+pub const fn endpoint_mac(addr_be: u32) -> [u8; 6] {
+    let [a, b, c, d] = addr_be.to_ne_bytes();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// Value of [`maps::OVERLAY_ROUTES`]: the host holding a lease.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -478,6 +487,12 @@ mod tests {
             Some(PUBLISHED_ANY_ENTRIES - 1)
         );
         assert_eq!(key(0, proto::ICMP).wildcard_index(), None);
+    }
+
+    #[test]
+    fn endpoint_macs_carry_the_address() {
+        let addr_be = u32::from_ne_bytes([10, 201, 2, 3]);
+        assert_eq!(endpoint_mac(addr_be), [0x02, 0x42, 10, 201, 2, 3]);
     }
 
     #[test]

@@ -652,7 +652,7 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         return Ok(TC_ACT_OK);
     }
     // Overlay traffic keeps its addresses: no tracking, no translation.
-    if let Some(peer) = overlay::peer_of(ip.daddr) {
+    if let Some(peer) = overlay::peer_of(cfg, ip.daddr) {
         return overlay::encapsulate(ctx, cfg, ip, &peer).get();
     }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {

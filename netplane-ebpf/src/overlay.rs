@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netplane_common::{
-    abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, proto},
+    abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, endpoint_mac, proto},
     vxlan::{OVERHEAD, Outer, VXLAN_PORT, lease_of, source_port, vni, write_outer_headers},
 };
 
@@ -32,18 +32,14 @@ pub struct EncapHeaders {
 }
 
 /// The host holding the /24 lease `addr` belongs to, if another does.
+/// Hosts without overlays skip the lookup.
 #[inline(always)]
-pub fn peer_of(addr_be: u32) -> Option<OverlayPeer> {
+pub fn peer_of(cfg: &NetConfig, addr_be: u32) -> Option<OverlayPeer> {
+    if cfg.flags & NET_FLAG_OVERLAY == 0 {
+        return None;
+    }
     // SAFETY: a map value, copied out.
     unsafe { OVERLAY_ROUTES.get(&lease_of(addr_be)).copied() }
-}
-
-/// Where the MAC of an endpoint comes from: its address, as the control
-/// plane assigns it (02:42 and the four octets).
-#[inline(always)]
-fn endpoint_mac(addr_be: u32) -> [u8; 6] {
-    let [a, b, c, d] = addr_be.to_ne_bytes();
-    [0x02, 0x42, a, b, c, d]
 }
 
 /// Sends the endpoint's packet `ip` to `peer` in VXLAN. Not inlined, for
@@ -132,7 +128,7 @@ fn decapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     let inner_type: u16 = load(ctx, OVERHEAD + 12)?;
     let inner_src: u32 = load(ctx, inner_ip + 12)?;
     let inner_dst: u32 = load(ctx, inner_ip + 16)?;
-    let from_peer = peer_of(inner_src).is_some_and(|p| {
+    let from_peer = peer_of(cfg, inner_src).is_some_and(|p| {
         p.vtep_be == ip.saddr && Some(p.vni) == vni(header) && inner_type == 0x0800u16.to_be()
     });
     // SAFETY: a map value, copied out.

@@ -41,8 +41,10 @@ use crate::{
     },
 };
 
-/// Overlay bridges are named this and their VNI (at most 11 characters).
-const OVERLAY_BRIDGE_PREFIX: &str = "npo";
+/// The bridge of the overlay with `vni`: at most 11 characters.
+fn overlay_bridge(vni: u32) -> String {
+    format!("npo{vni}")
+}
 
 /// The uplink's MTU when it cannot be read.
 const DEFAULT_MTU: u32 = 1500;
@@ -870,8 +872,7 @@ impl Daemon {
             note(dp.remove_pins());
         }
         for net in self.store.networks()? {
-            let bridge = format!("{OVERLAY_BRIDGE_PREFIX}{}", net.vni);
-            note(self.rtnl.delete_link(&bridge).await);
+            note(self.rtnl.delete_link(&overlay_bridge(net.vni)).await);
         }
         note(self.rtnl.delete_link(&self.net.bridge).await);
         if let Some(before) = self.store.meta(meta::IP_FORWARD_BEFORE)? {
@@ -1074,7 +1075,7 @@ impl Daemon {
             .expect("this host is among the members");
         let gateway = lease.hosts().next().expect("a /24 has hosts");
         Ok(BridgeNet {
-            bridge: format!("{OVERLAY_BRIDGE_PREFIX}{}", net.vni),
+            bridge: overlay_bridge(net.vni),
             subnet: Ipv4Net::new(gateway, lease.prefix_len()).expect("prefix of a valid net"),
             gateway,
             mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
@@ -1134,9 +1135,7 @@ impl Daemon {
         }
         self.store.delete_network(name)?;
         self.sync_overlay_routes()?;
-        self.rtnl
-            .delete_link(&format!("{OVERLAY_BRIDGE_PREFIX}{}", net.vni))
-            .await?;
+        self.rtnl.delete_link(&overlay_bridge(net.vni)).await?;
         info!(network = %name, "overlay removed");
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use ipnet::Ipv4Net;
+use netplane_common::abi::endpoint_mac;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -87,11 +88,9 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Docker's MAC scheme: 02:42 followed by the IPv4 address, so the MAC is
-/// locally administered, unicast and unique within the subnet.
+/// The MAC of the endpoint with address `ip` (see [`endpoint_mac`]).
 pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = ip.octets();
-    [0x02, 0x42, a, b, c, d]
+    endpoint_mac(u32::from_ne_bytes(ip.octets()))
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
