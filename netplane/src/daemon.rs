@@ -1097,12 +1097,9 @@ impl Daemon {
         if req.driver != "overlay" {
             return Err(Error::UnsupportedDriver(req.driver));
         }
+        // `bridge`, `host`, `none` and `container:` name attachments.
         if req.name.parse::<Mode>()? != Mode::Network(req.name.clone()) {
-            return Err(Error::NetworkExists {
-                name: req.name.clone(),
-                vni: req.vni.unwrap_or_default(),
-                other: req.name,
-            });
+            return Err(Error::NetworkNameReserved(req.name));
         }
         let net = StoredNetwork {
             vni: match req.vni {

@@ -31,6 +31,9 @@ pub enum Error {
         /// The network in the way.
         other: String,
     },
+    /// A new network may not take the name of a built-in attachment.
+    #[error("network name {0:?} is reserved for a built-in network")]
+    NetworkNameReserved(String),
     /// An overlay network still has endpoints.
     #[error("network {network} still has endpoint {endpoint}")]
     NetworkInUse {
@@ -237,6 +240,7 @@ impl Error {
             self,
             Error::EndpointExists(_)
                 | Error::NetworkExists { .. }
+                | Error::NetworkNameReserved(_)
                 | Error::NetworkInUse { .. }
                 | Error::PortInUse { .. }
                 | Error::Foreign(_)
