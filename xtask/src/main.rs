@@ -36,6 +36,11 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     // The plot's lettering.
     "fonts-dejavu-core",
+    // The etcd client crate's build (protoc and the well-known types), and
+    // etcd itself for the membership tests.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-server",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
