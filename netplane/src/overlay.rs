@@ -56,6 +56,30 @@ pub fn static_leases(
     Ok(hosts.into_iter().zip(leases).collect())
 }
 
+/// The lease a host takes through a store, given the leases other hosts
+/// hold: the one it held before if it is still free (so that a host that
+/// comes back keeps its endpoints' addresses), else the first free /24.
+pub fn pick_lease(
+    subnet: Ipv4Net,
+    taken: &[Ipv4Net],
+    previous: Option<Ipv4Net>,
+) -> Result<Ipv4Net, OverlayError> {
+    let mut leases = subnet
+        .subnets(LEASE_PREFIX)
+        .map_err(|_| OverlayError::SubnetTooNarrow(subnet))?;
+    if let Some(previous) = previous.filter(|p| subnet.contains(p) && !taken.contains(p)) {
+        return Ok(previous);
+    }
+    let count = leases.count();
+    leases
+        .find(|l| !taken.contains(l))
+        .ok_or(OverlayError::TooManyHosts {
+            subnet,
+            leases: count,
+            hosts: taken.len() + 1,
+        })
+}
+
 /// The VNI of a network created without one, from its name: every host
 /// that creates the network by that name arrives at the same VNI.
 pub fn default_vni(name: &str) -> u32 {
@@ -151,6 +175,35 @@ mod tests {
                 subnet: net("10.200.0.0/23"),
                 leases: 2,
                 hosts: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_returning_host_gets_its_old_lease_back_while_it_is_free() {
+        let subnet = net("10.201.0.0/22");
+        let taken = [net("10.201.0.0/24"), net("10.201.2.0/24")];
+        assert_eq!(
+            pick_lease(subnet, &taken, Some(net("10.201.3.0/24"))),
+            Ok(net("10.201.3.0/24"))
+        );
+        assert_eq!(
+            pick_lease(subnet, &taken, Some(net("10.201.2.0/24"))),
+            Ok(net("10.201.1.0/24")),
+            "taken meanwhile: the first free one"
+        );
+        assert_eq!(
+            pick_lease(subnet, &taken, Some(net("10.99.0.0/24"))),
+            Ok(net("10.201.1.0/24")),
+            "from another subnet: ignored"
+        );
+        let all: Vec<Ipv4Net> = subnet.subnets(24).unwrap().collect();
+        assert_eq!(
+            pick_lease(subnet, &all, None),
+            Err(OverlayError::TooManyHosts {
+                subnet,
+                leases: 4,
+                hosts: 5
             })
         );
     }
