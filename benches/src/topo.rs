@@ -15,6 +15,7 @@ use std::{
 
 use netplane::{
     api::CreateEndpoint,
+    cluster::DEFAULT_TTL,
     conntrack::Timeouts,
     daemon::{Config, Daemon},
 };
@@ -198,6 +199,8 @@ impl Topo {
                     ct_max: DEFAULT_CT_MAX,
                     timeouts: Timeouts::default(),
                     peers: Vec::new(),
+                    store: None,
+                    store_ttl: DEFAULT_TTL,
                 };
                 let mut daemon = Daemon::start(cfg).await.expect("netplane up");
                 let mut publish = Vec::new();

@@ -108,6 +108,9 @@ pub struct PeerInfo {
     pub vtep: String,
     /// Its /24 of the overlay subnet.
     pub lease: String,
+    /// `static` (given at `up`), `registered` (in the cluster store now)
+    /// or `last known` (as the store said before it became unreachable).
+    pub state: String,
 }
 
 /// `POST /v1/networks`: a new overlay network.

@@ -21,6 +21,7 @@ use crate::{
         PortRequest, Stats,
     },
     client::Client,
+    cluster::{self, StoreUrl},
     conntrack::Timeouts,
     daemon::{Config, Daemon},
     server,
@@ -191,8 +192,16 @@ struct UpArgs {
     detach: bool,
     /// VTEP (uplink) address of another host of the cluster, for overlay
     /// networks without a store; every host is given the same set.
-    #[arg(long = "peer", value_name = "ADDRESS")]
+    #[arg(long = "peer", value_name = "ADDRESS", conflicts_with = "store")]
     peers: Vec<Ipv4Addr>,
+    /// Cluster store holding overlay membership:
+    /// etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long)]
+    store: Option<StoreUrl>,
+    /// Seconds the store keeps this host's membership after last hearing
+    /// from it: how long a stopped host stays in the other hosts' routes.
+    #[arg(long, default_value_t = cluster::DEFAULT_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(2..))]
+    store_ttl: u64,
     /// Connection tracking table size, in entries (two per flow); applies
     /// when the table is created, at the first `up` after a `down`.
     #[arg(long, default_value_t = DEFAULT_CT_MAX)]
@@ -297,6 +306,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_dir: cli.run_dir,
                 bpffs: args.bpffs,
                 peers: args.peers,
+                store: args.store,
+                store_ttl: Duration::from_secs(args.store_ttl),
             };
             rt.block_on(async {
                 let daemon = Daemon::start(cfg.clone()).await?;

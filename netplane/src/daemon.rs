@@ -23,6 +23,7 @@ use crate::{
         CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, HostBinding, NatRule, NatTable,
         NetworkInfo, NetworkSettings, PeerInfo, PortInfo,
     },
+    cluster::{ClusterError, ClusterView, Session, StoreUrl},
     conntrack::{self, Timeouts},
     endpoint::{
         self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step, format_mac,
@@ -72,6 +73,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Other hosts' VTEP addresses, for overlay networks without a store.
     pub peers: Vec<Ipv4Addr>,
+    /// The cluster store overlay membership lives in, instead of `peers`.
+    pub store: Option<StoreUrl>,
+    /// How long the store keeps this host's keys after it last heard of it.
+    pub store_ttl: Duration,
 }
 
 impl Config {
@@ -114,6 +119,11 @@ pub struct Daemon {
     net_config: NetConfig,
     /// The uplink's MTU, which overlay endpoints leave room under.
     uplink_mtu: u32,
+    /// The session with the cluster store, while it is reachable.
+    session: Option<Session>,
+    /// What the cluster store said last; `None` until it was first read,
+    /// and the overlay routes an earlier run left are kept until then.
+    view: Option<ClusterView>,
     _lock: DaemonLock,
 }
 
@@ -204,6 +214,8 @@ impl Daemon {
             uplink,
             net_config: NetConfig::default(),
             uplink_mtu: DEFAULT_MTU,
+            session: None,
+            view: None,
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -871,6 +883,10 @@ impl Daemon {
         if let Some(dp) = self.dp.take() {
             note(dp.remove_pins());
         }
+        if let Some(session) = self.session.take() {
+            // The other hosts drop this one now, not when its keys expire.
+            note(session.close().await.map_err(Error::from));
+        }
         for net in self.store.networks()? {
             note(self.rtnl.delete_link(&overlay_bridge(net.vni)).await);
         }
@@ -1025,7 +1041,12 @@ impl Daemon {
         .into_iter()
         .chain(self.store.networks()?.iter().filter_map(|net| {
             let on_host = self.overlay_bridge_net(net).ok()?;
-            let leases = overlay::static_leases(net.subnet, &self.members().ok()?).ok()?;
+            let leases = self.leases(net).ok()?;
+            let state = match (&self.cfg.store, &self.session) {
+                (None, _) => "static",
+                (Some(_), Some(_)) => "registered",
+                (Some(_), None) => "last known",
+            };
             Some(NetworkInfo {
                 name: net.name.clone(),
                 driver: "overlay".into(),
@@ -1041,6 +1062,7 @@ impl Daemon {
                     .map(|(vtep, lease)| PeerInfo {
                         vtep: vtep.to_string(),
                         lease: lease.to_string(),
+                        state: state.into(),
                     })
                     .collect(),
             })
@@ -1056,23 +1078,36 @@ impl Daemon {
         }
     }
 
-    /// The hosts of the cluster, this one among them.
-    fn members(&self) -> Result<Vec<Ipv4Addr>> {
-        Ok(std::iter::once(self.vtep()?)
-            .chain(self.cfg.peers.iter().copied())
-            .collect())
+    /// The hosts of overlay `net`, this one first, with the /24 each
+    /// holds: computed from the static peers, or as the cluster store last
+    /// said, with this host's own lease as it recorded it.
+    fn leases(&self, net: &StoredNetwork) -> Result<Vec<(Ipv4Addr, Ipv4Net)>> {
+        let vtep = self.vtep()?;
+        if self.cfg.store.is_none() {
+            let members: Vec<Ipv4Addr> = std::iter::once(vtep)
+                .chain(self.cfg.peers.iter().copied())
+                .collect();
+            let mut leases = overlay::static_leases(net.subnet, &members)?;
+            leases.sort_by_key(|(v, _)| *v != vtep);
+            return Ok(leases);
+        }
+        let own = self
+            .store
+            .network_lease(&net.name)?
+            .ok_or_else(|| Error::NoLease(net.name.clone()))?;
+        let others = self
+            .view
+            .iter()
+            .flat_map(|view| view.holders(&net.name))
+            .filter(|h| h.vtep != vtep)
+            .map(|h| (h.vtep, h.lease));
+        Ok(std::iter::once((vtep, own)).chain(others).collect())
     }
 
     /// What overlay `net` is on this host: a bridge at the first address of
     /// this host's lease, endpoints with room left for the encapsulation.
     fn overlay_bridge_net(&self, net: &StoredNetwork) -> Result<BridgeNet> {
-        let vtep = self.vtep()?;
-        let leases = overlay::static_leases(net.subnet, &self.members()?)?;
-        let lease = leases
-            .iter()
-            .find(|(v, _)| *v == vtep)
-            .map(|(_, lease)| *lease)
-            .expect("this host is among the members");
+        let (_, lease) = self.leases(net)?[0];
         let gateway = lease.hosts().next().expect("a /24 has hosts");
         Ok(BridgeNet {
             bridge: overlay_bridge(net.vni),
@@ -1109,6 +1144,19 @@ impl Daemon {
             name: req.name,
             subnet: req.subnet.trunc(),
         };
+        if self.cfg.store.is_some() {
+            // Every host, this one included, takes it up from the store.
+            if let Some(other) = self.connected()?.create_network(&net).await? {
+                return Err(Error::NetworkExists {
+                    name: net.name,
+                    vni: net.vni,
+                    other,
+                });
+            }
+            self.resync().await?;
+            self.store.network(&net.name)?;
+            return self.network(&net.name);
+        }
         let on_host = self.overlay_bridge_net(&net)?;
         self.store.insert_network(&net)?;
         if let Err(e) = self.bring_up_overlay(&on_host).await {
@@ -1130,11 +1178,108 @@ impl Daemon {
                 endpoint: rec.ep.name.clone(),
             });
         }
-        self.store.delete_network(name)?;
+        if self.cfg.store.is_some() {
+            // Every host, this one included, drops it on seeing it go.
+            self.connected()?.delete_network(&net).await?;
+            return self.resync().await.map(drop);
+        }
+        self.drop_network(&net).await
+    }
+
+    /// Forgets overlay `net` on this host.
+    async fn drop_network(&mut self, net: &StoredNetwork) -> Result<()> {
+        self.store.delete_network(&net.name)?;
         self.sync_overlay_routes()?;
         self.rtnl.delete_link(&overlay_bridge(net.vni)).await?;
-        info!(network = %name, "overlay removed");
+        info!(network = %net.name, "overlay removed");
         Ok(())
+    }
+
+    /// The session with the cluster store, or why there is none.
+    fn connected(&self) -> Result<Session> {
+        self.session.clone().ok_or_else(|| {
+            let url = self.cfg.store.as_ref().map(ToString::to_string);
+            ClusterError::Disconnected(url.unwrap_or_default()).into()
+        })
+    }
+
+    /// A new session with the cluster store, or `None` once it is lost.
+    pub fn set_session(&mut self, session: Option<Session>) {
+        self.session = session;
+    }
+
+    /// Brings this host in line with the cluster store: takes a /24 of
+    /// every overlay network there (the one it held before while still
+    /// free), takes up networks other hosts created, drops those removed,
+    /// and writes the routes to every other host's lease. Returns the
+    /// revision of the store it read.
+    pub async fn resync(&mut self) -> Result<i64> {
+        let session = self.connected()?;
+        let vtep = self.vtep()?;
+        let (mut view, mut revision) = session.snapshot().await?;
+        let mut claimed = false;
+        for net in view.networks.values() {
+            let held = view.held_by(&net.name, vtep);
+            if held.is_some_and(|h| h.session == session.id) {
+                continue;
+            }
+            let previous = match held {
+                Some(h) => Some(h.lease),
+                None => self.store.network_lease(&net.name)?,
+            };
+            let taken: Vec<Ipv4Net> = view
+                .holders(&net.name)
+                .iter()
+                .filter(|h| h.vtep != vtep)
+                .map(|h| h.lease)
+                .collect();
+            match overlay::pick_lease(net.subnet, &taken, previous) {
+                Ok(lease) => claimed |= session.claim(&net.name, lease, vtep).await?,
+                Err(e) => warn!(network = %net.name, "no lease for this host: {e}"),
+            }
+        }
+        if claimed {
+            (view, revision) = session.snapshot().await?;
+        }
+        self.follow_view(view).await?;
+        Ok(revision)
+    }
+
+    /// Makes this host's overlays what `view` says.
+    async fn follow_view(&mut self, view: ClusterView) -> Result<()> {
+        let vtep = self.vtep()?;
+        let endpoints = self.store.endpoints()?;
+        for net in self.store.networks()? {
+            if view.networks.contains_key(&net.name) {
+                continue;
+            }
+            let mode = Mode::Network(net.name.clone());
+            match endpoints.iter().find(|r| r.ep.mode == mode) {
+                Some(rec) => warn!(
+                    network = %net.name,
+                    endpoint = %rec.ep.name,
+                    "removed from the cluster, kept here while it has endpoints"
+                ),
+                None => self.drop_network(&net).await?,
+            }
+        }
+        for net in view.networks.values() {
+            // Without a lease of its own a host has no part in it yet.
+            let Some(own) = view.held_by(&net.name, vtep) else {
+                continue;
+            };
+            if self.store.network_lease(&net.name)?.is_none() {
+                if let Err(e) = self.store.insert_network(net) {
+                    warn!(network = %net.name, "cannot take up the network: {e}");
+                    continue;
+                }
+                info!(network = %net.name, vni = net.vni, lease = %own.lease, "overlay taken up");
+            }
+            self.store.set_network_lease(&net.name, own.lease)?;
+        }
+        self.view = Some(view);
+        self.restore_overlays().await?;
+        self.sync_overlay_routes()
     }
 
     /// The overlay bridge `on_host`, with its address, and the data path's
@@ -1176,18 +1321,21 @@ impl Daemon {
     }
 
     /// Writes the routes to every other host's lease of every overlay, and
-    /// whether the data path takes VXLAN to this host apart at all.
+    /// whether the data path takes VXLAN to this host apart at all. Until
+    /// the cluster store was first read, the routes stay as they are.
     fn sync_overlay_routes(&mut self) -> Result<()> {
         let networks = self.store.networks()?;
-        let mut routes = Vec::new();
-        if !networks.is_empty() {
-            let (vtep, members) = (self.vtep()?, self.members()?);
+        if self.cfg.store.is_none() || self.view.is_some() {
+            let mut routes = Vec::new();
             for net in &networks {
-                let leases = overlay::static_leases(net.subnet, &members)?;
-                routes.extend(overlay::peer_routes(&leases, vtep, net.vni));
+                routes.extend(overlay::peer_routes(
+                    &self.leases(net)?,
+                    self.vtep()?,
+                    net.vni,
+                ));
             }
+            self.dp().set_overlay_routes(&routes)?;
         }
-        self.dp().set_overlay_routes(&routes)?;
         self.net_config.flags = if networks.is_empty() {
             self.net_config.flags & !NET_FLAG_OVERLAY
         } else {

@@ -51,6 +51,12 @@ pub enum Error {
     /// An overlay network cannot be planned.
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
+    /// The cluster store refused or could not be reached.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// This host holds no /24 of an overlay network (yet).
+    #[error("network {0}: this host holds no lease of it in the cluster store")]
+    NoLease(String),
     /// A `-p` argument was refused.
     #[error(transparent)]
     PortSpec(#[from] PortSpecError),

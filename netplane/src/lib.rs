@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod conntrack;
 pub mod daemon;
 pub mod endpoint;

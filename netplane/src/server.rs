@@ -17,11 +17,13 @@ use tracing::{debug, info, warn};
 
 use crate::{
     api::{CreateEndpoint, CreateNetwork, ErrorBody, PortRequest},
+    cluster,
     daemon::{Config, Daemon},
     error::Error,
 };
 
-type Shared = Arc<Mutex<Option<Daemon>>>;
+/// The daemon, taken out when it goes down.
+pub(crate) type Shared = Arc<Mutex<Option<Daemon>>>;
 
 struct ApiError(Error);
 
@@ -82,6 +84,10 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     let state: Shared = Arc::new(Mutex::new(Some(daemon)));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let gc = tokio::spawn(housekeeping(state.clone(), gc_interval));
+    let membership = cfg
+        .store
+        .clone()
+        .map(|url| tokio::spawn(cluster::keep_membership(state.clone(), url, cfg.store_ttl)));
     let app = Router::new()
         .route(
             "/v1/info",
@@ -192,6 +198,9 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         })
         .await?;
     gc.abort();
+    if let Some(membership) = membership {
+        membership.abort();
+    }
     Ok(())
 }
 

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
 CREATE TABLE IF NOT EXISTS networks (
     name TEXT PRIMARY KEY,
     subnet TEXT NOT NULL,
-    vni INTEGER NOT NULL UNIQUE
+    vni INTEGER NOT NULL UNIQUE,
+    lease TEXT
 );
 ";
 
@@ -117,6 +118,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        // Databases from before cluster stores lack the host's lease.
+        if conn.prepare("SELECT lease FROM networks").is_err() {
+            conn.execute("ALTER TABLE networks ADD COLUMN lease TEXT", [])?;
+        }
         Ok(Store { conn })
     }
 
@@ -186,6 +191,32 @@ impl Store {
             .into_iter()
             .find(|n| n.name == name)
             .ok_or_else(|| Error::NetworkNotFound(name.to_string()))
+    }
+
+    /// Records the /24 of overlay `name` this host took from a cluster
+    /// store, to ask for it again when it comes back.
+    pub fn set_network_lease(&self, name: &str, lease: Ipv4Net) -> Result<()> {
+        self.conn.execute(
+            "UPDATE networks SET lease = ?2 WHERE name = ?1",
+            params![name, lease.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The /24 of overlay `name` this host last took from a cluster store.
+    pub fn network_lease(&self, name: &str) -> Result<Option<Ipv4Net>> {
+        let lease: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT lease FROM networks WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        lease
+            .flatten()
+            .map(|l| l.parse().map_err(|_| corrupt("lease", "network", name)))
+            .transpose()
     }
 
     /// Forgets an overlay network.
@@ -443,6 +474,10 @@ mod tests {
             Err(Error::NetworkExists { .. })
         ));
         assert_eq!(store.network("web").unwrap(), web);
+        assert_eq!(store.network_lease("web").unwrap(), None);
+        let lease: Ipv4Net = "10.200.7.0/24".parse().unwrap();
+        store.set_network_lease("web", lease).unwrap();
+        assert_eq!(store.network_lease("web").unwrap(), Some(lease));
         store.delete_network("web").unwrap();
         assert!(matches!(
             store.network("web"),
