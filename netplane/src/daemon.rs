@@ -47,6 +47,10 @@ fn overlay_bridge(vni: u32) -> String {
     format!("npo{vni}")
 }
 
+/// Times a host tries for a /24 of an overlay that other hosts are
+/// taking leases of at the same moment.
+const CLAIM_ATTEMPTS: usize = 8;
+
 /// The uplink's MTU when it cannot be read.
 const DEFAULT_MTU: u32 = 1500;
 
@@ -1217,29 +1221,37 @@ impl Daemon {
         let session = self.connected()?;
         let vtep = self.vtep()?;
         let (mut view, mut revision) = session.snapshot().await?;
-        let mut claimed = false;
-        for net in view.networks.values() {
-            let held = view.held_by(&net.name, vtep);
-            if held.is_some_and(|h| h.session == session.id) {
-                continue;
+        let names: Vec<String> = view.networks.keys().cloned().collect();
+        for name in names {
+            // Another host may take the same /24 first: read again, pick
+            // again.
+            for _ in 0..CLAIM_ATTEMPTS {
+                let Some(net) = view.networks.get(&name) else {
+                    break;
+                };
+                let held = view.held_by(&name, vtep);
+                if held.is_some_and(|h| h.session == session.id) {
+                    break;
+                }
+                let previous = match held {
+                    Some(h) => Some(h.lease),
+                    None => self.store.network_lease(&name)?,
+                };
+                let taken: Vec<Ipv4Net> = view
+                    .holders(&name)
+                    .iter()
+                    .filter(|h| h.vtep != vtep)
+                    .map(|h| h.lease)
+                    .collect();
+                match overlay::pick_lease(net.subnet, &taken, previous) {
+                    Ok(lease) => session.claim(&name, lease, vtep).await?,
+                    Err(e) => {
+                        warn!(network = %name, "no lease for this host: {e}");
+                        break;
+                    }
+                };
+                (view, revision) = session.snapshot().await?;
             }
-            let previous = match held {
-                Some(h) => Some(h.lease),
-                None => self.store.network_lease(&net.name)?,
-            };
-            let taken: Vec<Ipv4Net> = view
-                .holders(&net.name)
-                .iter()
-                .filter(|h| h.vtep != vtep)
-                .map(|h| h.lease)
-                .collect();
-            match overlay::pick_lease(net.subnet, &taken, previous) {
-                Ok(lease) => claimed |= session.claim(&net.name, lease, vtep).await?,
-                Err(e) => warn!(network = %net.name, "no lease for this host: {e}"),
-            }
-        }
-        if claimed {
-            (view, revision) = session.snapshot().await?;
         }
         self.follow_view(view).await?;
         Ok(revision)

@@ -62,7 +62,7 @@ impl Underlay {
         );
         let bridge = "sw0".to_string();
         sh_ok(&format!(
-            "set -e; ip netns add {netns}
+            "set -e; ip netns add {netns}; ip -n {netns} link set lo up
              ip -n {netns} link add {bridge} type bridge; ip -n {netns} link set {bridge} up"
         ));
         Underlay { netns, bridge }
@@ -72,6 +72,118 @@ impl Underlay {
 impl Drop for Underlay {
     fn drop(&mut self) {
         let _ = sh(&format!("ip netns del {}", self.netns));
+    }
+}
+
+/// Members of an etcd cluster on the underlay switch, each listening on an
+/// address of its own there, data in a temporary directory. Killed and
+/// removed on drop.
+pub struct Etcd {
+    netns: String,
+    addrs: Vec<String>,
+    members: Vec<Option<std::process::Child>>,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    /// An etcd cluster with a member at each of `addrs`, ready to serve.
+    pub fn start(underlay: &Underlay, addrs: &[&str]) -> Etcd {
+        let dir = std::env::temp_dir().join(format!(
+            "netplane-etcd-{:x}{}",
+            std::process::id() & 0xffff,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for a in addrs {
+            sh_ok(&format!(
+                "ip -n {} addr add {a}/24 dev {}",
+                underlay.netns, underlay.bridge
+            ));
+        }
+        let mut etcd = Etcd {
+            netns: underlay.netns.clone(),
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            members: addrs.iter().map(|_| None).collect(),
+            dir,
+        };
+        for i in 0..addrs.len() {
+            etcd.start_member(i);
+        }
+        for i in 0..addrs.len() {
+            etcd.wait_healthy(i);
+        }
+        etcd
+    }
+
+    /// `etcd://…` naming every member.
+    pub fn url(&self) -> String {
+        let members: Vec<String> = self.addrs.iter().map(|a| format!("{a}:2379")).collect();
+        format!("etcd://{}", members.join(","))
+    }
+
+    /// Starts member `i` (again, on its old data after a stop).
+    pub fn start_member(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(j, a)| format!("m{j}=http://{a}:2380"))
+            .collect();
+        let a = &self.addrs[i];
+        let log = std::fs::File::create(self.dir.join(format!("m{i}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "etcd"])
+            .arg(format!("--name=m{i}"))
+            .arg(format!("--data-dir={}", self.dir.join(format!("m{i}")).display()))
+            .arg(format!("--listen-client-urls=http://{a}:2379"))
+            .arg(format!("--advertise-client-urls=http://{a}:2379"))
+            .arg(format!("--listen-peer-urls=http://{a}:2380"))
+            .arg(format!("--initial-advertise-peer-urls=http://{a}:2380"))
+            .arg(format!("--initial-cluster={}", cluster.join(",")))
+            .arg("--initial-cluster-state=new")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (cargo xtask setup installs etcd-server)");
+        self.members[i] = Some(child);
+    }
+
+    /// Waits until member `i` answers its health check.
+    pub fn wait_healthy(&self, i: usize) {
+        let check = format!(
+            "ip netns exec {} curl -sf -m 0.2 http://{}:2379/health",
+            self.netns, self.addrs[i]
+        );
+        let healthy = (0..100).any(|_| {
+            let ok = stdout_if_ok(sh(&check)).is_some_and(|s| s.contains("true"));
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        });
+        assert!(
+            healthy,
+            "etcd member {i} at {} is not healthy: {}",
+            self.addrs[i],
+            std::fs::read_to_string(self.dir.join(format!("m{i}.log"))).unwrap_or_default()
+        );
+    }
+
+    /// Kills member `i`, its data kept.
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -153,8 +265,9 @@ impl Host {
         let out = self.np(args);
         assert!(
             out.status.success(),
-            "netplane {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "netplane {args:?}: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.run_dir().join("netplane.log")).unwrap_or_default()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

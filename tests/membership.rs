@@ -1,0 +1,202 @@
+//! Overlay membership through a real etcd on the underlay: hosts that join
+//! are reachable by the others within two seconds, a host killed with -9
+//! drops out when its session expires and gets its old /24 back when it
+//! returns, and overlay traffic outlives the store being down.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Etcd, Host, Underlay, sh};
+
+const VTEPS: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
+
+/// Seconds the store keeps a stopped host's keys in these tests.
+const TTL: u64 = 3;
+
+/// Polls `f` every 20 ms until it holds or `limit` passes; the time it took.
+fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn inspect(h: &Host, network: &str) -> Option<serde_json::Value> {
+    let out = h.np(&["network", "inspect", network]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// VTEPs of the hosts `h` knows in `network`, and their state.
+fn peers(h: &Host, network: &str) -> Vec<(String, String)> {
+    inspect(h, network).map_or_else(Vec::new, |v| {
+        let mut peers: Vec<(String, String)> = v["Peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["Vtep"].as_str().unwrap().to_string(),
+                    p["State"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        peers.sort();
+        peers
+    })
+}
+
+fn vteps(h: &Host, network: &str) -> Vec<String> {
+    peers(h, network).into_iter().map(|(v, _)| v).collect()
+}
+
+fn up_with_store(h: &Host, etcd: &Etcd) {
+    h.up(&[
+        "--uplink",
+        &h.uplink,
+        "--subnet",
+        "10.88.0.0/24",
+        "--store",
+        &etcd.url(),
+        "--store-ttl",
+        &TTL.to_string(),
+    ]);
+}
+
+fn create_overlay(h: &Host, name: &str, subnet: &str) {
+    h.np_ok(&[
+        "network", "create", "--driver", "overlay", "--subnet", subnet, name,
+    ]);
+}
+
+fn ping_until(h: &Host, from: &str, to: &str) -> bool {
+    within(Duration::from_secs(5), || h.pings(from, to)).is_some()
+}
+
+#[test]
+fn hosts_join_leave_and_return_through_etcd() {
+    let underlay = Underlay::new();
+    let mut etcd = Etcd::start(&underlay, &["192.0.2.254"]);
+    let hosts: Vec<Host> = VTEPS
+        .iter()
+        .map(|v| Host::on_underlay(&underlay, v))
+        .collect();
+    up_with_store(&hosts[0], &etcd);
+    up_with_store(&hosts[1], &etcd);
+
+    // A network created on one host appears on the other.
+    create_overlay(&hosts[0], "ov", "10.202.0.0/16");
+    let seen = within(Duration::from_secs(2), || inspect(&hosts[1], "ov").is_some())
+        .expect("host 1 takes up the network host 0 created within 2 s");
+    eprintln!("network seen by the other host after {seen:?}");
+    let eps: Vec<String> = hosts.iter().map(|h| h.name("c")).collect();
+    for i in 0..2 {
+        hosts[i].np_ok(&["create", &eps[i], "--net", "ov"]);
+    }
+    let ip0 = hosts[0].ip_of(&eps[0]);
+    let ip1 = hosts[1].ip_of(&eps[1]);
+    assert!(ip0.starts_with("10.202.") && ip1.starts_with("10.202."));
+    assert_ne!(
+        ip0.rsplit_once('.').unwrap().0,
+        ip1.rsplit_once('.').unwrap().0,
+        "each host has a /24 of its own"
+    );
+    assert!(ping_until(&hosts[0], &eps[0], &ip1), "0 → 1");
+    assert!(ping_until(&hosts[1], &eps[1], &ip0), "1 → 0");
+    assert_eq!(
+        peers(&hosts[0], "ov"),
+        [
+            (VTEPS[0].to_string(), "registered".to_string()),
+            (VTEPS[1].to_string(), "registered".to_string())
+        ]
+    );
+
+    // Host 2 joins: the others have its lease within 2 seconds of its
+    // daemon being up.
+    up_with_store(&hosts[2], &etcd);
+    let joined = Instant::now();
+    for (i, h) in hosts[..2].iter().enumerate() {
+        let took = within(Duration::from_secs(2).saturating_sub(joined.elapsed()), || {
+            vteps(h, "ov").len() == 3
+        });
+        assert!(took.is_some(), "host {i} sees host 2 within 2 s");
+    }
+    eprintln!("join seen by both hosts after {:?}", joined.elapsed());
+    hosts[2].np_ok(&["create", &eps[2], "--net", "ov"]);
+    let ip2 = hosts[2].ip_of(&eps[2]);
+    assert!(ping_until(&hosts[0], &eps[0], &ip2), "0 → 2");
+    assert!(ping_until(&hosts[2], &eps[2], &ip1), "2 → 1");
+    let lease2 = inspect(&hosts[2], "ov").unwrap()["Lease"].clone();
+
+    // Killed with -9: gone from the others when its session expires.
+    let pid = hosts[2].daemon_pid().expect("host 2's daemon");
+    sh(&format!("kill -9 {pid}"));
+    let killed = Instant::now();
+    for (i, h) in hosts[..2].iter().enumerate() {
+        let limit = Duration::from_secs(TTL + 3).saturating_sub(killed.elapsed());
+        assert!(
+            within(limit, || !vteps(h, "ov").contains(&VTEPS[2].into())).is_some(),
+            "host {i} drops host 2 once its session expires"
+        );
+    }
+    eprintln!("host 2 dropped {:?} after kill -9", killed.elapsed());
+    assert!(hosts[0].pings(&eps[0], &ip1), "0 → 1 meanwhile");
+
+    // It comes back with its old /24, and so its endpoint's address.
+    up_with_store(&hosts[2], &etcd);
+    assert!(
+        within(Duration::from_secs(5), || inspect(&hosts[2], "ov")
+            .is_some_and(|v| v["Lease"] == lease2))
+        .is_some(),
+        "host 2 gets {lease2} back"
+    );
+    assert_eq!(hosts[2].ip_of(&eps[2]), ip2);
+    assert!(ping_until(&hosts[0], &eps[0], &ip2), "0 → 2 after the return");
+
+    // The store goes away for longer than a session lasts: the overlay
+    // keeps running on what the hosts knew.
+    etcd.stop_member(0);
+    std::thread::sleep(Duration::from_secs(TTL + 1));
+    assert!(hosts[0].pings(&eps[0], &ip1), "0 → 1 without the store");
+    assert!(hosts[1].pings(&eps[1], &ip2), "1 → 2 without the store");
+    assert!(
+        peers(&hosts[0], "ov").iter().all(|(_, s)| s == "last known"),
+        "{:?}",
+        peers(&hosts[0], "ov")
+    );
+
+    // Back again: every host reconnects and follows changes again.
+    etcd.start_member(0);
+    etcd.wait_healthy(0);
+    for (i, h) in hosts.iter().enumerate() {
+        assert!(
+            within(Duration::from_secs(10), || {
+                let p = peers(h, "ov");
+                p.len() == 3 && p.iter().all(|(_, s)| s == "registered")
+            })
+            .is_some(),
+            "host {i} registered again: {:?}",
+            peers(h, "ov")
+        );
+    }
+    create_overlay(&hosts[1], "ov2", "10.203.0.0/16");
+    assert!(
+        within(Duration::from_secs(2), || inspect(&hosts[0], "ov2").is_some()).is_some(),
+        "a network created after the outage reaches host 0"
+    );
+    hosts[1].np_ok(&["network", "rm", "ov2"]);
+    assert!(
+        within(Duration::from_secs(2), || inspect(&hosts[2], "ov2").is_none()).is_some(),
+        "and its removal reaches host 2"
+    );
+    assert!(hosts[2].pings(&eps[2], &ip0), "2 → 0 at the end");
+    for h in &hosts {
+        assert_eq!(h.drops("overlay_unknown_peer"), 0);
+    }
+}
