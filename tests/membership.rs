@@ -92,8 +92,10 @@ fn hosts_join_leave_and_return_through_etcd() {
 
     // A network created on one host appears on the other.
     create_overlay(&hosts[0], "ov", "10.202.0.0/16");
-    let seen = within(Duration::from_secs(2), || inspect(&hosts[1], "ov").is_some())
-        .expect("host 1 takes up the network host 0 created within 2 s");
+    let seen = within(Duration::from_secs(2), || {
+        inspect(&hosts[1], "ov").is_some()
+    })
+    .expect("host 1 takes up the network host 0 created within 2 s");
     eprintln!("network seen by the other host after {seen:?}");
     let eps: Vec<String> = hosts.iter().map(|h| h.name("c")).collect();
     for i in 0..2 {
@@ -122,9 +124,10 @@ fn hosts_join_leave_and_return_through_etcd() {
     up_with_store(&hosts[2], &etcd);
     let joined = Instant::now();
     for (i, h) in hosts[..2].iter().enumerate() {
-        let took = within(Duration::from_secs(2).saturating_sub(joined.elapsed()), || {
-            vteps(h, "ov").len() == 3
-        });
+        let took = within(
+            Duration::from_secs(2).saturating_sub(joined.elapsed()),
+            || vteps(h, "ov").len() == 3,
+        );
         assert!(took.is_some(), "host {i} sees host 2 within 2 s");
     }
     eprintln!("join seen by both hosts after {:?}", joined.elapsed());
@@ -157,7 +160,10 @@ fn hosts_join_leave_and_return_through_etcd() {
         "host 2 gets {lease2} back"
     );
     assert_eq!(hosts[2].ip_of(&eps[2]), ip2);
-    assert!(ping_until(&hosts[0], &eps[0], &ip2), "0 → 2 after the return");
+    assert!(
+        ping_until(&hosts[0], &eps[0], &ip2),
+        "0 → 2 after the return"
+    );
 
     // The store goes away for longer than a session lasts: the overlay
     // keeps running on what the hosts knew.
@@ -166,7 +172,9 @@ fn hosts_join_leave_and_return_through_etcd() {
     assert!(hosts[0].pings(&eps[0], &ip1), "0 → 1 without the store");
     assert!(hosts[1].pings(&eps[1], &ip2), "1 → 2 without the store");
     assert!(
-        peers(&hosts[0], "ov").iter().all(|(_, s)| s == "last known"),
+        peers(&hosts[0], "ov")
+            .iter()
+            .all(|(_, s)| s == "last known"),
         "{:?}",
         peers(&hosts[0], "ov")
     );
@@ -187,16 +195,69 @@ fn hosts_join_leave_and_return_through_etcd() {
     }
     create_overlay(&hosts[1], "ov2", "10.203.0.0/16");
     assert!(
-        within(Duration::from_secs(2), || inspect(&hosts[0], "ov2").is_some()).is_some(),
+        within(Duration::from_secs(2), || inspect(&hosts[0], "ov2")
+            .is_some())
+        .is_some(),
         "a network created after the outage reaches host 0"
     );
     hosts[1].np_ok(&["network", "rm", "ov2"]);
     assert!(
-        within(Duration::from_secs(2), || inspect(&hosts[2], "ov2").is_none()).is_some(),
+        within(Duration::from_secs(2), || inspect(&hosts[2], "ov2")
+            .is_none())
+        .is_some(),
         "and its removal reaches host 2"
     );
     assert!(hosts[2].pings(&eps[2], &ip0), "2 → 0 at the end");
     for h in &hosts {
         assert_eq!(h.drops("overlay_unknown_peer"), 0);
     }
+}
+
+#[test]
+fn a_three_member_etcd_cluster_keeps_membership_with_a_member_down() {
+    let underlay = Underlay::new();
+    let mut etcd = Etcd::start(&underlay, &["192.0.2.251", "192.0.2.252", "192.0.2.253"]);
+    let hosts: Vec<Host> = VTEPS
+        .iter()
+        .map(|v| Host::on_underlay(&underlay, v))
+        .collect();
+    up_with_store(&hosts[0], &etcd);
+    up_with_store(&hosts[1], &etcd);
+    create_overlay(&hosts[0], "ov", "10.204.0.0/16");
+    assert!(
+        within(Duration::from_secs(2), || inspect(&hosts[1], "ov")
+            .is_some())
+        .is_some(),
+        "host 1 takes up the network"
+    );
+
+    // A quorum of two is left: membership goes on, once the hosts that
+    // talked to the lost member have moved to another.
+    etcd.stop_member(0);
+    up_with_store(&hosts[2], &etcd);
+    let joined = Instant::now();
+    for (i, h) in hosts.iter().enumerate() {
+        assert!(
+            within(Duration::from_secs(15), || vteps(h, "ov").len() == 3).is_some(),
+            "host {i} sees all three hosts: {:?}\n{}",
+            peers(h, "ov"),
+            h.log()
+        );
+    }
+    eprintln!(
+        "with a member down, a join seen by all after {:?}",
+        joined.elapsed()
+    );
+    let eps: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let e = h.name("c");
+            h.np_ok(&["create", &e, "--net", "ov"]);
+            e
+        })
+        .collect();
+    let ip2 = hosts[2].ip_of(&eps[2]);
+    let ip0 = hosts[0].ip_of(&eps[0]);
+    assert!(ping_until(&hosts[0], &eps[0], &ip2), "0 → 2");
+    assert!(ping_until(&hosts[2], &eps[2], &ip0), "2 → 0");
 }

@@ -206,12 +206,14 @@ impl ClusterView {
     }
 }
 
-/// A connection to the store with a session: an etcd lease of `ttl` that
-/// every key of this host lives under.
+/// A connection to one member of the store with a session: an etcd lease
+/// of `ttl` that every key of this host lives under.
 #[derive(Clone)]
 pub struct Session {
     url: StoreUrl,
     client: Client,
+    /// Index of the member in `url` the connection is to.
+    member: usize,
     pub id: i64,
     pub ttl: Duration,
 }
@@ -219,7 +221,7 @@ pub struct Session {
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("url", &self.url.to_string())
+            .field("member", &self.url.members[self.member])
             .field("id", &self.id)
             .field("ttl", &self.ttl)
             .finish()
@@ -229,17 +231,36 @@ impl fmt::Debug for Session {
 impl Session {
     fn fail(&self, op: &'static str) -> impl FnOnce(etcd_client::Error) -> ClusterError + '_ {
         move |e| ClusterError::Etcd {
-            url: self.url.to_string(),
+            url: format!("{} (member {})", self.url, self.url.members[self.member]),
             op,
             reason: e.to_string(),
         }
     }
 
-    /// Connects and opens a session of `ttl`.
-    pub async fn open(url: &StoreUrl, ttl: Duration) -> Result<Session> {
+    /// Connects to the first member that answers, trying them in turn from
+    /// member `first`, and opens a session of `ttl`. One member at a time:
+    /// a client balanced over all of them keeps sending requests to one
+    /// that is down.
+    pub async fn open(url: &StoreUrl, ttl: Duration, first: usize) -> Result<Session> {
+        let count = url.members.len();
+        let mut failure = None;
+        for member in (first..first + count).map(|m| m % count) {
+            match Session::open_with(url, ttl, member).await {
+                Ok(session) => return Ok(session),
+                Err(e) => {
+                    warn!("{e}");
+                    failure = Some(e);
+                }
+            }
+        }
+        Err(failure.expect("a store URL names at least one member"))
+    }
+
+    async fn open_with(url: &StoreUrl, ttl: Duration, member: usize) -> Result<Session> {
+        let address = &url.members[member];
         let fail = |op| {
             move |e: etcd_client::Error| ClusterError::Etcd {
-                url: url.to_string(),
+                url: format!("{url} (member {address})"),
                 op,
                 reason: e.to_string(),
             }
@@ -251,7 +272,7 @@ impl Session {
             // waiting forever.
             .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT)
             .with_keep_alive_while_idle(true);
-        let mut client = Client::connect(&url.members, Some(options))
+        let mut client = Client::connect([address], Some(options))
             .await
             .map_err(fail("connect"))?;
         let granted = client
@@ -261,6 +282,7 @@ impl Session {
         Ok(Session {
             url: url.clone(),
             client,
+            member,
             id: granted.id(),
             ttl,
         })
@@ -386,7 +408,11 @@ impl Session {
     }
 
     /// Renews the session once; an expired one is an error.
-    async fn renew(&self, keeper: &mut LeaseKeeper, stream: &mut LeaseKeepAliveStream) -> Result<()> {
+    async fn renew(
+        &self,
+        keeper: &mut LeaseKeeper,
+        stream: &mut LeaseKeepAliveStream,
+    ) -> Result<()> {
         keeper
             .keep_alive()
             .await
@@ -424,8 +450,9 @@ impl Session {
 /// opens a session, follows every change with a resynchronisation, and
 /// when the store is lost, keeps the data path as it is and tries again.
 pub async fn keep_membership(state: Shared, url: StoreUrl, ttl: Duration) {
+    let mut next_member = 0;
     loop {
-        match follow(&state, &url, ttl).await {
+        match follow(&state, &url, ttl, &mut next_member).await {
             Ok(()) => return,
             Err(e) => warn!("{e}; trying again"),
         }
@@ -438,8 +465,15 @@ pub async fn keep_membership(state: Shared, url: StoreUrl, ttl: Duration) {
 }
 
 /// One session's worth of membership: returns `Ok` when the daemon stops.
-async fn follow(state: &Shared, url: &StoreUrl, ttl: Duration) -> crate::error::Result<()> {
-    let session = Session::open(url, ttl).await?;
+/// When it fails, the next one starts with the member after this one's.
+async fn follow(
+    state: &Shared,
+    url: &StoreUrl,
+    ttl: Duration,
+    next_member: &mut usize,
+) -> crate::error::Result<()> {
+    let session = Session::open(url, ttl, *next_member).await?;
+    *next_member = session.member + 1;
     let (mut keeper, mut renewals) = session.keep_alive().await?;
     let revision = {
         let mut guard = state.lock().await;
@@ -449,7 +483,12 @@ async fn follow(state: &Shared, url: &StoreUrl, ttl: Duration) -> crate::error::
         daemon.set_session(Some(session.clone()));
         daemon.resync().await?
     };
-    info!(store = %url, session = format!("{:x}", session.id), "cluster store joined");
+    info!(
+        store = %url,
+        member = %url.members[session.member],
+        session = format!("{:x}", session.id),
+        "cluster store joined"
+    );
     let mut changes = session.watch(revision + 1).await?;
     let mut beat = tokio::time::interval(ttl / 3);
     loop {
@@ -481,7 +520,10 @@ mod tests {
     #[test]
     fn store_urls_name_every_member() {
         assert_eq!(
-            "etcd://192.0.2.254:2379".parse::<StoreUrl>().unwrap().members,
+            "etcd://192.0.2.254:2379"
+                .parse::<StoreUrl>()
+                .unwrap()
+                .members,
             ["192.0.2.254:2379"]
         );
         let three: StoreUrl = "etcd://a:2379,b:2379,c:2379".parse().unwrap();

@@ -207,11 +207,9 @@ impl Store {
     pub fn network_lease(&self, name: &str) -> Result<Option<Ipv4Net>> {
         let lease: Option<Option<String>> = self
             .conn
-            .query_row(
-                "SELECT lease FROM networks WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT lease FROM networks WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?;
         lease
             .flatten()

@@ -134,7 +134,10 @@ impl Etcd {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns, "etcd"])
             .arg(format!("--name=m{i}"))
-            .arg(format!("--data-dir={}", self.dir.join(format!("m{i}")).display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.join(format!("m{i}")).display()
+            ))
             .arg(format!("--listen-client-urls=http://{a}:2379"))
             .arg(format!("--advertise-client-urls=http://{a}:2379"))
             .arg(format!("--listen-peer-urls=http://{a}:2380"))
@@ -267,9 +270,14 @@ impl Host {
             out.status.success(),
             "netplane {args:?}: {}\ndaemon log:\n{}",
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.run_dir().join("netplane.log")).unwrap_or_default()
+            self.log()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run_dir().join("netplane.log")).unwrap_or_default()
     }
 
     /// The one-line error of a failing `netplane ARGS`.
