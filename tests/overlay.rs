@@ -122,6 +122,67 @@ fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
 }
 
 #[test]
+fn endpoints_find_a_smaller_path_mtu_after_the_uplink_shrinks() {
+    let underlay = Underlay::new();
+    let (hosts, eps, ips) = cluster(&underlay, 2);
+    // Endpoints keep MTU 1450 while host 0's uplink drops to 1400: their
+    // full-size packets no longer fit once encapsulated. Offloads off, so
+    // that TCP sends segments of the MTU's size (a veth carries GSO
+    // packets whole); without "fragmentation needed" coming back, the
+    // transfer would hang.
+    hosts[0].in_host(&format!("ip link set {} mtu 1400", hosts[0].uplink));
+    let out = hosts[0].in_endpoint(&eps[0], "ethtool -K eth0 tso off gso off");
+    assert!(out.status.success(), "{out:?}");
+    let mut said = String::new();
+    let answered = within_seconds(15, || {
+        let out = hosts[0].in_endpoint(&eps[0], &format!("ping -c1 -W1 -M do -s 1422 {}", ips[1]));
+        said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The answer, or the path MTU the endpoint learnt from it.
+        said.contains("mtu = 1350") || said.contains("mtu=1350")
+    });
+    assert!(
+        answered,
+        "a full-size DF ping is answered with the smaller overlay MTU: {said}"
+    );
+    let _server = hosts[1].spawn_in(&eps[1], "iperf3 -s");
+    let mut last = String::new();
+    let received = retry(|| {
+        last = String::from_utf8_lossy(
+            &hosts[0]
+                .in_endpoint(&eps[0], &format!("iperf3 -c {} -t 1 -J", ips[1]))
+                .stdout,
+        )
+        .into_owned();
+        let report: serde_json::Value = serde_json::from_str(&last).ok()?;
+        report["end"]["sum_received"]["bytes"]
+            .as_f64()
+            .filter(|b| *b > 0.0)
+    })
+    .unwrap_or_else(|| panic!("iperf3 after the uplink shrank: {last}"));
+    assert!(received > 1e6, "iperf3 received {received} bytes");
+    assert!(
+        hosts[0].drops("too_big") == 0,
+        "DF packets are answered, not dropped"
+    );
+}
+
+/// Polls `f` every 100 ms for up to `seconds`.
+fn within_seconds(seconds: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
 fn overlay_traffic_outlives_a_killed_daemon() {
     let underlay = Underlay::new();
     let (hosts, eps, ips) = cluster(&underlay, 3);

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, TC_ACT_OK, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect},
     programs::TcContext,
@@ -61,7 +61,7 @@ fn encapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, peer: &OverlayPe
     // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
     let sport = source_port(unsafe { bpf_get_hash_recalc(ctx.skb.skb) });
     let inner_len = ip.tot_len.wrapping_add(ETH_HLEN as u16);
-    let way = route(
+    let way = match route(
         ctx,
         cfg,
         &FibFlow {
@@ -75,7 +75,14 @@ fn encapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, peer: &OverlayPe
             daddr: peer.vtep_be,
         },
     )
-    .get()?;
+    .get()
+    {
+        Ok(way) => way,
+        // The stack answers "fragmentation needed" along the overlay
+        // subnet's route, whose MTU leaves room for the encapsulation.
+        Err(DropReason::TooBig) if ip.dont_fragment => return Ok(TC_ACT_OK),
+        Err(e) => return Err(e),
+    };
     let headers = ENCAP_HEADERS.get_ptr_mut(0).ok_or(DropReason::NoRoute)?;
     // SAFETY: a per-CPU map value, used by this invocation only.
     let headers = unsafe { &mut *headers };

@@ -352,6 +352,24 @@ impl Daemon {
         self.dp().set_host_addrs(&addrs)
     }
 
+    /// Follows a change of the uplink's MTU: overlays get the MTU left
+    /// under the new one, for new endpoints and for the routes the stack
+    /// answers "fragmentation needed" along, so that endpoints created
+    /// before find the smaller path MTU.
+    pub async fn sync_uplink_mtu(&mut self) -> Result<()> {
+        let Some(uplink) = self.uplink.clone() else {
+            return Ok(());
+        };
+        let link = self.rtnl.link(&uplink).await?;
+        let mtu = link.and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
+        if mtu == self.uplink_mtu {
+            return Ok(());
+        }
+        info!(uplink, mtu, before = self.uplink_mtu, "uplink MTU changed");
+        self.uplink_mtu = mtu;
+        self.restore_overlays().await
+    }
+
     /// Removes the flows whose lifetime has passed, both directions at once.
     pub fn collect_garbage(&mut self) -> Result<usize> {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -1163,7 +1181,7 @@ impl Daemon {
         }
         let on_host = self.overlay_bridge_net(&net)?;
         self.store.insert_network(&net)?;
-        if let Err(e) = self.bring_up_overlay(&on_host).await {
+        if let Err(e) = self.bring_up_overlay(&net, &on_host).await {
             let _ = self.rtnl.delete_link(&on_host.bridge).await;
             self.store.delete_network(&net.name)?;
             return Err(e);
@@ -1294,13 +1312,21 @@ impl Daemon {
         self.sync_overlay_routes()
     }
 
-    /// The overlay bridge `on_host`, with its address, and the data path's
-    /// routes for every overlay.
-    async fn bring_up_overlay(&mut self, on_host: &BridgeNet) -> Result<()> {
+    /// The bridge of overlay `net` on this host (`on_host`), with its
+    /// address, and the data path's routes for every overlay.
+    async fn bring_up_overlay(&mut self, net: &StoredNetwork, on_host: &BridgeNet) -> Result<()> {
         if self.rtnl.link(&on_host.bridge).await?.is_none() {
             self.rtnl.create_bridge(&on_host.bridge).await?;
         }
-        Self::address_bridge(&self.rtnl, on_host).await?;
+        let bridge = Self::address_bridge(&self.rtnl, on_host).await?;
+        // The data path hands a DF packet too big to encapsulate to the
+        // stack, which answers "fragmentation needed" along this route's
+        // MTU: an endpoint whose MTU was raised by hand still finds the path
+        // MTU, where a drop would be a black hole.
+        let mtu = on_host.mtu.expect("overlays have an MTU");
+        self.rtnl
+            .route_subnet(net.subnet, bridge.index, &on_host.bridge, mtu)
+            .await?;
         self.sync_overlay_routes()
     }
 
@@ -1327,7 +1353,7 @@ impl Daemon {
     async fn restore_overlays(&mut self) -> Result<()> {
         for net in self.store.networks()? {
             let on_host = self.overlay_bridge_net(&net)?;
-            self.bring_up_overlay(&on_host).await?;
+            self.bring_up_overlay(&net, &on_host).await?;
         }
         Ok(())
     }

@@ -223,5 +223,8 @@ async fn housekeeping(state: Shared, every: Duration) {
         if let Err(e) = daemon.sync_host_addrs().await {
             warn!("refreshing host addresses: {e}");
         }
+        if let Err(e) = daemon.sync_uplink_mtu().await {
+            warn!("following the uplink's MTU: {e}");
+        }
     }
 }

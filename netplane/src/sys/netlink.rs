@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
-        route::{RouteAddress, RouteAttribute},
+        route::{RouteAddress, RouteAttribute, RouteMetric},
     },
 };
 
@@ -246,6 +246,31 @@ impl Rtnl {
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(Error::netlink("add default route via", gateway, e)),
         }
+    }
+
+    /// Routes `subnet` to the device `index` (named `ifname`) with path MTU
+    /// `mtu`, replacing a route there was.
+    pub async fn route_subnet(
+        &self,
+        subnet: Ipv4Net,
+        index: u32,
+        ifname: &str,
+        mtu: u32,
+    ) -> Result<()> {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .output_interface(index)
+            .build();
+        route
+            .attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("route", format!("{subnet} to {ifname}"), e))
     }
 
     /// Brings `lo` up.
