@@ -3,6 +3,7 @@
 
 pub mod lab;
 pub mod load;
+pub mod overlay;
 pub mod topo;
 
 use std::{fs::File, path::PathBuf, process::Command};

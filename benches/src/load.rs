@@ -46,12 +46,12 @@ pub enum Direction {
 
 /// The payload of every datagram [`datagrams`] sends: 18 bytes make a
 /// 64-byte frame.
-const PAYLOAD: [u8; 18] = [7; 18];
+pub(crate) const PAYLOAD: [u8; 18] = [7; 18];
 
 /// A UDP server at `bind` in `netns` counting the datagrams that carry
 /// [`PAYLOAD`] and come from `from`: a translation that went wrong (say, a
 /// masquerade that did not rewrite the source) counts nothing.
-fn udp_counter(
+pub(crate) fn udp_counter(
     netns: &str,
     bind: SocketAddrV4,
     from: Ipv4Addr,
@@ -84,7 +84,7 @@ fn udp_counter(
 /// Accepts connections on `listener` and answers each byte with the next
 /// until the client closes: one byte for a new connection, many for
 /// request/response latency.
-fn answer(listener: &TcpListener, stop: &AtomicBool) {
+pub(crate) fn answer(listener: &TcpListener, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         // Woken by the kernel, not by a timer, so that a client never waits
         // on the server's sleep; the timeout lets it stop without a
@@ -183,7 +183,7 @@ fn connect_from(client: SocketAddrV4, target: SocketAddrV4) -> TcpStream {
 }
 
 /// One request byte, and the server's answer to it checked.
-fn ask(stream: &mut TcpStream, byte: u8) {
+pub(crate) fn ask(stream: &mut TcpStream, byte: u8) {
     stream.write_all(&[byte]).expect("request byte");
     let mut reply = [0u8; 1];
     stream.read_exact(&mut reply).expect("reply byte");
@@ -277,8 +277,7 @@ fn busy_cpu() -> Duration {
 
 /// Sends `n` datagrams of [`PAYLOAD`] the `way` given as fast as one
 /// socket can and returns the `cost` of it, scaled by how many of them were
-/// received (stragglers are waited for until the count stops moving): lost
-/// datagrams make it higher, as they should.
+/// received: lost datagrams make it higher, as they should.
 pub fn datagrams(topo: &Topo, servers: &Servers, way: Direction, n: u64, cost: Cost) -> Duration {
     let (netns, from, target, counter) = match way {
         Direction::Inbound => (&topo.world, client(0), topo.target, &servers.inbound),
@@ -289,6 +288,21 @@ pub fn datagrams(topo: &Topo, servers: &Servers, way: Direction, n: u64, cost: C
             &servers.outbound,
         ),
     };
+    counted_datagrams(netns, from, target, counter, n, cost)
+}
+
+/// Sends `n` datagrams of [`PAYLOAD`] from `from` in `netns` to `target`
+/// as fast as one socket can and returns the `cost` of it, scaled by how
+/// many of them `counter` saw arrive (stragglers are waited for until the
+/// count stops moving).
+pub(crate) fn counted_datagrams(
+    netns: &str,
+    from: SocketAddrV4,
+    target: SocketAddrV4,
+    counter: &AtomicU64,
+    n: u64,
+    cost: Cost,
+) -> Duration {
     let before = counter.load(Ordering::Relaxed);
     let start = Instant::now();
     let cpu_start = busy_cpu();
@@ -311,7 +325,7 @@ pub fn datagrams(topo: &Topo, servers: &Servers, way: Direction, n: u64, cost: C
             settled = Instant::now();
         }
     }
-    assert!(received > 0, "no datagram got through {way:?}");
+    assert!(received > 0, "no datagram got from {netns} to {target}");
     let spent = match cost {
         Cost::Wall => start.elapsed(),
         Cost::Cpu => busy_cpu().saturating_sub(cpu_start),

@@ -70,6 +70,26 @@ impl Nat {
     }
 }
 
+/// The settings of a benchmark host's daemon with its directories under
+/// `dir`: the bridge network at 10.88.0.0/24, `uplink`, static overlay
+/// `peers`.
+pub(crate) fn netplane_config(dir: &std::path::Path, uplink: &str, peers: Vec<Ipv4Addr>) -> Config {
+    Config {
+        bridge: "np0".into(),
+        subnet: Some("10.88.0.0/24".parse().expect("subnet")),
+        uplink: Some(uplink.into()),
+        icc: true,
+        state_dir: dir.join("state"),
+        run_dir: dir.join("run"),
+        bpffs: dir.join("bpf"),
+        ct_max: DEFAULT_CT_MAX,
+        timeouts: Timeouts::default(),
+        peers,
+        store: None,
+        store_ttl: DEFAULT_TTL,
+    }
+}
+
 /// Runs `f` on a thread inside network namespace `netns`.
 pub fn in_netns<T: Send + 'static>(
     netns: &str,
@@ -83,11 +103,71 @@ pub fn in_netns<T: Send + 'static>(
 }
 
 /// A running netplane daemon, started on a thread in the host namespace
-/// (its runtime's workers live there too).
+/// (its runtime's workers live there too); down when dropped.
 #[derive(Debug)]
-struct InProcess {
+pub(crate) struct InProcess {
+    host: String,
     rt: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
+}
+
+impl InProcess {
+    /// `netplane up` with `cfg` in namespace `host`, then `setup` on it.
+    pub(crate) fn start(
+        host: &str,
+        cfg: Config,
+        setup: impl FnOnce(&tokio::runtime::Runtime, &mut Daemon) + Send + 'static,
+    ) -> InProcess {
+        let name = host.to_string();
+        in_netns(host, move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let mut daemon = rt.block_on(Daemon::start(cfg)).expect("netplane up");
+            setup(&rt, &mut daemon);
+            InProcess {
+                host: name,
+                rt,
+                daemon: Some(daemon),
+            }
+        })
+        .join()
+        .expect("starting netplane")
+    }
+
+    /// Runs `f` on the daemon.
+    pub(crate) fn with<T: Send>(
+        &mut self,
+        f: impl FnOnce(&tokio::runtime::Runtime, &mut Daemon) -> T + Send,
+    ) -> T {
+        let (rt, daemon) = (&self.rt, self.daemon.as_mut().expect("netplane is running"));
+        in_host(&self.host, move || f(rt, daemon))
+    }
+}
+
+/// Runs `f` on a thread in namespace `host`, borrowing from the caller:
+/// netlink and /proc/sys/net are the calling thread's.
+fn in_host<T: Send>(host: &str, f: impl FnOnce() -> T + Send) -> T {
+    let ns = File::open(format!("/run/netns/{host}")).expect("netns");
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(ns, CloneFlags::CLONE_NEWNET).expect("entering netns");
+            f()
+        })
+        .join()
+        .expect("daemon thread")
+    })
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            // In the host namespace: `down` restores sysctls through
+            // /proc/sys/net.
+            let rt = &self.rt;
+            in_host(&self.host, move || {
+                let _ = rt.block_on(daemon.down());
+            });
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -183,26 +263,10 @@ impl Topo {
     }
 
     fn start_netplane(&self, p: &str, published: u16) -> InProcess {
-        let (host, dir, endpoint) = (self.host.clone(), self.dir.clone(), self.endpoint.clone());
-        let uplink = format!("{p}u");
-        in_netns(&host, move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            let daemon = rt.block_on(async {
-                let cfg = Config {
-                    bridge: "np0".into(),
-                    subnet: Some("10.88.0.0/24".parse().expect("subnet")),
-                    uplink: Some(uplink),
-                    icc: true,
-                    state_dir: dir.join("state"),
-                    run_dir: dir.join("run"),
-                    bpffs: dir.join("bpf"),
-                    ct_max: DEFAULT_CT_MAX,
-                    timeouts: Timeouts::default(),
-                    peers: Vec::new(),
-                    store: None,
-                    store_ttl: DEFAULT_TTL,
-                };
-                let mut daemon = Daemon::start(cfg).await.expect("netplane up");
+        let endpoint = self.endpoint.clone();
+        let cfg = netplane_config(&self.dir, &format!("{p}u"), Vec::new());
+        InProcess::start(&self.host, cfg, move |rt, daemon| {
+            rt.block_on(async {
                 let mut publish = Vec::new();
                 if published > 1 {
                     let last = OTHER_PORTS + published - 2;
@@ -220,15 +284,8 @@ impl Topo {
                     })
                     .await
                     .expect("netplane create");
-                daemon
             });
-            InProcess {
-                rt,
-                daemon: Some(daemon),
-            }
         })
-        .join()
-        .expect("starting netplane")
     }
 
     /// The endpoint made by the CNI plugins, chained the way libcni chains
@@ -524,23 +581,12 @@ impl Topo {
         }
     }
 
-    /// Runs `f` on the in-process daemon, from a thread in the host
-    /// namespace (netlink and /proc/sys/net are the calling thread's).
+    /// Runs `f` on the in-process daemon.
     fn with_daemon<T: Send>(
         &mut self,
         f: impl FnOnce(&tokio::runtime::Runtime, &mut Daemon) -> T + Send,
     ) -> T {
-        let ns = File::open(format!("/run/netns/{}", self.host)).expect("netns");
-        let d = self.daemon.as_mut().expect("netplane is running");
-        let (rt, daemon) = (&d.rt, d.daemon.as_mut().expect("netplane is running"));
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                setns(ns, CloneFlags::CLONE_NEWNET).expect("entering netns");
-                f(rt, daemon)
-            })
-            .join()
-            .expect("daemon thread")
-        })
+        self.daemon.as_mut().expect("netplane is running").with(f)
     }
 }
 
@@ -565,17 +611,3 @@ impl Topo {
     }
 }
 
-impl Drop for Topo {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take()
-            && let Some(daemon) = d.daemon.take()
-        {
-            // In the host namespace: `down` restores sysctls through
-            // /proc/sys/net, which is the calling thread's namespace's.
-            let _ = in_netns(&self.host, move || {
-                let _ = d.rt.block_on(daemon.down());
-            })
-            .join();
-        }
-    }
-}
