@@ -37,9 +37,7 @@ fn overlay(c: &mut Criterion) {
         }
         let mut group = c.benchmark_group("overlay_tcp_bulk");
         group.throughput(Throughput::Bytes(CHUNK as u64));
-        group.bench_function(tunnel.name(), |b| {
-            b.iter_custom(|iters| bulk(&pair, iters))
-        });
+        group.bench_function(tunnel.name(), |b| b.iter_custom(|iters| bulk(&pair, iters)));
         group.finish();
     }
 }
