@@ -111,6 +111,13 @@ fn hosts_join_leave_and_return_through_etcd() {
     );
     assert!(ping_until(&hosts[0], &eps[0], &ip1), "0 → 1");
     assert!(ping_until(&hosts[1], &eps[1], &ip0), "1 → 0");
+    // The outside world (etcd's namespace, which has no route to the
+    // overlay) answers an overlay endpoint through its host's masquerade.
+    let health = hosts[0].in_endpoint(&eps[0], "curl -sf -m 2 http://192.0.2.254:2379/health");
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("true"),
+        "an overlay endpoint reaches the world: {health:?}"
+    );
     assert_eq!(
         peers(&hosts[0], "ov"),
         [
