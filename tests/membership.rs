@@ -69,6 +69,17 @@ fn up_with_store(h: &Host, etcd: &Etcd) {
     ]);
 }
 
+/// Hosts at every one of [`VTEPS`], the first two up with `etcd`.
+fn joined(underlay: &Underlay, etcd: &Etcd) -> Vec<Host> {
+    let hosts: Vec<Host> = VTEPS
+        .iter()
+        .map(|v| Host::on_underlay(underlay, v))
+        .collect();
+    up_with_store(&hosts[0], etcd);
+    up_with_store(&hosts[1], etcd);
+    hosts
+}
+
 fn create_overlay(h: &Host, name: &str, subnet: &str) {
     h.np_ok(&[
         "network", "create", "--driver", "overlay", "--subnet", subnet, name,
@@ -83,12 +94,7 @@ fn ping_until(h: &Host, from: &str, to: &str) -> bool {
 fn hosts_join_leave_and_return_through_etcd() {
     let underlay = Underlay::new();
     let mut etcd = Etcd::start(&underlay, &["192.0.2.254"]);
-    let hosts: Vec<Host> = VTEPS
-        .iter()
-        .map(|v| Host::on_underlay(&underlay, v))
-        .collect();
-    up_with_store(&hosts[0], &etcd);
-    up_with_store(&hosts[1], &etcd);
+    let hosts = joined(&underlay, &etcd);
 
     // A network created on one host appears on the other.
     create_overlay(&hosts[0], "ov", "10.202.0.0/16");
@@ -224,12 +230,7 @@ fn hosts_join_leave_and_return_through_etcd() {
 fn a_three_member_etcd_cluster_keeps_membership_with_a_member_down() {
     let underlay = Underlay::new();
     let mut etcd = Etcd::start(&underlay, &["192.0.2.251", "192.0.2.252", "192.0.2.253"]);
-    let hosts: Vec<Host> = VTEPS
-        .iter()
-        .map(|v| Host::on_underlay(&underlay, v))
-        .collect();
-    up_with_store(&hosts[0], &etcd);
-    up_with_store(&hosts[1], &etcd);
+    let hosts = joined(&underlay, &etcd);
     create_overlay(&hosts[0], "ov", "10.204.0.0/16");
     assert!(
         within(Duration::from_secs(2), || inspect(&hosts[1], "ov")

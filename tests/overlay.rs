@@ -77,24 +77,9 @@ fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
     let mtu = hosts[0].in_endpoint(&eps[0], "cat /sys/class/net/eth0/mtu");
     assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1450");
 
-    // TCP: iperf3 between hosts 0 and 2. Retried until a run reports what
-    // it received: a client that comes before the server listens gets an
-    // error report instead.
+    // TCP: iperf3 between hosts 0 and 2.
     let _server = hosts[2].spawn_in(&eps[2], "iperf3 -s");
-    let mut last = String::new();
-    let received = retry(|| {
-        last = String::from_utf8_lossy(
-            &hosts[0]
-                .in_endpoint(&eps[0], &format!("iperf3 -c {} -t 1 -J", ips[2]))
-                .stdout,
-        )
-        .into_owned();
-        let report: serde_json::Value = serde_json::from_str(&last).ok()?;
-        report["end"]["sum_received"]["bytes"]
-            .as_f64()
-            .filter(|b| *b > 0.0)
-    })
-    .unwrap_or_else(|| panic!("iperf3 through the overlay: {last}"));
+    let received = iperf3_received(&hosts[0], &eps[0], &ips[2]);
     assert!(received > 1e6, "iperf3 received {received} bytes");
 
     // UDP: a datagram from host 1 to host 0 and the answer back.
@@ -149,11 +134,23 @@ fn endpoints_find_a_smaller_path_mtu_after_the_uplink_shrinks() {
         "a full-size DF ping is answered with the smaller overlay MTU: {said}"
     );
     let _server = hosts[1].spawn_in(&eps[1], "iperf3 -s");
+    let received = iperf3_received(&hosts[0], &eps[0], &ips[1]);
+    assert!(received > 1e6, "iperf3 received {received} bytes");
+    assert!(
+        hosts[0].drops("too_big") == 0,
+        "DF packets are answered, not dropped"
+    );
+}
+
+/// Bytes a one-second iperf3 run from endpoint `from` on `host` to
+/// `to_ip` delivered. Retried until a run reports what it received: a
+/// client that comes before the server listens gets an error report.
+fn iperf3_received(host: &Host, from: &str, to_ip: &str) -> f64 {
     let mut last = String::new();
-    let received = retry(|| {
+    retry(|| {
         last = String::from_utf8_lossy(
-            &hosts[0]
-                .in_endpoint(&eps[0], &format!("iperf3 -c {} -t 1 -J", ips[1]))
+            &host
+                .in_endpoint(from, &format!("iperf3 -c {to_ip} -t 1 -J"))
                 .stdout,
         )
         .into_owned();
@@ -162,12 +159,7 @@ fn endpoints_find_a_smaller_path_mtu_after_the_uplink_shrinks() {
             .as_f64()
             .filter(|b| *b > 0.0)
     })
-    .unwrap_or_else(|| panic!("iperf3 after the uplink shrank: {last}"));
-    assert!(received > 1e6, "iperf3 received {received} bytes");
-    assert!(
-        hosts[0].drops("too_big") == 0,
-        "DF packets are answered, not dropped"
-    );
+    .unwrap_or_else(|| panic!("iperf3 from {from} to {to_ip}: {last}"))
 }
 
 /// Polls `f` every 100 ms for up to `seconds`.
