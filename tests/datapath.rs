@@ -135,7 +135,7 @@ fn a_taken_source_port_is_replaced_and_a_free_one_kept() {
     let second_mac = [0x02, 0x42, 10, 90, 0, 3];
     let second_if = lab.spare_if;
     lab.dp
-        .add_endpoint(second_if, Ipv4Addr::new(10, 90, 0, 3), second_mac)
+        .add_endpoint(second_if, Ipv4Addr::new(10, 90, 0, 3), second_mac, 0)
         .unwrap();
     let packet = udp(
         PacketBuilder::ethernet2(second_mac, lab.bridge_mac).ipv4([10, 90, 0, 3], WORLD, 64),
@@ -403,6 +403,10 @@ fn overlay_lab() -> Lab {
         ..lab.cfg
     };
     lab.dp.set_config(cfg).unwrap();
+    // The lab's endpoint is on the overlay.
+    lab.dp
+        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, VNI)
+        .unwrap();
     lab.dp
         .set_overlay_routes(&[(
             PEER_LEASE.into(),
@@ -458,31 +462,9 @@ fn overlay_frames_leave_in_vxlan_with_the_outer_headers_a_vtep_expects() {
 #[test]
 fn vxlan_from_the_lease_holder_reaches_the_endpoint_and_nothing_else_does() {
     let mut lab = overlay_lab();
-    let inner = |src: [u8; 4]| {
-        udp(
-            PacketBuilder::ethernet2(REMOTE_ENDPOINT_MAC, ENDPOINT_MAC).ipv4(src, ENDPOINT, 64),
-            6000,
-            5000,
-            b"reply",
-        )
-    };
+    let inner = |src: [u8; 4]| remote_udp(src, ENDPOINT);
     let uplink_mac = lab.uplink_mac;
-    let vxlan = |vtep: [u8; 4], vni: u32, inner: &[u8]| {
-        let mut outer = [0; OVERHEAD];
-        write_outer_headers(
-            &Outer {
-                src_mac: WORLD_MAC,
-                dst_mac: uplink_mac,
-                src_be: be(vtep.into()),
-                dst_be: be(UPLINK.into()),
-                sport: 50000,
-                vni,
-            },
-            inner.len() as u16,
-            &mut outer,
-        );
-        [outer.as_slice(), inner].concat()
-    };
+    let vxlan = |vtep: [u8; 4], vni: u32, inner: &[u8]| vxlan_from(uplink_mac, vtep, vni, inner);
     let good = inner(REMOTE_ENDPOINT);
     let (action, out) = lab.arriving_from_world(&vxlan(WORLD, VNI, &good));
     assert_eq!(action, TC_ACT_REDIRECT);
@@ -502,4 +484,71 @@ fn vxlan_from_the_lease_holder_reaches_the_endpoint_and_nothing_else_does() {
         lab.drops(DropReason::OverlayUnknownPeer),
         wrong.len() as u64
     );
+}
+
+/// A UDP packet from `src` in another host's lease to `dst`.
+fn remote_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    udp(
+        PacketBuilder::ethernet2(REMOTE_ENDPOINT_MAC, ENDPOINT_MAC).ipv4(src, dst, 64),
+        6000,
+        5000,
+        b"reply",
+    )
+}
+
+/// `inner` in VXLAN from `vtep` with `vni`, to the lab's uplink (whose
+/// MAC is `uplink_mac`).
+fn vxlan_from(uplink_mac: [u8; 6], vtep: [u8; 4], vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut outer = [0; OVERHEAD];
+    write_outer_headers(
+        &Outer {
+            src_mac: WORLD_MAC,
+            dst_mac: uplink_mac,
+            src_be: be(vtep.into()),
+            dst_be: be(UPLINK.into()),
+            sport: 50000,
+            vni,
+        },
+        inner.len() as u16,
+        &mut outer,
+    );
+    [outer.as_slice(), inner].concat()
+}
+
+#[test]
+fn endpoints_of_different_networks_do_not_meet() {
+    let mut lab = overlay_lab();
+    // A second endpoint here, on the bridge network.
+    let (bridged, bridged_mac) = ([10, 90, 0, 3], [0x02, 0x42, 10, 90, 0, 3]);
+    lab.dp
+        .add_endpoint(lab.spare_if, bridged.into(), bridged_mac, 0)
+        .unwrap();
+    let overlay_to_bridge = udp(
+        PacketBuilder::ethernet2(ENDPOINT_MAC, lab.bridge_mac).ipv4(ENDPOINT, bridged, 64),
+        1,
+        2,
+        b"x",
+    );
+    let spare_if = lab.spare_if;
+    let bridge_to_overlay = udp(
+        PacketBuilder::ethernet2(bridged_mac, lab.bridge_mac).ipv4(bridged, REMOTE_ENDPOINT, 64),
+        1,
+        2,
+        b"x",
+    );
+    let remote_to_bridge = vxlan_from(
+        lab.uplink_mac,
+        WORLD,
+        VNI,
+        &remote_udp(REMOTE_ENDPOINT, bridged),
+    );
+    assert_eq!(lab.sent_by_endpoint(&overlay_to_bridge).0, TC_ACT_SHOT);
+    assert_eq!(
+        lab.run(programs::ENDPOINT_INGRESS, spare_if, &bridge_to_overlay)
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(lab.arriving_from_world(&remote_to_bridge).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::OtherNetwork), 3);
+    assert_eq!(lab.drops(DropReason::OverlayUnknownPeer), 0);
 }

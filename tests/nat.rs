@@ -451,7 +451,9 @@ fn rewritten_packets_carry_valid_checksums() {
 #[test]
 fn expired_flows_are_collected() {
     let h = Host::new();
-    h.up(&["--ct-udp", "1"]);
+    // Long enough to see the flow on a loaded machine, short enough to see
+    // it go within `retry`'s five seconds.
+    h.up(&["--ct-udp", "3"]);
     let e = h.name("e");
     h.np_ok(&["create", &e]);
     let _udp = udp_peer_server(&h, &h.world, 7);

@@ -107,6 +107,40 @@ fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
 }
 
 #[test]
+fn networks_are_isolated_from_each_other() {
+    let underlay = Underlay::new();
+    let (hosts, eps, ips) = cluster(&underlay, 2);
+    // Host 0 also has a bridge endpoint; both hosts a second overlay with
+    // an endpoint on host 1.
+    let bridged = hosts[0].name("b");
+    hosts[0].np_ok(&["create", &bridged]);
+    let bridged_ip = hosts[0].ip_of(&bridged);
+    for h in &hosts {
+        h.np_ok(&[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.205.0.0/16",
+            "ov2",
+        ]);
+    }
+    let other = hosts[1].name("o");
+    hosts[1].np_ok(&["create", &other, "--net", "ov2"]);
+    let other_ip = hosts[1].ip_of(&other);
+    assert!(
+        retry(|| hosts[0].pings(&eps[0], &ips[1]).then_some(())).is_some(),
+        "the overlay itself works"
+    );
+    assert!(!hosts[0].pings(&eps[0], &bridged_ip), "overlay → bridge");
+    assert!(!hosts[0].pings(&bridged, &ips[0]), "bridge → overlay, here");
+    assert!(!hosts[0].pings(&bridged, &ips[1]), "bridge → overlay, there");
+    assert!(!hosts[0].pings(&eps[0], &other_ip), "overlay → other overlay");
+    assert_eq!(hosts[0].drops("other_network"), 4);
+}
+
+#[test]
 fn endpoints_find_a_smaller_path_mtu_after_the_uplink_shrinks() {
     let underlay = Underlay::new();
     let (hosts, eps, ips) = cluster(&underlay, 2);

@@ -179,6 +179,9 @@ pub struct EndpointPort {
     pub mac: [u8; 6],
     /// Explicit padding.
     pub _pad: [u8; 2],
+    /// The endpoint's network: the VNI of its overlay, 0 for the bridge
+    /// network; host byte order.
+    pub vni: u32,
 }
 
 /// What an endpoint may send as: value of [`maps::ENDPOINT_IFACES`].
@@ -191,6 +194,9 @@ pub struct EndpointIdentity {
     pub mac: [u8; 6],
     /// Explicit padding.
     pub _pad: [u8; 2],
+    /// Its network: the VNI of its overlay, 0 for the bridge network; host
+    /// byte order.
+    pub vni: u32,
 }
 
 /// Key of [`maps::LINKED`].
@@ -384,11 +390,15 @@ pub enum DropReason {
     /// A VXLAN frame whose VNI, sender or inner source is not that of a
     /// known peer's lease, or whose inner destination is no endpoint here.
     OverlayUnknownPeer = 8,
+    /// A packet between endpoints of different networks (the bridge
+    /// network, overlays), on this host or another: networks are isolated
+    /// from each other, as Docker's are.
+    OtherNetwork = 9,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::IccDenied,
         DropReason::Spoofed,
         DropReason::Truncated,
@@ -398,6 +408,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::TooBig,
         DropReason::OverlayUnknownPeer,
+        DropReason::OtherNetwork,
     ];
 
     /// Stable name, used in metrics and the CLI.
@@ -412,6 +423,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::TooBig => "too_big",
             DropReason::OverlayUnknownPeer => "overlay_unknown_peer",
+            DropReason::OtherNetwork => "other_network",
         }
     }
 }
@@ -460,8 +472,8 @@ mod tests {
         assert_eq!(size_of::<NetConfig>(), 48);
         assert_eq!(size_of::<SockRevKey>(), 16);
         assert_eq!(size_of::<SockRevValue>(), 8);
-        assert_eq!(size_of::<EndpointPort>(), 12);
-        assert_eq!(size_of::<EndpointIdentity>(), 12);
+        assert_eq!(size_of::<EndpointPort>(), 16);
+        assert_eq!(size_of::<EndpointIdentity>(), 16);
         assert_eq!(size_of::<AddrPair>(), 8);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<PortTarget>(), 12);

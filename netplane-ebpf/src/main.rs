@@ -170,7 +170,7 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             if ip.saddr != me.addr_be {
                 return Err(DropReason::Spoofed);
             }
-            nat::from_endpoint(ctx, cfg, ip).get()
+            nat::from_endpoint(ctx, cfg, ip, me.vni).get()
         }
         L3::Arp(sender_addr) => {
             if load::<u32>(ctx, sender_addr)? != me.addr_be {

@@ -638,22 +638,29 @@ fn tracked(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<i32>, D
     }
 }
 
-/// A packet an endpoint sent: tracked flows, hairpin to published ports,
-/// `--icc=false`, masquerade.
+/// A packet an endpoint of network `vni` (0: the bridge network) sent:
+/// overlay, tracked flows, hairpin to published ports, `--icc=false`,
+/// masquerade.
 #[inline(never)]
-pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> InReg<Verdict> {
-    InReg::new(from_endpoint_now(ctx, cfg, ip))
+pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> InReg<Verdict> {
+    InReg::new(from_endpoint_now(ctx, cfg, ip, vni))
 }
 
 #[inline(always)]
-fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> Verdict {
     if ip.ttl <= 1 {
         // The stack answers "time exceeded" (traceroute's first hop).
         return Ok(TC_ACT_OK);
     }
     // Overlay traffic keeps its addresses: no tracking, no translation.
     if let Some(peer) = overlay::peer_of(cfg, ip.daddr) {
+        if peer.vni != vni {
+            return Err(DropReason::OtherNetwork);
+        }
         return overlay::encapsulate(ctx, cfg, ip, &peer).get();
+    }
+    if overlay::in_other_network(cfg, ip.daddr, vni) {
+        return Err(DropReason::OtherNetwork);
     }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);

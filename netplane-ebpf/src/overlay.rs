@@ -42,6 +42,15 @@ pub fn peer_of(cfg: &NetConfig, addr_be: u32) -> Option<OverlayPeer> {
     unsafe { OVERLAY_ROUTES.get(&lease_of(addr_be)).copied() }
 }
 
+/// Whether `addr` is an endpoint on this host in a network other than
+/// `vni`. Only hosts with overlays have more than one network.
+#[inline(always)]
+pub fn in_other_network(cfg: &NetConfig, addr_be: u32, vni: u32) -> bool {
+    cfg.flags & NET_FLAG_OVERLAY != 0
+        // SAFETY: a map value, read in place.
+        && unsafe { ENDPOINTS.get(&addr_be) }.is_some_and(|to| to.vni != vni)
+}
+
 /// Sends the endpoint's packet `ip` to `peer` in VXLAN. Not inlined, for
 /// the stack limit.
 #[inline(never)]
@@ -135,14 +144,17 @@ fn decapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     let inner_type: u16 = load(ctx, OVERHEAD + 12)?;
     let inner_src: u32 = load(ctx, inner_ip + 12)?;
     let inner_dst: u32 = load(ctx, inner_ip + 16)?;
-    let from_peer = peer_of(cfg, inner_src).is_some_and(|p| {
+    let peer = peer_of(cfg, inner_src).filter(|p| {
         p.vtep_be == ip.saddr && Some(p.vni) == vni(header) && inner_type == 0x0800u16.to_be()
     });
     // SAFETY: a map value, copied out.
     let to = unsafe { ENDPOINTS.get(&inner_dst).copied() };
-    let (true, Some(to)) = (from_peer, to) else {
+    let (Some(peer), Some(to)) = (peer, to) else {
         return Err(DropReason::OverlayUnknownPeer);
     };
+    if to.vni != peer.vni {
+        return Err(DropReason::OtherNetwork);
+    }
     ctx.adjust_room(
         -(OVERHEAD as i32),
         BPF_ADJ_ROOM_MAC,

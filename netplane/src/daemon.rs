@@ -206,6 +206,7 @@ impl Daemon {
             subnet: Ipv4Net::new(pool.gateway, subnet.prefix_len()).expect("prefix of a valid net"),
             gateway: pool.gateway,
             mtu: None,
+            vni: 0,
         };
 
         let mut undo = Vec::new();
@@ -415,7 +416,8 @@ impl Daemon {
                 }
                 State::Ready if self.is_intact(&rec.ep).await? => {
                     if let (Some(veth), Some(ip)) = (rec.ep.host_veth(), rec.ep.ip) {
-                        self.attach_endpoint(&veth, ip)?;
+                        let vni = self.bridge_net_of(&rec.ep.mode)?.vni;
+                        self.attach_endpoint(&veth, ip, vni)?;
                     }
                     self.publish(&rec.ep, &rec.ports)?;
                 }
@@ -496,11 +498,11 @@ impl Daemon {
         Ok(())
     }
 
-    fn attach_endpoint(&mut self, ifname: &str, ip: Ipv4Addr) -> Result<()> {
+    fn attach_endpoint(&mut self, ifname: &str, ip: Ipv4Addr, vni: u32) -> Result<()> {
         let ifindex = if_nametoindex(ifname).map_err(|e| Error::io("look up", ifname, e))?;
         let dp = self.dp();
         dp.attach(ifname, Role::Endpoint)?;
-        dp.add_endpoint(ifindex, ip, mac_for(ip))
+        dp.add_endpoint(ifindex, ip, mac_for(ip), vni)
     }
 
     /// Zeroes the counters of newly published rules, whose slots may have
@@ -602,7 +604,7 @@ impl Daemon {
                     .configure_endpoint(ENDPOINT_IFNAME, *ip, *prefix_len, *gateway)
                     .await
             }
-            Step::AttachDatapath { ifname, ip } => self.attach_endpoint(ifname, *ip),
+            Step::AttachDatapath { ifname, ip, vni } => self.attach_endpoint(ifname, *ip, *vni),
             Step::EtcFiles {
                 name,
                 hosts,
@@ -615,7 +617,7 @@ impl Daemon {
         match step {
             Step::Netns { name } | Step::ShareNetns { name, .. } => netns::delete(name),
             Step::Veth { host, .. } => self.rtnl.delete_link(host).await,
-            Step::AttachDatapath { ifname, ip } => {
+            Step::AttachDatapath { ifname, ip, .. } => {
                 let ifindex = if_nametoindex(ifname.as_str()).unwrap_or(0);
                 self.dp().remove_endpoint(ifindex, *ip)?;
                 self.dp().detach(ifname)
@@ -1136,6 +1138,7 @@ impl Daemon {
             subnet: Ipv4Net::new(gateway, lease.prefix_len()).expect("prefix of a valid net"),
             gateway,
             mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
+            vni: net.vni,
         })
     }
 

@@ -118,6 +118,9 @@ pub struct BridgeNet {
     /// MTU of the endpoints' interfaces, when not the kernel's default:
     /// smaller on an overlay, to leave room for the encapsulation.
     pub mtu: Option<u32>,
+    /// The overlay's VNI, 0 for the bridge network: the data path keeps
+    /// endpoints to those of their own network.
+    pub vni: u32,
 }
 
 /// An endpoint as stored: everything needed to (re)build or remove it.
@@ -188,6 +191,8 @@ pub enum Step {
         ifname: String,
         /// Endpoint address.
         ip: Ipv4Addr,
+        /// The endpoint's network: its overlay's VNI, 0 for the bridge.
+        vni: u32,
     },
     /// /etc/netns/NAME/{hosts,resolv.conf}.
     EtcFiles {
@@ -249,7 +254,11 @@ pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str, links: &[LinkedHo
                     bridge: net.bridge.clone(),
                     mtu: net.mtu,
                 },
-                Step::AttachDatapath { ifname: host, ip },
+                Step::AttachDatapath {
+                    ifname: host,
+                    ip,
+                    vni: net.vni,
+                },
                 etc(Some(ip)),
             ]
         }
@@ -315,6 +324,7 @@ mod tests {
             subnet: "172.17.0.1/16".parse().unwrap(),
             gateway: "172.17.0.1".parse().unwrap(),
             mtu: None,
+            vni: 0,
         }
     }
 
@@ -396,6 +406,7 @@ mod tests {
             Step::AttachDatapath {
                 ifname: "npv1a".into(),
                 ip: "172.17.0.2".parse().unwrap(),
+                vni: 0,
             }
         );
         let Step::EtcFiles { hosts, resolv, .. } = &steps[3] else {

@@ -404,8 +404,15 @@ impl Datapath {
     }
 
     /// Lets the data path deliver to the endpoint behind the host-side veth
-    /// `ifindex` and accept what it sends as `addr` from `mac`.
-    pub fn add_endpoint(&mut self, ifindex: u32, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+    /// `ifindex` and accept what it sends as `addr` from `mac`, keeping it
+    /// to the endpoints of its network, `vni` (0 for the bridge network).
+    pub fn add_endpoint(
+        &mut self,
+        ifindex: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+        vni: u32,
+    ) -> Result<()> {
         let addr_be = be(addr);
         let mut ids: HashMap<_, u32, EndpointIdentity> = self.map_mut(maps::ENDPOINT_IFACES)?;
         ids.insert(
@@ -414,6 +421,7 @@ impl Datapath {
                 addr_be,
                 mac,
                 _pad: [0; 2],
+                vni,
             },
             0,
         )
@@ -426,6 +434,7 @@ impl Datapath {
                     ifindex,
                     mac,
                     _pad: [0; 2],
+                    vni,
                 },
                 0,
             )
