@@ -163,6 +163,11 @@ fn hosts_join_leave_and_return_through_etcd() {
     }
     eprintln!("host 2 dropped {:?} after kill -9", killed.elapsed());
     assert!(hosts[0].pings(&eps[0], &ip1), "0 → 1 meanwhile");
+    // Host 2's pinned data path still runs; only the route to it is gone.
+    assert!(
+        !hosts[0].pings(&eps[0], &ip2),
+        "0 → 2 has no route once host 2 dropped out"
+    );
 
     // It comes back with its old /24, and so its endpoint's address.
     up_with_store(&hosts[2], &etcd);
