@@ -135,8 +135,14 @@ fn networks_are_isolated_from_each_other() {
     );
     assert!(!hosts[0].pings(&eps[0], &bridged_ip), "overlay → bridge");
     assert!(!hosts[0].pings(&bridged, &ips[0]), "bridge → overlay, here");
-    assert!(!hosts[0].pings(&bridged, &ips[1]), "bridge → overlay, there");
-    assert!(!hosts[0].pings(&eps[0], &other_ip), "overlay → other overlay");
+    assert!(
+        !hosts[0].pings(&bridged, &ips[1]),
+        "bridge → overlay, there"
+    );
+    assert!(
+        !hosts[0].pings(&eps[0], &other_ip),
+        "overlay → other overlay"
+    );
     assert_eq!(hosts[0].drops("other_network"), 4);
 }
 
