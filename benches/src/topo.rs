@@ -87,6 +87,7 @@ pub(crate) fn netplane_config(dir: &std::path::Path, uplink: &str, peers: Vec<Ip
         peers,
         store: None,
         store_ttl: DEFAULT_TTL,
+        dns: Vec::new(),
     }
 }
 

@@ -202,6 +202,10 @@ struct UpArgs {
     /// from it: how long a stopped host stays in the other hosts' routes.
     #[arg(long, default_value_t = cluster::DEFAULT_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(2..))]
     store_ttl: u64,
+    /// Resolver the embedded DNS server forwards names it does not know
+    /// to (repeatable); the host's resolv.conf's by default.
+    #[arg(long = "dns", value_name = "ADDRESS")]
+    dns: Vec<std::net::IpAddr>,
     /// Connection tracking table size, in entries (two per flow); applies
     /// when the table is created, at the first `up` after a `down`.
     #[arg(long, default_value_t = DEFAULT_CT_MAX)]
@@ -308,6 +312,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 peers: args.peers,
                 store: args.store,
                 store_ttl: Duration::from_secs(args.store_ttl),
+                dns: args
+                    .dns
+                    .iter()
+                    .map(|a| std::net::SocketAddr::new(*a, 53))
+                    .collect(),
             };
             rt.block_on(async {
                 let daemon = Daemon::start(cfg.clone()).await?;

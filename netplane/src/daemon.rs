@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -25,6 +25,7 @@ use crate::{
     },
     cluster::{ClusterError, ClusterView, Session, StoreUrl},
     conntrack::{self, Timeouts},
+    dns::{self, Zone},
     endpoint::{
         self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step, format_mac,
         mac_for,
@@ -33,6 +34,7 @@ use crate::{
     ipam::{self, Pool},
     overlay,
     portspec::{self, PortSpec, PublishedPort},
+    resolver::Resolver,
     store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
     sys::{
         datapath::{Datapath, Role, Traffic, be},
@@ -50,6 +52,16 @@ fn overlay_bridge(vni: u32) -> String {
 /// Times a host tries for a /24 of an overlay that other hosts are
 /// taking leases of at the same moment.
 const CLAIM_ATTEMPTS: usize = 8;
+
+/// The network whose names an endpoint attached in `mode` resolves, and
+/// is resolved in: endpoints of their own network only.
+fn zone_of(mode: &Mode) -> Option<&str> {
+    match mode {
+        Mode::Bridge => Some(endpoint::BRIDGE_NETWORK),
+        Mode::Network(name) => Some(name),
+        _ => None,
+    }
+}
 
 /// The uplink's MTU when it cannot be read.
 const DEFAULT_MTU: u32 = 1500;
@@ -81,6 +93,9 @@ pub struct Config {
     pub store: Option<StoreUrl>,
     /// How long the store keeps this host's keys after it last heard of it.
     pub store_ttl: Duration,
+    /// Resolvers the embedded DNS server forwards to; the host's
+    /// resolv.conf's when empty.
+    pub dns: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -128,6 +143,8 @@ pub struct Daemon {
     /// What the cluster store said last; `None` until it was first read,
     /// and the overlay routes an earlier run left are kept until then.
     view: Option<ClusterView>,
+    /// The embedded DNS server of every network.
+    resolver: Resolver,
     _lock: DaemonLock,
 }
 
@@ -209,6 +226,11 @@ impl Daemon {
             vni: 0,
         };
 
+        let upstream = if cfg.dns.is_empty() {
+            dns::upstream_servers(&host::host_resolv_conf())
+        } else {
+            cfg.dns.clone()
+        };
         let mut undo = Vec::new();
         let mut daemon = Daemon {
             cfg,
@@ -221,6 +243,7 @@ impl Daemon {
             uplink_mtu: DEFAULT_MTU,
             session: None,
             view: None,
+            resolver: Resolver::new(upstream),
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -250,6 +273,7 @@ impl Daemon {
             undo.push(Undo::DeleteLink(net.bridge.clone()));
         }
         let bridge = Self::address_bridge(&self.rtnl, &net).await?;
+        self.serve_dns(endpoint::BRIDGE_NETWORK, net.gateway).await;
 
         if self.store.meta(meta::IP_FORWARD_BEFORE)?.is_none() {
             let before = host::read_sysctl(host::IP_FORWARD)?;
@@ -332,7 +356,7 @@ impl Daemon {
             bridge_ifindex: bridge.index,
             nat_port_min: nat_ports.start,
             nat_port_max: nat_ports.end,
-            bridge_mac: bridge.mac.unwrap_or_default(),
+            bridge_mac: mac_for(self.net.gateway),
             _pad: [0; 2],
             netns_cookie: host::netns_cookie()?,
         })
@@ -351,6 +375,34 @@ impl Daemon {
             .filter(|a| !a.is_loopback())
             .collect();
         self.dp().set_host_addrs(&addrs)
+    }
+
+    /// Serves `network`'s endpoints DNS on `gateway`; if the port is taken,
+    /// they keep the host's resolvers.
+    async fn serve_dns(&mut self, network: &str, gateway: Ipv4Addr) {
+        if let Err(e) = self.resolver.serve(network, gateway).await {
+            warn!(
+                network,
+                "no embedded DNS, endpoints use the host's resolvers: {e}"
+            );
+        }
+    }
+
+    /// Gives the DNS server every ready endpoint's names, by network.
+    fn sync_zones(&self) -> Result<()> {
+        let mut zones: BTreeMap<String, Zone> = BTreeMap::new();
+        for rec in self.store.endpoints()? {
+            if let (State::Ready, Some(ip), Some(zone)) =
+                (rec.state, rec.ep.ip, zone_of(&rec.ep.mode))
+            {
+                zones
+                    .entry(zone.to_string())
+                    .or_default()
+                    .insert(&rec.ep.name, &[], ip);
+            }
+        }
+        self.resolver.set_zones(zones);
+        Ok(())
     }
 
     /// Follows a change of the uplink's MTU: overlays get the MTU left
@@ -442,7 +494,7 @@ impl Daemon {
                 self.rtnl.delete_link(&link.name).await?;
             }
         }
-        Ok(())
+        self.sync_zones()
     }
 
     async fn is_intact(&self, ep: &endpoint::Endpoint) -> Result<bool> {
@@ -474,10 +526,15 @@ impl Daemon {
                 })
             })
             .collect();
+        let net = self.bridge_net_of(&ep.mode)?;
+        let dns = zone_of(&ep.mode)
+            .filter(|zone| self.resolver.serves(zone))
+            .map(|_| net.gateway);
         Ok(endpoint::plan(
             &self.resolved(ep),
-            &self.bridge_net_of(&ep.mode)?,
+            &net,
             &host::host_resolv_conf(),
+            dns,
             &links,
         ))
     }
@@ -696,6 +753,7 @@ impl Daemon {
             return Err(e);
         }
         self.store.set_state(&ep.name, State::Ready)?;
+        self.sync_zones()?;
         info!(endpoint = %ep.name, mode = %ep.mode, ip = ?ep.ip, "created");
         self.inspect(&ep.name)
     }
@@ -885,6 +943,7 @@ impl Daemon {
         self.teardown(&rec.ep).await?;
         self.store.delete_endpoint(name)?;
         self.sync_linked()?;
+        self.sync_zones()?;
         info!(endpoint = %name, "removed");
         Ok(())
     }
@@ -1213,6 +1272,7 @@ impl Daemon {
 
     /// Forgets overlay `net` on this host.
     async fn drop_network(&mut self, net: &StoredNetwork) -> Result<()> {
+        self.resolver.stop(&net.name);
         self.store.delete_network(&net.name)?;
         self.sync_overlay_routes()?;
         self.rtnl.delete_link(&overlay_bridge(net.vni)).await?;
@@ -1330,16 +1390,23 @@ impl Daemon {
         self.rtnl
             .route_subnet(net.subnet, bridge.index, &on_host.bridge, mtu)
             .await?;
+        self.serve_dns(&net.name, on_host.gateway).await;
         self.sync_overlay_routes()
     }
 
-    /// Gives the bridge of `net` its gateway address and brings it up.
-    /// (Takes the netlink handle, not `&self`: API futures must be `Send`.)
+    /// Gives the bridge of `net` its gateway address and a MAC of its own,
+    /// and brings it up. A bridge without a MAC set takes its ports'
+    /// lowest, which changes when that port goes: endpoints would keep
+    /// sending to the old one until their neighbour entry for the gateway
+    /// expires. (Takes the netlink handle, not `&self`: API futures must
+    /// be `Send`.)
     async fn address_bridge(rtnl: &Rtnl, net: &BridgeNet) -> Result<Link> {
         let bridge = rtnl
             .link(&net.bridge)
             .await?
             .ok_or_else(|| Error::InterfaceNotFound(net.bridge.clone()))?;
+        rtnl.set_mac(bridge.index, &net.bridge, mac_for(net.gateway))
+            .await?;
         rtnl.add_address(
             bridge.index,
             &net.bridge,

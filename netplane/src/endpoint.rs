@@ -222,13 +222,22 @@ pub struct LinkedHost {
 }
 
 /// The steps that build `ep`, in order; removal undoes them in reverse.
-pub fn plan(ep: &Endpoint, net: &BridgeNet, host_resolv: &str, links: &[LinkedHost]) -> Vec<Step> {
+/// Endpoints with a network of their own resolve through `dns`, that
+/// network's embedded DNS server, when it has one.
+pub fn plan(
+    ep: &Endpoint,
+    net: &BridgeNet,
+    host_resolv: &str,
+    dns: Option<Ipv4Addr>,
+    links: &[LinkedHost],
+) -> Vec<Step> {
     let name = ep.name.clone();
     let hostname = ep.hostname.clone().unwrap_or_else(|| name.clone());
+    let dns = dns.filter(|_| ep.mode.has_veth());
     let etc = |ip| Step::EtcFiles {
         name: name.clone(),
         hosts: hosts_file(&hostname, &name, ip, links),
-        resolv: resolv_conf(host_resolv),
+        resolv: resolv_conf(host_resolv, dns),
     };
     match &ep.mode {
         Mode::Host => Vec::new(),
@@ -299,18 +308,23 @@ pub fn hosts_file(
 
 /// The host's resolv.conf without loopback nameservers, which an endpoint in
 /// its own namespace cannot reach.
-pub fn resolv_conf(host_resolv: &str) -> String {
-    host_resolv
-        .lines()
-        .filter(|line| {
-            let mut words = line.split_whitespace();
-            !(words.next() == Some("nameserver")
-                && words
-                    .next()
-                    .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-                    .is_some_and(|a| a.is_loopback()))
-        })
-        .map(|l| format!("{l}\n"))
+pub fn resolv_conf(host_resolv: &str, dns: Option<Ipv4Addr>) -> String {
+    let own = dns.map(|d| format!("nameserver {d}\n"));
+    let kept = host_resolv.lines().filter(|line| {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            return true;
+        }
+        // With a server of its own, the endpoint asks only it; without, the
+        // host's loopback resolvers are out of its reach.
+        dns.is_none()
+            && !words
+                .next()
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|a| a.is_loopback())
+    });
+    own.into_iter()
+        .chain(kept.map(|l| format!("{l}\n")))
         .collect()
 }
 
@@ -385,6 +399,7 @@ mod tests {
             &ep(Mode::Bridge, Some("172.17.0.2")),
             &net(),
             "nameserver 127.0.0.53\nnameserver 9.9.9.9\n",
+            None,
             &[],
         );
         assert_eq!(steps.len(), 4);
@@ -417,15 +432,43 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_of_a_network_with_dns_ask_only_it() {
+        let dns = Some("172.17.0.1".parse().unwrap());
+        let host =
+            "search corp.example\nnameserver 127.0.0.53\nnameserver 9.9.9.9\noptions ndots:2\n";
+        let steps = plan(
+            &ep(Mode::Bridge, Some("172.17.0.2")),
+            &net(),
+            host,
+            dns,
+            &[],
+        );
+        let Step::EtcFiles { resolv, .. } = &steps[3] else {
+            panic!()
+        };
+        assert_eq!(
+            resolv,
+            "nameserver 172.17.0.1\nsearch corp.example\noptions ndots:2\n"
+        );
+        // Sharing another's namespace: not an endpoint of a network itself.
+        let shared = plan(&ep(Mode::None, None), &net(), host, dns, &[]);
+        let Step::EtcFiles { resolv, .. } = &shared[1] else {
+            panic!()
+        };
+        assert!(resolv.contains("nameserver 9.9.9.9") && !resolv.contains("172.17.0.1"));
+    }
+
+    #[test]
     fn other_mode_plans() {
-        assert!(plan(&ep(Mode::Host, None), &net(), "", &[]).is_empty());
-        let none = plan(&ep(Mode::None, None), &net(), "", &[]);
+        assert!(plan(&ep(Mode::Host, None), &net(), "", None, &[]).is_empty());
+        let none = plan(&ep(Mode::None, None), &net(), "", None, &[]);
         assert_eq!(none[0], Step::Netns { name: "web".into() });
         assert_eq!(none.len(), 2);
         let shared = plan(
             &ep(Mode::Container("db".into()), Some("172.17.0.9")),
             &net(),
             "",
+            None,
             &[],
         );
         assert_eq!(

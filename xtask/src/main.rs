@@ -41,6 +41,8 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libprotobuf-dev",
     "etcd-server",
+    // An upstream resolver for the embedded DNS server's tests.
+    "dnsmasq-base",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";

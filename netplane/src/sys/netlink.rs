@@ -139,6 +139,20 @@ impl Rtnl {
         Ok(index)
     }
 
+    /// Gives a link the MAC `mac`.
+    pub async fn set_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("set the MAC of", name, e))
+    }
+
     /// Brings a link up.
     pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
         self.handle

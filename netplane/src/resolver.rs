@@ -1,0 +1,252 @@
+//! The embedded DNS server's sockets: UDP and TCP port 53 on each
+//! network's gateway address, answering from that network's names
+//! ([`crate::dns`]) and forwarding the rest to the upstream resolvers.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use hickory_proto::op::{Message, ResponseCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    task::JoinHandle,
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    dns::{Cache, Outcome, Zone, decide},
+    error::{Error, Result},
+};
+
+/// How long one upstream resolver gets to answer before the next is asked.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rounds over the upstream resolvers, as resolv.conf's `attempts`.
+const UPSTREAM_ROUNDS: usize = 2;
+/// How long a TCP client may take to send the next message.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// DNS over UDP carries at most this much with EDNS.
+const UDP_MAX: usize = 4096;
+
+/// What every network's server shares.
+#[derive(Debug, Default)]
+struct Shared {
+    zones: RwLock<BTreeMap<String, Zone>>,
+    upstream: Vec<SocketAddr>,
+    cache: Mutex<Cache>,
+}
+
+/// The servers of every network, stopped on drop.
+#[derive(Debug)]
+pub struct Resolver {
+    shared: Arc<Shared>,
+    servers: BTreeMap<String, Vec<JoinHandle<()>>>,
+}
+
+impl Resolver {
+    /// A resolver forwarding to `upstream`, serving no network yet.
+    pub fn new(upstream: Vec<SocketAddr>) -> Self {
+        Resolver {
+            shared: Arc::new(Shared {
+                upstream,
+                ..Shared::default()
+            }),
+            servers: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces every network's names.
+    pub fn set_zones(&self, zones: BTreeMap<String, Zone>) {
+        *self.shared.zones.write().unwrap_or_else(|e| e.into_inner()) = zones;
+    }
+
+    /// Whether network `network` is served.
+    pub fn serves(&self, network: &str) -> bool {
+        self.servers.contains_key(network)
+    }
+
+    /// Serves `network`'s endpoints on `addr`, port 53, unless it already
+    /// does.
+    pub async fn serve(&mut self, network: &str, addr: Ipv4Addr) -> Result<()> {
+        if self.serves(network) {
+            return Ok(());
+        }
+        let at = SocketAddr::from((addr, 53));
+        let udp = UdpSocket::bind(at)
+            .await
+            .map_err(|e| Error::io("bind DNS (UDP) on", at, e))?;
+        let tcp = TcpListener::bind(at)
+            .await
+            .map_err(|e| Error::io("bind DNS (TCP) on", at, e))?;
+        let (shared, name) = (self.shared.clone(), network.to_string());
+        let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone(), name.clone()));
+        let tcp_task = tokio::spawn(serve_tcp(tcp, shared, name));
+        self.servers
+            .insert(network.to_string(), vec![udp_task, tcp_task]);
+        Ok(())
+    }
+
+    /// Stops serving `network`.
+    pub fn stop(&mut self, network: &str) {
+        for task in self.servers.remove(network).into_iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        for task in self.servers.values().flatten() {
+            task.abort();
+        }
+    }
+}
+
+/// How a query reached the server: a UDP answer must fit a datagram, a
+/// truncated one sends the client to TCP, where upstream is asked by TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, network: String) {
+    let mut buf = vec![0u8; UDP_MAX];
+    loop {
+        let (len, client) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                warn!(network, "DNS: receiving: {e}");
+                continue;
+            }
+        };
+        let packet = buf[..len].to_vec();
+        let (socket, shared, network) = (socket.clone(), shared.clone(), network.clone());
+        // Forwarded queries wait on upstream: each on its own task.
+        tokio::spawn(async move {
+            if let Some(reply) = respond(&shared, &network, &packet, Transport::Udp).await {
+                let _ = socket.send_to(&reply, client).await;
+            }
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, network: String) {
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let (shared, network) = (shared.clone(), network.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_tcp_client(conn, &shared, &network).await {
+                debug!(network, "DNS over TCP: {e}");
+            }
+        });
+    }
+}
+
+/// Answers length-prefixed messages on `conn` until the client stops
+/// sending, closes, or idles past [`TCP_IDLE`].
+async fn serve_tcp_client(
+    mut conn: TcpStream,
+    shared: &Shared,
+    network: &str,
+) -> std::io::Result<()> {
+    loop {
+        let Ok(len) = timeout(TCP_IDLE, conn.read_u16()).await else {
+            return Ok(());
+        };
+        let mut packet = vec![0u8; usize::from(len?)];
+        timeout(TCP_IDLE, conn.read_exact(&mut packet))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let Some(reply) = respond(shared, network, &packet, Transport::Tcp).await else {
+            return Ok(());
+        };
+        let Ok(reply_len) = u16::try_from(reply.len()) else {
+            return Ok(());
+        };
+        conn.write_all(&[&reply_len.to_be_bytes()[..], &reply].concat())
+            .await?;
+    }
+}
+
+/// The reply to `packet` from an endpoint of `network`, if any.
+async fn respond(shared: &Shared, network: &str, packet: &[u8], via: Transport) -> Option<Vec<u8>> {
+    let outcome = {
+        let zones = shared.zones.read().unwrap_or_else(|e| e.into_inner());
+        let empty = Zone::default();
+        decide(packet, zones.get(network).unwrap_or(&empty))
+    };
+    let query = match outcome {
+        Outcome::Reply(reply) => return Some(reply),
+        Outcome::Ignore => return None,
+        Outcome::Forward(query) => query,
+    };
+    let cached = shared
+        .cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&query, Instant::now());
+    if let Some(hit) = cached {
+        return Some(hit);
+    }
+    match forward(&shared.upstream, packet, via).await {
+        Some(answer) => {
+            shared.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                &query,
+                &answer,
+                Instant::now(),
+            );
+            Some(answer)
+        }
+        None => Message::error_msg(query.id(), query.op_code(), ResponseCode::ServFail)
+            .to_vec()
+            .ok(),
+    }
+}
+
+/// Upstream's answer to `packet`: each resolver in turn, for
+/// [`UPSTREAM_ROUNDS`] rounds, over the transport the client used.
+async fn forward(upstream: &[SocketAddr], packet: &[u8], via: Transport) -> Option<Vec<u8>> {
+    let id = packet.get(..2)?;
+    for _ in 0..UPSTREAM_ROUNDS {
+        for server in upstream {
+            let asked = match via {
+                Transport::Udp => timeout(UPSTREAM_TIMEOUT, ask_udp(*server, packet)).await,
+                Transport::Tcp => timeout(UPSTREAM_TIMEOUT, ask_tcp(*server, packet)).await,
+            };
+            match asked {
+                Ok(Ok(answer)) if answer.get(..2) == Some(id) => return Some(answer),
+                Ok(Ok(_)) => debug!(%server, "DNS upstream answered another query"),
+                Ok(Err(e)) => debug!(%server, "DNS upstream: {e}"),
+                Err(_) => debug!(%server, "DNS upstream timed out"),
+            }
+        }
+    }
+    None
+}
+
+async fn ask_udp(server: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    socket.connect(server).await?;
+    socket.send(packet).await?;
+    let mut buf = vec![0u8; UDP_MAX];
+    let len = socket.recv(&mut buf).await?;
+    buf.truncate(len);
+    Ok(buf)
+}
+
+async fn ask_tcp(server: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut conn = TcpStream::connect(server).await?;
+    let len = u16::try_from(packet.len()).map_err(std::io::Error::other)?;
+    conn.write_all(&[&len.to_be_bytes()[..], packet].concat())
+        .await?;
+    let mut answer = vec![0u8; usize::from(conn.read_u16().await?)];
+    conn.read_exact(&mut answer).await?;
+    Ok(answer)
+}
