@@ -94,6 +94,18 @@ fn bridge_endpoints_reach_each_other_and_the_data_path_counts() {
         stats["interfaces"][&h.uplink]["rx_packets"].is_u64(),
         "uplink is attached: {stats}"
     );
+
+    // The linked endpoint recreated at another address: the hosts file
+    // follows.
+    h.np_ok(&["rm", &a]);
+    h.np_ok(&["create", &a, "--ip", &moved(&ip_a)]);
+    let out = h.np(&["exec", &c, "--", "getent", "hosts", "web"]);
+    let resolved = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        resolved.split_whitespace().next(),
+        Some(moved(&ip_a).as_str()),
+        "getent hosts web in {c} after {a} moved: {resolved:?}"
+    );
 }
 
 /// Kills the child when dropped, so a failing assertion leaves no server.
@@ -483,4 +495,10 @@ fn run_rm_runs_and_cleans_up() {
     );
     assert!(!h.np_ok(&["ls"]).contains(&r), "--rm removed it");
     assert!(!h.own_netns().contains(&r));
+}
+
+/// An address 50 above `ip` in its last octet.
+fn moved(ip: &str) -> String {
+    let (net, last) = ip.rsplit_once('.').unwrap();
+    format!("{net}.{}", last.parse::<u8>().unwrap() + 50)
 }

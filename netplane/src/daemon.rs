@@ -595,7 +595,8 @@ impl Daemon {
     }
 
     /// Rewrites the pairs of endpoints joined with `--link`, which talk even
-    /// with `--icc=false`.
+    /// with `--icc=false`, and the hosts files naming linked endpoints: one
+    /// recreated with another address is found at the new one.
     fn sync_linked(&mut self) -> Result<()> {
         let records = self.store.endpoints()?;
         let ip_of = |name: &str| {
@@ -615,7 +616,23 @@ impl Daemon {
                     .collect::<Vec<_>>()
             })
             .collect();
-        self.dp().set_linked(&pairs)
+        self.dp().set_linked(&pairs)?;
+        for rec in records
+            .iter()
+            .filter(|r| r.state == State::Ready && !r.links.is_empty())
+        {
+            for step in self.plan(&rec.ep)? {
+                if let Step::EtcFiles {
+                    name,
+                    hosts,
+                    resolv,
+                } = step
+                {
+                    host::write_etc_files(&name, &hosts, &resolv)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Undoes every step of the plan of `ep`, continuing past failures and
