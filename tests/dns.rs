@@ -89,6 +89,32 @@ fn endpoints_resolve_each_other_both_ways_and_other_names_upstream() {
         "192.0.2.80"
     );
 
+    // Network aliases are names too, in any case.
+    let c = h.name("c");
+    h.np_ok(&[
+        "create",
+        &c,
+        "--network-alias",
+        "api",
+        "--network-alias",
+        "api2",
+    ]);
+    let ip_c = h.ip_of(&c);
+    for alias in ["api", "API2"] {
+        assert_eq!(
+            run_in(&h, a, &format!("dig +short {alias}")).unwrap(),
+            ip_c,
+            "{alias}"
+        );
+    }
+    let hosts = run_in(&h, a, "getent hosts api").expect("getent hosts api");
+    assert!(hosts.starts_with(&ip_c), "{hosts}");
+    let inspect: serde_json::Value = serde_json::from_str(&h.np_ok(&["inspect", &c])).unwrap();
+    assert_eq!(
+        inspect["NetworkAliases"],
+        serde_json::json!(["api", "api2"])
+    );
+
     // Recreated with another address: the next answer has it. Meanwhile
     // the bridge keeps its MAC, derived from the gateway's address: one
     // taken from a port would change when that port goes, and endpoints

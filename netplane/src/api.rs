@@ -23,6 +23,9 @@ pub struct CreateEndpoint {
     pub publish: Vec<String>,
     /// `--link OTHER:ALIAS` specs.
     pub links: Vec<String>,
+    /// More names of the endpoint in its network's DNS.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
 }
 
 /// One host binding of a published port, as in `docker inspect`.
@@ -67,6 +70,8 @@ pub struct EndpointInfo {
     pub hostname: Option<String>,
     /// `--link` specs.
     pub links: Vec<String>,
+    /// `--network-alias` names.
+    pub network_aliases: Vec<String>,
     /// Network settings.
     pub network_settings: NetworkSettings,
 }

@@ -258,6 +258,9 @@ struct CreateArgs {
     /// OTHER:ALIAS.
     #[arg(long = "link")]
     links: Vec<String>,
+    /// Another name of the endpoint in its network's DNS (repeatable).
+    #[arg(long = "network-alias", value_name = "ALIAS")]
+    network_aliases: Vec<String>,
 }
 
 impl CreateArgs {
@@ -269,6 +272,7 @@ impl CreateArgs {
             hostname: self.hostname.clone(),
             publish: self.publish.clone(),
             links: self.links.clone(),
+            network_aliases: self.network_aliases.clone(),
         }
     }
 }

@@ -398,7 +398,7 @@ impl Daemon {
                 zones
                     .entry(zone.to_string())
                     .or_default()
-                    .insert(&rec.ep.name, &[], ip);
+                    .insert(&rec.ep.name, &rec.aliases, ip);
             }
         }
         self.resolver.set_zones(zones);
@@ -736,6 +736,15 @@ impl Daemon {
                 return Err(Error::NoNamespace(other.ep.name.clone()));
             }
         }
+        for alias in &req.network_aliases {
+            endpoint::validate_name(alias)?;
+        }
+        if !req.network_aliases.is_empty() && zone_of(&mode).is_none() {
+            return Err(Error::NotApplicable {
+                flag: "--network-alias",
+                mode: mode.to_string(),
+            });
+        }
         for link in &req.links {
             let (other, alias) = endpoint::parse_link(link);
             endpoint::validate_name(alias)?;
@@ -752,6 +761,7 @@ impl Daemon {
                 hostname: req.hostname.as_deref(),
                 ports: &ports,
                 links: &req.links,
+                aliases: &req.network_aliases,
             },
             mode.has_veth().then_some(&pool),
         )?;
@@ -1059,6 +1069,7 @@ impl Daemon {
             mode: ep.mode.to_string(),
             hostname: ep.hostname.clone(),
             links: rec.links.clone(),
+            network_aliases: rec.aliases.clone(),
             network_settings: NetworkSettings {
                 sandbox_key: match ep.netns_name() {
                     Some(n) => netns::path(n).to_string_lossy().into_owned(),

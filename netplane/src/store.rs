@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     hostname TEXT,
     ports TEXT NOT NULL,
     links TEXT NOT NULL,
+    aliases TEXT NOT NULL DEFAULT '[]',
     state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing'))
 );
 CREATE TABLE IF NOT EXISTS networks (
@@ -86,6 +87,8 @@ pub struct StoredEndpoint {
     pub ports: Vec<PublishedPort>,
     /// `--link` specs.
     pub links: Vec<String>,
+    /// `--network-alias` names.
+    pub aliases: Vec<String>,
 }
 
 /// What a new record needs; the address is leased by [`Store::insert_endpoint`].
@@ -103,6 +106,8 @@ pub struct NewEndpoint<'a> {
     pub ports: &'a [PublishedPort],
     /// Links.
     pub links: &'a [String],
+    /// Network aliases.
+    pub aliases: &'a [String],
 }
 
 /// The state database.
@@ -118,9 +123,21 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        // Databases from before cluster stores lack the host's lease.
-        if conn.prepare("SELECT lease FROM networks").is_err() {
-            conn.execute("ALTER TABLE networks ADD COLUMN lease TEXT", [])?;
+        // Databases from before cluster stores and network aliases lack
+        // their columns.
+        for (table, column, definition) in [
+            ("networks", "lease", "TEXT"),
+            ("endpoints", "aliases", "TEXT NOT NULL DEFAULT '[]'"),
+        ] {
+            if conn
+                .prepare(&format!("SELECT {column} FROM {table}"))
+                .is_err()
+            {
+                conn.execute(
+                    &format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"),
+                    [],
+                )?;
+            }
         }
         Ok(Store { conn })
     }
@@ -253,8 +270,8 @@ impl Store {
             None => None,
         };
         tx.execute(
-            "INSERT INTO endpoints (name, mode, ip, hostname, ports, links, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'creating')",
+            "INSERT INTO endpoints (name, mode, ip, hostname, ports, links, aliases, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'creating')",
             params![
                 new.name,
                 new.mode.to_string(),
@@ -262,6 +279,7 @@ impl Store {
                 new.hostname,
                 serde_json::to_string(new.ports).expect("ports serialize"),
                 serde_json::to_string(new.links).expect("links serialize"),
+                serde_json::to_string(new.aliases).expect("aliases serialize"),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -303,7 +321,8 @@ impl Store {
     /// Every endpoint, oldest first.
     pub fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, name, mode, ip, hostname, ports, links, state FROM endpoints ORDER BY id",
+            "SELECT id, name, mode, ip, hostname, ports, links, aliases, state
+             FROM endpoints ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -315,10 +334,11 @@ impl Store {
                 r.get::<_, String>(5)?,
                 r.get::<_, String>(6)?,
                 r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
             ))
         })?;
         rows.map(|row| {
-            let (id, name, mode, ip, hostname, ports, links, state) = row?;
+            let (id, name, mode, ip, hostname, ports, links, aliases, state) = row?;
             Ok(StoredEndpoint {
                 ep: Endpoint {
                     id,
@@ -337,6 +357,8 @@ impl Store {
                     .map_err(|_| corrupt("ports", "endpoint", &name))?,
                 links: serde_json::from_str(&links)
                     .map_err(|_| corrupt("links", "endpoint", &name))?,
+                aliases: serde_json::from_str(&aliases)
+                    .map_err(|_| corrupt("aliases", "endpoint", &name))?,
             })
         })
         .collect()
@@ -385,6 +407,7 @@ mod tests {
             hostname: None,
             ports: &[],
             links: &[],
+            aliases: &[],
         }
     }
 
