@@ -1,0 +1,18 @@
+//! The embedded DNS server's query path on arbitrary bytes: whatever
+//! arrives, it decides without panicking, and whatever it replies parses.
+
+#![no_main]
+
+use std::net::Ipv4Addr;
+
+use hickory_proto::op::Message;
+use libfuzzer_sys::fuzz_target;
+use netplane::dns::{Outcome, Zone, decide};
+
+fuzz_target!(|packet: &[u8]| {
+    let mut zone = Zone::default();
+    zone.insert("web", &["www".into()], Ipv4Addr::new(10, 88, 0, 2));
+    if let Outcome::Reply(reply) = decide(packet, &zone) {
+        Message::from_vec(&reply).expect("a reply parses");
+    }
+});
