@@ -53,12 +53,7 @@ fn endpoints_resolve_each_other_both_ways_and_other_names_upstream() {
     let (h, _dnsmasq, eps) = host_with(&["a", "b"]);
     let (a, b) = (&eps[0], &eps[1]);
     let ip_b = h.ip_of(b);
-    let gateway =
-        serde_json::from_str::<serde_json::Value>(&h.np_ok(&["network", "inspect", "bridge"]))
-            .unwrap()["Gateway"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let gateway = bridge_network(&h)["Gateway"].as_str().unwrap().to_string();
     let resolv = run_in(&h, a, "cat /etc/resolv.conf").unwrap();
     assert!(
         resolv.starts_with(&format!("nameserver {gateway}")),
@@ -145,15 +140,7 @@ fn endpoints_resolve_each_other_both_ways_and_other_names_upstream() {
 #[test]
 fn names_of_another_network_do_not_resolve() {
     let (h, _dnsmasq, eps) = host_with(&["a"]);
-    h.np_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.206.0.0/16",
-        "ov",
-    ]);
+    h.create_overlay("ov", "10.206.0.0/16");
     let (c, d) = (h.name("c"), h.name("d"));
     for e in [&c, &d] {
         h.np_ok(&["create", e, "--net", "ov"]);
@@ -209,12 +196,7 @@ print(reply[3] & 0xF, looped[3] & 0xF)
 #[test]
 fn malformed_queries_are_refused_and_the_server_keeps_answering() {
     let (h, _dnsmasq, eps) = host_with(&["a", "b"]);
-    let gateway =
-        serde_json::from_str::<serde_json::Value>(&h.np_ok(&["network", "inspect", "bridge"]))
-            .unwrap()["Gateway"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let gateway = bridge_network(&h)["Gateway"].as_str().unwrap().to_string();
     let script = h.dir.join("hostile.py");
     std::fs::write(&script, HOSTILE).unwrap();
     let codes = run_in(

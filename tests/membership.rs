@@ -80,12 +80,6 @@ fn joined(underlay: &Underlay, etcd: &Etcd) -> Vec<Host> {
     hosts
 }
 
-fn create_overlay(h: &Host, name: &str, subnet: &str) {
-    h.np_ok(&[
-        "network", "create", "--driver", "overlay", "--subnet", subnet, name,
-    ]);
-}
-
 fn ping_until(h: &Host, from: &str, to: &str) -> bool {
     within(Duration::from_secs(5), || h.pings(from, to)).is_some()
 }
@@ -97,7 +91,7 @@ fn hosts_join_leave_and_return_through_etcd() {
     let hosts = joined(&underlay, &etcd);
 
     // A network created on one host appears on the other.
-    create_overlay(&hosts[0], "ov", "10.202.0.0/16");
+    hosts[0].create_overlay("ov", "10.202.0.0/16");
     let seen = within(Duration::from_secs(2), || {
         inspect(&hosts[1], "ov").is_some()
     })
@@ -211,7 +205,7 @@ fn hosts_join_leave_and_return_through_etcd() {
             peers(h, "ov")
         );
     }
-    create_overlay(&hosts[1], "ov2", "10.203.0.0/16");
+    hosts[1].create_overlay("ov2", "10.203.0.0/16");
     assert!(
         within(Duration::from_secs(2), || inspect(&hosts[0], "ov2")
             .is_some())
@@ -236,7 +230,7 @@ fn a_three_member_etcd_cluster_keeps_membership_with_a_member_down() {
     let underlay = Underlay::new();
     let mut etcd = Etcd::start(&underlay, &["192.0.2.251", "192.0.2.252", "192.0.2.253"]);
     let hosts = joined(&underlay, &etcd);
-    create_overlay(&hosts[0], "ov", "10.204.0.0/16");
+    hosts[0].create_overlay("ov", "10.204.0.0/16");
     assert!(
         within(Duration::from_secs(2), || inspect(&hosts[1], "ov")
             .is_some())

@@ -25,15 +25,7 @@ fn cluster(underlay: &Underlay, n: usize) -> (Vec<Host>, Vec<String>, Vec<String
             }
         }
         h.up(&args);
-        h.np_ok(&[
-            "network",
-            "create",
-            "--driver",
-            "overlay",
-            "--subnet",
-            "10.201.0.0/16",
-            "ov",
-        ]);
+        h.create_overlay("ov", "10.201.0.0/16");
     }
     let endpoints: Vec<String> = hosts
         .iter()
@@ -116,15 +108,7 @@ fn networks_are_isolated_from_each_other() {
     hosts[0].np_ok(&["create", &bridged]);
     let bridged_ip = hosts[0].ip_of(&bridged);
     for h in &hosts {
-        h.np_ok(&[
-            "network",
-            "create",
-            "--driver",
-            "overlay",
-            "--subnet",
-            "10.205.0.0/16",
-            "ov2",
-        ]);
+        h.create_overlay("ov2", "10.205.0.0/16");
     }
     let other = hosts[1].name("o");
     hosts[1].np_ok(&["create", &other, "--net", "ov2"]);

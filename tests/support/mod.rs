@@ -275,6 +275,13 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `netplane network create --driver overlay --subnet SUBNET NAME`.
+    pub fn create_overlay(&self, name: &str, subnet: &str) {
+        self.np_ok(&[
+            "network", "create", "--driver", "overlay", "--subnet", subnet, name,
+        ]);
+    }
+
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.run_dir().join("netplane.log")).unwrap_or_default()
