@@ -437,6 +437,12 @@ fn kill_9_then_up_keeps_endpoints_working() {
     let ip_c = h.ip_of(&c);
     assert!(ip_c != ip_a && ip_c != ip_b, "no duplicated lease: {ip_c}");
     assert!(h.pings(&c, &ip_a));
+    // The restarted daemon answers names again, the old endpoints' too.
+    let found = h.in_endpoint(&c, &format!("getent hosts {a}"));
+    assert!(
+        String::from_utf8_lossy(&found.stdout).starts_with(&ip_a),
+        "{found:?}"
+    );
     // The restarted daemon swapped its programs into the pinned links: the
     // counters keep counting.
     let stats = json(&h.np_ok(&["stats"]));
@@ -458,6 +464,11 @@ fn icc_false_isolates_endpoints_but_not_the_gateway() {
         "icc=false blocks endpoint to endpoint"
     );
     assert!(h.pings(&a, "10.79.0.1"), "the gateway stays reachable");
+    let found = h.in_endpoint(&a, &format!("getent hosts {b}"));
+    assert!(
+        String::from_utf8_lossy(&found.stdout).starts_with(&h.ip_of(&b)),
+        "and so does its DNS server: {found:?}"
+    );
     assert!(h.pings(&a, HOST_IP), "the host stays reachable");
     let stats = json(&h.np_ok(&["stats"]));
     assert!(

@@ -13,6 +13,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
     task::JoinHandle,
     time::timeout,
 };
@@ -31,6 +32,10 @@ const UPSTREAM_ROUNDS: usize = 2;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// DNS over UDP carries at most this much with EDNS.
 const UDP_MAX: usize = 4096;
+/// Queries and TCP clients of one network handled at once; more wait (TCP)
+/// or are dropped (UDP, which clients retry), so that a flood costs a
+/// bounded amount of memory and leaves the daemon running.
+const IN_FLIGHT: usize = 256;
 
 /// What every network's server shares.
 #[derive(Debug, Default)]
@@ -116,6 +121,7 @@ enum Transport {
 
 async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, network: String) {
     let mut buf = vec![0u8; UDP_MAX];
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let (len, client) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -124,6 +130,10 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, network: String)
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(network, "DNS: too many queries at once, one dropped");
+            continue;
+        };
         let packet = buf[..len].to_vec();
         let (socket, shared, network) = (socket.clone(), shared.clone(), network.clone());
         // Forwarded queries wait on upstream: each on its own task.
@@ -131,12 +141,17 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, network: String)
             if let Some(reply) = respond(&shared, &network, &packet, Transport::Udp).await {
                 let _ = socket.send_to(&reply, client).await;
             }
+            drop(slot);
         });
     }
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, network: String) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
@@ -145,6 +160,7 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, network: String) 
             if let Err(e) = serve_tcp_client(conn, &shared, &network).await {
                 debug!(network, "DNS over TCP: {e}");
             }
+            drop(slot);
         });
     }
 }
