@@ -513,3 +513,25 @@ fn moved(ip: &str) -> String {
     let (net, last) = ip.rsplit_once('.').unwrap();
     format!("{net}.{}", last.parse::<u8>().unwrap() + 50)
 }
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_by_name() {
+    let h = Host::new();
+    // What an older netplane left: its endpoint map, values 4 bytes
+    // smaller, pinned where this one's goes.
+    let bpf = h.dir.join("bpf");
+    sh_ok(&format!(
+        "mount -t bpf bpffs {0} && mkdir -p {0}/maps && \
+         bpftool map create {0}/maps/NP_ENDPOINTS type hash key 4 value 12 entries 4096 name NP_ENDPOINTS",
+        bpf.display()
+    ));
+    let out = h.up_cmd(&["--detach"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up refused: {said}");
+    assert!(
+        said.contains("NP_ENDPOINTS")
+            && said.contains("value size 12 where this netplane needs 16"),
+        "{said}"
+    );
+    assert!(h.daemon_pid().is_none());
+}

@@ -138,6 +138,20 @@ pub enum Error {
         "this netplane was built without its eBPF object (bpf-linker missing); run `cargo xtask build-ebpf`"
     )]
     NoEbpfObject,
+    /// A map pinned by another build has another layout than this one's
+    /// programs need; reusing it would have them read past its values.
+    #[error(
+        "pinned map {map} in {dir}: {mismatch}; it was pinned by another netplane version: \
+         `netplane down` with that version (or removing the pins) lets this one start"
+    )]
+    PinnedMapLayout {
+        /// The map.
+        map: String,
+        /// Its pin directory.
+        dir: std::path::PathBuf,
+        /// What differs.
+        mismatch: String,
+    },
     /// A netlink request failed.
     #[error("{op} {object}: {source}")]
     Netlink {

@@ -152,6 +152,81 @@ fn spawn_log_drain(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>> {
     }))
 }
 
+/// What a map is, as far as a program using it is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// `None`: any size will do (a table sized at `up`).
+    pub max_entries: Option<u32>,
+    pub flags: u32,
+}
+
+/// How `found`, a pinned map, differs from `want`, what the programs were
+/// built for; `None` when they can share it.
+pub fn layout_mismatch(want: &MapLayout, found: &MapLayout) -> Option<String> {
+    let fields = [
+        ("type", want.map_type, found.map_type),
+        ("key size", want.key_size, found.key_size),
+        ("value size", want.value_size, found.value_size),
+        ("flags", want.flags, found.flags),
+    ];
+    let sized = want
+        .max_entries
+        .zip(found.max_entries)
+        .map(|(w, f)| ("capacity", w, f));
+    let differ: Vec<String> = fields
+        .into_iter()
+        .chain(sized)
+        .filter(|(_, w, f)| w != f)
+        .map(|(what, w, f)| format!("{what} {f} where this netplane needs {w}"))
+        .collect();
+    (!differ.is_empty()).then(|| differ.join(", "))
+}
+
+/// Refuses maps pinned under `maps_dir` whose layout is not the one the
+/// programs in [`OBJECT`] were built for: aya reuses a pin by name
+/// without looking at it.
+fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
+    let object =
+        aya_obj::Object::parse(OBJECT).map_err(|e| Error::ebpf("parse", "eBPF object", e))?;
+    for (name, map) in &object.maps {
+        let pin = maps_dir.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .map_err(|e| Error::ebpf("read", pin.display(), e))?;
+        let found = MapLayout {
+            map_type: info
+                .map_type()
+                .map_err(|e| Error::ebpf("read the type of", pin.display(), e))?
+                as u32,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: Some(info.max_entries()),
+            flags: info.map_flags(),
+        };
+        let want = MapLayout {
+            map_type: map.map_type(),
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            // The table's size is `up --ct-max`'s, kept while it is pinned.
+            max_entries: (name != maps::CONNTRACK).then(|| map.max_entries()),
+            flags: map.map_flags(),
+        };
+        if let Some(mismatch) = layout_mismatch(&want, &found) {
+            return Err(Error::PinnedMapLayout {
+                map: name.clone(),
+                dir: maps_dir.to_path_buf(),
+                mismatch,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Datapath {
     /// Loads the programs, reusing maps pinned under `pin_dir` by an earlier
     /// run, and sets the network configuration.
@@ -164,6 +239,7 @@ impl Datapath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
         }
+        check_pinned_layouts(&maps_dir)?;
         let log_level = ebpf_log_level();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
@@ -780,6 +856,45 @@ mod tests {
     use netplane_common::abi::proto;
 
     use super::*;
+
+    #[test]
+    fn pinned_maps_of_another_layout_are_told_apart() {
+        let want = MapLayout {
+            map_type: 1,
+            key_size: 4,
+            value_size: 16,
+            max_entries: Some(4096),
+            flags: 0,
+        };
+        assert_eq!(layout_mismatch(&want, &want), None);
+        let older = MapLayout {
+            value_size: 12,
+            max_entries: Some(1024),
+            ..want
+        };
+        assert_eq!(
+            layout_mismatch(&want, &older).as_deref(),
+            Some(
+                "value size 12 where this netplane needs 16, \
+                 capacity 1024 where this netplane needs 4096"
+            )
+        );
+        // A table sized at `up` may have any capacity.
+        let any_size = MapLayout {
+            max_entries: None,
+            ..want
+        };
+        assert_eq!(
+            layout_mismatch(
+                &any_size,
+                &MapLayout {
+                    max_entries: Some(7),
+                    ..want
+                }
+            ),
+            None
+        );
+    }
 
     #[test]
     fn pin_names_have_no_dots_and_stay_distinct() {
