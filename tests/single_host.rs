@@ -535,3 +535,57 @@ fn a_pinned_map_of_another_layout_is_refused_by_name() {
     );
     assert!(h.daemon_pid().is_none());
 }
+
+#[test]
+fn the_api_is_root_only_and_survives_garbage() {
+    let h = Host::new();
+    h.up(&[]);
+    let e = h.name("e");
+    h.np_ok(&["create", &e]);
+    let before = h.np_ok(&["ls", "--json"]);
+    let socket = h.run_dir().join("netplane.sock");
+    let mode = sh_ok(&format!("stat -c '%a %U' {}", socket.display()));
+    assert_eq!(mode.trim(), "600 root");
+
+    // Another user is told why, not that no daemon runs.
+    let out = sh(&format!(
+        "runuser -u nobody -- env NETPLANE_RUN_DIR={} {} ls",
+        h.run_dir().display(),
+        env!("CARGO_BIN_EXE_netplane")
+    ));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("permission denied") && said.contains("root's only"),
+        "{said}"
+    );
+
+    // Garbage, wrong shapes and a body of 4 MiB: refused with a client
+    // error each, nothing changed, the daemon still serving.
+    let big = h.dir.join("big.json");
+    std::fs::write(&big, vec![b'['; 4 << 20]).unwrap();
+    for (data, path) in [
+        ("-d 'not json'".to_string(), "/v1/endpoints"),
+        ("-d '{\"Name\": 7}'".to_string(), "/v1/endpoints"),
+        (
+            "-d '{\"name\": \"x\", \"net\": \"bridge\", \"ip\": \"999.1.1.1\"}'".to_string(),
+            "/v1/endpoints",
+        ),
+        (format!("--data-binary @{}", big.display()), "/v1/endpoints"),
+        ("-d '{}'".to_string(), "/v1/networks"),
+        (
+            "-d '{\"spec\": \"99999:1\"}'".to_string(),
+            &format!("/v1/endpoints/{e}/ports"),
+        ),
+    ] {
+        let status = sh_ok(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {} -X POST \
+             -H 'content-type: application/json' {data} http://netplane{path}",
+            socket.display()
+        ));
+        let code: u16 = status.trim().parse().unwrap();
+        assert!((400..500).contains(&code), "{data} to {path}: {code}");
+    }
+    assert_eq!(h.np_ok(&["ls", "--json"]), before);
+    assert!(h.daemon_pid().is_some());
+}

@@ -32,12 +32,21 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
-        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
-            format!(
-                "no netplane daemon is running (cannot connect to {})",
+        let stream = match UnixStream::connect(&self.socket).await {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "permission denied on {}: the netplane API is root's only",
                 self.socket.display()
-            )
-        })?;
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "no netplane daemon is running (cannot connect to {})",
+                        self.socket.display()
+                    )
+                });
+            }
+        };
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
