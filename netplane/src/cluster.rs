@@ -206,6 +206,20 @@ impl ClusterView {
     }
 }
 
+/// The error of `op` on member `member` of the store at `url`.
+fn failed(
+    url: &StoreUrl,
+    member: usize,
+    op: &'static str,
+) -> impl FnOnce(etcd_client::Error) -> ClusterError + use<> {
+    let place = format!("{url} (member {})", url.members[member]);
+    move |e| ClusterError::Etcd {
+        url: place,
+        op,
+        reason: e.to_string(),
+    }
+}
+
 /// A connection to one member of the store with a session: an etcd lease
 /// of `ttl` that every key of this host lives under.
 #[derive(Clone)]
@@ -229,12 +243,8 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    fn fail(&self, op: &'static str) -> impl FnOnce(etcd_client::Error) -> ClusterError + '_ {
-        move |e| ClusterError::Etcd {
-            url: format!("{} (member {})", self.url, self.url.members[self.member]),
-            op,
-            reason: e.to_string(),
-        }
+    fn fail(&self, op: &'static str) -> impl FnOnce(etcd_client::Error) -> ClusterError + use<> {
+        failed(&self.url, self.member, op)
     }
 
     /// Connects to the first member that answers, trying them in turn from
@@ -258,13 +268,7 @@ impl Session {
 
     async fn open_with(url: &StoreUrl, ttl: Duration, member: usize) -> Result<Session> {
         let address = &url.members[member];
-        let fail = |op| {
-            move |e: etcd_client::Error| ClusterError::Etcd {
-                url: format!("{url} (member {address})"),
-                op,
-                reason: e.to_string(),
-            }
-        };
+        let fail = |op| failed(url, member, op);
         let options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)

@@ -1271,7 +1271,11 @@ impl Daemon {
         }
         let on_host = self.overlay_bridge_net(&net)?;
         self.store.insert_network(&net)?;
-        if let Err(e) = self.bring_up_overlay(&net, &on_host).await {
+        let brought_up = match self.bring_up_overlay(&net, &on_host).await {
+            Ok(()) => self.sync_overlay_routes(),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = brought_up {
             let _ = self.rtnl.delete_link(&on_host.bridge).await;
             self.store.delete_network(&net.name)?;
             return Err(e);
@@ -1399,12 +1403,12 @@ impl Daemon {
             self.store.set_network_lease(&net.name, own.lease)?;
         }
         self.view = Some(view);
-        self.restore_overlays().await?;
-        self.sync_overlay_routes()
+        self.restore_overlays().await
     }
 
     /// The bridge of overlay `net` on this host (`on_host`), with its
-    /// address, and the data path's routes for every overlay.
+    /// address, its route and its DNS server; the data path's routes are
+    /// the caller's to write, once for every overlay it brings up.
     async fn bring_up_overlay(&mut self, net: &StoredNetwork, on_host: &BridgeNet) -> Result<()> {
         if self.rtnl.link(&on_host.bridge).await?.is_none() {
             self.rtnl.create_bridge(&on_host.bridge).await?;
@@ -1412,14 +1416,14 @@ impl Daemon {
         let bridge = Self::address_bridge(&self.rtnl, on_host).await?;
         // The data path hands a DF packet too big to encapsulate to the
         // stack, which answers "fragmentation needed" along this route's
-        // MTU: an endpoint whose MTU was raised by hand still finds the path
-        // MTU, where a drop would be a black hole.
+        // MTU: endpoints created before the uplink's MTU shrank still find
+        // the path MTU, where a drop would be a black hole.
         let mtu = on_host.mtu.expect("overlays have an MTU");
         self.rtnl
             .route_subnet(net.subnet, bridge.index, &on_host.bridge, mtu)
             .await?;
         self.serve_dns(&net.name, on_host.gateway).await;
-        self.sync_overlay_routes()
+        Ok(())
     }
 
     /// Gives the bridge of `net` its gateway address and a MAC of its own,
@@ -1446,14 +1450,15 @@ impl Daemon {
         Ok(bridge)
     }
 
-    /// Brings back the overlays an earlier run recorded, before their
-    /// endpoints are reconciled.
+    /// Brings up every overlay recorded here (after a restart, before
+    /// their endpoints are reconciled; after a change of the cluster or
+    /// of the uplink's MTU), and writes the data path's routes once.
     async fn restore_overlays(&mut self) -> Result<()> {
         for net in self.store.networks()? {
             let on_host = self.overlay_bridge_net(&net)?;
             self.bring_up_overlay(&net, &on_host).await?;
         }
-        Ok(())
+        self.sync_overlay_routes()
     }
 
     /// Writes the routes to every other host's lease of every overlay, and
