@@ -470,3 +470,9 @@ impl Drop for Host {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Prints a figure for `cargo xtask report`, which collects these lines
+/// from the tests' output into the README.
+pub fn figure(name: &str, value: impl std::fmt::Display) {
+    println!("figure: {name} = {value}");
+}
