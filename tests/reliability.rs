@@ -8,6 +8,7 @@ mod support;
 
 use std::{
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -97,9 +98,8 @@ fn streams_through_published_ports_and_masquerade_survive_kill_9_and_up() {
     sleep(Duration::from_secs(1));
     let mut down_for = Vec::new();
     for _ in 0..RESTARTS {
-        let pid = h.daemon_pid().expect("the daemon runs");
         let killed = Instant::now();
-        sh_ok(&format!("kill -9 {pid}"));
+        h.kill_daemon();
         sleep(Duration::from_millis(500));
         h.up(&[]);
         down_for.push(killed.elapsed());
@@ -182,4 +182,295 @@ fn streams_through_published_ports_and_masquerade_survive_kill_9_and_up() {
             longest_down.as_millis()
         ),
     );
+}
+
+/// Endpoints the crash test's client works on.
+const CHURNED: usize = 6;
+/// Host ports it publishes: endpoint `i` gets `LOOPBACK_PORT + i` on
+/// 127.0.0.1 and `ANY_PORT + i` on every address.
+const LOOPBACK_PORT: u16 = 21000;
+const ANY_PORT: u16 = 22000;
+const KILLS: usize = 8;
+
+/// xorshift64: the test's choices, reproducible from the seed it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("NETPLANE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("seed {seed} (NETPLANE_TEST_SEED={seed} repeats this run)");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One request of the crash test's client: it may fail (the daemon is
+/// down, the endpoint exists already or not yet), only its effect counts.
+fn churn_once(h: &Host, rng: &mut Rng) -> bool {
+    let i = rng.below(CHURNED as u64) as u16;
+    let name = h.name(&format!("c{i}"));
+    let loopback = format!("127.0.0.1:{}:80", LOOPBACK_PORT + i);
+    let any = format!("{}:81", ANY_PORT + i);
+    let args: Vec<&str> = match rng.below(5) {
+        0 => vec!["create", &name, "-p", &loopback],
+        1 => vec!["create", &name],
+        2 => vec!["rm", &name],
+        3 => vec!["port", "add", &name, &any],
+        _ => vec!["port", "rm", &name, &any],
+    };
+    h.np(&args).status.success()
+}
+
+/// Entries of the pinned map `name`, as (key, value) bytes.
+fn map_entries(h: &Host, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let pin = h.dir.join("bpf").join("maps").join(name);
+    let dump: Value = serde_json::from_str(&sh_ok(&format!(
+        "bpftool -j map dump pinned {}",
+        pin.display()
+    )))
+    .unwrap();
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    dump.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .collect()
+}
+
+fn ipv4(bytes: &[u8]) -> String {
+    std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+/// Checks that every endpoint in the store exists in the kernel and the
+/// data path's maps, and that nothing else does.
+fn assert_store_and_kernel_agree(h: &Host) {
+    let endpoints: Vec<Value> = serde_json::from_str(&h.np_ok(&["ls", "--json"])).unwrap();
+    let names = sorted(
+        endpoints
+            .iter()
+            .map(|e| e["Name"].as_str().unwrap().to_string())
+            .collect(),
+    );
+    let ips: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            e["NetworkSettings"]["IPAddress"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let ips = sorted(ips);
+    let mut unique = ips.clone();
+    unique.dedup();
+    assert_eq!(unique, ips, "no address leased twice");
+    assert_eq!(
+        sorted(h.own_netns()),
+        names,
+        "a namespace per endpoint, no other"
+    );
+
+    // Host-side veths, and the one each endpoint's eth0 is paired with.
+    let links: Vec<Value> = serde_json::from_str(&h.in_host("ip -j link show type veth")).unwrap();
+    let veths: Vec<(u64, String)> = links
+        .iter()
+        .filter(|l| l["ifname"].as_str().unwrap().starts_with("npv"))
+        .map(|l| {
+            (
+                l["ifindex"].as_u64().unwrap(),
+                l["ifname"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let peers = sorted(
+        names
+            .iter()
+            .map(|n| {
+                let eth0: Value =
+                    serde_json::from_str(&sh_ok(&format!("ip -n {n} -j link show eth0"))).unwrap();
+                eth0[0]["link_index"].as_u64().unwrap()
+            })
+            .collect(),
+    );
+    assert_eq!(
+        sorted(veths.iter().map(|(i, _)| *i).collect()),
+        peers,
+        "a host veth per endpoint, no orphan"
+    );
+
+    let endpoint_ips = sorted(
+        map_entries(h, "NP_ENDPOINTS")
+            .iter()
+            .map(|(k, _)| ipv4(k))
+            .collect(),
+    );
+    assert_eq!(
+        endpoint_ips, ips,
+        "the data path knows exactly the endpoints"
+    );
+    let identities = sorted(
+        map_entries(h, "NP_ENDPOINT_IFACES")
+            .iter()
+            .map(|(k, _)| u64::from(u32::from_ne_bytes(k[..4].try_into().unwrap())))
+            .collect(),
+    );
+    assert_eq!(identities, peers, "and exactly their veths");
+    let pins = sh_ok(&format!("ls {}", h.dir.join("bpf").join("links").display()));
+    let pinned = sorted(
+        pins.lines()
+            .filter(|p| p.starts_with("npv"))
+            .map(|p| p.split('@').next().unwrap().to_string())
+            .collect(),
+    );
+    let veth_names = sorted(veths.iter().map(|(_, n)| n.clone()).collect());
+    assert_eq!(
+        pinned, veth_names,
+        "a pinned link per endpoint veth, no other"
+    );
+
+    // Published ports: the store's, as `port ls` shows them, against the
+    // hash map (127.0.0.1) and the slots of every-address ports.
+    let ports: Vec<Value> = serde_json::from_str(&h.np_ok(&["port", "ls", "--json"])).unwrap();
+    let published = |host_ip: &str| -> Vec<(u16, String)> {
+        sorted(
+            ports
+                .iter()
+                .filter(|p| p["host_ip"] == host_ip)
+                .map(|p| {
+                    (
+                        p["host_port"].as_u64().unwrap() as u16,
+                        p["endpoint_ip"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect(),
+        )
+    };
+    let in_hash = sorted(
+        map_entries(h, "NP_PUBLISHED")
+            .iter()
+            .map(|(k, v)| (u16::from_be_bytes([k[4], k[5]]), ipv4(v)))
+            .collect(),
+    );
+    assert_eq!(in_hash, published("127.0.0.1"), "ports on 127.0.0.1");
+    let pin = h.dir.join("bpf").join("maps").join("NP_PUBLISHED_ANY");
+    let in_slots: Vec<(u16, String)> = (0..CHURNED as u16)
+        .map(|i| ANY_PORT + i)
+        .filter_map(|port| {
+            let key = u32::from(port)
+                .to_le_bytes()
+                .map(|b| format!("{b}"))
+                .join(" ");
+            let found: Value = serde_json::from_str(&sh_ok(&format!(
+                "bpftool -j map lookup pinned {} key {key}",
+                pin.display()
+            )))
+            .unwrap();
+            let target: Vec<u8> = found["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                })
+                .collect();
+            (target[..4] != [0; 4]).then(|| (port, ipv4(&target)))
+        })
+        .collect();
+    assert_eq!(in_slots, published("0.0.0.0"), "ports on every address");
+}
+
+#[test]
+fn random_kill_9_during_changes_leaves_store_and_kernel_in_step() {
+    let h = Host::new();
+    let before = h.residue();
+    h.up(&[]);
+    let mut rng = Rng::from_env_or_clock();
+    let mut client_rng = Rng(rng.below(u64::MAX) | 1);
+    let stop = AtomicBool::new(false);
+    let mut interrupted = 0;
+    let (requests, succeeded) = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            let (mut requests, mut succeeded) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                requests += 1;
+                succeeded += usize::from(churn_once(&h, &mut client_rng));
+            }
+            (requests, succeeded)
+        });
+        // Stops the client also when a kill or an up below panics.
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..KILLS {
+            sleep(Duration::from_millis(200 + rng.below(800)));
+            h.kill_daemon();
+            h.up(&[]);
+            interrupted += h.log().matches("finishing interrupted operation").count();
+        }
+        sleep(Duration::from_millis(500));
+        drop(_stop);
+        client.join().unwrap()
+    });
+    assert!(
+        succeeded > 0,
+        "the client got work done: {succeeded}/{requests}"
+    );
+    assert_store_and_kernel_agree(&h);
+
+    // What the store holds works: a new endpoint reaches every survivor.
+    let probe = h.name("probe");
+    h.np_ok(&["create", &probe]);
+    let endpoints: Vec<Value> = serde_json::from_str(&h.np_ok(&["ls", "--json"])).unwrap();
+    for e in &endpoints {
+        let ip = e["NetworkSettings"]["IPAddress"].as_str().unwrap();
+        assert!(h.pings(&probe, ip), "{probe} reaches {} at {ip}", e["Name"]);
+    }
+    figure(
+        "crash.kills",
+        format!(
+            "{KILLS} × kill -9 at random points of {requests} create/rm/port add/port rm requests ({succeeded} succeeded)"
+        ),
+    );
+    figure(
+        "crash.interrupted",
+        format!("{interrupted} operations found interrupted and finished by up"),
+    );
+    figure(
+        "crash.endpoints_after",
+        format!("{} endpoints, store and kernel in step", endpoints.len()),
+    );
+    h.down();
+    assert_eq!(h.residue(), before, "down leaves nothing behind");
 }

@@ -369,25 +369,7 @@ fn bad_inputs_fail_with_one_line_and_create_nothing() {
 #[test]
 fn down_leaves_zero_residue() {
     let h = Host::new();
-    let snapshot = || {
-        (
-            h.in_host("ip -j link"),
-            // Duplicate address detection of the uplink's IPv6 link-local
-            // address may still run when the first snapshot is taken.
-            h.in_host("ip -j addr").replace("\"tentative\":true,", ""),
-            h.own_netns(),
-            h.in_host("iptables-save"),
-            h.in_host("nft list ruleset"),
-            h.in_host("cat /proc/sys/net/ipv4/ip_forward"),
-            sh_ok(&format!("ls -A {}", h.dir.join("bpf").display())),
-            String::from_utf8_lossy(&sh("mount").stdout)
-                .lines()
-                .filter(|l| l.contains(&h.prefix))
-                .map(str::to_string)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let before = snapshot();
+    let before = h.residue();
     h.up(&[]);
     for (n, mode) in [
         ("a", "bridge"),
@@ -403,16 +385,9 @@ fn down_leaves_zero_residue() {
         "--net",
         &format!("container:{}", h.name("a")),
     ]);
-    assert_ne!(snapshot(), before, "up changed the host");
-    h.np_ok(&["down"]);
-    for _ in 0..50 {
-        if h.daemon_pid().is_none() {
-            break;
-        }
-        sleep(Duration::from_millis(100));
-    }
-    assert!(h.daemon_pid().is_none(), "daemon exits after down");
-    assert_eq!(snapshot(), before);
+    assert_ne!(h.residue(), before, "up changed the host");
+    h.down();
+    assert_eq!(h.residue(), before);
     assert!(!sh_ok("ls /etc/netns 2>/dev/null || true").contains(&h.prefix));
 }
 

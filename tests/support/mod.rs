@@ -325,6 +325,32 @@ impl Host {
         );
     }
 
+    /// `netplane down`, and waits for the daemon to exit.
+    pub fn down(&self) {
+        self.np_ok(&["down"]);
+        assert!(
+            retry(|| self.daemon_pid().is_none().then_some(())).is_some(),
+            "the daemon exits after down"
+        );
+    }
+
+    /// Kills the daemon with SIGKILL and waits until it is gone.
+    pub fn kill_daemon(&self) {
+        let pid = self.daemon_pid().expect("the daemon runs");
+        sh_ok(&format!("kill -9 {pid}"));
+        // A dying process loses its command line before its files: wait
+        // until it is gone or a zombie, when its sockets are closed too.
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                stat.rsplit(") ").next().unwrap_or("").starts_with('Z')
+            })
+        };
+        assert!(
+            retry(|| gone().then_some(())).is_some(),
+            "the daemon dies of SIGKILL"
+        );
+    }
+
     /// Pid of this host's daemon, if one runs.
     pub fn daemon_pid(&self) -> Option<u32> {
         let pattern = format!("up --state-dir {}", self.dir.join("state").display());
@@ -393,6 +419,29 @@ impl Host {
         self.in_endpoint(from, &format!("ping -c1 -W1 {to}"))
             .status
             .success()
+    }
+
+    /// What netplane may change on this host and must put back on `down`:
+    /// links, addresses, namespaces, firewall, forwarding, bpffs, mounts.
+    pub fn residue(&self) -> Vec<String> {
+        let mounts = String::from_utf8_lossy(&sh("mount").stdout)
+            .lines()
+            .filter(|l| l.contains(&self.prefix))
+            .collect::<Vec<_>>()
+            .join("\n");
+        vec![
+            self.in_host("ip -j link"),
+            // Duplicate address detection of the uplink's IPv6 link-local
+            // address may still run when the first snapshot is taken.
+            self.in_host("ip -j addr")
+                .replace("\"tentative\":true,", ""),
+            self.own_netns().join(" "),
+            self.in_host("iptables-save"),
+            self.in_host("nft list ruleset"),
+            self.in_host("cat /proc/sys/net/ipv4/ip_forward"),
+            sh_ok(&format!("ls -A {}", self.dir.join("bpf").display())),
+            mounts,
+        ]
     }
 
     /// Named namespaces whose names this host's tests created.
