@@ -474,3 +474,194 @@ fn random_kill_9_during_changes_leaves_store_and_kernel_in_step() {
     h.down();
     assert_eq!(h.residue(), before, "down leaves nothing behind");
 }
+
+const HOSTILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/hostile.py");
+/// Debian's Python, the one python3-scapy is installed for (a Python
+/// earlier in PATH may lack it).
+const SCAPY_PYTHON: &str = "/usr/bin/python3";
+/// A second address of the simulated host: ports published on
+/// [`HOST_IP`] alone must not answer on it.
+const OTHER_HOST_IP: &str = "198.18.0.3";
+
+fn mac_of(netns: &str, ifname: &str) -> String {
+    let link: Value =
+        serde_json::from_str(&sh_ok(&format!("ip -n {netns} -j link show {ifname}"))).unwrap();
+    link[0]["address"].as_str().unwrap().to_string()
+}
+
+/// `tcpdump` of the IPv4 packets `ifname` in `netns` receives, running.
+fn capture(h: &Host, netns: &str, ifname: &str, file: &std::path::Path) -> support::Background {
+    let bg = h.spawn_in(
+        netns,
+        // IGMP: the host's own multicast membership reports.
+        &format!(
+            "tcpdump -i {ifname} -Q in -n -U -w {} ip and not igmp",
+            file.display()
+        ),
+    );
+    support::retry(|| {
+        std::fs::read_to_string(&bg.log)
+            .unwrap_or_default()
+            .contains("listening on")
+            .then_some(())
+    })
+    .expect("tcpdump listens");
+    bg
+}
+
+fn hostile(netns: &str, args: &str) -> Value {
+    let out = sh_ok(&format!(
+        "ip netns exec {netns} {SCAPY_PYTHON} {HOSTILE} {args}"
+    ));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Sends `side`'s hostile packets and checks that each category named
+/// after a drop reason raised exactly that counter by its count.
+fn barrage(h: &Host, netns: &str, side: &str, config: &Value) -> (u64, Value) {
+    let before = h.nat()["drops"].clone();
+    let sent = hostile(netns, &format!("{side} '{config}'"));
+    let after = h.nat()["drops"].clone();
+    let mut total = 0;
+    for (category, count) in sent.as_object().unwrap() {
+        let count = count.as_u64().unwrap();
+        total += count;
+        if category != "any" {
+            let delta = after[category].as_u64().unwrap() - before[category].as_u64().unwrap();
+            assert_eq!(
+                delta, count,
+                "{side}: {count} packets dropped as {category}"
+            );
+        }
+    }
+    (total, sent)
+}
+
+#[test]
+fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
+    let h = Host::new();
+    h.in_host(&format!("ip addr add {OTHER_HOST_IP}/24 dev {}", h.uplink));
+    h.up(&["--icc=false", "--peer", WORLD_IP]);
+    h.create_overlay("ov", "10.201.0.0/16");
+    let (atk, vic, srv, ovx) = (h.name("atk"), h.name("vic"), h.name("srv"), h.name("ovx"));
+    h.np_ok(&["create", &atk]);
+    h.np_ok(&["create", &vic]);
+    let host_ip_port = format!("{HOST_IP}:8082:80");
+    h.np_ok(&[
+        "create",
+        &srv,
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1:8081:80",
+        "-p",
+        &host_ip_port,
+    ]);
+    h.np_ok(&["create", &ovx, "--net", "ov"]);
+    let bridge: Value = serde_json::from_str(&h.np_ok(&["network", "inspect", "bridge"])).unwrap();
+    let overlay: Value = serde_json::from_str(&h.np_ok(&["network", "inspect", "ov"])).unwrap();
+    let world_lease = overlay["Peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["Vtep"] == WORLD_IP)
+        .expect("the world is a peer")["Lease"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let peer_lease_ip = world_lease.replace(".0/24", ".9");
+
+    let dir = &h.dir;
+    let world_if = format!("{}x", h.prefix);
+    let _captures = [
+        capture(&h, &h.world, &world_if, &dir.join("world.pcap")),
+        capture(&h, &vic, "eth0", &dir.join("vic.pcap")),
+        capture(&h, &ovx, "eth0", &dir.join("ovx.pcap")),
+        capture(&h, &srv, "eth0", &dir.join("srv.pcap")),
+    ];
+
+    let from_endpoint = serde_json::json!({
+        "iface": "eth0",
+        "src_mac": mac_of(&atk, "eth0"),
+        "src_ip": h.ip_of(&atk),
+        "dst_mac": mac_of(&h.netns, bridge["Bridge"].as_str().unwrap()),
+        "world_ip": WORLD_IP,
+        "victim_ip": h.ip_of(&vic),
+    });
+    let from_world = serde_json::json!({
+        "iface": world_if,
+        "src_mac": mac_of(&h.world, &world_if),
+        "src_ip": WORLD_IP,
+        "dst_mac": mac_of(&h.netns, &h.uplink),
+        "host_ip": HOST_IP,
+        "other_host_ip": OTHER_HOST_IP,
+        "victim_ip": h.ip_of(&vic),
+        "published_ip": h.ip_of(&srv),
+        "overlay_ip": h.ip_of(&ovx),
+        "peer_lease_ip": peer_lease_ip,
+        "vni": overlay["VNI"],
+        "any_port": 8080,
+        "loopback_port": 8081,
+        "host_ip_port": 8082,
+    });
+    let (from_endpoint_n, endpoint_sent) = barrage(&h, &atk, "endpoint", &from_endpoint);
+    let (from_world_n, world_sent) = barrage(&h, &h.world, "world", &from_world);
+    sleep(Duration::from_millis(500));
+    drop(_captures);
+
+    let check = |pcap: &str, nets: &str| {
+        hostile(
+            &h.world,
+            &format!("check {} {nets}", dir.join(pcap).display()),
+        )
+    };
+    let private = format!("{} 10.201.0.0/16", bridge["Subnet"].as_str().unwrap());
+    let uplink = check("world.pcap", &private);
+    assert!(
+        uplink["ipv4"].as_u64().unwrap() > 0,
+        "the capture works: {uplink}"
+    );
+    assert_eq!(
+        uplink["leaked"],
+        serde_json::json!([]),
+        "no private address leaves the uplink"
+    );
+    for pcap in ["vic.pcap", "ovx.pcap"] {
+        let seen = check(pcap, &private);
+        assert_eq!(seen["ipv4"], 0, "{pcap}: nothing was meant for it: {seen}");
+    }
+    let published = check("srv.pcap", &private);
+    assert!(published["ipv4"].as_u64().unwrap() > 0, "{published}");
+    assert_eq!(
+        published["unexpected"],
+        serde_json::json!([]),
+        "the published endpoint gets its port 80 and ICMP errors only"
+    );
+
+    // Still forwarding, both ways, and the daemon lives.
+    let curl = h.in_world(&format!(
+        "curl -s -m 2 -o /dev/null -w %{{http_code}} http://{HOST_IP}:8080/"
+    ));
+    assert!(h.daemon_pid().is_some());
+    assert!(
+        h.pings(&atk, WORLD_IP),
+        "the attacker's own traffic still flows"
+    );
+    let _ = curl;
+    let drops = h.nat()["drops"].clone();
+    figure(
+        "hostile.packets",
+        format!(
+            "{} crafted packets ({from_endpoint_n} from an endpoint: {endpoint_sent}; {from_world_n} from the world: {world_sent})",
+            from_endpoint_n + from_world_n
+        ),
+    );
+    figure("hostile.drops", drops);
+    figure(
+        "hostile.uplink",
+        format!(
+            "{} IPv4 packets left the uplink, none with a private address",
+            uplink["ipv4"]
+        ),
+    );
+}

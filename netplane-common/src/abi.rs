@@ -394,11 +394,20 @@ pub enum DropReason {
     /// network, overlays), on this host or another: networks are isolated
     /// from each other, as Docker's are.
     OtherNetwork = 9,
+    /// A packet from outside the host to an endpoint's own address that is
+    /// neither part of one of its flows nor through a published port:
+    /// endpoints are reached from outside only through published ports,
+    /// as Docker 28 does, not by routing straight to their addresses.
+    NotPublished = 10,
+    /// An ICMP error leaving through the uplink about no flow the data path
+    /// tracks: translating it needs the flow, and untranslated the packet
+    /// it quotes would carry the endpoint's address out.
+    UntrackedIcmpError = 11,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::IccDenied,
         DropReason::Spoofed,
         DropReason::Truncated,
@@ -409,6 +418,8 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::OverlayUnknownPeer,
         DropReason::OtherNetwork,
+        DropReason::NotPublished,
+        DropReason::UntrackedIcmpError,
     ];
 
     /// Stable name, used in metrics and the CLI.
@@ -424,12 +435,17 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::OverlayUnknownPeer => "overlay_unknown_peer",
             DropReason::OtherNetwork => "other_network",
+            DropReason::NotPublished => "not_published",
+            DropReason::UntrackedIcmpError => "untracked_icmp_error",
         }
     }
 }
 
-/// Capacity of [`maps::DROPS`].
-pub const DROP_REASONS: u32 = DropReason::ALL.len() as u32;
+/// Capacity of [`maps::DROPS`]: room for reasons yet to come, so that
+/// adding one keeps the map's layout and its counts across an upgrade.
+pub const DROP_REASONS: u32 = 32;
+
+const _: () = assert!(DropReason::ALL.len() as u32 <= DROP_REASONS);
 
 #[cfg(feature = "user")]
 mod pod {

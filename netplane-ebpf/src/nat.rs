@@ -719,6 +719,9 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
     if ip.later_fragment {
         return Err(DropReason::Fragment);
     }
+    if ip.is_icmp_error() {
+        return Err(DropReason::UntrackedIcmpError);
+    }
     let flow = new_flow(&key, MASQUERADE_SLOT)?;
     flow.translated.saddr_be = cfg.uplink_addr_be;
     flow.pick_port = ip.has_ports();
@@ -744,6 +747,11 @@ fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);
+    }
+    // SAFETY: only presence is read.
+    if unsafe { ENDPOINTS.get(&ip.daddr) }.is_some() {
+        // Not a flow of the endpoint's: the stack would route it in.
+        return Err(DropReason::NotPublished);
     }
     if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP) || !is_host_addr(ip.daddr)
     {

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Crafted packets for the hostile-input test, and the check of captures.
+
+  hostile.py endpoint CONFIG   sends from inside an endpoint (its eth0)
+  hostile.py world CONFIG      sends from the world (its uplink peer)
+  hostile.py check PCAP NET... reads a capture
+
+CONFIG is JSON with the interface, addresses and MACs to use. Senders print
+one JSON object: packets sent per category. Categories named after a drop
+reason must each raise that reason's counter by exactly their count; the
+"any" category's packets may be forwarded, answered or dropped, and only
+the captures judge them. `check` prints how many IPv4 packets the capture
+holds, which of them carry an address of the networks NET (CIDR) in their
+own header or in the packet an ICMP error quotes, and which are anything
+but TCP or UDP to port 80 or an ICMP error.
+"""
+
+import ipaddress
+import json
+import sys
+
+from scapy.all import (
+    ICMP,
+    IP,
+    TCP,
+    UDP,
+    VXLAN,
+    Ether,
+    IPOption_RR,
+    Raw,
+    conf,
+    rdpcap,
+    sendp,
+)
+
+conf.verb = 0
+FLAG_BITS = "FSRPAUEC"
+
+
+def frame(c, **ip):
+    return Ether(src=c["src_mac"], dst=c["dst_mac"]) / IP(src=c["src_ip"], **ip)
+
+
+def truncated_shapes(c, dst):
+    """Frames whose headers end before they should."""
+    eth = Ether(src=c["src_mac"], dst=c["dst_mac"], type=0x0800)
+    whole_ip = bytes(IP(src=c["src_ip"], dst=dst, proto=17))
+    shapes = [
+        eth / Raw(whole_ip[:10]),  # half an IP header
+        eth / Raw(bytes([0x4F]) + whole_ip[1:]),  # IHL 15, 20 bytes given
+        eth / Raw(bytes([0x41]) + whole_ip[1:]),  # IHL 1
+    ]
+    for proto, keep in ((6, 10), (17, 4), (1, 2)):
+        header = bytes(IP(src=c["src_ip"], dst=dst, proto=proto, len=20 + keep))
+        shapes.append(eth / Raw(header + b"\x00" * keep))
+    return shapes
+
+
+def vni_frame(c, vni, inner):
+    return (
+        frame(c, dst=c["host_ip"])
+        / UDP(sport=40000, dport=4789)
+        / VXLAN(vni=vni, flags=0x08)
+        / inner
+    )
+
+
+def any_shapes(c, dst, dport):
+    """Packets a data path must survive whatever it does with them."""
+    out = []
+    for bits in range(256):
+        flags = "".join(f for i, f in enumerate(FLAG_BITS) if bits >> i & 1)
+        out.append(frame(c, dst=dst) / TCP(sport=30000 + bits, dport=dport, flags=flags))
+    out += [
+        frame(c, dst=dst, chksum=0x1234) / UDP(sport=31000, dport=dport) / b"bad ip sum",
+        frame(c, dst=dst) / TCP(sport=31001, dport=dport, chksum=0x1234, flags="S"),
+        frame(c, dst=dst) / UDP(sport=31002, dport=dport, chksum=0x1234) / b"bad udp sum",
+        frame(c, dst=dst) / UDP(sport=31003, dport=dport, chksum=0) / b"no udp sum",
+        frame(c, dst=dst, options=[IPOption_RR()]) / TCP(sport=31004, dport=dport, flags="S"),
+        frame(c, dst=dst, ttl=0) / UDP(sport=31005, dport=dport),
+        frame(c, dst=dst, ttl=1) / UDP(sport=31006, dport=dport),
+        frame(c, dst=dst, len=200) / UDP(sport=31007, dport=dport) / b"ip longer than frame",
+        frame(c, dst=dst) / UDP(sport=31008, dport=dport, len=300) / b"udp longer than ip",
+        # A first fragment, then one overlapping it, then a later one.
+        frame(c, dst=dst, id=77, flags="MF") / UDP(sport=31009, dport=dport) / (b"a" * 32),
+        frame(c, dst=dst, id=77, flags="MF", frag=1, proto=17) / (b"b" * 32),
+        frame(c, dst=dst, id=77, frag=4, proto=17) / (b"c" * 8),
+        frame(c, dst=dst) / ICMP(type=8) / b"ping",
+        frame(c, dst=dst, proto=47) / b"not a protocol netplane translates",
+    ]
+    return out
+
+
+def untracked_errors(c, dst, dport):
+    """ICMP errors quoting flows that were never seen, both ways."""
+    return [
+        frame(c, dst=dst) / ICMP(type=3, code=3) / bytes(IP(src=src, dst=qdst) / UDP(sport=31010, dport=dport))[:28]
+        for src, qdst in ((c["src_ip"], dst), (dst, c["src_ip"]))
+    ]
+
+
+def endpoint(c):
+    world = c["world_ip"]
+    sent = {}
+    packets = {
+        "spoofed": [
+            frame(dict(c, src_ip=f"10.99.0.{i}"), dst=world) / UDP(sport=1000 + i, dport=9)
+            for i in range(10)
+        ]
+        + [
+            frame(dict(c, src_mac=f"02:66:00:00:00:{i:02x}"), dst=world) / UDP(dport=9)
+            for i in range(10)
+        ],
+        "icc_denied": [
+            frame(c, dst=c["victim_ip"]) / p
+            for p in (TCP(dport=80, flags="S"), UDP(dport=53), ICMP(type=8))
+            for _ in range(3)
+        ],
+        "truncated": truncated_shapes(c, world),
+        "fragment": [
+            frame(c, dst=world, id=900 + i, frag=10, proto=17) / (b"x" * 16) for i in range(5)
+        ],
+        "untracked_icmp_error": untracked_errors(c, world, 9),
+        "any": any_shapes(c, world, 9),
+    }
+    for category, pkts in packets.items():
+        sendp(pkts, iface=c["iface"])
+        sent[category] = len(pkts)
+    print(json.dumps(sent))
+
+
+def world(c):
+    victims = [c["victim_ip"], c["published_ip"], c["overlay_ip"]]
+    inner_eth = Ether(src="02:42:00:00:00:01", dst="02:42:00:00:00:02")
+    peer_src = c["peer_lease_ip"]
+    overlay_ip = c["overlay_ip"]
+    packets = {
+        "truncated": truncated_shapes(c, c["host_ip"])
+        + [
+            # Truncated inner frames: half an Ethernet header, half an IP one.
+            vni_frame(c, c["vni"], Raw(b"\x02\x42\x00\x00\x00\x02")),
+            vni_frame(c, c["vni"], Raw(bytes(inner_eth / IP(src=peer_src, dst=overlay_ip))[:24])),
+        ],
+        "not_published": [
+            frame(c, dst=v) / p
+            for v in victims
+            for p in (TCP(sport=33000, dport=80, flags="S"), UDP(sport=33001, dport=80), ICMP(type=8))
+        ],
+        "overlay_unknown_peer": [
+            # The right peer and inner source, another network's VNI.
+            vni_frame(c, c["vni"] + 1, inner_eth / IP(src=peer_src, dst=overlay_ip) / ICMP()),
+            # An inner source outside the sending peer's lease.
+            vni_frame(c, c["vni"], inner_eth / IP(src="10.201.77.1", dst=overlay_ip) / ICMP()),
+            # From an address that is no peer.
+            vni_frame(dict(c, src_ip="198.18.0.77"), c["vni"], inner_eth / IP(src=peer_src, dst=overlay_ip) / ICMP()),
+        ],
+        "other_network": [
+            # Into the bridge network, which the overlay does not reach.
+            vni_frame(c, c["vni"], inner_eth / IP(src=peer_src, dst=c["victim_ip"]) / ICMP()),
+        ],
+        "any": any_shapes(c, c["host_ip"], c["any_port"])
+        + untracked_errors(c, c["host_ip"], c["any_port"])
+        + [
+            # Ports published on 127.0.0.1 and on another host address.
+            frame(c, dst="127.0.0.1") / TCP(sport=34000, dport=c["loopback_port"], flags="S"),
+            frame(c, dst=c["other_host_ip"]) / TCP(sport=34001, dport=c["host_ip_port"], flags="S"),
+        ],
+    }
+    sent = {}
+    for category, pkts in packets.items():
+        sendp(pkts, iface=c["iface"])
+        sent[category] = len(pkts)
+    print(json.dumps(sent))
+
+
+def check(pcap, nets):
+    nets = [ipaddress.ip_network(n) for n in nets]
+    inside = lambda a: any(ipaddress.ip_address(a) in n for n in nets)
+    ipv4, leaked, unexpected = 0, [], []
+    for p in rdpcap(pcap):
+        if IP not in p:
+            continue
+        ipv4 += 1
+        ip = p[IP]
+        addrs = [ip.src, ip.dst]
+        is_error = ICMP in ip and ip[ICMP].type in (3, 4, 5, 11, 12)
+        if is_error and IP in ip[ICMP].payload:
+            quoted = ip[ICMP].payload[IP]
+            addrs += [quoted.src, quoted.dst]
+        if any(inside(a) for a in addrs):
+            leaked.append(p.summary())
+        to_80 = (TCP in ip or UDP in ip) and ip.frag == 0 and (ip[TCP] if TCP in ip else ip[UDP]).dport == 80
+        if not (to_80 or is_error):
+            unexpected.append(p.summary())
+    print(json.dumps({"ipv4": ipv4, "leaked": leaked, "unexpected": unexpected}))
+
+
+if sys.argv[1] == "check":
+    check(sys.argv[2], sys.argv[3:])
+else:
+    {"endpoint": endpoint, "world": world}[sys.argv[1]](json.loads(sys.argv[2]))
