@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | up | test`.
+//! Project tasks: `cargo xtask setup | build-ebpf | up | test | bench | report`.
 
+mod figures;
 mod plot;
 mod report;
 
@@ -82,6 +83,9 @@ enum Task {
         #[arg(long, conflicts_with = "quick")]
         report_only: bool,
     },
+    /// Set up, run the reliability tests (needs root) and write their
+    /// figures into README.md.
+    Report,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +109,33 @@ fn main() -> anyhow::Result<()> {
             run(cargo()
                 .args(["test", "--workspace", "--all-targets"])
                 .env("NETPLANE_REQUIRE_EBPF", "1"))
+        }
+        Task::Report => {
+            if !is_root() {
+                bail!("the reliability tests build network namespaces and must run as root");
+            }
+            setup()?;
+            build_ebpf(false)?;
+            let out = cargo()
+                .args(["test", "--package", "netplane", "--test", "reliability"])
+                .args(["--", "--nocapture", "--test-threads=1"])
+                .env("NETPLANE_REQUIRE_EBPF", "1")
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("running the reliability tests")?;
+            if !out.status.success() {
+                bail!("the reliability tests failed: {}", out.status);
+            }
+            let figures = figures::collect(&String::from_utf8_lossy(&out.stdout));
+            let path = root().join("README.md");
+            let readme = std::fs::read_to_string(&path)?;
+            std::fs::write(&path, figures::splice(&readme, &figures, &machine())?)?;
+            eprintln!(
+                "report: wrote {} figures into {}",
+                figures.len(),
+                path.display()
+            );
+            Ok(())
         }
         Task::Bench { quick, report_only } => {
             if !report_only {
