@@ -47,6 +47,12 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The fuzz targets of netplane-common's parsers and rewriters, and how
+/// long `cargo xtask test` runs each.
+const FUZZ_DIR: &str = "netplane-common/fuzz";
+const FUZZ_TARGETS: &[&str] = &["checksum_rewrite", "vxlan_outer"];
+const FUZZ_SECONDS: u32 = 30;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -108,7 +114,19 @@ fn main() -> anyhow::Result<()> {
             // test mode, so they keep compiling and stay correct.
             run(cargo()
                 .args(["test", "--workspace", "--all-targets"])
-                .env("NETPLANE_REQUIRE_EBPF", "1"))
+                .env("NETPLANE_REQUIRE_EBPF", "1"))?;
+            for target in FUZZ_TARGETS {
+                // rustup's cargo, which takes a +toolchain.
+                run(Command::new("cargo")
+                    .current_dir(root())
+                    .arg(format!("+{}", unstable_toolchain()))
+                    .args(["fuzz", "run", "--fuzz-dir", FUZZ_DIR, target, "--"])
+                    .arg(format!("-max_total_time={FUZZ_SECONDS}"))
+                    // cargo-fuzz needs unstable flags, which stable grants
+                    // with this when nightly is missing.
+                    .env("RUSTC_BOOTSTRAP", "1"))?;
+            }
+            Ok(())
         }
         Task::Report => {
             if !is_root() {
@@ -217,6 +235,16 @@ fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
+/// The toolchain for unstable builds (the eBPF object's `build-std`,
+/// cargo-fuzz's sanitizer): nightly when installed, else stable.
+fn unstable_toolchain() -> &'static str {
+    if succeeds(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])) {
+        EBPF_TOOLCHAIN
+    } else {
+        "stable"
+    }
+}
+
 fn setup() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
@@ -236,12 +264,7 @@ fn setup() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    let toolchain =
-        if succeeds(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])) {
-            EBPF_TOOLCHAIN
-        } else {
-            "stable"
-        };
+    let toolchain = unstable_toolchain();
     let components = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()?;
@@ -255,6 +278,17 @@ fn setup() -> anyhow::Result<()> {
             "rust-src",
             "--toolchain",
             toolchain,
+        ]))?;
+    }
+    let fuzz = Command::new("cargo").args(["fuzz", "--version"]).output();
+    if !fuzz.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)) {
+        eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION}");
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
         ]))?;
     }
     let linker = Command::new("bpf-linker").arg("--version").output();
