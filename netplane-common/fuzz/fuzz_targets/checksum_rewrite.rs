@@ -56,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
     } else {
         replace32(check, old32, new32)
     };
-    assert!(!udp || check != 0, "a UDP checksum never becomes 0, which means none");
+    assert!(
+        !udp || check != 0,
+        "a UDP checksum never becomes 0, which means none"
+    );
     assert_eq!(
         fold(sum(&words) + u32::from(check)),
         0xffff,

@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(usize::from(ip_len), usize::from(inner_len) + OVERHEAD - 14);
     let udp = &h[34..42];
     assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), VXLAN_PORT);
-    assert_eq!(usize::from(u16::from_be_bytes([udp[4], udp[5]])), usize::from(ip_len) - 20);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([udp[4], udp[5]])),
+        usize::from(ip_len) - 20
+    );
     assert_eq!(vni(h[42..50].try_into().unwrap()), Some(outer.vni));
     assert_eq!(&h[0..6], &outer.dst_mac);
     assert_eq!(&h[6..12], &outer.src_mac);
