@@ -58,6 +58,56 @@ fn retransmits(netns: &str) -> (u64, u64) {
     )
 }
 
+/// `stream.py serve` on `port` in `netns`, streaming `seconds` on each
+/// connection and reporting what it sent to `report`.
+fn serve(
+    h: &Host,
+    netns: &str,
+    port: u16,
+    seconds: u64,
+    report: &std::path::Path,
+) -> support::Background {
+    let cmd = format!(
+        "python3 {STREAM} serve {port} {seconds} {}",
+        report.display()
+    );
+    h.spawn_ready(netns, &cmd, |_| {
+        sh_ok(&format!("ip netns exec {netns} ss -Htln sport = :{port}")).contains("LISTEN")
+    })
+}
+
+/// Waits for the receiving side of [`CONNECTIONS`] streams and checks
+/// that every byte the sender wrote arrived, in order, with no error on
+/// either side. Returns the bytes received and the longest wait between
+/// two reads, in milliseconds.
+fn assert_streams_complete(
+    what: &str,
+    receiver: std::process::Child,
+    report: &std::path::Path,
+) -> (u64, f64) {
+    let out = receiver.wait_with_output().unwrap();
+    let received = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let sent = json_lines(&std::fs::read_to_string(report).unwrap());
+    assert_eq!(received.len(), CONNECTIONS, "{what}: {received:?}");
+    assert_eq!(sent.len(), CONNECTIONS, "{what}: {sent:?}");
+    let mut max_gap_ms: f64 = 0.0;
+    for r in &received {
+        assert!(r["error"].is_null(), "{what}: no reset, no timeout: {r}");
+        assert_eq!(r["in_order"], true, "{what}: every byte in order: {r}");
+        max_gap_ms = max_gap_ms.max(r["max_gap_ms"].as_f64().unwrap());
+    }
+    for s in &sent {
+        assert!(s["error"].is_null(), "{what}: the sender saw no error: {s}");
+    }
+    let total = |v: &[Value], key: &str| v.iter().map(|r| r[key].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        total(&received, "received"),
+        total(&sent, "sent"),
+        "{what}: every byte sent arrived"
+    );
+    (total(&received, "received"), max_gap_ms)
+}
+
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -72,24 +122,8 @@ fn streams_through_published_ports_and_masquerade_survive_kill_9_and_up() {
     h.np_ok(&["create", &srv, "-p", "9000:9000"]);
     h.np_ok(&["create", &cli]);
     let (sent_in, sent_out) = (h.dir.join("sent-in"), h.dir.join("sent-out"));
-    let serve = |netns: &str, port: u16, report: &std::path::Path| {
-        h.spawn_in(
-            netns,
-            &format!(
-                "python3 {STREAM} serve {port} {STREAM_SECONDS} {}",
-                report.display()
-            ),
-        )
-    };
-    let _inbound_server = serve(&srv, 9000, &sent_in);
-    let _outbound_server = serve(&h.world, 9001, &sent_out);
-    support::retry(|| {
-        let listening = |netns: &str, port| {
-            sh_ok(&format!("ip netns exec {netns} ss -Htln sport = :{port}")).contains("LISTEN")
-        };
-        (listening(&srv, 9000) && listening(&h.world, 9001)).then_some(())
-    })
-    .expect("both servers listen");
+    let _inbound_server = serve(&h, &srv, 9000, STREAM_SECONDS, &sent_in);
+    let _outbound_server = serve(&h, &h.world, 9001, STREAM_SECONDS, &sent_out);
 
     // Through the published port (DNAT) and through masquerade (SNAT).
     let inbound = receive(&h.world, HOST_IP, 9000);
@@ -130,27 +164,9 @@ fn streams_through_published_ports_and_masquerade_survive_kill_9_and_up() {
         ("published port", inbound, &sent_in),
         ("masquerade", outbound, &sent_out),
     ] {
-        let out = child.wait_with_output().unwrap();
-        let received = json_lines(&String::from_utf8_lossy(&out.stdout));
-        let sent = json_lines(&std::fs::read_to_string(report).unwrap());
-        assert_eq!(received.len(), CONNECTIONS, "{what}: {received:?}");
-        assert_eq!(sent.len(), CONNECTIONS, "{what}: {sent:?}");
-        for r in &received {
-            assert!(r["error"].is_null(), "{what}: no reset, no timeout: {r}");
-            assert_eq!(r["in_order"], true, "{what}: every byte in order: {r}");
-            max_gap_ms = max_gap_ms.max(r["max_gap_ms"].as_f64().unwrap());
-        }
-        for s in &sent {
-            assert!(s["error"].is_null(), "{what}: the sender saw no error: {s}");
-        }
-        let total =
-            |v: &[Value], key: &str| v.iter().map(|r| r[key].as_u64().unwrap()).sum::<u64>();
-        assert_eq!(
-            total(&received, "received"),
-            total(&sent, "sent"),
-            "{what}: every byte sent arrived"
-        );
-        bytes += total(&received, "received");
+        let (received, gap_ms) = assert_streams_complete(what, child, report);
+        max_gap_ms = max_gap_ms.max(gap_ms);
+        bytes += received;
     }
     let longest_down = down_for.iter().max().unwrap();
     figure(
@@ -491,22 +507,29 @@ fn mac_of(netns: &str, ifname: &str) -> String {
 
 /// `tcpdump` of the IPv4 packets `ifname` in `netns` receives, running.
 fn capture(h: &Host, netns: &str, ifname: &str, file: &std::path::Path) -> support::Background {
-    let bg = h.spawn_in(
-        netns,
-        // IGMP: the host's own multicast membership reports.
-        &format!(
-            "tcpdump -i {ifname} -Q in -n -U -w {} ip and not igmp",
-            file.display()
-        ),
+    // IGMP: the host's own multicast membership reports.
+    let cmd = format!(
+        "tcpdump -i {ifname} -Q in -n -U -w {} ip and not igmp",
+        file.display()
     );
-    support::retry(|| {
+    h.spawn_ready(netns, &cmd, |bg| {
         std::fs::read_to_string(&bg.log)
             .unwrap_or_default()
             .contains("listening on")
-            .then_some(())
     })
-    .expect("tcpdump listens");
-    bg
+}
+
+/// What `hostile.py` needs to send from the world to the host.
+fn world_sender(h: &Host) -> serde_json::Map<String, Value> {
+    let world_if = format!("{}x", h.prefix);
+    let sender = serde_json::json!({
+        "src_mac": mac_of(&h.world, &world_if),
+        "iface": world_if,
+        "src_ip": WORLD_IP,
+        "dst_mac": mac_of(&h.netns, &h.uplink),
+        "host_ip": HOST_IP,
+    });
+    sender.as_object().unwrap().clone()
 }
 
 fn hostile(netns: &str, args: &str) -> Value {
@@ -588,22 +611,24 @@ fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
         "world_ip": WORLD_IP,
         "victim_ip": h.ip_of(&vic),
     });
-    let from_world = serde_json::json!({
-        "iface": world_if,
-        "src_mac": mac_of(&h.world, &world_if),
-        "src_ip": WORLD_IP,
-        "dst_mac": mac_of(&h.netns, &h.uplink),
-        "host_ip": HOST_IP,
-        "other_host_ip": OTHER_HOST_IP,
-        "victim_ip": h.ip_of(&vic),
-        "published_ip": h.ip_of(&srv),
-        "overlay_ip": h.ip_of(&ovx),
-        "peer_lease_ip": peer_lease_ip,
-        "vni": overlay["VNI"],
-        "any_port": 8080,
-        "loopback_port": 8081,
-        "host_ip_port": 8082,
-    });
+    let mut from_world = world_sender(&h);
+    from_world.extend(
+        serde_json::json!({
+            "other_host_ip": OTHER_HOST_IP,
+            "victim_ip": h.ip_of(&vic),
+            "published_ip": h.ip_of(&srv),
+            "overlay_ip": h.ip_of(&ovx),
+            "peer_lease_ip": peer_lease_ip,
+            "vni": overlay["VNI"],
+            "any_port": 8080,
+            "loopback_port": 8081,
+            "host_ip_port": 8082,
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+    );
+    let from_world = Value::Object(from_world);
     let (from_endpoint_n, endpoint_sent) = barrage(&h, &atk, "endpoint", &from_endpoint);
     let (from_world_n, world_sent) = barrage(&h, &h.world, "world", &from_world);
     sleep(Duration::from_millis(500));
@@ -662,6 +687,65 @@ fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
         format!(
             "{} IPv4 packets left the uplink, none with a private address",
             uplink["ipv4"]
+        ),
+    );
+}
+
+#[test]
+fn a_syn_flood_fills_the_flow_table_but_established_flows_keep_streaming_and_it_recovers() {
+    let h = Host::new();
+    // 64 entries: 32 flows, a direction each. SYN-only flows live 2 s.
+    h.up(&["--ct-max", "64", "--ct-tcp-syn", "2"]);
+    let srv = h.name("srv");
+    h.np_ok(&["create", &srv, "-p", "9000:9000"]);
+    let sent = h.dir.join("sent");
+    let _server = serve(&h, &srv, 9000, 8, &sent);
+    let streams = receive(&h.world, HOST_IP, 9000);
+    sleep(Duration::from_secs(1));
+
+    let full_before = h.drops("ct_full");
+    let mut config = world_sender(&h);
+    config.insert("port".into(), 9000.into());
+    config.insert("count".into(), 300.into());
+    let config = Value::Object(config);
+    let syn = hostile(&h.world, &format!("flood '{config}'"))["syn"]
+        .as_u64()
+        .unwrap();
+    let refused = h.drops("ct_full") - full_before;
+    assert!(
+        refused > 0,
+        "a full table refuses new flows, counted as ct_full"
+    );
+    let (bytes, gap_ms) = assert_streams_complete("during a SYN flood", streams, &sent);
+
+    // The flood's flows expire and new connections get through again.
+    let flooded = Instant::now();
+    let connects = || {
+        h.in_world(&format!(
+            "python3 -c \"import socket; socket.create_connection(('{HOST_IP}', 9000), timeout=1)\""
+        ))
+        .status
+        .success()
+        .then_some(())
+    };
+    support::retry(connects).expect("a new connection once the flood's flows expired");
+    figure(
+        "flood.syn",
+        format!(
+            "{syn} SYNs to a published port with a 64-entry table: {refused} refused as ct_full"
+        ),
+    );
+    figure(
+        "flood.established",
+        format!(
+            "{CONNECTIONS} established streams: {bytes} bytes, all in order, longest wait {gap_ms} ms"
+        ),
+    );
+    figure(
+        "flood.recovered",
+        format!(
+            "new connections accepted again {} ms after the flood",
+            flooded.elapsed().as_millis()
         ),
     );
 }

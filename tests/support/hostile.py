@@ -3,6 +3,7 @@
 
   hostile.py endpoint CONFIG   sends from inside an endpoint (its eth0)
   hostile.py world CONFIG      sends from the world (its uplink peer)
+  hostile.py flood CONFIG      sends SYNs from the world to a published port
   hostile.py check PCAP NET... reads a capture
 
 CONFIG is JSON with the interface, addresses and MACs to use. Senders print
@@ -195,7 +196,17 @@ def check(pcap, nets):
     print(json.dumps({"ipv4": ipv4, "leaked": leaked, "unexpected": unexpected}))
 
 
+def flood(c):
+    """SYNs to a published port from as many source ports as asked."""
+    syns = [
+        frame(c, dst=c["host_ip"]) / TCP(sport=40000 + i, dport=c["port"], flags="S")
+        for i in range(c["count"])
+    ]
+    sendp(syns, iface=c["iface"])
+    print(json.dumps({"syn": len(syns)}))
+
+
 if sys.argv[1] == "check":
     check(sys.argv[2], sys.argv[3:])
 else:
-    {"endpoint": endpoint, "world": world}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"endpoint": endpoint, "world": world, "flood": flood}[sys.argv[1]](json.loads(sys.argv[2]))

@@ -391,6 +391,19 @@ impl Host {
         Background { child, log }
     }
 
+    /// [`Host::spawn_in`], then waits until `ready` says the process is.
+    pub fn spawn_ready(
+        &self,
+        netns: &str,
+        cmd: &str,
+        ready: impl Fn(&Background) -> bool,
+    ) -> Background {
+        let bg = self.spawn_in(netns, cmd);
+        retry(|| ready(&bg).then_some(()))
+            .unwrap_or_else(|| panic!("{cmd} in {netns} is not ready after 5 s"));
+        bg
+    }
+
     /// The data path's NAT table as `netplane nat ls --json` shows it.
     pub fn nat(&self) -> serde_json::Value {
         serde_json::from_str(&self.np_ok(&["nat", "ls", "--json"])).unwrap()
