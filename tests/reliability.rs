@@ -268,17 +268,19 @@ fn map_entries(h: &Host, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         pin.display()
     )))
     .unwrap();
-    let bytes = |v: &Value| -> Vec<u8> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-            .collect()
-    };
     dump.as_array()
         .unwrap()
         .iter()
-        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
+        .collect()
+}
+
+/// Bytes as bpftool's JSON gives them: `["0x0a", ...]`.
+fn hex_bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
         .collect()
 }
 
@@ -415,14 +417,7 @@ fn assert_store_and_kernel_agree(h: &Host) {
                 pin.display()
             )))
             .unwrap();
-            let target: Vec<u8> = found["value"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| {
-                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-                })
-                .collect();
+            let target = hex_bytes(&found["value"]);
             (target[..4] != [0; 4]).then(|| (port, ipv4(&target)))
         })
         .collect();

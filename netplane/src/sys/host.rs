@@ -47,14 +47,14 @@ pub fn ephemeral_ports() -> Result<PortRange> {
     }
 }
 
+/// How long `up` waits for the lock of a daemon that is going away.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Holds the abstract socket that marks this network namespace as managed.
 /// Abstract unix sockets live in the network namespace, and the kernel frees
 /// the name when the daemon dies, however it dies: shortly after, since a
 /// killed process's files are closed by a kernel worker (8 to 50 ms measured
 /// after `kill -9`).
-/// How long `up` waits for the lock of a daemon that is going away.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 #[derive(Debug)]
 pub struct DaemonLock(#[allow(dead_code, reason = "held for its name")] UnixListener);
 
