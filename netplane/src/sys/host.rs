@@ -60,7 +60,7 @@ pub struct DaemonLock(#[allow(dead_code, reason = "held for its name")] UnixList
 
 impl DaemonLock {
     /// Takes the lock, or fails if another daemon still holds it after
-    /// [`LOCK_WAIT`]: one killed just before lets go within it.
+    /// `LOCK_WAIT`: one killed just before lets go within it.
     pub fn acquire() -> Result<Self> {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"netplane-daemon")
