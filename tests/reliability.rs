@@ -744,3 +744,107 @@ fn a_syn_flood_fills_the_flow_table_but_established_flows_keep_streaming_and_it_
         ),
     );
 }
+
+/// A server in the world that answers each connection's first line with
+/// that line and the peer's address:port as it saw it, then holds the
+/// connection until the client closes it.
+const ECHO_PEER: &str = "import socket, threading
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((\"0.0.0.0\", 7000)); l.listen(8)
+def answer(c, peer):
+    c.sendall(b\"%s %s:%d\\n\" % (c.recv(64).strip(), peer[0].encode(), peer[1])); c.recv(1); c.close()
+while True:
+    c, peer = l.accept(); threading.Thread(target=answer, args=(c, peer), daemon=True).start()";
+
+/// A client connecting from source port 5555 to ECHO_PEER, which prints
+/// the answer and holds the connection until it is killed.
+const HOLD_FROM_5555: &str = "import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7000), timeout=2.5, source_address=(\"\", 5555))
+s.sendall(sys.argv[2].encode() + b\"\\n\"); print(s.makefile().readline().strip(), flush=True)
+time.sleep(60)";
+
+/// A client process in an endpoint, killed on drop.
+struct Held(std::process::Child);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Connects from `endpoint` with [`HOLD_FROM_5555`]: the held connection
+/// and the server's answer, or `None` when the connection failed.
+fn hold(endpoint: &str) -> (Held, Option<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", endpoint, "python3", "-c", HOLD_FROM_5555])
+        .args([WORLD_IP, endpoint])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let answer = (!line.is_empty()).then(|| line.trim().to_string());
+    (Held(child), answer)
+}
+
+#[test]
+fn masquerade_towards_one_destination_runs_out_of_ports_counted_and_never_mistranslated() {
+    let h = Host::new();
+    // One port for masquerade to pick, besides a flow's own; closed flows
+    // leave the table after a second.
+    h.in_host("sysctl -qw net.ipv4.ip_local_port_range='40000 40000'");
+    h.up(&["--ct-tcp-closing", "1"]);
+    let _server = h.spawn_ready(&h.world, &format!("python3 -c '{ECHO_PEER}'"), |_| {
+        sh_ok(&format!("ip netns exec {} ss -Htln sport = :7000", h.world)).contains("LISTEN")
+    });
+    let [a, b, c] = ["a", "b", "c"].map(|n| h.name(n));
+    for e in [&a, &b, &c] {
+        h.np_ok(&["create", e]);
+    }
+    let exhausted_before = h.drops("nat_ports_exhausted");
+
+    // a keeps its own port; b's collides with a's and gets the range's.
+    let (held_a, answer_a) = hold(&a);
+    assert_eq!(answer_a, Some(format!("{a} {HOST_IP}:5555")));
+    let (_held_b, answer_b) = hold(&b);
+    assert_eq!(answer_b, Some(format!("{b} {HOST_IP}:40000")));
+    assert_eq!(h.drops("nat_ports_exhausted"), exhausted_before);
+
+    // Nothing is left for c: each of its SYNs is refused and counted.
+    let (_, answer_c) = hold(&c);
+    assert_eq!(answer_c, None, "c cannot connect: no source port is free");
+    sleep(Duration::from_millis(200));
+    let syns = 1 + tcp_counter(&c, "netstat", "TcpExt", "TCPSynRetrans");
+    let refused = h.drops("nat_ports_exhausted") - exhausted_before;
+    assert_eq!(
+        refused, syns,
+        "every SYN of c is counted as nat_ports_exhausted"
+    );
+
+    // Once a's flow has closed and left the table, c gets its port.
+    drop(held_a);
+    let closed = Instant::now();
+    let answer_c = loop {
+        if let (held, Some(answer)) = hold(&c) {
+            drop(held);
+            break answer;
+        }
+        assert!(
+            closed.elapsed() < Duration::from_secs(10),
+            "c connects once a's flow expired"
+        );
+    };
+    assert_eq!(answer_c, format!("{c} {HOST_IP}:5555"));
+    figure(
+        "ports.exhausted",
+        format!(
+            "with 1 port to pick towards one destination, a third flow's {syns} SYNs were refused as nat_ports_exhausted; a free port again {} ms after a flow closed",
+            closed.elapsed().as_millis()
+        ),
+    );
+}
