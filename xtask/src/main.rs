@@ -48,10 +48,14 @@ const APT_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-/// The fuzz targets of netplane-common's parsers and rewriters, and how
+/// The fuzz targets, by their cargo-fuzz directory: netplane-common's
+/// parsers and rewriters, and the embedded DNS server's query path; and how
 /// long `cargo xtask test` runs each.
-const FUZZ_DIR: &str = "netplane-common/fuzz";
-const FUZZ_TARGETS: &[&str] = &["checksum_rewrite", "vxlan_outer"];
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("netplane-common/fuzz", "checksum_rewrite"),
+    ("netplane-common/fuzz", "vxlan_outer"),
+    ("fuzz", "dns_query"),
+];
 const FUZZ_SECONDS: u32 = 30;
 
 #[derive(Debug, Parser)]
@@ -115,12 +119,12 @@ fn main() -> anyhow::Result<()> {
             run(cargo()
                 .args(["test", "--workspace", "--all-targets"])
                 .env("NETPLANE_REQUIRE_EBPF", "1"))?;
-            for target in FUZZ_TARGETS {
+            for (dir, target) in FUZZ_TARGETS {
                 // rustup's cargo, which takes a +toolchain.
                 run(Command::new("cargo")
                     .current_dir(root())
                     .arg(format!("+{}", unstable_toolchain()))
-                    .args(["fuzz", "run", "--fuzz-dir", FUZZ_DIR, target, "--"])
+                    .args(["fuzz", "run", "--fuzz-dir", dir, target, "--"])
                     .arg(format!("-max_total_time={FUZZ_SECONDS}"))
                     // cargo-fuzz needs unstable flags, which stable grants
                     // with this when nightly is missing.
