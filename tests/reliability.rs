@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netplane_common::abi::{LAYOUT_VERSION, maps};
 use serde_json::Value;
 use support::{HOST_IP, Host, WORLD_IP, figure, sh_ok};
 
@@ -846,5 +847,175 @@ fn masquerade_towards_one_destination_runs_out_of_ports_counted_and_never_mistra
             "with 1 port to pick towards one destination, a third flow's {syns} SYNs were refused as nat_ports_exhausted; a free port again {} ms after a flow closed",
             closed.elapsed().as_millis()
         ),
+    );
+}
+
+/// The netplane binary the upgrade test starts from: `cargo xtask test`
+/// builds it from an earlier commit and names it here.
+fn previous_netplane() -> std::path::PathBuf {
+    std::env::var_os("NETPLANE_UPGRADE_FROM")
+        .expect(
+            "NETPLANE_UPGRADE_FROM names an earlier netplane's binary; cargo xtask test builds it",
+        )
+        .into()
+}
+
+/// `bpftool -j KIND show pinned` for every pin under the host's `dir`
+/// (`links`, `maps`), by pin name.
+fn pinned(h: &Host, kind: &str, dir: &str) -> std::collections::BTreeMap<String, Value> {
+    std::fs::read_dir(h.dir.join("bpf").join(dir))
+        .unwrap()
+        .map(|pin| {
+            let pin = pin.unwrap().path();
+            let show = sh_ok(&format!("bpftool -j {kind} show pinned {}", pin.display()));
+            let name = pin.file_name().unwrap().to_string_lossy().into_owned();
+            (name, serde_json::from_str(&show).unwrap())
+        })
+        .collect()
+}
+
+/// Ids of the pinned links and of the programs in them.
+fn link_and_program_ids(h: &Host) -> std::collections::BTreeMap<String, (u64, u64)> {
+    pinned(h, "link", "links")
+        .into_iter()
+        .map(|(name, l)| {
+            (
+                name,
+                (l["id"].as_u64().unwrap(), l["prog_id"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Stops the daemon as a service manager would: SIGTERM, which leaves the
+/// data path in place.
+fn stop_daemon(h: &Host) {
+    let pid = h.daemon_pid().expect("the daemon runs");
+    sh_ok(&format!("kill -TERM {pid}"));
+    assert!(
+        support::retry(|| h.daemon_pid().is_none().then_some(())).is_some(),
+        "the daemon stops on SIGTERM"
+    );
+}
+
+/// Writes `version` as the layout version stamped on the pinned maps.
+fn stamp_layout(h: &Host, version: u32) {
+    let pin = h.dir.join("bpf/maps").join(maps::LAYOUT);
+    let value: Vec<String> = version
+        .to_ne_bytes()
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    sh_ok(&format!(
+        "bpftool map update pinned {} key 0 0 0 0 value {}",
+        pin.display(),
+        value.join(" ")
+    ));
+}
+
+#[test]
+fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuses_another_layout() {
+    let h = Host::new();
+    let previous = previous_netplane();
+    let out = h.up_cmd_of(&previous, &["--detach"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (srv, cli) = (h.name("srv"), h.name("cli"));
+    h.np_ok(&["create", &srv, "-p", "9000:9000"]);
+    h.np_ok(&["create", &cli]);
+    let (sent_in, sent_out) = (h.dir.join("sent-in"), h.dir.join("sent-out"));
+    let _inbound_server = serve(&h, &srv, 9000, 10, &sent_in);
+    let _outbound_server = serve(&h, &h.world, 9001, 10, &sent_out);
+    let inbound = receive(&h.world, HOST_IP, 9000);
+    let outbound = receive(&cli, WORLD_IP, 9001);
+    sleep(Duration::from_secs(1));
+
+    let links_before = link_and_program_ids(&h);
+    let maps_before = pinned(&h, "map", "maps");
+    assert!(
+        !maps_before.contains_key(maps::LAYOUT),
+        "the earlier netplane pins no layout version"
+    );
+    let flows_before = map_entries(&h, maps::CONNTRACK);
+    assert!(
+        flows_before.len() >= 4 * CONNECTIONS,
+        "{} entries",
+        flows_before.len()
+    );
+
+    // The upgrade: the earlier daemon stops, this one starts on its pins.
+    stop_daemon(&h);
+    let upgrading = Instant::now();
+    h.up(&[]);
+    let upgraded_in = upgrading.elapsed();
+    let links_after = link_and_program_ids(&h);
+    assert_eq!(
+        links_after.keys().collect::<Vec<_>>(),
+        links_before.keys().collect::<Vec<_>>()
+    );
+    for (pin, (link, program)) in &links_before {
+        let (link_after, program_after) = links_after[pin];
+        assert_eq!(link_after, *link, "{pin}: the same link");
+        assert_ne!(program_after, *program, "{pin}: a new program in it");
+    }
+    let maps_after = pinned(&h, "map", "maps");
+    for (name, map) in &maps_before {
+        assert_eq!(maps_after[name]["id"], map["id"], "{name}: the same map");
+    }
+    let stamp = map_entries(&h, maps::LAYOUT);
+    assert_eq!(
+        stamp[0].1,
+        LAYOUT_VERSION.to_ne_bytes(),
+        "stamped on upgrade"
+    );
+    let flows_after = map_entries(&h, maps::CONNTRACK);
+    for flow in &flows_before {
+        assert!(
+            flows_after.iter().any(|f| f.0 == flow.0),
+            "every tracked flow is kept: {flow:?}"
+        );
+    }
+
+    // Maps stamped by a netplane that reads them otherwise are refused,
+    // naming both versions, and the running data path is left alone.
+    stop_daemon(&h);
+    stamp_layout(&h, LAYOUT_VERSION + 1);
+    let refused = h.up_cmd(&["--detach"]).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "up refuses: {err}");
+    let expected = format!(
+        "have layout version {}, this netplane reads version {LAYOUT_VERSION}: they were pinned by a newer netplane",
+        LAYOUT_VERSION + 1
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert_eq!(link_and_program_ids(&h), links_after, "nothing was swapped");
+    stamp_layout(&h, LAYOUT_VERSION);
+    h.up(&[]);
+
+    let mut bytes = 0;
+    for (what, child, report) in [
+        ("published port", inbound, &sent_in),
+        ("masquerade", outbound, &sent_out),
+    ] {
+        bytes += assert_streams_complete(what, child, report).0;
+    }
+    figure(
+        "upgrade",
+        format!(
+            "from {}: {} links kept with new programs, {} maps and {} flow entries kept, {} connections carried {bytes} bytes in order; up took {} ms",
+            previous.file_name().unwrap().to_string_lossy(),
+            links_before.len(),
+            maps_before.len(),
+            flows_before.len(),
+            2 * CONNECTIONS,
+            upgraded_in.as_millis()
+        ),
+    );
+    figure(
+        "upgrade.refused",
+        "maps stamped with another layout version: up refused, naming both versions; links untouched",
     );
 }

@@ -2,6 +2,9 @@
 
 /// Names of the maps, as declared in the eBPF object and pinned in bpffs.
 pub mod maps {
+    /// `u32` at index 0: the [`super::LAYOUT_VERSION`] of the pinned maps,
+    /// stamped by the daemon that pinned them (0 until it has).
+    pub const LAYOUT: &str = "NP_LAYOUT";
     /// [`super::NetConfig`] at index 0: the bridge network the programs serve.
     pub const NET_CONFIG: &str = "NP_NET_CONFIG";
     /// Per-CPU [`super::IfCounters`] keyed by [`super::IfStatsKey`].
@@ -43,6 +46,13 @@ pub mod maps {
     /// both orders; the value is unused): allowed to talk with `--icc=false`.
     pub const LINKED: &str = "NP_LINKED";
 }
+
+/// The version of what the pinned maps' keys and values mean. A daemon
+/// reuses pinned maps only when they carry its own version. Raise it with
+/// any change the kernel cannot see in a map's type and sizes: a field
+/// that changes meaning, byte order or place within the same size, a drop
+/// reason given another slot, a NAT slot renumbered.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Names of the programs in the eBPF object.
 pub mod programs {

@@ -27,6 +27,10 @@ use netplane_common::abi::{
 };
 use packet::{L3, load};
 
+/// Read by the daemon only; the programs never look at it.
+#[map(name = "NP_LAYOUT")]
+static LAYOUT: Array<u32> = Array::pinned(1, 0);
+
 #[map(name = "NP_NET_CONFIG")]
 static NET_CONFIG: Array<NetConfig> = Array::pinned(1, 0);
 

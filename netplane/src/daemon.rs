@@ -250,7 +250,11 @@ impl Daemon {
             Ok(()) => Ok(daemon),
             Err(e) => {
                 warn!("netplane up failed, reverting: {e}");
-                if let Some(dp) = daemon.dp.take() {
+                // Pins an earlier run left carry the running data path:
+                // only a first `up` removes what it pinned.
+                if let Some(dp) = daemon.dp.take()
+                    && stored_bridge.is_none()
+                {
                     let _ = dp.remove_pins();
                 }
                 for step in undo.into_iter().rev() {

@@ -152,6 +152,23 @@ pub enum Error {
         /// What differs.
         mismatch: String,
     },
+    /// Maps pinned by another build are stamped with another layout
+    /// version: their entries mean something else to this one's programs.
+    #[error(
+        "maps pinned in {dir} have layout version {found}, this netplane reads version {want}: \
+         they were pinned by {pinned_by} netplane; `netplane down` with that version (which \
+         drops tracked connections), then `up` with this one"
+    )]
+    PinnedLayoutVersion {
+        /// The maps' pin directory.
+        dir: std::path::PathBuf,
+        /// The version stamped on them.
+        found: u32,
+        /// This build's [`netplane_common::abi::LAYOUT_VERSION`].
+        want: u32,
+        /// "a newer" or "an older".
+        pinned_by: &'static str,
+    },
     /// A netlink request failed.
     #[error("{op} {object}: {source}")]
     Netlink {

@@ -298,9 +298,14 @@ impl Host {
 
     /// The daemon command line, run inside the host namespace.
     pub fn up_cmd(&self, extra: &[&str]) -> Command {
+        self.up_cmd_of(env!("CARGO_BIN_EXE_netplane").as_ref(), extra)
+    }
+
+    /// [`Host::up_cmd`] with the netplane binary `bin`.
+    pub fn up_cmd_of(&self, bin: &std::path::Path, extra: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(env!("CARGO_BIN_EXE_netplane"))
+            .arg(bin)
             .arg("up")
             .arg("--state-dir")
             .arg(self.dir.join("state"))

@@ -5,6 +5,7 @@ mod plot;
 mod report;
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -57,6 +58,10 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("fuzz", "dns_query"),
 ];
 const FUZZ_SECONDS: u32 = 30;
+
+/// The netplane the upgrade test starts from: the last commit before the
+/// maps carried a layout version, so the test upgrades unstamped pins.
+const UPGRADE_FROM: &str = "38d88a008ba0abbb131f2ed9e0e2232172fee4f9";
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -114,11 +119,13 @@ fn main() -> anyhow::Result<()> {
             }
             setup()?;
             build_ebpf(false)?;
+            let previous = build_previous()?;
             // --all-targets: the benchmarks run once each in criterion's
             // test mode, so they keep compiling and stay correct.
             run(cargo()
                 .args(["test", "--workspace", "--all-targets"])
-                .env("NETPLANE_REQUIRE_EBPF", "1"))?;
+                .env("NETPLANE_REQUIRE_EBPF", "1")
+                .env("NETPLANE_UPGRADE_FROM", previous))?;
             for (dir, target) in FUZZ_TARGETS {
                 // rustup's cargo, which takes a +toolchain.
                 run(Command::new("cargo")
@@ -138,10 +145,12 @@ fn main() -> anyhow::Result<()> {
             }
             setup()?;
             build_ebpf(false)?;
+            let previous = build_previous()?;
             let out = cargo()
                 .args(["test", "--package", "netplane", "--test", "reliability"])
                 .args(["--", "--nocapture", "--test-threads=1"])
                 .env("NETPLANE_REQUIRE_EBPF", "1")
+                .env("NETPLANE_UPGRADE_FROM", previous)
                 .stderr(std::process::Stdio::inherit())
                 .output()
                 .context("running the reliability tests")?;
@@ -183,6 +192,62 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Builds netplane as of [`UPGRADE_FROM`], once, in its own target
+/// directory (sharing this one's would let cargo put it in place of this
+/// build's binary), and returns its binary.
+fn build_previous() -> anyhow::Result<PathBuf> {
+    let dir = root().join("target").join("upgrade-from");
+    let bin = dir.join(format!("netplane-{}", &UPGRADE_FROM[..12]));
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let git = || {
+        let mut c = Command::new("git");
+        c.current_dir(root());
+        c
+    };
+    let commit = format!("{UPGRADE_FROM}^{{commit}}");
+    if !succeeds(git().args(["cat-file", "-e", &commit])) {
+        // A shallow clone: its origin has the history.
+        run(git().args(["fetch", "--quiet", "origin", UPGRADE_FROM]))?;
+    }
+    let src = dir.join("src");
+    if src.exists() {
+        std::fs::remove_dir_all(&src)?;
+    }
+    std::fs::create_dir_all(&src)?;
+    let archive = git()
+        .args(["archive", UPGRADE_FROM])
+        .output()
+        .context("git archive")?;
+    if !archive.status.success() {
+        bail!(
+            "git archive {UPGRADE_FROM}: {}",
+            String::from_utf8_lossy(&archive.stderr)
+        );
+    }
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(&src)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    tar.stdin.take().unwrap().write_all(&archive.stdout)?;
+    if !tar.wait()?.success() {
+        bail!("unpacking {UPGRADE_FROM} into {}", src.display());
+    }
+    eprintln!(
+        "test: building netplane {} for the upgrade test",
+        &UPGRADE_FROM[..12]
+    );
+    run(cargo()
+        .current_dir(&src)
+        .args(["build", "--package", "netplane", "--bin", "netplane"])
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("NETPLANE_REQUIRE_EBPF", "1"))?;
+    std::fs::copy(dir.join("target/debug/netplane"), &bin)?;
+    Ok(bin)
 }
 
 /// The CPU, core count and kernel the benchmarks ran on.

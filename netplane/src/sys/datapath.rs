@@ -9,13 +9,13 @@ use std::{
     collections::BTreeMap,
     fs,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TestRun,
         TestRunOptions,
@@ -27,7 +27,7 @@ use aya_log::EbpfLogger;
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use netplane_common::abi::{
     AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
-    IfStatsKey, NetConfig, OverlayPeer, PortKey, PortTarget, maps, programs,
+    IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -185,6 +185,48 @@ pub fn layout_mismatch(want: &MapLayout, found: &MapLayout) -> Option<String> {
     (!differ.is_empty()).then(|| differ.join(", "))
 }
 
+/// Whether maps stamped with layout version `stamped` may be reused: their
+/// version is this netplane's, or they carry none (0: pinned before
+/// versions were stamped, or by a daemon killed before it stamped them),
+/// and then the attribute check decides alone.
+pub fn layout_version_reusable(stamped: u32) -> bool {
+    stamped == 0 || stamped == LAYOUT_VERSION
+}
+
+/// The layout version stamped on the maps pinned under `maps_dir`; 0 when
+/// there is none.
+fn pinned_layout_version(maps_dir: &Path) -> Result<u32> {
+    let pin = maps_dir.join(maps::LAYOUT);
+    if !pin.exists() {
+        return Ok(0);
+    }
+    let stamp = MapData::from_pin(&pin).map_err(|e| Error::ebpf("open", pin.display(), e))?;
+    let stamp: Array<_, u32> = Array::try_from(aya::maps::Map::Array(stamp))
+        .map_err(|e| Error::ebpf("open", pin.display(), e))?;
+    stamp
+        .get(&0, 0)
+        .map_err(|e| Error::ebpf("read", pin.display(), e))
+}
+
+/// Refuses maps pinned under `maps_dir` whose layout version says they
+/// mean something else than this netplane's programs read.
+fn check_pinned_version(maps_dir: &Path) -> Result<()> {
+    let found = pinned_layout_version(maps_dir)?;
+    if layout_version_reusable(found) {
+        return Ok(());
+    }
+    Err(Error::PinnedLayoutVersion {
+        dir: maps_dir.to_path_buf(),
+        found,
+        want: LAYOUT_VERSION,
+        pinned_by: if found > LAYOUT_VERSION {
+            "a newer"
+        } else {
+            "an older"
+        },
+    })
+}
+
 /// Refuses maps pinned under `maps_dir` whose layout is not the one the
 /// programs in [`OBJECT`] were built for: aya reuses a pin by name
 /// without looking at it.
@@ -239,6 +281,7 @@ impl Datapath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
         }
+        check_pinned_version(&maps_dir)?;
         check_pinned_layouts(&maps_dir)?;
         let log_level = ebpf_log_level();
         let mut ebpf = EbpfLoader::new()
@@ -273,6 +316,10 @@ impl Datapath {
             wildcard,
         };
         dp.set_config(cfg)?;
+        let mut stamp: Array<_, u32> = dp.map_mut(maps::LAYOUT)?;
+        stamp
+            .set(0, LAYOUT_VERSION, 0)
+            .map_err(|e| Error::ebpf("stamp", maps::LAYOUT, e))?;
         Ok(dp)
     }
 
@@ -456,6 +503,13 @@ impl Datapath {
         for name in SOCKET_PROGRAMS {
             let pin = self.links_dir.join(format!("cgroup@{name}"));
             let prog = socket_program(&mut self.ebpf, name)?;
+            let prog_fd = prog
+                .fd()
+                .map_err(|e| Error::ebpf("open program", name, e))?;
+            if update_pinned_link(&pin, prog_fd.as_fd()).is_ok() {
+                continue;
+            }
+            // No pin yet, or a pin of a link whose cgroup is gone.
             // A bpf_link attachment always sits next to the others; the
             // kernel refuses any attach flag on link creation, so no
             // AllowMultiple here.
@@ -809,6 +863,47 @@ fn by_wildcard(
     (any, on_addr)
 }
 
+/// Swaps `prog` into the link pinned at `pin` (BPF_LINK_UPDATE): hooks
+/// never run without a program, nor with two.
+fn update_pinned_link(pin: &Path, prog: BorrowedFd<'_>) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())?;
+    // SAFETY: bpf_attr is plain data; zero is what the kernel wants in
+    // every field a command does not use.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    // SAFETY: the kernel reads the path, which outlives the call.
+    let link = unsafe { bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor, owned from here on.
+    let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.link_update.link_fd = link.as_raw_fd() as u32;
+    attr.link_update.__bindgen_anon_1.new_prog_fd = prog.as_raw_fd() as u32;
+    // SAFETY: the kernel reads two descriptors that stay open meanwhile.
+    unsafe { bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr) }.map(drop)
+}
+
+/// The bpf(2) system call with `cmd` on `attr`.
+///
+/// # Safety
+/// Whatever `attr` points at for `cmd` must be valid for the call.
+unsafe fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<i64> {
+    // SAFETY: the caller's.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// One BPF_MAP_UPDATE_BATCH or BPF_MAP_DELETE_BATCH call on the map behind
 /// `fd`, with `values` for an update: how many elements the kernel got
 /// through, and the error that stopped it.
@@ -833,21 +928,9 @@ fn map_batch<K: aya::Pod, V: aya::Pod>(
     // SAFETY: the kernel reads `count` keys (and values) of the map's sizes,
     // which K and V are, from slices that outlive the call, and writes only
     // `attr`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_int,
-            &mut attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
+    let result = unsafe { bpf(cmd, &mut attr) }.map(drop);
     // SAFETY: as above; the kernel wrote back how many it did.
     let done = unsafe { attr.batch.count } as usize;
-    let result = if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    };
     (done, result)
 }
 
@@ -894,6 +977,16 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn only_this_layout_version_or_none_is_reused() {
+        assert!(layout_version_reusable(LAYOUT_VERSION));
+        assert!(
+            layout_version_reusable(0),
+            "unstamped pins go to the attribute check"
+        );
+        assert!(!layout_version_reusable(LAYOUT_VERSION + 1));
     }
 
     #[test]
