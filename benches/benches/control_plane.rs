@@ -1,7 +1,8 @@
 //! The control plane, netplane against Docker's iptables rules and the CNI
 //! reference plugins, in the same run: the time to publish 100, 1,000 and
 //! 10,000 ports to a running endpoint, and the time to create one bridge
-//! endpoint.
+//! endpoint; and the time `up` takes on a host with 1,000 endpoints and
+//! 10,000 published ports.
 
 use std::time::Duration;
 
@@ -38,12 +39,34 @@ fn create_endpoint(c: &mut Criterion) {
     group.finish();
 }
 
+/// Endpoints of the host the restart benchmark restarts, and ports
+/// published on each.
+const RESTART_ENDPOINTS: u16 = 1_000;
+const PORTS_EACH: u16 = 10;
+
+/// `up` on a host that runs already, from the start to the point where
+/// it serves the API: the pinned data path is adopted and every endpoint
+/// in the store checked against the kernel and written to the maps again.
+fn restart(c: &mut Criterion) {
+    let mut group = c.benchmark_group("restart");
+    for endpoints in [0, RESTART_ENDPOINTS] {
+        let mut topo = Topo::new(Nat::Netplane, 1);
+        topo.populate(endpoints, PORTS_EACH);
+        group.bench_with_input(
+            BenchmarkId::new("netplane", endpoints),
+            &endpoints,
+            |b, _| b.iter_custom(|iters| (0..iters).map(|_| topo.restart_daemon()).sum()),
+        );
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(100))
         .measurement_time(Duration::from_secs(2));
-    targets = publish, create_endpoint
+    targets = publish, create_endpoint, restart
 }
 criterion_main!(benches);

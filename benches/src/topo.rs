@@ -39,6 +39,8 @@ pub const PUBLISHED_PORT: u16 = 8080;
 const OTHER_PORTS: u16 = 20000;
 /// First of the ports the control-plane benchmarks publish.
 const BENCH_PORTS: u16 = 30000;
+/// First host port [`Topo::populate`] publishes.
+const POPULATED_PORTS: u16 = 40000;
 /// Client source addresses in the world, so that connections differ in more
 /// than the source port.
 pub const CLIENTS: u8 = 16;
@@ -71,12 +73,12 @@ impl Nat {
 }
 
 /// The settings of a benchmark host's daemon with its directories under
-/// `dir`: the bridge network at 10.88.0.0/24, `uplink`, static overlay
-/// `peers`.
+/// `dir`: the bridge network at 10.88.0.0/20 (room for the restart
+/// benchmark's endpoints), `uplink`, static overlay `peers`.
 pub(crate) fn netplane_config(dir: &std::path::Path, uplink: &str, peers: Vec<Ipv4Addr>) -> Config {
     Config {
         bridge: "np0".into(),
-        subnet: Some("10.88.0.0/24".parse().expect("subnet")),
+        subnet: Some("10.88.0.0/20".parse().expect("subnet")),
         uplink: Some(uplink.into()),
         icc: true,
         state_dir: dir.join("state"),
@@ -108,6 +110,7 @@ pub fn in_netns<T: Send + 'static>(
 #[derive(Debug)]
 pub(crate) struct InProcess {
     host: String,
+    cfg: Config,
     rt: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
 }
@@ -122,10 +125,13 @@ impl InProcess {
         let name = host.to_string();
         in_netns(host, move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
-            let mut daemon = rt.block_on(Daemon::start(cfg)).expect("netplane up");
+            let mut daemon = rt
+                .block_on(Daemon::start(cfg.clone()))
+                .expect("netplane up");
             setup(&rt, &mut daemon);
             InProcess {
                 host: name,
+                cfg,
                 rt,
                 daemon: Some(daemon),
             }
@@ -141,6 +147,22 @@ impl InProcess {
     ) -> T {
         let (rt, daemon) = (&self.rt, self.daemon.as_mut().expect("netplane is running"));
         in_host(&self.host, move || f(rt, daemon))
+    }
+}
+
+impl InProcess {
+    /// Stops the daemon, leaving the data path in place as SIGTERM does,
+    /// and starts it again: how long `up` took until it could serve.
+    pub(crate) fn restart(&mut self) -> Duration {
+        let (rt, cfg, daemon) = (&self.rt, &self.cfg, &mut self.daemon);
+        in_host(&self.host, move || {
+            drop(daemon.take());
+            let start = Instant::now();
+            let started = rt.block_on(Daemon::start(cfg.clone()));
+            let took = start.elapsed();
+            *daemon = Some(started.expect("netplane up again"));
+            took
+        })
     }
 }
 
@@ -580,6 +602,35 @@ impl Topo {
             }
             nat => panic!("{nat:?} has no endpoint API"),
         }
+    }
+
+    /// Adds `endpoints` endpoints with `ports_each` TCP ports published on
+    /// each (host ports from 40000 up, to the endpoint's 80 and on).
+    pub fn populate(&mut self, endpoints: u16, ports_each: u16) {
+        let names: Vec<String> = (0..endpoints)
+            .map(|i| format!("{}-p{i}", self.prefix))
+            .collect();
+        // Before they exist, so that a failure leaves none behind.
+        self._cleanup.netns.extend(names.iter().cloned());
+        self.with_daemon(move |rt, daemon| {
+            for (i, name) in (0u16..).zip(names) {
+                let first = POPULATED_PORTS + i * ports_each;
+                let last = first + ports_each - 1;
+                let inner = SERVICE_PORT + ports_each - 1;
+                rt.block_on(daemon.create(CreateEndpoint {
+                    name,
+                    net: "bridge".into(),
+                    publish: vec![format!("{first}-{last}:{SERVICE_PORT}-{inner}")],
+                    ..CreateEndpoint::default()
+                }))
+                .expect("netplane create");
+            }
+        });
+    }
+
+    /// [`InProcess::restart`] of the host's daemon.
+    pub fn restart_daemon(&mut self) -> Duration {
+        self.daemon.as_mut().expect("netplane is running").restart()
     }
 
     /// Runs `f` on the in-process daemon.

@@ -241,6 +241,36 @@ pub fn render(rows: &[Row], machine: &str) -> String {
             ratio(create("cni"), create("netplane")),
         );
     }
+
+    let populated = values(rows, "restart");
+    if !populated.is_empty() {
+        out.push_str(
+            "## `up` on a host that runs
+
+             Median ms from the start of `up` to the point where it serves the API,
+             on a host whose daemon stopped while the data path kept running: the
+             pins adopted, the programs loaded and swapped into the links, every
+             endpoint in the store checked against the kernel and written to the
+             maps again. The benchmark's own endpoint (2 ports) plus this many more,
+             with 10 ports published on each.
+
+             | endpoints added | ports added | ms |
+|---|---|---|
+",
+        );
+        for n in &populated {
+            let ms = median(rows, "restart", "netplane", Some(n)).map(|v| v / 1e6);
+            let ports = n
+                .parse::<u32>()
+                .map_or("–".into(), |e| (e * 10).to_string());
+            let _ = writeln!(
+                out,
+                "| {n} | {ports} | {} |",
+                ms.map_or("–".into(), |v| format!("{v:.0}"))
+            );
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -397,6 +427,8 @@ mod tests {
             row("publish", "netplane", Some("100"), 1e6),
             row("create_endpoint", "netplane", None, 20e6),
             row("create_endpoint", "cni", None, 40e6),
+            row("restart", "netplane", Some("0"), 150e6),
+            row("restart", "netplane", Some("1000"), 640e6),
             row("overlay_tcp_round_trip", "netplane", None, 30e3),
             row("overlay_tcp_round_trip", "kernel_vxlan", None, 45e3),
             row("overlay_udp_64b", "netplane", None, 2_000.0),
@@ -423,6 +455,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 20.0 | 40.0 | 2.00x |"), "{md}");
+        assert!(md.contains("| 1000 | 10000 | 640 |"), "{md}");
         assert!(
             md.contains("| netplane | 30.0 | 2000 | 500000 | 1500 | 8.00 |"),
             "{md}"
