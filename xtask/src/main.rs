@@ -196,7 +196,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Builds netplane as of [`UPGRADE_FROM`], once, in its own target
 /// directory (sharing this one's would let cargo put it in place of this
-/// build's binary), and returns its binary.
+/// build's binary), and returns its binary. The sources go outside this
+/// tree: cargo would take the eBPF crate for a member of this workspace.
 fn build_previous() -> anyhow::Result<PathBuf> {
     let dir = root().join("target").join("upgrade-from");
     let bin = dir.join(format!("netplane-{}", &UPGRADE_FROM[..12]));
@@ -213,7 +214,7 @@ fn build_previous() -> anyhow::Result<PathBuf> {
         // A shallow clone: its origin has the history.
         run(git().args(["fetch", "--quiet", "origin", UPGRADE_FROM]))?;
     }
-    let src = dir.join("src");
+    let src = std::env::temp_dir().join(format!("netplane-{}-src", &UPGRADE_FROM[..12]));
     if src.exists() {
         std::fs::remove_dir_all(&src)?;
     }
@@ -247,6 +248,7 @@ fn build_previous() -> anyhow::Result<PathBuf> {
         .env("CARGO_TARGET_DIR", dir.join("target"))
         .env("NETPLANE_REQUIRE_EBPF", "1"))?;
     std::fs::copy(dir.join("target/debug/netplane"), &bin)?;
+    std::fs::remove_dir_all(&src)?;
     Ok(bin)
 }
 
