@@ -68,7 +68,7 @@ fn seed(lab: &mut Lab, n: u32) {
             ..original
         };
         let mut pair = FlowPair::default();
-        flow_entries(&original, &translated, 0, 0, &mut pair);
+        flow_entries(&original, &translated, 0, 0, 60, &mut pair);
         flows.push((pair.fwd_key, pair.fwd));
         flows.push((pair.reply_key, pair.reply));
     }

@@ -52,7 +52,10 @@ pub mod maps {
 /// any change the kernel cannot see in a map's type and sizes: a field
 /// that changes meaning, byte order or place within the same size, a drop
 /// reason given another slot, a NAT slot renumbered.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// Versions: 1, the first stamped (and what a netplane before stamps left);
+/// 2, [`CtEntry`] gained `created_ns`, `packets` and `bytes`.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
@@ -344,6 +347,12 @@ pub struct CtEntry {
     /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`) of the last packet, kept
     /// to within a second, host byte order.
     pub last_seen_ns: u64,
+    /// CLOCK_MONOTONIC when the flow was recorded, host byte order.
+    pub created_ns: u64,
+    /// Packets of this direction, host byte order; added to atomically.
+    pub packets: u64,
+    /// Their bytes (skb length, L2 header included), host byte order.
+    pub bytes: u64,
 }
 
 /// Direction of a counted packet, relative to the interface it crossed.
@@ -505,7 +514,7 @@ mod tests {
         assert_eq!(size_of::<PortTarget>(), 12);
         assert_eq!(size_of::<OverlayPeer>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<CtEntry>(), 32);
+        assert_eq!(size_of::<CtEntry>(), 56);
         assert_eq!(size_of::<IfStatsKey>(), 8);
         assert_eq!(size_of::<IfCounters>(), 16);
     }

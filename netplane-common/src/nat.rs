@@ -117,9 +117,10 @@ pub fn flow_entries(
     translated: &FlowKey,
     slot: u32,
     now_ns: u64,
+    first_len: u32,
     out: &mut FlowPair,
 ) {
-    let entry = |to: &FlowKey, flags: u32| CtEntry {
+    let entry = |to: &FlowKey, flags: u32, packets: u64, bytes: u64| CtEntry {
         saddr_be: to.saddr_be,
         daddr_be: to.daddr_be,
         sport_be: to.sport_be,
@@ -128,11 +129,15 @@ pub fn flow_entries(
         flags,
         _pad: 0,
         last_seen_ns: now_ns,
+        created_ns: now_ns,
+        packets,
+        bytes,
     };
     out.fwd_key = *original;
-    out.fwd = entry(translated, 0);
+    // The forward direction has seen the packet that created the flow.
+    out.fwd = entry(translated, 0, 1, u64::from(first_len));
     out.reply_key = translated.reversed();
-    out.reply = entry(&original.reversed(), CT_REPLY);
+    out.reply = entry(&original.reversed(), CT_REPLY, 0, 0);
 }
 
 /// The `CT_SEEN_*` bits for a TCP header's flags byte (offset 13).
@@ -298,7 +303,7 @@ mod tests {
             ..original
         };
         let mut pair = FlowPair::default();
-        flow_entries(&original, &translated, 0, 7, &mut pair);
+        flow_entries(&original, &translated, 0, 7, 60, &mut pair);
         let FlowPair {
             fwd_key: fk,
             fwd: fe,
@@ -311,6 +316,8 @@ mod tests {
             (translated.saddr_be, translated.sport_be)
         );
         assert_eq!(fe.flags & CT_REPLY, 0);
+        assert_eq!((fe.created_ns, fe.packets, fe.bytes), (7, 1, 60));
+        assert_eq!((re.created_ns, re.packets, re.bytes), (7, 0, 0));
         // The server answers the translated source...
         assert_eq!(
             rk,

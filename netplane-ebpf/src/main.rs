@@ -2,6 +2,11 @@
 //! bounds-checked accessors, decide with `netplane_common`, count every drop.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so core's atomic types offer no
+// `fetch_add`; the intrinsic becomes the instruction BPF does have
+// (BPF_ATOMIC | BPF_ADD), which is what per-flow counters need.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 // Map keys and values are passed by reference on purpose: a reference into
 // a per-CPU map value costs no stack, a value would be copied onto it.
 #![allow(clippy::needless_borrows_for_generic_args)]

@@ -4,7 +4,12 @@
 //! rewritten here and redirected straight to the endpoint's veth or to the
 //! device the FIB names, so no netfilter rule (or flush of them) is involved.
 
-use core::{ffi::c_void, mem::size_of, ptr};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::size_of,
+    ptr,
+};
 
 use aya_ebpf::{
     bindings::{
@@ -82,6 +87,12 @@ fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
                 (*entry).flags |= seen;
             }
         }
+        // A flow may be handled on several CPUs at once.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*entry).bytes,
+            u64::from(ctx.len()),
+        );
         &*entry
     };
     count(entry.slot, ctx.len());
@@ -137,6 +148,7 @@ fn create_now(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<()
             &flow.translated,
             flow.slot,
             stamp,
+            ctx.len(),
             &mut flow.pair,
         );
         let pair = &mut flow.pair;

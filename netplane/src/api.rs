@@ -217,6 +217,55 @@ pub struct NatTable {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// One direction of a tracked flow, as its packets arrive at the data
+/// path (before translation), and what was counted of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// Port, or the echo identifier for ICMP (0 where it is the other's).
+    pub sport: u16,
+    pub dport: u16,
+    pub packets: u64,
+    /// Bytes, L2 header included.
+    pub bytes: u64,
+}
+
+/// `GET /v1/flows`: one tracked flow, as `ct ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// `tcp`, `udp`, `icmp`.
+    pub proto: String,
+    /// `SYN_SENT`, `SYN_RECV`, `ESTABLISHED`, `FIN_WAIT`, `CLOSE` for TCP;
+    /// `UNREPLIED` or `REPLIED` otherwise.
+    pub state: String,
+    /// The direction of the first packet.
+    pub original: FlowTuple,
+    /// The reply direction: its source is where the original went after
+    /// translation, its destination where the original came from after it.
+    pub reply: FlowTuple,
+    /// Since the first packet, in seconds.
+    pub age_secs: u64,
+    /// Since the last packet either way.
+    pub idle_secs: u64,
+    /// Until the flow expires unless a packet comes.
+    pub expires_secs: u64,
+    /// The endpoint that sent the first packet or that it went to.
+    pub endpoint: Option<String>,
+}
+
+/// `GET /v1/flows` and `DELETE /v1/flows`: flows of one endpoint only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FlowFilter {
+    pub endpoint: Option<String>,
+}
+
+/// `DELETE /v1/flows`: how many flows were removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flushed {
+    pub flows: usize,
+}
+
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

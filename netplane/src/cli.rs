@@ -17,8 +17,8 @@ use netplane_common::abi::DEFAULT_CT_MAX;
 
 use crate::{
     api::{
-        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, NatTable, NetworkInfo, PortInfo,
-        PortRequest, Stats,
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, FlowFilter, FlowInfo, FlowTuple,
+        Flushed, NatTable, NetworkInfo, PortInfo, PortRequest, Stats,
     },
     client::Client,
     cluster::{self, StoreUrl},
@@ -99,6 +99,28 @@ enum Command {
     /// NAT rules and their counters.
     #[command(subcommand)]
     Nat(NatCommand),
+    /// Tracked flows (connection tracking).
+    #[command(subcommand)]
+    Ct(CtCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CtCommand {
+    /// List tracked flows, both directions, like `conntrack -L`.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only the flows of this endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Forget tracked flows; their next packets start new ones.
+    Flush {
+        /// Only the flows of this endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,6 +494,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ct(CtCommand::Ls { json, endpoint }) => {
+            let path = flows_path(endpoint)?;
+            let flows: Vec<FlowInfo> = rt.block_on(client.get(&path))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                for flow in &flows {
+                    println!("{}", conntrack_line(flow));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ct(CtCommand::Flush { endpoint }) => {
+            let path = flows_path(endpoint)?;
+            let flushed: Flushed = rt.block_on(client.delete(&path))?;
+            eprintln!("{} flows removed", flushed.flows);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats => {
             let stats: Stats = rt.block_on(client.get("/v1/stats"))?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -512,6 +552,34 @@ fn print_ports(ports: &[PortInfo]) {
             range(p.host_port, p.host_port_end)
         );
     }
+}
+
+/// `/v1/flows`, of one endpoint or all.
+fn flows_path(endpoint: Option<String>) -> anyhow::Result<String> {
+    let query = serde_urlencoded::to_string(FlowFilter { endpoint })?;
+    Ok(format!("/v1/flows?{query}"))
+}
+
+/// The shape of `conntrack -L`: each direction's tuple and counters, then
+/// the times and the endpoint.
+fn conntrack_line(flow: &FlowInfo) -> String {
+    let tuple = |t: &FlowTuple| {
+        format!(
+            "src={} dst={} sport={} dport={} packets={} bytes={}",
+            t.src, t.dst, t.sport, t.dport, t.packets, t.bytes
+        )
+    };
+    format!(
+        "{:<5} {:<11} {} {} age={}s idle={}s expires={}s endpoint={}",
+        flow.proto,
+        flow.state,
+        tuple(&flow.original),
+        tuple(&flow.reply),
+        flow.age_secs,
+        flow.idle_secs,
+        flow.expires_secs,
+        flow.endpoint.as_deref().unwrap_or("-")
+    )
 }
 
 /// The shape of `iptables -t nat -nvL`.

@@ -82,6 +82,11 @@ impl Client {
         self.json(Method::GET, path, None).await
     }
 
+    /// `DELETE path`, decoding the JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.json(Method::DELETE, path, None).await
+    }
+
     /// `POST path` with a JSON body, decoding the JSON answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -2,11 +2,13 @@
 //! removes. The data path records flags and timestamps; deciding what has
 //! expired is done here, as a pure function of them.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use netplane_common::abi::{
-    CT_REPLY, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, FlowKey, proto,
+    CT_REPLY, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN, CtEntry, FlowKey, proto,
 };
+
+use crate::api::{FlowInfo, FlowTuple};
 
 /// How long a flow lives after its last packet, by what was seen of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +66,89 @@ pub fn lifetime(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>, t: &Timeo
     }
 }
 
+/// A tracked flow: its forward entry, keyed by the first packet as it
+/// arrived, and its reply entry, keyed by what replies arrive as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub key: FlowKey,
+    pub entry: CtEntry,
+    pub reply_key: FlowKey,
+    /// Missing while the flow is being created.
+    pub reply: Option<CtEntry>,
+}
+
+/// The flows among the table's `entries`, one per forward entry.
+pub fn flows(entries: &[(FlowKey, CtEntry)]) -> Vec<Flow> {
+    let by_key: HashMap<FlowKey, &CtEntry> = entries.iter().map(|(k, e)| (*k, e)).collect();
+    entries
+        .iter()
+        .filter(|(_, e)| e.flags & CT_REPLY == 0)
+        .map(|(key, entry)| {
+            let reply_key = other_direction(key, entry);
+            Flow {
+                key: *key,
+                entry: *entry,
+                reply_key,
+                reply: by_key.get(&reply_key).map(|r| **r),
+            }
+        })
+        .collect()
+}
+
+/// What was seen of a flow, in the words of Linux's `conntrack -L`.
+pub fn state(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>) -> &'static str {
+    let seen = forward.flags | reply.map_or(0, |r| r.flags);
+    let replied = reply.map_or(0, |r| r.flags);
+    match proto {
+        proto::TCP if seen & CT_SEEN_RST != 0 => "CLOSE",
+        proto::TCP if seen & CT_SEEN_FIN != 0 => "FIN_WAIT",
+        proto::TCP if replied & CT_SEEN_ACK != 0 => "ESTABLISHED",
+        proto::TCP if replied & CT_SEEN_SYN != 0 => "SYN_RECV",
+        proto::TCP => "SYN_SENT",
+        _ if reply.is_some_and(|r| r.packets > 0) => "REPLIED",
+        _ => "UNREPLIED",
+    }
+}
+
+/// `flow` as `ct ls` shows it at `now_ns` (CLOCK_MONOTONIC).
+pub fn describe(flow: &Flow, now_ns: u64, t: &Timeouts) -> FlowInfo {
+    let tuple = |key: &FlowKey, entry: Option<&CtEntry>| FlowTuple {
+        src: Ipv4Addr::from(key.saddr_be.to_ne_bytes()),
+        dst: Ipv4Addr::from(key.daddr_be.to_ne_bytes()),
+        sport: u16::from_be(key.sport_be),
+        dport: u16::from_be(key.dport_be),
+        packets: entry.map_or(0, |e| e.packets),
+        bytes: entry.map_or(0, |e| e.bytes),
+    };
+    let reply = flow.reply.as_ref();
+    let last = flow
+        .entry
+        .last_seen_ns
+        .max(reply.map_or(0, |r| r.last_seen_ns));
+    let secs = |ns: u64| ns / 1_000_000_000;
+    let idle = now_ns.saturating_sub(last);
+    let life = lifetime(flow.key.proto, &flow.entry, reply, t);
+    FlowInfo {
+        proto: match flow.key.proto {
+            proto::TCP => "tcp".into(),
+            proto::UDP => "udp".into(),
+            proto::ICMP => "icmp".into(),
+            other => other.to_string(),
+        },
+        state: state(flow.key.proto, &flow.entry, reply).into(),
+        original: tuple(&flow.key, Some(&flow.entry)),
+        reply: tuple(&flow.reply_key, reply),
+        age_secs: secs(now_ns.saturating_sub(flow.entry.created_ns)),
+        idle_secs: secs(idle),
+        expires_secs: secs(
+            u64::try_from(life.as_nanos())
+                .unwrap_or(u64::MAX)
+                .saturating_sub(idle),
+        ),
+        endpoint: None,
+    }
+}
+
 /// Keys of the entries to delete at `now_ns` (CLOCK_MONOTONIC, as the data
 /// path stamps), both directions of a flow together. A reply entry without
 /// its forward entry (a creation in progress, or a forward entry lost) goes
@@ -97,7 +182,7 @@ pub fn expired(flows: &[(FlowKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<F
 #[cfg(test)]
 mod tests {
     use netplane_common::{
-        abi::{CT_SEEN_SYN, CtEntry},
+        abi::CtEntry,
         nat::{FlowPair, flow_entries},
     };
 
@@ -119,7 +204,7 @@ mod tests {
             ..original
         };
         let mut pair = FlowPair::default();
-        flow_entries(&original, &translated, 0, last, &mut pair);
+        flow_entries(&original, &translated, 0, last, 60, &mut pair);
         pair.fwd.flags |= fwd_flags;
         pair.reply.flags |= reply_flags;
         vec![(pair.fwd_key, pair.fwd), (pair.reply_key, pair.reply)]
@@ -180,5 +265,63 @@ mod tests {
             "creation may be in progress"
         );
         assert_eq!(expired(lone, 100 * SEC, &t), vec![lone[0].0]);
+    }
+
+    #[test]
+    fn a_flow_shows_both_directions_with_their_counters_and_times() {
+        let t = Timeouts::default();
+        let mut entries = tcp_flow(
+            CT_SEEN_SYN | CT_SEEN_ACK,
+            CT_SEEN_SYN | CT_SEEN_ACK,
+            10 * SEC,
+        );
+        entries[0].1.packets = 5;
+        entries[0].1.bytes = 400;
+        entries[1].1.packets = 4;
+        entries[1].1.bytes = 300;
+        entries[1].1.last_seen_ns = 20 * SEC;
+        let listed = flows(&entries);
+        assert_eq!(listed.len(), 1, "one flow for its two entries");
+        let info = describe(&listed[0], 25 * SEC, &t);
+        assert_eq!(
+            (info.proto.as_str(), info.state.as_str()),
+            ("tcp", "ESTABLISHED")
+        );
+        let o = &info.original;
+        assert_eq!(
+            (o.src.to_string(), o.sport, o.dst.to_string(), o.dport),
+            ("172.17.0.2".into(), 40000, "198.18.0.1".into(), 80)
+        );
+        assert_eq!((o.packets, o.bytes), (5, 400));
+        // Replies come from the server to the translated source.
+        let r = &info.reply;
+        assert_eq!(
+            (r.src.to_string(), r.sport, r.dst.to_string(), r.dport),
+            ("198.18.0.1".into(), 80, "198.18.0.2".into(), 40000)
+        );
+        assert_eq!((r.packets, r.bytes), (4, 300));
+        assert_eq!((info.age_secs, info.idle_secs), (15, 5));
+        assert_eq!(info.expires_secs, 6 * 3600 - 5);
+    }
+
+    #[test]
+    fn states_follow_what_was_seen() {
+        let flow = |fwd, reply| tcp_flow(fwd, reply, 0);
+        let state_of = |entries: Vec<(FlowKey, CtEntry)>| {
+            state(proto::TCP, &entries[0].1, Some(&entries[1].1))
+        };
+        assert_eq!(state_of(flow(CT_SEEN_SYN, 0)), "SYN_SENT");
+        assert_eq!(state_of(flow(CT_SEEN_SYN, CT_SEEN_SYN)), "SYN_RECV");
+        assert_eq!(
+            state_of(flow(CT_SEEN_SYN, CT_SEEN_SYN | CT_SEEN_ACK)),
+            "ESTABLISHED"
+        );
+        assert_eq!(state_of(flow(CT_SEEN_FIN, CT_SEEN_ACK)), "FIN_WAIT");
+        assert_eq!(state_of(flow(0, CT_SEEN_RST)), "CLOSE");
+        let mut udp = flow(0, 0);
+        assert_eq!(state(proto::UDP, &udp[0].1, Some(&udp[1].1)), "UNREPLIED");
+        udp[1].1.packets = 1;
+        assert_eq!(state(proto::UDP, &udp[0].1, Some(&udp[1].1)), "REPLIED");
+        assert_eq!(state(proto::UDP, &udp[0].1, None), "UNREPLIED");
     }
 }

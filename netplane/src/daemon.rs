@@ -3,7 +3,7 @@
 //! everything down on `netplane down`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -12,7 +12,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netplane_common::{
-    abi::{MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig},
+    abi::{FlowKey, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig},
     vxlan,
 };
 use nix::net::if_::if_nametoindex;
@@ -20,8 +20,8 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, HostBinding, NatRule, NatTable,
-        NetworkInfo, NetworkSettings, PeerInfo, PortInfo,
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, FlowInfo, HostBinding, NatRule,
+        NatTable, NetworkInfo, NetworkSettings, PeerInfo, PortInfo,
     },
     cluster::{ClusterError, ClusterView, Session, StoreUrl},
     conntrack::{self, Timeouts},
@@ -309,7 +309,8 @@ impl Daemon {
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
         self.store
             .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
-        self.reconcile().await
+        self.reconcile().await?;
+        self.dp().finish_migration()
     }
 
     async fn revert(&self, step: Undo) -> Result<()> {
@@ -429,14 +430,62 @@ impl Daemon {
 
     /// Removes the flows whose lifetime has passed, both directions at once.
     pub fn collect_garbage(&mut self) -> Result<usize> {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map_err(|e| Error::io("read", "CLOCK_MONOTONIC", e))?;
-        let now_ns = u64::try_from(Duration::from(now).as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = monotonic_ns()?;
         let timeouts = self.cfg.timeouts;
         let dp = self.dp();
         let doomed = conntrack::expired(&dp.flows()?, now_ns, &timeouts);
         dp.delete_flow_keys(&doomed)?;
         Ok(doomed.len())
+    }
+
+    /// Tracked flows, of endpoint `only` or of all: `ct ls`.
+    pub fn flows(&mut self, only: Option<&str>) -> Result<Vec<FlowInfo>> {
+        let owners = self.flow_owners(only)?;
+        let now_ns = monotonic_ns()?;
+        let timeouts = self.cfg.timeouts;
+        let entries = self.dp().flows()?;
+        Ok(conntrack::flows(&entries)
+            .iter()
+            .filter_map(|flow| {
+                let owner = owner_of(flow, &owners);
+                if only.is_some() && owner.is_none() {
+                    return None;
+                }
+                let mut info = conntrack::describe(flow, now_ns, &timeouts);
+                info.endpoint = owner.cloned();
+                Some(info)
+            })
+            .collect())
+    }
+
+    /// Forgets tracked flows, of endpoint `only` or all: `ct flush`. Their
+    /// next packets start new flows, as after `conntrack -F`.
+    pub fn flush_flows(&mut self, only: Option<&str>) -> Result<usize> {
+        let owners = self.flow_owners(only)?;
+        let entries = self.dp().flows()?;
+        let doomed: Vec<conntrack::Flow> = conntrack::flows(&entries)
+            .into_iter()
+            .filter(|flow| only.is_none() || owner_of(flow, &owners).is_some())
+            .collect();
+        let keys: Vec<FlowKey> = doomed.iter().flat_map(|f| [f.key, f.reply_key]).collect();
+        self.dp().delete_flow_keys(&keys)?;
+        Ok(doomed.len())
+    }
+
+    /// Endpoint names by address (network byte order): every endpoint's,
+    /// or only the one named `only`, which must exist.
+    fn flow_owners(&self, only: Option<&str>) -> Result<HashMap<u32, String>> {
+        let records = self.store.endpoints()?;
+        if let Some(name) = only
+            && !records.iter().any(|r| r.ep.name == name)
+        {
+            return Err(Error::EndpointNotFound(name.to_string()));
+        }
+        Ok(records
+            .into_iter()
+            .filter(|r| only.is_none_or(|name| r.ep.name == name))
+            .filter_map(|r| Some((be(r.ep.ip?), r.ep.name)))
+            .collect())
     }
 
     /// How often [`Daemon::collect_garbage`] should run: often enough for
@@ -1517,6 +1566,21 @@ impl Daemon {
             drops: dp.drops()?,
         })
     }
+}
+
+/// CLOCK_MONOTONIC, the clock the data path stamps flows with.
+fn monotonic_ns() -> Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_err(|e| Error::io("read", "CLOCK_MONOTONIC", e))?;
+    Ok(u64::try_from(Duration::from(now).as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The endpoint among `owners` a flow belongs to: the one that sent its
+/// first packet, or the one that packet was translated to.
+fn owner_of<'a>(flow: &conntrack::Flow, owners: &'a HashMap<u32, String>) -> Option<&'a String> {
+    owners
+        .get(&flow.key.saddr_be)
+        .or_else(|| owners.get(&flow.entry.daddr_be))
 }
 
 fn remove_db(db: &Path) -> Result<()> {

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod endpoint;
 pub mod error;
 pub mod ipam;
+pub mod layout;
 pub mod overlay;
 pub mod portspec;
 pub mod resolver;

@@ -4,7 +4,7 @@ use std::{os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -16,7 +16,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{CreateEndpoint, CreateNetwork, ErrorBody, PortRequest},
+    api::{CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest},
     cluster,
     daemon::{Config, Daemon},
     error::Error,
@@ -136,6 +136,23 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         .route(
             "/v1/ports",
             get(async |State(s): State<Shared>| with(&s, async |d| d.ports(None).map(Json)).await),
+        )
+        .route(
+            "/v1/flows",
+            get(
+                async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
+                    with(&s, async |d| d.flows(filter.endpoint.as_deref()).map(Json)).await
+                },
+            )
+            .delete(
+                async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
+                    with(&s, async |d| {
+                        d.flush_flows(filter.endpoint.as_deref())
+                            .map(|flows| Json(Flushed { flows }))
+                    })
+                    .await
+                },
+            ),
         )
         .route(
             "/v1/nat",

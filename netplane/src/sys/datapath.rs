@@ -24,18 +24,20 @@ use aya::{
     },
 };
 use aya_log::EbpfLogger;
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::{BPF_NOEXIST, bpf_attr, bpf_cmd};
 use netplane_common::abi::{
     AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
     IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
+use tracing::info;
 
 use super::wildcard::WildcardPorts;
 use crate::{
     conntrack as ct,
     error::{Error, Result},
+    layout::{self, CtEntryV1, Plan},
 };
 
 /// An address as the data path stores it: network byte order.
@@ -112,6 +114,8 @@ pub struct Datapath {
     links_dir: PathBuf,
     log_drain: tokio::task::JoinHandle<()>,
     wildcard: WildcardPorts,
+    /// Maps of an older layout whose entries are being carried over.
+    old_pins: Vec<OldPin>,
 }
 
 impl Drop for Datapath {
@@ -185,46 +189,87 @@ pub fn layout_mismatch(want: &MapLayout, found: &MapLayout) -> Option<String> {
     (!differ.is_empty()).then(|| differ.join(", "))
 }
 
-/// Whether maps stamped with layout version `stamped` may be reused: their
-/// version is this netplane's, or they carry none (0: pinned before
-/// versions were stamped, or by a daemon killed before it stamped them),
-/// and then the attribute check decides alone.
-pub fn layout_version_reusable(stamped: u32) -> bool {
-    stamped == 0 || stamped == LAYOUT_VERSION
-}
-
-/// The layout version stamped on the maps pinned under `maps_dir`; 0 when
-/// there is none.
-fn pinned_layout_version(maps_dir: &Path) -> Result<u32> {
+/// The layout version of the maps pinned under `maps_dir`; `None` when
+/// nothing is pinned. Pins without the stamp map are a netplane's from
+/// before stamps, version 1; a stamp of 0 is this netplane's own, killed
+/// between creating the maps and stamping them.
+fn pinned_layout_version(maps_dir: &Path) -> Result<Option<u32>> {
     let pin = maps_dir.join(maps::LAYOUT);
     if !pin.exists() {
-        return Ok(0);
+        let mut pins =
+            fs::read_dir(maps_dir).map_err(|e| Error::io("list", maps_dir.display(), e))?;
+        return Ok(pins.next().is_some().then_some(1));
     }
     let stamp = MapData::from_pin(&pin).map_err(|e| Error::ebpf("open", pin.display(), e))?;
     let stamp: Array<_, u32> = Array::try_from(aya::maps::Map::Array(stamp))
         .map_err(|e| Error::ebpf("open", pin.display(), e))?;
-    stamp
+    let version = stamp
         .get(&0, 0)
-        .map_err(|e| Error::ebpf("read", pin.display(), e))
+        .map_err(|e| Error::ebpf("read", pin.display(), e))?;
+    Ok(Some(if version == 0 {
+        LAYOUT_VERSION
+    } else {
+        version
+    }))
 }
 
-/// Refuses maps pinned under `maps_dir` whose layout version says they
-/// mean something else than this netplane's programs read.
-fn check_pinned_version(maps_dir: &Path) -> Result<()> {
-    let found = pinned_layout_version(maps_dir)?;
-    if layout_version_reusable(found) {
+/// Readies the maps pinned under `maps_dir` for this netplane's programs:
+/// refuses a layout version it has no way from, and moves aside the pins
+/// of maps whose entries changed shape, for [`Datapath::carry_over`].
+fn prepare_pinned(maps_dir: &Path) -> Result<()> {
+    let Some(found) = pinned_layout_version(maps_dir)? else {
         return Ok(());
+    };
+    match layout::plan(found) {
+        Plan::Reuse => Ok(()),
+        Plan::Migrate { from, maps } => {
+            for map in maps {
+                let pin = maps_dir.join(map);
+                let aside = maps_dir.join(layout::old_pin_name(map, from));
+                if pin.exists() {
+                    fs::rename(&pin, &aside)
+                        .map_err(|e| Error::io("move aside", pin.display(), e))?;
+                    info!(map, from, "layout version {from}: converting its entries");
+                }
+            }
+            Ok(())
+        }
+        Plan::Refuse => Err(Error::PinnedLayoutVersion {
+            dir: maps_dir.to_path_buf(),
+            found,
+            want: LAYOUT_VERSION,
+            pinned_by: if found > LAYOUT_VERSION {
+                "a newer"
+            } else {
+                "an older"
+            },
+        }),
     }
-    Err(Error::PinnedLayoutVersion {
-        dir: maps_dir.to_path_buf(),
-        found,
-        want: LAYOUT_VERSION,
-        pinned_by: if found > LAYOUT_VERSION {
-            "a newer"
-        } else {
-            "an older"
-        },
-    })
+}
+
+/// A map of an older layout, pinned aside until its entries are carried
+/// over: by this `up`, or by one a kill interrupted.
+#[derive(Debug)]
+struct OldPin {
+    path: PathBuf,
+    map: String,
+    version: u32,
+}
+
+fn old_pins(maps_dir: &Path) -> Result<Vec<OldPin>> {
+    let pins = fs::read_dir(maps_dir).map_err(|e| Error::io("list", maps_dir.display(), e))?;
+    Ok(pins
+        .flatten()
+        .filter_map(|pin| {
+            let name = pin.file_name().to_string_lossy().into_owned();
+            let (map, version) = layout::parse_old_pin_name(&name)?;
+            Some(OldPin {
+                map: map.to_string(),
+                version,
+                path: pin.path(),
+            })
+        })
+        .collect())
 }
 
 /// Refuses maps pinned under `maps_dir` whose layout is not the one the
@@ -281,8 +326,18 @@ impl Datapath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
         }
-        check_pinned_version(&maps_dir)?;
+        prepare_pinned(&maps_dir)?;
         check_pinned_layouts(&maps_dir)?;
+        let old_pins = old_pins(&maps_dir)?;
+        // A table made anew for converted entries keeps the old one's size.
+        let ct_max = match old_pins.iter().find(|o| o.map == maps::CONNTRACK) {
+            Some(old) if !maps_dir.join(maps::CONNTRACK).exists() => {
+                aya::maps::MapInfo::from_pin(&old.path)
+                    .map_err(|e| Error::ebpf("read", old.path.display(), e))?
+                    .max_entries()
+            }
+            _ => ct_max,
+        };
         let log_level = ebpf_log_level();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
@@ -314,13 +369,73 @@ impl Datapath {
             links_dir,
             log_drain,
             wildcard,
+            old_pins,
         };
+        // Before any link runs the new programs, which read only the new maps.
+        dp.carry_over()?;
         dp.set_config(cfg)?;
         let mut stamp: Array<_, u32> = dp.map_mut(maps::LAYOUT)?;
         stamp
             .set(0, LAYOUT_VERSION, 0)
             .map_err(|e| Error::ebpf("stamp", maps::LAYOUT, e))?;
         Ok(dp)
+    }
+
+    /// Converts the entries of the maps pinned aside by a migration into
+    /// this layout's maps, where those do not have them already.
+    fn carry_over(&mut self) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::CONNTRACK)
+            .ok_or_else(|| not_in_object("map", maps::CONNTRACK))?;
+        let mut conntrack: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(map).map_err(|e| Error::ebpf("open map", maps::CONNTRACK, e))?;
+        for old in &self.old_pins {
+            if (old.map.as_str(), old.version) != (maps::CONNTRACK, 1) {
+                return Err(Error::ebpf(
+                    "convert",
+                    old.path.display(),
+                    std::io::Error::other("no conversion from this layout version"),
+                ));
+            }
+            let data = MapData::from_pin(&old.path)
+                .map_err(|e| Error::ebpf("open", old.path.display(), e))?;
+            let entries: HashMap<_, FlowKey, CtEntryV1> =
+                HashMap::try_from(aya::maps::Map::HashMap(data))
+                    .map_err(|e| Error::ebpf("open", old.path.display(), e))?;
+            let mut carried = 0;
+            for entry in entries.iter() {
+                let (key, value) = entry.map_err(|e| Error::ebpf("read", old.path.display(), e))?;
+                // Entries the new programs wrote meanwhile are newer.
+                if conntrack
+                    .insert(
+                        key,
+                        layout::ct_entry_from_v1(&value),
+                        u64::from(BPF_NOEXIST),
+                    )
+                    .is_ok()
+                {
+                    carried += 1;
+                }
+            }
+            info!(map = old.map, carried, "entries carried over");
+        }
+        Ok(())
+    }
+
+    /// Ends a migration once every link runs the new programs: carries
+    /// over what the old ones recorded until they were swapped out, and
+    /// removes the old maps' pins.
+    pub fn finish_migration(&mut self) -> Result<()> {
+        if self.old_pins.is_empty() {
+            return Ok(());
+        }
+        self.carry_over()?;
+        for old in std::mem::take(&mut self.old_pins) {
+            fs::remove_file(&old.path)
+                .map_err(|e| Error::io("remove pin", old.path.display(), e))?;
+        }
+        Ok(())
     }
 
     /// Replaces the network configuration the programs read.
@@ -977,16 +1092,6 @@ mod tests {
             ),
             None
         );
-    }
-
-    #[test]
-    fn only_this_layout_version_or_none_is_reused() {
-        assert!(layout_version_reusable(LAYOUT_VERSION));
-        assert!(
-            layout_version_reusable(0),
-            "unstamped pins go to the attribute check"
-        );
-        assert!(!layout_version_reusable(LAYOUT_VERSION + 1));
     }
 
     #[test]

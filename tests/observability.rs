@@ -1,0 +1,162 @@
+//! Observability: what the data path counted, as the CLI shows it.
+
+mod support;
+
+use serde_json::Value;
+use support::{HOST_IP, Host, WORLD_IP, sh_ok};
+
+/// A UDP server on port argv[1] that answers every datagram with argv[2]
+/// bytes.
+const ANSWER: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((\"0.0.0.0\", int(sys.argv[1])))
+while True:
+    _, peer = s.recvfrom(2048); s.sendto(b\"r\" * int(sys.argv[2]), peer)";
+
+/// From source port argv[1], argv[4] datagrams of argv[5] bytes to
+/// argv[2]:argv[3], each waiting for its answer.
+const ASK: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((\"\", int(sys.argv[1]))); s.settimeout(2)
+for _ in range(int(sys.argv[4])):
+    s.sendto(b\"q\" * int(sys.argv[5]), (sys.argv[2], int(sys.argv[3]))); s.recvfrom(2048)";
+
+/// Ethernet, IPv4 and UDP headers: what a datagram's packet adds to its
+/// payload in the counters, which count skb lengths from the MAC header.
+const UDP_OVERHEAD: u64 = 14 + 20 + 8;
+
+fn answer(h: &Host, netns: &str, port: u16, size: u64) -> support::Background {
+    h.spawn_ready(
+        netns,
+        &format!("python3 -c '{ANSWER}' {port} {size}"),
+        |_| sh_ok(&format!("ip netns exec {netns} ss -Huln sport = :{port}")).contains(':'),
+    )
+}
+
+fn ask(netns: &str, sport: u16, dst: &str, dport: u16, count: u64, size: u64) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "python3", "-c", ASK])
+        .args([sport.to_string(), dst.into(), dport.to_string()])
+        .args([count.to_string(), size.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn flows(h: &Host, endpoint: &str) -> Vec<Value> {
+    serde_json::from_str(&h.np_ok(&["ct", "ls", "--json", "--endpoint", endpoint])).unwrap()
+}
+
+/// The tuple and counters of one direction of a flow.
+fn direction(v: &Value) -> (String, u64, String, u64, u64, u64) {
+    (
+        v["src"].as_str().unwrap().to_string(),
+        v["sport"].as_u64().unwrap(),
+        v["dst"].as_str().unwrap().to_string(),
+        v["dport"].as_u64().unwrap(),
+        v["packets"].as_u64().unwrap(),
+        v["bytes"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forgets_them() {
+    let h = Host::new();
+    h.up(&[]);
+    let (srv, cli) = (h.name("srv"), h.name("cli"));
+    h.np_ok(&["create", &srv, "-p", "8080:80/udp"]);
+    h.np_ok(&["create", &cli]);
+    let (srv_ip, cli_ip) = (h.ip_of(&srv), h.ip_of(&cli));
+    let _in = answer(&h, &srv, 80, 30);
+    let _out = answer(&h, &h.world, 9999, 10);
+
+    // Through the published port, and out through masquerade.
+    ask(&h.world, 40000, HOST_IP, 8080, 5, 100);
+    ask(&cli, 40001, WORLD_IP, 9999, 3, 50);
+
+    let published = flows(&h, &srv);
+    assert_eq!(published.len(), 1, "{published:#?}");
+    let f = &published[0];
+    assert_eq!(
+        (f["proto"].as_str(), f["state"].as_str()),
+        (Some("udp"), Some("REPLIED"))
+    );
+    assert_eq!(f["endpoint"], srv.as_str());
+    assert_eq!(
+        direction(&f["original"]),
+        (
+            WORLD_IP.into(),
+            40000,
+            HOST_IP.into(),
+            8080,
+            5,
+            5 * (UDP_OVERHEAD + 100)
+        )
+    );
+    assert_eq!(
+        direction(&f["reply"]),
+        (
+            srv_ip.clone(),
+            80,
+            WORLD_IP.into(),
+            40000,
+            5,
+            5 * (UDP_OVERHEAD + 30)
+        )
+    );
+    let masqueraded = flows(&h, &cli);
+    assert_eq!(masqueraded.len(), 1, "{masqueraded:#?}");
+    let f = &masqueraded[0];
+    assert_eq!(
+        direction(&f["original"]),
+        (
+            cli_ip,
+            40001,
+            WORLD_IP.into(),
+            9999,
+            3,
+            3 * (UDP_OVERHEAD + 50)
+        )
+    );
+    // The source port was free on the host, so masquerade kept it.
+    assert_eq!(
+        direction(&f["reply"]),
+        (
+            WORLD_IP.into(),
+            9999,
+            HOST_IP.into(),
+            40001,
+            3,
+            3 * (UDP_OVERHEAD + 10)
+        )
+    );
+    assert!(f["age_secs"].as_u64().unwrap() < 60);
+    assert!(f["expires_secs"].as_u64().unwrap() <= 60);
+
+    // The text listing reads like `conntrack -L`.
+    let listing = h.np_ok(&["ct", "ls"]);
+    let line = format!(
+        "src={WORLD_IP} dst={HOST_IP} sport=40000 dport=8080 packets=5 bytes={} src={srv_ip} dst={WORLD_IP} sport=80 dport=40000 packets=5 bytes={}",
+        5 * (UDP_OVERHEAD + 100),
+        5 * (UDP_OVERHEAD + 30)
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("udp   REPLIED     ") && l.contains(&line)),
+        "{listing}"
+    );
+
+    let flushed = h.np(&["ct", "flush", "--endpoint", &cli]);
+    assert!(flushed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&flushed.stderr).trim(),
+        "1 flows removed"
+    );
+    assert!(flows(&h, &cli).is_empty());
+    assert_eq!(flows(&h, &srv).len(), 1, "other endpoints' flows stay");
+    let err = h.np_err(&["ct", "ls", "--endpoint", "nosuch"]);
+    assert!(err.contains("nosuch"), "{err}");
+}
