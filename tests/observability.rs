@@ -160,3 +160,59 @@ fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forget
     let err = h.np_err(&["ct", "ls", "--endpoint", "nosuch"]);
     assert!(err.contains("nosuch"), "{err}");
 }
+
+fn endpoint_stats(h: &Host, endpoint: &str) -> Value {
+    serde_json::from_str(&h.np_ok(&["stats", endpoint, "--json"])).unwrap()
+}
+
+fn counter(stats: &Value, name: &str) -> u64 {
+    stats[name].as_u64().unwrap()
+}
+
+#[test]
+fn stats_of_an_endpoint_count_its_traffic_and_its_drops_by_reason_exactly() {
+    let h = Host::new();
+    // The counted exchange is the datagrams only: an IPv4-only host and
+    // endpoint, whose new interfaces send no IPv6 link-local chatter, and
+    // neighbours resolved beforehand.
+    h.in_host("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    h.up(&[]);
+    let cli = h.name("cli");
+    h.np_ok(&["create", &cli]);
+    h.in_endpoint(&cli, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    let _out = answer(&h, &h.world, 9999, 10);
+    ask(&cli, 40001, WORLD_IP, 9999, 1, 1);
+
+    let before = endpoint_stats(&h, &cli);
+    ask(&cli, 40001, WORLD_IP, 9999, 3, 50);
+    let after = endpoint_stats(&h, &cli);
+    let delta = |name| counter(&after, name) - counter(&before, name);
+    assert_eq!(delta("tx_packets"), 3, "{after}");
+    assert_eq!(delta("tx_bytes"), 3 * (UDP_OVERHEAD + 50));
+    assert_eq!(delta("rx_packets"), 3);
+    assert_eq!(delta("rx_bytes"), 3 * (UDP_OVERHEAD + 10));
+
+    // Three pings from an address that is not the endpoint's: spoofed.
+    let spoofed_before = h.drops("spoofed");
+    sh_ok(&format!("ip -n {cli} addr add 10.99.0.5/32 dev eth0"));
+    let pinged = h.in_endpoint(
+        &cli,
+        &format!("ping -c 3 -i 0.2 -W 1 -I 10.99.0.5 {WORLD_IP}"),
+    );
+    assert!(!pinged.status.success(), "spoofed pings get no answer");
+    let stats = endpoint_stats(&h, &cli);
+    assert_eq!(stats["drops"]["spoofed"], 3, "{stats}");
+    assert_eq!(h.drops("spoofed") - spoofed_before, 3);
+    let nonzero: Vec<&String> = stats["drops"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, n)| n.as_u64() != Some(0))
+        .map(|(reason, _)| reason)
+        .collect();
+    assert_eq!(nonzero, ["spoofed"]);
+    let text = h.np_ok(&["stats", &cli]);
+    assert!(text.contains("dropped: spoofed 3"), "{text}");
+    let err = h.np_err(&["stats", "nosuch"]);
+    assert!(err.contains("nosuch"), "{err}");
+}

@@ -11,6 +11,9 @@ pub mod maps {
     pub const IF_STATS: &str = "NP_IF_STATS";
     /// Per-CPU `u64` drop counts indexed by [`super::DropReason`].
     pub const DROPS: &str = "NP_DROPS";
+    /// Per-CPU [`super::IfDrops`] keyed by interface index (`u32`, host
+    /// byte order): the drops among the packets that arrived on it.
+    pub const IF_DROPS: &str = "NP_IF_DROPS";
     /// [`super::EndpointPort`] keyed by the endpoint's address (`u32`,
     /// network byte order): where packets for an endpoint are delivered.
     pub const ENDPOINTS: &str = "NP_ENDPOINTS";
@@ -385,6 +388,22 @@ pub struct IfCounters {
     pub bytes: u64,
 }
 
+/// Value of [`maps::IF_DROPS`], one per CPU: packets dropped, indexed by
+/// [`DropReason`], host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfDrops {
+    pub by_reason: [u64; DROP_REASONS as usize],
+}
+
+impl Default for IfDrops {
+    fn default() -> Self {
+        IfDrops {
+            by_reason: [0; DROP_REASONS as usize],
+        }
+    }
+}
+
 /// Why a program dropped a packet: the index into [`maps::DROPS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -488,6 +507,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfDrops {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevKey {}
     // SAFETY: as above.

@@ -26,9 +26,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use netplane_common::abi::{
     AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EndpointIdentity,
-    EndpointPort, FlowKey, IfCounters, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES,
-    MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISHED, MAX_SOCK_REV, NetConfig,
-    OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, SockRevKey, SockRevValue,
+    EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS,
+    MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISHED, MAX_SOCK_REV,
+    NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, SockRevKey, SockRevValue,
 };
 use packet::{L3, load};
 
@@ -45,6 +45,9 @@ static IF_STATS: PerCpuHashMap<IfStatsKey, IfCounters> =
 
 #[map(name = "NP_DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASONS, 0);
+
+#[map(name = "NP_IF_DROPS")]
+static IF_DROPS: PerCpuHashMap<u32, IfDrops> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
 
 #[map(name = "NP_ENDPOINTS")]
 static ENDPOINTS: HashMap<u32, EndpointPort> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -244,6 +247,17 @@ fn drop_packet(ctx: &TcContext, reason: DropReason) -> i32 {
     if let Some(n) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU value, so no other writer runs concurrently.
         unsafe { *n += 1 };
+    }
+    // Like the traffic counters, present once the daemon attached.
+    if let Some(drops) = IF_DROPS.get_ptr_mut(ifindex(ctx)) {
+        // The compiler knows a reason's range and would leave out the
+        // bounds check the verifier needs; read through memory, it cannot.
+        // SAFETY: a local.
+        let slot = unsafe { core::ptr::read_volatile(&(reason as usize)) };
+        // SAFETY: as above.
+        if let Some(n) = unsafe { (*drops).by_reason.get_mut(slot) } {
+            *n += 1;
+        }
     }
     TC_ACT_SHOT
 }

@@ -151,8 +151,32 @@ pub struct DaemonInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Counters per interface the data path is attached to.
-    pub interfaces: BTreeMap<String, crate::sys::datapath::Traffic>,
-    /// Dropped packets by reason.
+    pub interfaces: BTreeMap<String, InterfaceStats>,
+    /// Dropped packets by reason, all interfaces together.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Counters of one interface, as the data path's hooks on it see them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStats {
+    #[serde(flatten)]
+    pub traffic: crate::sys::datapath::Traffic,
+    /// Drops by reason among the packets that arrived on it.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/stats/NAME`: one endpoint's counters from its own side: `rx`
+/// is what it received, `tx` what it sent (the host veth's reverse).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    pub endpoint: String,
+    /// Its host-side veth.
+    pub interface: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason among the packets it sent.
     pub drops: BTreeMap<String, u64>,
 }
 

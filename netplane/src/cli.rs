@@ -17,8 +17,8 @@ use netplane_common::abi::DEFAULT_CT_MAX;
 
 use crate::{
     api::{
-        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, FlowFilter, FlowInfo, FlowTuple,
-        Flushed, NatTable, NetworkInfo, PortInfo, PortRequest, Stats,
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowFilter,
+        FlowInfo, FlowTuple, Flushed, NatTable, NetworkInfo, PortInfo, PortRequest, Stats,
     },
     client::Client,
     cluster::{self, StoreUrl},
@@ -91,8 +91,14 @@ enum Command {
     /// Networks.
     #[command(subcommand)]
     Network(NetworkCommand),
-    /// Data path counters as JSON.
-    Stats,
+    /// Data path counters: of every interface as JSON, or of one endpoint.
+    Stats {
+        /// Endpoint name.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Published ports, at any time.
     #[command(subcommand)]
     Port(PortCommand),
@@ -512,9 +518,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{} flows removed", flushed.flows);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stats => {
+        Command::Stats { name: None, .. } => {
             let stats: Stats = rt.block_on(client.get("/v1/stats"))?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats {
+            name: Some(name),
+            json,
+        } => {
+            let stats: EndpointStats = rt.block_on(client.get(&format!("/v1/stats/{name}")))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_endpoint_stats(&stats);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -552,6 +570,27 @@ fn print_ports(ports: &[PortInfo]) {
             range(p.host_port, p.host_port_end)
         );
     }
+}
+
+/// An endpoint's counters, and its drops that are not zero.
+fn print_endpoint_stats(s: &EndpointStats) {
+    println!("endpoint {} (host veth {})", s.endpoint, s.interface);
+    println!("  rx {:>12} packets {:>16} bytes", s.rx_packets, s.rx_bytes);
+    println!("  tx {:>12} packets {:>16} bytes", s.tx_packets, s.tx_bytes);
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    println!(
+        "  dropped: {}",
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(", ")
+        }
+    );
 }
 
 /// `/v1/flows`, of one endpoint or all.

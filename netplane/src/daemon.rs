@@ -20,8 +20,9 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, FlowInfo, HostBinding, NatRule,
-        NatTable, NetworkInfo, NetworkSettings, PeerInfo, PortInfo,
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowInfo,
+        HostBinding, InterfaceStats, NatRule, NatTable, NetworkInfo, NetworkSettings, PeerInfo,
+        PortInfo, Stats,
     },
     cluster::{ClusterError, ClusterView, Session, StoreUrl},
     conntrack::{self, Timeouts},
@@ -37,7 +38,7 @@ use crate::{
     resolver::Resolver,
     store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
     sys::{
-        datapath::{Datapath, Role, Traffic, be},
+        datapath::{Datapath, Role, be},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
@@ -1548,22 +1549,51 @@ impl Daemon {
     }
 
     /// Counters of the bridge, the uplink and every endpoint veth, and drops.
-    pub fn stats(&self) -> Result<crate::api::Stats> {
+    pub fn stats(&self) -> Result<Stats> {
         let dp = self
             .dp
             .as_ref()
             .expect("data path is loaded while the daemon runs");
-        let mut interfaces: BTreeMap<String, Traffic> = BTreeMap::new();
         let records = self.store.endpoints()?;
         let names = std::iter::once(self.net.bridge.clone())
             .chain(self.uplink.clone())
             .chain(records.iter().filter_map(|r| r.ep.host_veth()));
+        let mut interfaces = BTreeMap::new();
         for name in names {
-            interfaces.insert(name.clone(), dp.traffic(&name)?);
+            let counters = InterfaceStats {
+                traffic: dp.traffic(&name)?,
+                drops: dp.interface_drops(&name)?,
+            };
+            interfaces.insert(name, counters);
         }
-        Ok(crate::api::Stats {
+        Ok(Stats {
             interfaces,
             drops: dp.drops()?,
+        })
+    }
+
+    /// One endpoint's counters, from its side: `stats NAME`.
+    pub fn endpoint_stats(&self, name: &str) -> Result<EndpointStats> {
+        let rec = self.store.endpoint(name)?;
+        let Some(veth) = rec.ep.host_veth() else {
+            return Err(Error::NotApplicable {
+                flag: "stats",
+                mode: rec.ep.mode.to_string(),
+            });
+        };
+        let dp = self
+            .dp
+            .as_ref()
+            .expect("data path is loaded while the daemon runs");
+        let host_side = dp.traffic(&veth)?;
+        Ok(EndpointStats {
+            endpoint: name.to_string(),
+            rx_packets: host_side.tx_packets,
+            rx_bytes: host_side.tx_bytes,
+            tx_packets: host_side.rx_packets,
+            tx_bytes: host_side.rx_bytes,
+            drops: dp.interface_drops(&veth)?,
+            interface: veth,
         })
     }
 }

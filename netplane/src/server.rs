@@ -189,6 +189,12 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             get(async |State(s): State<Shared>| with(&s, async |d| d.stats().map(Json)).await),
         )
         .route(
+            "/v1/stats/{name}",
+            get(async |State(s): State<Shared>, Path(n): Path<String>| {
+                with(&s, async |d| d.endpoint_stats(&n).map(Json)).await
+            }),
+        )
+        .route(
             "/v1/down",
             post(
                 async move |State(s): State<Shared>| -> ApiResult<StatusCode> {

@@ -27,7 +27,8 @@ use aya_log::EbpfLogger;
 use aya_obj::generated::{BPF_NOEXIST, bpf_attr, bpf_cmd};
 use netplane_common::abi::{
     AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
-    IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget, maps, programs,
+    IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget, maps,
+    programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -51,7 +52,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 /// What an interface is to the data path, which decides the programs on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Host side of an endpoint's veth.
+    /// Host side of an endpoint's veth: its traffic is checked one way
+    /// and counted both.
     Endpoint,
     /// The bridge: counted both ways.
     Counted,
@@ -62,7 +64,10 @@ pub enum Role {
 impl Role {
     fn hooks(self) -> &'static [(&'static str, Direction)] {
         match self {
-            Role::Endpoint => &[(programs::ENDPOINT_INGRESS, Direction::Ingress)],
+            Role::Endpoint => &[
+                (programs::ENDPOINT_INGRESS, Direction::Ingress),
+                (programs::COUNT_EGRESS, Direction::Egress),
+            ],
             Role::Counted => &[
                 (programs::COUNT_INGRESS, Direction::Ingress),
                 (programs::COUNT_EGRESS, Direction::Egress),
@@ -514,28 +519,39 @@ impl Datapath {
             fd_link
                 .pin(&pin)
                 .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
-            self.ensure_counters(IfStatsKey {
-                ifindex,
-                direction: direction as u32,
-            })?;
+            self.ensure_counters(
+                maps::IF_STATS,
+                IfStatsKey {
+                    ifindex,
+                    direction: direction as u32,
+                },
+                IfCounters::default(),
+            )?;
         }
-        Ok(())
+        self.ensure_counters(maps::IF_DROPS, ifindex, IfDrops::default())
     }
 
-    fn ensure_counters(&mut self, key: IfStatsKey) -> Result<()> {
-        let mut stats: PerCpuHashMap<_, IfStatsKey, IfCounters> = self.map_mut(maps::IF_STATS)?;
-        match stats.get(&key, 0) {
+    /// Gives `key` zeroed per-CPU counters in map `name` unless it has
+    /// them: the programs count only into slots that exist.
+    fn ensure_counters<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+        key: K,
+        zero: V,
+    ) -> Result<()> {
+        let mut counters: PerCpuHashMap<_, K, V> = self.map_mut(name)?;
+        match counters.get(&key, 0) {
             Ok(_) => Ok(()),
             Err(MapError::KeyNotFound) => {
                 let cpus =
                     aya::util::nr_cpus().map_err(|(what, e)| Error::io("count CPUs", what, e))?;
-                let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
-                    .map_err(|e| Error::io("build per-CPU value", maps::IF_STATS, e))?;
-                stats
+                let zero = PerCpuValues::try_from(vec![zero; cpus])
+                    .map_err(|e| Error::io("build per-CPU value", name, e))?;
+                counters
                     .insert(key, zero, 0)
-                    .map_err(|e| Error::ebpf("insert into", maps::IF_STATS, e))
+                    .map_err(|e| Error::ebpf("insert into", name, e))
             }
-            Err(e) => Err(Error::ebpf("look up", maps::IF_STATS, e)),
+            Err(e) => Err(Error::ebpf("look up", name, e)),
         }
     }
 
@@ -560,6 +576,10 @@ impl Datapath {
                     direction: direction as u32,
                 });
             }
+        }
+        if let Some(ifindex) = ifindex {
+            let mut drops: PerCpuHashMap<_, u32, IfDrops> = self.map_mut(maps::IF_DROPS)?;
+            let _ = drops.remove(&ifindex);
         }
         Ok(())
     }
@@ -593,6 +613,27 @@ impl Datapath {
             tx_packets,
             tx_bytes,
         })
+    }
+
+    /// Drops by reason among the packets that arrived on `ifname`, summed
+    /// over CPUs; none for an interface the data path is not attached to.
+    pub fn interface_drops(&self, ifname: &str) -> Result<BTreeMap<String, u64>> {
+        let counted = match if_nametoindex(ifname) {
+            Ok(ifindex) => {
+                let drops: PerCpuHashMap<_, u32, IfDrops> = self.map(maps::IF_DROPS)?;
+                drops.get(&ifindex, 0).ok()
+            }
+            Err(_) => None,
+        };
+        Ok(DropReason::ALL
+            .iter()
+            .map(|r| {
+                let n = counted.as_ref().map_or(0, |per_cpu| {
+                    per_cpu.iter().map(|d| d.by_reason[*r as usize]).sum()
+                });
+                (r.name().to_string(), n)
+            })
+            .collect())
     }
 
     /// Drops by reason, summed over CPUs.
