@@ -216,3 +216,108 @@ fn stats_of_an_endpoint_count_its_traffic_and_its_drops_by_reason_exactly() {
     let err = h.np_err(&["stats", "nosuch"]);
     assert!(err.contains("nosuch"), "{err}");
 }
+
+/// Python's OpenMetrics parser (Debian's python3-prometheus-client), which
+/// rejects anything the format does not allow: the samples, as JSON.
+const PARSE_OPENMETRICS: &str = "import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+print(json.dumps([{\"name\": s.name, \"labels\": s.labels, \"value\": s.value}
+    for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))";
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][k] == *v))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?} in {samples:?}");
+    found[0]["value"].as_f64().unwrap()
+}
+
+#[test]
+fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
+    let h = Host::new();
+    // Counters compared across two reads must not move in between.
+    h.in_host("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    h.up(&["--metrics", "127.0.0.1:9464"]);
+    let srv = h.name("srv");
+    h.np_ok(&["create", &srv, "-p", "8080:80/udp"]);
+    h.in_endpoint(&srv, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    let _in = answer(&h, &srv, 80, 30);
+    ask(&h.world, 40000, HOST_IP, 8080, 4, 100);
+    let dug = h.in_endpoint(&srv, &format!("dig +short +tries=1 +timeout=2 {srv}"));
+    assert_eq!(String::from_utf8_lossy(&dug.stdout).trim(), h.ip_of(&srv));
+
+    let scraped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip netns exec {} curl -sf http://127.0.0.1:9464/metrics | /usr/bin/python3 -c '{PARSE_OPENMETRICS}'",
+            h.netns
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        scraped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scraped.stderr)
+    );
+    let samples: Vec<Value> = serde_json::from_slice(&scraped.stdout).unwrap();
+
+    let flows: Vec<Value> = serde_json::from_str(&h.np_ok(&["ct", "ls", "--json"])).unwrap();
+    assert_eq!(
+        sample(
+            &samples,
+            "netplane_table_entries",
+            &[("map", "NP_CONNTRACK")]
+        ),
+        2.0 * flows.len() as f64,
+        "two entries per flow ct ls shows"
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "netplane_table_capacity",
+            &[("map", "NP_CONNTRACK")]
+        ),
+        262_144.0
+    );
+    let stats = endpoint_stats(&h, &srv);
+    for (direction, packets, bytes) in [
+        ("rx", "rx_packets", "rx_bytes"),
+        ("tx", "tx_packets", "tx_bytes"),
+    ] {
+        let labels = [("endpoint", srv.as_str()), ("direction", direction)];
+        assert_eq!(
+            sample(&samples, "netplane_endpoint_packets_total", &labels),
+            counter(&stats, packets) as f64
+        );
+        assert_eq!(
+            sample(&samples, "netplane_endpoint_bytes_total", &labels),
+            counter(&stats, bytes) as f64
+        );
+    }
+    let nat = h.nat();
+    let rule = nat["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap().starts_with("udp dpt:8080"))
+        .unwrap();
+    let port = [
+        ("endpoint", srv.as_str()),
+        ("protocol", "udp"),
+        ("host_port", "8080"),
+    ];
+    assert_eq!(
+        sample(&samples, "netplane_published_port_packets_total", &port),
+        rule["packets"].as_f64().unwrap()
+    );
+    assert_eq!(rule["packets"], 8, "4 datagrams each way");
+    assert_eq!(sample(&samples, "netplane_dns_queries_total", &[]), 1.0);
+    assert_eq!(sample(&samples, "netplane_dns_failures_total", &[]), 0.0);
+    assert_eq!(
+        sample(&samples, "netplane_drops_total", &[("reason", "spoofed")]),
+        nat["drops"]["spoofed"].as_f64().unwrap()
+    );
+    assert!(sample(&samples, "netplane_reconcile_duration_seconds", &[]) >= 0.0);
+}

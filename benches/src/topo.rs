@@ -90,6 +90,7 @@ pub(crate) fn netplane_config(dir: &std::path::Path, uplink: &str, peers: Vec<Ip
         store: None,
         store_ttl: DEFAULT_TTL,
         dns: Vec::new(),
+        metrics: None,
     }
 }
 

@@ -234,6 +234,10 @@ struct UpArgs {
     /// to (repeatable); the host's resolv.conf's by default.
     #[arg(long = "dns", value_name = "ADDRESS")]
     dns: Vec<std::net::IpAddr>,
+    /// Serve Prometheus metrics over HTTP at /metrics on this address
+    /// (for example 127.0.0.1:9464); off by default.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     /// Connection tracking table size, in entries (two per flow); applies
     /// when the table is created, at the first `up` after a `down`.
     #[arg(long, default_value_t = DEFAULT_CT_MAX)]
@@ -349,6 +353,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|a| std::net::SocketAddr::new(*a, 53))
                     .collect(),
+                metrics: args.metrics,
             };
             rt.block_on(async {
                 let daemon = Daemon::start(cfg.clone()).await?;

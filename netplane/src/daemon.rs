@@ -12,7 +12,10 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netplane_common::{
-    abi::{FlowKey, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig},
+    abi::{
+        CtEntry, FlowKey, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig,
+        PortKey, PortTarget, maps,
+    },
     vxlan,
 };
 use nix::net::if_::if_nametoindex;
@@ -33,7 +36,7 @@ use crate::{
     },
     error::{Error, Result},
     ipam::{self, Pool},
-    overlay,
+    metrics, overlay,
     portspec::{self, PortSpec, PublishedPort},
     resolver::Resolver,
     store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
@@ -97,6 +100,8 @@ pub struct Config {
     /// Resolvers the embedded DNS server forwards to; the host's
     /// resolv.conf's when empty.
     pub dns: Vec<SocketAddr>,
+    /// Where Prometheus metrics are served over HTTP, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -146,6 +151,8 @@ pub struct Daemon {
     view: Option<ClusterView>,
     /// The embedded DNS server of every network.
     resolver: Resolver,
+    /// How long `up` took to reconcile the store with the kernel.
+    reconciled_in: Duration,
     _lock: DaemonLock,
 }
 
@@ -245,6 +252,7 @@ impl Daemon {
             session: None,
             view: None,
             resolver: Resolver::new(upstream),
+            reconciled_in: Duration::ZERO,
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -310,7 +318,9 @@ impl Daemon {
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
         self.store
             .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
+        let reconciling = std::time::Instant::now();
         self.reconcile().await?;
+        self.reconciled_in = reconciling.elapsed();
         self.dp().finish_migration()
     }
 
@@ -1569,6 +1579,65 @@ impl Daemon {
         Ok(Stats {
             interfaces,
             drops: dp.drops()?,
+        })
+    }
+
+    /// What a Prometheus scrape shows.
+    pub fn metrics(&mut self) -> Result<metrics::Snapshot> {
+        let records = self.store.endpoints()?;
+        let mut endpoints = Vec::new();
+        for rec in records.iter().filter(|r| r.ep.host_veth().is_some()) {
+            endpoints.push(self.endpoint_stats(&rec.ep.name)?);
+        }
+        let range = |r: &portspec::PortRange| {
+            if r.start == r.end {
+                r.start.to_string()
+            } else {
+                format!("{}-{}", r.start, r.end)
+            }
+        };
+        let dp = self
+            .dp
+            .as_ref()
+            .expect("data path is loaded while the daemon runs");
+        let mut ports = Vec::new();
+        for rec in &records {
+            for p in &rec.ports {
+                let (packets, bytes) = dp.nat_counters(p.slot)?;
+                ports.push(metrics::PortCounters {
+                    labels: metrics::PortLabels {
+                        endpoint: rec.ep.name.clone(),
+                        protocol: p.proto.to_string(),
+                        host_ip: p.host_ip.to_string(),
+                        host_port: range(&p.host_ports),
+                        container_port: range(&p.container_ports),
+                    },
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        let tables = vec![
+            dp.table_use::<FlowKey, CtEntry>(maps::CONNTRACK)?,
+            dp.table_use::<PortKey, PortTarget>(maps::PUBLISHED)?,
+        ];
+        let mut peers = Vec::new();
+        for net in self.networks()? {
+            peers.extend(net.peers.into_iter().map(|p| (net.name.clone(), p.state)));
+        }
+        let dp = self
+            .dp
+            .as_ref()
+            .expect("data path is loaded while the daemon runs");
+        Ok(metrics::Snapshot {
+            endpoints,
+            drops: dp.drops()?,
+            ports,
+            masquerade: dp.nat_counters(MASQUERADE_SLOT)?,
+            tables,
+            peers,
+            dns: self.resolver.counts(),
+            reconcile_seconds: self.reconciled_in.as_secs_f64(),
         })
     }
 

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod error;
 pub mod ipam;
 pub mod layout;
+pub mod metrics;
 pub mod overlay;
 pub mod portspec;
 pub mod resolver;

@@ -5,7 +5,10 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -43,6 +46,9 @@ struct Shared {
     zones: RwLock<BTreeMap<String, Zone>>,
     upstream: Vec<SocketAddr>,
     cache: Mutex<Cache>,
+    /// Queries answered or forwarded, and those no upstream answered.
+    queries: AtomicU64,
+    failures: AtomicU64,
 }
 
 /// The servers of every network, stopped on drop.
@@ -53,6 +59,15 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// Queries answered or forwarded so far, and those that failed because
+    /// no upstream resolver answered.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.queries.load(Ordering::Relaxed),
+            self.shared.failures.load(Ordering::Relaxed),
+        )
+    }
+
     /// A resolver forwarding to `upstream`, serving no network yet.
     pub fn new(upstream: Vec<SocketAddr>) -> Self {
         Resolver {
@@ -198,6 +213,9 @@ async fn respond(shared: &Shared, network: &str, packet: &[u8], via: Transport) 
         let empty = Zone::default();
         decide(packet, zones.get(network).unwrap_or(&empty))
     };
+    if outcome != Outcome::Ignore {
+        shared.queries.fetch_add(1, Ordering::Relaxed);
+    }
     let query = match outcome {
         Outcome::Reply(reply) => return Some(reply),
         Outcome::Ignore => return None,
@@ -220,9 +238,12 @@ async fn respond(shared: &Shared, network: &str, packet: &[u8], via: Transport) 
             );
             Some(answer)
         }
-        None => Message::error_msg(query.id(), query.op_code(), ResponseCode::ServFail)
-            .to_vec()
-            .ok(),
+        None => {
+            shared.failures.fetch_add(1, Ordering::Relaxed);
+            Message::error_msg(query.id(), query.op_code(), ResponseCode::ServFail)
+                .to_vec()
+                .ok()
+        }
     }
 }
 

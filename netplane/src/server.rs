@@ -20,6 +20,7 @@ use crate::{
     cluster,
     daemon::{Config, Daemon},
     error::Error,
+    metrics,
 };
 
 /// The daemon, taken out when it goes down.
@@ -88,6 +89,16 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         .store
         .clone()
         .map(|url| tokio::spawn(cluster::keep_membership(state.clone(), url, cfg.store_ttl)));
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics: listening on {addr}: {e}"))?;
+            info!(%addr, "metrics at /metrics");
+            Some(tokio::spawn(serve_metrics(listener, state.clone())))
+        }
+        None => None,
+    };
     let app = Router::new()
         .route(
             "/v1/info",
@@ -221,10 +232,33 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         })
         .await?;
     gc.abort();
-    if let Some(membership) = membership {
-        membership.abort();
+    for task in [membership, metrics].into_iter().flatten() {
+        task.abort();
     }
     Ok(())
+}
+
+/// The OpenMetrics content type prometheus-client's text encoding is.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener` until aborted.
+async fn serve_metrics(listener: tokio::net::TcpListener, state: Shared) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(async |State(s): State<Shared>| -> ApiResult<Response> {
+                let snapshot = with(&s, async |d| d.metrics()).await?;
+                Ok((
+                    [(axum::http::header::CONTENT_TYPE, OPENMETRICS)],
+                    metrics::render(&snapshot),
+                )
+                    .into_response())
+            }),
+        )
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!("metrics server: {e}");
+    }
 }
 
 /// Expires tracked flows and keeps the data path's view of the host's

@@ -45,6 +45,8 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     // An upstream resolver for the embedded DNS server's tests.
     "dnsmasq-base",
+    // The OpenMetrics parser the metrics test checks /metrics with.
+    "python3-prometheus-client",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";

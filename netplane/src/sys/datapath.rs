@@ -39,6 +39,7 @@ use crate::{
     conntrack as ct,
     error::{Error, Result},
     layout::{self, CtEntryV1, Plan},
+    metrics::TableUse,
 };
 
 /// An address as the data path stores it: network byte order.
@@ -634,6 +635,26 @@ impl Datapath {
                 (r.name().to_string(), n)
             })
             .collect())
+    }
+
+    /// How many entries the hash map `name`, of keys `K` and values `V`,
+    /// holds, and how many it can.
+    pub fn table_use<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<TableUse> {
+        let capacity = match self.ebpf.map(name) {
+            Some(aya::maps::Map::HashMap(data)) => data
+                .info()
+                .map_err(|e| Error::ebpf("read", name, e))?
+                .max_entries(),
+            _ => return Err(not_in_object("hash map", name)),
+        };
+        let table: HashMap<_, K, V> = self.map(name)?;
+        // The kernel keeps no count a reader can get: walk the keys.
+        let entries = table.keys().count();
+        Ok(TableUse {
+            map: name.to_string(),
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        })
     }
 
     /// Drops by reason, summed over CPUs.

@@ -1,0 +1,315 @@
+//! Prometheus metrics: what the daemon reads from the data path and its own
+//! state at a scrape, encoded in the OpenMetrics text format with
+//! prometheus-client. Pure: [`crate::daemon::Daemon::metrics`] takes the
+//! snapshot.
+
+use std::{collections::BTreeMap, sync::atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::api::EndpointStats;
+
+/// A published port rule and what was translated under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortCounters {
+    pub labels: PortLabels,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub endpoint: String,
+    pub protocol: String,
+    /// `0.0.0.0` for every address of the host.
+    pub host_ip: String,
+    /// A port, or a range `first-last`.
+    pub host_port: String,
+    pub container_port: String,
+}
+
+/// How full a data path table is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableUse {
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub endpoints: Vec<EndpointStats>,
+    /// Drops by reason, every interface together.
+    pub drops: BTreeMap<String, u64>,
+    pub ports: Vec<PortCounters>,
+    /// Packets and bytes translated by masquerade.
+    pub masquerade: (u64, u64),
+    pub tables: Vec<TableUse>,
+    /// One (network, state) per overlay peer.
+    pub peers: Vec<(String, String)>,
+    /// DNS queries, and those no upstream resolver answered.
+    pub dns: (u64, u64),
+    /// How long the last `up` took to reconcile the store with the kernel.
+    pub reconcile_seconds: f64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Traffic {
+    endpoint: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointDrop {
+    endpoint: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Table {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Peer {
+    network: String,
+    state: String,
+}
+
+/// A counter family registered under `name` (without `_total`).
+fn counters<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Counter>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauges<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Gauge>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// `s` in the OpenMetrics text format.
+pub fn render(s: &Snapshot) -> String {
+    let mut registry = <Registry>::with_prefix("netplane");
+
+    let packets = counters(
+        &mut registry,
+        "endpoint_packets",
+        "Packets an endpoint received (rx) or sent (tx)",
+    );
+    let bytes = counters(
+        &mut registry,
+        "endpoint_bytes",
+        "Bytes an endpoint received (rx) or sent (tx), Ethernet header included",
+    );
+    let endpoint_drops = counters(
+        &mut registry,
+        "endpoint_drops",
+        "Packets an endpoint sent that the data path dropped, by reason",
+    );
+    for e in &s.endpoints {
+        for (direction, p, b) in [
+            ("rx", e.rx_packets, e.rx_bytes),
+            ("tx", e.tx_packets, e.tx_bytes),
+        ] {
+            let labels = Traffic {
+                endpoint: e.endpoint.clone(),
+                direction,
+            };
+            packets.get_or_create(&labels).inc_by(p);
+            bytes.get_or_create(&labels).inc_by(b);
+        }
+        for (reason, n) in &e.drops {
+            endpoint_drops
+                .get_or_create(&EndpointDrop {
+                    endpoint: e.endpoint.clone(),
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+
+    let drops = counters(
+        &mut registry,
+        "drops",
+        "Packets the data path dropped, by reason",
+    );
+    for (reason, n) in &s.drops {
+        drops
+            .get_or_create(&Reason {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+
+    let port_packets = counters(
+        &mut registry,
+        "published_port_packets",
+        "Packets translated under a published port, both directions",
+    );
+    let port_bytes = counters(
+        &mut registry,
+        "published_port_bytes",
+        "Bytes translated under a published port, both directions",
+    );
+    for p in &s.ports {
+        port_packets.get_or_create(&p.labels).inc_by(p.packets);
+        port_bytes.get_or_create(&p.labels).inc_by(p.bytes);
+    }
+    let masquerade_packets = Counter::<u64, AtomicU64>::default();
+    masquerade_packets.inc_by(s.masquerade.0);
+    registry.register(
+        "masquerade_packets",
+        "Packets translated by masquerade, both directions",
+        masquerade_packets,
+    );
+    let masquerade_bytes = Counter::<u64, AtomicU64>::default();
+    masquerade_bytes.inc_by(s.masquerade.1);
+    registry.register(
+        "masquerade_bytes",
+        "Bytes translated by masquerade, both directions",
+        masquerade_bytes,
+    );
+
+    let entries = gauges(
+        &mut registry,
+        "table_entries",
+        "Entries in a data path table",
+    );
+    let capacity = gauges(
+        &mut registry,
+        "table_capacity",
+        "Entries a data path table holds at most",
+    );
+    for t in &s.tables {
+        let labels = Table { map: t.map.clone() };
+        entries
+            .get_or_create(&labels)
+            .set(saturating_i64(t.entries));
+        capacity
+            .get_or_create(&labels)
+            .set(saturating_i64(t.capacity));
+    }
+
+    let peers = gauges(
+        &mut registry,
+        "overlay_peers",
+        "Hosts this one sends overlay traffic to, by network and state",
+    );
+    for (network, state) in &s.peers {
+        peers
+            .get_or_create(&Peer {
+                network: network.clone(),
+                state: state.clone(),
+            })
+            .inc();
+    }
+
+    let queries = Counter::<u64, AtomicU64>::default();
+    queries.inc_by(s.dns.0);
+    registry.register(
+        "dns_queries",
+        "DNS queries endpoints sent to the embedded server",
+        queries,
+    );
+    let failures = Counter::<u64, AtomicU64>::default();
+    failures.inc_by(s.dns.1);
+    registry.register(
+        "dns_failures",
+        "DNS queries no upstream resolver answered",
+        failures,
+    );
+
+    let reconcile = Gauge::<f64, AtomicU64>::default();
+    reconcile.set(s.reconcile_seconds);
+    registry.register_with_unit(
+        "reconcile_duration",
+        "How long the last up took to bring the kernel in line with the store",
+        prometheus_client::registry::Unit::Seconds,
+        reconcile,
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_figure_appears_with_its_labels() {
+        let s = Snapshot {
+            endpoints: vec![EndpointStats {
+                endpoint: "web".into(),
+                interface: "npv1".into(),
+                rx_packets: 3,
+                rx_bytes: 300,
+                tx_packets: 2,
+                tx_bytes: 200,
+                drops: BTreeMap::from([("spoofed".into(), 4)]),
+            }],
+            drops: BTreeMap::from([("spoofed".into(), 4), ("ct_full".into(), 0)]),
+            ports: vec![PortCounters {
+                labels: PortLabels {
+                    endpoint: "web".into(),
+                    protocol: "tcp".into(),
+                    host_ip: "0.0.0.0".into(),
+                    host_port: "8080".into(),
+                    container_port: "80".into(),
+                },
+                packets: 7,
+                bytes: 700,
+            }],
+            masquerade: (5, 500),
+            tables: vec![TableUse {
+                map: "NP_CONNTRACK".into(),
+                entries: 4,
+                capacity: 262_144,
+            }],
+            peers: vec![("ov".into(), "static".into())],
+            dns: (9, 1),
+            reconcile_seconds: 0.25,
+        };
+        let text = render(&s);
+        for line in [
+            "netplane_endpoint_packets_total{endpoint=\"web\",direction=\"rx\"} 3",
+            "netplane_endpoint_bytes_total{endpoint=\"web\",direction=\"tx\"} 200",
+            "netplane_endpoint_drops_total{endpoint=\"web\",reason=\"spoofed\"} 4",
+            "netplane_drops_total{reason=\"ct_full\"} 0",
+            "netplane_published_port_packets_total{endpoint=\"web\",protocol=\"tcp\",host_ip=\"0.0.0.0\",host_port=\"8080\",container_port=\"80\"} 7",
+            "netplane_masquerade_bytes_total 500",
+            "netplane_table_entries{map=\"NP_CONNTRACK\"} 4",
+            "netplane_table_capacity{map=\"NP_CONNTRACK\"} 262144",
+            "netplane_overlay_peers{network=\"ov\",state=\"static\"} 1",
+            "netplane_dns_queries_total 9",
+            "netplane_dns_failures_total 1",
+            "netplane_reconcile_duration_seconds 0.25",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+}
