@@ -321,3 +321,177 @@ fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
     );
     assert!(sample(&samples, "netplane_reconcile_duration_seconds", &[]) >= 0.0);
 }
+
+/// A `netplane monitor` with its output in a file, stopped on drop.
+struct Watch {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Watch {
+    /// `netplane monitor --json ARGS`, once it says it is monitoring.
+    fn start(h: &Host, args: &[&str], name: &str) -> Watch {
+        let out = h.dir.join(format!("{name}.out"));
+        let err = h.dir.join(format!("{name}.err"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_netplane"))
+            .args(["monitor", "--json"])
+            .args(args)
+            .env("NETPLANE_RUN_DIR", h.run_dir())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        support::retry(|| {
+            std::fs::read_to_string(&err)
+                .unwrap()
+                .contains("monitoring")
+                .then_some(())
+        })
+        .expect("the monitor starts");
+        Watch { child, out }
+    }
+
+    /// The records it printed so far.
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["type"] == "event")
+            .collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_translation() {
+    let h = Host::new();
+    h.up(&["--icc=false"]);
+    let (a, b) = (h.name("a"), h.name("b"));
+    h.np_ok(&["create", &a]);
+    h.np_ok(&["create", &b]);
+    let (a_ip, b_ip) = (h.ip_of(&a), h.ip_of(&b));
+    let everything = Watch::start(&h, &[], "all");
+    let drops_of_a = Watch::start(&h, &["--drops", "--endpoint", &a], "a");
+    let drops_of_b = Watch::start(&h, &["--drops", "--endpoint", &b], "b");
+
+    // A flow out, a packet to an isolated endpoint, and a spoofed packet.
+    assert!(h.pings(&a, WORLD_IP));
+    assert!(!h.pings(&a, &b_ip), "--icc=false isolates a from b");
+    sh_ok(&format!("ip -n {a} addr add 10.99.0.5/32 dev eth0"));
+    h.in_endpoint(&a, &format!("ping -c 1 -W 1 -I 10.99.0.5 {WORLD_IP}"));
+
+    let has = |events: &[Value], kind: &str, reason: Option<&str>, summary: &str| {
+        events.iter().any(|e| {
+            e["kind"] == kind
+                && e["reason"].as_str() == reason
+                && e["endpoint"] == a.as_str()
+                && e["summary"].as_str().unwrap().contains(summary)
+        })
+    };
+    let seen = support::retry(|| {
+        let events = everything.events();
+        (has(
+            &events,
+            "drop",
+            Some("spoofed"),
+            &format!("IP 10.99.0.5 > {WORLD_IP}: ICMP type 8"),
+        ) && has(
+            &events,
+            "drop",
+            Some("icc_denied"),
+            &format!("IP {a_ip} > {b_ip}: ICMP type 8"),
+        ) && has(&events, "flow", None, &format!("icmp {a_ip}."))
+            && has(&events, "flow", None, &format!(" as icmp {HOST_IP}.")))
+        .then_some(events)
+    });
+    assert!(seen.is_some(), "{:#?}", everything.events());
+    let events = seen.unwrap();
+    let line = events.iter().find(|e| e["reason"] == "spoofed").unwrap();
+    assert_eq!(
+        line["interface"],
+        h.np_ok(&["stats", &a, "--json"]).parse::<Value>().unwrap()["interface"]
+    );
+    // The filtered watchers: a's drops are those two; b sent nothing.
+    let reasons: Vec<Value> = drops_of_a
+        .events()
+        .iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["icc_denied", "spoofed"],
+        "{:#?}",
+        drops_of_a.events()
+    );
+    assert!(drops_of_b.events().is_empty(), "{:#?}", drops_of_b.events());
+}
+
+#[test]
+fn a_watcher_that_stops_reading_loses_events_counted_and_the_data_path_never_waits() {
+    let h = Host::new();
+    // Nothing but the test's own packets: no IPv6 link-local chatter.
+    h.in_host("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    h.up(&[]);
+    let a = h.name("a");
+    h.np_ok(&["create", &a]);
+    h.in_endpoint(&a, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    // The gateway's MAC known first: a spoofed source gets no ARP answer.
+    assert!(h.pings(&a, WORLD_IP));
+    sh_ok(&format!("ip -n {a} addr add 10.99.0.5/32 dev eth0"));
+    let stalled = Watch::start(&h, &[], "stalled");
+    sh_ok(&format!("kill -STOP {}", stalled.child.id()));
+
+    const SENT: u64 = 20_000;
+    let spoofed_before = h.drops("spoofed");
+    let flood = format!(
+        "python3 -c 'import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((\"10.99.0.5\", 0))\nfor _ in range({SENT}): s.sendto(b\"x\", (\"{WORLD_IP}\", 9))'"
+    );
+    let out = h.in_endpoint(&a, &flood);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.drops("spoofed") - spoofed_before,
+        SENT,
+        "every packet was dropped and counted while the watcher stalled"
+    );
+
+    sh_ok(&format!("kill -CONT {}", stalled.child.id()));
+    let accounted = || {
+        let records = stalled.records();
+        let seen = records
+            .iter()
+            .filter(|r| r["type"] == "event" && r["reason"] == "spoofed")
+            .count() as u64;
+        let lost: u64 = records
+            .iter()
+            .filter(|r| r["type"] == "lost")
+            .map(|r| r["events"].as_u64().unwrap())
+            .sum();
+        (seen, lost)
+    };
+    let (seen, lost) = support::retry(|| {
+        let (seen, lost) = accounted();
+        (seen + lost == SENT).then_some((seen, lost))
+    })
+    .unwrap_or_else(|| panic!("every event shown or counted lost: {:?}", accounted()));
+    assert!(lost > 0, "a stalled watcher loses events");
+    println!(
+        "figure: monitor.stalled = {SENT} drops while the watcher was stopped: {seen} events shown, {lost} counted lost"
+    );
+}

@@ -45,6 +45,13 @@ pub mod maps {
     /// published address a host socket sent to, so that replies read from
     /// an unconnected UDP socket come from the address it expects.
     pub const SOCK_REV: &str = "NP_SOCK_REV";
+    /// Ring buffer of [`super::Event`]s for `netplane monitor`.
+    pub const EVENTS: &str = "NP_EVENTS";
+    /// `u32` at index 0, host byte order: the programs emit events only
+    /// while it is not 0 (someone is watching).
+    pub const MONITOR: &str = "NP_MONITOR";
+    /// Per-CPU `u64` at index 0: events that found the ring buffer full.
+    pub const EVENTS_LOST: &str = "NP_EVENTS_LOST";
     /// Pairs of endpoint addresses joined with `--link` ([`super::AddrPair`],
     /// both orders; the value is unused): allowed to talk with `--icc=false`.
     pub const LINKED: &str = "NP_LINKED";
@@ -479,6 +486,42 @@ impl DropReason {
     }
 }
 
+/// Size of [`maps::EVENTS`] in bytes: a power of two pages; about 1,700
+/// events.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Bytes of a packet an [`Event`] carries, from its Ethernet header on:
+/// room for IPv4 with options and a TCP header with options.
+pub const EVENT_HEADER_BYTES: usize = 128;
+
+/// [`Event::kind`]: a packet the data path dropped.
+pub const EVENT_DROP: u32 = 1;
+/// [`Event::kind`]: a flow recorded, with its translation.
+pub const EVENT_NEW_FLOW: u32 = 2;
+
+/// What [`maps::EVENTS`] carries: one data path event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `EVENT_*`, host byte order.
+    pub kind: u32,
+    /// For a drop, the [`DropReason`], host byte order.
+    pub reason: u32,
+    /// Interface the packet arrived on, host byte order.
+    pub ifindex: u32,
+    /// The packet's length (skb length, L2 header included).
+    pub len: u32,
+    /// How many bytes of `header` hold the packet's first bytes.
+    pub captured: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// For a new flow: its first packet as it arrived, and as it left.
+    pub original: FlowKey,
+    pub translated: FlowKey,
+    /// The packet's first bytes, Ethernet header on.
+    pub header: [u8; EVENT_HEADER_BYTES],
+}
+
 /// Capacity of [`maps::DROPS`]: room for reasons yet to come, so that
 /// adding one keeps the map's layout and its counts across an upgrade.
 pub const DROP_REASONS: u32 = 32;
@@ -510,6 +553,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfDrops {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevValue {}
@@ -536,6 +581,7 @@ mod tests {
         assert_eq!(size_of::<OverlayPeer>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 56);
+        assert_eq!(size_of::<Event>(), 24 + 32 + EVENT_HEADER_BYTES);
         assert_eq!(size_of::<IfStatsKey>(), 8);
         assert_eq!(size_of::<IfCounters>(), 16);
     }

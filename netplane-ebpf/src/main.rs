@@ -11,6 +11,7 @@
 // a per-CPU map value costs no stack, a value would be copied onto it.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod events;
 mod nat;
 mod overlay;
 mod packet;
@@ -20,17 +21,29 @@ mod sock;
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SockAddrContext, TcContext},
 };
 use aya_log_ebpf::debug;
 use netplane_common::abi::{
-    AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EndpointIdentity,
-    EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey, MAX_ENDPOINTS, MAX_HOST_ADDRS,
-    MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISHED, MAX_SOCK_REV,
-    NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, SockRevKey, SockRevValue,
+    AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EVENTS_BYTES,
+    EndpointIdentity, EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey, MAX_ENDPOINTS,
+    MAX_HOST_ADDRS, MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISHED,
+    MAX_SOCK_REV, NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, SockRevKey,
+    SockRevValue,
 };
 use packet::{L3, load};
+
+/// Not pinned: a new daemon starts with monitoring off and a new ring,
+/// which only the programs it loaded write to.
+#[map(name = "NP_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "NP_MONITOR")]
+static MONITOR: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "NP_EVENTS_LOST")]
+static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Read by the daemon only; the programs never look at it.
 #[map(name = "NP_LAYOUT")]
@@ -244,6 +257,7 @@ fn count(ctx: &TcContext, direction: Direction) {
 fn drop_packet(ctx: &TcContext, reason: DropReason) -> i32 {
     // Off unless the daemon runs with debug logging (AYA_LOG_LEVEL).
     debug!(ctx, "dropped packet: {}", reason.name());
+    events::dropped(ctx, reason);
     if let Some(n) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU value, so no other writer runs concurrently.
         unsafe { *n += 1 };

@@ -37,7 +37,7 @@ use netplane_common::{
 
 use crate::{
     CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
-    PUBLISHED_ANY, QUOTED, overlay,
+    PUBLISHED_ANY, QUOTED, events, overlay,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
 };
@@ -161,6 +161,7 @@ fn create_now(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<()
         return match CONNTRACK.insert(&pair.fwd_key, &pair.fwd, u64::from(BPF_NOEXIST)) {
             Ok(()) => {
                 count(flow.slot, ctx.len());
+                events::new_flow(ctx, &flow.original, &flow.translated);
                 Ok(())
             }
             Err(e) => {

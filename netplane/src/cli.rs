@@ -24,6 +24,7 @@ use crate::{
     cluster::{self, StoreUrl},
     conntrack::Timeouts,
     daemon::{Config, Daemon},
+    monitor::{self, MonitorFilter, MonitorRecord},
     server,
     sys::exec,
 };
@@ -108,6 +109,20 @@ enum Command {
     /// Tracked flows (connection tracking).
     #[command(subcommand)]
     Ct(CtCommand),
+    /// Stream data path events as they happen: drops with their reason,
+    /// new flows with their translation.
+    Monitor {
+        /// Drops only.
+        #[arg(long)]
+        drops: bool,
+        /// Only the events of this endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Print each record as a JSON line: `{"type":"event",...}` or
+        /// `{"type":"lost","events":N}`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -521,6 +536,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = flows_path(endpoint)?;
             let flushed: Flushed = rt.block_on(client.delete(&path))?;
             eprintln!("{} flows removed", flushed.flows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Monitor {
+            drops,
+            endpoint,
+            json,
+        } => {
+            let query = serde_urlencoded::to_string(MonitorFilter { drops, endpoint })?;
+            rt.block_on(
+                client.stream_lines(&format!("/v1/monitor?{query}"), |line| {
+                    let record: MonitorRecord = serde_json::from_str(line)?;
+                    match record {
+                        MonitorRecord::Started => {
+                            eprintln!("monitoring data path events; interrupt to stop")
+                        }
+                        _ if json => println!("{line}"),
+                        MonitorRecord::Event(e) => println!("{}", monitor::line(&e)),
+                        MonitorRecord::Lost { events } => println!("lost {events} events"),
+                    }
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    Ok(())
+                }),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { name: None, .. } => {

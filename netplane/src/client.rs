@@ -32,6 +32,46 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let resp = self.request(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// `GET path`, whose answer is a stream of lines: `each` gets every
+    /// line as it arrives, until the daemon ends the stream.
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let resp = self.request(Method::GET, path, None).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            return check(status, &bytes);
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                each(String::from_utf8_lossy(&line).trim_end())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = match UnixStream::connect(&self.socket).await {
             Ok(stream) => stream,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
@@ -56,13 +96,10 @@ impl Client {
             .header("host", "netplane")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .context("sending request to the daemon")?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, bytes))
+            .context("sending request to the daemon")
     }
 
     async fn json<T: DeserializeOwned>(

@@ -36,12 +36,14 @@ use crate::{
     },
     error::{Error, Result},
     ipam::{self, Pool},
-    metrics, overlay,
+    metrics,
+    monitor::MonitorEvent,
+    overlay,
     portspec::{self, PortSpec, PublishedPort},
     resolver::Resolver,
     store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
     sys::{
-        datapath::{Datapath, Role, be},
+        datapath::{Datapath, EventMaps, Role, be},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
@@ -1639,6 +1641,29 @@ impl Daemon {
             dns: self.resolver.counts(),
             reconcile_seconds: self.reconciled_in.as_secs_f64(),
         })
+    }
+
+    /// The data path's event maps, for the monitor's relay.
+    pub fn take_event_maps(&mut self) -> Result<EventMaps> {
+        self.dp().take_event_maps()
+    }
+
+    /// Names each event's endpoint: the one behind the interface the packet
+    /// arrived on, else the one holding one of its addresses.
+    pub fn name_endpoints(&self, events: &mut [(MonitorEvent, Vec<Ipv4Addr>)]) -> Result<()> {
+        let records = self.store.endpoints()?;
+        for (event, addrs) in events {
+            let by_interface = records
+                .iter()
+                .find(|r| r.ep.host_veth().as_deref() == Some(event.interface.as_str()));
+            let by_address = || {
+                addrs
+                    .iter()
+                    .find_map(|a| records.iter().find(|r| r.ep.ip == Some(*a)))
+            };
+            event.endpoint = by_interface.or_else(by_address).map(|r| r.ep.name.clone());
+        }
+        Ok(())
     }
 
     /// One endpoint's counters, from its side: `stats NAME`.

@@ -21,6 +21,8 @@ use crate::{
     daemon::{Config, Daemon},
     error::Error,
     metrics,
+    monitor::MonitorFilter,
+    relay::{self, Hub},
 };
 
 /// The daemon, taken out when it goes down.
@@ -76,13 +78,16 @@ async fn with<T>(
 
 /// Serves the API until SIGINT/SIGTERM (leaving the data path in place) or
 /// `POST /v1/down` (after removing everything).
-pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
+pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     let socket = Config::socket(&cfg.run_dir);
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     let gc_interval = daemon.gc_interval();
+    let event_maps = daemon.take_event_maps()?;
     let state: Shared = Arc::new(Mutex::new(Some(daemon)));
+    let hub = Hub::new();
+    let events = tokio::spawn(relay::run(event_maps, hub.clone(), state.clone()));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let gc = tokio::spawn(housekeeping(state.clone(), gc_interval));
     let membership = cfg
@@ -217,7 +222,19 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 },
             ),
         )
-        .with_state(state);
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route(
+                    "/v1/monitor",
+                    get(
+                        async |State(hub): State<Arc<Hub>>, Query(filter): Query<MonitorFilter>| {
+                            Hub::stream(hub, filter).await
+                        },
+                    ),
+                )
+                .with_state(hub.clone()),
+        );
     info!(socket = %socket.display(), "API ready");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -229,9 +246,11 @@ pub async fn serve(daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 _ = term.recv() => info!("terminated: stopping, data path stays"),
                 _ = stop_rx.wait_for(|stop| *stop) => info!("down: everything removed"),
             }
+            hub.stop();
         })
         .await?;
     gc.abort();
+    events.abort();
     for task in [membership, metrics].into_iter().flatten() {
         task.abort();
     }

@@ -112,6 +112,50 @@ pub struct TestRunOutcome {
     pub duration: std::time::Duration,
 }
 
+/// The maps `netplane monitor` works with, taken out of the loaded
+/// object: the daemon's event relay owns them.
+pub struct EventMaps {
+    /// The ring the programs put [`netplane_common::abi::Event`]s on.
+    pub ring: aya::maps::RingBuf<MapData>,
+    pub control: EventControl,
+}
+
+/// Whether the programs emit events, and how many found the ring full.
+pub struct EventControl {
+    switch: Array<MapData, u32>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for EventMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventMaps").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EventControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventControl").finish_non_exhaustive()
+    }
+}
+
+impl EventControl {
+    /// Turns the programs' events on or off.
+    pub fn set_on(&mut self, on: bool) -> Result<()> {
+        self.switch
+            .set(0, u32::from(on), 0)
+            .map_err(|e| Error::ebpf("update", maps::MONITOR, e))
+    }
+
+    /// Events that found the ring full so far, summed over CPUs.
+    pub fn lost(&self) -> Result<u64> {
+        let lost = self
+            .lost
+            .get(&0, 0)
+            .map_err(|e| Error::ebpf("read", maps::EVENTS_LOST, e))?;
+        Ok(lost.iter().sum())
+    }
+}
+
 /// The loaded data path.
 #[derive(Debug)]
 pub struct Datapath {
@@ -442,6 +486,30 @@ impl Datapath {
                 .map_err(|e| Error::io("remove pin", old.path.display(), e))?;
         }
         Ok(())
+    }
+
+    /// Hands the event maps over; once per load.
+    pub fn take_event_maps(&mut self) -> Result<EventMaps> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| not_in_object("map", name))
+        };
+        let (ring, switch, lost) = (
+            take(maps::EVENTS)?,
+            take(maps::MONITOR)?,
+            take(maps::EVENTS_LOST)?,
+        );
+        Ok(EventMaps {
+            ring: aya::maps::RingBuf::try_from(ring)
+                .map_err(|e| Error::ebpf("open map", maps::EVENTS, e))?,
+            control: EventControl {
+                switch: Array::try_from(switch)
+                    .map_err(|e| Error::ebpf("open map", maps::MONITOR, e))?,
+                lost: PerCpuArray::try_from(lost)
+                    .map_err(|e| Error::ebpf("open map", maps::EVENTS_LOST, e))?,
+            },
+        })
     }
 
     /// Replaces the network configuration the programs read.

@@ -1,0 +1,322 @@
+//! `netplane monitor`: data path events decoded for people. Pure: the
+//! daemon reads the ring buffer ([`crate::server`]) and names interfaces.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use netplane_common::abi::{DropReason, EVENT_DROP, EVENT_NEW_FLOW, Event, FlowKey, proto};
+use serde::{Deserialize, Serialize};
+
+/// One data path event, as the monitor stream carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    /// `drop` or `flow` (a new flow and its translation).
+    pub kind: String,
+    /// Why a packet was dropped.
+    pub reason: Option<String>,
+    /// The interface the packet arrived on.
+    pub interface: String,
+    /// The endpoint behind that interface, or whose flow it is.
+    pub endpoint: Option<String>,
+    /// The packet's length, Ethernet header included.
+    pub len: u32,
+    /// What the packet was, in tcpdump's manner; for a flow, also what it
+    /// was translated to.
+    pub summary: String,
+}
+
+/// One line of `GET /v1/monitor`'s stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MonitorRecord {
+    /// Events are being emitted: what happens from now on shows.
+    Started,
+    Event(MonitorEvent),
+    /// Events that were lost: the ring buffer was full, or this reader
+    /// fell behind.
+    Lost {
+        events: u64,
+    },
+}
+
+/// `GET /v1/monitor`: which events to stream.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MonitorFilter {
+    /// Drops only.
+    #[serde(default)]
+    pub drops: bool,
+    /// Only the events of this endpoint.
+    pub endpoint: Option<String>,
+}
+
+impl MonitorFilter {
+    /// Whether `e` passes.
+    pub fn admits(&self, e: &MonitorEvent) -> bool {
+        (!self.drops || e.kind == "drop")
+            && self
+                .endpoint
+                .as_ref()
+                .is_none_or(|name| e.endpoint.as_ref() == Some(name))
+    }
+}
+
+/// `event`, which arrived on `interface`; the endpoint is named later.
+pub fn decode(event: &Event, interface: String) -> MonitorEvent {
+    let captured = (event.captured as usize).min(event.header.len());
+    let packet = summarize(&event.header[..captured]);
+    let (kind, reason, summary) = match event.kind {
+        EVENT_DROP => (
+            "drop",
+            Some(
+                DropReason::ALL
+                    .iter()
+                    .find(|r| **r as u32 == event.reason)
+                    .map_or_else(
+                        || format!("reason {}", event.reason),
+                        |r| r.name().to_string(),
+                    ),
+            ),
+            packet,
+        ),
+        EVENT_NEW_FLOW => (
+            "flow",
+            None,
+            format!(
+                "{} as {}",
+                flow_tuple(&event.original),
+                flow_tuple(&event.translated)
+            ),
+        ),
+        other => ("unknown", None, format!("event kind {other}")),
+    };
+    MonitorEvent {
+        kind: kind.to_string(),
+        reason,
+        interface,
+        endpoint: None,
+        len: event.len,
+        summary,
+    }
+}
+
+/// The addresses an event is about, which may name its endpoint: a
+/// flow's, before and after translation, or a dropped packet's.
+pub fn addresses(event: &Event) -> Vec<Ipv4Addr> {
+    let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+    if event.kind == EVENT_NEW_FLOW {
+        let (o, t) = (&event.original, &event.translated);
+        return vec![addr(o.saddr_be), addr(t.daddr_be), addr(o.daddr_be)];
+    }
+    let captured = (event.captured as usize).min(event.header.len());
+    match LaxSlicedPacket::from_ethernet(&event.header[..captured]) {
+        Ok(LaxSlicedPacket {
+            net: Some(LaxNetSlice::Ipv4(ip)),
+            ..
+        }) => vec![ip.header().source_addr(), ip.header().destination_addr()],
+        _ => Vec::new(),
+    }
+}
+
+fn flow_tuple(k: &FlowKey) -> String {
+    let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+    let name = match k.proto {
+        proto::TCP => "tcp".to_string(),
+        proto::UDP => "udp".to_string(),
+        proto::ICMP => "icmp".to_string(),
+        other => format!("proto {other}"),
+    };
+    format!(
+        "{name} {}.{} > {}.{}",
+        addr(k.saddr_be),
+        u16::from_be(k.sport_be),
+        addr(k.daddr_be),
+        u16::from_be(k.dport_be)
+    )
+}
+
+/// The first bytes of a frame, as tcpdump would print them.
+pub fn summarize(frame: &[u8]) -> String {
+    let Ok(packet) = LaxSlicedPacket::from_ethernet(frame) else {
+        return format!("{} bytes: truncated Ethernet header", frame.len());
+    };
+    let ip = match &packet.net {
+        Some(LaxNetSlice::Ipv4(ip)) => ip.header(),
+        Some(LaxNetSlice::Ipv6(_)) => return "IP6".into(),
+        Some(LaxNetSlice::Arp(_)) => return "ARP".into(),
+        None => {
+            let ether_type = packet
+                .link
+                .as_ref()
+                .and_then(|l| l.to_header())
+                .map(|h| match h {
+                    etherparse::LinkHeader::Ethernet2(e) => e.ether_type.0,
+                    etherparse::LinkHeader::LinuxSll(s) => s.protocol_type.into(),
+                });
+            return match ether_type {
+                Some(t) => format!("ethertype 0x{t:04x}, truncated or not IP"),
+                None => "no link header".into(),
+            };
+        }
+    };
+    let (src, dst) = (ip.source_addr(), ip.destination_addr());
+    let fragment = if ip.is_fragmenting_payload() {
+        ", fragment"
+    } else {
+        ""
+    };
+    match &packet.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let flags: String = [
+                (t.syn(), 'S'),
+                (t.fin(), 'F'),
+                (t.rst(), 'R'),
+                (t.psh(), 'P'),
+                (t.ack(), '.'),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, c)| *c)
+            .collect();
+            format!(
+                "IP {src}.{} > {dst}.{}: Flags [{flags}]{fragment}",
+                t.source_port(),
+                t.destination_port()
+            )
+        }
+        Some(TransportSlice::Udp(u)) => format!(
+            "IP {src}.{} > {dst}.{}: UDP{fragment}",
+            u.source_port(),
+            u.destination_port()
+        ),
+        Some(TransportSlice::Icmpv4(i)) => {
+            format!("IP {src} > {dst}: ICMP type {}{fragment}", i.type_u8())
+        }
+        _ => format!("IP {src} > {dst}: proto {}{fragment}", ip.protocol().0),
+    }
+}
+
+/// A monitor line: the event, its reason and endpoint.
+pub fn line(e: &MonitorEvent) -> String {
+    let what = match &e.reason {
+        Some(reason) => format!("{} {reason}", e.kind),
+        None => e.kind.clone(),
+    };
+    format!(
+        "{what:<28} {:<10} endpoint={} {} length {}",
+        e.interface,
+        e.endpoint.as_deref().unwrap_or("-"),
+        e.summary,
+        e.len
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+    use netplane_common::abi::EVENT_HEADER_BYTES;
+
+    use super::*;
+
+    fn event(kind: u32, reason: u32, frame: &[u8]) -> Event {
+        let mut header = [0u8; EVENT_HEADER_BYTES];
+        let captured = frame.len().min(EVENT_HEADER_BYTES);
+        header[..captured].copy_from_slice(&frame[..captured]);
+        Event {
+            kind,
+            reason,
+            ifindex: 7,
+            len: frame.len() as u32,
+            captured: captured as u32,
+            _pad: 0,
+            original: FlowKey::default(),
+            translated: FlowKey::default(),
+            header,
+        }
+    }
+
+    #[test]
+    fn a_dropped_syn_reads_like_tcpdump_with_its_reason() {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 99, 0, 5], [198, 18, 0, 1], 64)
+            .tcp(40000, 80, 1, 1024)
+            .syn()
+            .write(&mut frame, &[])
+            .unwrap();
+        let e = decode(
+            &event(EVENT_DROP, DropReason::Spoofed as u32, &frame),
+            "npv1".into(),
+        );
+        assert_eq!(e.kind, "drop");
+        assert_eq!(e.reason.as_deref(), Some("spoofed"));
+        assert_eq!(e.summary, "IP 10.99.0.5.40000 > 198.18.0.1.80: Flags [S]");
+        assert_eq!(e.len, 54);
+        let ev = event(EVENT_DROP, DropReason::Spoofed as u32, &frame);
+        assert_eq!(
+            addresses(&ev),
+            [Ipv4Addr::new(10, 99, 0, 5), Ipv4Addr::new(198, 18, 0, 1)]
+        );
+    }
+
+    #[test]
+    fn a_truncated_frame_still_says_what_it_can() {
+        let e = decode(
+            &event(EVENT_DROP, DropReason::Truncated as u32, &[1, 2, 3]),
+            "x".into(),
+        );
+        assert_eq!(e.summary, "3 bytes: truncated Ethernet header");
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 88, 0, 2], [198, 18, 0, 1], 64)
+            .udp(5000, 53)
+            .write(&mut frame, &[0; 400])
+            .unwrap();
+        // Only the first bytes travel; the headers are in them.
+        let e = decode(
+            &event(EVENT_DROP, DropReason::IccDenied as u32, &frame),
+            "x".into(),
+        );
+        assert_eq!(e.summary, "IP 10.88.0.2.5000 > 198.18.0.1.53: UDP");
+        assert_eq!(e.len as usize, frame.len());
+    }
+
+    #[test]
+    fn a_new_flow_shows_its_translation() {
+        let key = |s: [u8; 4], sp: u16, d: [u8; 4], dp: u16| FlowKey {
+            saddr_be: u32::from_ne_bytes(s),
+            daddr_be: u32::from_ne_bytes(d),
+            sport_be: sp.to_be(),
+            dport_be: dp.to_be(),
+            proto: proto::TCP,
+            _pad: [0; 3],
+        };
+        let mut ev = event(EVENT_NEW_FLOW, 0, &[]);
+        ev.original = key([198, 18, 0, 1], 40000, [198, 18, 0, 2], 8080);
+        ev.translated = key([198, 18, 0, 1], 40000, [10, 88, 0, 2], 80);
+        let e = decode(&ev, "pru".into());
+        assert_eq!(
+            e.summary,
+            "tcp 198.18.0.1.40000 > 198.18.0.2.8080 as tcp 198.18.0.1.40000 > 10.88.0.2.80"
+        );
+    }
+
+    #[test]
+    fn the_filter_keeps_drops_and_one_endpoint() {
+        let e = |kind: &str, endpoint: Option<&str>| MonitorEvent {
+            kind: kind.into(),
+            reason: None,
+            interface: "x".into(),
+            endpoint: endpoint.map(str::to_string),
+            len: 0,
+            summary: String::new(),
+        };
+        let drops = MonitorFilter {
+            drops: true,
+            endpoint: Some("web".into()),
+        };
+        assert!(drops.admits(&e("drop", Some("web"))));
+        assert!(!drops.admits(&e("flow", Some("web"))));
+        assert!(!drops.admits(&e("drop", Some("db"))));
+        assert!(MonitorFilter::default().admits(&e("flow", None)));
+    }
+}
