@@ -495,3 +495,42 @@ fn a_watcher_that_stops_reading_loses_events_counted_and_the_data_path_never_wai
         "figure: monitor.stalled = {SENT} drops while the watcher was stopped: {seen} events shown, {lost} counted lost"
     );
 }
+
+#[test]
+fn the_programs_log_through_aya_log_into_the_daemon_log_at_the_rust_log_level() {
+    let spoof_from = |h: &Host, a: &str| {
+        assert!(h.pings(a, WORLD_IP));
+        sh_ok(&format!("ip -n {a} addr add 10.99.0.5/32 dev eth0"));
+        h.in_endpoint(a, &format!("ping -c 1 -W 1 -I 10.99.0.5 {WORLD_IP}"));
+    };
+    let line = "dropped packet: spoofed";
+
+    let debug = Host::new();
+    let out = debug
+        .up_cmd(&["--detach"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = debug.name("a");
+    debug.np_ok(&["create", &a]);
+    spoof_from(&debug, &a);
+    assert!(
+        support::retry(|| debug.log().contains(line).then_some(())).is_some(),
+        "at debug, the program's record is in the log:\n{}",
+        debug.log()
+    );
+
+    // At the default level the programs skip the record altogether.
+    let quiet = Host::new();
+    quiet.up(&[]);
+    let a = quiet.name("a");
+    quiet.np_ok(&["create", &a]);
+    spoof_from(&quiet, &a);
+    assert_eq!(quiet.drops("spoofed"), 1);
+    assert!(!quiet.log().contains(line), "{}", quiet.log());
+}

@@ -503,9 +503,12 @@ fn mac_of(netns: &str, ifname: &str) -> String {
 
 /// `tcpdump` of the IPv4 packets `ifname` in `netns` receives, running.
 fn capture(h: &Host, netns: &str, ifname: &str, file: &std::path::Path) -> support::Background {
-    // IGMP: the host's own multicast membership reports.
+    // IGMP: the host's own multicast membership reports. Immediate mode:
+    // otherwise libpcap hands packets over a block at a time, up to a
+    // second late, and a busy machine stops the capture before they are
+    // written.
     let cmd = format!(
-        "tcpdump -i {ifname} -Q in -n -U -w {} ip and not igmp",
+        "tcpdump -i {ifname} -Q in -n -U --immediate-mode -w {} ip and not igmp",
         file.display()
     );
     h.spawn_ready(netns, &cmd, |bg| {
