@@ -32,17 +32,9 @@ fn answer(h: &Host, netns: &str, port: u16, size: u64) -> support::Background {
 }
 
 fn ask(netns: &str, sport: u16, dst: &str, dport: u16, count: u64, size: u64) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", netns, "python3", "-c", ASK])
-        .args([sport.to_string(), dst.into(), dport.to_string()])
-        .args([count.to_string(), size.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sh_ok(&format!(
+        "ip netns exec {netns} python3 -c '{ASK}' {sport} {dst} {dport} {count} {size}"
+    ));
 }
 
 fn flows(h: &Host, endpoint: &str) -> Vec<Value> {
@@ -161,6 +153,24 @@ fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forget
     assert!(err.contains("nosuch"), "{err}");
 }
 
+/// A host up with `args` whose interfaces send no IPv6 link-local chatter
+/// (MLD, router solicitations): counters compared across two reads move
+/// only with the test's own packets.
+fn ipv4_only_host(args: &[&str]) -> Host {
+    let h = Host::new();
+    h.in_host("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    h.up(args);
+    h
+}
+
+/// `create NAME ARGS` on such a host, IPv4 only inside too.
+fn ipv4_only_endpoint(h: &Host, short: &str, args: &[&str]) -> String {
+    let name = h.name(short);
+    h.np_ok(&[&["create", name.as_str()], args].concat());
+    h.in_endpoint(&name, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    name
+}
+
 fn endpoint_stats(h: &Host, endpoint: &str) -> Value {
     serde_json::from_str(&h.np_ok(&["stats", endpoint, "--json"])).unwrap()
 }
@@ -171,15 +181,10 @@ fn counter(stats: &Value, name: &str) -> u64 {
 
 #[test]
 fn stats_of_an_endpoint_count_its_traffic_and_its_drops_by_reason_exactly() {
-    let h = Host::new();
-    // The counted exchange is the datagrams only: an IPv4-only host and
-    // endpoint, whose new interfaces send no IPv6 link-local chatter, and
-    // neighbours resolved beforehand.
-    h.in_host("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
-    h.up(&[]);
-    let cli = h.name("cli");
-    h.np_ok(&["create", &cli]);
-    h.in_endpoint(&cli, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    let h = ipv4_only_host(&[]);
+    let cli = ipv4_only_endpoint(&h, "cli", &[]);
+    // Neighbours resolved beforehand: the counted exchange is the
+    // datagrams only.
     let _out = answer(&h, &h.world, 9999, 10);
     ask(&cli, 40001, WORLD_IP, 9999, 1, 1);
 
@@ -236,32 +241,18 @@ fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
-    let h = Host::new();
-    // Counters compared across two reads must not move in between.
-    h.in_host("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
-    h.up(&["--metrics", "127.0.0.1:9464"]);
-    let srv = h.name("srv");
-    h.np_ok(&["create", &srv, "-p", "8080:80/udp"]);
-    h.in_endpoint(&srv, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    let h = ipv4_only_host(&["--metrics", "127.0.0.1:9464"]);
+    let srv = ipv4_only_endpoint(&h, "srv", &["-p", "8080:80/udp"]);
     let _in = answer(&h, &srv, 80, 30);
     ask(&h.world, 40000, HOST_IP, 8080, 4, 100);
     let dug = h.in_endpoint(&srv, &format!("dig +short +tries=1 +timeout=2 {srv}"));
     assert_eq!(String::from_utf8_lossy(&dug.stdout).trim(), h.ip_of(&srv));
 
-    let scraped = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ip netns exec {} curl -sf http://127.0.0.1:9464/metrics | /usr/bin/python3 -c '{PARSE_OPENMETRICS}'",
-            h.netns
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        scraped.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scraped.stderr)
-    );
-    let samples: Vec<Value> = serde_json::from_slice(&scraped.stdout).unwrap();
+    let scraped = sh_ok(&format!(
+        "ip netns exec {} curl -sf http://127.0.0.1:9464/metrics | /usr/bin/python3 -c '{PARSE_OPENMETRICS}'",
+        h.netns
+    ));
+    let samples: Vec<Value> = serde_json::from_str(&scraped).unwrap();
 
     let flows: Vec<Value> = serde_json::from_str(&h.np_ok(&["ct", "ls", "--json"])).unwrap();
     assert_eq!(
@@ -441,13 +432,8 @@ fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_translation() 
 
 #[test]
 fn a_watcher_that_stops_reading_loses_events_counted_and_the_data_path_never_waits() {
-    let h = Host::new();
-    // Nothing but the test's own packets: no IPv6 link-local chatter.
-    h.in_host("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
-    h.up(&[]);
-    let a = h.name("a");
-    h.np_ok(&["create", &a]);
-    h.in_endpoint(&a, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    let h = ipv4_only_host(&[]);
+    let a = ipv4_only_endpoint(&h, "a", &[]);
     // The gateway's MAC known first: a spoofed source gets no ARP answer.
     assert!(h.pings(&a, WORLD_IP));
     sh_ok(&format!("ip -n {a} addr add 10.99.0.5/32 dev eth0"));
@@ -459,12 +445,7 @@ fn a_watcher_that_stops_reading_loses_events_counted_and_the_data_path_never_wai
     let flood = format!(
         "python3 -c 'import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((\"10.99.0.5\", 0))\nfor _ in range({SENT}): s.sendto(b\"x\", (\"{WORLD_IP}\", 9))'"
     );
-    let out = h.in_endpoint(&a, &flood);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sh_ok(&format!("ip netns exec {a} {flood}"));
     assert_eq!(
         h.drops("spoofed") - spoofed_before,
         SENT,

@@ -1,6 +1,7 @@
 //! The `netplane` command line.
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{ExitCode, Stdio},
@@ -615,17 +616,21 @@ fn print_ports(ports: &[PortInfo]) {
     }
 }
 
+/// The drop reasons that counted any packet, each as `show` puts it.
+fn counted(drops: &BTreeMap<String, u64>, show: impl Fn(&str, u64) -> String) -> Vec<String> {
+    drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| show(reason, *n))
+        .collect()
+}
+
 /// An endpoint's counters, and its drops that are not zero.
 fn print_endpoint_stats(s: &EndpointStats) {
     println!("endpoint {} (host veth {})", s.endpoint, s.interface);
     println!("  rx {:>12} packets {:>16} bytes", s.rx_packets, s.rx_bytes);
     println!("  tx {:>12} packets {:>16} bytes", s.tx_packets, s.tx_bytes);
-    let drops: Vec<String> = s
-        .drops
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(reason, n)| format!("{reason} {n}"))
-        .collect();
+    let drops = counted(&s.drops, |reason, n| format!("{reason} {n}"));
     println!(
         "  dropped: {}",
         if drops.is_empty() {
@@ -677,12 +682,7 @@ fn print_nat(table: &NatTable) {
         );
     }
     println!("\ntracked flows: {}", table.tracked_flows);
-    let drops: Vec<String> = table
-        .drops
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(reason, n)| format!("{reason}={n}"))
-        .collect();
+    let drops = counted(&table.drops, |reason, n| format!("{reason}={n}"));
     if !drops.is_empty() {
         println!("drops: {}", drops.join(" "));
     }
