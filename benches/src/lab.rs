@@ -82,11 +82,14 @@ impl Lab {
             home: None,
         };
         std::fs::create_dir_all(&dir).expect("lab directory");
+        // IPv6 off: the counters the tests read see only the packets the
+        // tests run, none of the link-local chatter of new interfaces.
         let n = &netns;
         sh(&format!(
             "set -e
              ip netns add {n}
              ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1
+             ip netns exec {n} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
              ip -n {n} link add tb0 type bridge; ip -n {n} addr add 10.90.0.1/24 dev tb0
              ip -n {n} link add tv0 type veth peer name tv1
              ip -n {n} link set tv0 master tb0
