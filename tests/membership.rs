@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Etcd, Host, Underlay, sh};
+use support::{Etcd, Host, Underlay, sample, sh};
 
 const VTEPS: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
 
@@ -66,7 +66,35 @@ fn up_with_store(h: &Host, etcd: &Etcd) {
         &etcd.url(),
         "--store-ttl",
         &TTL.to_string(),
+        "--metrics",
+        METRICS,
     ]);
+}
+
+/// Where the hosts serve metrics, each in its own namespace.
+const METRICS: &str = "127.0.0.1:9464";
+
+/// How many times `h` brought itself in line with the cluster store, by
+/// its metrics, and their total duration in seconds.
+fn cluster_resyncs(h: &Host) -> (f64, f64) {
+    let samples = h.scrape(METRICS);
+    let cluster = [("trigger", "cluster")];
+    let count = sample(
+        &samples,
+        "netplane_reconcile_duration_seconds_count",
+        &cluster,
+    );
+    let inf = [("trigger", "cluster"), ("le", "+Inf")];
+    assert_eq!(
+        sample(&samples, "netplane_reconcile_duration_seconds_bucket", &inf),
+        count
+    );
+    let sum = sample(
+        &samples,
+        "netplane_reconcile_duration_seconds_sum",
+        &cluster,
+    );
+    (count, sum)
 }
 
 /// Hosts at every one of [`VTEPS`], the first two up with `etcd`.
@@ -97,6 +125,12 @@ fn hosts_join_leave_and_return_through_etcd() {
     })
     .expect("host 1 takes up the network host 0 created within 2 s");
     eprintln!("network seen by the other host after {seen:?}");
+    // Joining and taking up the network: resyncs of host 1, timed.
+    let (resyncs, took) = cluster_resyncs(&hosts[1]);
+    assert!(
+        resyncs >= 2.0 && took > 0.0,
+        "{resyncs} resyncs in {took} s"
+    );
     let eps: Vec<String> = hosts.iter().map(|h| h.name("c")).collect();
     for i in 0..2 {
         hosts[i].np_ok(&["create", &eps[i], "--net", "ov"]);
@@ -138,6 +172,10 @@ fn hosts_join_leave_and_return_through_etcd() {
         assert!(took.is_some(), "host {i} sees host 2 within 2 s");
     }
     eprintln!("join seen by both hosts after {:?}", joined.elapsed());
+    assert!(
+        cluster_resyncs(&hosts[1]).0 > resyncs,
+        "host 2's arrival is another resync"
+    );
     hosts[2].np_ok(&["create", &eps[2], "--net", "ov"]);
     let ip2 = hosts[2].ip_of(&eps[2]);
     assert!(ping_until(&hosts[0], &eps[0], &ip2), "0 → 2");

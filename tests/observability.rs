@@ -3,7 +3,10 @@
 mod support;
 
 use serde_json::Value;
-use support::{HOST_IP, Host, WORLD_IP, sh_ok};
+use support::{HOST_IP, Host, WORLD_IP, sample, sh_ok};
+
+/// Where the hosts of these tests serve metrics, in their own namespaces.
+const METRICS: &str = "127.0.0.1:9464";
 
 /// A UDP server on port argv[1] that answers every datagram with argv[2]
 /// bytes.
@@ -222,37 +225,16 @@ fn stats_of_an_endpoint_count_its_traffic_and_its_drops_by_reason_exactly() {
     assert!(err.contains("nosuch"), "{err}");
 }
 
-/// Python's OpenMetrics parser (Debian's python3-prometheus-client), which
-/// rejects anything the format does not allow: the samples, as JSON.
-const PARSE_OPENMETRICS: &str = "import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-print(json.dumps([{\"name\": s.name, \"labels\": s.labels, \"value\": s.value}
-    for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))";
-
-/// The value of the sample `name` whose labels include `labels`.
-fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<&Value> = samples
-        .iter()
-        .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][k] == *v))
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {labels:?} in {samples:?}");
-    found[0]["value"].as_f64().unwrap()
-}
-
 #[test]
 fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
-    let h = ipv4_only_host(&["--metrics", "127.0.0.1:9464"]);
+    let h = ipv4_only_host(&["--metrics", METRICS]);
     let srv = ipv4_only_endpoint(&h, "srv", &["-p", "8080:80/udp"]);
     let _in = answer(&h, &srv, 80, 30);
     ask(&h.world, 40000, HOST_IP, 8080, 4, 100);
     let dug = h.in_endpoint(&srv, &format!("dig +short +tries=1 +timeout=2 {srv}"));
     assert_eq!(String::from_utf8_lossy(&dug.stdout).trim(), h.ip_of(&srv));
 
-    let scraped = sh_ok(&format!(
-        "ip netns exec {} curl -sf http://127.0.0.1:9464/metrics | /usr/bin/python3 -c '{PARSE_OPENMETRICS}'",
-        h.netns
-    ));
-    let samples: Vec<Value> = serde_json::from_str(&scraped).unwrap();
+    let samples = h.scrape(METRICS);
 
     let flows: Vec<Value> = serde_json::from_str(&h.np_ok(&["ct", "ls", "--json"])).unwrap();
     assert_eq!(
@@ -310,7 +292,122 @@ fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
         sample(&samples, "netplane_drops_total", &[("reason", "spoofed")]),
         nat["drops"]["spoofed"].as_f64().unwrap()
     );
-    assert!(sample(&samples, "netplane_reconcile_duration_seconds", &[]) >= 0.0);
+    let up = [("trigger", "up")];
+    assert_eq!(
+        sample(&samples, "netplane_reconcile_duration_seconds_count", &up),
+        1.0,
+        "one up, no cluster store"
+    );
+    assert!(sample(&samples, "netplane_reconcile_duration_seconds_sum", &up) > 0.0);
+}
+
+/// From argv[3] sockets, source ports 30000 on, one datagram each to
+/// argv[1]:argv[2]: prints how many got an answer within 2 s.
+const ONE_EACH: &str = "import select, socket, sys, time
+socks = []
+for i in range(int(sys.argv[3])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((\"\", 30000 + i))
+    s.sendto(b\"q\", (sys.argv[1], int(sys.argv[2]))); socks.append(s)
+answered, end = set(), time.time() + 2
+while time.time() < end and len(answered) < len(socks):
+    ready, _, _ = select.select([s for s in socks if s not in answered], [], [], 0.2)
+    for s in ready: s.recv(64); answered.add(s)
+print(len(answered))";
+
+/// Three later fragments of a datagram to argv[1] whose first fragment
+/// never comes: masquerade cannot translate them without its ports.
+const LATER_FRAGMENTS: &str = "import sys
+from scapy.all import IP, Raw, send
+send(IP(dst=sys.argv[1], id=4242, frag=10, proto=17) / Raw(b\"x\" * 16), count=3, verbose=False)";
+
+#[test]
+fn drops_count_under_the_nat_rule_that_was_translating_and_a_reused_rule_starts_clean() {
+    // 64 entries: 32 flows, a direction each.
+    let h = ipv4_only_host(&["--ct-max", "64", "--metrics", METRICS]);
+    let srv = ipv4_only_endpoint(&h, "srv", &["-p", "8080:80/udp"]);
+    let cli = ipv4_only_endpoint(&h, "cli", &[]);
+    let _in = answer(&h, &srv, 80, 30);
+    let full_before = h.drops("ct_full");
+    let fragment_before = h.drops("fragment");
+
+    let sent = 100;
+    let answered: u64 = sh_ok(&format!(
+        "ip netns exec {} python3 -c '{ONE_EACH}' {HOST_IP} 8080 {sent}",
+        h.world
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    let refused = h.drops("ct_full") - full_before;
+    assert!(
+        answered > 0 && refused > 0,
+        "{answered} answered, {refused} refused"
+    );
+    assert_eq!(
+        answered + refused,
+        sent,
+        "every datagram answered or refused"
+    );
+    sh_ok(&format!(
+        "ip netns exec {cli} /usr/bin/python3 -c '{LATER_FRAGMENTS}' {WORLD_IP}"
+    ));
+    assert_eq!(h.drops("fragment") - fragment_before, 3);
+
+    let nat = h.nat();
+    let rules = nat["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["target"], "MASQUERADE");
+    assert_eq!(rules[0]["drops"], serde_json::json!({"fragment": 3}));
+    let port = rules
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap().starts_with("udp dpt:8080"))
+        .unwrap();
+    assert_eq!(port["drops"], serde_json::json!({"ct_full": refused}));
+    assert_eq!(
+        port["packets"],
+        2 * answered,
+        "a datagram each way per flow"
+    );
+    let listing = h.np_ok(&["nat", "ls"]);
+    assert!(
+        listing.lines().any(|l| l.contains("udp dpt:8080")
+            && l.ends_with(&format!("/* dropped: ct_full={refused} */"))),
+        "{listing}"
+    );
+
+    let samples = h.scrape(METRICS);
+    assert_eq!(
+        sample(
+            &samples,
+            "netplane_published_port_drops_total",
+            &[
+                ("endpoint", srv.as_str()),
+                ("host_port", "8080"),
+                ("reason", "ct_full")
+            ]
+        ),
+        refused as f64
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "netplane_masquerade_drops_total",
+            &[("reason", "fragment")]
+        ),
+        3.0
+    );
+
+    // The rule's slot goes to the next port published, counters cleared.
+    h.np_ok(&["rm", &srv]);
+    let next = ipv4_only_endpoint(&h, "next", &["-p", "8081:80/udp"]);
+    let nat = h.nat();
+    let port = nat["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap().starts_with("udp dpt:8081"))
+        .unwrap_or_else(|| panic!("{next}'s rule in {nat}"));
+    assert_eq!(port["drops"], serde_json::json!({}));
+    assert_eq!(port["packets"], 0);
 }
 
 /// A `netplane monitor` with its output in a file, stopped on drop.

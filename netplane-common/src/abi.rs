@@ -41,6 +41,10 @@ pub mod maps {
     /// Per-CPU [`super::IfCounters`] indexed by NAT rule slot: slot
     /// [`super::MASQUERADE_SLOT`] is masquerade, the others published ports.
     pub const NAT_COUNTERS: &str = "NP_NAT_COUNTERS";
+    /// Per-CPU `u64` keyed by [`super::RuleDropKey`]: packets dropped while
+    /// being translated under a NAT rule, by rule and reason. Entries are
+    /// made by the programs on a rule's first drop of a reason.
+    pub const RULE_DROPS: &str = "NP_RULE_DROPS";
     /// [`super::SockRevValue`] keyed by [`super::SockRevKey`] (LRU): the
     /// published address a host socket sent to, so that replies read from
     /// an unconnected UDP socket come from the address it expects.
@@ -115,6 +119,20 @@ pub const MASQUERADE_SLOT: u32 = 0;
 /// Default capacity of [`maps::CONNTRACK`] (entries, two per flow); `up
 /// --ct-max` overrides it.
 pub const DEFAULT_CT_MAX: u32 = 262_144;
+
+/// Capacity of [`maps::RULE_DROPS`]: a few reasons for each rule slot. The
+/// map is not preallocated, so only the pairs that dropped take memory.
+pub const MAX_RULE_DROPS: u32 = 4 * MAX_NAT_SLOTS;
+
+/// Key of [`maps::RULE_DROPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleDropKey {
+    /// [`maps::NAT_COUNTERS`] slot of the rule, host byte order.
+    pub slot: u32,
+    /// The [`DropReason`], host byte order.
+    pub reason: u32,
+}
 
 /// Capacity of [`maps::SOCK_REV`].
 pub const MAX_SOCK_REV: u32 = 65536;
@@ -553,6 +571,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfDrops {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::RuleDropKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevKey {}
@@ -584,6 +604,7 @@ mod tests {
         assert_eq!(size_of::<Event>(), 24 + 32 + EVENT_HEADER_BYTES);
         assert_eq!(size_of::<IfStatsKey>(), 8);
         assert_eq!(size_of::<IfCounters>(), 16);
+        assert_eq!(size_of::<RuleDropKey>(), 8);
     }
 
     #[test]

@@ -19,7 +19,9 @@ mod reg;
 mod sock;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
+    bindings::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
+    },
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SockAddrContext, TcContext},
@@ -29,8 +31,8 @@ use netplane_common::abi::{
     AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EVENTS_BYTES,
     EndpointIdentity, EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey, MAX_ENDPOINTS,
     MAX_HOST_ADDRS, MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISHED,
-    MAX_SOCK_REV, NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, SockRevKey,
-    SockRevValue,
+    MAX_RULE_DROPS, MAX_SOCK_REV, NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey,
+    PortTarget, RuleDropKey, SockRevKey, SockRevValue,
 };
 use packet::{L3, load};
 
@@ -106,6 +108,17 @@ static QUOTED: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU room for a flow being created.
 #[map]
 static NEW_FLOW: PerCpuArray<nat::NewFlow> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "NP_RULE_DROPS")]
+static RULE_DROPS: PerCpuHashMap<RuleDropKey, u64> =
+    PerCpuHashMap::pinned(MAX_RULE_DROPS, BPF_F_NO_PREALLOC);
+
+/// The NAT rule slot, plus one, under which the packet on its way to
+/// [`drop_packet`] was being translated; 0 for none. Written only by
+/// `nat::under_rule` on an error and cleared by the drop it leads to, so it
+/// never outlives the packet.
+#[map]
+static DROP_RULE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NP_SOCK_REV")]
 static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_SOCK_REV, 0);
@@ -273,7 +286,32 @@ fn drop_packet(ctx: &TcContext, reason: DropReason) -> i32 {
             *n += 1;
         }
     }
+    if let Some(rule) = DROP_RULE.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, so no other writer runs concurrently.
+        let tagged = unsafe { core::mem::replace(&mut *rule, 0) };
+        if let Some(slot) = tagged.checked_sub(1) {
+            count_rule_drop(slot, reason);
+        }
+    }
     TC_ACT_SHOT
+}
+
+/// Counts a drop under NAT rule `slot`; the rule's first drop for `reason`
+/// makes its entry.
+fn count_rule_drop(slot: u32, reason: DropReason) {
+    let key = RuleDropKey {
+        slot,
+        reason: reason as u32,
+    };
+    if let Some(n) = RULE_DROPS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, so no other writer runs concurrently.
+        unsafe { *n += 1 };
+        return;
+    }
+    // Made with this CPU's count and zero for the others. Another CPU may
+    // make it first; that one's count stands and this drop goes uncounted
+    // here, still counted by reason and by interface.
+    let _ = RULE_DROPS.insert(&key, &1, u64::from(BPF_NOEXIST));
 }
 
 #[cfg(not(test))]

@@ -36,8 +36,8 @@ use netplane_common::{
 };
 
 use crate::{
-    CONNTRACK, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISHED,
-    PUBLISHED_ANY, QUOTED, events, overlay,
+    CONNTRACK, DROP_RULE, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW,
+    PUBLISHED, PUBLISHED_ANY, QUOTED, events, overlay,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
 };
@@ -59,6 +59,20 @@ fn now() -> u64 {
 /// How stale a flow's timestamp may get before a packet refreshes it:
 /// writing it on every packet would bounce its cache line between CPUs.
 const TOUCH_NS: u64 = 1_000_000_000;
+
+/// `r`, and if it is an error, the note for [`crate::drop_packet`] that the
+/// packet was being translated under NAT rule `slot`. Only for errors that
+/// are dropped, never for ones a caller turns into a pass.
+#[inline(always)]
+fn under_rule<T>(r: Result<T, DropReason>, slot: u32) -> Result<T, DropReason> {
+    if r.is_err()
+        && let Some(rule) = DROP_RULE.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU value, so no other writer runs concurrently.
+        unsafe { *rule = slot + 1 };
+    }
+    r
+}
 
 fn count(slot: u32, len: u32) {
     if let Some(c) = NAT_COUNTERS.get_ptr_mut(slot) {
@@ -129,7 +143,8 @@ fn new_flow(original: &FlowKey, slot: u32) -> Result<&'static mut NewFlow, DropR
 /// call chain, and this frame is only live while creating.
 #[inline(never)]
 fn create(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> InReg<Result<(), DropReason>> {
-    InReg::new(create_now(ctx, cfg, flow))
+    let slot = flow.slot;
+    InReg::new(under_rule(create_now(ctx, cfg, flow), slot))
 }
 
 #[inline(always)]
@@ -455,7 +470,7 @@ fn next_hop(
 /// the stack limit.
 #[inline(never)]
 fn forward(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, to: &CtEntry) -> InReg<Verdict> {
-    InReg::new(forward_now(ctx, cfg, ip, to))
+    InReg::new(under_rule(forward_now(ctx, cfg, ip, to), to.slot))
 }
 
 #[inline(always)]
@@ -588,6 +603,20 @@ fn icmp_error_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Result<Option<
     let Some(e) = (unsafe { CONNTRACK.get(&key) }) else {
         return Ok(None);
     };
+    under_rule(translate_icmp_error(ctx, cfg, ip, inner, &key, e), e.slot)
+}
+
+/// Translates and delivers an ICMP error quoting `inner`, a packet of the
+/// flow whose reply entry `key` is `e`.
+#[inline(always)]
+fn translate_icmp_error(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv4,
+    inner: &Ipv4,
+    key: &FlowKey,
+    e: &CtEntry,
+) -> Result<Option<i32>, DropReason> {
     // The error came from the flow's peer itself, or from a router between.
     let saddr = if ip.saddr == key.saddr_be {
         e.saddr_be
@@ -692,7 +721,6 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
             Err(DropReason::IccDenied)
         };
     }
-    let key = ip.key();
     if is_host_addr(ip.daddr) {
         if matches!(ip.proto, proto::TCP | proto::UDP)
             && !ip.later_fragment
@@ -700,7 +728,7 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
         {
             // Hairpin. An endpoint reaching itself must see another source,
             // or its stack takes the packet for a martian.
-            let flow = new_flow(&key, target.slot)?;
+            let flow = new_flow(&ip.key(), target.slot)?;
             if target.addr_be == ip.saddr {
                 flow.translated.saddr_be = cfg.gateway_be;
                 flow.pick_port = true;
@@ -729,18 +757,25 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
     if route.ifindex != cfg.uplink_ifindex {
         return Ok(TC_ACT_OK);
     }
+    under_rule(masquerade(ctx, cfg, ip, &route), MASQUERADE_SLOT)
+}
+
+/// A packet an endpoint sends out through the uplink, not of a flow yet:
+/// a new flow from the host's address.
+#[inline(always)]
+fn masquerade(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, route: &Route) -> Verdict {
     if ip.later_fragment {
         return Err(DropReason::Fragment);
     }
     if ip.is_icmp_error() {
         return Err(DropReason::UntrackedIcmpError);
     }
-    let flow = new_flow(&key, MASQUERADE_SLOT)?;
+    let flow = new_flow(&ip.key(), MASQUERADE_SLOT)?;
     flow.translated.saddr_be = cfg.uplink_addr_be;
     flow.pick_port = ip.has_ports();
     create(ctx, cfg, flow).get()?;
     rewrite(ctx, ip, &flow.pair.fwd)?;
-    send(ctx, ip, &route)
+    send(ctx, ip, route)
 }
 
 /// A packet arriving on the uplink: replies to masqueraded flows and

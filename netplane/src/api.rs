@@ -228,6 +228,9 @@ pub struct NatRule {
     pub packets: u64,
     /// Bytes translated.
     pub bytes: u64,
+    /// Packets dropped while being translated under the rule, by reason;
+    /// only reasons that dropped any.
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// `GET /v1/nat`: what `netplane nat ls` prints.

@@ -676,8 +676,15 @@ fn print_nat(table: &NatTable) {
         "pkts", "bytes", "target", "prot", "source", "destination"
     );
     for r in &table.rules {
+        // After the rule, like a comment match in iptables' listing.
+        let dropped = counted(&r.drops, |reason, n| format!("{reason}={n}"));
+        let dropped = if dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" /* dropped: {} */", dropped.join(" "))
+        };
         println!(
-            "{:>8} {:>10} {:<10} {:<5} {:<18} {:<18} {}",
+            "{:>8} {:>10} {:<10} {:<5} {:<18} {:<18} {}{dropped}",
             r.packets, r.bytes, r.target, r.prot, r.source, r.destination, r.detail
         );
     }

@@ -154,7 +154,7 @@ pub struct Daemon {
     /// The embedded DNS server of every network.
     resolver: Resolver,
     /// How long `up` took to reconcile the store with the kernel.
-    reconciled_in: Duration,
+    reconciles: metrics::ReconcileDurations,
     _lock: DaemonLock,
 }
 
@@ -254,7 +254,7 @@ impl Daemon {
             session: None,
             view: None,
             resolver: Resolver::new(upstream),
-            reconciled_in: Duration::ZERO,
+            reconciles: metrics::ReconcileDurations::default(),
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -322,7 +322,8 @@ impl Daemon {
             .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
         let reconciling = std::time::Instant::now();
         self.reconcile().await?;
-        self.reconciled_in = reconciling.elapsed();
+        self.reconciles
+            .observe(metrics::Reconcile::Up, reconciling.elapsed());
         self.dp().finish_migration()
     }
 
@@ -966,6 +967,7 @@ impl Daemon {
             .as_ref()
             .expect("data path is loaded while the daemon runs");
         let (packets, bytes) = dp.nat_counters(MASQUERADE_SLOT)?;
+        let mut drops = dp.rule_drops()?;
         let mut rules = vec![NatRule {
             target: "MASQUERADE".into(),
             prot: "all".into(),
@@ -980,18 +982,12 @@ impl Daemon {
             },
             packets,
             bytes,
+            drops: drops.remove(&MASQUERADE_SLOT).unwrap_or_default(),
         }];
         for rec in self.store.endpoints()? {
             let Some(ip) = rec.ep.ip else { continue };
             for p in &rec.ports {
                 let (packets, bytes) = dp.nat_counters(p.slot)?;
-                let range = |r: &portspec::PortRange| {
-                    if r.start == r.end {
-                        r.start.to_string()
-                    } else {
-                        format!("{}-{}", r.start, r.end)
-                    }
-                };
                 rules.push(NatRule {
                     target: "DNAT".into(),
                     prot: p.proto.to_string(),
@@ -1003,12 +999,11 @@ impl Daemon {
                     },
                     detail: format!(
                         "{} dpt:{} to:{ip}:{}",
-                        p.proto,
-                        range(&p.host_ports),
-                        range(&p.container_ports)
+                        p.proto, p.host_ports, p.container_ports
                     ),
                     packets,
                     bytes,
+                    drops: drops.remove(&p.slot).unwrap_or_default(),
                 });
             }
         }
@@ -1397,6 +1392,14 @@ impl Daemon {
     /// and writes the routes to every other host's lease. Returns the
     /// revision of the store it read.
     pub async fn resync(&mut self) -> Result<i64> {
+        let started = std::time::Instant::now();
+        let resynced = self.resync_with_store().await;
+        self.reconciles
+            .observe(metrics::Reconcile::Cluster, started.elapsed());
+        resynced
+    }
+
+    async fn resync_with_store(&mut self) -> Result<i64> {
         let session = self.connected()?;
         let vtep = self.vtep()?;
         let (mut view, mut revision) = session.snapshot().await?;
@@ -1589,19 +1592,13 @@ impl Daemon {
         let records = self.store.endpoints()?;
         let mut endpoints = Vec::new();
         for rec in records.iter().filter(|r| r.ep.host_veth().is_some()) {
-            endpoints.push(self.endpoint_stats(&rec.ep.name)?);
+            endpoints.push(self.stats_of(rec)?);
         }
-        let range = |r: &portspec::PortRange| {
-            if r.start == r.end {
-                r.start.to_string()
-            } else {
-                format!("{}-{}", r.start, r.end)
-            }
-        };
         let dp = self
             .dp
             .as_ref()
             .expect("data path is loaded while the daemon runs");
+        let mut drops = dp.rule_drops()?;
         let mut ports = Vec::new();
         for rec in &records {
             for p in &rec.ports {
@@ -1611,11 +1608,12 @@ impl Daemon {
                         endpoint: rec.ep.name.clone(),
                         protocol: p.proto.to_string(),
                         host_ip: p.host_ip.to_string(),
-                        host_port: range(&p.host_ports),
-                        container_port: range(&p.container_ports),
+                        host_port: p.host_ports.to_string(),
+                        container_port: p.container_ports.to_string(),
                     },
                     packets,
                     bytes,
+                    drops: drops.remove(&p.slot).unwrap_or_default(),
                 });
             }
         }
@@ -1636,10 +1634,11 @@ impl Daemon {
             drops: dp.drops()?,
             ports,
             masquerade: dp.nat_counters(MASQUERADE_SLOT)?,
+            masquerade_drops: drops.remove(&MASQUERADE_SLOT).unwrap_or_default(),
             tables,
             peers,
             dns: self.resolver.counts(),
-            reconcile_seconds: self.reconciled_in.as_secs_f64(),
+            reconciles: self.reconciles.clone(),
         })
     }
 
@@ -1668,7 +1667,10 @@ impl Daemon {
 
     /// One endpoint's counters, from its side: `stats NAME`.
     pub fn endpoint_stats(&self, name: &str) -> Result<EndpointStats> {
-        let rec = self.store.endpoint(name)?;
+        self.stats_of(&self.store.endpoint(name)?)
+    }
+
+    fn stats_of(&self, rec: &StoredEndpoint) -> Result<EndpointStats> {
         let Some(veth) = rec.ep.host_veth() else {
             return Err(Error::NotApplicable {
                 flag: "stats",
@@ -1681,7 +1683,7 @@ impl Daemon {
             .expect("data path is loaded while the daemon runs");
         let host_side = dp.traffic(&veth)?;
         Ok(EndpointStats {
-            endpoint: name.to_string(),
+            endpoint: rec.ep.name.clone(),
             rx_packets: host_side.tx_packets,
             rx_bytes: host_side.tx_bytes,
             tx_packets: host_side.rx_packets,

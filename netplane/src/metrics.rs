@@ -3,12 +3,17 @@
 //! prometheus-client. Pure: [`crate::daemon::Daemon::metrics`] takes the
 //! snapshot.
 
-use std::{collections::BTreeMap, sync::atomic::AtomicU64};
+use std::{collections::BTreeMap, sync::atomic::AtomicU64, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
 };
 
 use crate::api::EndpointStats;
@@ -19,6 +24,8 @@ pub struct PortCounters {
     pub labels: PortLabels,
     pub packets: u64,
     pub bytes: u64,
+    /// Drops while translating under the rule, by reason.
+    pub drops: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,8 +47,48 @@ pub struct TableUse {
     pub capacity: u64,
 }
 
+/// What made the daemon bring the kernel in line with its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconcile {
+    /// `up`, with the endpoints in the store.
+    Up,
+    /// A change in the cluster store, with the overlay networks there.
+    Cluster,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Trigger {
+    trigger: &'static str,
+}
+
+/// Durations of the daemon's reconciles, by [`Reconcile`]: kept by the
+/// daemon for its whole life, shown by every scrape.
+#[derive(Clone, Debug)]
+pub struct ReconcileDurations(Family<Trigger, Histogram, fn() -> Histogram>);
+
+impl Default for ReconcileDurations {
+    fn default() -> Self {
+        // 1 ms to about 33 s.
+        ReconcileDurations(Family::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        }))
+    }
+}
+
+impl ReconcileDurations {
+    pub fn observe(&self, what: Reconcile, took: Duration) {
+        let trigger = match what {
+            Reconcile::Up => "up",
+            Reconcile::Cluster => "cluster",
+        };
+        self.0
+            .get_or_create(&Trigger { trigger })
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// Everything one scrape shows.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub endpoints: Vec<EndpointStats>,
     /// Drops by reason, every interface together.
@@ -49,13 +96,14 @@ pub struct Snapshot {
     pub ports: Vec<PortCounters>,
     /// Packets and bytes translated by masquerade.
     pub masquerade: (u64, u64),
+    /// Drops while masquerading, by reason.
+    pub masquerade_drops: BTreeMap<String, u64>,
     pub tables: Vec<TableUse>,
     /// One (network, state) per overlay peer.
     pub peers: Vec<(String, String)>,
     /// DNS queries, and those no upstream resolver answered.
     pub dns: (u64, u64),
-    /// How long the last `up` took to reconcile the store with the kernel.
-    pub reconcile_seconds: f64,
+    pub reconciles: ReconcileDurations,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +120,13 @@ struct EndpointDrop {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortDrop {
+    #[prometheus(flatten)]
+    port: PortLabels,
     reason: String,
 }
 
@@ -169,9 +224,22 @@ pub fn render(s: &Snapshot) -> String {
         "published_port_bytes",
         "Bytes translated under a published port, both directions",
     );
+    let port_drops = counters(
+        &mut registry,
+        "published_port_drops",
+        "Packets dropped while being translated under a published port, by reason",
+    );
     for p in &s.ports {
         port_packets.get_or_create(&p.labels).inc_by(p.packets);
         port_bytes.get_or_create(&p.labels).inc_by(p.bytes);
+        for (reason, n) in &p.drops {
+            port_drops
+                .get_or_create(&PortDrop {
+                    port: p.labels.clone(),
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
     }
     let masquerade_packets = Counter::<u64, AtomicU64>::default();
     masquerade_packets.inc_by(s.masquerade.0);
@@ -187,6 +255,18 @@ pub fn render(s: &Snapshot) -> String {
         "Bytes translated by masquerade, both directions",
         masquerade_bytes,
     );
+    let masquerade_drops = counters(
+        &mut registry,
+        "masquerade_drops",
+        "Packets dropped while being masqueraded, by reason",
+    );
+    for (reason, n) in &s.masquerade_drops {
+        masquerade_drops
+            .get_or_create(&Reason {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
 
     let entries = gauges(
         &mut registry,
@@ -237,13 +317,11 @@ pub fn render(s: &Snapshot) -> String {
         failures,
     );
 
-    let reconcile = Gauge::<f64, AtomicU64>::default();
-    reconcile.set(s.reconcile_seconds);
     registry.register_with_unit(
         "reconcile_duration",
-        "How long the last up took to bring the kernel in line with the store",
-        prometheus_client::registry::Unit::Seconds,
-        reconcile,
+        "How long the daemon took to bring the kernel in line with its state, by trigger",
+        Unit::Seconds,
+        s.reconciles.0.clone(),
     );
 
     let mut text = String::new();
@@ -282,8 +360,10 @@ mod tests {
                 },
                 packets: 7,
                 bytes: 700,
+                drops: BTreeMap::from([("ct_full".into(), 2)]),
             }],
             masquerade: (5, 500),
+            masquerade_drops: BTreeMap::from([("nat_ports_exhausted".into(), 3)]),
             tables: vec![TableUse {
                 map: "NP_CONNTRACK".into(),
                 entries: 4,
@@ -291,8 +371,14 @@ mod tests {
             }],
             peers: vec![("ov".into(), "static".into())],
             dns: (9, 1),
-            reconcile_seconds: 0.25,
+            reconciles: ReconcileDurations::default(),
         };
+        s.reconciles
+            .observe(Reconcile::Up, Duration::from_millis(250));
+        s.reconciles
+            .observe(Reconcile::Cluster, Duration::from_micros(1500));
+        s.reconciles
+            .observe(Reconcile::Cluster, Duration::from_millis(3));
         let text = render(&s);
         for line in [
             "netplane_endpoint_packets_total{endpoint=\"web\",direction=\"rx\"} 3",
@@ -306,7 +392,13 @@ mod tests {
             "netplane_overlay_peers{network=\"ov\",state=\"static\"} 1",
             "netplane_dns_queries_total 9",
             "netplane_dns_failures_total 1",
-            "netplane_reconcile_duration_seconds 0.25",
+            "netplane_published_port_drops_total{endpoint=\"web\",protocol=\"tcp\",host_ip=\"0.0.0.0\",host_port=\"8080\",container_port=\"80\",reason=\"ct_full\"} 2",
+            "netplane_masquerade_drops_total{reason=\"nat_ports_exhausted\"} 3",
+            "netplane_reconcile_duration_seconds_sum{trigger=\"up\"} 0.25",
+            "netplane_reconcile_duration_seconds_count{trigger=\"up\"} 1",
+            "netplane_reconcile_duration_seconds_count{trigger=\"cluster\"} 2",
+            "netplane_reconcile_duration_seconds_bucket{le=\"0.002\",trigger=\"cluster\"} 1",
+            "netplane_reconcile_duration_seconds_bucket{le=\"0.004\",trigger=\"cluster\"} 2",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

@@ -18,6 +18,23 @@ pub const WORLD_IP: &str = "198.18.0.1";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Python's OpenMetrics parser (Debian's python3-prometheus-client), which
+/// rejects anything the format does not allow: the samples, as JSON.
+const PARSE_OPENMETRICS: &str = "import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+print(json.dumps([{\"name\": s.name, \"labels\": s.labels, \"value\": s.value}
+    for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))";
+
+/// The value of the one sample `name` whose labels include `labels`.
+pub fn sample(samples: &[serde_json::Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&serde_json::Value> = samples
+        .iter()
+        .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][k] == *v))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?} in {samples:?}");
+    found[0]["value"].as_f64().unwrap()
+}
+
 pub fn sh(cmd: &str) -> Output {
     Command::new("sh")
         .arg("-c")
@@ -412,6 +429,16 @@ impl Host {
     /// The data path's NAT table as `netplane nat ls --json` shows it.
     pub fn nat(&self) -> serde_json::Value {
         serde_json::from_str(&self.np_ok(&["nat", "ls", "--json"])).unwrap()
+    }
+
+    /// `/metrics` from a daemon serving it at `addr`, fetched with curl and
+    /// parsed by Python's OpenMetrics parser: its samples.
+    pub fn scrape(&self, addr: &str) -> Vec<serde_json::Value> {
+        let scraped = sh_ok(&format!(
+            "ip netns exec {} curl -sf http://{addr}/metrics | /usr/bin/python3 -c '{PARSE_OPENMETRICS}'",
+            self.netns
+        ));
+        serde_json::from_str(&scraped).unwrap()
     }
 
     /// Packets counted by the drop reason `reason`.

@@ -27,8 +27,8 @@ use aya_log::EbpfLogger;
 use aya_obj::generated::{BPF_NOEXIST, bpf_attr, bpf_cmd};
 use netplane_common::abi::{
     AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
-    IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget, maps,
-    programs,
+    IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget, RuleDropKey,
+    maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -947,8 +947,34 @@ impl Datapath {
             .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)))
     }
 
+    /// Drops by reason under each NAT rule slot that dropped any, summed
+    /// over CPUs.
+    pub fn rule_drops(&self) -> Result<BTreeMap<u32, BTreeMap<String, u64>>> {
+        let map: PerCpuHashMap<_, RuleDropKey, u64> = self.map(maps::RULE_DROPS)?;
+        let mut by_slot: BTreeMap<u32, BTreeMap<String, u64>> = BTreeMap::new();
+        for entry in map.iter() {
+            let (key, counts) = entry.map_err(|e| Error::ebpf("read", maps::RULE_DROPS, e))?;
+            let Some(reason) = DropReason::ALL.get(key.reason as usize) else {
+                continue;
+            };
+            by_slot
+                .entry(key.slot)
+                .or_default()
+                .insert(reason.name().to_string(), counts.iter().sum());
+        }
+        Ok(by_slot)
+    }
+
     /// Zeroes the counters of a NAT rule slot before it is given to a rule.
     pub fn reset_nat_counters(&mut self, slot: u32) -> Result<()> {
+        let drops: Vec<RuleDropKey> = DropReason::ALL
+            .iter()
+            .map(|r| RuleDropKey {
+                slot,
+                reason: *r as u32,
+            })
+            .collect();
+        self.delete_batch(maps::RULE_DROPS, &drops)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io("count CPUs", what, e))?;
         let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
             .map_err(|e| Error::io("build per-CPU value", maps::NAT_COUNTERS, e))?;
@@ -1075,17 +1101,13 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 fn map_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
     use aya::maps::Map;
     match ebpf.map(name) {
-        Some(Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) => {
-            Ok(data.fd().as_fd())
-        }
-        Some(_) => Err(Error::ebpf(
-            "open map",
-            name,
-            MapError::InvalidName {
-                name: name.to_string(),
-            },
-        )),
-        None => Err(not_in_object("map", name)),
+        Some(
+            Map::HashMap(data)
+            | Map::LruHashMap(data)
+            | Map::PerCpuHashMap(data)
+            | Map::Array(data),
+        ) => Ok(data.fd().as_fd()),
+        _ => Err(not_in_object("hash or array map", name)),
     }
 }
 
