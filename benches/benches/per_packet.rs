@@ -7,6 +7,7 @@
 //! test-run setup of each run are; `floor_empty_program` measures exactly
 //! those, so a path's own cost is its time minus the floor's. Every run's
 //! verdict is checked; a broken path fails the benchmark instead of winning.
+//! `flow_table_read` times reading those flows back, in wall time.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -213,12 +214,29 @@ fn per_packet(c: &mut Criterion) {
     group.finish();
 }
 
+/// Wall time to read the whole flow table with `n` flows (two entries
+/// each): what `ct ls`, a metrics scrape and every garbage collection do.
+fn flow_table_read(c: &mut Criterion) {
+    let mut group = c.benchmark_group("flow_table_read");
+    for n in SIZES {
+        let mut lab = Lab::new(2 * n + 1_000);
+        seed(&mut lab, n);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter(|| {
+                let flows = lab.dp.flows().expect("reading the flow table");
+                assert_eq!(flows.len(), 2 * n as usize);
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = per_packet
+    targets = per_packet, flow_table_read
 }
 criterion_main!(benches);

@@ -60,61 +60,41 @@ impl MonitorFilter {
     }
 }
 
-/// `event`, which arrived on `interface`; the endpoint is named later.
-pub fn decode(event: &Event, interface: String) -> MonitorEvent {
-    let captured = (event.captured as usize).min(event.header.len());
-    let packet = summarize(&event.header[..captured]);
-    let (kind, reason, summary) = match event.kind {
-        EVENT_DROP => (
-            "drop",
-            Some(
-                DropReason::ALL
-                    .iter()
-                    .find(|r| **r as u32 == event.reason)
-                    .map_or_else(
-                        || format!("reason {}", event.reason),
-                        |r| r.name().to_string(),
-                    ),
-            ),
-            packet,
-        ),
-        EVENT_NEW_FLOW => (
-            "flow",
-            None,
-            format!(
-                "{} as {}",
-                flow_tuple(&event.original),
-                flow_tuple(&event.translated)
-            ),
-        ),
-        other => ("unknown", None, format!("event kind {other}")),
+/// `event`, which arrived on `interface`, and the addresses it is about,
+/// which may name its endpoint later: a flow's, before and after
+/// translation, or a dropped packet's.
+pub fn decode(event: &Event, interface: String) -> (MonitorEvent, Vec<Ipv4Addr>) {
+    let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+    let (kind, reason, summary, addresses) = match event.kind {
+        EVENT_DROP => {
+            let captured = (event.captured as usize).min(event.header.len());
+            let (summary, addresses) = summarize(&event.header[..captured]);
+            let reason = DropReason::ALL
+                .iter()
+                .find(|r| **r as u32 == event.reason)
+                .map_or_else(
+                    || format!("reason {}", event.reason),
+                    |r| r.name().to_string(),
+                );
+            ("drop", Some(reason), summary, addresses)
+        }
+        EVENT_NEW_FLOW => {
+            let (o, t) = (&event.original, &event.translated);
+            let summary = format!("{} as {}", flow_tuple(o), flow_tuple(t));
+            let addresses = vec![addr(o.saddr_be), addr(t.daddr_be), addr(o.daddr_be)];
+            ("flow", None, summary, addresses)
+        }
+        other => ("unknown", None, format!("event kind {other}"), Vec::new()),
     };
-    MonitorEvent {
+    let event = MonitorEvent {
         kind: kind.to_string(),
         reason,
         interface,
         endpoint: None,
         len: event.len,
         summary,
-    }
-}
-
-/// The addresses an event is about, which may name its endpoint: a
-/// flow's, before and after translation, or a dropped packet's.
-pub fn addresses(event: &Event) -> Vec<Ipv4Addr> {
-    let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
-    if event.kind == EVENT_NEW_FLOW {
-        let (o, t) = (&event.original, &event.translated);
-        return vec![addr(o.saddr_be), addr(t.daddr_be), addr(o.daddr_be)];
-    }
-    let captured = (event.captured as usize).min(event.header.len());
-    match LaxSlicedPacket::from_ethernet(&event.header[..captured]) {
-        Ok(LaxSlicedPacket {
-            net: Some(LaxNetSlice::Ipv4(ip)),
-            ..
-        }) => vec![ip.header().source_addr(), ip.header().destination_addr()],
-        _ => Vec::new(),
-    }
+    };
+    (event, addresses)
 }
 
 fn flow_tuple(k: &FlowKey) -> String {
@@ -134,15 +114,19 @@ fn flow_tuple(k: &FlowKey) -> String {
     )
 }
 
-/// The first bytes of a frame, as tcpdump would print them.
-pub fn summarize(frame: &[u8]) -> String {
+/// The first bytes of a frame, as tcpdump would print them, and its IPv4
+/// addresses.
+fn summarize(frame: &[u8]) -> (String, Vec<Ipv4Addr>) {
     let Ok(packet) = LaxSlicedPacket::from_ethernet(frame) else {
-        return format!("{} bytes: truncated Ethernet header", frame.len());
+        return (
+            format!("{} bytes: truncated Ethernet header", frame.len()),
+            Vec::new(),
+        );
     };
     let ip = match &packet.net {
         Some(LaxNetSlice::Ipv4(ip)) => ip.header(),
-        Some(LaxNetSlice::Ipv6(_)) => return "IP6".into(),
-        Some(LaxNetSlice::Arp(_)) => return "ARP".into(),
+        Some(LaxNetSlice::Ipv6(_)) => return ("IP6".into(), Vec::new()),
+        Some(LaxNetSlice::Arp(_)) => return ("ARP".into(), Vec::new()),
         None => {
             let ether_type = packet
                 .link
@@ -152,10 +136,11 @@ pub fn summarize(frame: &[u8]) -> String {
                     etherparse::LinkHeader::Ethernet2(e) => e.ether_type.0,
                     etherparse::LinkHeader::LinuxSll(s) => s.protocol_type.into(),
                 });
-            return match ether_type {
+            let summary = match ether_type {
                 Some(t) => format!("ethertype 0x{t:04x}, truncated or not IP"),
                 None => "no link header".into(),
             };
+            return (summary, Vec::new());
         }
     };
     let (src, dst) = (ip.source_addr(), ip.destination_addr());
@@ -164,7 +149,7 @@ pub fn summarize(frame: &[u8]) -> String {
     } else {
         ""
     };
-    match &packet.transport {
+    let summary = match &packet.transport {
         Some(TransportSlice::Tcp(t)) => {
             let flags: String = [
                 (t.syn(), 'S'),
@@ -192,7 +177,8 @@ pub fn summarize(frame: &[u8]) -> String {
             format!("IP {src} > {dst}: ICMP type {}{fragment}", i.type_u8())
         }
         _ => format!("IP {src} > {dst}: proto {}{fragment}", ip.protocol().0),
-    }
+    };
+    (summary, vec![src, dst])
 }
 
 /// A monitor line: the event, its reason and endpoint.
@@ -243,7 +229,7 @@ mod tests {
             .syn()
             .write(&mut frame, &[])
             .unwrap();
-        let e = decode(
+        let (e, addresses) = decode(
             &event(EVENT_DROP, DropReason::Spoofed as u32, &frame),
             "npv1".into(),
         );
@@ -251,20 +237,20 @@ mod tests {
         assert_eq!(e.reason.as_deref(), Some("spoofed"));
         assert_eq!(e.summary, "IP 10.99.0.5.40000 > 198.18.0.1.80: Flags [S]");
         assert_eq!(e.len, 54);
-        let ev = event(EVENT_DROP, DropReason::Spoofed as u32, &frame);
         assert_eq!(
-            addresses(&ev),
+            addresses,
             [Ipv4Addr::new(10, 99, 0, 5), Ipv4Addr::new(198, 18, 0, 1)]
         );
     }
 
     #[test]
     fn a_truncated_frame_still_says_what_it_can() {
-        let e = decode(
+        let (e, addresses) = decode(
             &event(EVENT_DROP, DropReason::Truncated as u32, &[1, 2, 3]),
             "x".into(),
         );
         assert_eq!(e.summary, "3 bytes: truncated Ethernet header");
+        assert!(addresses.is_empty());
         let mut frame = Vec::new();
         PacketBuilder::ethernet2([2; 6], [4; 6])
             .ipv4([10, 88, 0, 2], [198, 18, 0, 1], 64)
@@ -272,7 +258,7 @@ mod tests {
             .write(&mut frame, &[0; 400])
             .unwrap();
         // Only the first bytes travel; the headers are in them.
-        let e = decode(
+        let (e, _) = decode(
             &event(EVENT_DROP, DropReason::IccDenied as u32, &frame),
             "x".into(),
         );
@@ -293,10 +279,18 @@ mod tests {
         let mut ev = event(EVENT_NEW_FLOW, 0, &[]);
         ev.original = key([198, 18, 0, 1], 40000, [198, 18, 0, 2], 8080);
         ev.translated = key([198, 18, 0, 1], 40000, [10, 88, 0, 2], 80);
-        let e = decode(&ev, "pru".into());
+        let (e, addresses) = decode(&ev, "pru".into());
         assert_eq!(
             e.summary,
             "tcp 198.18.0.1.40000 > 198.18.0.2.8080 as tcp 198.18.0.1.40000 > 10.88.0.2.80"
+        );
+        assert_eq!(
+            addresses,
+            [
+                Ipv4Addr::new(198, 18, 0, 1),
+                Ipv4Addr::new(10, 88, 0, 2),
+                Ipv4Addr::new(198, 18, 0, 2)
+            ]
         );
     }
 

@@ -137,7 +137,10 @@ pub async fn run(maps: EventMaps, hub: Arc<Hub>, state: Shared) {
     };
     let mut check = tokio::time::interval(CHECK_EVERY);
     loop {
-        tokio::select! {
+        // The lost count is read on the check's tick, not on every wake
+        // (with a full ring, that is every batch): watchers look at it no
+        // more often than that.
+        let checking = tokio::select! {
             readable = ring.readable_mut() => {
                 let Ok(mut guard) = readable else { return };
                 let mut batch = Vec::new();
@@ -151,10 +154,11 @@ pub async fn run(maps: EventMaps, hub: Arc<Hub>, state: Shared) {
                 }
                 guard.clear_ready();
                 relay(&batch, &hub, &state).await;
+                false
             }
-            () = hub.wake.notified() => {}
-            _ = check.tick() => {}
-        }
+            () = hub.wake.notified() => false,
+            _ = check.tick() => true,
+        };
         let watched = hub.events.receiver_count() > 0;
         if *hub.emitting.borrow() != watched {
             match control.set_on(watched) {
@@ -164,9 +168,11 @@ pub async fn run(maps: EventMaps, hub: Arc<Hub>, state: Shared) {
                 Err(e) => warn!("monitor: {e}"),
             }
         }
-        match control.lost() {
-            Ok(lost) => hub.ring_lost.store(lost, Ordering::Relaxed),
-            Err(e) => warn!("monitor: {e}"),
+        if checking {
+            match control.lost() {
+                Ok(lost) => hub.ring_lost.store(lost, Ordering::Relaxed),
+                Err(e) => warn!("monitor: {e}"),
+            }
         }
     }
 }
@@ -187,7 +193,7 @@ async fn relay(batch: &[Event], hub: &Hub, state: &Shared) {
             let interface = nix::net::if_::if_indextoname(e.ifindex)
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| format!("if{}", e.ifindex));
-            (monitor::decode(e, interface), monitor::addresses(e))
+            monitor::decode(e, interface)
         })
         .collect();
     if let Some(daemon) = state.lock().await.as_ref()

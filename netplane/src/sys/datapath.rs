@@ -715,9 +715,8 @@ impl Datapath {
                 .max_entries(),
             _ => return Err(not_in_object("hash map", name)),
         };
-        let table: HashMap<_, K, V> = self.map(name)?;
-        // The kernel keeps no count a reader can get: walk the keys.
-        let entries = table.keys().count();
+        // The kernel keeps no count a reader can get: read the entries.
+        let entries = self.dump::<K, V>(name)?.len();
         Ok(TableUse {
             map: name.to_string(),
             entries: entries as u64,
@@ -986,8 +985,53 @@ impl Datapath {
 
     /// Every connection tracking entry.
     pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        let map: HashMap<_, FlowKey, CtEntry> = self.map(maps::CONNTRACK)?;
-        Ok(map.iter().flatten().collect())
+        self.dump(maps::CONNTRACK)
+    }
+
+    /// Every entry of hash map `name` (not a per-CPU one), read with
+    /// BPF_MAP_LOOKUP_BATCH: a system call per few thousand entries, where
+    /// walking the keys takes two per entry.
+    fn dump<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<Vec<(K, V)>> {
+        let fd = map_fd(&self.ebpf, name)?;
+        let mut entries = Vec::new();
+        // SAFETY: K and V are plain data, for which zero bytes are a value.
+        let (zero_key, zero_value): (K, V) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        let mut keys = vec![zero_key; DUMP_BATCH];
+        let mut values = vec![zero_value; DUMP_BATCH];
+        // Where the kernel stopped: a bucket index for hash maps. None
+        // before the first call.
+        let mut resume: Option<u64> = None;
+        loop {
+            let mut stopped_at: u64 = 0;
+            // SAFETY: bpf_attr is plain data; zero is what the kernel wants
+            // in every field a command does not use.
+            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+            // SAFETY: `batch` is the member the batch commands read.
+            let batch = unsafe { &mut attr.batch };
+            batch.map_fd = fd.as_raw_fd() as u32;
+            batch.in_batch = resume.as_ref().map_or(0, |at| at as *const u64 as u64);
+            batch.out_batch = &raw mut stopped_at as u64;
+            batch.keys = keys.as_mut_ptr() as u64;
+            batch.values = values.as_mut_ptr() as u64;
+            batch.count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+            // SAFETY: the kernel writes at most `count` keys and values of
+            // the map's sizes, which K and V are, into buffers of that many,
+            // and its position into `stopped_at`; all outlive the call.
+            let result = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+            // SAFETY: as above; the kernel wrote back how many it read.
+            let read = unsafe { attr.batch.count } as usize;
+            entries.extend(keys.iter().copied().zip(values.iter().copied()).take(read));
+            match result {
+                Ok(_) => resume = Some(stopped_at),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+                // A bucket holds more entries than the buffers do.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && read == 0 => {
+                    keys.resize(2 * keys.len(), zero_key);
+                    values.resize(2 * values.len(), zero_value);
+                }
+                Err(e) => return Err(Error::io("batch-read", name, e)),
+            }
+        }
     }
 
     /// Removes both entries of every flow one of whose entries matches.
@@ -1110,6 +1154,9 @@ fn map_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
         _ => Err(not_in_object("hash or array map", name)),
     }
 }
+
+/// Entries [`Datapath::dump`] reads per system call.
+const DUMP_BATCH: usize = 4096;
 
 /// Published ports keyed one way or another.
 type PortEntries<K> = Vec<(K, PortTarget)>;
