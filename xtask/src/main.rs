@@ -196,13 +196,20 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Builds netplane as of [`UPGRADE_FROM`], once, in its own target
-/// directory (sharing this one's would let cargo put it in place of this
-/// build's binary), and returns its binary. The sources go outside this
-/// tree: cargo would take the eBPF crate for a member of this workspace.
+/// Builds netplane as of [`UPGRADE_FROM`] in its own target directory
+/// (sharing this one's would let cargo put it in place of this build's
+/// binary), and returns its binary. The sources go outside this tree:
+/// cargo would take the eBPF crate for a member of this workspace. The
+/// binary is kept in the user's cache, like cargo's registry, so that
+/// fresh clones on one machine build it once.
 fn build_previous() -> anyhow::Result<PathBuf> {
     let dir = root().join("target").join("upgrade-from");
-    let bin = dir.join(format!("netplane-{}", &UPGRADE_FROM[..12]));
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?
+        .join("netplane");
+    let bin = cache.join(format!("netplane-{}", &UPGRADE_FROM[..12]));
     if bin.exists() {
         return Ok(bin);
     }
@@ -249,7 +256,12 @@ fn build_previous() -> anyhow::Result<PathBuf> {
         .args(["build", "--package", "netplane", "--bin", "netplane"])
         .env("CARGO_TARGET_DIR", dir.join("target"))
         .env("NETPLANE_REQUIRE_EBPF", "1"))?;
-    std::fs::copy(dir.join("target/debug/netplane"), &bin)?;
+    // Copied whole, then renamed: an interrupted copy is never taken for
+    // the binary.
+    std::fs::create_dir_all(&cache)?;
+    let partial = bin.with_extension("partial");
+    std::fs::copy(dir.join("target/debug/netplane"), &partial)?;
+    std::fs::rename(&partial, &bin)?;
     std::fs::remove_dir_all(&src)?;
     Ok(bin)
 }
