@@ -441,8 +441,10 @@ impl Watch {
 
     /// The records it printed so far.
     fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap()
+        let printed = std::fs::read_to_string(&self.out).unwrap();
+        // The monitor may be writing a line as it is read: whole lines only.
+        let whole = printed.rfind('\n').map_or("", |end| &printed[..end]);
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
