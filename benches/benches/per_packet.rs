@@ -59,7 +59,9 @@ fn seed(lab: &mut Lab, n: u32) {
             saddr_be: be(Ipv4Addr::from(0x0a5b_0000 + i)),
             daddr_be: be(WORLD.into()),
             sport_be: 40000u16.to_be(),
-            dport_be: 443u16.to_be(),
+            // Past 60,000 flows the translated ports repeat: another
+            // server port keeps every reply key distinct.
+            dport_be: (443 + (i / 60000) as u16).to_be(),
             proto: proto::TCP,
             _pad: [0; 3],
         };
