@@ -129,6 +129,26 @@ pub fn render(rows: &[Row], machine: &str) -> String {
         out.push('\n');
     }
 
+    let tracked = values(rows, "flow_table_read");
+    if !tracked.is_empty() {
+        out.push_str(
+            "## Reading the flow table\n\n\
+             Median ms to read every tracked flow (two entries each) into the\n\
+             daemon, as `ct ls`, a metrics scrape and every garbage collection do\n\
+             (BPF_MAP_LOOKUP_BATCH).\n\n\
+             | flows | ms |\n|---|---|\n",
+        );
+        for n in &tracked {
+            let ms = median(rows, "flow_table_read", "", Some(n)).map(|v| v / 1e6);
+            let _ = writeln!(
+                out,
+                "| {n} | {} |",
+                ms.map_or("–".into(), |v| format!("{v:.2}"))
+            );
+        }
+        out.push('\n');
+    }
+
     let published = values(rows, "new_connection");
     if !published.is_empty() {
         out.push_str(
@@ -414,6 +434,7 @@ mod tests {
         let rows = vec![
             row("per_packet", "floor_empty_program", Some("1"), 100.0),
             row("per_packet", "dnat_established", Some("1"), 350.0),
+            row("flow_table_read", "", Some("100000"), 82.5e6),
             row("new_connection", "netplane", Some("1"), 20_000.0),
             row("new_connection", "iptables", Some("1"), 50_000.0),
             row("new_connection", "ceiling", Some("1"), 18_000.0),
@@ -440,6 +461,7 @@ mod tests {
         ];
         let md = render(&rows, "test box");
         assert!(md.contains("| dnat_established | 350 (net 250) |"), "{md}");
+        assert!(md.contains("| 100000 | 82.50 |"), "{md}");
         assert!(
             md.contains("| 1 | 20.0 | 50.0 | – | 18.0 | 2.50x | – | 0.90x |"),
             "{md}"
