@@ -265,18 +265,14 @@ pub fn render(rows: &[Row], machine: &str) -> String {
     let populated = values(rows, "restart");
     if !populated.is_empty() {
         out.push_str(
-            "## `up` on a host that runs
-
-             Median ms from the start of `up` to the point where it serves the API,
-             on a host whose daemon stopped while the data path kept running: the
-             pins adopted, the programs loaded and swapped into the links, every
-             endpoint in the store checked against the kernel and written to the
-             maps again. The benchmark's own endpoint (2 ports) plus this many more,
-             with 10 ports published on each.
-
-             | endpoints added | ports added | ms |
-|---|---|---|
-",
+            "## `up` on a host that runs\n\n\
+             Median ms from the start of `up` to the point where it serves the API,\n\
+             on a host whose daemon stopped while the data path kept running: the\n\
+             pins adopted, the programs loaded and swapped into the links, every\n\
+             endpoint in the store checked against the kernel and written to the\n\
+             maps again. The benchmark's own endpoint (2 ports) plus this many more,\n\
+             with 10 ports published on each.\n\n\
+             | endpoints added | ports added | ms |\n|---|---|---|\n",
         );
         for n in &populated {
             let ms = median(rows, "restart", "netplane", Some(n)).map(|v| v / 1e6);
@@ -478,6 +474,10 @@ mod tests {
         );
         assert!(md.contains("| 20.0 | 40.0 | 2.00x |"), "{md}");
         assert!(md.contains("| 1000 | 10000 | 640 |"), "{md}");
+        assert!(
+            !md.lines().any(|l| l.starts_with("    ")),
+            "no line reads as a code block: {md}"
+        );
         assert!(
             md.contains("| netplane | 30.0 | 2000 | 500000 | 1500 | 8.00 |"),
             "{md}"
