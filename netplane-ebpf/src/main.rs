@@ -303,15 +303,19 @@ fn count_rule_drop(slot: u32, reason: DropReason) {
         slot,
         reason: reason as u32,
     };
-    if let Some(n) = RULE_DROPS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value, so no other writer runs concurrently.
-        unsafe { *n += 1 };
-        return;
+    let add = || match RULE_DROPS.get_ptr_mut(&key) {
+        Some(n) => {
+            // SAFETY: per-CPU value, so no other writer runs concurrently.
+            unsafe { *n += 1 };
+            true
+        }
+        None => false,
+    };
+    // Made with this CPU's count and zero for the others; when another
+    // CPU made it first, this one adds to it.
+    if !add() && RULE_DROPS.insert(&key, &1, u64::from(BPF_NOEXIST)).is_err() {
+        add();
     }
-    // Made with this CPU's count and zero for the others. Another CPU may
-    // make it first; that one's count stands and this drop goes uncounted
-    // here, still counted by reason and by interface.
-    let _ = RULE_DROPS.insert(&key, &1, u64::from(BPF_NOEXIST));
 }
 
 #[cfg(not(test))]
