@@ -174,6 +174,16 @@ fn ipv4_only_endpoint(h: &Host, short: &str, args: &[&str]) -> String {
     name
 }
 
+/// The rule of `nat ls --json` whose detail starts with `detail`.
+fn nat_rule<'a>(nat: &'a Value, detail: &str) -> &'a Value {
+    nat["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap().starts_with(detail))
+        .unwrap_or_else(|| panic!("a rule {detail} in {nat}"))
+}
+
 fn endpoint_stats(h: &Host, endpoint: &str) -> Value {
     serde_json::from_str(&h.np_ok(&["stats", endpoint, "--json"])).unwrap()
 }
@@ -270,12 +280,7 @@ fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
         );
     }
     let nat = h.nat();
-    let rule = nat["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["detail"].as_str().unwrap().starts_with("udp dpt:8080"))
-        .unwrap();
+    let rule = nat_rule(&nat, "udp dpt:8080");
     let port = [
         ("endpoint", srv.as_str()),
         ("protocol", "udp"),
@@ -357,10 +362,7 @@ fn drops_count_under_the_nat_rule_that_was_translating_and_a_reused_rule_starts_
     let rules = nat["rules"].as_array().unwrap();
     assert_eq!(rules[0]["target"], "MASQUERADE");
     assert_eq!(rules[0]["drops"], serde_json::json!({"fragment": 3}));
-    let port = rules
-        .iter()
-        .find(|r| r["detail"].as_str().unwrap().starts_with("udp dpt:8080"))
-        .unwrap();
+    let port = nat_rule(&nat, "udp dpt:8080");
     assert_eq!(port["drops"], serde_json::json!({"ct_full": refused}));
     assert_eq!(
         port["packets"],
@@ -398,14 +400,9 @@ fn drops_count_under_the_nat_rule_that_was_translating_and_a_reused_rule_starts_
 
     // The rule's slot goes to the next port published, counters cleared.
     h.np_ok(&["rm", &srv]);
-    let next = ipv4_only_endpoint(&h, "next", &["-p", "8081:80/udp"]);
+    ipv4_only_endpoint(&h, "next", &["-p", "8081:80/udp"]);
     let nat = h.nat();
-    let port = nat["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["detail"].as_str().unwrap().starts_with("udp dpt:8081"))
-        .unwrap_or_else(|| panic!("{next}'s rule in {nat}"));
+    let port = nat_rule(&nat, "udp dpt:8081");
     assert_eq!(port["drops"], serde_json::json!({}));
     assert_eq!(port["packets"], 0);
 }
