@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Background, HOST_IP, Host, WORLD_IP, retry, sh, sh_ok, stdout_if_ok};
+use support::{Background, HOST_IP, Host, WORLD_IP, retry, rule, sh, sh_ok, stdout_if_ok};
 
 /// Debian's python, which has scapy.
 const PY: &str = "/usr/bin/python3";
@@ -50,15 +50,6 @@ fn udp_peer(netns: &str, addr: &str, extra: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
     })
-}
-
-fn rule<'a>(nat: &'a Value, detail_part: &str) -> &'a Value {
-    nat["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["detail"].as_str().unwrap().contains(detail_part))
-        .unwrap_or_else(|| panic!("no rule with {detail_part}: {nat}"))
 }
 
 fn ip_only(peer: &str) -> &str {

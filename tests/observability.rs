@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{HOST_IP, Host, WORLD_IP, sample, sh_ok};
+use support::{HOST_IP, Host, WORLD_IP, rule, sample, sh_ok};
 
 /// Where the hosts of these tests serve metrics, in their own namespaces.
 const METRICS: &str = "127.0.0.1:9464";
@@ -174,16 +174,6 @@ fn ipv4_only_endpoint(h: &Host, short: &str, args: &[&str]) -> String {
     name
 }
 
-/// The rule of `nat ls --json` whose detail starts with `detail`.
-fn nat_rule<'a>(nat: &'a Value, detail: &str) -> &'a Value {
-    nat["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["detail"].as_str().unwrap().starts_with(detail))
-        .unwrap_or_else(|| panic!("a rule {detail} in {nat}"))
-}
-
 fn endpoint_stats(h: &Host, endpoint: &str) -> Value {
     serde_json::from_str(&h.np_ok(&["stats", endpoint, "--json"])).unwrap()
 }
@@ -280,7 +270,7 @@ fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
         );
     }
     let nat = h.nat();
-    let rule = nat_rule(&nat, "udp dpt:8080");
+    let port_rule = rule(&nat, "udp dpt:8080");
     let port = [
         ("endpoint", srv.as_str()),
         ("protocol", "udp"),
@@ -288,9 +278,9 @@ fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
     ];
     assert_eq!(
         sample(&samples, "netplane_published_port_packets_total", &port),
-        rule["packets"].as_f64().unwrap()
+        port_rule["packets"].as_f64().unwrap()
     );
-    assert_eq!(rule["packets"], 8, "4 datagrams each way");
+    assert_eq!(port_rule["packets"], 8, "4 datagrams each way");
     assert_eq!(sample(&samples, "netplane_dns_queries_total", &[]), 1.0);
     assert_eq!(sample(&samples, "netplane_dns_failures_total", &[]), 0.0);
     assert_eq!(
@@ -362,7 +352,7 @@ fn drops_count_under_the_nat_rule_that_was_translating_and_a_reused_rule_starts_
     let rules = nat["rules"].as_array().unwrap();
     assert_eq!(rules[0]["target"], "MASQUERADE");
     assert_eq!(rules[0]["drops"], serde_json::json!({"fragment": 3}));
-    let port = nat_rule(&nat, "udp dpt:8080");
+    let port = rule(&nat, "udp dpt:8080");
     assert_eq!(port["drops"], serde_json::json!({"ct_full": refused}));
     assert_eq!(
         port["packets"],
@@ -402,7 +392,7 @@ fn drops_count_under_the_nat_rule_that_was_translating_and_a_reused_rule_starts_
     h.np_ok(&["rm", &srv]);
     ipv4_only_endpoint(&h, "next", &["-p", "8081:80/udp"]);
     let nat = h.nat();
-    let port = nat_rule(&nat, "udp dpt:8081");
+    let port = rule(&nat, "udp dpt:8081");
     assert_eq!(port["drops"], serde_json::json!({}));
     assert_eq!(port["packets"], 0);
 }

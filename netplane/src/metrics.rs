@@ -160,6 +160,18 @@ where
     family
 }
 
+/// A counter family labelled only by `reason`, registered under `name`.
+fn by_reason(registry: &mut Registry, name: &str, help: &str, counts: &BTreeMap<String, u64>) {
+    let family = counters(registry, name, help);
+    for (reason, n) in counts {
+        family
+            .get_or_create(&Reason {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+}
+
 /// `s` in the OpenMetrics text format.
 pub fn render(s: &Snapshot) -> String {
     let mut registry = <Registry>::with_prefix("netplane");
@@ -201,18 +213,12 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
-    let drops = counters(
+    by_reason(
         &mut registry,
         "drops",
         "Packets the data path dropped, by reason",
+        &s.drops,
     );
-    for (reason, n) in &s.drops {
-        drops
-            .get_or_create(&Reason {
-                reason: reason.clone(),
-            })
-            .inc_by(*n);
-    }
 
     let port_packets = counters(
         &mut registry,
@@ -255,18 +261,12 @@ pub fn render(s: &Snapshot) -> String {
         "Bytes translated by masquerade, both directions",
         masquerade_bytes,
     );
-    let masquerade_drops = counters(
+    by_reason(
         &mut registry,
         "masquerade_drops",
         "Packets dropped while being masqueraded, by reason",
+        &s.masquerade_drops,
     );
-    for (reason, n) in &s.masquerade_drops {
-        masquerade_drops
-            .get_or_create(&Reason {
-                reason: reason.clone(),
-            })
-            .inc_by(*n);
-    }
 
     let entries = gauges(
         &mut registry,

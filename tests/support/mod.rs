@@ -25,6 +25,16 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 print(json.dumps([{\"name\": s.name, \"labels\": s.labels, \"value\": s.value}
     for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))";
 
+/// The rule of `nat ls --json` whose detail contains `detail_part`.
+pub fn rule<'a>(nat: &'a serde_json::Value, detail_part: &str) -> &'a serde_json::Value {
+    nat["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap().contains(detail_part))
+        .unwrap_or_else(|| panic!("no rule with {detail_part}: {nat}"))
+}
+
 /// The value of the one sample `name` whose labels include `labels`.
 pub fn sample(samples: &[serde_json::Value], name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<&serde_json::Value> = samples
