@@ -153,7 +153,7 @@ pub struct Daemon {
     view: Option<ClusterView>,
     /// The embedded DNS server of every network.
     resolver: Resolver,
-    /// How long `up` took to reconcile the store with the kernel.
+    /// How long each reconcile took: `up`'s, and every cluster resync.
     reconciles: metrics::ReconcileDurations,
     _lock: DaemonLock,
 }
