@@ -68,6 +68,12 @@ fn main() {
         cargo.env("RUSTC_BOOTSTRAP", "1");
         "stable"
     };
+    // BTF with function info: the kernel checks the callbacks a program
+    // hands to bpf_loop against it.
+    cargo.env(
+        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+        "-C link-arg=--btf",
+    );
     cargo
         .args([
             "run",

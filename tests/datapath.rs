@@ -10,8 +10,8 @@ use netplane::{
     sys::datapath::{Role, be},
 };
 use netplane_benches::lab::{
-    ENDPOINT, ENDPOINT_MAC, Lab, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, WORLD, WORLD_MAC,
-    tcp_syn, udp,
+    ENDPOINT, ENDPOINT_MAC, GATEWAY, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    UPLINK, WORLD, WORLD_MAC, tcp_syn, udp,
 };
 use netplane_common::{
     abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, programs},
@@ -126,9 +126,9 @@ fn masquerade_rewrites_the_source_and_its_reply_comes_back() {
 #[test]
 fn a_taken_source_port_is_replaced_and_a_free_one_kept() {
     let mut lab = Lab::new(1024);
-    let (action, out) = lab.sent_by_endpoint(&udp(lab.endpoint_frame(), 5000, 53, b"query"));
+    let (action, out) = lab.sent_by_endpoint(&udp(lab.endpoint_frame(), 40000, 53, b"query"));
     assert_eq!(action, TC_ACT_REDIRECT);
-    assert_eq!(seen(&out).sport, 5000, "the own port is kept when free");
+    assert_eq!(seen(&out).sport, 40000, "the own port is kept when free");
 
     // A second endpoint, same source port, same server: on the wire the
     // two flows would be one, so the second gets another port.
@@ -139,7 +139,7 @@ fn a_taken_source_port_is_replaced_and_a_free_one_kept() {
         .unwrap();
     let packet = udp(
         PacketBuilder::ethernet2(second_mac, lab.bridge_mac).ipv4([10, 90, 0, 3], WORLD, 64),
-        5000,
+        40000,
         53,
         b"query",
     );
@@ -292,12 +292,12 @@ fn later_fragments_follow_their_first_fragment() {
     let mut lab = Lab::new(1024);
     const MF: u16 = 0x2000;
     // Same identification (etherparse writes 0) for both fragments.
-    let first = fragment(&udp(lab.endpoint_frame(), 6000, 53, &[7; 64]), MF);
+    let first = fragment(&udp(lab.endpoint_frame(), 40006, 53, &[7; 64]), MF);
     let (action, out) = lab.sent_by_endpoint(&first);
     assert_eq!(action, TC_ACT_REDIRECT);
     assert!(folds_to_ffff(sum(&out[14..34])));
     assert_eq!(&out[14 + 12..14 + 16], &UPLINK);
-    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 6000);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 40006);
 
     let later = fragment(&udp(lab.endpoint_frame(), 0, 0, &[7; 64]), 0x0003);
     let (action, out) = lab.sent_by_endpoint(&later);
@@ -551,4 +551,193 @@ fn endpoints_of_different_networks_do_not_meet() {
     assert_eq!(lab.arriving_from_world(&remote_to_bridge).0, TC_ACT_SHOT);
     assert_eq!(lab.drops(DropReason::OtherNetwork), 3);
     assert_eq!(lab.drops(DropReason::OverlayUnknownPeer), 0);
+}
+
+/// A TCP segment with `flags` (etherparse's builder setters by name).
+fn tcp(
+    step: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    sport: u16,
+    dport: u16,
+    flags: &str,
+) -> Vec<u8> {
+    let mut b = step.tcp(sport, dport, 1000, 65535);
+    for f in flags.split('|') {
+        b = match f {
+            "SYN" => b.syn(),
+            "ACK" => b.ack(1),
+            "FIN" => b.fin(),
+            "RST" => b.rst(),
+            other => panic!("flag {other}"),
+        };
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+/// The one flow in the lab's table, and what `ct ls` says of it.
+fn only_flow(lab: &Lab) -> (conntrack::Flow, String, std::time::Duration) {
+    let entries = lab.dp.flows().unwrap();
+    let flows = conntrack::flows(&entries);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let f = flows[0];
+    let state = conntrack::state(f.key.proto, &f.entry, f.reply.as_ref()).to_string();
+    let life = conntrack::lifetime(
+        f.key.proto,
+        &f.entry,
+        f.reply.as_ref(),
+        &conntrack::Timeouts::default(),
+    );
+    (f, state, life)
+}
+
+#[test]
+fn a_syn_the_server_answered_stays_half_open_until_the_client_acknowledges() {
+    let mut lab = Lab::new(1024);
+    let t = conntrack::Timeouts::default();
+    let syn = tcp(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT, "SYN");
+    assert_eq!(lab.arriving_from_world(&syn).0, TC_ACT_REDIRECT);
+    let syn_ack = tcp(lab.endpoint_frame(), 80, 5555, "SYN|ACK");
+    assert_eq!(lab.sent_by_endpoint(&syn_ack).0, TC_ACT_REDIRECT);
+    // A spoofed client stops here: the SYN lifetime, not six hours.
+    let (_, state, life) = only_flow(&lab);
+    assert_eq!((state.as_str(), life), ("SYN_RECV", t.tcp_syn));
+
+    let ack = tcp(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT, "ACK");
+    assert_eq!(lab.arriving_from_world(&ack).0, TC_ACT_REDIRECT);
+    let (_, state, life) = only_flow(&lab);
+    assert_eq!((state.as_str(), life), ("ESTABLISHED", t.tcp_established));
+}
+
+#[test]
+fn only_a_syn_opens_a_flow_and_every_other_stray_segment_is_counted() {
+    let mut lab = Lab::new(1024);
+    for (i, flags) in ["ACK", "RST", "RST|ACK", "FIN|ACK", "SYN|ACK"]
+        .iter()
+        .enumerate()
+    {
+        let from_world = tcp(
+            lab.world_frame(UPLINK),
+            6000 + i as u16,
+            PUBLISHED_PORT,
+            flags,
+        );
+        assert_eq!(
+            lab.arriving_from_world(&from_world).0,
+            TC_ACT_SHOT,
+            "{flags}"
+        );
+        let from_endpoint = tcp(lab.endpoint_frame(), 41000 + i as u16, 80, flags);
+        assert_eq!(
+            lab.sent_by_endpoint(&from_endpoint).0,
+            TC_ACT_SHOT,
+            "{flags}"
+        );
+    }
+    assert_eq!(lab.drops(DropReason::TcpNoFlow), 10);
+    assert!(lab.dp.flows().unwrap().is_empty(), "no flow was opened");
+    // The host's own connections on unpublished ports are not the data
+    // path's to judge.
+    let host_ack = tcp(lab.world_frame(UPLINK), 6100, 22, "ACK");
+    assert_eq!(lab.arriving_from_world(&host_ack).0, TC_ACT_OK);
+}
+
+#[test]
+fn fin_from_one_side_waits_both_close_and_a_new_syn_reopens_the_flow() {
+    let mut lab = Lab::new(1024);
+    let t = conntrack::Timeouts::default();
+    let from_endpoint = |lab: &mut Lab, flags| {
+        let p = tcp(lab.endpoint_frame(), 42000, 80, flags);
+        assert_eq!(lab.sent_by_endpoint(&p).0, TC_ACT_REDIRECT, "{flags}");
+    };
+    let from_world = |lab: &mut Lab, flags| {
+        let p = tcp(lab.world_frame(UPLINK), 80, 42000, flags);
+        assert_eq!(lab.arriving_from_world(&p).0, TC_ACT_REDIRECT, "{flags}");
+    };
+    from_endpoint(&mut lab, "SYN");
+    from_world(&mut lab, "SYN|ACK");
+    from_endpoint(&mut lab, "ACK");
+    assert_eq!(only_flow(&lab).1, "ESTABLISHED");
+    from_endpoint(&mut lab, "FIN|ACK");
+    let (_, state, life) = only_flow(&lab);
+    assert_eq!((state.as_str(), life), ("FIN_WAIT", t.tcp_fin_wait));
+    from_world(&mut lab, "FIN|ACK");
+    let (_, state, life) = only_flow(&lab);
+    assert_eq!((state.as_str(), life), ("TIME_WAIT", t.tcp_closing));
+
+    // The same tuple again: a new connection, from its SYN.
+    from_endpoint(&mut lab, "SYN");
+    let (f, state, life) = only_flow(&lab);
+    assert_eq!((state.as_str(), life), ("SYN_SENT", t.tcp_syn));
+    assert_eq!(f.entry.flags, netplane_common::abi::CT_SEEN_SYN);
+    assert_eq!(f.reply.unwrap().flags, netplane_common::abi::CT_REPLY);
+    from_world(&mut lab, "SYN|ACK");
+    from_endpoint(&mut lab, "ACK");
+    assert_eq!(only_flow(&lab).1, "ESTABLISHED");
+
+    // RST closes at once, from either side.
+    from_world(&mut lab, "RST");
+    let (_, state, life) = only_flow(&lab);
+    assert_eq!((state.as_str(), life), ("CLOSE", t.tcp_closing));
+}
+
+#[test]
+fn masquerade_keeps_no_port_below_its_range_nor_one_the_host_holds() {
+    let mut lab = Lab::new(1024);
+    let range = lab.cfg.nat_port_min..=lab.cfg.nat_port_max;
+    for sport in [22, 80, 1023, 32767] {
+        let (action, out) = lab.sent_by_endpoint(&tcp_syn(lab.endpoint_frame(), sport, 80));
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let s = seen(&out);
+        assert_ne!(s.sport, sport);
+        assert!(range.contains(&s.sport), "{sport} left as {}", s.sport);
+    }
+    // Sockets of the host (this thread is in the lab's namespace): a
+    // listener, and a UDP socket bound to the port.
+    let listener = std::net::TcpListener::bind("0.0.0.0:40000").unwrap();
+    let bound = std::net::UdpSocket::bind("0.0.0.0:40001").unwrap();
+    let (action, out) = lab.sent_by_endpoint(&tcp_syn(lab.endpoint_frame(), 40000, 80));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_ne!(seen(&out).sport, 40000, "a host listener's port");
+    let (action, out) = lab.sent_by_endpoint(&udp(lab.endpoint_frame(), 40001, 53, b"q"));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_ne!(seen(&out).sport, 40001, "a host UDP socket's port");
+    // A free port in the range is still kept.
+    let (_, out) = lab.sent_by_endpoint(&udp(lab.endpoint_frame(), 40002, 53, b"q"));
+    assert_eq!(seen(&out).sport, 40002);
+    drop((listener, bound));
+}
+
+#[test]
+fn endpoints_send_ipv4_and_arp_only_and_the_uplink_reaches_no_gateway() {
+    let mut lab = Lab::new(1024);
+    let ipv6 = {
+        let b = PacketBuilder::ethernet2(ENDPOINT_MAC, [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(
+                [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                1,
+            )
+            .udp(5353, 5353);
+        let mut v = Vec::new();
+        b.write(&mut v, b"mdns").unwrap();
+        v
+    };
+    assert_eq!(lab.sent_by_endpoint(&ipv6).0, TC_ACT_SHOT);
+    // A tag left in the data (the kernel takes off the outer one).
+    let plain = udp(lab.endpoint_frame(), 40000, 53, b"q");
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+    tagged.extend_from_slice(&plain[12..]);
+    assert_eq!(lab.sent_by_endpoint(&tagged).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::UnknownL3), 2);
+
+    let dns = udp(lab.world_frame(GATEWAY), 5353, 53, b"query");
+    assert_eq!(lab.arriving_from_world(&dns).0, TC_ACT_SHOT);
+    let syn = tcp_syn(lab.world_frame(GATEWAY), 5353, 53);
+    assert_eq!(lab.arriving_from_world(&syn).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::NotPublished), 2);
+    // Ports published on every host address include the gateway's.
+    let published = tcp_syn(lab.world_frame(GATEWAY), 5353, PUBLISHED_PORT);
+    assert_eq!(lab.arriving_from_world(&published).0, TC_ACT_REDIRECT);
 }

@@ -15,7 +15,7 @@ use std::{
 
 use netplane_common::abi::{CtEntry, LAYOUT_VERSION, maps};
 use serde_json::Value;
-use support::{HOST_IP, Host, WORLD_IP, figure, sh_ok};
+use support::{HOST_IP, Host, SCAPY_PYTHON, WORLD_IP, figure, mac_of, sh_ok};
 
 const STREAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/stream.py");
 
@@ -488,18 +488,9 @@ fn random_kill_9_during_changes_leaves_store_and_kernel_in_step() {
 }
 
 const HOSTILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/hostile.py");
-/// Debian's Python, the one python3-scapy is installed for (a Python
-/// earlier in PATH may lack it).
-const SCAPY_PYTHON: &str = "/usr/bin/python3";
 /// A second address of the simulated host: ports published on
 /// [`HOST_IP`] alone must not answer on it.
 const OTHER_HOST_IP: &str = "198.18.0.3";
-
-fn mac_of(netns: &str, ifname: &str) -> String {
-    let link: Value =
-        serde_json::from_str(&sh_ok(&format!("ip -n {netns} -j link show {ifname}"))).unwrap();
-    link[0]["address"].as_str().unwrap().to_string()
-}
 
 /// `tcpdump` of the IPv4 packets `ifname` in `netns` receives, running.
 fn capture(h: &Host, netns: &str, ifname: &str, file: &std::path::Path) -> support::Background {
@@ -614,6 +605,7 @@ fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
     from_world.extend(
         serde_json::json!({
             "other_host_ip": OTHER_HOST_IP,
+            "gateway_ip": bridge["Gateway"],
             "victim_ip": h.ip_of(&vic),
             "published_ip": h.ip_of(&srv),
             "overlay_ip": h.ip_of(&ovx),
@@ -760,10 +752,10 @@ def answer(c, peer):
 while True:
     c, peer = l.accept(); threading.Thread(target=answer, args=(c, peer), daemon=True).start()";
 
-/// A client connecting from source port 5555 to ECHO_PEER, which prints
+/// A client connecting from source port 40000 to ECHO_PEER, which prints
 /// the answer and holds the connection until it is killed.
-const HOLD_FROM_5555: &str = "import socket, sys, time
-s = socket.create_connection((sys.argv[1], 7000), timeout=2.5, source_address=(\"\", 5555))
+const HOLD_FROM_40000: &str = "import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7000), timeout=2.5, source_address=(\"\", 40000))
 s.sendall(sys.argv[2].encode() + b\"\\n\"); print(s.makefile().readline().strip(), flush=True)
 time.sleep(60)";
 
@@ -777,12 +769,12 @@ impl Drop for Held {
     }
 }
 
-/// Connects from `endpoint` with [`HOLD_FROM_5555`]: the held connection
+/// Connects from `endpoint` with [`HOLD_FROM_40000`]: the held connection
 /// and the server's answer, or `None` when the connection failed.
 fn hold(endpoint: &str) -> (Held, Option<String>) {
     use std::io::BufRead;
     let mut child = Command::new("ip")
-        .args(["netns", "exec", endpoint, "python3", "-c", HOLD_FROM_5555])
+        .args(["netns", "exec", endpoint, "python3", "-c", HOLD_FROM_40000])
         .args([WORLD_IP, endpoint])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -799,9 +791,9 @@ fn hold(endpoint: &str) -> (Held, Option<String>) {
 #[test]
 fn masquerade_towards_one_destination_runs_out_of_ports_counted_and_never_mistranslated() {
     let h = Host::new();
-    // One port for masquerade to pick, besides a flow's own; closed flows
+    // Two ports for masquerade, the clients' own among them; closed flows
     // leave the table after a second.
-    h.in_host("sysctl -qw net.ipv4.ip_local_port_range='40000 40000'");
+    h.in_host("sysctl -qw net.ipv4.ip_local_port_range='40000 40001'");
     h.up(&["--ct-tcp-closing", "1"]);
     let _server = h.spawn_ready(&h.world, &format!("python3 -c '{ECHO_PEER}'"), |_| {
         sh_ok(&format!("ip netns exec {} ss -Htln sport = :7000", h.world)).contains("LISTEN")
@@ -812,11 +804,11 @@ fn masquerade_towards_one_destination_runs_out_of_ports_counted_and_never_mistra
     }
     let exhausted_before = h.drops("nat_ports_exhausted");
 
-    // a keeps its own port; b's collides with a's and gets the range's.
+    // a keeps its own port; b's collides with a's and gets the other.
     let (held_a, answer_a) = hold(&a);
-    assert_eq!(answer_a, Some(format!("{a} {HOST_IP}:5555")));
+    assert_eq!(answer_a, Some(format!("{a} {HOST_IP}:40000")));
     let (_held_b, answer_b) = hold(&b);
-    assert_eq!(answer_b, Some(format!("{b} {HOST_IP}:40000")));
+    assert_eq!(answer_b, Some(format!("{b} {HOST_IP}:40001")));
     assert_eq!(h.drops("nat_ports_exhausted"), exhausted_before);
 
     // Nothing is left for c: each of its SYNs is refused and counted.
@@ -843,11 +835,11 @@ fn masquerade_towards_one_destination_runs_out_of_ports_counted_and_never_mistra
             "c connects once a's flow expired"
         );
     };
-    assert_eq!(answer_c, format!("{c} {HOST_IP}:5555"));
+    assert_eq!(answer_c, format!("{c} {HOST_IP}:40000"));
     figure(
         "ports.exhausted",
         format!(
-            "with 1 port to pick towards one destination, a third flow's {syns} SYNs were refused as nat_ports_exhausted; a free port again {} ms after a flow closed",
+            "with 2 ports to pick towards one destination, a third flow's {syns} SYNs were refused as nat_ports_exhausted; a free port again {} ms after a flow closed",
             closed.elapsed().as_millis()
         ),
     );

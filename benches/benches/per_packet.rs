@@ -19,7 +19,7 @@ use netplane_benches::lab::{
 };
 use netplane_common::{
     abi::{FlowKey, PortKey, PortTarget, programs, proto},
-    nat::{FlowPair, flow_entries},
+    nat::{FirstPacket, FlowPair, flow_entries},
 };
 
 const SIZES: [u32; 4] = [1, 1_000, 10_000, 100_000];
@@ -71,7 +71,14 @@ fn seed(lab: &mut Lab, n: u32) {
             ..original
         };
         let mut pair = FlowPair::default();
-        flow_entries(&original, &translated, 0, 0, 60, &mut pair);
+        flow_entries(
+            &original,
+            &translated,
+            0,
+            0,
+            FirstPacket { len: 60, seen: 0 },
+            &mut pair,
+        );
         flows.push((pair.fwd_key, pair.fwd));
         flows.push((pair.reply_key, pair.reply));
     }

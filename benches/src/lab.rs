@@ -148,6 +148,7 @@ impl Lab {
                 start: 32768,
                 end: 60999,
             },
+            |_| Ok(()),
         )
         .expect("host port");
         dp.publish(&published[0].map_entries(ENDPOINT.into()))

@@ -457,20 +457,33 @@ pub enum DropReason {
     /// network, overlays), on this host or another: networks are isolated
     /// from each other, as Docker's are.
     OtherNetwork = 9,
-    /// A packet from outside the host to an endpoint's own address that is
-    /// neither part of one of its flows nor through a published port:
-    /// endpoints are reached from outside only through published ports,
-    /// as Docker 28 does, not by routing straight to their addresses.
+    /// A packet from outside the host to an endpoint's own address, or to a
+    /// gateway address of a network, that is neither part of a flow nor
+    /// through a published port: endpoints (and the services the host runs
+    /// for them, such as the embedded DNS) are reached from outside only
+    /// through published ports, as Docker 28 does, not by routing straight
+    /// to their addresses.
     NotPublished = 10,
     /// An ICMP error leaving through the uplink about no flow the data path
     /// tracks: translating it needs the flow, and untranslated the packet
     /// it quotes would carry the endpoint's address out.
     UntrackedIcmpError = 11,
+    /// An endpoint sent a frame that is neither IPv4 nor ARP (IPv6 among
+    /// them): nothing would check its source or apply `--icc=false` to it.
+    UnknownL3 = 12,
+    /// An endpoint sent a VLAN-tagged frame: forwarded, it would leave in
+    /// a VLAN the endpoint chose.
+    VlanTagged = 13,
+    /// A TCP packet other than a plain SYN, for no tracked flow, that
+    /// would need one (to a published port, hairpinned, or out through
+    /// masquerade): only a SYN opens a flow, so stray ACKs and RSTs cannot
+    /// fill the table.
+    TcpNoFlow = 14,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::IccDenied,
         DropReason::Spoofed,
         DropReason::Truncated,
@@ -483,6 +496,9 @@ impl DropReason {
         DropReason::OtherNetwork,
         DropReason::NotPublished,
         DropReason::UntrackedIcmpError,
+        DropReason::UnknownL3,
+        DropReason::VlanTagged,
+        DropReason::TcpNoFlow,
     ];
 
     /// Stable name, used in metrics and the CLI.
@@ -500,6 +516,9 @@ impl DropReason {
             DropReason::OtherNetwork => "other_network",
             DropReason::NotPublished => "not_published",
             DropReason::UntrackedIcmpError => "untracked_icmp_error",
+            DropReason::UnknownL3 => "unknown_l3",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::TcpNoFlow => "tcp_no_flow",
         }
     }
 }

@@ -104,6 +104,15 @@ pub struct FlowPair {
     pub reply: CtEntry,
 }
 
+/// What the entries of a new flow record of the packet that opened it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirstPacket {
+    /// Its length, counted in the forward direction.
+    pub len: u32,
+    /// `CT_SEEN_*` bits of its TCP flags; 0 for other protocols.
+    pub seen: u32,
+}
+
 /// Fills `out` with the entries of a flow whose first packet `original`
 /// leaves the data path as `translated`, at time `now_ns`, counted in NAT
 /// rule `slot`. (An out-parameter, so the eBPF side can build it in a map
@@ -117,7 +126,7 @@ pub fn flow_entries(
     translated: &FlowKey,
     slot: u32,
     now_ns: u64,
-    first_len: u32,
+    first: FirstPacket,
     out: &mut FlowPair,
 ) {
     let entry = |to: &FlowKey, flags: u32, packets: u64, bytes: u64| CtEntry {
@@ -135,17 +144,72 @@ pub fn flow_entries(
     };
     out.fwd_key = *original;
     // The forward direction has seen the packet that created the flow.
-    out.fwd = entry(translated, 0, 1, u64::from(first_len));
+    out.fwd = entry(translated, first.seen, 1, u64::from(first.len));
     out.reply_key = translated.reversed();
     out.reply = entry(&original.reversed(), CT_REPLY, 0, 0);
 }
 
+/// TCP header flags (the byte at offset 13).
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Whether a TCP packet with flags byte `tcp_flags` may open a flow: a
+/// SYN alone (ECN and PSH bits aside). Anything else belongs to a flow
+/// already tracked; opening flows for stray ACKs and RSTs from outside
+/// would let anyone fill the table with them.
+pub const fn tcp_opens_flow(tcp_flags: u8) -> bool {
+    tcp_flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::SYN
+}
+
+/// The flags a direction's entry holds after a TCP packet with flags byte
+/// `tcp_flags` went its way, when they change (`None` otherwise, so the
+/// hot path writes nothing). A SYN opening a flow in the original
+/// direction of one that saw FIN or RST is a new connection reusing the
+/// tuple: the entry starts again from that SYN, and the caller resets the
+/// reply entry with [`reopened_reply_flags`].
+pub const fn tcp_entry_flags(entry_flags: u32, tcp_flags: u8) -> Option<u32> {
+    let seen = tcp_seen_flags(tcp_flags);
+    if entry_flags & CT_REPLY == 0
+        && entry_flags & (CT_SEEN_FIN | CT_SEEN_RST) != 0
+        && tcp_opens_flow(tcp_flags)
+    {
+        return Some(seen);
+    }
+    if entry_flags & seen == seen {
+        None
+    } else {
+        Some(entry_flags | seen)
+    }
+}
+
+/// The reply entry's flags once its flow was reopened by a SYN: nothing
+/// seen yet.
+pub const fn reopened_reply_flags() -> u32 {
+    CT_REPLY
+}
+
+/// The key of the other direction of the flow whose entry `entry` is keyed
+/// by `key`: entries are written in pairs, each one's translation being
+/// the reverse of the other's key.
+pub const fn other_direction(key: &FlowKey, entry: &CtEntry) -> FlowKey {
+    FlowKey {
+        saddr_be: entry.saddr_be,
+        daddr_be: entry.daddr_be,
+        sport_be: entry.sport_be,
+        dport_be: entry.dport_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+    .reversed()
+}
+
 /// The `CT_SEEN_*` bits for a TCP header's flags byte (offset 13).
 pub const fn tcp_seen_flags(tcp_flags: u8) -> u32 {
-    const FIN: u8 = 0x01;
-    const SYN: u8 = 0x02;
-    const RST: u8 = 0x04;
-    const ACK: u8 = 0x10;
+    use tcp::{ACK, FIN, RST, SYN};
     let mut seen = 0;
     if tcp_flags & FIN != 0 {
         seen |= CT_SEEN_FIN;
@@ -163,9 +227,12 @@ pub const fn tcp_seen_flags(tcp_flags: u8) -> u32 {
 }
 
 /// The source port masquerade tries after `attempt` failed ones: first the
-/// flow's own, then pseudo-random ones in `min..=max` (host byte order).
+/// flow's own if it lies in `min..=max` (host byte order), then a fresh
+/// pseudo-random one of that range each time (RFC 6056's simple port
+/// randomization). A port below the range, a privileged one among them,
+/// is never kept: it could take over the tuple of a host service.
 pub const fn candidate_port(own: u16, attempt: u32, random: u32, min: u16, max: u16) -> u16 {
-    if attempt == 0 || max < min {
+    if max < min || (attempt == 0 && min <= own && own <= max) {
         return own;
     }
     let span = (max - min) as u32 + 1;
@@ -303,7 +370,17 @@ mod tests {
             ..original
         };
         let mut pair = FlowPair::default();
-        flow_entries(&original, &translated, 0, 7, 60, &mut pair);
+        flow_entries(
+            &original,
+            &translated,
+            0,
+            7,
+            FirstPacket {
+                len: 60,
+                seen: CT_SEEN_SYN,
+            },
+            &mut pair,
+        );
         let FlowPair {
             fwd_key: fk,
             fwd: fe,
@@ -315,7 +392,7 @@ mod tests {
             (fe.saddr_be, fe.sport_be),
             (translated.saddr_be, translated.sport_be)
         );
-        assert_eq!(fe.flags & CT_REPLY, 0);
+        assert_eq!(fe.flags, CT_SEEN_SYN, "the opening SYN is recorded");
         assert_eq!((fe.created_ns, fe.packets, fe.bytes), (7, 1, 60));
         assert_eq!((re.created_ns, re.packets, re.bytes), (7, 0, 0));
         // The server answers the translated source...
@@ -359,5 +436,60 @@ mod tests {
             assert!((1024..=65535).contains(&p));
         }
         assert_eq!(candidate_port(5, 1, 7, 10, 10), 10);
+        // Outside the range, not even the first try keeps it.
+        for own in [22, 1023, 32767, 61000] {
+            for random in [0, 1, 28231, u32::MAX] {
+                let p = candidate_port(own, 0, random, 32768, 60999);
+                assert!((32768..=60999).contains(&p), "{own} -> {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_plain_syn_opens_a_tcp_flow() {
+        use tcp::{ACK, FIN, RST, SYN};
+        const ECE_CWR: u8 = 0xc0;
+        const PSH: u8 = 0x08;
+        assert!(tcp_opens_flow(SYN));
+        assert!(tcp_opens_flow(SYN | ECE_CWR | PSH));
+        for not in [
+            0,
+            ACK,
+            RST,
+            FIN,
+            SYN | ACK,
+            SYN | RST,
+            SYN | FIN,
+            RST | ACK,
+            FIN | ACK,
+        ] {
+            assert!(!tcp_opens_flow(not), "{not:#04x}");
+        }
+    }
+
+    #[test]
+    fn entries_gather_flags_and_a_syn_reopens_a_closed_flow() {
+        use tcp::{ACK, RST, SYN};
+        // Nothing to write when nothing new was seen.
+        assert_eq!(tcp_entry_flags(CT_SEEN_SYN | CT_SEEN_ACK, ACK), None);
+        assert_eq!(
+            tcp_entry_flags(CT_SEEN_SYN, ACK),
+            Some(CT_SEEN_SYN | CT_SEEN_ACK)
+        );
+        let closed = CT_SEEN_SYN | CT_SEEN_ACK | CT_SEEN_FIN;
+        assert_eq!(tcp_entry_flags(closed, SYN), Some(CT_SEEN_SYN));
+        assert_eq!(
+            tcp_entry_flags(CT_SEEN_ACK | CT_SEEN_RST, SYN),
+            Some(CT_SEEN_SYN)
+        );
+        // Only in the original direction, and only a plain SYN.
+        let reply_closed = CT_REPLY | CT_SEEN_ACK | CT_SEEN_FIN;
+        assert_eq!(
+            tcp_entry_flags(reply_closed, SYN),
+            Some(reply_closed | CT_SEEN_SYN)
+        );
+        assert_eq!(tcp_entry_flags(closed, SYN | ACK), None);
+        assert_eq!(tcp_entry_flags(closed, RST), Some(closed | CT_SEEN_RST));
+        assert_eq!(reopened_reply_flags(), CT_REPLY);
     }
 }

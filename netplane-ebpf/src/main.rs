@@ -197,6 +197,12 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let (Some(cfg), Some(me)) = (NET_CONFIG.get(0), me) else {
         return Ok(TC_ACT_OK);
     };
+    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        // The kernel took the tag off into the skb before tc; forwarded,
+        // the frame would leave tagged.
+        return Err(DropReason::VlanTagged);
+    }
     packet::linearize(ctx);
     let src_mac: [u8; 6] = load(ctx, 6)?;
     if src_mac != me.mac {
@@ -216,7 +222,9 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             Ok(TC_ACT_OK)
         }
-        L3::Other => Ok(TC_ACT_OK),
+        // IPv6 (endpoints have it disabled) and anything else: the checks
+        // above and `--icc=false` know only IPv4.
+        L3::Other => Err(DropReason::UnknownL3),
     }
 }
 

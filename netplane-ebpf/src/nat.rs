@@ -13,24 +13,26 @@ use core::{
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK,
-        bpf_fib_lookup,
+        bpf_fib_lookup, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect,
-        bpf_redirect_neigh,
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop,
+        bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
     },
     programs::TcContext,
 };
 use netplane_common::{
     abi::{
-        AddrPair, CtEntry, DropReason, EndpointPort, FlowKey, MASQUERADE_SLOT, NetConfig, PortKey,
-        PortTarget, proto,
+        AddrPair, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, DropReason, EndpointPort, FlowKey,
+        MASQUERADE_SLOT, NetConfig, PortKey, PortTarget, proto,
     },
     nat::{
-        FlowPair, add32, apply_diff, candidate_port, diff16, diff32, flow_entries, replace16,
-        replace16_udp, replace32, replace32_udp, tcp_seen_flags,
+        FirstPacket, FlowPair, add32, apply_diff, candidate_port, diff16, diff32, flow_entries,
+        other_direction, reopened_reply_flags, replace16, replace16_udp, replace32, replace32_udp,
+        tcp_entry_flags, tcp_opens_flow, tcp_seen_flags,
     },
     policy::endpoint_traffic_allowed,
 };
@@ -42,8 +44,14 @@ use crate::{
     reg::{InReg, Route},
 };
 
-/// Source ports masquerade tries for a new flow: its own, then random ones.
-const PORT_TRIES: u32 = 8;
+/// Source ports masquerade tries for a new flow: its own, then random ones
+/// (Cilium tries as many). With three quarters of the range taken towards
+/// one destination, all of them are taken one time in 10^16.
+const PORT_TRIES: u32 = 128;
+/// Ports found free of flows that are then checked against the host's
+/// sockets, before giving up.
+const SOCKET_TRIES: u32 = 4;
+
 const EEXIST: i32 = 17;
 const AF_INET: u8 = 2;
 
@@ -95,11 +103,14 @@ fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
         if stamp.wrapping_sub((*entry).last_seen_ns) > TOUCH_NS {
             (*entry).last_seen_ns = stamp;
         }
-        if ip.proto == proto::TCP {
-            let seen = tcp_seen_flags(ip.l4_flags);
-            if (*entry).flags & seen != seen {
-                (*entry).flags |= seen;
+        if ip.proto == proto::TCP
+            && let Some(flags) = tcp_entry_flags((*entry).flags, ip.l4_flags)
+        {
+            let closed = CT_SEEN_FIN | CT_SEEN_RST;
+            if (*entry).flags & closed != 0 && flags & closed == 0 {
+                reopen_reply(&ip.key(), &*entry);
             }
+            (*entry).flags = flags;
         }
         // A flow may be handled on several CPUs at once.
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets, 1);
@@ -113,28 +124,46 @@ fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
     Some(entry)
 }
 
+/// A SYN reopened the flow whose forward entry is `entry` (keyed `key`):
+/// its reply direction starts again too. Not inlined: rare, and off the
+/// stack of every other packet.
+#[inline(never)]
+fn reopen_reply(key: &FlowKey, entry: &CtEntry) {
+    if let Some(reply) = CONNTRACK.get_ptr_mut(&other_direction(key, entry)) {
+        // SAFETY: a map value, valid while the program runs.
+        unsafe { (*reply).flags = reopened_reply_flags() };
+    }
+}
+
 /// A flow to record: its first packet `original` leaves as `translated`.
-/// With `pick_port` the source port (or echo id) may be changed to find a
-/// reply tuple no other flow uses. Lives in a per-CPU map value, as does
-/// the pair of entries built from it.
+/// Lives in a per-CPU map value, as does the pair of entries built from it.
 pub struct NewFlow {
     original: FlowKey,
     translated: FlowKey,
-    pick_port: bool,
     slot: u32,
+    first_seen: u32,
     pair: FlowPair,
 }
 
-/// The per-CPU [`NewFlow`], reset for a flow from `original`.
+/// The per-CPU [`NewFlow`], reset for a flow that `ip` opens under NAT
+/// rule `slot`. TCP flows are opened by a SYN only.
 #[inline(always)]
-fn new_flow(original: &FlowKey, slot: u32) -> Result<&'static mut NewFlow, DropReason> {
+fn new_flow(ip: &Ipv4, slot: u32) -> Result<&'static mut NewFlow, DropReason> {
+    let first_seen = if ip.proto == proto::TCP {
+        if !tcp_opens_flow(ip.l4_flags) {
+            return Err(DropReason::TcpNoFlow);
+        }
+        tcp_seen_flags(ip.l4_flags)
+    } else {
+        0
+    };
     let flow = NEW_FLOW.get_ptr_mut(0).ok_or(DropReason::CtFull)?;
     // SAFETY: a per-CPU map value, used by this invocation only.
     let flow = unsafe { &mut *flow };
-    flow.original = *original;
-    flow.translated = *original;
-    flow.pick_port = false;
+    flow.original = ip.key();
+    flow.translated = flow.original;
     flow.slot = slot;
+    flow.first_seen = first_seen;
     Ok(flow)
 }
 
@@ -142,58 +171,182 @@ fn new_flow(original: &FlowKey, slot: u32) -> Result<&'static mut NewFlow, DropR
 /// `flow.pair.fwd`. Not inlined: the verifier limits the stack of each
 /// call chain, and this frame is only live while creating.
 #[inline(never)]
-fn create(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> InReg<Result<(), DropReason>> {
+fn create(ctx: &TcContext, flow: &mut NewFlow) -> InReg<Result<(), DropReason>> {
     let slot = flow.slot;
-    InReg::new(under_rule(create_now(ctx, cfg, flow), slot))
+    InReg::new(under_rule(create_now(ctx, flow), slot))
 }
 
 #[inline(always)]
-fn create_now(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<(), DropReason> {
-    let own = u16::from_be(flow.original.sport_be);
-    let stamp = now();
-    for attempt in 0..PORT_TRIES {
-        if flow.pick_port {
-            // SAFETY: no arguments.
-            let random = unsafe { bpf_get_prandom_u32() };
-            flow.translated.sport_be =
-                candidate_port(own, attempt, random, cfg.nat_port_min, cfg.nat_port_max).to_be();
-        }
-        flow_entries(
-            &flow.original,
-            &flow.translated,
-            flow.slot,
-            stamp,
-            ctx.len(),
-            &mut flow.pair,
-        );
-        let pair = &mut flow.pair;
-        match CONNTRACK.insert(&pair.reply_key, &pair.reply, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {}
-            Err(e) if e == -EEXIST && flow.pick_port => continue,
-            Err(e) if e == -EEXIST => return Err(DropReason::NatPortsExhausted),
-            Err(_) => return Err(DropReason::CtFull),
-        }
-        return match CONNTRACK.insert(&pair.fwd_key, &pair.fwd, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {
-                count(flow.slot, ctx.len());
-                events::new_flow(ctx, &flow.original, &flow.translated);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = CONNTRACK.remove(&pair.reply_key);
-                if e != -EEXIST {
-                    return Err(DropReason::CtFull);
-                }
-                // Another CPU created the flow first: use its entry.
-                // SAFETY: a map value, copied out.
-                pair.fwd = unsafe { CONNTRACK.get(&pair.fwd_key) }
-                    .copied()
-                    .ok_or(DropReason::CtFull)?;
-                Ok(())
-            }
-        };
+fn create_now(ctx: &TcContext, flow: &mut NewFlow) -> Result<(), DropReason> {
+    flow_entries(
+        &flow.original,
+        &flow.translated,
+        flow.slot,
+        now(),
+        FirstPacket {
+            len: ctx.len(),
+            seen: flow.first_seen,
+        },
+        &mut flow.pair,
+    );
+    let pair = &mut flow.pair;
+    match CONNTRACK.insert(&pair.reply_key, &pair.reply, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        // Taken since [`free_port`] looked (another CPU's flow), or, with
+        // the port kept, another flow's already: the sender's retry looks
+        // again.
+        Err(e) if e == -EEXIST => return Err(DropReason::NatPortsExhausted),
+        Err(_) => return Err(DropReason::CtFull),
     }
-    Err(DropReason::NatPortsExhausted)
+    match CONNTRACK.insert(&pair.fwd_key, &pair.fwd, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            count(flow.slot, ctx.len());
+            events::new_flow(ctx, &flow.original, &flow.translated);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = CONNTRACK.remove(&pair.reply_key);
+            if e != -EEXIST {
+                return Err(DropReason::CtFull);
+            }
+            // Another CPU created the flow first: use its entry.
+            // SAFETY: a map value, copied out.
+            pair.fwd = unsafe { CONNTRACK.get(&pair.fwd_key) }
+                .copied()
+                .ok_or(DropReason::CtFull)?;
+            Ok(())
+        }
+    }
+}
+
+/// What [`free_port`] returns when every candidate was taken.
+const NO_PORT: u32 = u32::MAX;
+
+/// Makes `flow` leave from a port [`free_port`] found, or the drop for
+/// none.
+#[inline(always)]
+fn pick_port(ctx: &TcContext, cfg: &NetConfig, flow: &mut NewFlow) -> Result<(), DropReason> {
+    match free_port(ctx, cfg, flow) {
+        NO_PORT => Err(DropReason::NatPortsExhausted),
+        port => {
+            flow.translated.sport_be = (port as u16).to_be();
+            Ok(())
+        }
+    }
+}
+
+/// A source port (host byte order) for `flow` that neither a tracked
+/// flow's reply nor the host uses towards its destination: the flow's own
+/// first, then random ones of the range. It only looks; [`create`] claims
+/// the port. Not inlined: its frame stays off the stack of other packets.
+#[inline(never)]
+fn free_port(ctx: &TcContext, cfg: &NetConfig, flow: &NewFlow) -> u32 {
+    let mut probe = PortProbe {
+        reply: flow.translated.reversed(),
+        own: u16::from_be(flow.original.sport_be),
+        min: cfg.nat_port_min,
+        max: cfg.nat_port_max,
+        skip_own: 0,
+        found: NO_PORT,
+    };
+    for _ in 0..SOCKET_TRIES {
+        probe.found = NO_PORT;
+        // SAFETY: the callback reads and writes `probe` only, a stack
+        // value of the type it expects, which outlives the call.
+        unsafe {
+            bpf_loop(
+                PORT_TRIES,
+                probe_port as *mut c_void,
+                (&raw mut probe).cast(),
+                0,
+            )
+        };
+        if probe.found == NO_PORT {
+            return NO_PORT;
+        }
+        probe.reply.dport_be = (probe.found as u16).to_be();
+        if !host_socket_holds(ctx, &probe.reply) {
+            return probe.found;
+        }
+        probe.skip_own = 1;
+    }
+    NO_PORT
+}
+
+/// A port search of [`free_port`], on its stack: `bpf_loop` hands its
+/// callback a pointer to the caller's stack only.
+#[repr(C)]
+struct PortProbe {
+    /// The key replies would arrive with; its destination port is the
+    /// candidate.
+    reply: FlowKey,
+    /// The flow's own port and the range, host byte order.
+    own: u16,
+    min: u16,
+    max: u16,
+    /// 1 once the own port was found held by a host socket.
+    skip_own: u16,
+    /// The port found, host byte order, or [`NO_PORT`].
+    found: u32,
+}
+
+/// One candidate of a [`PortProbe`] (RFC 6056's simple port
+/// randomization): 1, ending the loop, when no flow's reply entry and no
+/// published port hold it. Checked once by the verifier, however many
+/// times `bpf_loop` calls it.
+#[inline(never)]
+extern "C" fn probe_port(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: the `PortProbe` [`free_port`] passed to bpf_loop.
+    let p = unsafe { &mut *ctx.cast::<PortProbe>() };
+    // SAFETY: no arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let port = candidate_port(p.own, index + u32::from(p.skip_own), random, p.min, p.max);
+    p.reply.dport_be = port.to_be();
+    if published(p.reply.daddr_be, p.reply.dport_be, p.reply.proto).is_some() {
+        return 0;
+    }
+    // SAFETY: only presence is read.
+    if unsafe { CONNTRACK.get(&p.reply) }.is_some() {
+        return 0;
+    }
+    p.found = u32::from(port);
+    1
+}
+
+/// Whether a socket of the host holds the tuple a reply keyed `reply`
+/// arrives as: one connected to that peer from that port, or listening or
+/// bound to the port. Replies to the translation would otherwise meet the
+/// host's own connection.
+#[inline(always)]
+fn host_socket_holds(ctx: &TcContext, reply: &FlowKey) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: reply.saddr_be,
+                daddr: reply.daddr_be,
+                sport: reply.sport_be,
+                dport: reply.dport_be,
+            },
+        },
+    };
+    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let skb = ctx.skb.skb as *mut c_void;
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: `tuple` is an IPv4 tuple of the size passed; a socket found
+    // is released before returning.
+    let sk = unsafe {
+        match reply.proto {
+            proto::TCP => bpf_skc_lookup_tcp(skb, &mut tuple, size, netns, 0),
+            proto::UDP => bpf_sk_lookup_udp(skb, &mut tuple, size, netns, 0),
+            _ => ptr::null_mut(),
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket the lookup returned, released once.
+    unsafe { bpf_sk_release(sk as *mut c_void) };
+    true
 }
 
 pub fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget> {
@@ -728,14 +881,14 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
         {
             // Hairpin. An endpoint reaching itself must see another source,
             // or its stack takes the packet for a martian.
-            let flow = new_flow(&ip.key(), target.slot)?;
-            if target.addr_be == ip.saddr {
-                flow.translated.saddr_be = cfg.gateway_be;
-                flow.pick_port = true;
-            }
+            let flow = under_rule(new_flow(ip, target.slot), target.slot)?;
             flow.translated.daddr_be = target.addr_be;
             flow.translated.dport_be = target.port_be;
-            create(ctx, cfg, flow).get()?;
+            if target.addr_be == ip.saddr {
+                flow.translated.saddr_be = cfg.gateway_be;
+                under_rule(pick_port(ctx, cfg, flow), target.slot)?;
+            }
+            create(ctx, flow).get()?;
             return forward(ctx, cfg, ip, &flow.pair.fwd).get();
         }
         return Ok(TC_ACT_OK);
@@ -770,10 +923,12 @@ fn masquerade(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, route: &Route) -> Ver
     if ip.is_icmp_error() {
         return Err(DropReason::UntrackedIcmpError);
     }
-    let flow = new_flow(&ip.key(), MASQUERADE_SLOT)?;
+    let flow = new_flow(ip, MASQUERADE_SLOT)?;
     flow.translated.saddr_be = cfg.uplink_addr_be;
-    flow.pick_port = ip.has_ports();
-    create(ctx, cfg, flow).get()?;
+    if ip.has_ports() {
+        pick_port(ctx, cfg, flow)?;
+    }
+    create(ctx, flow).get()?;
     rewrite(ctx, ip, &flow.pair.fwd)?;
     send(ctx, ip, route)
 }
@@ -801,16 +956,26 @@ fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         // Not a flow of the endpoint's: the stack would route it in.
         return Err(DropReason::NotPublished);
     }
-    if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP) || !is_host_addr(ip.daddr)
+    let target = if ip.later_fragment
+        || !matches!(ip.proto, proto::TCP | proto::UDP)
+        || !is_host_addr(ip.daddr)
     {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(target) = published(ip.daddr, ip.dport, ip.proto) else {
-        return Ok(TC_ACT_OK);
+        None
+    } else {
+        published(ip.daddr, ip.dport, ip.proto)
     };
-    let flow = new_flow(&ip.key(), target.slot)?;
+    let Some(target) = target else {
+        // The gateway and the rest of the bridge's subnet serve the
+        // endpoints (the embedded DNS among them), not the uplink's side.
+        return if ip.daddr & cfg.mask_be == cfg.subnet_be {
+            Err(DropReason::NotPublished)
+        } else {
+            Ok(TC_ACT_OK)
+        };
+    };
+    let flow = under_rule(new_flow(ip, target.slot), target.slot)?;
     flow.translated.daddr_be = target.addr_be;
     flow.translated.dport_be = target.port_be;
-    create(ctx, cfg, flow).get()?;
+    create(ctx, flow).get()?;
     forward(ctx, cfg, ip, &flow.pair.fwd).get()
 }

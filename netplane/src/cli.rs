@@ -258,13 +258,18 @@ struct UpArgs {
     /// when the table is created, at the first `up` after a `down`.
     #[arg(long, default_value_t = DEFAULT_CT_MAX)]
     ct_max: u32,
-    /// Lifetime of a TCP flow before its handshake completes, in seconds.
+    /// Lifetime of a TCP flow until both directions acknowledged, in
+    /// seconds.
     #[arg(long, default_value_t = Timeouts::default().tcp_syn.as_secs())]
     ct_tcp_syn: u64,
     /// Lifetime of an established TCP flow after its last packet, in seconds.
     #[arg(long, default_value_t = Timeouts::default().tcp_established.as_secs())]
     ct_tcp_established: u64,
-    /// Lifetime of a TCP flow after FIN or RST, in seconds.
+    /// Lifetime of a TCP flow after one direction's FIN, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().tcp_fin_wait.as_secs())]
+    ct_tcp_fin_wait: u64,
+    /// Lifetime of a TCP flow after FIN from both directions, or RST, in
+    /// seconds.
     #[arg(long, default_value_t = Timeouts::default().tcp_closing.as_secs())]
     ct_tcp_closing: u64,
     /// Lifetime of a UDP flow after its last packet, in seconds.
@@ -280,6 +285,7 @@ impl UpArgs {
         Timeouts {
             tcp_syn: Duration::from_secs(self.ct_tcp_syn),
             tcp_established: Duration::from_secs(self.ct_tcp_established),
+            tcp_fin_wait: Duration::from_secs(self.ct_tcp_fin_wait),
             tcp_closing: Duration::from_secs(self.ct_tcp_closing),
             udp: Duration::from_secs(self.ct_udp),
             icmp: Duration::from_secs(self.ct_icmp),

@@ -7,17 +7,21 @@ use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 use netplane_common::abi::{
     CT_REPLY, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN, CtEntry, FlowKey, proto,
 };
+pub use netplane_common::nat::other_direction;
 
 use crate::api::{FlowInfo, FlowTuple};
 
 /// How long a flow lives after its last packet, by what was seen of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// TCP before the handshake completes.
+    /// TCP until both directions have acknowledged: a SYN that was
+    /// answered but never followed (one spoofed SYN) stays here.
     pub tcp_syn: Duration,
-    /// TCP after it, until FIN or RST.
+    /// TCP after the handshake, until FIN or RST.
     pub tcp_established: Duration,
-    /// TCP after FIN or RST.
+    /// TCP after one direction's FIN.
+    pub tcp_fin_wait: Duration,
+    /// TCP after FIN from both directions, or RST.
     pub tcp_closing: Duration,
     /// UDP and protocols without ports.
     pub udp: Duration,
@@ -26,41 +30,66 @@ pub struct Timeouts {
 }
 
 impl Default for Timeouts {
-    /// Close to Linux conntrack's and Cilium's defaults.
+    /// At or above the minimums of RFC 5382 (established 2 h 4 min, and 4
+    /// min for a closing connection), RFC 4787 (UDP 2 min) and RFC 5508
+    /// (ICMP query 60 s). Not yet established TCP keeps Linux's and
+    /// Cilium's 60 s instead of RFC 5382's 4 min: spoofed SYNs to a
+    /// published port live that long.
     fn default() -> Self {
         Timeouts {
             tcp_syn: Duration::from_secs(60),
             tcp_established: Duration::from_secs(6 * 3600),
+            tcp_fin_wait: Duration::from_secs(240),
             tcp_closing: Duration::from_secs(10),
-            udp: Duration::from_secs(60),
-            icmp: Duration::from_secs(30),
+            udp: Duration::from_secs(120),
+            icmp: Duration::from_secs(60),
         }
     }
 }
 
-/// The key of the other direction of the flow `key` (with entry `entry`)
-/// belongs to: entries are written in pairs, each one's translation being
-/// the reverse of the other's key.
-pub fn other_direction(key: &FlowKey, entry: &CtEntry) -> FlowKey {
-    FlowKey {
-        saddr_be: entry.saddr_be,
-        daddr_be: entry.daddr_be,
-        sport_be: entry.sport_be,
-        dport_be: entry.dport_be,
-        proto: key.proto,
-        _pad: [0; 3],
+/// Where a TCP flow is, from the flags its two entries saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcpState {
+    SynSent,
+    SynRecv,
+    Established,
+    /// One direction sent FIN.
+    FinWait,
+    /// Both did: what is left is the last ACK and stray retransmissions.
+    TimeWait,
+    /// RST.
+    Close,
+}
+
+fn tcp_state(forward: &CtEntry, reply: Option<&CtEntry>) -> TcpState {
+    let (fwd, rep) = (forward.flags, reply.map_or(0, |r| r.flags));
+    if (fwd | rep) & CT_SEEN_RST != 0 {
+        TcpState::Close
+    } else if fwd & rep & CT_SEEN_FIN != 0 {
+        TcpState::TimeWait
+    } else if (fwd | rep) & CT_SEEN_FIN != 0 {
+        TcpState::FinWait
+    } else if fwd & rep & CT_SEEN_ACK != 0 {
+        // The originator's first packet carries no ACK: it sent something
+        // after its SYN, so the handshake got through, not only a SYN-ACK
+        // to an address that may have been spoofed.
+        TcpState::Established
+    } else if rep & CT_SEEN_SYN != 0 {
+        TcpState::SynRecv
+    } else {
+        TcpState::SynSent
     }
-    .reversed()
 }
 
 /// The lifetime of a flow given its two entries (`reply` may be missing).
 pub fn lifetime(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>, t: &Timeouts) -> Duration {
-    let seen = forward.flags | reply.map_or(0, |r| r.flags);
     match proto {
-        proto::TCP if seen & (CT_SEEN_FIN | CT_SEEN_RST) != 0 => t.tcp_closing,
-        // The reply direction acknowledged: the handshake got through.
-        proto::TCP if reply.is_some_and(|r| r.flags & CT_SEEN_ACK != 0) => t.tcp_established,
-        proto::TCP => t.tcp_syn,
+        proto::TCP => match tcp_state(forward, reply) {
+            TcpState::SynSent | TcpState::SynRecv => t.tcp_syn,
+            TcpState::Established => t.tcp_established,
+            TcpState::FinWait => t.tcp_fin_wait,
+            TcpState::TimeWait | TcpState::Close => t.tcp_closing,
+        },
         proto::ICMP => t.icmp,
         _ => t.udp,
     }
@@ -97,14 +126,15 @@ pub fn flows(entries: &[(FlowKey, CtEntry)]) -> Vec<Flow> {
 
 /// What was seen of a flow, in the words of Linux's `conntrack -L`.
 pub fn state(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>) -> &'static str {
-    let seen = forward.flags | reply.map_or(0, |r| r.flags);
-    let replied = reply.map_or(0, |r| r.flags);
     match proto {
-        proto::TCP if seen & CT_SEEN_RST != 0 => "CLOSE",
-        proto::TCP if seen & CT_SEEN_FIN != 0 => "FIN_WAIT",
-        proto::TCP if replied & CT_SEEN_ACK != 0 => "ESTABLISHED",
-        proto::TCP if replied & CT_SEEN_SYN != 0 => "SYN_RECV",
-        proto::TCP => "SYN_SENT",
+        proto::TCP => match tcp_state(forward, reply) {
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        },
         _ if reply.is_some_and(|r| r.packets > 0) => "REPLIED",
         _ => "UNREPLIED",
     }
@@ -183,7 +213,7 @@ pub fn expired(flows: &[(FlowKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<F
 mod tests {
     use netplane_common::{
         abi::CtEntry,
-        nat::{FlowPair, flow_entries},
+        nat::{FirstPacket, FlowPair, flow_entries},
     };
 
     use super::*;
@@ -204,7 +234,14 @@ mod tests {
             ..original
         };
         let mut pair = FlowPair::default();
-        flow_entries(&original, &translated, 0, last, 60, &mut pair);
+        flow_entries(
+            &original,
+            &translated,
+            0,
+            last,
+            FirstPacket::default(),
+            &mut pair,
+        );
         pair.fwd.flags |= fwd_flags;
         pair.reply.flags |= reply_flags;
         vec![(pair.fwd_key, pair.fwd), (pair.reply_key, pair.reply)]
@@ -230,11 +267,32 @@ mod tests {
             lifetime(proto::TCP, &est[0].1, Some(&est[1].1), &t),
             t.tcp_established
         );
-        let fin = tcp_flow(CT_SEEN_ACK, CT_SEEN_ACK | CT_SEEN_FIN, 0);
+        let life = |fwd, reply| {
+            let f = tcp_flow(fwd, reply, 0);
+            lifetime(proto::TCP, &f[0].1, Some(&f[1].1), &t)
+        };
+        // One spoofed SYN: the server answered, the "client" never did.
+        assert_eq!(life(CT_SEEN_SYN, CT_SEEN_SYN | CT_SEEN_ACK), t.tcp_syn);
+        // A lone ACK in the reply direction proves nothing either.
+        assert_eq!(life(0, CT_SEEN_ACK), t.tcp_syn);
+        assert_eq!(life(CT_SEEN_ACK, CT_SEEN_ACK | CT_SEEN_FIN), t.tcp_fin_wait);
+        assert_eq!(life(CT_SEEN_ACK | CT_SEEN_FIN, CT_SEEN_ACK), t.tcp_fin_wait);
         assert_eq!(
-            lifetime(proto::TCP, &fin[0].1, Some(&fin[1].1), &t),
+            life(CT_SEEN_ACK | CT_SEEN_FIN, CT_SEEN_ACK | CT_SEEN_FIN),
             t.tcp_closing
         );
+        assert_eq!(life(CT_SEEN_ACK | CT_SEEN_RST, CT_SEEN_ACK), t.tcp_closing);
+    }
+
+    #[test]
+    fn default_lifetimes_meet_the_nat_rfcs() {
+        let t = Timeouts::default();
+        // RFC 5382 REQ-5: 2 h 4 min established, 4 min transitory.
+        assert!(t.tcp_established >= Duration::from_secs(2 * 3600 + 4 * 60));
+        assert!(t.tcp_fin_wait >= Duration::from_secs(4 * 60));
+        // RFC 4787 REQ-5, RFC 5508 REQ-1.
+        assert!(t.udp >= Duration::from_secs(120));
+        assert!(t.icmp >= Duration::from_secs(60));
     }
 
     #[test]
@@ -314,9 +372,18 @@ mod tests {
         assert_eq!(state_of(flow(CT_SEEN_SYN, CT_SEEN_SYN)), "SYN_RECV");
         assert_eq!(
             state_of(flow(CT_SEEN_SYN, CT_SEEN_SYN | CT_SEEN_ACK)),
+            "SYN_RECV",
+            "answered, not yet acknowledged by the originator"
+        );
+        assert_eq!(
+            state_of(flow(CT_SEEN_SYN | CT_SEEN_ACK, CT_SEEN_SYN | CT_SEEN_ACK)),
             "ESTABLISHED"
         );
         assert_eq!(state_of(flow(CT_SEEN_FIN, CT_SEEN_ACK)), "FIN_WAIT");
+        assert_eq!(
+            state_of(flow(CT_SEEN_FIN | CT_SEEN_ACK, CT_SEEN_FIN | CT_SEEN_ACK)),
+            "TIME_WAIT"
+        );
         assert_eq!(state_of(flow(0, CT_SEEN_RST)), "CLOSE");
         let mut udp = flow(0, 0);
         assert_eq!(state(proto::UDP, &udp[0].1, Some(&udp[1].1)), "UNREPLIED");

@@ -31,8 +31,8 @@ use crate::{
     conntrack::{self, Timeouts},
     dns::{self, Zone},
     endpoint::{
-        self, BridgeNet, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step, format_mac,
-        mac_for,
+        self, BridgeNet, DEFAULT_MTU, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step,
+        format_mac, mac_for,
     },
     error::{Error, Result},
     ipam::{self, Pool},
@@ -47,6 +47,7 @@ use crate::{
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
+        ports::{self, Reservations},
     },
 };
 
@@ -68,9 +69,6 @@ fn zone_of(mode: &Mode) -> Option<&str> {
         _ => None,
     }
 }
-
-/// The uplink's MTU when it cannot be read.
-const DEFAULT_MTU: u32 = 1500;
 
 /// Settings of `netplane up`.
 #[derive(Clone, Debug)]
@@ -155,6 +153,8 @@ pub struct Daemon {
     resolver: Resolver,
     /// How long each reconcile took: `up`'s, and every cluster resync.
     reconciles: metrics::ReconcileDurations,
+    /// Sockets holding the published host ports.
+    reserved: Reservations,
     _lock: DaemonLock,
 }
 
@@ -255,6 +255,7 @@ impl Daemon {
             view: None,
             resolver: Resolver::new(upstream),
             reconciles: metrics::ReconcileDurations::default(),
+            reserved: Reservations::default(),
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -288,7 +289,7 @@ impl Daemon {
             undo.push(Undo::DeleteLink(net.bridge.clone()));
         }
         let bridge = Self::address_bridge(&self.rtnl, &net).await?;
-        self.serve_dns(endpoint::BRIDGE_NETWORK, net.gateway).await;
+        self.serve_dns(endpoint::BRIDGE_NETWORK, net.subnet).await;
 
         if self.store.meta(meta::IP_FORWARD_BEFORE)?.is_none() {
             let before = host::read_sysctl(host::IP_FORWARD)?;
@@ -396,10 +397,10 @@ impl Daemon {
         self.dp().set_host_addrs(&addrs)
     }
 
-    /// Serves `network`'s endpoints DNS on `gateway`; if the port is taken,
-    /// they keep the host's resolvers.
-    async fn serve_dns(&mut self, network: &str, gateway: Ipv4Addr) {
-        if let Err(e) = self.resolver.serve(network, gateway).await {
+    /// Serves `network`'s endpoints DNS on its gateway (`subnet`'s
+    /// address); if the port is taken, they keep the host's resolvers.
+    async fn serve_dns(&mut self, network: &str, subnet: Ipv4Net) {
+        if let Err(e) = self.resolver.serve(network, subnet).await {
             warn!(
                 network,
                 "no embedded DNS, endpoints use the host's resolvers: {e}"
@@ -506,7 +507,7 @@ impl Daemon {
     /// the shortest lifetime to be honoured within a quarter of it.
     pub fn gc_interval(&self) -> Duration {
         let t = self.cfg.timeouts;
-        [t.tcp_syn, t.tcp_closing, t.udp, t.icmp]
+        [t.tcp_syn, t.tcp_fin_wait, t.tcp_closing, t.udp, t.icmp]
             .into_iter()
             .min()
             .unwrap_or_default()
@@ -539,12 +540,14 @@ impl Daemon {
                         self.attach_endpoint(&veth, ip, vni)?;
                     }
                     self.publish(&rec.ep, &rec.ports)?;
+                    self.hold_published(&rec.ep.name, &rec.ports);
                 }
                 State::Ready => {
                     warn!(endpoint = %rec.ep.name, "kernel objects missing: rebuilding");
                     self.teardown(&rec.ep).await?;
                     self.apply_plan(&rec.ep).await?;
                     self.publish(&rec.ep, &rec.ports)?;
+                    self.hold_published(&rec.ep.name, &rec.ports);
                 }
             }
         }
@@ -636,6 +639,15 @@ impl Daemon {
         ports.iter().try_for_each(|p| dp.reset_nat_counters(p.slot))
     }
 
+    /// Holds the host ports `name` published before this daemon started.
+    /// A host process that bound one while no daemon ran keeps it: its
+    /// traffic goes to the endpoint, and the log says so.
+    fn hold_published(&mut self, name: &str, ports: &[PublishedPort]) {
+        if let Err(e) = self.reserved.reserve(ports) {
+            warn!(endpoint = %name, "published port not held: {e}");
+        }
+    }
+
     /// Writes the published ports of `ep` into the data path.
     fn publish(&mut self, ep: &endpoint::Endpoint, ports: &[PublishedPort]) -> Result<()> {
         let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
@@ -648,8 +660,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// Withdraws published ports and their flows from the data path.
+    /// Withdraws published ports and their flows from the data path, and
+    /// lets their host ports go.
     fn unpublish(&mut self, ep: &endpoint::Endpoint, ports: &[PublishedPort]) -> Result<()> {
+        self.reserved.release(ports);
         let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
             return Ok(());
         };
@@ -837,6 +851,7 @@ impl Daemon {
             return Err(e);
         }
         let mut activate = || {
+            self.reserved.reserve(&ports)?;
             self.reset_counters(&ports)?;
             self.publish(&ep, &ports)?;
             self.sync_linked()
@@ -878,7 +893,7 @@ impl Daemon {
             .iter()
             .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), *p)))
             .collect();
-        portspec::assign_host_ports(specs, &taken, host::ephemeral_ports()?)
+        portspec::assign_host_ports(specs, &taken, host::ephemeral_ports()?, ports::check_free)
     }
 
     /// The ready bridge endpoint `name`, which ports can be published to.
@@ -903,6 +918,7 @@ impl Daemon {
         ports.extend(&added);
         self.store.set_ports(name, &ports)?;
         let mut activate = || {
+            self.reserved.reserve(&added)?;
             self.reset_counters(&added)?;
             self.publish(&rec.ep, &added)
         };
@@ -1294,7 +1310,10 @@ impl Daemon {
     fn bridge_net_of(&self, mode: &Mode) -> Result<BridgeNet> {
         match mode {
             Mode::Network(name) => self.overlay_bridge_net(&self.store.network(name)?),
-            _ => Ok(self.net.clone()),
+            _ => Ok(BridgeNet {
+                mtu: endpoint::bridge_endpoint_mtu(self.uplink_mtu),
+                ..self.net.clone()
+            }),
         }
     }
 
@@ -1491,7 +1510,7 @@ impl Daemon {
         self.rtnl
             .route_subnet(net.subnet, bridge.index, &on_host.bridge, mtu)
             .await?;
-        self.serve_dns(&net.name, on_host.gateway).await;
+        self.serve_dns(&net.name, on_host.subnet).await;
         Ok(())
     }
 

@@ -123,6 +123,18 @@ pub struct BridgeNet {
     pub vni: u32,
 }
 
+/// The kernel's MTU for Ethernet interfaces, and the uplink's when it
+/// cannot be read.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// The MTU of a bridge endpoint's interfaces on a host whose uplink has
+/// `uplink_mtu`: the uplink's when smaller than 1500 (a PPPoE or tunnel
+/// uplink), so that what an endpoint sends fits the way out; the kernel's
+/// default otherwise, as Docker's.
+pub fn bridge_endpoint_mtu(uplink_mtu: u32) -> Option<u32> {
+    (uplink_mtu < DEFAULT_MTU).then_some(uplink_mtu)
+}
+
 /// An endpoint as stored: everything needed to (re)build or remove it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -350,6 +362,18 @@ mod tests {
             ip: ip.map(|s| s.parse().unwrap()),
             hostname: None,
         }
+    }
+
+    #[test]
+    fn bridge_endpoints_fit_a_smaller_uplink() {
+        assert_eq!(bridge_endpoint_mtu(1400), Some(1400));
+        assert_eq!(bridge_endpoint_mtu(1492), Some(1492));
+        assert_eq!(bridge_endpoint_mtu(1500), None);
+        assert_eq!(
+            bridge_endpoint_mtu(9000),
+            None,
+            "jumbo uplinks: Docker's 1500"
+        );
     }
 
     #[test]

@@ -86,6 +86,18 @@ pub enum Error {
         /// Endpoint publishing it.
         owner: String,
     },
+    /// A host port to publish is used by a socket of the host itself.
+    #[error("host port {port}/{proto} on {ip} is already in use on the host by {user}")]
+    HostPortInUse {
+        /// Host port.
+        port: u16,
+        /// Protocol.
+        proto: String,
+        /// Host address (0.0.0.0 for all).
+        ip: Ipv4Addr,
+        /// The process holding it ("NAME (pid N)"), or "a socket".
+        user: String,
+    },
     /// No free host port for `-p CPORT`.
     #[error("no free host port left for {0}")]
     NoFreeHostPort(String),
@@ -280,6 +292,7 @@ impl Error {
                 | Error::NetworkNameReserved(_)
                 | Error::NetworkInUse { .. }
                 | Error::PortInUse { .. }
+                | Error::HostPortInUse { .. }
                 | Error::Foreign(_)
         )
     }

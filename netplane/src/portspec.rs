@@ -302,12 +302,15 @@ impl PublishedPort {
 }
 
 /// Resolves `specs` against the ports already published (`taken`, with their
-/// owners): explicit host ports must be free, missing ones are the lowest
-/// free ports of `ephemeral` (the host's ip_local_port_range, as Docker does).
+/// owners) and the host's own sockets (`host_free` says why a port is not
+/// free of them): explicit host ports must be free, missing ones are the
+/// lowest free ports of `ephemeral` (the host's ip_local_port_range, as
+/// Docker does).
 pub fn assign_host_ports(
     specs: &[PortSpec],
     taken: &[(String, PublishedPort)],
     ephemeral: PortRange,
+    host_free: impl Fn(&PublishedPort) -> Result<(), crate::error::Error>,
 ) -> Result<Vec<PublishedPort>, crate::error::Error> {
     let mut assigned: Vec<(String, PublishedPort)> = taken.to_vec();
     let mut out = Vec::with_capacity(specs.len());
@@ -334,13 +337,16 @@ pub fn assign_host_ports(
                         owner: owner.clone(),
                     });
                 }
+                host_free(&p)?;
                 p
             }
             None => {
                 let width = spec.container_ports.end - spec.container_ports.start;
                 (ephemeral.start..=ephemeral.end.saturating_sub(width))
                     .map(candidate)
-                    .find(|p| !assigned.iter().any(|(_, o)| o.conflicts_with(p)))
+                    .find(|p| {
+                        !assigned.iter().any(|(_, o)| o.conflicts_with(p)) && host_free(p).is_ok()
+                    })
                     .ok_or_else(|| crate::error::Error::NoFreeHostPort(spec.to_string()))?
             }
         };
@@ -360,6 +366,11 @@ pub fn assign_host_ports(
 mod assign_tests {
     use super::*;
 
+    /// No host socket uses any port.
+    fn free(_: &PublishedPort) -> Result<(), crate::error::Error> {
+        Ok(())
+    }
+
     const EPHEMERAL: PortRange = PortRange {
         start: 32768,
         end: 60999,
@@ -370,8 +381,29 @@ mod assign_tests {
     }
 
     #[test]
+    fn ports_the_host_uses_are_refused_or_skipped() {
+        let host_uses = |p: &PublishedPort| {
+            if (p.host_ports.start..=p.host_ports.end).contains(&32769) {
+                Err(crate::error::Error::NoFreeSlot)
+            } else {
+                Ok(())
+            }
+        };
+        let err = assign_host_ports(&specs(&["32769:80"]), &[], EPHEMERAL, host_uses).unwrap_err();
+        assert_eq!(err, crate::error::Error::NoFreeSlot, "the host's reason");
+        let got = assign_host_ports(&specs(&["80", "81"]), &[], EPHEMERAL, host_uses).unwrap();
+        let starts: Vec<u16> = got.iter().map(|p| p.host_ports.start).collect();
+        assert_eq!(starts, [32768, 32770]);
+        let range = assign_host_ports(&specs(&["80-81"]), &[], EPHEMERAL, host_uses).unwrap();
+        assert_eq!(
+            range[0].host_ports.start, 32770,
+            "no port of the range is the host's"
+        );
+    }
+
+    #[test]
     fn auto_ports_are_lowest_free_and_distinct() {
-        let got = assign_host_ports(&specs(&["80", "81", "53/udp"]), &[], EPHEMERAL).unwrap();
+        let got = assign_host_ports(&specs(&["80", "81", "53/udp"]), &[], EPHEMERAL, free).unwrap();
         assert_eq!(got[0].host_ports.start, 32768);
         assert_eq!(got[1].host_ports.start, 32769);
         assert_eq!(got[2].host_ports.start, 32768, "udp is a separate space");
@@ -380,29 +412,36 @@ mod assign_tests {
 
     #[test]
     fn explicit_conflicts_name_the_owner() {
-        let taken = assign_host_ports(&specs(&["8080:80"]), &[], EPHEMERAL).unwrap();
+        let taken = assign_host_ports(&specs(&["8080:80"]), &[], EPHEMERAL, free).unwrap();
         let taken = vec![("web".to_string(), taken[0])];
-        let err = assign_host_ports(&specs(&["127.0.0.1:8080:81"]), &taken, EPHEMERAL).unwrap_err();
+        let err =
+            assign_host_ports(&specs(&["127.0.0.1:8080:81"]), &taken, EPHEMERAL, free).unwrap_err();
         assert!(err.to_string().contains("published by web"), "{err}");
-        assert!(assign_host_ports(&specs(&["8080:80/udp"]), &taken, EPHEMERAL).is_ok());
-        assert!(assign_host_ports(&specs(&["8081:80"]), &taken, EPHEMERAL).is_ok());
-        let err = assign_host_ports(&specs(&["9000:80", "9000:81"]), &[], EPHEMERAL).unwrap_err();
+        assert!(assign_host_ports(&specs(&["8080:80/udp"]), &taken, EPHEMERAL, free).is_ok());
+        assert!(assign_host_ports(&specs(&["8081:80"]), &taken, EPHEMERAL, free).is_ok());
+        let err =
+            assign_host_ports(&specs(&["9000:80", "9000:81"]), &[], EPHEMERAL, free).unwrap_err();
         assert!(err.to_string().contains("9000"));
     }
 
     #[test]
     fn rules_get_distinct_counter_slots_after_masquerade() {
-        let first = assign_host_ports(&specs(&["80", "81"]), &[], EPHEMERAL).unwrap();
+        let first = assign_host_ports(&specs(&["80", "81"]), &[], EPHEMERAL, free).unwrap();
         assert_eq!((first[0].slot, first[1].slot), (1, 2));
         let taken = vec![("web".to_string(), first[1])];
-        let next = assign_host_ports(&specs(&["82"]), &taken, EPHEMERAL).unwrap();
+        let next = assign_host_ports(&specs(&["82"]), &taken, EPHEMERAL, free).unwrap();
         assert_eq!(next[0].slot, 1, "freed slots are reused");
     }
 
     #[test]
     fn map_entries_pair_each_host_port_with_its_endpoint_port() {
-        let p = assign_host_ports(&specs(&["127.0.0.1:8000-8002:80-82/udp"]), &[], EPHEMERAL)
-            .unwrap()[0];
+        let p = assign_host_ports(
+            &specs(&["127.0.0.1:8000-8002:80-82/udp"]),
+            &[],
+            EPHEMERAL,
+            free,
+        )
+        .unwrap()[0];
         let entries = p.map_entries("172.17.0.2".parse().unwrap());
         assert_eq!(entries.len(), 3);
         let (key, target) = entries[2];
@@ -416,7 +455,7 @@ mod assign_tests {
 
     #[test]
     fn specs_match_the_rules_they_name() {
-        let p = assign_host_ports(&specs(&["127.0.0.1:8080:80"]), &[], EPHEMERAL).unwrap()[0];
+        let p = assign_host_ports(&specs(&["127.0.0.1:8080:80"]), &[], EPHEMERAL, free).unwrap()[0];
         for (spec, matches) in [
             ("80", true),
             ("8080:80", true),
@@ -436,7 +475,7 @@ mod assign_tests {
             start: 40000,
             end: 40002,
         };
-        let got = assign_host_ports(&specs(&["10-11"]), &[], tiny).unwrap();
+        let got = assign_host_ports(&specs(&["10-11"]), &[], tiny, free).unwrap();
         assert_eq!(
             got[0].host_ports,
             PortRange {
@@ -444,7 +483,7 @@ mod assign_tests {
                 end: 40001
             }
         );
-        let err = assign_host_ports(&specs(&["10-11", "12-13"]), &[], tiny).unwrap_err();
+        let err = assign_host_ports(&specs(&["10-11", "12-13"]), &[], tiny, free).unwrap_err();
         assert!(err.to_string().contains("no free host port"));
     }
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use hickory_proto::op::{Message, ResponseCode};
+use ipnet::Ipv4Net;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -89,22 +90,28 @@ impl Resolver {
         self.servers.contains_key(network)
     }
 
-    /// Serves `network`'s endpoints on `addr`, port 53, unless it already
-    /// does.
-    pub async fn serve(&mut self, network: &str, addr: Ipv4Addr) -> Result<()> {
+    /// Serves `network`'s endpoints on its gateway, port 53, unless it
+    /// already does. `subnet` is the gateway's address with the network's
+    /// prefix: only senders inside it are answered, as Docker's resolver,
+    /// inside each container, is never reachable from elsewhere.
+    pub async fn serve(&mut self, network: &str, subnet: Ipv4Net) -> Result<()> {
         if self.serves(network) {
             return Ok(());
         }
-        let at = SocketAddr::from((addr, 53));
+        let at = SocketAddr::from((subnet.addr(), 53));
         let udp = UdpSocket::bind(at)
             .await
             .map_err(|e| Error::io("bind DNS (UDP) on", at, e))?;
         let tcp = TcpListener::bind(at)
             .await
             .map_err(|e| Error::io("bind DNS (TCP) on", at, e))?;
-        let (shared, name) = (self.shared.clone(), network.to_string());
-        let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone(), name.clone()));
-        let tcp_task = tokio::spawn(serve_tcp(tcp, shared, name));
+        let served = Arc::new(Served {
+            network: network.to_string(),
+            subnet: subnet.trunc(),
+        });
+        let shared = self.shared.clone();
+        let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone(), served.clone()));
+        let tcp_task = tokio::spawn(serve_tcp(tcp, shared, served));
         self.servers
             .insert(network.to_string(), vec![udp_task, tcp_task]);
         Ok(())
@@ -134,7 +141,32 @@ enum Transport {
     Tcp,
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, network: String) {
+/// A network a server answers for, and who may ask.
+#[derive(Debug)]
+struct Served {
+    network: String,
+    /// The network's subnet: the senders answered.
+    subnet: Ipv4Net,
+}
+
+impl Served {
+    /// Whether `client` is on the network. Anyone else (the uplink's LAN
+    /// routing the subnet via the host, another network's endpoint) gets
+    /// no answer, not even a refusal.
+    fn admits(&self, client: SocketAddr) -> bool {
+        let admitted = match client.ip() {
+            std::net::IpAddr::V4(ip) => self.subnet.contains(&ip),
+            std::net::IpAddr::V6(_) => false,
+        };
+        if !admitted {
+            debug!(network = self.network, %client, "DNS: not on the network, ignored");
+        }
+        admitted
+    }
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, served: Arc<Served>) {
+    let network = &served.network;
     let mut buf = vec![0u8; UDP_MAX];
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
@@ -145,15 +177,18 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, network: String)
                 continue;
             }
         };
+        if !served.admits(client) {
+            continue;
+        }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(network, "DNS: too many queries at once, one dropped");
             continue;
         };
         let packet = buf[..len].to_vec();
-        let (socket, shared, network) = (socket.clone(), shared.clone(), network.clone());
+        let (socket, shared, served) = (socket.clone(), shared.clone(), served.clone());
         // Forwarded queries wait on upstream: each on its own task.
         tokio::spawn(async move {
-            if let Some(reply) = respond(&shared, &network, &packet, Transport::Udp).await {
+            if let Some(reply) = respond(&shared, &served.network, &packet, Transport::Udp).await {
                 let _ = socket.send_to(&reply, client).await;
             }
             drop(slot);
@@ -161,18 +196,22 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, network: String)
     }
 }
 
-async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, network: String) {
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, served: Arc<Served>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((conn, _)) = listener.accept().await else {
+        let Ok((conn, client)) = listener.accept().await else {
             continue;
         };
-        let (shared, network) = (shared.clone(), network.clone());
+        if !served.admits(client) {
+            continue;
+        }
+        let (shared, served) = (shared.clone(), served.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_tcp_client(conn, &shared, &network).await {
+            let network = &served.network;
+            if let Err(e) = serve_tcp_client(conn, &shared, network).await {
                 debug!(network, "DNS over TCP: {e}");
             }
             drop(slot);
@@ -286,4 +325,24 @@ async fn ask_tcp(server: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> 
     let mut answer = vec![0u8; usize::from(conn.read_u16().await?)];
     conn.read_exact(&mut answer).await?;
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_senders_on_the_served_network_are_admitted() {
+        let served = Served {
+            network: "bridge".into(),
+            subnet: "172.17.0.1/16".parse::<Ipv4Net>().unwrap().trunc(),
+        };
+        assert!(served.admits("172.17.0.2:5353".parse().unwrap()));
+        assert!(served.admits("172.17.255.254:5353".parse().unwrap()));
+        // The uplink's LAN, another network, loopback, IPv6.
+        assert!(!served.admits("198.18.0.1:5353".parse().unwrap()));
+        assert!(!served.admits("172.18.0.2:5353".parse().unwrap()));
+        assert!(!served.admits("127.0.0.1:5353".parse().unwrap()));
+        assert!(!served.admits("[fe80::1]:5353".parse().unwrap()));
+    }
 }

@@ -21,12 +21,18 @@ import json
 import sys
 
 from scapy.all import (
+    DNS,
+    DNSQR,
     ICMP,
     IP,
     TCP,
     UDP,
     VXLAN,
+    Dot1AD,
+    Dot1Q,
     Ether,
+    ICMPv6EchoRequest,
+    IPv6,
     IPOption_RR,
     Raw,
     conf,
@@ -122,6 +128,23 @@ def endpoint(c):
             frame(c, dst=world, id=900 + i, frag=10, proto=17) / (b"x" * 16) for i in range(5)
         ],
         "untracked_icmp_error": untracked_errors(c, world, 9),
+        "unknown_l3": [
+            # IPv6 to another endpoint's link-local address, past --icc=false.
+            Ether(src=c["src_mac"], dst="02:42:00:00:00:02")
+            / IPv6(src="fe80::42:1", dst="fe80::42:2")
+            / ICMPv6EchoRequest(),
+            Ether(src=c["src_mac"], dst="33:33:00:00:00:01") / IPv6(dst="ff02::1") / ICMPv6EchoRequest(),
+            # An EtherType nothing here speaks.
+            Ether(src=c["src_mac"], dst=c["dst_mac"], type=0x88B5) / Raw(b"local experimental"),
+        ],
+        "vlan_tagged": [
+            Ether(src=c["src_mac"], dst=c["dst_mac"]) / Dot1Q(vlan=v) / IP(src=c["src_ip"], dst=world) / UDP(dport=9)
+            for v in (1, 5, 4094)
+        ]
+        + [
+            # 802.1ad with a tag inside: the kernel takes the outer one off.
+            Ether(src=c["src_mac"], dst=c["dst_mac"]) / Dot1AD(vlan=7) / Dot1Q(vlan=8) / IP(src=c["src_ip"], dst=world) / UDP(dport=9),
+        ],
         "any": any_shapes(c, world, 9),
     }
     for category, pkts in packets.items():
@@ -146,6 +169,11 @@ def world(c):
             frame(c, dst=v) / p
             for v in victims
             for p in (TCP(sport=33000, dport=80, flags="S"), UDP(sport=33001, dport=80), ICMP(type=8))
+        ]
+        + [
+            # The gateway's embedded DNS, asked from the uplink's side.
+            frame(c, dst=c["gateway_ip"]) / p
+            for p in (UDP(sport=33002, dport=53) / DNS(rd=1, qd=DNSQR(qname="x")), TCP(sport=33003, dport=53, flags="S"), ICMP(type=8))
         ],
         "overlay_unknown_peer": [
             # The right peer and inner source, another network's VNI.

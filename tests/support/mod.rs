@@ -18,6 +18,17 @@ pub const WORLD_IP: &str = "198.18.0.1";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Debian's Python, the one python3-scapy is installed for (a Python
+/// earlier in PATH may lack it).
+pub const SCAPY_PYTHON: &str = "/usr/bin/python3";
+
+/// The MAC address of `ifname` in `netns`.
+pub fn mac_of(netns: &str, ifname: &str) -> String {
+    let link: serde_json::Value =
+        serde_json::from_str(&sh_ok(&format!("ip -n {netns} -j link show {ifname}"))).unwrap();
+    link[0]["address"].as_str().unwrap().to_string()
+}
+
 /// Python's OpenMetrics parser (Debian's python3-prometheus-client), which
 /// rejects anything the format does not allow: the samples, as JSON.
 const PARSE_OPENMETRICS: &str = "import json, sys

@@ -6,4 +6,5 @@ pub mod exec;
 pub mod host;
 pub mod netlink;
 pub mod netns;
+pub mod ports;
 pub mod wildcard;

@@ -87,6 +87,7 @@ pub fn create(name: &str) -> Result<PathBuf> {
     let bound = std::thread::spawn(move || -> nix::Result<()> {
         // unshare moves only this short-lived thread into the new namespace.
         unshare(CloneFlags::CLONE_NEWNET)?;
+        disable_ipv6_of_new_links()?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &t,
@@ -102,6 +103,18 @@ pub fn create(name: &str) -> Result<PathBuf> {
         return Err(Error::io("create network namespace", target.display(), e));
     }
     Ok(target)
+}
+
+/// IPv6 off for every interface made in the calling thread's namespace
+/// from now on (its `lo` keeps `::1`), as Docker does on networks without
+/// IPv6: the data path checks only IPv4 and ARP from endpoints, and drops
+/// the rest. A kernel without IPv6 has nothing to turn off.
+fn disable_ipv6_of_new_links() -> nix::Result<()> {
+    match fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+    }
 }
 
 /// Names the namespace of `from` as `name` too.

@@ -1,0 +1,169 @@
+//! Published host ports held by sockets of the daemon's own, bound but
+//! never listening or read: while netplane runs, no host process can bind
+//! a published port, and the kernel never picks one as the ephemeral
+//! source port of a host connection (whose replies the data path would
+//! otherwise send into the container). Binding is also how a port that a
+//! host socket already uses is found.
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd, OwnedFd},
+};
+
+use nix::{
+    errno::Errno,
+    sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    },
+};
+
+use crate::{
+    error::{Error, Result},
+    portspec::{Proto, PublishedPort},
+};
+
+/// One host port of one protocol on one address (0.0.0.0: all).
+type Key = (Ipv4Addr, u16, Proto);
+
+/// The sockets holding published ports, closed when released or dropped.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    held: HashMap<Key, OwnedFd>,
+}
+
+impl Reservations {
+    /// Holds every host port of `ports`, or none of those it took in this
+    /// call: the error names the first port a host socket uses, and the
+    /// process owning it when one is found.
+    pub fn reserve(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        let mut taken = Vec::new();
+        for key in ports.iter().flat_map(keys) {
+            if self.held.contains_key(&key) {
+                continue;
+            }
+            match hold(key) {
+                Ok(fd) => {
+                    self.held.insert(key, fd);
+                    taken.push(key);
+                }
+                Err(e) => {
+                    for k in taken {
+                        self.held.remove(&k);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets the host ports of `ports` go.
+    pub fn release(&mut self, ports: &[PublishedPort]) {
+        for key in ports.iter().flat_map(keys) {
+            self.held.remove(&key);
+        }
+    }
+}
+
+/// Checks that no host socket uses a host port of `port`, without holding
+/// it: `-p` refuses such a port, and picks another for `-p CPORT`.
+pub fn check_free(port: &PublishedPort) -> Result<()> {
+    keys(port).try_for_each(|key| hold(key).map(drop))
+}
+
+fn keys(port: &PublishedPort) -> impl Iterator<Item = Key> + '_ {
+    (port.host_ports.start..=port.host_ports.end).map(|p| (port.host_ip, p, port.proto))
+}
+
+/// A socket bound to `key`, without SO_REUSEADDR: the bind fails when any
+/// socket (IPv4, or IPv6 that also takes IPv4) uses the port on that
+/// address or the wildcard, and later binds by others fail the same way.
+fn hold((ip, port, proto): Key) -> Result<OwnedFd> {
+    let kind = match proto {
+        Proto::Tcp => SockType::Stream,
+        Proto::Udp => SockType::Datagram,
+    };
+    let at = SocketAddrV4::new(ip, port);
+    let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| Error::io("open a socket to hold", at, e))?;
+    if proto == Proto::Udp {
+        // Nothing is read from it; what strays to it is dropped early.
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &0);
+    }
+    match bind(fd.as_raw_fd(), &SockaddrIn::from(at)) {
+        Ok(()) => Ok(fd),
+        Err(Errno::EADDRINUSE) => Err(Error::HostPortInUse {
+            port,
+            proto: proto.to_string(),
+            ip,
+            user: owner(port, proto).unwrap_or_else(|| "a socket".into()),
+        }),
+        Err(e) => Err(Error::io("bind", at, e)),
+    }
+}
+
+/// The process holding a socket on local port `port`, as "NAME (pid N)",
+/// from /proc: the socket's inode in /proc/net/{tcp,udp}{,6}, then the
+/// process with a descriptor for it.
+fn owner(port: u16, proto: Proto) -> Option<String> {
+    let inodes: Vec<String> = ["", "6"]
+        .iter()
+        .filter_map(|v6| fs::read_to_string(format!("/proc/net/{proto}{v6}")).ok())
+        .flat_map(|table| socket_inodes(&table, port))
+        .collect();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                inodes.iter().any(|i| target == format!("socket:[{i}]"))
+            })
+        });
+        if holds {
+            let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            return Some(format!("{} (pid {pid})", name.trim()));
+        }
+    }
+    None
+}
+
+/// Inodes of the sockets with local port `port` in a /proc/net/{tcp,udp}
+/// table (its columns: `sl local_address rem_address st ... uid timeout
+/// inode`, the port in hex after the address's colon).
+fn socket_inodes(table: &str, port: u16) -> Vec<String> {
+    let hex = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local = cols.get(1)?;
+            (local.ends_with(&hex) && cols.get(9)? != &"0").then(|| cols[9].to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_on_a_port_are_read_from_the_proc_tables() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1B58 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000   101        0 77 1 0000000000000000 100 0 0 10 0
+   2: 0200A8C0:1B58 0100A8C0:9C40 06 00000000:00000000 03:00000C1E 00000000     0        0 0 3 0000000000000000
+";
+        // Port 7000 is 0x1B58; a TIME_WAIT entry has no inode.
+        assert_eq!(socket_inodes(table, 7000), vec!["4242"]);
+        assert_eq!(socket_inodes(table, 53), vec!["77"]);
+        assert!(socket_inodes(table, 80).is_empty());
+    }
+}
