@@ -741,3 +741,39 @@ fn endpoints_send_ipv4_and_arp_only_and_the_uplink_reaches_no_gateway() {
     let published = tcp_syn(lab.world_frame(GATEWAY), 5353, PUBLISHED_PORT);
     assert_eq!(lab.arriving_from_world(&published).0, TC_ACT_REDIRECT);
 }
+
+#[test]
+fn a_flow_a_packet_refreshed_after_the_collector_read_the_table_is_kept() {
+    let mut lab = Lab::new(1024);
+    let t = conntrack::Timeouts::default();
+    let syn = tcp_syn(lab.endpoint_frame(), 42001, 80);
+    assert_eq!(lab.sent_by_endpoint(&syn).0, TC_ACT_REDIRECT);
+    // Make the flow look idle since boot, as the collector's dump sees it.
+    let aged: Vec<_> = lab
+        .dp
+        .flows()
+        .unwrap()
+        .into_iter()
+        .map(|(k, mut e)| {
+            e.last_seen_ns = 0;
+            (k, e)
+        })
+        .collect();
+    lab.dp.insert_flows(&aged).unwrap();
+    // Any time past the SYN lifetime after boot.
+    let later = 10 * t.tcp_syn.as_nanos() as u64;
+    let doomed = conntrack::expired(&lab.dp.flows().unwrap(), later, &t);
+    assert_eq!(doomed.len(), 2, "both directions look expired");
+
+    // A packet of the flow arrives before the delete.
+    let again = tcp(lab.endpoint_frame(), 42001, 80, "SYN");
+    assert_eq!(lab.sent_by_endpoint(&again).0, TC_ACT_REDIRECT);
+    let fresh = lab.dp.flows_of(&doomed).unwrap();
+    assert_eq!(fresh.len(), 2);
+    let refreshed = fresh.iter().map(|(_, e)| e.last_seen_ns).max().unwrap();
+    assert!(refreshed > 0, "the packet stamped the flow");
+    assert!(
+        conntrack::expired(&fresh, refreshed, &t).is_empty(),
+        "read again, the flow is live and stays"
+    );
+}

@@ -973,7 +973,12 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
         .collect();
     assert_eq!(
         added,
-        [maps::IF_DROPS, maps::LAYOUT, maps::RULE_DROPS],
+        [
+            maps::IF_DROPS,
+            maps::LAYOUT,
+            maps::PUBLISH_FROM,
+            maps::RULE_DROPS
+        ],
         "only the maps this netplane added; the old table's pin is gone"
     );
     for (name, map) in &maps_before {

@@ -370,3 +370,84 @@ fn on_a_1400_byte_uplink_endpoints_get_its_mtu_and_bulk_transfers_arrive_whole()
         "every byte arrived"
     );
 }
+
+#[test]
+fn a_published_port_with_an_allow_list_takes_new_flows_from_it_only() {
+    let h = Host::new();
+    const OTHER: &str = "198.18.0.50";
+    let world_if = format!("{}x", h.prefix);
+    sh_ok(&format!(
+        "ip -n {} addr add {OTHER}/24 dev {world_if}",
+        h.world
+    ));
+    h.up(&[]);
+    let web = h.name("web");
+    let only_world = format!("{WORLD_IP}/32");
+    h.np_ok(&[
+        "create",
+        &web,
+        "-p",
+        "8080:80",
+        "--publish-from",
+        &only_world,
+    ]);
+    let _server = h.spawn_ready(
+        &web,
+        "socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'echo hi'",
+        |_| sh_ok(&format!("ip netns exec {web} ss -Htln sport = :80")).contains("80"),
+    );
+    let reaches = |from: &str, port: u16| {
+        let out = h.in_world(&format!(
+            "socat -T 2 - TCP:{HOST_IP}:{port},bind={from},connect-timeout=2"
+        ));
+        String::from_utf8_lossy(&out.stdout).trim() == "hi"
+    };
+    assert!(reaches(WORLD_IP, 8080), "the listed source gets through");
+    let before = h.drops("not_allowed");
+    assert!(!reaches(OTHER, 8080), "another source does not");
+    assert!(h.drops("not_allowed") > before, "and is counted");
+
+    // Shown like an iptables -s match, with the drops under the rule.
+    let nat = h.nat();
+    let rule = support::rule(&nat, "dpt:8080");
+    assert_eq!(rule["source"], only_world.as_str());
+    assert!(rule["drops"]["not_allowed"].as_u64().unwrap() > 0, "{rule}");
+    let ports: Value = serde_json::from_str(&h.np_ok(&["port", "ls", "--json"])).unwrap();
+    assert_eq!(ports[0]["from"], serde_json::json!([only_world]));
+    let inspect: Value = serde_json::from_str(&h.np_ok(&["inspect", &web])).unwrap();
+    assert_eq!(
+        inspect["NetworkSettings"]["Ports"]["80/tcp"][0]["AllowedFrom"],
+        serde_json::json!([only_world])
+    );
+
+    // port add --from takes several networks.
+    let listed = h.np_ok(&[
+        "port",
+        "add",
+        &web,
+        "8443:80",
+        "--from",
+        "198.18.0.48/30",
+        "10.0.0.0/8",
+    ]);
+    assert!(
+        listed.contains("from 198.18.0.48/30,10.0.0.0/8"),
+        "{listed}"
+    );
+    assert!(reaches(OTHER, 8443));
+    assert!(!reaches(WORLD_IP, 8443));
+    // Without a list, everyone, as in Docker.
+    h.np_ok(&["port", "add", &web, "8444:80"]);
+    assert!(reaches(OTHER, 8444) && reaches(WORLD_IP, 8444));
+
+    let err = h.np_err(&["port", "add", &web, "9000:80", "--from", "nonsense"]);
+    assert!(err.contains("nonsense"), "{err}");
+    let err = h.np_err(&["create", &h.name("bare"), "--publish-from", &only_world]);
+    assert!(err.contains("--publish-from"), "{err}");
+    let ports: Value = serde_json::from_str(&h.np_ok(&["port", "ls", "--json"])).unwrap();
+    assert_eq!(
+        ports.as_array().unwrap().len(),
+        3,
+        "nothing else was published"
+    );
+}

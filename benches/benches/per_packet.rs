@@ -46,7 +46,7 @@ fn seed(lab: &mut Lab, n: u32) {
                 PortTarget {
                     addr_be: be(ENDPOINT.into()),
                     port_be: 80u16.to_be(),
-                    _pad: 0,
+                    flags: 0,
                     slot: 1,
                 },
             )

@@ -56,6 +56,10 @@ pub mod maps {
     pub const MONITOR: &str = "NP_MONITOR";
     /// Per-CPU `u64` at index 0: events that found the ring buffer full.
     pub const EVENTS_LOST: &str = "NP_EVENTS_LOST";
+    /// LPM trie of [`super::PublishFromKey`]s (the value, a `u32`, is
+    /// unused): the sources each published port with an allow-list
+    /// ([`super::PORT_FLAG_ALLOW_LIST`]) accepts new flows from.
+    pub const PUBLISH_FROM: &str = "NP_PUBLISH_FROM";
     /// Pairs of endpoint addresses joined with `--link` ([`super::AddrPair`],
     /// both orders; the value is unused): allowed to talk with `--icc=false`.
     pub const LINKED: &str = "NP_LINKED";
@@ -103,6 +107,27 @@ pub const MAX_HOST_ADDRS: u32 = 256;
 /// Capacity of [`maps::PUBLISHED`], ports published on a given host
 /// address: as many as every port of both protocols on one address.
 pub const MAX_PUBLISHED: u32 = 2 * 65536;
+
+/// Capacity of [`maps::PUBLISH_FROM`]: source networks of every
+/// published port's allow-list together.
+pub const MAX_PUBLISH_FROM: u32 = 16384;
+
+/// Key of [`maps::PUBLISH_FROM`] after the LPM trie's prefix length: the
+/// rule, then a source network. A list entry has prefix length 32 plus the
+/// network's; a packet is looked up with 64, its rule and its source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PublishFromKey {
+    /// [`PortTarget::slot`] of the rule, network byte order (the trie
+    /// matches bits from the first byte on).
+    pub slot_be: u32,
+    /// Source address or network, network byte order.
+    pub addr_be: u32,
+}
+
+/// Bit in [`PortTarget::flags`]: the port accepts new flows only from the
+/// sources its rule has in [`maps::PUBLISH_FROM`].
+pub const PORT_FLAG_ALLOW_LIST: u16 = 1 << 0;
 
 /// Capacity of [`maps::OVERLAY_ROUTES`]: leases of other hosts.
 pub const MAX_OVERLAY_LEASES: u32 = 4096;
@@ -297,8 +322,9 @@ pub struct PortTarget {
     pub addr_be: u32,
     /// Endpoint port, network byte order.
     pub port_be: u16,
-    /// Explicit padding.
-    pub _pad: u16,
+    /// `PORT_FLAG_*` bits, host byte order. (Explicit padding before
+    /// there were flags: an entry of then reads as no flags, its meaning.)
+    pub flags: u16,
     /// [`maps::NAT_COUNTERS`] slot of the rule, host byte order.
     pub slot: u32,
 }
@@ -479,11 +505,14 @@ pub enum DropReason {
     /// masquerade): only a SYN opens a flow, so stray ACKs and RSTs cannot
     /// fill the table.
     TcpNoFlow = 14,
+    /// A new flow to a published port from a source its allow-list
+    /// (`--publish-from`, `port add --from`) does not name.
+    NotAllowed = 15,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::IccDenied,
         DropReason::Spoofed,
         DropReason::Truncated,
@@ -499,6 +528,7 @@ impl DropReason {
         DropReason::UnknownL3,
         DropReason::VlanTagged,
         DropReason::TcpNoFlow,
+        DropReason::NotAllowed,
     ];
 
     /// Stable name, used in metrics and the CLI.
@@ -519,6 +549,7 @@ impl DropReason {
             DropReason::UnknownL3 => "unknown_l3",
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::TcpNoFlow => "tcp_no_flow",
+            DropReason::NotAllowed => "not_allowed",
         }
     }
 }
@@ -583,6 +614,8 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PublishFromKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.

@@ -23,16 +23,16 @@ use aya_ebpf::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SockAddrContext, TcContext},
 };
 use aya_log_ebpf::debug;
 use netplane_common::abi::{
     AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EVENTS_BYTES,
     EndpointIdentity, EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey, MAX_ENDPOINTS,
-    MAX_HOST_ADDRS, MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISHED,
-    MAX_RULE_DROPS, MAX_SOCK_REV, NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES, PortKey,
-    PortTarget, RuleDropKey, SockRevKey, SockRevValue,
+    MAX_HOST_ADDRS, MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISH_FROM,
+    MAX_PUBLISHED, MAX_RULE_DROPS, MAX_SOCK_REV, NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES,
+    PortKey, PortTarget, PublishFromKey, RuleDropKey, SockRevKey, SockRevValue,
 };
 use packet::{L3, load};
 
@@ -128,6 +128,9 @@ static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_S
 #[map]
 static FRAGMENTS: LruHashMap<packet::FragmentKey, packet::FragmentPorts> =
     LruHashMap::with_max_entries(8192, 0);
+
+#[map(name = "NP_PUBLISH_FROM")]
+static PUBLISH_FROM: LpmTrie<PublishFromKey, u32> = LpmTrie::pinned(MAX_PUBLISH_FROM, 0);
 
 #[map(name = "NP_LINKED")]
 static LINKED: HashMap<AddrPair, u32> = HashMap::pinned(MAX_LINKED, 0);

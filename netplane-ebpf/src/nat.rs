@@ -22,12 +22,14 @@ use aya_ebpf::{
         bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop,
         bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
     },
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use netplane_common::{
     abi::{
         AddrPair, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, DropReason, EndpointPort, FlowKey,
-        MASQUERADE_SLOT, NetConfig, PortKey, PortTarget, proto,
+        MASQUERADE_SLOT, NetConfig, PORT_FLAG_ALLOW_LIST, PortKey, PortTarget, PublishFromKey,
+        proto,
     },
     nat::{
         FirstPacket, FlowPair, add32, apply_diff, candidate_port, diff16, diff32, flow_entries,
@@ -39,7 +41,7 @@ use netplane_common::{
 
 use crate::{
     CONNTRACK, DROP_RULE, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW,
-    PUBLISHED, PUBLISHED_ANY, QUOTED, events, overlay,
+    PUBLISH_FROM, PUBLISHED, PUBLISHED_ANY, QUOTED, events, overlay,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
 };
@@ -363,6 +365,27 @@ pub fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget> {
             .copied()
             .filter(|t| t.addr_be != 0)
     })
+}
+
+/// The first packet of a flow from `saddr` to the published port
+/// `target`: a flow it may open under the port's allow-list, if it has one
+/// (new flows only: the flows it let in stay, as with an iptables `-s`).
+#[inline(always)]
+fn open_to(target: &PortTarget, saddr: u32) -> Result<(), DropReason> {
+    if target.flags & PORT_FLAG_ALLOW_LIST == 0 {
+        return Ok(());
+    }
+    let key = Key::new(
+        64,
+        PublishFromKey {
+            slot_be: target.slot.to_be(),
+            addr_be: saddr,
+        },
+    );
+    match PUBLISH_FROM.get(&key) {
+        Some(_) => Ok(()),
+        None => under_rule(Err(DropReason::NotAllowed), target.slot),
+    }
 }
 
 pub fn is_host_addr(addr: u32) -> bool {
@@ -881,6 +904,7 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
         {
             // Hairpin. An endpoint reaching itself must see another source,
             // or its stack takes the packet for a martian.
+            open_to(&target, ip.saddr)?;
             let flow = under_rule(new_flow(ip, target.slot), target.slot)?;
             flow.translated.daddr_be = target.addr_be;
             flow.translated.dport_be = target.port_be;
@@ -973,6 +997,7 @@ fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
             Ok(TC_ACT_OK)
         };
     };
+    open_to(&target, ip.saddr)?;
     let flow = under_rule(new_flow(ip, target.slot), target.slot)?;
     flow.translated.daddr_be = target.addr_be;
     flow.translated.dport_be = target.port_be;

@@ -26,6 +26,10 @@ pub struct CreateEndpoint {
     /// More names of the endpoint in its network's DNS.
     #[serde(default)]
     pub network_aliases: Vec<String>,
+    /// The only sources the `-p` ports accept new flows from (CIDR); all
+    /// when empty.
+    #[serde(default)]
+    pub publish_from: Vec<String>,
 }
 
 /// One host binding of a published port, as in `docker inspect`.
@@ -36,6 +40,9 @@ pub struct HostBinding {
     pub host_ip: String,
     /// Host port.
     pub host_port: String,
+    /// The only sources new flows may come from; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_from: Vec<String>,
 }
 
 /// Network settings in the shape of `docker inspect`'s `NetworkSettings`.
@@ -187,6 +194,10 @@ pub struct EndpointStats {
 pub struct PortRequest {
     /// `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
     pub spec: String,
+    /// The only sources the port accepts new flows from (CIDR), when
+    /// publishing; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
 }
 
 /// One published rule, as `port ls` shows it.
@@ -208,6 +219,9 @@ pub struct PortInfo {
     pub container_port_end: u16,
     /// `tcp` or `udp`.
     pub proto: String,
+    /// The only sources new flows may come from; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
 }
 
 /// One NAT rule with the packets and bytes the data path translated under

@@ -153,6 +153,10 @@ enum PortCommand {
         name: String,
         /// `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
         spec: String,
+        /// Accept new flows only from these networks (CIDR); from
+        /// everywhere without it.
+        #[arg(long, value_name = "CIDR", num_args = 1..)]
+        from: Vec<String>,
     },
     /// Withdraw a published port.
     Rm {
@@ -315,6 +319,10 @@ struct CreateArgs {
     /// Another name of the endpoint in its network's DNS (repeatable).
     #[arg(long = "network-alias", value_name = "ALIAS")]
     network_aliases: Vec<String>,
+    /// Accept new flows to the -p ports only from this network (CIDR,
+    /// repeatable); from everywhere without it.
+    #[arg(long = "publish-from", value_name = "CIDR")]
+    publish_from: Vec<String>,
 }
 
 impl CreateArgs {
@@ -327,6 +335,7 @@ impl CreateArgs {
             publish: self.publish.clone(),
             links: self.links.clone(),
             network_aliases: self.network_aliases.clone(),
+            publish_from: self.publish_from.clone(),
         }
     }
 }
@@ -489,10 +498,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&net)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Port(PortCommand::Add { name, spec }) => {
+        Command::Port(PortCommand::Add { name, spec, from }) => {
             let ports: Vec<PortInfo> = rt.block_on(client.post(
                 &format!("/v1/endpoints/{name}/ports"),
-                &PortRequest { spec },
+                &PortRequest { spec, from },
             ))?;
             print_ports(&ports);
             Ok(ExitCode::SUCCESS)
@@ -501,7 +510,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let ports: Vec<PortInfo> = rt.block_on(client.send(
                 Method::DELETE,
                 &format!("/v1/endpoints/{name}/ports"),
-                &PortRequest { spec },
+                &PortRequest {
+                    spec,
+                    from: Vec::new(),
+                },
             ))?;
             print_ports(&ports);
             Ok(ExitCode::SUCCESS)
@@ -611,8 +623,13 @@ fn print_ports(ports: &[PortInfo]) {
         }
     };
     for p in ports {
+        let from = if p.from.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", p.from.join(","))
+        };
         println!(
-            "{:<20} {}/{} -> {}:{}",
+            "{:<20} {}/{} -> {}:{}{from}",
             p.endpoint,
             range(p.container_port, p.container_port_end),
             p.proto,

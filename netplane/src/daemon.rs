@@ -449,6 +449,9 @@ impl Daemon {
         let timeouts = self.cfg.timeouts;
         let dp = self.dp();
         let doomed = conntrack::expired(&dp.flows()?, now_ns, &timeouts);
+        // A packet may have refreshed a flow since the dump (of many
+        // thousand entries): read the doomed ones again, and keep those.
+        let doomed = conntrack::expired(&dp.flows_of(&doomed)?, now_ns, &timeouts);
         dp.delete_flow_keys(&doomed)?;
         Ok(doomed.len())
     }
@@ -655,6 +658,8 @@ impl Daemon {
         };
         let dp = self.dp();
         for port in ports {
+            // The list first: a port never accepts more than it says.
+            dp.set_publish_from(port.slot, &port.from)?;
             dp.publish(&port.map_entries(ip))?;
         }
         Ok(())
@@ -671,6 +676,7 @@ impl Daemon {
         for port in ports {
             let keys: Vec<_> = port.map_entries(ip).into_iter().map(|(k, _)| k).collect();
             dp.unpublish(&keys, port.slot)?;
+            dp.set_publish_from(port.slot, &[])?;
         }
         Ok(())
     }
@@ -793,6 +799,13 @@ impl Daemon {
             .iter()
             .map(|s| s.parse::<PortSpec>())
             .collect::<Result<Vec<_>, _>>()?;
+        let from = portspec::parse_sources(&req.publish_from)?;
+        if !from.is_empty() && specs.is_empty() {
+            return Err(Error::NotApplicable {
+                flag: "--publish-from",
+                mode: "an endpoint without -p".into(),
+            });
+        }
         if !mode.has_veth() && req.ip.is_some() {
             return Err(Error::NotApplicable {
                 flag: "--ip",
@@ -831,7 +844,7 @@ impl Daemon {
             endpoint::validate_name(alias)?;
             ready(other).ok_or_else(|| Error::EndpointNotFound(other.to_string()))?;
         }
-        let ports = Self::resolve_ports(&self.rtnl, &specs, &records).await?;
+        let ports = Self::resolve_ports(&self.rtnl, &specs, &records, &from).await?;
         // The bridge's, or the overlay's (which must exist) on this host.
         let pool = Pool::new(self.bridge_net_of(&mode)?.subnet)?;
         let ep = self.store.insert_endpoint(
@@ -875,6 +888,7 @@ impl Daemon {
         rtnl: &Rtnl,
         specs: &[PortSpec],
         records: &[StoredEndpoint],
+        from: &[Ipv4Net],
     ) -> Result<Vec<PublishedPort>> {
         let local: Vec<Ipv4Addr> = rtnl
             .addresses()
@@ -891,9 +905,18 @@ impl Daemon {
         }
         let taken: Vec<_> = records
             .iter()
-            .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), *p)))
+            .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), p.clone())))
             .collect();
-        portspec::assign_host_ports(specs, &taken, host::ephemeral_ports()?, ports::check_free)
+        let mut ports = portspec::assign_host_ports(
+            specs,
+            &taken,
+            host::ephemeral_ports()?,
+            ports::check_free,
+        )?;
+        for port in &mut ports {
+            port.from = from.to_vec();
+        }
+        Ok(ports)
     }
 
     /// The ready bridge endpoint `name`, which ports can be published to.
@@ -909,13 +932,19 @@ impl Daemon {
     }
 
     /// Publishes one more port of a running endpoint: `port add`.
-    pub async fn add_port(&mut self, name: &str, spec: &str) -> Result<Vec<PortInfo>> {
+    pub async fn add_port(
+        &mut self,
+        name: &str,
+        spec: &str,
+        from: &[String],
+    ) -> Result<Vec<PortInfo>> {
         let spec: PortSpec = spec.parse()?;
+        let from = portspec::parse_sources(from)?;
         let rec = self.publishable(name)?;
         let records = self.store.endpoints()?;
-        let added = Self::resolve_ports(&self.rtnl, &[spec], &records).await?;
+        let added = Self::resolve_ports(&self.rtnl, &[spec], &records, &from).await?;
         let mut ports = rec.ports.clone();
-        ports.extend(&added);
+        ports.extend(added.iter().cloned());
         self.store.set_ports(name, &ports)?;
         let mut activate = || {
             self.reserved.reserve(&added)?;
@@ -936,7 +965,7 @@ impl Daemon {
         let parsed: PortSpec = spec.parse()?;
         let rec = self.publishable(name)?;
         let (gone, kept): (Vec<PublishedPort>, Vec<PublishedPort>) =
-            rec.ports.iter().partition(|p| p.matches(&parsed));
+            rec.ports.iter().cloned().partition(|p| p.matches(&parsed));
         if gone.is_empty() {
             return Err(Error::PortNotPublished {
                 spec: spec.to_string(),
@@ -970,6 +999,7 @@ impl Daemon {
                         container_port: p.container_ports.start,
                         container_port_end: p.container_ports.end,
                         proto: p.proto.to_string(),
+                        from: p.from.iter().map(|n| n.to_string()).collect(),
                     })
                 })
             })
@@ -1007,7 +1037,12 @@ impl Daemon {
                 rules.push(NatRule {
                     target: "DNAT".into(),
                     prot: p.proto.to_string(),
-                    source: "0.0.0.0/0".into(),
+                    source: if p.from.is_empty() {
+                        "0.0.0.0/0".into()
+                    } else {
+                        let nets: Vec<String> = p.from.iter().map(|n| n.to_string()).collect();
+                        nets.join(",")
+                    },
                     destination: if p.host_ip.is_unspecified() {
                         "0.0.0.0/0".into()
                     } else {
@@ -1138,6 +1173,7 @@ impl Daemon {
                     .push(HostBinding {
                         host_ip: p.host_ip.to_string(),
                         host_port: (usize::from(p.host_ports.start) + i).to_string(),
+                        allowed_from: p.from.iter().map(|n| n.to_string()).collect(),
                     });
             }
         }

@@ -98,6 +98,9 @@ pub enum Error {
         /// The process holding it ("NAME (pid N)"), or "a socket".
         user: String,
     },
+    /// A `--publish-from` / `--from` value that is no IPv4 network.
+    #[error("source {0} is not an IPv4 network (CIDR, such as 192.0.2.0/24)")]
+    BadSource(String),
     /// No free host port for `-p CPORT`.
     #[error("no free host port left for {0}")]
     NoFreeHostPort(String),

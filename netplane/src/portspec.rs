@@ -2,7 +2,8 @@
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-use netplane_common::abi::{MAX_NAT_SLOTS, PortKey, PortTarget, proto};
+use ipnet::Ipv4Net;
+use netplane_common::abi::{MAX_NAT_SLOTS, PORT_FLAG_ALLOW_LIST, PortKey, PortTarget, proto};
 use serde::{Deserialize, Serialize};
 
 /// Transport protocol of a published port.
@@ -237,8 +238,21 @@ mod tests {
     }
 }
 
+/// The networks of a `--publish-from` / `--from` list, each truncated to
+/// its network address.
+pub fn parse_sources(cidrs: &[String]) -> Result<Vec<Ipv4Net>, crate::error::Error> {
+    cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<Ipv4Net>()
+                .map(|n| n.trunc())
+                .map_err(|_| crate::error::Error::BadSource(c.clone()))
+        })
+        .collect()
+}
+
 /// A port or range as published: host ports resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
     /// Host address; 0.0.0.0 means every address of the host.
     pub host_ip: Ipv4Addr,
@@ -250,6 +264,10 @@ pub struct PublishedPort {
     pub proto: Proto,
     /// The data path's counter slot for this rule (`nat ls`).
     pub slot: u32,
+    /// The sources new flows may come from (`--publish-from`); every one
+    /// when empty, as in Docker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<Ipv4Net>,
 }
 
 impl PublishedPort {
@@ -282,7 +300,11 @@ impl PublishedPort {
                     PortTarget {
                         addr_be: u32::from_ne_bytes(endpoint.octets()),
                         port_be: container.to_be(),
-                        _pad: 0,
+                        flags: if self.from.is_empty() {
+                            0
+                        } else {
+                            PORT_FLAG_ALLOW_LIST
+                        },
                         slot: self.slot,
                     },
                 )
@@ -325,6 +347,7 @@ pub fn assign_host_ports(
             container_ports: spec.container_ports,
             proto: spec.proto,
             slot: 0,
+            from: Vec::new(),
         };
         let port = match spec.host_ports {
             Some(h) => {
@@ -356,7 +379,7 @@ pub fn assign_host_ports(
                 .ok_or(crate::error::Error::NoFreeSlot)?,
             ..port
         };
-        assigned.push((String::new(), port));
+        assigned.push((String::new(), port.clone()));
         out.push(port);
     }
     Ok(out)
@@ -413,7 +436,7 @@ mod assign_tests {
     #[test]
     fn explicit_conflicts_name_the_owner() {
         let taken = assign_host_ports(&specs(&["8080:80"]), &[], EPHEMERAL, free).unwrap();
-        let taken = vec![("web".to_string(), taken[0])];
+        let taken = vec![("web".to_string(), taken[0].clone())];
         let err =
             assign_host_ports(&specs(&["127.0.0.1:8080:81"]), &taken, EPHEMERAL, free).unwrap_err();
         assert!(err.to_string().contains("published by web"), "{err}");
@@ -428,7 +451,7 @@ mod assign_tests {
     fn rules_get_distinct_counter_slots_after_masquerade() {
         let first = assign_host_ports(&specs(&["80", "81"]), &[], EPHEMERAL, free).unwrap();
         assert_eq!((first[0].slot, first[1].slot), (1, 2));
-        let taken = vec![("web".to_string(), first[1])];
+        let taken = vec![("web".to_string(), first[1].clone())];
         let next = assign_host_ports(&specs(&["82"]), &taken, EPHEMERAL, free).unwrap();
         assert_eq!(next[0].slot, 1, "freed slots are reused");
     }
@@ -441,7 +464,8 @@ mod assign_tests {
             EPHEMERAL,
             free,
         )
-        .unwrap()[0];
+        .unwrap()
+        .remove(0);
         let entries = p.map_entries("172.17.0.2".parse().unwrap());
         assert_eq!(entries.len(), 3);
         let (key, target) = entries[2];
@@ -455,7 +479,9 @@ mod assign_tests {
 
     #[test]
     fn specs_match_the_rules_they_name() {
-        let p = assign_host_ports(&specs(&["127.0.0.1:8080:80"]), &[], EPHEMERAL, free).unwrap()[0];
+        let p = assign_host_ports(&specs(&["127.0.0.1:8080:80"]), &[], EPHEMERAL, free)
+            .unwrap()
+            .remove(0);
         for (spec, matches) in [
             ("80", true),
             ("8080:80", true),

@@ -138,7 +138,10 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 async |State(s): State<Shared>,
                        Path(n): Path<String>,
                        Json(req): Json<PortRequest>| {
-                    with(&s, async |d| d.add_port(&n, &req.spec).await.map(Json)).await
+                    with(&s, async |d| {
+                        d.add_port(&n, &req.spec, &req.from).await.map(Json)
+                    })
+                    .await
                 },
             )
             .delete(

@@ -15,7 +15,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TestRun,
         TestRunOptions,
@@ -25,10 +28,11 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use aya_obj::generated::{BPF_NOEXIST, bpf_attr, bpf_cmd};
+use ipnet::Ipv4Net;
 use netplane_common::abi::{
     AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
-    IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget, RuleDropKey,
-    maps, programs,
+    IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget,
+    PublishFromKey, RuleDropKey, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -896,6 +900,35 @@ impl Datapath {
         self.update_batch(maps::PUBLISHED, &on_addr)
     }
 
+    /// Makes `from` the whole allow-list of the published rule in `slot`
+    /// (empty: none, every source may open flows).
+    pub fn set_publish_from(&mut self, slot: u32, from: &[Ipv4Net]) -> Result<()> {
+        let mut trie: LpmTrie<_, PublishFromKey, u32> = self.map_mut(maps::PUBLISH_FROM)?;
+        let stale: Vec<Key<PublishFromKey>> = trie
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| u32::from_be(k.data().slot_be) == slot)
+            .collect();
+        for key in stale {
+            match trie.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::ebpf("delete from", maps::PUBLISH_FROM, e)),
+            }
+        }
+        for net in from {
+            let key = Key::new(
+                32 + u32::from(net.prefix_len()),
+                PublishFromKey {
+                    slot_be: slot.to_be(),
+                    addr_be: be(net.network()),
+                },
+            );
+            trie.insert(&key, 1, 0)
+                .map_err(|e| Error::ebpf("insert into", maps::PUBLISH_FROM, e))?;
+        }
+        Ok(())
+    }
+
     /// Withdraws published ports and the flows through them; withdrawing
     /// one that is not there is fine.
     pub fn unpublish(&mut self, keys: &[PortKey], slot: u32) -> Result<()> {
@@ -1049,6 +1082,21 @@ impl Datapath {
     /// table with them).
     pub fn insert_flows(&mut self, entries: &[(FlowKey, CtEntry)]) -> Result<()> {
         self.update_batch(maps::CONNTRACK, entries)
+    }
+
+    /// The connection tracking entries of `keys` that are present, read
+    /// one by one now.
+    pub fn flows_of(&self, keys: &[FlowKey]) -> Result<Vec<(FlowKey, CtEntry)>> {
+        let conntrack: HashMap<_, FlowKey, CtEntry> = self.map(maps::CONNTRACK)?;
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            match conntrack.get(key, 0) {
+                Ok(entry) => found.push((*key, entry)),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::ebpf("look up", maps::CONNTRACK, e)),
+            }
+        }
+        Ok(found)
     }
 
     /// Deletes connection tracking entries; absent ones are fine.
@@ -1314,7 +1362,7 @@ mod tests {
         let target = PortTarget {
             addr_be: be(Ipv4Addr::new(10, 88, 0, 2)),
             port_be: 80u16.to_be(),
-            _pad: 0,
+            flags: 0,
             slot: 3,
         };
         let on_addr = key(Ipv4Addr::LOCALHOST, 8080, proto::TCP);

@@ -74,6 +74,7 @@ impl WildcardPorts {
         // SAFETY: as above; plain stores to the element's other fields.
         unsafe {
             (&raw mut (*elem).port_be).write_volatile(target.port_be);
+            (&raw mut (*elem).flags).write_volatile(target.flags);
             (&raw mut (*elem).slot).write_volatile(target.slot);
         }
         addr.store(target.addr_be, Ordering::Release);
