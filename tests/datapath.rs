@@ -777,3 +777,43 @@ fn a_flow_a_packet_refreshed_after_the_collector_read_the_table_is_kept() {
         "read again, the flow is live and stays"
     );
 }
+
+#[test]
+fn a_full_table_reclaims_expired_flows_by_itself_and_never_live_ones() {
+    // Room for two flows, and the lifetimes a daemon would have written.
+    let mut lab = Lab::new(4);
+    lab.dp
+        .set_ct_timeouts(conntrack::Timeouts::default().to_abi())
+        .unwrap();
+    for sport in [41001, 41002] {
+        let syn = tcp_syn(lab.endpoint_frame(), sport, 80);
+        assert_eq!(lab.sent_by_endpoint(&syn).0, TC_ACT_REDIRECT);
+    }
+    // Both flows are live: the third is refused, and they stay.
+    let third = tcp_syn(lab.endpoint_frame(), 41003, 80);
+    assert_eq!(lab.sent_by_endpoint(&third).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::CtFull), 1);
+    assert_eq!(lab.dp.flows().unwrap().len(), 4);
+
+    // Idle since boot, as after a daemon that stopped collecting.
+    let aged: Vec<_> = lab
+        .dp
+        .flows()
+        .unwrap()
+        .into_iter()
+        .map(|(k, mut e)| {
+            e.last_seen_ns = 0;
+            (k, e)
+        })
+        .collect();
+    lab.dp.insert_flows(&aged).unwrap();
+    // A sweep at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (action, out) = lab.sent_by_endpoint(&third);
+    assert_eq!(action, TC_ACT_REDIRECT, "the expired flows made room");
+    assert_eq!(seen(&out).sport, 41003);
+    let flows = conntrack::flows(&lab.dp.flows().unwrap());
+    assert_eq!(flows.len(), 1, "both expired flows went, both entries each");
+    assert_eq!(u16::from_be(flows[0].key.sport_be), 41003);
+    assert_eq!(lab.drops(DropReason::CtFull), 1);
+}

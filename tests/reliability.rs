@@ -741,6 +741,52 @@ fn a_syn_flood_fills_the_flow_table_but_established_flows_keep_streaming_and_it_
     );
 }
 
+#[test]
+fn with_the_daemon_down_a_full_flow_table_takes_new_flows_as_old_ones_expire() {
+    let h = Host::new();
+    // 32 flows fit; the flood's half-open and reset flows live 2 s.
+    h.up(&[
+        "--ct-max",
+        "64",
+        "--ct-tcp-syn",
+        "2",
+        "--ct-tcp-closing",
+        "2",
+    ]);
+    let srv = h.name("srv");
+    h.np_ok(&["create", &srv, "-p", "9000:9000"]);
+    let _server = h.spawn_ready(
+        &srv,
+        "socat TCP-LISTEN:9000,fork,reuseaddr SYSTEM:true",
+        |_| sh_ok(&format!("ip netns exec {srv} ss -Htln sport = :9000")).contains("9000"),
+    );
+    // Nothing collects flows from now on.
+    h.kill_daemon();
+    let mut config = world_sender(&h);
+    config.insert("port".into(), 9000.into());
+    config.insert("count".into(), 200.into());
+    let config = Value::Object(config);
+    hostile(&h.world, &format!("flood '{config}'"));
+    let flooded = Instant::now();
+    let connects = || {
+        h.in_world(&format!(
+            "python3 -c \"import socket; socket.create_connection(('{HOST_IP}', 9000), timeout=0.5)\""
+        ))
+        .status
+        .success()
+    };
+    assert!(!connects(), "the table is full of the flood's live flows");
+    support::retry(|| connects().then_some(()))
+        .expect("a new connection once the flood's flows expired, with no daemon");
+    figure(
+        "flood.daemon_down",
+        format!(
+            "with the daemon killed, a table filled by 200 SYNs took a new connection {} ms after the flood (flows live 2 s; the programs sweep a full table at most once a second)",
+            flooded.elapsed().as_millis()
+        ),
+    );
+}
+
 /// A server in the world that answers each connection's first line with
 /// that line and the peer's address:port as it saw it, then holds the
 /// connection until the client closes it.
@@ -974,6 +1020,7 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
     assert_eq!(
         added,
         [
+            maps::CT_TIMEOUTS,
             maps::IF_DROPS,
             maps::LAYOUT,
             maps::PUBLISH_FROM,

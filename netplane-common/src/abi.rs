@@ -38,6 +38,10 @@ pub mod maps {
     /// [`super::CtEntry`] keyed by [`super::FlowKey`]: connection tracking
     /// and NAT, one entry per direction of a flow.
     pub const CONNTRACK: &str = "NP_CONNTRACK";
+    /// [`super::CtTimeouts`] at index 0: the lifetimes the daemon was
+    /// started with, by which the programs reclaim expired flows
+    /// themselves when the table is full (the daemon may be down).
+    pub const CT_TIMEOUTS: &str = "NP_CT_TIMEOUTS";
     /// Per-CPU [`super::IfCounters`] indexed by NAT rule slot: slot
     /// [`super::MASQUERADE_SLOT`] is masquerade, the others published ports.
     pub const NAT_COUNTERS: &str = "NP_NAT_COUNTERS";
@@ -379,6 +383,26 @@ pub const CT_SEEN_FIN: u32 = 1 << 3;
 /// [`CtEntry::flags`]: a TCP RST was seen in this direction.
 pub const CT_SEEN_RST: u32 = 1 << 4;
 
+/// Value of [`maps::CT_TIMEOUTS`]: how long a flow lives after its last
+/// packet, by what was seen of it, in nanoseconds, host byte order. All
+/// zero until a daemon wrote them: nothing is reclaimed then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP until both directions acknowledged.
+    pub tcp_syn_ns: u64,
+    /// TCP after the handshake, until FIN or RST.
+    pub tcp_established_ns: u64,
+    /// TCP after one direction's FIN.
+    pub tcp_fin_wait_ns: u64,
+    /// TCP after FIN from both directions, or RST.
+    pub tcp_closing_ns: u64,
+    /// UDP and protocols without ports.
+    pub udp_ns: u64,
+    /// ICMP echo.
+    pub icmp_ns: u64,
+}
+
 /// Value of [`maps::CONNTRACK`]: the addresses and ports a packet of this
 /// direction leaves with, and what was seen of the flow.
 #[repr(C)]
@@ -616,6 +640,8 @@ mod pod {
     unsafe impl aya::Pod for super::PortTarget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PublishFromKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtTimeouts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.

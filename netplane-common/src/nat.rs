@@ -6,7 +6,10 @@
 //! ones' complement sum is byte-order independent as long as every word is
 //! read the same way.
 
-use crate::abi::{CT_REPLY, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN, CtEntry, FlowKey};
+use crate::abi::{
+    CT_REPLY, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN, CtEntry, CtTimeouts, FlowKey,
+    proto,
+};
 
 /// Folds a 32-bit ones' complement accumulator into 16 bits.
 pub const fn fold(mut sum: u32) -> u16 {
@@ -207,6 +210,56 @@ pub const fn other_direction(key: &FlowKey, entry: &CtEntry) -> FlowKey {
     .reversed()
 }
 
+/// Where a TCP flow is, from the `CT_SEEN_*` flags of its two entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    SynSent,
+    SynRecv,
+    Established,
+    /// One direction sent FIN.
+    FinWait,
+    /// Both did: what is left is the last ACK and stray retransmissions.
+    TimeWait,
+    /// RST.
+    Close,
+}
+
+/// The state of a TCP flow whose forward entry saw `fwd` and reply entry
+/// `reply` (0 while it has none).
+pub const fn tcp_state(fwd: u32, reply: u32) -> TcpState {
+    if (fwd | reply) & CT_SEEN_RST != 0 {
+        TcpState::Close
+    } else if fwd & reply & CT_SEEN_FIN != 0 {
+        TcpState::TimeWait
+    } else if (fwd | reply) & CT_SEEN_FIN != 0 {
+        TcpState::FinWait
+    } else if fwd & reply & CT_SEEN_ACK != 0 {
+        // The originator's first packet carries no ACK: it sent something
+        // after its SYN, so the handshake got through, not only a SYN-ACK
+        // to an address that may have been spoofed.
+        TcpState::Established
+    } else if reply & CT_SEEN_SYN != 0 {
+        TcpState::SynRecv
+    } else {
+        TcpState::SynSent
+    }
+}
+
+/// How long a flow of `protocol` lives after its last packet, in
+/// nanoseconds, given its entries' flags (as [`tcp_state`]).
+pub const fn lifetime_ns(protocol: u8, fwd: u32, reply: u32, t: &CtTimeouts) -> u64 {
+    match protocol {
+        proto::TCP => match tcp_state(fwd, reply) {
+            TcpState::SynSent | TcpState::SynRecv => t.tcp_syn_ns,
+            TcpState::Established => t.tcp_established_ns,
+            TcpState::FinWait => t.tcp_fin_wait_ns,
+            TcpState::TimeWait | TcpState::Close => t.tcp_closing_ns,
+        },
+        proto::ICMP => t.icmp_ns,
+        _ => t.udp_ns,
+    }
+}
+
 /// The `CT_SEEN_*` bits for a TCP header's flags byte (offset 13).
 pub const fn tcp_seen_flags(tcp_flags: u8) -> u32 {
     use tcp::{ACK, FIN, RST, SYN};
@@ -242,7 +295,6 @@ pub const fn candidate_port(own: u16, attempt: u32, random: u32, min: u16, max: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::proto;
 
     /// Full ones' complement checksum over `bytes`, as the words sit in memory.
     fn full(bytes: &[u8]) -> u16 {

@@ -28,11 +28,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use netplane_common::abi::{
-    AddrPair, CtEntry, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason, EVENTS_BYTES,
-    EndpointIdentity, EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey, MAX_ENDPOINTS,
-    MAX_HOST_ADDRS, MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES, MAX_PUBLISH_FROM,
-    MAX_PUBLISHED, MAX_RULE_DROPS, MAX_SOCK_REV, NetConfig, OverlayPeer, PUBLISHED_ANY_ENTRIES,
-    PortKey, PortTarget, PublishFromKey, RuleDropKey, SockRevKey, SockRevValue,
+    AddrPair, CtEntry, CtTimeouts, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason,
+    EVENTS_BYTES, EndpointIdentity, EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey,
+    MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES,
+    MAX_PUBLISH_FROM, MAX_PUBLISHED, MAX_RULE_DROPS, MAX_SOCK_REV, NetConfig, OverlayPeer,
+    PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, PublishFromKey, RuleDropKey, SockRevKey,
+    SockRevValue,
 };
 use packet::{L3, load};
 
@@ -88,6 +89,14 @@ static PUBLISHED_ANY: Array<PortTarget> = Array::pinned(PUBLISHED_ANY_ENTRIES, B
 
 #[map(name = "NP_CONNTRACK")]
 static CONNTRACK: HashMap<FlowKey, CtEntry> = HashMap::pinned(DEFAULT_CT_MAX, 0);
+
+#[map(name = "NP_CT_TIMEOUTS")]
+static CT_TIMEOUTS: Array<CtTimeouts> = Array::pinned(1, 0);
+
+/// When the programs last swept the flow table for expired flows
+/// (CLOCK_MONOTONIC): shared by every CPU, raced on harmlessly.
+#[map]
+static CT_SWEPT: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "NP_NAT_COUNTERS")]
 static NAT_COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(MAX_NAT_SLOTS, 0);

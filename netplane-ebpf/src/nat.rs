@@ -19,29 +19,30 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop,
-        bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
+        bpf_fib_lookup as fib_lookup, bpf_for_each_map_elem, bpf_get_prandom_u32,
+        bpf_ktime_get_coarse_ns, bpf_loop, bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp,
+        bpf_sk_release, bpf_skc_lookup_tcp,
     },
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use netplane_common::{
     abi::{
-        AddrPair, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, DropReason, EndpointPort, FlowKey,
+        AddrPair, CT_REPLY, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, DropReason, EndpointPort, FlowKey,
         MASQUERADE_SLOT, NetConfig, PORT_FLAG_ALLOW_LIST, PortKey, PortTarget, PublishFromKey,
         proto,
     },
     nat::{
         FirstPacket, FlowPair, add32, apply_diff, candidate_port, diff16, diff32, flow_entries,
-        other_direction, reopened_reply_flags, replace16, replace16_udp, replace32, replace32_udp,
-        tcp_entry_flags, tcp_opens_flow, tcp_seen_flags,
+        lifetime_ns, other_direction, reopened_reply_flags, replace16, replace16_udp, replace32,
+        replace32_udp, tcp_entry_flags, tcp_opens_flow, tcp_seen_flags,
     },
     policy::endpoint_traffic_allowed,
 };
 
 use crate::{
-    CONNTRACK, DROP_RULE, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED, NAT_COUNTERS, NEW_FLOW,
-    PUBLISH_FROM, PUBLISHED, PUBLISHED_ANY, QUOTED, events, overlay,
+    CONNTRACK, CT_SWEPT, CT_TIMEOUTS, DROP_RULE, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED,
+    NAT_COUNTERS, NEW_FLOW, PUBLISH_FROM, PUBLISHED, PUBLISHED_ANY, QUOTED, events, overlay,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
 };
@@ -192,7 +193,7 @@ fn create_now(ctx: &TcContext, flow: &mut NewFlow) -> Result<(), DropReason> {
         &mut flow.pair,
     );
     let pair = &mut flow.pair;
-    match CONNTRACK.insert(&pair.reply_key, &pair.reply, u64::from(BPF_NOEXIST)) {
+    match insert_new(&pair.reply_key, &pair.reply) {
         Ok(()) => {}
         // Taken since [`free_port`] looked (another CPU's flow), or, with
         // the port kept, another flow's already: the sender's retry looks
@@ -200,7 +201,7 @@ fn create_now(ctx: &TcContext, flow: &mut NewFlow) -> Result<(), DropReason> {
         Err(e) if e == -EEXIST => return Err(DropReason::NatPortsExhausted),
         Err(_) => return Err(DropReason::CtFull),
     }
-    match CONNTRACK.insert(&pair.fwd_key, &pair.fwd, u64::from(BPF_NOEXIST)) {
+    match insert_new(&pair.fwd_key, &pair.fwd) {
         Ok(()) => {
             count(flow.slot, ctx.len());
             events::new_flow(ctx, &flow.original, &flow.translated);
@@ -219,6 +220,108 @@ fn create_now(ctx: &TcContext, flow: &mut NewFlow) -> Result<(), DropReason> {
             Ok(())
         }
     }
+}
+
+/// Inserts a new flow's entry; when the table is full, sweeps it for
+/// expired flows once and tries again.
+#[inline(always)]
+fn insert_new(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
+    match CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)) {
+        Err(e) if e != -EEXIST && sweep_expired() => {
+            CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST))
+        }
+        r => r,
+    }
+}
+
+/// How often at most the programs sweep a full flow table: a sweep reads
+/// every entry (milliseconds for the largest tables), and a flood of new
+/// flows against a table full of live ones must not make every packet pay.
+const SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Deletes every expired flow, both entries together, as the daemon's
+/// collector does: a table the daemon stopped collecting (it is down, or
+/// refused a layout it does not know) still takes new flows as old ones
+/// expire. True when it freed any. Not inlined: rare, and its frame stays
+/// off the stack of other packets.
+#[inline(never)]
+fn sweep_expired() -> bool {
+    let Some(swept) = CT_SWEPT.get_ptr_mut(0) else {
+        return false;
+    };
+    let mut sweep = Sweep {
+        now: now(),
+        freed: 0,
+    };
+    // SAFETY: a map value; racing CPUs at worst both sweep.
+    unsafe {
+        if sweep.now.wrapping_sub(*swept) < SWEEP_INTERVAL_NS {
+            return false;
+        }
+        *swept = sweep.now;
+    }
+    // SAFETY: the map is CONNTRACK itself, the callback takes that map's
+    // keys and values and a `Sweep`, which outlives the call.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const CONNTRACK).cast_mut().cast(),
+            sweep_flow as *mut c_void,
+            (&raw mut sweep).cast(),
+            0,
+        )
+    };
+    sweep.freed > 0
+}
+
+/// A sweep of [`sweep_expired`], on its stack.
+#[repr(C)]
+struct Sweep {
+    now: u64,
+    /// 1 once a flow was deleted.
+    freed: u64,
+}
+
+/// One entry of a sweep: a forward entry whose flow (with its reply entry)
+/// has expired goes, with that reply entry. Reply entries are judged with
+/// their forward ones. Always 0: the sweep goes on.
+#[inline(never)]
+extern "C" fn sweep_flow(
+    _map: *mut c_void,
+    key: *const FlowKey,
+    entry: *const CtEntry,
+    ctx: *mut c_void,
+) -> i64 {
+    // SAFETY: the kernel passes the entry's key and value and the
+    // `Sweep` [`sweep_expired`] gave.
+    let (key, entry, sweep) = unsafe { (&*key, &*entry, &mut *ctx.cast::<Sweep>()) };
+    if entry.flags & CT_REPLY != 0 {
+        return 0;
+    }
+    let Some(t) = CT_TIMEOUTS.get(0) else {
+        return 0;
+    };
+    let reply_key = other_direction(key, entry);
+    // SAFETY: a map value, copied out.
+    let reply = unsafe { CONNTRACK.get(&reply_key).copied() };
+    let (reply_flags, reply_seen) = reply.map_or((0, 0), |r| (r.flags, r.last_seen_ns));
+    let life = lifetime_ns(key.proto, entry.flags, reply_flags, t);
+    // All zero: no daemon wrote lifetimes yet.
+    if life == 0 {
+        return 0;
+    }
+    let last = if reply_seen > entry.last_seen_ns {
+        reply_seen
+    } else {
+        entry.last_seen_ns
+    };
+    if sweep.now.saturating_sub(last) > life {
+        let _ = CONNTRACK.remove(key);
+        let _ = CONNTRACK.remove(&reply_key);
+        // Set, not counted: a count would give the verifier a new state
+        // for every iteration it walks.
+        sweep.freed = 1;
+    }
+    0
 }
 
 /// What [`free_port`] returns when every candidate was taken.

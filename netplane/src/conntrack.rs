@@ -4,10 +4,11 @@
 
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
-use netplane_common::abi::{
-    CT_REPLY, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN, CtEntry, FlowKey, proto,
-};
 pub use netplane_common::nat::other_direction;
+use netplane_common::{
+    abi::{CT_REPLY, CtEntry, CtTimeouts, FlowKey, proto},
+    nat::{self, TcpState},
+};
 
 use crate::api::{FlowInfo, FlowTuple};
 
@@ -47,52 +48,30 @@ impl Default for Timeouts {
     }
 }
 
-/// Where a TCP flow is, from the flags its two entries saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TcpState {
-    SynSent,
-    SynRecv,
-    Established,
-    /// One direction sent FIN.
-    FinWait,
-    /// Both did: what is left is the last ACK and stray retransmissions.
-    TimeWait,
-    /// RST.
-    Close,
-}
-
-fn tcp_state(forward: &CtEntry, reply: Option<&CtEntry>) -> TcpState {
-    let (fwd, rep) = (forward.flags, reply.map_or(0, |r| r.flags));
-    if (fwd | rep) & CT_SEEN_RST != 0 {
-        TcpState::Close
-    } else if fwd & rep & CT_SEEN_FIN != 0 {
-        TcpState::TimeWait
-    } else if (fwd | rep) & CT_SEEN_FIN != 0 {
-        TcpState::FinWait
-    } else if fwd & rep & CT_SEEN_ACK != 0 {
-        // The originator's first packet carries no ACK: it sent something
-        // after its SYN, so the handshake got through, not only a SYN-ACK
-        // to an address that may have been spoofed.
-        TcpState::Established
-    } else if rep & CT_SEEN_SYN != 0 {
-        TcpState::SynRecv
-    } else {
-        TcpState::SynSent
+impl Timeouts {
+    /// As the data path reads them from `NP_CT_TIMEOUTS`.
+    pub fn to_abi(&self) -> CtTimeouts {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        CtTimeouts {
+            tcp_syn_ns: ns(self.tcp_syn),
+            tcp_established_ns: ns(self.tcp_established),
+            tcp_fin_wait_ns: ns(self.tcp_fin_wait),
+            tcp_closing_ns: ns(self.tcp_closing),
+            udp_ns: ns(self.udp),
+            icmp_ns: ns(self.icmp),
+        }
     }
 }
 
-/// The lifetime of a flow given its two entries (`reply` may be missing).
+/// The lifetime of a flow given its two entries (`reply` may be missing),
+/// by the rule the data path also follows when it reclaims flows.
 pub fn lifetime(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>, t: &Timeouts) -> Duration {
-    match proto {
-        proto::TCP => match tcp_state(forward, reply) {
-            TcpState::SynSent | TcpState::SynRecv => t.tcp_syn,
-            TcpState::Established => t.tcp_established,
-            TcpState::FinWait => t.tcp_fin_wait,
-            TcpState::TimeWait | TcpState::Close => t.tcp_closing,
-        },
-        proto::ICMP => t.icmp,
-        _ => t.udp,
-    }
+    Duration::from_nanos(nat::lifetime_ns(
+        proto,
+        forward.flags,
+        reply.map_or(0, |r| r.flags),
+        &t.to_abi(),
+    ))
 }
 
 /// A tracked flow: its forward entry, keyed by the first packet as it
@@ -127,7 +106,7 @@ pub fn flows(entries: &[(FlowKey, CtEntry)]) -> Vec<Flow> {
 /// What was seen of a flow, in the words of Linux's `conntrack -L`.
 pub fn state(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>) -> &'static str {
     match proto {
-        proto::TCP => match tcp_state(forward, reply) {
+        proto::TCP => match nat::tcp_state(forward.flags, reply.map_or(0, |r| r.flags)) {
             TcpState::SynSent => "SYN_SENT",
             TcpState::SynRecv => "SYN_RECV",
             TcpState::Established => "ESTABLISHED",
@@ -212,7 +191,7 @@ pub fn expired(flows: &[(FlowKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<F
 #[cfg(test)]
 mod tests {
     use netplane_common::{
-        abi::CtEntry,
+        abi::{CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN, CtEntry},
         nat::{FirstPacket, FlowPair, flow_entries},
     };
 

@@ -305,6 +305,7 @@ impl Daemon {
         }
         self.net_config = self.build_net_config(&bridge).await?;
         let mut dp = Datapath::load(&self.cfg.bpffs, self.net_config, self.cfg.ct_max)?;
+        dp.set_ct_timeouts(self.cfg.timeouts.to_abi())?;
         dp.attach(&net.bridge, Role::Counted)?;
         if let Some(uplink) = &self.uplink {
             dp.attach(uplink, Role::Uplink)?;

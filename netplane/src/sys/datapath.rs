@@ -30,8 +30,8 @@ use aya_log::EbpfLogger;
 use aya_obj::generated::{BPF_NOEXIST, bpf_attr, bpf_cmd};
 use ipnet::Ipv4Net;
 use netplane_common::abi::{
-    AddrPair, CtEntry, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey, IfCounters,
-    IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget,
+    AddrPair, CtEntry, CtTimeouts, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey,
+    IfCounters, IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget,
     PublishFromKey, RuleDropKey, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
@@ -522,6 +522,14 @@ impl Datapath {
         config
             .set(0, cfg, 0)
             .map_err(|e| Error::ebpf("update", maps::NET_CONFIG, e))
+    }
+
+    /// Gives the programs the flow lifetimes, by which they reclaim expired
+    /// flows when the table is full.
+    pub fn set_ct_timeouts(&mut self, timeouts: CtTimeouts) -> Result<()> {
+        let mut map: Array<_, CtTimeouts> = self.map_mut(maps::CT_TIMEOUTS)?;
+        map.set(0, timeouts, 0)
+            .map_err(|e| Error::ebpf("update", maps::CT_TIMEOUTS, e))
     }
 
     fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(
