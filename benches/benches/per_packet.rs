@@ -14,11 +14,11 @@ use std::{net::Ipv4Addr, time::Duration};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use netplane::sys::datapath::be;
 use netplane_benches::lab::{
-    ENDPOINT, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, UPLINK, WORLD, endpoint_frame,
-    tcp_syn, udp,
+    ENDPOINT, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, WORLD,
+    endpoint_frame, tcp_syn, udp,
 };
 use netplane_common::{
-    abi::{FlowKey, PortKey, PortTarget, programs, proto},
+    abi::{CtTimeouts, FlowKey, PortKey, PortTarget, programs, proto},
     nat::{FirstPacket, FlowPair, flow_entries},
 };
 
@@ -223,6 +223,51 @@ fn per_packet(c: &mut Criterion) {
     group.finish();
 }
 
+/// A new flow against a full table of `n` live flows: the programs sweep
+/// the whole table for expired flows (finding none here) before refusing
+/// it. They sweep at most once a second, so each measured run waits out
+/// that second first; the kernel's measurement covers the run alone.
+fn full_table_sweep(c: &mut Criterion) {
+    let mut group = c.benchmark_group("full_table_sweep");
+    group.sample_size(10);
+    for n in [10_000, 100_000] {
+        let mut lab = Lab::new(2 * n);
+        seed(&mut lab, n);
+        // Lifetimes no seeded flow outlives: the sweep reads every entry
+        // and deletes none.
+        lab.dp
+            .set_ct_timeouts(CtTimeouts {
+                tcp_syn_ns: u64::MAX / 2,
+                tcp_established_ns: u64::MAX / 2,
+                tcp_fin_wait_ns: u64::MAX / 2,
+                tcp_closing_ns: u64::MAX / 2,
+                udp_ns: u64::MAX / 2,
+                icmp_ns: u64::MAX / 2,
+            })
+            .expect("lifetimes");
+        let endpoint_if = lab.endpoint_if;
+        let new_flow = tcp_syn(lab.endpoint_frame(), 41000, 80);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        std::thread::sleep(Duration::from_millis(1050));
+                        kernel_time(
+                            &mut lab,
+                            programs::ENDPOINT_INGRESS,
+                            endpoint_if,
+                            1,
+                            |_| new_flow.clone(),
+                            TC_ACT_SHOT,
+                        )
+                    })
+                    .sum()
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Wall time to read the whole flow table with `n` flows (two entries
 /// each): what `ct ls`, a metrics scrape and every garbage collection do.
 fn flow_table_read(c: &mut Criterion) {
@@ -246,6 +291,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = per_packet, flow_table_read
+    targets = per_packet, flow_table_read, full_table_sweep
 }
 criterion_main!(benches);

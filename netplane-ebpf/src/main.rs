@@ -93,10 +93,16 @@ static CONNTRACK: HashMap<FlowKey, CtEntry> = HashMap::pinned(DEFAULT_CT_MAX, 0)
 #[map(name = "NP_CT_TIMEOUTS")]
 static CT_TIMEOUTS: Array<CtTimeouts> = Array::pinned(1, 0);
 
-/// When the programs last swept the flow table for expired flows
-/// (CLOCK_MONOTONIC): shared by every CPU, raced on harmlessly.
+/// Where the programs' sweeps of a full flow table stand: shared by every
+/// CPU, raced on harmlessly (two CPUs at worst sweep the same part).
 #[map]
-static CT_SWEPT: Array<u64> = Array::with_max_entries(1, 0);
+static CT_SWEEP: Array<nat::SweepCursor> = Array::with_max_entries(1, 0);
+
+/// The sweep in progress on this CPU: in a map, not on the stack, so that
+/// the verifier does not follow its counters' values through every
+/// iteration.
+#[map]
+static CT_SWEEPING: PerCpuArray<nat::Sweep> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NP_NAT_COUNTERS")]
 static NAT_COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(MAX_NAT_SLOTS, 0);

@@ -41,8 +41,9 @@ use netplane_common::{
 };
 
 use crate::{
-    CONNTRACK, CT_SWEPT, CT_TIMEOUTS, DROP_RULE, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS, LINKED,
-    NAT_COUNTERS, NEW_FLOW, PUBLISH_FROM, PUBLISHED, PUBLISHED_ANY, QUOTED, events, overlay,
+    CONNTRACK, CT_SWEEP, CT_SWEEPING, CT_TIMEOUTS, DROP_RULE, ENDPOINTS, FIB_SCRATCH, HOST_ADDRS,
+    LINKED, NAT_COUNTERS, NEW_FLOW, PUBLISH_FROM, PUBLISHED, PUBLISHED_ANY, QUOTED, events,
+    overlay,
     packet::{ICMP_ECHO, Ipv4, ipv4, load, remember_fragment_ports, store},
     reg::{InReg, Route},
 };
@@ -234,71 +235,112 @@ fn insert_new(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
     }
 }
 
-/// How often at most the programs sweep a full flow table: a sweep reads
-/// every entry (milliseconds for the largest tables), and a flood of new
-/// flows against a table full of live ones must not make every packet pay.
-const SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+/// Entries one sweep of a full flow table reads, after skipping those the
+/// sweeps before it read: a few milliseconds of one packet's time.
+const SWEEP_WINDOW: u32 = 16_384;
+/// Flows one sweep frees before it stops: room for a burst of new flows.
+const SWEEP_FREES: u32 = 256;
+/// The least time between two sweeps: a sweep costs the packet that runs
+/// it, and a flood of new flows against a table of live ones must not make
+/// every packet pay.
+const SWEEP_AGAIN_NS: u64 = 1_000_000_000;
 
-/// Deletes every expired flow, both entries together, as the daemon's
-/// collector does: a table the daemon stopped collecting (it is down, or
-/// refused a layout it does not know) still takes new flows as old ones
-/// expire. True when it freed any. Not inlined: rare, and its frame stays
-/// off the stack of other packets.
+/// Where the sweeps stand, shared by every CPU.
+#[repr(C)]
+pub struct SweepCursor {
+    /// CLOCK_MONOTONIC before which no sweep starts.
+    next_ns: u64,
+    /// Entries to skip: those the sweeps before read.
+    start: u32,
+    _pad: u32,
+}
+
+/// One sweep's progress, per CPU.
+#[repr(C)]
+pub struct Sweep {
+    now: u64,
+    start: u32,
+    /// Entries met so far, skipped ones included.
+    seen: u32,
+    freed: u32,
+    _pad: u32,
+}
+
+/// Deletes expired flows, both entries together, as the daemon's collector
+/// does: a table the daemon stopped collecting (it is down, or refused a
+/// layout it does not know) still takes new flows as old ones expire. A
+/// sweep reads [`SWEEP_WINDOW`] entries where the one before stopped, and
+/// stops early once it freed [`SWEEP_FREES`] flows. True when it freed
+/// any. Not inlined: rare, and its frame stays off the stack of other
+/// packets.
 #[inline(never)]
 fn sweep_expired() -> bool {
-    let Some(swept) = CT_SWEPT.get_ptr_mut(0) else {
+    let (Some(cursor), Some(sweep)) = (CT_SWEEP.get_ptr_mut(0), CT_SWEEPING.get_ptr_mut(0)) else {
         return false;
     };
-    let mut sweep = Sweep {
-        now: now(),
-        freed: 0,
-    };
-    // SAFETY: a map value; racing CPUs at worst both sweep.
-    unsafe {
-        if sweep.now.wrapping_sub(*swept) < SWEEP_INTERVAL_NS {
-            return false;
-        }
-        *swept = sweep.now;
+    let now = now();
+    // SAFETY: map values: the shared cursor, raced on harmlessly, and
+    // this CPU's sweep.
+    let (cursor, sweep) = unsafe { (&mut *cursor, &mut *sweep) };
+    if now < cursor.next_ns {
+        return false;
     }
-    // SAFETY: the map is CONNTRACK itself, the callback takes that map's
-    // keys and values and a `Sweep`, which outlives the call.
-    unsafe {
+    cursor.next_ns = now + SWEEP_AGAIN_NS;
+    *sweep = Sweep {
+        now,
+        start: cursor.start,
+        seen: 0,
+        freed: 0,
+        _pad: 0,
+    };
+    // SAFETY: the map is CONNTRACK itself, and the callback takes that
+    // map's keys and values; it keeps its state in CT_SWEEPING.
+    let read = unsafe {
         bpf_for_each_map_elem(
             (&raw const CONNTRACK).cast_mut().cast(),
             sweep_flow as *mut c_void,
-            (&raw mut sweep).cast(),
+            ptr::null_mut(),
             0,
         )
+    };
+    // Stopped before the end of the table: the next sweep goes on from
+    // there. Otherwise it starts over.
+    cursor.start = if (read as u32) < sweep.start.saturating_add(SWEEP_WINDOW) {
+        0
+    } else {
+        sweep.start.saturating_add(SWEEP_WINDOW)
     };
     sweep.freed > 0
 }
 
-/// A sweep of [`sweep_expired`], on its stack.
-#[repr(C)]
-struct Sweep {
-    now: u64,
-    /// 1 once a flow was deleted.
-    freed: u64,
-}
-
 /// One entry of a sweep: a forward entry whose flow (with its reply entry)
-/// has expired goes, with that reply entry. Reply entries are judged with
-/// their forward ones. Always 0: the sweep goes on.
+/// has expired goes, with that reply entry; reply entries are judged with
+/// their forward ones. 1 ends the sweep.
 #[inline(never)]
 extern "C" fn sweep_flow(
     _map: *mut c_void,
     key: *const FlowKey,
     entry: *const CtEntry,
-    ctx: *mut c_void,
+    _ctx: *mut c_void,
 ) -> i64 {
-    // SAFETY: the kernel passes the entry's key and value and the
-    // `Sweep` [`sweep_expired`] gave.
-    let (key, entry, sweep) = unsafe { (&*key, &*entry, &mut *ctx.cast::<Sweep>()) };
+    let Some(sweep) = CT_SWEEPING.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's sweep; the kernel passes the entry's key and
+    // value.
+    let (sweep, key, entry) = unsafe { (&mut *sweep, &*key, &*entry) };
+    sweep.seen += 1;
+    if sweep.seen <= sweep.start {
+        return 0;
+    }
+    if sweep.seen > sweep.start.saturating_add(SWEEP_WINDOW) || sweep.freed >= SWEEP_FREES {
+        return 1;
+    }
     if entry.flags & CT_REPLY != 0 {
         return 0;
     }
     let Some(t) = CT_TIMEOUTS.get(0) else {
-        return 0;
+        return 1;
     };
     let reply_key = other_direction(key, entry);
     // SAFETY: a map value, copied out.
@@ -307,7 +349,7 @@ extern "C" fn sweep_flow(
     let life = lifetime_ns(key.proto, entry.flags, reply_flags, t);
     // All zero: no daemon wrote lifetimes yet.
     if life == 0 {
-        return 0;
+        return 1;
     }
     let last = if reply_seen > entry.last_seen_ns {
         reply_seen
@@ -317,9 +359,7 @@ extern "C" fn sweep_flow(
     if sweep.now.saturating_sub(last) > life {
         let _ = CONNTRACK.remove(key);
         let _ = CONNTRACK.remove(&reply_key);
-        // Set, not counted: a count would give the verifier a new state
-        // for every iteration it walks.
-        sweep.freed = 1;
+        sweep.freed += 1;
     }
     0
 }
