@@ -368,8 +368,10 @@ fn assert_store_and_kernel_agree(h: &Host) {
             .collect(),
     );
     assert_eq!(identities, peers, "and exactly their veths");
-    let pins = sh_ok(&format!("ls {}", h.dir.join("bpf").join("links").display()));
-    let pinned = sorted(pins.lines().filter(|p| p.starts_with("npv")).collect());
+    let attached: Vec<String> = support::attached_hooks(h)
+        .into_iter()
+        .filter(|hook| hook.starts_with("npv"))
+        .collect();
     let hooks = sorted(
         veths
             .iter()
@@ -377,8 +379,9 @@ fn assert_store_and_kernel_agree(h: &Host) {
             .collect(),
     );
     assert_eq!(
-        pinned, hooks,
-        "pinned links on both hooks of every endpoint veth, no other"
+        sorted(attached),
+        hooks,
+        "programs on both hooks of every endpoint veth, no other"
     );
 
     // Published ports: the store's, as `port ls` shows them, against the
@@ -1095,5 +1098,96 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
     figure(
         "upgrade.refused",
         "maps stamped with another layout version: up refused, naming both versions; links untouched",
+    );
+}
+
+/// `up` on `h` with the programs forced onto clsact filters, as on a
+/// kernel without tcx.
+fn up_with_clsact(h: &Host) {
+    let out = h
+        .up_cmd(&["--detach"])
+        .env("NETPLANE_TC_HOOK", "clsact")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Program ids of the netplane filters on `dev`, by direction.
+fn filter_programs(h: &Host, dev: &str) -> Vec<(String, u64)> {
+    let net: Value = serde_json::from_str(&h.in_host("bpftool -j net show")).unwrap();
+    let mut found: Vec<(String, u64)> = net[0]["tc"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["devname"] == dev && f["name"].as_str().is_some_and(|n| n.starts_with("np_")))
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_string(),
+                f["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn the_clsact_fallback_hangs_filters_swaps_their_programs_on_restart_and_down_removes_them() {
+    let h = Host::new();
+    let before = h.residue();
+    let qdiscs_before = h.in_host(&format!("tc qdisc show dev {}", h.uplink));
+    up_with_clsact(&h);
+    let info: Value = serde_json::from_str(&h.np_ok(&["info"])).unwrap();
+    assert_eq!(info["TcHook"], "clsact");
+    let web = h.name("web");
+    h.np_ok(&["create", &web, "-p", "8080:80"]);
+    let _server = h.spawn_ready(
+        &web,
+        "socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'echo hi'",
+        |_| sh_ok(&format!("ip netns exec {web} ss -Htln sport = :80")).contains("80"),
+    );
+    let first = filter_programs(&h, &h.uplink);
+    assert_eq!(
+        first.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["clsact/egress", "clsact/ingress"],
+        "one filter each way on the uplink"
+    );
+    let pins = sh_ok(&format!("ls {}", h.dir.join("bpf").join("links").display()));
+    assert!(
+        pins.lines().all(|p| p.starts_with("cgroup@")),
+        "no tcx link, only the socket programs' cgroup links: {pins}"
+    );
+    let reaches = || {
+        String::from_utf8_lossy(
+            &h.in_world(&format!("socat -T 2 - TCP:{HOST_IP}:8080"))
+                .stdout,
+        )
+        .trim()
+            == "hi"
+    };
+    assert!(reaches());
+
+    // The filters and their programs outlive the daemon; the next one
+    // replaces the programs in the same filters.
+    h.kill_daemon();
+    assert!(reaches(), "the data path runs without the daemon");
+    up_with_clsact(&h);
+    let second = filter_programs(&h, &h.uplink);
+    assert_eq!(second.len(), 2, "still one filter each way: {second:?}");
+    for ((kind, old), (_, new)) in first.iter().zip(&second) {
+        assert_ne!(old, new, "{kind}: a new program");
+    }
+    assert!(reaches());
+
+    h.down();
+    assert_eq!(h.residue(), before, "down leaves the host as it was");
+    assert_eq!(
+        h.in_host(&format!("tc qdisc show dev {}", h.uplink)),
+        qdiscs_before,
+        "the clsact qdisc netplane added is gone"
     );
 }

@@ -152,6 +152,10 @@ pub struct DaemonInfo {
     pub uplink: Option<String>,
     /// Bridge subnet.
     pub subnet: String,
+    /// How the data path's tc programs hang on interfaces: `tcx` (Linux
+    /// 6.6 and later) or `clsact`.
+    #[serde(default)]
+    pub tc_hook: String,
 }
 
 /// `GET /v1/stats`: data path counters.

@@ -53,6 +53,9 @@ enum Command {
     Up(UpArgs),
     /// Stop the daemon and remove everything it created.
     Down,
+    /// The running daemon: its process, namespace, bridge, uplink, subnet
+    /// and how its programs hang on interfaces (tcx or clsact), as JSON.
+    Info,
     /// Create an endpoint.
     Create(CreateArgs),
     /// Create an endpoint and run a command in it.
@@ -394,6 +397,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Down => {
             rt.block_on(client.act(Method::POST, "/v1/down"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info => {
+            let info: DaemonInfo = rt.block_on(client.get("/v1/info"))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Create(args) => {

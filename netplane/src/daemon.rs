@@ -43,7 +43,7 @@ use crate::{
     resolver::Resolver,
     store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
     sys::{
-        datapath::{Datapath, EventMaps, Role, be},
+        datapath::{Datapath, EventMaps, Role, TcHook, be},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
@@ -120,6 +120,8 @@ mod meta {
     pub const SUBNET: &str = "subnet";
     pub const IP_FORWARD_BEFORE: &str = "ip_forward_before";
     pub const BPFFS_MOUNTED: &str = "bpffs_mounted";
+    /// The uplink to which netplane added a clsact qdisc (tc hook clsact).
+    pub const CLSACT_ADDED: &str = "clsact_added";
 }
 
 /// Something `up` changed, to be reverted if a later step fails.
@@ -153,6 +155,8 @@ pub struct Daemon {
     resolver: Resolver,
     /// How long each reconcile took: `up`'s, and every cluster resync.
     reconciles: metrics::ReconcileDurations,
+    /// How the tc programs hang on interfaces, chosen at `up`.
+    tc_hook: TcHook,
     /// Sockets holding the published host ports.
     reserved: Reservations,
     _lock: DaemonLock,
@@ -256,6 +260,7 @@ impl Daemon {
             resolver: Resolver::new(upstream),
             reconciles: metrics::ReconcileDurations::default(),
             reserved: Reservations::default(),
+            tc_hook: TcHook::choose()?,
             _lock: lock,
         };
         match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
@@ -305,10 +310,13 @@ impl Daemon {
         }
         self.net_config = self.build_net_config(&bridge).await?;
         let mut dp = Datapath::load(&self.cfg.bpffs, self.net_config, self.cfg.ct_max)?;
+        dp.use_hook(self.tc_hook);
         dp.set_ct_timeouts(self.cfg.timeouts.to_abi())?;
         dp.attach(&net.bridge, Role::Counted)?;
-        if let Some(uplink) = &self.uplink {
-            dp.attach(uplink, Role::Uplink)?;
+        if let Some(uplink) = &self.uplink
+            && dp.attach(uplink, Role::Uplink)?
+        {
+            self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
         }
         dp.reset_nat_counters(MASQUERADE_SLOT)?;
         dp.attach_sockets(&host::cgroup2_root()?)?;
@@ -1103,8 +1111,14 @@ impl Daemon {
                 note(r);
             }
         }
-        if let Some(dp) = self.dp.take() {
+        if let Some(mut dp) = self.dp.take() {
+            if let Some(uplink) = &self.uplink {
+                note(dp.detach(uplink));
+            }
             note(dp.remove_pins());
+        }
+        if let Some(uplink) = self.store.meta(meta::CLSACT_ADDED)? {
+            note(self.rtnl.delete_clsact(&uplink).await);
         }
         if let Some(session) = self.session.take() {
             // The other hosts drop this one now, not when its keys expire.
@@ -1139,6 +1153,7 @@ impl Daemon {
             bridge: self.net.bridge.clone(),
             uplink: self.uplink.clone(),
             subnet: self.net.subnet.trunc().to_string(),
+            tc_hook: self.tc_hook.name().into(),
         }
     }
 

@@ -521,6 +521,31 @@ impl Host {
     }
 }
 
+/// The hooks of the host's interfaces that run a netplane program, as
+/// `DEVICE@ingress` or `DEVICE@egress`, one per program attached: tcx
+/// links by their pins (this bpftool does not list tcx), clsact filters as
+/// `bpftool net show` lists them.
+pub fn attached_hooks(h: &Host) -> Vec<String> {
+    let pins = sh_ok(&format!("ls {}", h.dir.join("bpf").join("links").display()));
+    let mut hooks: Vec<String> = pins.lines().map(str::to_string).collect();
+    let net: serde_json::Value = serde_json::from_str(&h.in_host("bpftool -j net show")).unwrap();
+    for filter in net[0]["tc"].as_array().into_iter().flatten() {
+        if filter["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("np_"))
+        {
+            let kind = filter["kind"].as_str().unwrap();
+            let direction = kind.rsplit('/').next().unwrap();
+            hooks.push(format!(
+                "{}@{direction}",
+                filter["devname"].as_str().unwrap()
+            ));
+        }
+    }
+    hooks.sort();
+    hooks
+}
+
 /// A background process, killed on drop so a failing test leaves none.
 pub struct Background {
     child: std::process::Child,

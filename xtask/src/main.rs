@@ -127,7 +127,23 @@ fn main() -> anyhow::Result<()> {
             run(cargo()
                 .args(["test", "--workspace", "--all-targets"])
                 .env("NETPLANE_REQUIRE_EBPF", "1")
-                .env("NETPLANE_UPGRADE_FROM", previous))?;
+                .env("NETPLANE_UPGRADE_FROM", &previous))?;
+            // The NAT and reliability tests again with the programs on
+            // clsact filters, as on a kernel without tcx (this one has it).
+            // Not the upgrade test: the earlier netplane has tcx only.
+            run(cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "netplane",
+                    "--test",
+                    "nat",
+                    "--test",
+                    "reliability",
+                ])
+                .args(["--", "--skip", "an_upgrade"])
+                .env("NETPLANE_REQUIRE_EBPF", "1")
+                .env("NETPLANE_TC_HOOK", "clsact"))?;
             for (dir, target) in FUZZ_TARGETS {
                 // rustup's cargo, which takes a +toolchain.
                 run(Command::new("cargo")

@@ -22,8 +22,8 @@ use aya::{
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TestRun,
         TestRunOptions,
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        links::{FdLink, Link, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
 };
 use aya_log::EbpfLogger;
@@ -82,6 +82,70 @@ impl Role {
                 (programs::COUNT_EGRESS, Direction::Egress),
             ],
         }
+    }
+}
+
+/// How the tc programs hang on interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcHook {
+    /// tcx links (Linux 6.6 and later), pinned in bpffs.
+    Tcx,
+    /// Filters of the clsact qdisc, made over netlink: for older kernels.
+    Clsact,
+}
+
+impl TcHook {
+    /// `NETPLANE_TC_HOOK` (`tcx` or `clsact`) if set, else tcx where the
+    /// running kernel has it.
+    pub fn choose() -> Result<TcHook> {
+        match std::env::var("NETPLANE_TC_HOOK").as_deref() {
+            Ok("tcx") => Ok(TcHook::Tcx),
+            Ok("clsact") => Ok(TcHook::Clsact),
+            Ok(other) => Err(Error::io(
+                "use the tc hook",
+                other,
+                std::io::Error::other("NETPLANE_TC_HOOK takes tcx or clsact"),
+            )),
+            Err(_) => {
+                let uname = nix::sys::utsname::uname()
+                    .map_err(|e| Error::io("read the kernel release", "uname", e))?;
+                Ok(if kernel_has_tcx(&uname.release().to_string_lossy()) {
+                    TcHook::Tcx
+                } else {
+                    TcHook::Clsact
+                })
+            }
+        }
+    }
+
+    /// As `netplane info` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcHook::Tcx => "tcx",
+            TcHook::Clsact => "clsact",
+        }
+    }
+}
+
+/// Whether a kernel of `release` (`uname -r`) has tcx links: 6.6 on.
+pub fn kernel_has_tcx(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
+/// The clsact filters netplane makes: its own priority (the kernel's
+/// first automatic one is 49152) and handle, so a restart finds and
+/// replaces them.
+const CLSACT_PRIORITY: u16 = 0x4e50;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+fn tc_attach_type(d: Direction) -> TcAttachType {
+    match d {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
     }
 }
 
@@ -166,6 +230,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     maps_dir: PathBuf,
     links_dir: PathBuf,
+    hook: TcHook,
     log_drain: tokio::task::JoinHandle<()>,
     wildcard: WildcardPorts,
     /// Maps of an older layout whose entries are being carried over.
@@ -421,6 +486,7 @@ impl Datapath {
             ebpf,
             maps_dir,
             links_dir,
+            hook: TcHook::Tcx,
             log_drain,
             wildcard,
             old_pins,
@@ -558,10 +624,91 @@ impl Datapath {
         self.links_dir.join(pin_name(ifname, d))
     }
 
+    /// How [`Datapath::attach`] hangs programs on interfaces from now on.
+    pub fn use_hook(&mut self, hook: TcHook) {
+        self.hook = hook;
+    }
+
     /// Attaches the programs of `role` to `ifname` and gives it counters.
-    /// An existing pinned link gets the freshly loaded program atomically.
-    pub fn attach(&mut self, ifname: &str, role: Role) -> Result<()> {
+    /// What was attached before gets the freshly loaded program atomically:
+    /// a pinned tcx link, or the clsact filter netplane put there. True when
+    /// this added a clsact qdisc to the interface.
+    pub fn attach(&mut self, ifname: &str, role: Role) -> Result<bool> {
         let ifindex = if_nametoindex(ifname).map_err(|e| Error::io("look up", ifname, e))?;
+        let added_qdisc = match self.hook {
+            TcHook::Tcx => {
+                self.attach_tcx(ifname, role)?;
+                false
+            }
+            TcHook::Clsact => self.attach_clsact(ifname, role)?,
+        };
+        for &(_, direction) in role.hooks() {
+            self.ensure_counters(
+                maps::IF_STATS,
+                IfStatsKey {
+                    ifindex,
+                    direction: direction as u32,
+                },
+                IfCounters::default(),
+            )?;
+        }
+        self.ensure_counters(maps::IF_DROPS, ifindex, IfDrops::default())?;
+        Ok(added_qdisc)
+    }
+
+    /// The programs of `role` as filters of `ifname`'s clsact qdisc (added
+    /// if missing; true then), at netplane's own priority and handle. A
+    /// filter there gets the new program in place (a netlink replace); the
+    /// filters hold the programs after the daemon is gone, as pinned links
+    /// do with tcx.
+    fn attach_clsact(&mut self, ifname: &str, role: Role) -> Result<bool> {
+        let added_qdisc = qdisc_add_clsact(ifname).is_ok();
+        for &(name, direction) in role.hooks() {
+            let attach_type = tc_attach_type(direction);
+            let prog = classifier(&mut self.ebpf, name)?;
+            let present = SchedClassifierLink::attached(
+                ifname,
+                attach_type,
+                CLSACT_PRIORITY,
+                CLSACT_HANDLE,
+                None,
+            )
+            .map_err(|e| Error::io("look up", ifname, e))?;
+            let link_id = match prog.attach_to_link(present) {
+                Ok(id) => id,
+                Err(_) => prog
+                    .attach_with_options(
+                        ifname,
+                        attach_type,
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: CLSACT_PRIORITY,
+                            handle: CLSACT_HANDLE,
+                            ..NlOptions::default()
+                        }),
+                    )
+                    .map_err(|e| {
+                        Error::ebpf(
+                            "attach a clsact filter to",
+                            format!("{ifname} {}", direction_name(direction)),
+                            e,
+                        )
+                    })?,
+            };
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| Error::ebpf("take link", ifname, e))?;
+            // Dropped, the link would delete the filter: it must outlive
+            // this daemon, and `detach` finds it by priority and handle.
+            std::mem::forget(link);
+            // A tcx link an earlier run pinned would run the programs twice.
+            if let Ok(old) = PinnedLink::from_pin(self.link_pin(ifname, direction)) {
+                let _ = old.unpin();
+            }
+        }
+        Ok(added_qdisc)
+    }
+
+    fn attach_tcx(&mut self, ifname: &str, role: Role) -> Result<()> {
         for &(name, direction) in role.hooks() {
             let pin = self.link_pin(ifname, direction);
             let prog = classifier(&mut self.ebpf, name)?;
@@ -574,13 +721,9 @@ impl Datapath {
                 None => {
                     // No pin, or a pin of a link whose interface is gone.
                     let _ = fs::remove_file(&pin);
-                    let attach_type = match direction {
-                        Direction::Ingress => TcAttachType::Ingress,
-                        Direction::Egress => TcAttachType::Egress,
-                    };
                     prog.attach_with_options(
                         ifname,
-                        attach_type,
+                        tc_attach_type(direction),
                         TcAttachOptions::TcxOrder(LinkOrder::default()),
                     )
                     .map_err(|e| {
@@ -600,16 +743,8 @@ impl Datapath {
             fd_link
                 .pin(&pin)
                 .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
-            self.ensure_counters(
-                maps::IF_STATS,
-                IfStatsKey {
-                    ifindex,
-                    direction: direction as u32,
-                },
-                IfCounters::default(),
-            )?;
         }
-        self.ensure_counters(maps::IF_DROPS, ifindex, IfDrops::default())
+        Ok(())
     }
 
     /// Gives `key` zeroed per-CPU counters in map `name` unless it has
@@ -648,6 +783,18 @@ impl Datapath {
                     link.unpin()
                         .map_err(|e| Error::io("unpin", pin.display(), e))?,
                 );
+            }
+            if self.hook == TcHook::Clsact
+                && let Ok(filter) = SchedClassifierLink::attached(
+                    ifname,
+                    tc_attach_type(direction),
+                    CLSACT_PRIORITY,
+                    CLSACT_HANDLE,
+                    None,
+                )
+            {
+                // Gone already with its interface, or never there: fine.
+                let _ = filter.detach();
             }
             if let Some(ifindex) = ifindex {
                 let mut stats: PerCpuHashMap<_, IfStatsKey, IfCounters> =
@@ -1357,6 +1504,16 @@ mod tests {
             pin_name("a.b", Direction::Egress),
             pin_name("a%2eb", Direction::Egress)
         );
+    }
+
+    #[test]
+    fn tcx_is_there_from_linux_6_6() {
+        assert!(kernel_has_tcx("6.18.44-fc-v595"));
+        assert!(kernel_has_tcx("6.6.0"));
+        assert!(kernel_has_tcx("7.0.1"));
+        assert!(!kernel_has_tcx("6.1.0-28-amd64"), "Debian bookworm's own");
+        assert!(!kernel_has_tcx("5.15.0-125-generic"), "Ubuntu 22.04's");
+        assert!(!kernel_has_tcx("garbage"));
     }
 
     #[test]

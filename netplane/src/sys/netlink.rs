@@ -10,6 +10,7 @@ use rtnetlink::{
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMetric},
+        tc::{TcAttribute, TcHandle},
     },
 };
 
@@ -18,6 +19,8 @@ use crate::error::{Error, Result};
 
 const EEXIST: i32 = -libc::EEXIST;
 const ENODEV: i32 = -libc::ENODEV;
+const ENOENT: i32 = -libc::ENOENT;
+const EINVAL: i32 = -libc::EINVAL;
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -197,6 +200,27 @@ impl Rtnl {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
             Err(e) => Err(Error::netlink("delete link", name, e)),
+        }
+    }
+
+    /// Deletes the clsact qdisc of link `name`, with every filter on it; a
+    /// link without one, or gone, is fine.
+    pub async fn delete_clsact(&self, name: &str) -> Result<()> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(());
+        };
+        let mut req = self.handle.qdisc().del(link.index as i32);
+        let msg = req.message_mut();
+        msg.header.parent = TcHandle::CLSACT;
+        msg.header.handle = TcHandle {
+            major: u16::MAX,
+            minor: 0,
+        };
+        msg.attributes.push(TcAttribute::Kind("clsact".into()));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENODEV | ENOENT | EINVAL)) => Ok(()),
+            Err(e) => Err(Error::netlink("delete the clsact qdisc of", name, e)),
         }
     }
 
