@@ -742,6 +742,26 @@ fn endpoints_send_ipv4_and_arp_only_and_the_uplink_reaches_no_gateway() {
     assert_eq!(lab.arriving_from_world(&published).0, TC_ACT_REDIRECT);
 }
 
+/// Makes the entries `which` picks look idle since boot; how many.
+fn age(
+    lab: &mut Lab,
+    which: impl Fn(&netplane_common::abi::FlowKey, &netplane_common::abi::CtEntry) -> bool,
+) -> usize {
+    let aged: Vec<_> = lab
+        .dp
+        .flows()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, e)| which(k, e))
+        .map(|(k, mut e)| {
+            e.last_seen_ns = 0;
+            (k, e)
+        })
+        .collect();
+    lab.dp.insert_flows(&aged).unwrap();
+    aged.len()
+}
+
 #[test]
 fn a_flow_a_packet_refreshed_after_the_collector_read_the_table_is_kept() {
     let mut lab = Lab::new(1024);
@@ -749,17 +769,7 @@ fn a_flow_a_packet_refreshed_after_the_collector_read_the_table_is_kept() {
     let syn = tcp_syn(lab.endpoint_frame(), 42001, 80);
     assert_eq!(lab.sent_by_endpoint(&syn).0, TC_ACT_REDIRECT);
     // Make the flow look idle since boot, as the collector's dump sees it.
-    let aged: Vec<_> = lab
-        .dp
-        .flows()
-        .unwrap()
-        .into_iter()
-        .map(|(k, mut e)| {
-            e.last_seen_ns = 0;
-            (k, e)
-        })
-        .collect();
-    lab.dp.insert_flows(&aged).unwrap();
+    age(&mut lab, |_, _| true);
     // Any time past the SYN lifetime after boot.
     let later = 10 * t.tcp_syn.as_nanos() as u64;
     let doomed = conntrack::expired(&lab.dp.flows().unwrap(), later, &t);
@@ -791,19 +801,10 @@ fn a_full_table_reclaims_expired_flows_by_itself_and_never_live_ones() {
     }
     // The flow from 41001 idle since boot, as after a daemon that stopped
     // collecting; the one from 41002 live.
-    let aged: Vec<_> = lab
-        .dp
-        .flows()
-        .unwrap()
-        .into_iter()
-        .filter(|(k, e)| k.sport_be == 41001u16.to_be() || e.dport_be == 41001u16.to_be())
-        .map(|(k, mut e)| {
-            e.last_seen_ns = 0;
-            (k, e)
-        })
-        .collect();
-    assert_eq!(aged.len(), 2);
-    lab.dp.insert_flows(&aged).unwrap();
+    let aged = age(&mut lab, |k, e| {
+        k.sport_be == 41001u16.to_be() || e.dport_be == 41001u16.to_be()
+    });
+    assert_eq!(aged, 2);
 
     let third = tcp_syn(lab.endpoint_frame(), 41003, 80);
     let (action, out) = lab.sent_by_endpoint(&third);

@@ -574,16 +574,7 @@ fn the_programs_log_through_aya_log_into_the_daemon_log_at_the_rust_log_level() 
     let line = "dropped packet: spoofed";
 
     let debug = Host::new();
-    let out = debug
-        .up_cmd(&["--detach"])
-        .env("RUST_LOG", "debug")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    debug.up_with_env(&[], &[("RUST_LOG", "debug")]);
     let a = debug.name("a");
     debug.np_ok(&["create", &a]);
     spoof_from(&debug, &a);

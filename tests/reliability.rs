@@ -758,11 +758,7 @@ fn with_the_daemon_down_a_full_flow_table_takes_new_flows_as_old_ones_expire() {
     ]);
     let srv = h.name("srv");
     h.np_ok(&["create", &srv, "-p", "9000:9000"]);
-    let _server = h.spawn_ready(
-        &srv,
-        "socat TCP-LISTEN:9000,fork,reuseaddr SYSTEM:true",
-        |_| sh_ok(&format!("ip netns exec {srv} ss -Htln sport = :9000")).contains("9000"),
-    );
+    let _server = h.tcp_server(&srv, 9000, "true");
     // Nothing collects flows from now on.
     h.kill_daemon();
     let mut config = world_sender(&h);
@@ -1104,16 +1100,7 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
 /// `up` on `h` with the programs forced onto clsact filters, as on a
 /// kernel without tcx.
 fn up_with_clsact(h: &Host) {
-    let out = h
-        .up_cmd(&["--detach"])
-        .env("NETPLANE_TC_HOOK", "clsact")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    h.up_with_env(&[], &[("NETPLANE_TC_HOOK", "clsact")]);
 }
 
 /// Program ids of the netplane filters on `dev`, by direction.
@@ -1145,11 +1132,7 @@ fn the_clsact_fallback_hangs_filters_swaps_their_programs_on_restart_and_down_re
     assert_eq!(info["TcHook"], "clsact");
     let web = h.name("web");
     h.np_ok(&["create", &web, "-p", "8080:80"]);
-    let _server = h.spawn_ready(
-        &web,
-        "socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'echo hi'",
-        |_| sh_ok(&format!("ip netns exec {web} ss -Htln sport = :80")).contains("80"),
-    );
+    let _server = h.tcp_server(&web, 80, "echo hi");
     let first = filter_programs(&h, &h.uplink);
     assert_eq!(
         first.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),

@@ -11,22 +11,6 @@ use std::{thread::sleep, time::Duration};
 use serde_json::Value;
 use support::{HOST_IP, Host, SCAPY_PYTHON, WORLD_IP, mac_of, retry, sh, sh_ok};
 
-/// A TCP server in the world on `port` that answers every connection with
-/// the output of shell command `answer`.
-fn world_server(h: &Host, port: u16, answer: &str) -> support::Background {
-    h.spawn_ready(
-        &h.world,
-        &format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'{answer}'"),
-        |_| {
-            sh_ok(&format!(
-                "ip netns exec {} ss -Htln sport = :{port}",
-                h.world
-            ))
-            .contains(&port.to_string())
-        },
-    )
-}
-
 /// The link-local IPv6 address of `ifname` in `netns`, once duplicate
 /// address detection is done with it.
 fn link_local(netns: &str, ifname: &str) -> Option<String> {
@@ -206,7 +190,7 @@ fn publishing_refuses_a_port_a_host_service_uses_and_holds_what_it_publishes() {
     // 7100 the only port of the host's ephemeral range, a connection finds
     // none while it is published, and takes it once withdrawn.
     h.in_host("sysctl -qw net.ipv4.ip_local_port_range='7100 7100'");
-    let _listener = world_server(&h, 7200, "true");
+    let _listener = h.tcp_server(&h.world, 7200, "true");
     let source_port = || {
         h.in_host(&format!(
             "python3 -c 'import socket, struct
@@ -234,7 +218,7 @@ fn masquerade_from_a_privileged_port_leaves_from_the_ephemeral_range() {
     h.up(&[]);
     let cli = h.name("cli");
     h.np_ok(&["create", &cli]);
-    let _listener = world_server(&h, 7200, "echo $SOCAT_PEERPORT");
+    let _listener = h.tcp_server(&h.world, 7200, "echo $SOCAT_PEERPORT");
     let range = h.in_host("cat /proc/sys/net/ipv4/ip_local_port_range");
     let (min, max): (u16, u16) = {
         let mut it = range.split_whitespace().map(|p| p.parse().unwrap());
@@ -258,11 +242,7 @@ fn a_spoofed_syn_to_a_published_port_holds_no_flow_for_long_and_stray_segments_n
     h.up(&[]);
     let web = h.name("web");
     h.np_ok(&["create", &web, "-p", "8080:80"]);
-    let _server = h.spawn_ready(
-        &web,
-        "socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'echo hi'",
-        |_| sh_ok(&format!("ip netns exec {web} ss -Htln sport = :80")).contains("80"),
-    );
+    let _server = h.tcp_server(&web, 80, "echo hi");
     // From an address of the world's LAN that never answers: the SYN-ACK
     // goes to nobody.
     let world_if = format!("{}x", h.prefix);
@@ -329,7 +309,7 @@ fn on_a_1400_byte_uplink_endpoints_get_its_mtu_and_bulk_transfers_arrive_whole()
     const BYTES: usize = 3_000_000;
     // Out through masquerade.
     let got = h.dir.join("up.count");
-    let _sink = world_server(&h, 7300, &format!("wc -c > {}", got.display()));
+    let _sink = h.tcp_server(&h.world, 7300, &format!("wc -c > {}", got.display()));
     sh_ok(&format!(
         "ip netns exec {web} sh -c 'head -c {BYTES} /dev/zero | timeout 20 socat -u - TCP:{WORLD_IP}:7300'"
     ));
@@ -356,11 +336,7 @@ fn on_a_1400_byte_uplink_endpoints_get_its_mtu_and_bulk_transfers_arrive_whole()
     assert!(!route.contains("mtu"), "no path MTU was learnt: {route}");
 
     // In through the published port, the endpoint sending the bulk.
-    let _server = h.spawn_ready(
-        &web,
-        &format!("socat TCP-LISTEN:80,reuseaddr SYSTEM:'head -c {BYTES} /dev/zero'"),
-        |_| sh_ok(&format!("ip netns exec {web} ss -Htln sport = :80")).contains("80"),
-    );
+    let _server = h.tcp_server(&web, 80, &format!("head -c {BYTES} /dev/zero"));
     let down = h.in_world(&format!(
         "sh -c 'timeout 20 socat -u TCP:{HOST_IP}:8080 - | wc -c'"
     ));
@@ -391,11 +367,7 @@ fn a_published_port_with_an_allow_list_takes_new_flows_from_it_only() {
         "--publish-from",
         &only_world,
     ]);
-    let _server = h.spawn_ready(
-        &web,
-        "socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'echo hi'",
-        |_| sh_ok(&format!("ip netns exec {web} ss -Htln sport = :80")).contains("80"),
-    );
+    let _server = h.tcp_server(&web, 80, "echo hi");
     let reaches = |from: &str, port: u16| {
         let out = h.in_world(&format!(
             "socat -T 2 - TCP:{HOST_IP}:{port},bind={from},connect-timeout=2"

@@ -356,8 +356,14 @@ impl Host {
     }
 
     pub fn up(&self, extra: &[&str]) {
+        self.up_with_env(extra, &[]);
+    }
+
+    /// [`Host::up`] with the daemon's environment extended by `env`.
+    pub fn up_with_env(&self, extra: &[&str], env: &[(&str, &str)]) {
         let out = self
             .up_cmd(&[extra, &["--detach"]].concat())
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(
@@ -417,6 +423,20 @@ impl Host {
     /// Runs `cmd` in the world namespace behind the uplink.
     pub fn in_world(&self, cmd: &str) -> Output {
         sh(&format!("ip netns exec {} {cmd}", self.world))
+    }
+
+    /// A TCP server on `port` in namespace `netns` that answers every
+    /// connection with the output of shell command `answer`, once it
+    /// listens.
+    pub fn tcp_server(&self, netns: &str, port: u16, answer: &str) -> Background {
+        self.spawn_ready(
+            netns,
+            &format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'{answer}'"),
+            |_| {
+                sh_ok(&format!("ip netns exec {netns} ss -Htln sport = :{port}"))
+                    .contains(&format!(":{port}"))
+            },
+        )
     }
 
     /// Starts `cmd` in namespace `netns` in the background, its stderr in
