@@ -129,25 +129,26 @@ pub fn render(rows: &[Row], machine: &str) -> String {
         out.push('\n');
     }
 
-    let tracked = values(rows, "flow_table_read");
-    if !tracked.is_empty() {
-        out.push_str(
-            "## Reading the flow table\n\n\
-             Median ms to read every tracked flow (two entries each) into the\n\
-             daemon, as `ct ls`, a metrics scrape and every garbage collection do\n\
-             (BPF_MAP_LOOKUP_BATCH).\n\n\
-             | flows | ms |\n|---|---|\n",
-        );
-        for n in &tracked {
-            let ms = median(rows, "flow_table_read", "", Some(n)).map(|v| v / 1e6);
-            let _ = writeln!(
-                out,
-                "| {n} | {} |",
-                ms.map_or("–".into(), |v| format!("{v:.2}"))
-            );
-        }
-        out.push('\n');
-    }
+    ms_by_flows_section(
+        &mut out,
+        rows,
+        "flow_table_read",
+        "## Reading the flow table\n\n\
+         Median ms to read every tracked flow (two entries each) into the\n\
+         daemon, as `ct ls`, a metrics scrape and every garbage collection do\n\
+         (BPF_MAP_LOOKUP_BATCH).\n\n",
+    );
+    ms_by_flows_section(
+        &mut out,
+        rows,
+        "full_table_sweep",
+        "## Sweeping a full flow table\n\n\
+         Median ms of the one packet that runs a sweep: a new flow against a\n\
+         full table of live flows, which the programs search for expired ones\n\
+         (16,384 entries a sweep, on from where the last stopped; at most one\n\
+         sweep a second), finding none, before refusing the flow (the kernel's\n\
+         own measurement, BPF_PROG_TEST_RUN).\n\n",
+    );
 
     let published = values(rows, "new_connection");
     if !published.is_empty() {
@@ -363,6 +364,26 @@ fn overlay_section(out: &mut String, rows: &[Row]) {
 const NATS: [&str; 4] = ["netplane", "iptables", "cni", "ceiling"];
 
 /// The parameter values benchmarked in `group`, in numeric order.
+/// A table of `group`'s medians in ms, by its values (numbers of flows),
+/// under `heading`; nothing when the run has no such group.
+fn ms_by_flows_section(out: &mut String, rows: &[Row], group: &str, heading: &str) {
+    let flows = values(rows, group);
+    if flows.is_empty() {
+        return;
+    }
+    out.push_str(heading);
+    out.push_str("| flows | ms |\n|---|---|\n");
+    for n in &flows {
+        let ms = median(rows, group, "", Some(n)).map(|v| v / 1e6);
+        let _ = writeln!(
+            out,
+            "| {n} | {} |",
+            ms.map_or("–".into(), |v| format!("{v:.2}"))
+        );
+    }
+    out.push('\n');
+}
+
 pub fn values(rows: &[Row], group: &str) -> Vec<String> {
     let mut v: Vec<u64> = rows
         .iter()
@@ -431,6 +452,7 @@ mod tests {
             row("per_packet", "floor_empty_program", Some("1"), 100.0),
             row("per_packet", "dnat_established", Some("1"), 350.0),
             row("flow_table_read", "", Some("100000"), 82.5e6),
+            row("full_table_sweep", "", Some("10000"), 2.8e6),
             row("new_connection", "netplane", Some("1"), 20_000.0),
             row("new_connection", "iptables", Some("1"), 50_000.0),
             row("new_connection", "ceiling", Some("1"), 18_000.0),
@@ -458,6 +480,8 @@ mod tests {
         let md = render(&rows, "test box");
         assert!(md.contains("| dnat_established | 350 (net 250) |"), "{md}");
         assert!(md.contains("| 100000 | 82.50 |"), "{md}");
+        let sweep = md.find("## Sweeping a full flow table").expect("sweep section");
+        assert!(md[sweep..].contains("| 10000 | 2.80 |"), "{md}");
         assert!(
             md.contains("| 1 | 20.0 | 50.0 | – | 18.0 | 2.50x | – | 0.90x |"),
             "{md}"
