@@ -480,7 +480,9 @@ mod tests {
         let md = render(&rows, "test box");
         assert!(md.contains("| dnat_established | 350 (net 250) |"), "{md}");
         assert!(md.contains("| 100000 | 82.50 |"), "{md}");
-        let sweep = md.find("## Sweeping a full flow table").expect("sweep section");
+        let sweep = md
+            .find("## Sweeping a full flow table")
+            .expect("sweep section");
         assert!(md[sweep..].contains("| 10000 | 2.80 |"), "{md}");
         assert!(
             md.contains("| 1 | 20.0 | 50.0 | – | 18.0 | 2.50x | – | 0.90x |"),
