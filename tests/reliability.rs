@@ -586,6 +586,8 @@ fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
         .unwrap()
         .to_string();
     let peer_lease_ip = world_lease.replace(".0/24", ".9");
+    // This host's own /24 of the overlay: its bridge has the first address.
+    let overlay_gateway = overlay["Lease"].as_str().unwrap().replace(".0/24", ".1");
 
     let dir = &h.dir;
     let world_if = format!("{}x", h.prefix);
@@ -609,6 +611,7 @@ fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
         serde_json::json!({
             "other_host_ip": OTHER_HOST_IP,
             "gateway_ip": bridge["Gateway"],
+            "overlay_gateway_ip": overlay_gateway,
             "victim_ip": h.ip_of(&vic),
             "published_ip": h.ip_of(&srv),
             "overlay_ip": h.ip_of(&ovx),

@@ -138,7 +138,7 @@ impl Lab {
         let mut dp = Datapath::load(&dir, cfg, ct_max).expect("loading the data path");
         dp.add_endpoint(endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, 0)
             .expect("endpoint");
-        dp.set_host_addrs(&[UPLINK.into(), GATEWAY.into()])
+        dp.set_host_addrs(&[UPLINK.into(), GATEWAY.into()], &[GATEWAY.into()])
             .expect("host addresses");
         let spec: PortSpec = format!("{PUBLISHED_PORT}:80").parse().expect("spec");
         let published = assign_host_ports(

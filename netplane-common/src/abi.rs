@@ -21,7 +21,9 @@ pub mod maps {
     /// (`u32`, host byte order): what an endpoint may send as.
     pub const ENDPOINT_IFACES: &str = "NP_ENDPOINT_IFACES";
     /// Addresses of the host itself (`u32` keys, network byte order; the
-    /// value is unused): destinations published ports are reachable on.
+    /// value holds [`super::HOST_ADDR`] and [`super::HOST_ADDR_GATEWAY`]
+    /// bits, host byte order): destinations published ports are reachable
+    /// on.
     pub const HOST_ADDRS: &str = "NP_HOST_ADDRS";
     /// [`super::PortTarget`] keyed by [`super::PortKey`]: ports published
     /// on one address of the host.
@@ -104,6 +106,15 @@ pub const MAX_INTERFACES: u32 = 4096;
 
 /// Capacity of [`maps::ENDPOINTS`] and [`maps::ENDPOINT_IFACES`].
 pub const MAX_ENDPOINTS: u32 = 4096;
+
+/// Bit of every [`maps::HOST_ADDRS`] value (all a value held before there
+/// were other bits).
+pub const HOST_ADDR: u32 = 1 << 0;
+/// Bit of a [`maps::HOST_ADDRS`] value: the gateway of one of netplane's
+/// networks, where the services the host runs for its endpoints (the
+/// embedded DNS) listen; the uplink reaches it through published ports
+/// only.
+pub const HOST_ADDR_GATEWAY: u32 = 1 << 1;
 
 /// Capacity of [`maps::HOST_ADDRS`].
 pub const MAX_HOST_ADDRS: u32 = 256;

@@ -29,8 +29,8 @@ use aya_ebpf::{
 use netplane_common::{
     abi::{
         AddrPair, CT_REPLY, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, DropReason, EndpointPort, FlowKey,
-        MASQUERADE_SLOT, NetConfig, PORT_FLAG_ALLOW_LIST, PortKey, PortTarget, PublishFromKey,
-        proto,
+        HOST_ADDR_GATEWAY, MASQUERADE_SLOT, NetConfig, PORT_FLAG_ALLOW_LIST, PortKey, PortTarget,
+        PublishFromKey, proto,
     },
     nat::{
         FirstPacket, FlowPair, add32, apply_diff, candidate_port, diff16, diff32, flow_entries,
@@ -534,6 +534,12 @@ fn open_to(target: &PortTarget, saddr: u32) -> Result<(), DropReason> {
 pub fn is_host_addr(addr: u32) -> bool {
     // SAFETY: only presence is read.
     unsafe { HOST_ADDRS.get(&addr).is_some() }
+}
+
+/// Whether `addr` is the gateway of one of netplane's networks.
+fn is_gateway(addr: u32) -> bool {
+    // SAFETY: a map value, read in place.
+    unsafe { HOST_ADDRS.get(&addr) }.is_some_and(|bits| bits & HOST_ADDR_GATEWAY != 0)
 }
 
 fn csum_err<T>(r: Result<T, i64>) -> Result<T, DropReason> {
@@ -1132,9 +1138,9 @@ fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         published(ip.daddr, ip.dport, ip.proto)
     };
     let Some(target) = target else {
-        // The gateway and the rest of the bridge's subnet serve the
-        // endpoints (the embedded DNS among them), not the uplink's side.
-        return if ip.daddr & cfg.mask_be == cfg.subnet_be {
+        // Gateways and the rest of the bridge's subnet serve the endpoints
+        // (the embedded DNS among them), not the uplink's side.
+        return if ip.daddr & cfg.mask_be == cfg.subnet_be || is_gateway(ip.daddr) {
             Err(DropReason::NotPublished)
         } else {
             Ok(TC_ACT_OK)

@@ -403,7 +403,14 @@ impl Daemon {
             .map(|(net, _)| net.addr())
             .filter(|a| !a.is_loopback())
             .collect();
-        self.dp().set_host_addrs(&addrs)
+        // The networks' gateways; an overlay without its lease yet has none.
+        let mut gateways = vec![self.net.gateway];
+        for net in self.store.networks()? {
+            if let Ok(on_host) = self.overlay_bridge_net(&net) {
+                gateways.push(on_host.gateway);
+            }
+        }
+        self.dp().set_host_addrs(&addrs, &gateways)
     }
 
     /// Serves `network`'s endpoints DNS on its gateway (`subnet`'s

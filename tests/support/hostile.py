@@ -171,8 +171,9 @@ def world(c):
             for p in (TCP(sport=33000, dport=80, flags="S"), UDP(sport=33001, dport=80), ICMP(type=8))
         ]
         + [
-            # The gateway's embedded DNS, asked from the uplink's side.
-            frame(c, dst=c["gateway_ip"]) / p
+            # The gateways' embedded DNS, asked from the uplink's side.
+            frame(c, dst=gateway) / p
+            for gateway in (c["gateway_ip"], c["overlay_gateway_ip"])
             for p in (UDP(sport=33002, dport=53) / DNS(rd=1, qd=DNSQR(qname="x")), TCP(sport=33003, dport=53, flags="S"), ICMP(type=8))
         ],
         "overlay_unknown_peer": [

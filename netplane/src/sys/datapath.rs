@@ -31,8 +31,8 @@ use aya_obj::generated::{BPF_NOEXIST, bpf_attr, bpf_cmd};
 use ipnet::Ipv4Net;
 use netplane_common::abi::{
     AddrPair, CtEntry, CtTimeouts, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey,
-    IfCounters, IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig, OverlayPeer, PortKey, PortTarget,
-    PublishFromKey, RuleDropKey, maps, programs,
+    HOST_ADDR, HOST_ADDR_GATEWAY, IfCounters, IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig,
+    OverlayPeer, PortKey, PortTarget, PublishFromKey, RuleDropKey, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -989,8 +989,19 @@ impl Datapath {
     }
 
     /// Replaces the set of the host's own addresses.
-    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
-        self.set_keys(maps::HOST_ADDRS, addrs.iter().map(|a| be(*a)).collect())
+    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr], gateways: &[Ipv4Addr]) -> Result<()> {
+        let entries = addrs
+            .iter()
+            .map(|a| {
+                let gateway = if gateways.contains(a) {
+                    HOST_ADDR_GATEWAY
+                } else {
+                    0
+                };
+                (be(*a), HOST_ADDR | gateway)
+            })
+            .collect();
+        self.set_entries(maps::HOST_ADDRS, entries)
     }
 
     /// Makes the set-like hash map `name` (values unused) hold exactly
