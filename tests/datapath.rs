@@ -828,3 +828,62 @@ fn a_full_table_reclaims_expired_flows_by_itself_and_never_live_ones() {
     assert_eq!(lab.drops(DropReason::CtFull), 1);
     assert_eq!(lab.dp.flows().unwrap().len(), 4);
 }
+
+#[test]
+fn masquerade_finds_the_last_free_ports_of_a_crowded_range() {
+    let mut lab = Lab::new(4096);
+    // A range of 64 ports, 48 of them taken towards the server.
+    let (min, max) = (41000u16, 41063u16);
+    let mut cfg = lab.cfg;
+    cfg.nat_port_min = min;
+    cfg.nat_port_max = max;
+    lab.dp.set_config(cfg).unwrap();
+    let mut taken = Vec::new();
+    for (i, port) in (min..)
+        .step_by(4)
+        .take(16)
+        .flat_map(|p| [p, p + 1, p + 2])
+        .enumerate()
+    {
+        let original = netplane_common::abi::FlowKey {
+            saddr_be: be(Ipv4Addr::new(10, 91, 0, i as u8 + 1)),
+            daddr_be: be(WORLD.into()),
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let translated = netplane_common::abi::FlowKey {
+            saddr_be: be(UPLINK.into()),
+            sport_be: port.to_be(),
+            ..original
+        };
+        let mut pair = netplane_common::nat::FlowPair::default();
+        netplane_common::nat::flow_entries(
+            &original,
+            &translated,
+            0,
+            0,
+            netplane_common::nat::FirstPacket::default(),
+            &mut pair,
+        );
+        taken.extend([(pair.fwd_key, pair.fwd), (pair.reply_key, pair.reply)]);
+    }
+    assert_eq!(taken.len(), 96);
+    lab.dp.insert_flows(&taken).unwrap();
+
+    // Twelve new flows (own ports outside the range, so each needs a
+    // pick): every one finds one of the 16 free ports, none twice.
+    let mut got = std::collections::BTreeSet::new();
+    for sport in 0..12u16 {
+        let (action, out) = lab.sent_by_endpoint(&tcp_syn(lab.endpoint_frame(), 2000 + sport, 80));
+        assert_eq!(action, TC_ACT_REDIRECT, "new flow {sport}");
+        let port = seen(&out).sport;
+        assert!(
+            (min..=max).contains(&port) && (port - min) % 4 == 3,
+            "{port}"
+        );
+        assert!(got.insert(port), "{port} twice");
+    }
+    assert_eq!(lab.drops(DropReason::NatPortsExhausted), 0);
+}
