@@ -1570,7 +1570,9 @@ impl Daemon {
             .route_subnet(net.subnet, bridge.index, &on_host.bridge, mtu)
             .await?;
         self.serve_dns(&net.name, on_host.subnet).await;
-        Ok(())
+        // Its gateway is closed to the uplink from now, not from the next
+        // housekeeping tick.
+        self.sync_host_addrs().await
     }
 
     /// Gives the bridge of `net` its gateway address and a MAC of its own,
