@@ -1015,9 +1015,18 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> I
 
 #[inline(always)]
 fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> Verdict {
+    let on_bridge = ip.daddr & cfg.mask_be == cfg.subnet_be;
+    // To another endpoint of the bridge: switched, not routed.
+    let switched = on_bridge && ip.daddr != cfg.gateway_be;
     if ip.ttl <= 1 {
-        // The stack answers "time exceeded" (traceroute's first hop).
-        return Ok(TC_ACT_OK);
+        // The stack answers "time exceeded" for what it would route
+        // (traceroute's first hop); what the bridge switches passes no
+        // router, and `--icc=false` holds for it whatever its TTL.
+        return if switched {
+            between_endpoints(cfg, ip)
+        } else {
+            Ok(TC_ACT_OK)
+        };
     }
     // Overlay traffic keeps its addresses: no tracking, no translation.
     if let Some(peer) = overlay::peer_of(cfg, ip.daddr) {
@@ -1032,19 +1041,8 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);
     }
-    let on_bridge = ip.daddr & cfg.mask_be == cfg.subnet_be;
-    if on_bridge && ip.daddr != cfg.gateway_be {
-        let pair = AddrPair {
-            src_be: ip.saddr,
-            dst_be: ip.daddr,
-        };
-        // SAFETY: only presence is read.
-        let linked = unsafe { LINKED.get(&pair).is_some() };
-        return if endpoint_traffic_allowed(cfg, ip.saddr, ip.daddr, linked) {
-            Ok(TC_ACT_OK)
-        } else {
-            Err(DropReason::IccDenied)
-        };
+    if switched {
+        return between_endpoints(cfg, ip);
     }
     if is_host_addr(ip.daddr) {
         if matches!(ip.proto, proto::TCP | proto::UDP)
@@ -1084,6 +1082,23 @@ fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> V
         return Ok(TC_ACT_OK);
     }
     under_rule(masquerade(ctx, cfg, ip, &route), MASQUERADE_SLOT)
+}
+
+/// A packet from one endpoint of the bridge to another: `--icc=false`,
+/// except `--link`ed pairs.
+#[inline(always)]
+fn between_endpoints(cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+    let pair = AddrPair {
+        src_be: ip.saddr,
+        dst_be: ip.daddr,
+    };
+    // SAFETY: only presence is read.
+    let linked = unsafe { LINKED.get(&pair).is_some() };
+    if endpoint_traffic_allowed(cfg, ip.saddr, ip.daddr, linked) {
+        Ok(TC_ACT_OK)
+    } else {
+        Err(DropReason::IccDenied)
+    }
 }
 
 /// A packet an endpoint sends out through the uplink, not of a flow yet:

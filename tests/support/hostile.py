@@ -119,9 +119,11 @@ def endpoint(c):
             for i in range(10)
         ],
         "icc_denied": [
-            frame(c, dst=c["victim_ip"]) / p
+            frame(c, dst=c["victim_ip"], ttl=ttl) / p
             for p in (TCP(dport=80, flags="S"), UDP(dport=53), ICMP(type=8))
-            for _ in range(3)
+            # TTL 1 and 0 too: switched, not routed, the bridge would
+            # deliver them whatever their TTL.
+            for ttl in (64, 64, 64, 1, 0)
         ],
         "truncated": truncated_shapes(c, world),
         "fragment": [
