@@ -573,3 +573,33 @@ fn the_api_is_root_only_and_survives_garbage() {
     assert_eq!(h.np_ok(&["ls", "--json"]), before);
     assert!(h.daemon_pid().is_some());
 }
+
+#[test]
+fn a_refused_create_leaves_the_namespace_it_did_not_make() {
+    let h = Host::new();
+    h.up(&[]);
+    // Someone else's namespace by the name asked for.
+    let taken = h.name("pre");
+    sh_ok(&format!("ip netns add {taken}"));
+    let err = h.np_err(&["create", &taken]);
+    assert!(err.contains("File exists"), "{err}");
+    assert!(
+        sh_ok("ip netns list")
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(taken.as_str())),
+        "{taken} is still there"
+    );
+    // The namespace the daemon itself runs in.
+    let err = h.np_err(&["create", &h.netns]);
+    assert!(err.contains("File exists"), "{err}");
+    assert!(
+        std::path::Path::new(&format!("/run/netns/{}", h.netns)).exists(),
+        "the host's namespace is still named"
+    );
+    let listed = h.np_ok(&["ls"]);
+    assert!(!listed.contains(&taken), "nothing recorded: {listed}");
+    // The daemon still works in its namespace.
+    let web = h.name("web");
+    h.np_ok(&["create", &web]);
+    assert!(h.pings(&web, &h.ip_of(&web)));
+}

@@ -633,7 +633,8 @@ impl Daemon {
         let steps = self.plan(ep)?;
         for (done, step) in steps.iter().enumerate() {
             if let Err(e) = self.apply(step).await {
-                for applied in steps[..=done].iter().rev() {
+                let half_done = step.undone_after_failure().then_some(step);
+                for applied in steps[..done].iter().chain(half_done).rev() {
                     if let Err(u) = self.undo(applied).await {
                         warn!("rolling back {}: {u}", ep.name);
                     }

@@ -217,6 +217,16 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// Whether a failed application of this step is to be undone too. Not
+    /// for naming a namespace: it fails when the name is taken, by
+    /// someone else's namespace (the daemon's own, even), and leaves
+    /// nothing of its own behind.
+    pub fn undone_after_failure(&self) -> bool {
+        !matches!(self, Step::Netns { .. } | Step::ShareNetns { .. })
+    }
+}
+
 /// The other endpoint and the alias of a `--link OTHER[:ALIAS]` spec.
 pub fn parse_link(spec: &str) -> (&str, &str) {
     spec.split_once(':').unwrap_or((spec, spec))
