@@ -603,3 +603,28 @@ fn a_refused_create_leaves_the_namespace_it_did_not_make() {
     h.np_ok(&["create", &web]);
     assert!(h.pings(&web, &h.ip_of(&web)));
 }
+
+#[test]
+fn rm_removes_the_files_it_wrote_in_etc_netns_and_keeps_the_users() {
+    let h = Host::new();
+    h.up(&[]);
+    let (web, bare) = (h.name("web"), h.name("bare"));
+    h.np_ok(&["create", &web]);
+    h.np_ok(&["create", &bare]);
+    let dir = format!("/etc/netns/{web}");
+    std::fs::write(format!("{dir}/nsswitch.conf"), "hosts: files dns\n").unwrap();
+    h.np_ok(&["rm", &web]);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        ["nsswitch.conf"],
+        "the user's file stays, netplane's go"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // With nothing of the user's in it, the directory goes too.
+    h.np_ok(&["rm", &bare]);
+    assert!(!std::path::Path::new(&format!("/etc/netns/{bare}")).exists());
+}

@@ -183,19 +183,37 @@ pub fn etc_dir(name: &str) -> PathBuf {
 pub fn write_etc_files(name: &str, hosts: &str, resolv: &str) -> Result<()> {
     let dir = etc_dir(name);
     fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.display(), e))?;
-    for (file, contents) in [("hosts", hosts), ("resolv.conf", resolv)] {
+    for (file, contents) in [(ETC_FILES[0], hosts), (ETC_FILES[1], resolv)] {
         let path = dir.join(file);
         fs::write(&path, contents).map_err(|e| Error::io("write", path.display(), e))?;
     }
     Ok(())
 }
 
-/// Removes /etc/netns/NAME; a missing directory is fine.
+/// The files of /etc/netns/NAME that netplane writes.
+const ETC_FILES: [&str; 2] = ["hosts", "resolv.conf"];
+
+/// Removes the files netplane wrote in /etc/netns/NAME, and the directory
+/// if nothing else is left in it: files a user put there stay. Missing
+/// ones are fine.
 pub fn remove_etc_files(name: &str) -> Result<()> {
     let dir = etc_dir(name);
-    match fs::remove_dir_all(&dir) {
+    for file in ETC_FILES {
+        let path = dir.join(file);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", path.display(), e)),
+        }
+    }
+    match fs::remove_dir(&dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::DirectoryNotEmpty =>
+        {
+            Ok(())
+        }
         Err(e) => Err(Error::io("remove", dir.display(), e)),
     }
 }
