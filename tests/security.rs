@@ -423,3 +423,24 @@ fn a_published_port_with_an_allow_list_takes_new_flows_from_it_only() {
         "nothing else was published"
     );
 }
+
+#[test]
+fn the_daemons_own_dns_port_is_not_published_over() {
+    let h = Host::new();
+    h.up(&[]);
+    let web = h.name("web");
+    h.np_ok(&["create", &web]);
+    // Published on every address, 53/udp would take the gateway's DNS
+    // from every endpoint.
+    let err = h.np_err(&["port", "add", &web, "53:53/udp"]);
+    assert!(
+        err.contains("53/udp") && err.contains("netplane"),
+        "names the port and the daemon: {err}"
+    );
+    let dug = h.in_endpoint(&web, &format!("dig +short +tries=1 +timeout=2 {web}"));
+    assert_eq!(
+        String::from_utf8_lossy(&dug.stdout).trim(),
+        h.ip_of(&web),
+        "the embedded DNS still answers"
+    );
+}
