@@ -628,3 +628,20 @@ fn rm_removes_the_files_it_wrote_in_etc_netns_and_keeps_the_users() {
     h.np_ok(&["rm", &bare]);
     assert!(!std::path::Path::new(&format!("/etc/netns/{bare}")).exists());
 }
+
+#[test]
+fn names_are_one_in_any_case_and_host_endpoints_take_no_hostname() {
+    let h = Host::new();
+    h.up(&[]);
+    let lower = h.name("caps");
+    h.np_ok(&["create", &lower]);
+    let err = h.np_err(&["create", &lower.to_uppercase()]);
+    assert!(
+        err.contains(&lower) && err.contains("already exists"),
+        "{err}"
+    );
+    let err = h.np_err(&["create", &h.name("hst"), "--net", "host", "--hostname", "x"]);
+    assert!(err.contains("--hostname"), "{err}");
+    let listed = h.np_ok(&["ls"]);
+    assert!(!listed.contains(&h.name("hst")), "{listed}");
+}

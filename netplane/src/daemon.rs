@@ -809,6 +809,9 @@ impl Daemon {
         endpoint::validate_name(&req.name)?;
         let mode: Mode = req.net.parse()?;
         if let Some(h) = &req.hostname {
+            if mode == Mode::Host {
+                return Err(Error::HostnameOfHost);
+            }
             endpoint::validate_name(h)?;
         }
         let specs = req

@@ -71,6 +71,9 @@ pub enum Error {
         /// The endpoint's mode.
         mode: String,
     },
+    /// `--hostname` for an endpoint in the host's namespace.
+    #[error("--hostname does not apply to --net host: processes there have the host's name")]
+    HostnameOfHost,
     /// `container:OTHER` where OTHER has no namespace of its own.
     #[error("endpoint {0} uses the host's namespace; container: needs one with its own")]
     NoNamespace(String),
@@ -275,6 +278,8 @@ impl Error {
                 | Error::SubnetOverlaps { .. }
                 | Error::NoFreeHostPort(_)
                 | Error::NoFreeSlot
+                | Error::BadSource(_)
+                | Error::HostnameOfHost
         )
     }
 

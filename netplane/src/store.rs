@@ -251,13 +251,16 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM endpoints WHERE name = ?1)",
-            [new.name],
-            |r| r.get(0),
-        )?;
-        if exists {
-            return Err(Error::EndpointExists(new.name.to_string()));
+        // DNS names know no case: one endpoint per name in any case.
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT name FROM endpoints WHERE name = ?1 COLLATE NOCASE",
+                [new.name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(existing) = existing {
+            return Err(Error::EndpointExists(existing));
         }
         let ip = match pool {
             Some(pool) => {
@@ -432,6 +435,10 @@ mod tests {
             .insert_endpoint(new("a", &Mode::None, None), None)
             .unwrap_err();
         assert_eq!(err, Error::EndpointExists("a".into()));
+        let err = store
+            .insert_endpoint(new("A", &Mode::None, None), None)
+            .unwrap_err();
+        assert_eq!(err, Error::EndpointExists("a".into()), "names know no case");
         store.delete_endpoint("a").unwrap();
         let c = store
             .insert_endpoint(new("c", &Mode::Bridge, None), Some(&pool))
