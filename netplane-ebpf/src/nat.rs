@@ -536,10 +536,10 @@ pub fn is_host_addr(addr: u32) -> bool {
     unsafe { HOST_ADDRS.get(&addr).is_some() }
 }
 
-/// Whether `addr` is the gateway of one of netplane's networks.
-fn is_gateway(addr: u32) -> bool {
-    // SAFETY: a map value, read in place.
-    unsafe { HOST_ADDRS.get(&addr) }.is_some_and(|bits| bits & HOST_ADDR_GATEWAY != 0)
+/// The `HOST_ADDR*` bits of `addr`, if it is an address of the host.
+fn host_addr_bits(addr: u32) -> Option<u32> {
+    // SAFETY: a map value, copied out.
+    unsafe { HOST_ADDRS.get(&addr).copied() }
 }
 
 fn csum_err<T>(r: Result<T, i64>) -> Result<T, DropReason> {
@@ -1144,18 +1144,19 @@ fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
         // Not a flow of the endpoint's: the stack would route it in.
         return Err(DropReason::NotPublished);
     }
-    let target = if ip.later_fragment
-        || !matches!(ip.proto, proto::TCP | proto::UDP)
-        || !is_host_addr(ip.daddr)
-    {
-        None
-    } else {
-        published(ip.daddr, ip.dport, ip.proto)
-    };
+    let host_bits = host_addr_bits(ip.daddr);
+    let target =
+        if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP) || host_bits.is_none()
+        {
+            None
+        } else {
+            published(ip.daddr, ip.dport, ip.proto)
+        };
     let Some(target) = target else {
         // Gateways and the rest of the bridge's subnet serve the endpoints
         // (the embedded DNS among them), not the uplink's side.
-        return if ip.daddr & cfg.mask_be == cfg.subnet_be || is_gateway(ip.daddr) {
+        let gateway = host_bits.is_some_and(|bits| bits & HOST_ADDR_GATEWAY != 0);
+        return if ip.daddr & cfg.mask_be == cfg.subnet_be || gateway {
             Err(DropReason::NotPublished)
         } else {
             Ok(TC_ACT_OK)
