@@ -168,6 +168,7 @@ impl Daemon {
     /// did if a step fails.
     pub async fn start(cfg: Config) -> Result<Self> {
         let lock = DaemonLock::acquire()?;
+        ports::allow_held_ports()?;
         for dir in [&cfg.state_dir, &cfg.run_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
         }

@@ -67,6 +67,36 @@ impl Reservations {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit: every
+/// published host port is a held socket, and a soft limit of 1,024 (a
+/// service manager's default) would refuse ports past about a thousand.
+pub fn allow_held_ports() -> Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(Error::io(
+            "read the open files limit",
+            "RLIMIT_NOFILE",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit, which `limit` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(Error::io(
+                "raise the open files limit",
+                "RLIMIT_NOFILE",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that no host socket uses a host port of `port`, without holding
 /// it: `-p` refuses such a port, and picks another for `-p CPORT`.
 pub fn check_free(port: &PublishedPort) -> Result<()> {
