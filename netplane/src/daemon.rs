@@ -217,12 +217,7 @@ impl Daemon {
                 let in_use = rtnl
                     .networks_in_use(existing_bridge.as_ref().map(|b| b.index))
                     .await?;
-                if let Some(other) = in_use.iter().find(|u| ipam::overlaps(&want, u)) {
-                    return Err(Error::SubnetOverlaps {
-                        subnet: want,
-                        other: *other,
-                    });
-                }
+                ipam::check_subnet(want, &in_use)?;
                 want
             }
             (None, None) => {
@@ -1400,6 +1395,14 @@ impl Daemon {
             name: req.name,
             subnet: req.subnet.trunc(),
         };
+        if let Some(other) = self.overlay_named(&net.name) {
+            return Err(Error::NetworkExists {
+                name: net.name,
+                vni: net.vni,
+                other,
+            });
+        }
+        Self::check_overlay_subnet(&self.rtnl, &net, self.subnets_besides(&net)?).await?;
         if self.cfg.store.is_some() {
             // Every host, this one included, takes it up from the store.
             if let Some(other) = self.connected()?.create_network(&net).await? {
@@ -1426,6 +1429,41 @@ impl Daemon {
         }
         info!(network = %net.name, vni = net.vni, lease = %on_host.subnet.trunc(), "overlay created");
         self.network(&net.name)
+    }
+
+    /// The overlay network, here or elsewhere in the cluster, named `name`
+    /// in any case.
+    fn overlay_named(&self, name: &str) -> Option<String> {
+        let here = self.store.networks().ok()?.into_iter().map(|n| n.name);
+        let cluster = self.view.iter().flat_map(|v| v.networks.keys().cloned());
+        here.chain(cluster).find(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The subnets of the bridge network and of every overlay but `net`.
+    fn subnets_besides(&self, net: &StoredNetwork) -> Result<Vec<Ipv4Net>> {
+        let overlays = self.store.networks()?;
+        Ok(std::iter::once(self.net.subnet.trunc())
+            .chain(
+                overlays
+                    .iter()
+                    .chain(self.view.iter().flat_map(|v| v.networks.values()))
+                    .filter(|other| other.name != net.name)
+                    .map(|other| other.subnet),
+            )
+            .collect())
+    }
+
+    /// Refuses an overlay whose subnet overlaps a route or an address of
+    /// this host, or another network (`networks`): its route would replace
+    /// theirs, and removing it would take theirs away. (Takes the netlink
+    /// handle, not `&self`: API futures must be `Send`.)
+    async fn check_overlay_subnet(
+        rtnl: &Rtnl,
+        net: &StoredNetwork,
+        mut networks: Vec<Ipv4Net>,
+    ) -> Result<()> {
+        networks.extend(rtnl.networks_in_use(None).await?);
+        Ok(ipam::check_subnet(net.subnet, &networks)?)
     }
 
     /// Removes an overlay network that has no endpoints.
@@ -1546,7 +1584,12 @@ impl Daemon {
                 continue;
             };
             if self.store.network_lease(&net.name)?.is_none() {
-                if let Err(e) = self.store.insert_network(net) {
+                let others = self.subnets_besides(net)?;
+                let refused = match Self::check_overlay_subnet(&self.rtnl, net, others).await {
+                    Ok(()) => self.store.insert_network(net),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = refused {
                     warn!(network = %net.name, "cannot take up the network: {e}");
                     continue;
                 }

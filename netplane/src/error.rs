@@ -2,9 +2,10 @@
 
 use std::{io, net::Ipv4Addr, path::PathBuf};
 
-use ipnet::Ipv4Net;
-
-use crate::{ipam::LeaseError, portspec::PortSpecError};
+use crate::{
+    ipam::{LeaseError, SubnetError},
+    portspec::PortSpecError,
+};
 
 /// What went wrong, by kind, so the API can answer with the right status.
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +122,9 @@ pub enum Error {
     /// A `-p` host address is not an address of this host.
     #[error("host address {0} in -p is not an address of this host")]
     HostIpNotLocal(Ipv4Addr),
-    /// `--subnet` overlaps something on the host.
-    #[error("subnet {subnet} overlaps {other} already in use on this host")]
-    SubnetOverlaps {
-        /// Requested subnet.
-        subnet: Ipv4Net,
-        /// The route or address it overlaps.
-        other: Ipv4Net,
-    },
+    /// A subnet asked for cannot be given to a network here.
+    #[error(transparent)]
+    Subnet(#[from] SubnetError),
     /// No default pool is free.
     #[error("no free subnet in the default pools; pass --subnet")]
     NoFreeSubnet,
@@ -275,7 +271,8 @@ impl Error {
                 | Error::NotApplicable { .. }
                 | Error::NoNamespace(_)
                 | Error::HostIpNotLocal(_)
-                | Error::SubnetOverlaps { .. }
+                | Error::Subnet(_)
+                | Error::Overlay(_)
                 | Error::NoFreeHostPort(_)
                 | Error::NoFreeSlot
                 | Error::BadSource(_)
@@ -302,6 +299,10 @@ impl Error {
                 | Error::PortInUse { .. }
                 | Error::HostPortInUse { .. }
                 | Error::Foreign(_)
+        ) || matches!(
+            self,
+            Error::Store(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation
         )
     }
 }

@@ -20,6 +20,61 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// Ranges no network of endpoints may take (RFC 6890): "this network",
+/// loopback, link-local, and multicast with the reserved space above it.
+const SPECIAL_PURPOSE: [(&str, &str); 4] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/3", "multicast and reserved"),
+];
+
+/// Why a subnet cannot be given to a network on this host.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetError {
+    /// It shares addresses with a route, an address or another network.
+    #[error("subnet {subnet} overlaps {other} already in use on this host")]
+    Overlaps {
+        /// Requested subnet.
+        subnet: Ipv4Net,
+        /// What it overlaps.
+        other: Ipv4Net,
+    },
+    /// It reaches into a special-purpose range.
+    #[error("subnet {subnet} overlaps {range}, the {purpose} range")]
+    SpecialPurpose {
+        /// Requested subnet.
+        subnet: Ipv4Net,
+        /// The range.
+        range: Ipv4Net,
+        /// What the range is for.
+        purpose: &'static str,
+    },
+}
+
+/// Checks that `want` overlaps neither a special-purpose range nor any of
+/// the networks `in_use` (routes, addresses and networks of the host).
+pub fn check_subnet(want: Ipv4Net, in_use: &[Ipv4Net]) -> Result<(), SubnetError> {
+    let want = want.trunc();
+    for (range, purpose) in SPECIAL_PURPOSE {
+        let range: Ipv4Net = range.parse().expect("a valid range");
+        if overlaps(&want, &range) {
+            return Err(SubnetError::SpecialPurpose {
+                subnet: want,
+                range,
+                purpose,
+            });
+        }
+    }
+    match in_use.iter().find(|u| overlaps(&want, u)) {
+        Some(other) => Err(SubnetError::Overlaps {
+            subnet: want,
+            other: *other,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The first pool that overlaps none of the networks in use on the host.
 pub fn pick_subnet(
     pools: impl IntoIterator<Item = Ipv4Net>,
@@ -110,6 +165,42 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_subnet_is_refused_over_routes_addresses_and_special_ranges() {
+        let in_use = [net("172.17.0.0/16"), net("10.0.2.0/24")];
+        assert_eq!(check_subnet(net("10.20.0.0/16"), &in_use), Ok(()));
+        for (want, other) in [
+            ("172.17.0.0/16", "172.17.0.0/16"),
+            ("172.17.5.0/24", "172.17.0.0/16"),
+            ("172.16.0.0/12", "172.17.0.0/16"),
+            ("10.0.0.0/8", "10.0.2.0/24"),
+        ] {
+            assert_eq!(
+                check_subnet(net(want), &in_use),
+                Err(SubnetError::Overlaps {
+                    subnet: net(want),
+                    other: net(other)
+                }),
+                "{want}"
+            );
+        }
+        for (want, range) in [
+            ("0.0.0.0/0", "0.0.0.0/8"),
+            ("127.0.0.0/24", "127.0.0.0/8"),
+            ("169.254.1.0/24", "169.254.0.0/16"),
+            ("239.1.0.0/16", "224.0.0.0/3"),
+            ("240.0.0.0/8", "224.0.0.0/3"),
+        ] {
+            assert!(
+                matches!(
+                    check_subnet(net(want), &[]),
+                    Err(SubnetError::SpecialPurpose { range: r, .. }) if r == net(range)
+                ),
+                "{want}"
+            );
+        }
     }
 
     #[test]

@@ -264,7 +264,7 @@ impl Store {
         }
         let ip = match pool {
             Some(pool) => {
-                let leased = leased(&tx, new.mode)?;
+                let leased = leased(&tx)?;
                 Some(match new.ip {
                     Some(ip) => pool.check(ip, &leased).map(|()| ip)?,
                     None => pool.next_free(&leased)?,
@@ -378,12 +378,12 @@ impl Store {
 
 /// The addresses leased to endpoints attached in `mode` (the bridge, or an
 /// overlay network).
-fn leased(tx: &rusqlite::Transaction<'_>, mode: &Mode) -> Result<BTreeSet<Ipv4Addr>> {
-    let mut stmt =
-        tx.prepare("SELECT name, ip FROM endpoints WHERE ip IS NOT NULL AND mode = ?1")?;
-    let ips = stmt.query_map([mode.to_string()], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
+/// Every leased address, of any network: addresses are unique across
+/// networks (the table says so), so a lease in one network's pool must not
+/// be another network's endpoint's.
+fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
+    let mut stmt = tx.prepare("SELECT name, ip FROM endpoints WHERE ip IS NOT NULL")?;
+    let ips = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     ips.map(|row| {
         let (name, ip) = row?;
         ip.parse().map_err(|_| corrupt("ip", "endpoint", &name))

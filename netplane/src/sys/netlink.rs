@@ -287,7 +287,8 @@ impl Rtnl {
     }
 
     /// Routes `subnet` to the device `index` (named `ifname`) with path MTU
-    /// `mtu`, replacing a route there was.
+    /// `mtu`, replacing the route there was only if it was to that device:
+    /// a route to `subnet` through anything else is not netplane's to take.
     pub async fn route_subnet(
         &self,
         subnet: Ipv4Net,
@@ -295,6 +296,16 @@ impl Rtnl {
         ifname: &str,
         mtu: u32,
     ) -> Result<()> {
+        if self
+            .routes()
+            .await?
+            .iter()
+            .any(|(dst, oif)| *dst == subnet && *oif != Some(index))
+        {
+            return Err(Error::Foreign(format!(
+                "route to {subnet} (not through {ifname})"
+            )));
+        }
         let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(subnet.network(), subnet.prefix_len())
             .output_interface(index)
