@@ -16,6 +16,19 @@ fn status(h: &Host, method: &str, path: &str, body: &str) -> u16 {
     code.trim().parse().unwrap()
 }
 
+/// Whether process `pid` runs: exists and is no zombie waiting for
+/// whoever adopted it to reap it.
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
 fn routes(h: &Host) -> String {
     h.in_host("ip route show table all")
 }
@@ -90,4 +103,113 @@ fn overlay_subnets_never_take_the_hosts_routes_and_bad_ones_are_4xx() {
     assert_eq!(status(&h, "POST", "/v1/endpoints", &body), 400);
     let err = h.np_err(&["create", &h.name("second"), "--ip", &ip]);
     assert!(err.contains(&ip) && err.contains("already leased"), "{err}");
+}
+
+#[test]
+fn removing_an_endpoint_kills_what_runs_in_it_and_down_does_too() {
+    let h = Host::new();
+    h.up(&[]);
+    let (web, other) = (h.name("web"), h.name("other"));
+    h.np_ok(&["create", &web]);
+    h.np_ok(&["create", &other]);
+    // Started outside netplane, as a user's `ip netns exec` would; setsid
+    // makes its parent not matter.
+    let pid_in = |name: &str| {
+        sh_ok(&format!(
+            "ip netns exec {name} setsid sleep 1000 >/dev/null 2>&1 & echo $!; sleep 0.3"
+        ))
+        .trim()
+        .to_string()
+    };
+    let sleeper = sh_ok(&format!(
+        "ip netns exec {web} setsid sh -c 'sleep 1000 & sleep 1000' >/dev/null 2>&1 & sleep 0.3; \
+         ip netns pids {web}"
+    ));
+    let sleepers: Vec<&str> = sleeper.split_whitespace().collect();
+    assert!(sleepers.len() >= 2, "two sleepers in {web}: {sleeper}");
+    let out = h.np(&["rm", &web]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    for pid in &sleepers {
+        assert!(said.contains(&format!("(pid {pid})")), "{said}");
+        assert!(!alive(pid), "{pid} is gone");
+    }
+    let pid = pid_in(&other);
+    assert!(alive(&pid));
+    h.down();
+    assert!(!alive(&pid), "down killed {pid}");
+}
+
+#[test]
+fn down_after_kill_9_removes_what_the_state_records() {
+    let h = Host::new();
+    let before = h.residue();
+    h.up(&[]);
+    let (web, bare) = (h.name("web"), h.name("bare"));
+    h.np_ok(&["create", &web, "-p", "8080:80"]);
+    h.np_ok(&["create", &bare, "--net", "none"]);
+    let pid = sh_ok(&format!(
+        "ip netns exec {web} setsid sleep 1000 >/dev/null 2>&1 & echo $!"
+    ));
+    let pid = pid.trim();
+    h.kill_daemon();
+    assert_ne!(h.residue(), before);
+    let out = h.down_cmd().output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("no netplane daemon was running"), "{said}");
+    assert_eq!(h.residue(), before, "nothing is left");
+    assert!(!alive(pid), "the process in {web} was killed");
+    // Again: nothing left to remove, and it says so.
+    let out = h.down_cmd().output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("nothing to remove"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_second_up_leaves_the_running_daemon_and_its_log_alone() {
+    let h = Host::new();
+    h.up(&[]);
+    let pid = h.daemon_pid().unwrap();
+    let log = h.log();
+    let out = h.up_cmd(&["--detach"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("already runs") && said.contains(&format!("pid {pid}")),
+        "{said}"
+    );
+    let after = h.log();
+    assert!(
+        after.starts_with(&log) && !after.contains('\0'),
+        "the log is as it was: {after:?}"
+    );
+    assert_eq!(h.daemon_pid(), Some(pid));
+    h.np_ok(&["ls"]);
+}
+
+#[test]
+fn up_as_another_user_says_it_needs_root_and_makes_nothing() {
+    let h = Host::new();
+    let bin = h.run_dir().with_file_name("netplane-user");
+    std::fs::copy(env!("CARGO_BIN_EXE_netplane"), &bin).unwrap();
+    let base = bin.parent().unwrap();
+    sh_ok(&format!("chmod 755 {} {}", base.display(), bin.display()));
+    let state = base.join("user-state");
+    for detach in ["", "--detach"] {
+        let out = support::sh(&format!(
+            "runuser -u nobody -- {} up --state-dir {} --run-dir {} --bpffs {} {detach}",
+            bin.display(),
+            state.join("lib").display(),
+            state.join("run").display(),
+            state.join("bpf").display(),
+        ));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(said.contains("needs root"), "{said}");
+        assert!(!state.exists(), "nothing made under {}", state.display());
+    }
 }

@@ -170,8 +170,20 @@ fn none_container_and_host_modes() {
         "host mode sees the host: {host_links}"
     );
 
-    // Removing the namespace's owner removes the endpoint sharing it.
-    h.np_ok(&["rm", &a]);
+    // The namespace's owner goes only with the endpoint sharing it, and
+    // only when forced, as `docker rm` refuses a container others join.
+    let err = h.np_err(&["rm", &a]);
+    assert!(
+        err.contains(&c) && err.contains("rm -f"),
+        "refusal names {c}: {err}"
+    );
+    assert!(h.pings(&c, &ip_a), "{a} and {c} are still there");
+    let gone = h.np_ok(&["rm", "-f", &a]);
+    assert_eq!(
+        gone.lines().collect::<Vec<_>>(),
+        [c.as_str(), a.as_str()],
+        "rm -f names what went"
+    );
     let ls = h.np_ok(&["ls", "--json"]);
     assert!(!ls.contains(&format!("\"{c}\"")), "{c} went with {a}: {ls}");
     assert!(!h.own_netns().contains(&c) && !h.own_netns().contains(&a));

@@ -311,6 +311,25 @@ pub struct Flushed {
     pub flows: usize,
 }
 
+/// `DELETE /v1/endpoints/NAME`: what went with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Removed {
+    /// The endpoints removed: the one named last, after those that shared
+    /// its namespace (`--net container:NAME`, with `force`).
+    pub endpoints: Vec<String>,
+    /// The processes killed in its namespace ("COMM (pid N)").
+    pub killed: Vec<String>,
+}
+
+/// Query of `DELETE /v1/endpoints/NAME`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RemoveQuery {
+    /// Remove the endpoints sharing its namespace too.
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

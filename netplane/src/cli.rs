@@ -19,12 +19,13 @@ use netplane_common::abi::DEFAULT_CT_MAX;
 use crate::{
     api::{
         CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowFilter,
-        FlowInfo, FlowTuple, Flushed, NatTable, NetworkInfo, PortInfo, PortRequest, Stats,
+        FlowInfo, FlowTuple, Flushed, NatTable, NetworkInfo, PortInfo, PortRequest, RemoveQuery,
+        Removed, Stats,
     },
     client::Client,
     cluster::{self, StoreUrl},
     conntrack::Timeouts,
-    daemon::{Config, Daemon},
+    daemon::{Config, DEFAULT_BRIDGE, Daemon},
     monitor::{self, MonitorFilter, MonitorRecord},
     server,
     sys::exec,
@@ -51,8 +52,9 @@ pub struct Cli {
 enum Command {
     /// Start the daemon for this network namespace.
     Up(UpArgs),
-    /// Stop the daemon and remove everything it created.
-    Down,
+    /// Stop the daemon and remove everything it created, and what one that
+    /// no longer runs left (after a kill -9, from its state and pins).
+    Down(StateArgs),
     /// The running daemon: its process, namespace, bridge, uplink, subnet
     /// and how its programs hang on interfaces (tcx or clsact), as JSON.
     Info,
@@ -88,10 +90,15 @@ enum Command {
         /// Endpoint name.
         name: String,
     },
-    /// Remove an endpoint.
+    /// Remove endpoints, killing the processes in their namespaces.
     Rm {
-        /// Endpoint name.
-        name: String,
+        /// Also remove the endpoints that share their namespaces
+        /// (`--net container:NAME`).
+        #[arg(short, long)]
+        force: bool,
+        /// Endpoint names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Networks.
     #[command(subcommand)]
@@ -218,10 +225,21 @@ enum NetworkCommand {
     },
 }
 
+/// Where a daemon keeps what outlives it.
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// State directory.
+    #[arg(long, default_value = "/var/lib/netplane")]
+    state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, default_value = "/sys/fs/bpf/netplane")]
+    bpffs: PathBuf,
+}
+
 #[derive(Debug, Args)]
 struct UpArgs {
     /// Bridge device.
-    #[arg(long, default_value = "np0")]
+    #[arg(long, default_value = DEFAULT_BRIDGE)]
     bridge: String,
     /// Bridge subnet (default: the first of Docker's pools that is free).
     #[arg(long)]
@@ -232,12 +250,8 @@ struct UpArgs {
     /// Whether endpoints may talk to each other.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     icc: bool,
-    /// State directory.
-    #[arg(long, default_value = "/var/lib/netplane")]
-    state_dir: PathBuf,
-    /// bpffs directory for pinned maps and links.
-    #[arg(long, default_value = "/sys/fs/bpf/netplane")]
-    bpffs: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
     /// Return once the API is ready, leaving the daemon running.
     #[arg(long)]
     detach: bool,
@@ -362,9 +376,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Refuses, before anything is made, what only root can do.
+fn need_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "netplane {what} needs root: it makes network namespaces, links, \
+             routes and eBPF programs"
+        );
+    }
+    Ok(())
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(&cli.run_dir);
     let rt = runtime()?;
+    if matches!(cli.command, Command::Up(_)) {
+        need_root("up")?;
+    }
     match cli.command {
         Command::Up(args) if args.detach => detach(&cli.run_dir, &client, &rt),
         Command::Up(args) => {
@@ -376,9 +404,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 subnet: args.subnet,
                 uplink: args.uplink,
                 icc: args.icc,
-                state_dir: args.state_dir,
+                state_dir: args.state.state_dir,
                 run_dir: cli.run_dir,
-                bpffs: args.bpffs,
+                bpffs: args.state.bpffs,
                 peers: args.peers,
                 store: args.store,
                 store_ttl: Duration::from_secs(args.store_ttl),
@@ -395,8 +423,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Down => {
+        Command::Down(_) if client.daemon_listens() => {
             rt.block_on(client.act(Method::POST, "/v1/down"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down(state) => {
+            need_root("down")?;
+            init_tracing();
+            let cfg = Config::defaults(state.state_dir, cli.run_dir, state.bpffs);
+            let dir = cfg.state_dir.display().to_string();
+            if rt.block_on(Daemon::down_from_state(cfg))? {
+                eprintln!(
+                    "no netplane daemon was running; removed what the state in {dir} recorded"
+                );
+            } else {
+                eprintln!(
+                    "no netplane daemon is running, and {dir} holds no state: nothing to remove"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Info => {
@@ -415,7 +459,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let daemon: DaemonInfo = rt.block_on(client.get("/v1/info"))?;
             let status = exec::run(&target(&info, &daemon), &cmd);
             if rm {
-                rt.block_on(client.act(Method::DELETE, &format!("/v1/endpoints/{}", info.name)))?;
+                rt.block_on(client.delete::<Removed>(&format!("/v1/endpoints/{}", info.name)))?;
             }
             Ok(exit_code(status?))
         }
@@ -460,10 +504,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rm { name } => {
-            rt.block_on(client.act(Method::DELETE, &format!("/v1/endpoints/{name}")))?;
-            println!("{name}");
-            Ok(ExitCode::SUCCESS)
+        Command::Rm { force, names } => {
+            // Like `docker rm`: every name is tried, and any failure fails.
+            let mut failed = false;
+            for name in names {
+                let query = serde_urlencoded::to_string(RemoveQuery { force })?;
+                match rt
+                    .block_on(client.delete::<Removed>(&format!("/v1/endpoints/{name}?{query}")))
+                {
+                    Ok(removed) => {
+                        for process in &removed.killed {
+                            eprintln!("killed {process}");
+                        }
+                        for endpoint in &removed.endpoints {
+                            println!("{endpoint}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("netplane: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Network(NetworkCommand::Ls) => {
             let nets: Vec<NetworkInfo> = rt.block_on(client.get("/v1/networks"))?;
@@ -750,6 +817,19 @@ fn detach(
     client: &Client,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<ExitCode> {
+    // The running daemon's log and socket are left as they are.
+    if client.daemon_listens() {
+        let pid = rt
+            .block_on(client.get::<DaemonInfo>("/v1/info"))
+            .map_or_else(
+                |_| "its pid unknown".to_string(),
+                |i| format!("pid {}", i.pid),
+            );
+        bail!(
+            "a netplane daemon already runs here ({pid}, API in {}); `netplane down` stops it",
+            run_dir.display()
+        );
+    }
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let log_path = run_dir.join("netplane.log");
     let log = std::fs::File::create(&log_path)

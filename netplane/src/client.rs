@@ -26,6 +26,16 @@ impl Client {
         }
     }
 
+    /// Whether a daemon is behind the API socket: one accepts connections,
+    /// or the socket is there but not this user's to use.
+    pub fn daemon_listens(&self) -> bool {
+        use std::io::ErrorKind::{ConnectionRefused, NotFound};
+        match std::os::unix::net::UnixStream::connect(&self.socket) {
+            Ok(_) => true,
+            Err(e) => !matches!(e.kind(), NotFound | ConnectionRefused),
+        }
+    }
+
     async fn call(
         &self,
         method: Method,

@@ -25,7 +25,7 @@ use crate::{
     api::{
         CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowInfo,
         HostBinding, InterfaceStats, NatRule, NatTable, NetworkInfo, NetworkSettings, PeerInfo,
-        PortInfo, Stats,
+        PortInfo, Removed, Stats,
     },
     cluster::{ClusterError, ClusterView, Session, StoreUrl},
     conntrack::{self, Timeouts},
@@ -104,7 +104,30 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
 }
 
+/// The bridge `up` makes unless told otherwise.
+pub const DEFAULT_BRIDGE: &str = "np0";
+
 impl Config {
+    /// `up`'s defaults, with the given directories.
+    pub fn defaults(state_dir: PathBuf, run_dir: PathBuf, bpffs: PathBuf) -> Self {
+        Config {
+            bridge: DEFAULT_BRIDGE.into(),
+            subnet: None,
+            uplink: None,
+            icc: true,
+            state_dir,
+            run_dir,
+            bpffs,
+            ct_max: netplane_common::abi::DEFAULT_CT_MAX,
+            timeouts: Timeouts::default(),
+            peers: Vec::new(),
+            store: None,
+            store_ttl: crate::cluster::DEFAULT_TTL,
+            dns: Vec::new(),
+            metrics: None,
+        }
+    }
+
     /// Path of the API socket.
     pub fn socket(run_dir: &Path) -> PathBuf {
         run_dir.join("netplane.sock")
@@ -1081,26 +1104,62 @@ impl Daemon {
         })
     }
 
-    /// Removes an endpoint and every endpoint sharing its namespace.
-    pub async fn remove(&mut self, name: &str) -> Result<()> {
+    /// Removes an endpoint, killing the processes in its namespace as
+    /// removing a container does. Endpoints sharing its namespace are
+    /// removed first with `force`, and refused without.
+    pub async fn remove(&mut self, name: &str, force: bool) -> Result<Removed> {
         let records = self.store.endpoints()?;
         let rec = records
             .iter()
             .find(|r| r.ep.name == name)
             .ok_or_else(|| Error::EndpointNotFound(name.into()))?;
-        for dependent in records
+        let dependents: Vec<&str> = records
             .iter()
             .filter(|r| r.ep.mode == Mode::Container(name.to_string()))
-        {
-            Box::pin(self.remove(&dependent.ep.name)).await?;
+            .map(|r| r.ep.name.as_str())
+            .collect();
+        if !dependents.is_empty() && !force {
+            return Err(Error::HasDependents {
+                endpoint: name.to_string(),
+                dependents: dependents.join(", "),
+            });
+        }
+        let mut removed = Removed::default();
+        for dependent in dependents {
+            let gone = Box::pin(self.remove(dependent, true)).await?;
+            removed.endpoints.extend(gone.endpoints);
+            removed.killed.extend(gone.killed);
         }
         self.store.set_state(name, State::Removing)?;
+        if rec.ep.mode.owns_netns() {
+            for process in netns::kill_all(name)? {
+                info!(endpoint = %name, %process, "killed");
+                removed.killed.push(process.to_string());
+            }
+        }
         self.teardown(&rec.ep).await?;
         self.store.delete_endpoint(name)?;
         self.sync_linked()?;
         self.sync_zones()?;
         info!(endpoint = %name, "removed");
-        Ok(())
+        removed.endpoints.push(name.to_string());
+        Ok(removed)
+    }
+
+    /// `netplane down` with no daemon running (killed, or the host
+    /// rebooted): takes up what the state in `cfg.state_dir` and the pins
+    /// record, as `up` would, then removes all of it. `false` when there is
+    /// no state to remove.
+    pub async fn down_from_state(mut cfg: Config) -> Result<bool> {
+        let db = cfg.db();
+        if !db.exists() {
+            return Ok(false);
+        }
+        if let Some(bridge) = Store::open(&db)?.meta(meta::BRIDGE)? {
+            cfg.bridge = bridge;
+        }
+        Self::start(cfg).await?.down().await?;
+        Ok(true)
     }
 
     /// Removes everything netplane created and forgets it: `netplane down`.
@@ -1114,7 +1173,7 @@ impl Daemon {
         };
         for rec in self.store.endpoints()? {
             if self.store.endpoint(&rec.ep.name).is_ok() {
-                let r = self.remove(&rec.ep.name).await;
+                let r = self.remove(&rec.ep.name, true).await.map(drop);
                 note(r);
             }
         }

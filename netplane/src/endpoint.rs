@@ -39,6 +39,12 @@ impl Mode {
     pub fn has_veth(&self) -> bool {
         matches!(self, Mode::Bridge | Mode::Network(_))
     }
+
+    /// Whether the endpoint's namespace is its own: made with it, gone
+    /// with it.
+    pub fn owns_netns(&self) -> bool {
+        !matches!(self, Mode::Host | Mode::Container(_))
+    }
 }
 
 impl FromStr for Mode {

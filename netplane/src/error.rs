@@ -16,6 +16,17 @@ pub enum Error {
     /// An endpoint of that name exists.
     #[error("endpoint {0} already exists")]
     EndpointExists(String),
+    /// Endpoints share the namespace of the one to remove.
+    #[error(
+        "endpoint {endpoint} is the namespace of {dependents} (--net container:{endpoint}): \
+         remove them first, or rm -f to remove them with it"
+    )]
+    HasDependents {
+        /// The endpoint to remove.
+        endpoint: String,
+        /// Those sharing its namespace, comma-separated.
+        dependents: String,
+    },
     /// No endpoint of that name.
     #[error("endpoint {0} not found")]
     EndpointNotFound(String),
@@ -299,6 +310,7 @@ impl Error {
                 | Error::PortInUse { .. }
                 | Error::HostPortInUse { .. }
                 | Error::Foreign(_)
+                | Error::HasDependents { .. }
         ) || matches!(
             self,
             Error::Store(rusqlite::Error::SqliteFailure(e, _))

@@ -16,7 +16,9 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest},
+    api::{
+        CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
+    },
     cluster,
     daemon::{Config, Daemon},
     error::Error,
@@ -125,12 +127,13 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             get(async |State(s): State<Shared>, Path(n): Path<String>| {
                 with(&s, async |d| d.inspect(&n).map(Json)).await
             })
-            .delete(async |State(s): State<Shared>, Path(n): Path<String>| {
-                with(&s, async |d| {
-                    d.remove(&n).await.map(|()| StatusCode::NO_CONTENT)
-                })
-                .await
-            }),
+            .delete(
+                async |State(s): State<Shared>,
+                       Path(n): Path<String>,
+                       Query(q): Query<RemoveQuery>| {
+                    with(&s, async |d| d.remove(&n, q.force).await.map(Json)).await
+                },
+            ),
         )
         .route(
             "/v1/endpoints/{name}/ports",

@@ -374,9 +374,30 @@ impl Host {
         );
     }
 
+    /// `netplane down` in the host's namespace with its directories: with
+    /// no daemon running it removes what this host's state records.
+    pub fn down_cmd(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(env!("CARGO_BIN_EXE_netplane"))
+            .arg("down")
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--bpffs")
+            .arg(self.dir.join("bpf"))
+            .env("NETPLANE_RUN_DIR", self.run_dir());
+        c
+    }
+
     /// `netplane down`, and waits for the daemon to exit.
     pub fn down(&self) {
-        self.np_ok(&["down"]);
+        let out = self.down_cmd().output().unwrap();
+        assert!(
+            out.status.success(),
+            "down: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
         assert!(
             retry(|| self.daemon_pid().is_none().then_some(())).is_some(),
             "the daemon exits after down"
@@ -611,7 +632,7 @@ fn nix_uid_is_root() -> bool {
 impl Drop for Host {
     fn drop(&mut self) {
         if let Some(pid) = self.daemon_pid() {
-            let _ = self.np(&["down"]);
+            let _ = self.down_cmd().output();
             let _ = sh(&format!("kill -9 {pid} 2>/dev/null"));
         }
         for ns in self.own_netns() {

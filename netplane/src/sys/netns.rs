@@ -155,6 +155,75 @@ pub fn delete(name: &str) -> Result<()> {
     }
 }
 
+/// A process, as removing an endpoint reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Process id.
+    pub pid: i32,
+    /// Its command name (/proc/PID/comm).
+    pub comm: String,
+}
+
+impl std::fmt::Display for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.comm, self.pid)
+    }
+}
+
+/// The processes whose network namespace is the one named at `path`.
+fn processes_in(path: &Path) -> Result<Vec<Process>> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = fs::metadata(path).map_err(|e| Error::io("stat", path.display(), e))?;
+    let procs = fs::read_dir("/proc").map_err(|e| Error::io("list", "/proc", e))?;
+    Ok(procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // Gone since the listing, or a kernel thread: not in it.
+            fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| m.dev() == ns.dev() && m.ino() == ns.ino())
+        })
+        .map(|pid| Process {
+            pid,
+            comm: fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end().to_string())
+                .unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Kills every process in the namespace named `name`, as removing a
+/// container does, so that none is left in a namespace nobody can name;
+/// returns them. Rounds of SIGKILL catch children forked meanwhile.
+pub fn kill_all(name: &str) -> Result<Vec<Process>> {
+    let target = path(name);
+    if !is_mounted(&target) {
+        return Ok(Vec::new());
+    }
+    let mut killed: Vec<Process> = Vec::new();
+    for _ in 0..50 {
+        let left = processes_in(&target)?;
+        if left.is_empty() {
+            return Ok(killed);
+        }
+        for p in left {
+            let pid = nix::unistd::Pid::from_raw(p.pid);
+            match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(Error::io("kill", &p, e)),
+            }
+            if !killed.contains(&p) {
+                killed.push(p);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(Error::io(
+        "kill the processes in",
+        target.display(),
+        Errno::EBUSY,
+    ))
+}
+
 /// Runs `f` on a thread that has entered the namespace `ns`. Sockets `f`
 /// opens stay in that namespace after the thread is gone.
 pub fn run_in<T: Send + 'static>(ns: &File, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
