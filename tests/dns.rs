@@ -211,3 +211,52 @@ fn malformed_queries_are_refused_and_the_server_keeps_answering() {
     assert_eq!(answer.as_deref(), Some(ip_b.as_str()), "still answering");
     assert!(h.daemon_pid().is_some(), "the daemon lives");
 }
+
+#[test]
+fn an_alias_never_takes_a_name_and_a_shared_alias_answers_every_endpoint() {
+    let (h, _dnsmasq, eps) = host_with(&["client", "target"]);
+    let (client, target) = (&eps[0], &eps[1]);
+    let ip_target = h.ip_of(target);
+    let err = h.np_err(&["create", &h.name("dup"), "--network-alias", target]);
+    assert!(
+        err.contains(&format!("alias {target} is the name of endpoint {target}")),
+        "{err}"
+    );
+    // Two endpoints share an alias: both are answered, the order varies.
+    let (w1, w2) = (h.name("w1"), h.name("w2"));
+    for w in [&w1, &w2] {
+        h.np_ok(&["create", w, "--network-alias", "pool"]);
+    }
+    let mut want = vec![h.ip_of(&w1), h.ip_of(&w2)];
+    want.sort();
+    let mut firsts = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let answer = run_in(&h, client, "dig +short pool").unwrap();
+        let mut got: Vec<String> = answer.lines().map(str::to_string).collect();
+        firsts.insert(got[0].clone());
+        got.sort();
+        assert_eq!(got, want, "pool answers both");
+    }
+    assert_eq!(firsts.len(), 2, "each comes first sometimes: {firsts:?}");
+    // An endpoint named as another's alias: from then on the name wins.
+    let late = h.name("late");
+    h.np_ok(&[
+        "create",
+        &h.name("early"),
+        "--network-alias",
+        &late.to_uppercase(),
+    ]);
+    assert_eq!(
+        run_in(&h, client, &format!("dig +short {late}")).unwrap(),
+        h.ip_of(&h.name("early"))
+    );
+    h.np_ok(&["create", &late]);
+    assert_eq!(
+        run_in(&h, client, &format!("dig +short {late}")).unwrap(),
+        h.ip_of(&late)
+    );
+    assert_eq!(
+        run_in(&h, client, &format!("dig +short {target}")).unwrap(),
+        ip_target
+    );
+}

@@ -878,6 +878,17 @@ impl Daemon {
                 mode: mode.to_string(),
             });
         }
+        // An alias never answers for a name; asking for one is a mistake.
+        if let Some((alias, other)) = req.network_aliases.iter().find_map(|alias| {
+            records
+                .iter()
+                .find(|r| {
+                    r.ep.name.eq_ignore_ascii_case(alias) && zone_of(&r.ep.mode) == zone_of(&mode)
+                })
+                .map(|r| (alias.clone(), r.ep.name.clone()))
+        }) {
+            return Err(Error::AliasIsName { alias, other });
+        }
         for link in &req.links {
             let (other, alias) = endpoint::parse_link(link);
             endpoint::validate_name(alias)?;

@@ -36,33 +36,45 @@ pub fn upstream_servers(resolv_conf: &str) -> Vec<SocketAddr> {
 }
 
 /// Names of one network: every endpoint's name and aliases, lowercase.
+/// A name is one endpoint's; an alias may be shared by several, and never
+/// answers for a name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Zone {
-    addrs: BTreeMap<String, Ipv4Addr>,
-    names: BTreeMap<Ipv4Addr, String>,
+    names: BTreeMap<String, Ipv4Addr>,
+    aliases: BTreeMap<String, Vec<Ipv4Addr>>,
+    reverse: BTreeMap<Ipv4Addr, String>,
 }
 
 impl Zone {
     /// Adds an endpoint by `name` (what reverse lookups answer) and
     /// `aliases` at `addr`.
     pub fn insert(&mut self, name: &str, aliases: &[String], addr: Ipv4Addr) {
-        for n in std::iter::once(name).chain(aliases.iter().map(String::as_str)) {
-            self.addrs.insert(n.to_ascii_lowercase(), addr);
+        let name = name.to_ascii_lowercase();
+        self.names.insert(name.clone(), addr);
+        for alias in aliases {
+            let sharing = self.aliases.entry(alias.to_ascii_lowercase()).or_default();
+            if !sharing.contains(&addr) {
+                sharing.push(addr);
+            }
         }
-        self.names.insert(addr, name.to_ascii_lowercase());
+        self.reverse.insert(addr, name);
     }
 
-    fn addr(&self, name: &Name) -> Option<Ipv4Addr> {
+    /// The addresses of `name`: the endpoint's of that name, or else those
+    /// of every endpoint with that alias.
+    fn addrs(&self, name: &Name) -> &[Ipv4Addr] {
         let name = name.to_lowercase().to_utf8();
-        self.addrs
-            .get(name.strip_suffix('.').unwrap_or(&name))
-            .copied()
+        let name = name.strip_suffix('.').unwrap_or(&name);
+        match self.names.get(name) {
+            Some(addr) => std::slice::from_ref(addr),
+            None => self.aliases.get(name).map_or(&[], Vec::as_slice),
+        }
     }
 
     fn name_of(&self, arpa: &Name) -> Option<&str> {
         match arpa.parse_arpa_name().ok()? {
             ipnet::IpNet::V4(net) if net.prefix_len() == 32 => {
-                self.names.get(&net.addr()).map(String::as_str)
+                self.reverse.get(&net.addr()).map(String::as_str)
             }
             _ => None,
         }
@@ -125,22 +137,33 @@ pub fn decide(packet: &[u8], zone: &Zone) -> Outcome {
         return Outcome::Forward(query);
     }
     let name = q.name();
-    let answer = match (q.query_type(), zone.addr(name)) {
-        (RecordType::A, Some(addr)) => Some(RData::A(rdata::A(addr))),
+    let addrs = zone.addrs(name);
+    let answers: Vec<RData> = match (q.query_type(), addrs.is_empty()) {
+        // Endpoints sharing an alias are all answered, starting at a
+        // different one from query to query (the ID varies), so that
+        // clients taking the first spread over them: Docker's round-robin.
+        (RecordType::A, false) => {
+            let start = usize::from(query.id()) % addrs.len();
+            addrs[start..]
+                .iter()
+                .chain(&addrs[..start])
+                .map(|a| RData::A(rdata::A(*a)))
+                .collect()
+        }
         // The name is ours but has no such record: "no data", not a
         // question for upstream, which would deny the name exists.
-        (_, Some(_)) => None,
-        (RecordType::PTR, None) => match zone.name_of(name) {
-            Some(n) => Some(RData::PTR(rdata::PTR(
+        (_, false) => Vec::new(),
+        (RecordType::PTR, true) => match zone.name_of(name) {
+            Some(n) => vec![RData::PTR(rdata::PTR(
                 Name::from_ascii(format!("{n}.")).unwrap_or_else(|_| Name::root()),
-            ))),
+            ))],
             None => return Outcome::Forward(query),
         },
-        (_, None) => return Outcome::Forward(query),
+        (_, true) => return Outcome::Forward(query),
     };
     let mut reply = reply_to(&query, ResponseCode::NoError);
     reply.set_authoritative(true);
-    if let Some(data) = answer {
+    for data in answers {
         reply.add_answer(Record::from_rdata(name.clone(), LOCAL_TTL, data));
     }
     bytes(&reply)
@@ -292,6 +315,28 @@ mod tests {
             };
             assert_eq!(answer.data(), &RData::A(rdata::A(want.into())), "{name}");
         }
+    }
+
+    #[test]
+    fn an_alias_never_answers_for_a_name_and_a_shared_one_answers_all() {
+        let mut z = zone();
+        // An alias that is another endpoint's name, and one shared by two.
+        z.insert(
+            "imposter",
+            &["db".into(), "pool".into()],
+            [10, 88, 0, 9].into(),
+        );
+        z.insert("worker", &["pool".into()], [10, 88, 0, 10].into());
+        let a = |name: &str, id: u16| -> Vec<RData> {
+            let mut q = query(name, RecordType::A);
+            q.set_id(id);
+            let r = reply(decide(&q.to_vec().unwrap(), &z));
+            r.answers().iter().map(|a| a.data().clone()).collect()
+        };
+        let addr = |last: u8| RData::A(rdata::A([10, 88, 0, last].into()));
+        assert_eq!(a("db.", 1), [addr(3)]);
+        assert_eq!(a("pool.", 0), [addr(9), addr(10)]);
+        assert_eq!(a("pool.", 1), [addr(10), addr(9)]);
     }
 
     #[test]

@@ -27,6 +27,14 @@ pub enum Error {
         /// Those sharing its namespace, comma-separated.
         dependents: String,
     },
+    /// A `--network-alias` that is another endpoint's name in its network.
+    #[error("alias {alias} is the name of endpoint {other} in the same network")]
+    AliasIsName {
+        /// The alias asked for.
+        alias: String,
+        /// The endpoint of that name.
+        other: String,
+    },
     /// No endpoint of that name.
     #[error("endpoint {0} not found")]
     EndpointNotFound(String),
@@ -311,6 +319,7 @@ impl Error {
                 | Error::HostPortInUse { .. }
                 | Error::Foreign(_)
                 | Error::HasDependents { .. }
+                | Error::AliasIsName { .. }
         ) || matches!(
             self,
             Error::Store(rusqlite::Error::SqliteFailure(e, _))
