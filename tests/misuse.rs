@@ -213,3 +213,35 @@ fn up_as_another_user_says_it_needs_root_and_makes_nothing() {
         assert!(!state.exists(), "nothing made under {}", state.display());
     }
 }
+
+#[test]
+fn thousands_of_p_in_one_request_are_published_and_past_the_data_paths_room_refused() {
+    let h = Host::new();
+    h.up(&[]);
+    let specs = |n: u16, first: u16| -> Vec<String> {
+        (first..first + n).map(|p| format!("-p={p}:80")).collect()
+    };
+    let many = specs(4000, 20000);
+    let web = h.name("web");
+    let mut args = vec!["create", web.as_str()];
+    args.extend(many.iter().map(String::as_str));
+    h.np_ok(&args);
+    let ports: serde_json::Value =
+        serde_json::from_str(&h.np_ok(&["port", "ls", &web, "--json"])).unwrap();
+    assert_eq!(ports.as_array().unwrap().len(), 4000);
+    // Answered and published: the last of them carries traffic.
+    let _server = h.tcp_server(&web, 80, "echo hello");
+    let answer = h.in_world(&format!("socat -T2 - TCP:{HOST_IP}:23999 </dev/null"));
+    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), "hello");
+
+    let too_many: Vec<String> = (0..16384).map(|i| format!("-p={}:80/udp", 1 + i)).collect();
+    let other = h.name("other");
+    let mut args = vec!["create", other.as_str()];
+    args.extend(too_many.iter().map(String::as_str));
+    let err = h.np_err(&args);
+    assert!(
+        err.contains("16384 -p rules") && err.contains("at most"),
+        "{err}"
+    );
+    assert!(!h.np_ok(&["ls"]).contains(&other));
+}

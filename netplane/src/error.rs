@@ -135,6 +135,14 @@ pub enum Error {
         /// The endpoint.
         endpoint: String,
     },
+    /// One request asks for more published rules than the data path holds.
+    #[error("{asked} -p rules in one request: at most {max} fit the data path")]
+    TooManyPorts {
+        /// Rules asked for.
+        asked: usize,
+        /// The most there can be.
+        max: usize,
+    },
     /// Every NAT counter slot is taken by a published rule.
     #[error("too many published port rules: every counter slot is taken")]
     NoFreeSlot,
@@ -294,6 +302,7 @@ impl Error {
                 | Error::Overlay(_)
                 | Error::NoFreeHostPort(_)
                 | Error::NoFreeSlot
+                | Error::TooManyPorts { .. }
                 | Error::BadSource(_)
                 | Error::HostnameOfHost
         )

@@ -323,26 +323,72 @@ impl PublishedPort {
     }
 }
 
+/// The published host ports by protocol and port, each with the rules
+/// (indices into the list they were indexed from) that hold it: a conflict
+/// check costs the ports a rule spans, not the rules published.
+#[derive(Default)]
+struct HostPortIndex(std::collections::HashMap<(Proto, u16), Vec<usize>>);
+
+impl HostPortIndex {
+    fn insert(&mut self, i: usize, p: &PublishedPort) {
+        for port in p.host_ports.start..=p.host_ports.end {
+            self.0.entry((p.proto, port)).or_default().push(i);
+        }
+    }
+
+    /// The first of `rules` that `p` conflicts with.
+    fn conflict<'a, T>(
+        &self,
+        rules: &'a [(T, PublishedPort)],
+        p: &PublishedPort,
+    ) -> Option<&'a (T, PublishedPort)> {
+        (p.host_ports.start..=p.host_ports.end)
+            .filter_map(|port| self.0.get(&(p.proto, port)))
+            .flatten()
+            .map(|i| &rules[*i])
+            .find(|(_, other)| other.conflicts_with(p))
+    }
+}
+
 /// Resolves `specs` against the ports already published (`taken`, with their
 /// owners) and the host's own sockets (`host_free` says why a port is not
 /// free of them): explicit host ports must be free, missing ones are the
 /// lowest free ports of `ephemeral` (the host's ip_local_port_range, as
-/// Docker does).
+/// Docker does). Costs the host ports asked for and published, not their
+/// product: one request may publish thousands.
 pub fn assign_host_ports(
     specs: &[PortSpec],
     taken: &[(String, PublishedPort)],
     ephemeral: PortRange,
     host_free: impl Fn(&PublishedPort) -> Result<(), crate::error::Error>,
 ) -> Result<Vec<PublishedPort>, crate::error::Error> {
+    if specs.len() >= MAX_NAT_SLOTS as usize {
+        return Err(crate::error::Error::TooManyPorts {
+            asked: specs.len(),
+            max: MAX_NAT_SLOTS as usize - 1,
+        });
+    }
     let mut assigned: Vec<(String, PublishedPort)> = taken.to_vec();
+    let mut index = HostPortIndex::default();
+    for (i, (_, p)) in assigned.iter().enumerate() {
+        index.insert(i, p);
+    }
+    let mut slots_used: std::collections::BTreeSet<u32> =
+        assigned.iter().map(|(_, p)| p.slot).collect();
+    let mut next_slot = 1;
+    // Where the search for a free run of each width last ended: the runs
+    // before it are taken, and stay taken while this request adds ports.
+    let mut searched: std::collections::HashMap<(Proto, Ipv4Addr, u16), u16> =
+        std::collections::HashMap::new();
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         let host_ip = spec.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let width = spec.container_ports.end - spec.container_ports.start;
         let candidate = |start: u16| PublishedPort {
             host_ip,
             host_ports: PortRange {
                 start,
-                end: start + (spec.container_ports.end - spec.container_ports.start),
+                end: start + width,
             },
             container_ports: spec.container_ports,
             proto: spec.proto,
@@ -352,7 +398,7 @@ pub fn assign_host_ports(
         let port = match spec.host_ports {
             Some(h) => {
                 let p = candidate(h.start);
-                if let Some((owner, other)) = assigned.iter().find(|(_, o)| o.conflicts_with(&p)) {
+                if let Some((owner, other)) = index.conflict(&assigned, &p) {
                     return Err(crate::error::Error::PortInUse {
                         port: other.host_ports.start.max(p.host_ports.start),
                         proto: p.proto.to_string(),
@@ -364,21 +410,29 @@ pub fn assign_host_ports(
                 p
             }
             None => {
-                let width = spec.container_ports.end - spec.container_ports.start;
-                (ephemeral.start..=ephemeral.end.saturating_sub(width))
+                let from = searched
+                    .entry((spec.proto, host_ip, width))
+                    .or_insert(ephemeral.start);
+                let p = (*from..=ephemeral.end.saturating_sub(width))
                     .map(candidate)
-                    .find(|p| {
-                        !assigned.iter().any(|(_, o)| o.conflicts_with(p)) && host_free(p).is_ok()
-                    })
-                    .ok_or_else(|| crate::error::Error::NoFreeHostPort(spec.to_string()))?
+                    .find(|p| index.conflict(&assigned, p).is_none() && host_free(p).is_ok())
+                    .ok_or_else(|| crate::error::Error::NoFreeHostPort(spec.to_string()))?;
+                *from = p.host_ports.start;
+                p
             }
         };
+        while slots_used.contains(&next_slot) {
+            next_slot += 1;
+        }
+        if next_slot >= MAX_NAT_SLOTS {
+            return Err(crate::error::Error::NoFreeSlot);
+        }
+        slots_used.insert(next_slot);
         let port = PublishedPort {
-            slot: (1..MAX_NAT_SLOTS)
-                .find(|s| !assigned.iter().any(|(_, o)| o.slot == *s))
-                .ok_or(crate::error::Error::NoFreeSlot)?,
+            slot: next_slot,
             ..port
         };
+        index.insert(assigned.len(), &port);
         assigned.push((String::new(), port.clone()));
         out.push(port);
     }
