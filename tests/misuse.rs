@@ -245,3 +245,51 @@ fn thousands_of_p_in_one_request_are_published_and_past_the_data_paths_room_refu
     );
     assert!(!h.np_ok(&["ls"]).contains(&other));
 }
+
+#[test]
+fn idle_and_slow_api_clients_are_cut_off_and_never_starve_the_cli() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let h = Host::new();
+    h.up(&[]);
+    let socket = h.run_dir().join("netplane.sock");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", h.daemon_pid().unwrap()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // More idle connections than the daemon serves at once.
+    let idle: Vec<UnixStream> = (0..400)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    // Past the cap the CLI is told why, at once, instead of hanging.
+    let err = h.np_err(&["ls"]);
+    assert!(err.contains("API connections already"), "{err}");
+    assert!(fds() < before + 300, "the daemon holds at most its cap");
+    // Idle clients are cut off, after which the CLI is served again.
+    let mut closed = 0;
+    for mut c in idle {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        if c.read(&mut buf).is_ok() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 400, "every idle connection was closed or refused");
+    h.np_ok(&["ls"]);
+    // A request whose body never comes whole.
+    let mut slow = UnixStream::connect(&socket).unwrap();
+    slow.write_all(
+        b"POST /v1/endpoints HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\n\r\n{\"name\":",
+    )
+    .unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    h.np_ok(&["ls"]);
+}

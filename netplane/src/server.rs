@@ -242,25 +242,117 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 .with_state(hub.clone()),
         );
     info!(socket = %socket.display(), "API ready");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => info!("interrupted: stopping, data path stays"),
-                _ = term.recv() => info!("terminated: stopping, data path stays"),
-                _ = stop_rx.wait_for(|stop| *stop) => info!("down: everything removed"),
-            }
-            hub.stop();
-        })
-        .await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    serve_connections(listener, app, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("interrupted: stopping, data path stays"),
+            _ = term.recv() => info!("terminated: stopping, data path stays"),
+            _ = stop_rx.wait_for(|stop| *stop) => info!("down: everything removed"),
+        }
+        hub.stop();
+    })
+    .await;
     gc.abort();
     events.abort();
     for task in [membership, metrics].into_iter().flatten() {
         task.abort();
     }
     Ok(())
+}
+
+/// Connections served at once; a client past them is told so at once.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's head, and to start the
+/// next one on a connection kept open.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request body read.
+const BODY_LIMIT: usize = 8 << 20;
+/// How long requests still running at shutdown may take to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `stop` completes, then lets requests
+/// still running finish. Idle and slow clients are cut off after
+/// [`HEAD_TIMEOUT`] and [`BODY_TIMEOUT`], and at most [`MAX_CONNECTIONS`]
+/// are served at once: a client holding connections open cannot use up
+/// the daemon's files.
+async fn serve_connections<L: axum::serve::Listener>(
+    mut listener: L,
+    app: Router,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let app = app.layer(axum::middleware::from_fn(read_body_in_time));
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let io = tokio::select! {
+            (io, _) = listener.accept() => io,
+            () = &mut stop => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(io));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!("API connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("API requests still running after {SHUTDOWN_GRACE:?}: stopping anyway");
+    }
+}
+
+/// Tells a client past [`MAX_CONNECTIONS`] why it is not served.
+async fn refuse(mut io: impl tokio::io::AsyncWrite + Unpin) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::to_string(&ErrorBody {
+        error: format!(
+            "the daemon is serving {MAX_CONNECTIONS} API connections already; try again"
+        ),
+    })
+    .expect("an error body serializes");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(HEAD_TIMEOUT, io.write_all(answer.as_bytes())).await;
+}
+
+/// Reads a request's whole body within [`BODY_TIMEOUT`] before the
+/// handler runs, so that a client sending it slowly, or never, does not
+/// hold the daemon's lock or a connection for long.
+async fn read_body_in_time(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let error =
+        |status: StatusCode, error: String| (status, Json(ErrorBody { error })).into_response();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(e)) => error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body (at most {BODY_LIMIT} bytes): {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        ),
+    }
 }
 
 /// The OpenMetrics content type prometheus-client's text encoding is.
@@ -281,9 +373,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, state: Shared) {
             }),
         )
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!("metrics server: {e}");
-    }
+    serve_connections(listener, app, std::future::pending()).await;
 }
 
 /// Expires tracked flows and keeps the data path's view of the host's
