@@ -104,7 +104,8 @@ fn endpoints_resolve_each_other_both_ways_and_other_names_upstream() {
     }
     let hosts = run_in(&h, a, "getent hosts api").expect("getent hosts api");
     assert!(hosts.starts_with(&ip_c), "{hosts}");
-    let inspect: serde_json::Value = serde_json::from_str(&h.np_ok(&["inspect", &c])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&h.np_ok(&["inspect", &c])).unwrap()[0].clone();
     assert_eq!(
         inspect["NetworkAliases"],
         serde_json::json!(["api", "api2"])

@@ -81,8 +81,8 @@ fn world_reaches_published_ports_and_the_endpoint_sees_the_real_client() {
     let nat = h.nat();
     for detail in ["tcp dpt:8080", "udp dpt:5353"] {
         let r = rule(&nat, detail);
-        assert!(r["packets"].as_u64().unwrap() >= 2, "{r}");
-        assert!(r["bytes"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["Packets"].as_u64().unwrap() >= 2, "{r}");
+        assert!(r["Bytes"].as_u64().unwrap() > 0, "{r}");
     }
 
     // Bulk TCP through the published port with iperf3.
@@ -119,8 +119,8 @@ fn world_reaches_published_ports_and_the_endpoint_sees_the_real_client() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["proto"] == "tcp")
-        .unwrap()["host_port"]
+        .find(|p| p["Proto"] == "tcp")
+        .unwrap()["HostPort"]
         .as_u64()
         .unwrap();
     let peer = curl_peer(&h.world, &format!("http://{HOST_IP}:{picked}/"), "").expect("curl");
@@ -190,8 +190,8 @@ fn endpoints_leave_with_the_uplink_address_even_with_the_same_source_port() {
     assert!(h.pings(&a, WORLD_IP), "ICMP echo is masqueraded too");
 
     let masq = rule(&h.nat(), "to:").clone();
-    assert_eq!(masq["target"], "MASQUERADE");
-    assert!(masq["packets"].as_u64().unwrap() >= 10, "{masq}");
+    assert_eq!(masq["Target"], "MASQUERADE");
+    assert!(masq["Packets"].as_u64().unwrap() >= 10, "{masq}");
 }
 
 #[test]
@@ -238,8 +238,8 @@ fn hairpin_and_the_host_itself_reach_published_ports() {
         .trim()
         .to_string();
     let iface = format!("{}x", h.prefix);
-    let loop_before = rule(&h.nat(), "dpt:9000")["packets"].as_u64().unwrap();
-    let any_before = rule(&h.nat(), "dpt:8080")["packets"].as_u64().unwrap();
+    let loop_before = rule(&h.nat(), "dpt:9000")["Packets"].as_u64().unwrap();
+    let any_before = rule(&h.nat(), "dpt:8080")["Packets"].as_u64().unwrap();
     for dst in ["127.0.0.1", HOST_IP] {
         let dport = if dst == HOST_IP { 8080 } else { 9000 };
         let out = h.in_world(&format!(
@@ -256,11 +256,11 @@ fn hairpin_and_the_host_itself_reach_published_ports() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let nat = h.nat();
     assert_eq!(
-        rule(&nat, "dpt:9000")["packets"].as_u64().unwrap(),
+        rule(&nat, "dpt:9000")["Packets"].as_u64().unwrap(),
         loop_before,
         "a frame for 127.0.0.1 from outside is never translated"
     );
-    assert!(rule(&nat, "dpt:8080")["packets"].as_u64().unwrap() > any_before);
+    assert!(rule(&nat, "dpt:8080")["Packets"].as_u64().unwrap() > any_before);
 }
 
 #[test]
@@ -449,8 +449,8 @@ fn expired_flows_are_collected() {
     h.np_ok(&["create", &e]);
     let _udp = udp_peer_server(&h, &h.world, 7);
     udp_peer(&e, &format!("{WORLD_IP}:7"), "").expect("udp");
-    assert!(h.nat()["tracked_flows"].as_u64().unwrap() >= 1);
-    let gone = retry(|| (h.nat()["tracked_flows"].as_u64() == Some(0)).then_some(()));
+    assert!(h.nat()["TrackedFlows"].as_u64().unwrap() >= 1);
+    let gone = retry(|| (h.nat()["TrackedFlows"].as_u64() == Some(0)).then_some(()));
     assert!(
         gone.is_some(),
         "flows past their lifetime are removed: {}",

@@ -47,12 +47,12 @@ fn flows(h: &Host, endpoint: &str) -> Vec<Value> {
 /// The tuple and counters of one direction of a flow.
 fn direction(v: &Value) -> (String, u64, String, u64, u64, u64) {
     (
-        v["src"].as_str().unwrap().to_string(),
-        v["sport"].as_u64().unwrap(),
-        v["dst"].as_str().unwrap().to_string(),
-        v["dport"].as_u64().unwrap(),
-        v["packets"].as_u64().unwrap(),
-        v["bytes"].as_u64().unwrap(),
+        v["Src"].as_str().unwrap().to_string(),
+        v["Sport"].as_u64().unwrap(),
+        v["Dst"].as_str().unwrap().to_string(),
+        v["Dport"].as_u64().unwrap(),
+        v["Packets"].as_u64().unwrap(),
+        v["Bytes"].as_u64().unwrap(),
     )
 }
 
@@ -75,12 +75,12 @@ fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forget
     assert_eq!(published.len(), 1, "{published:#?}");
     let f = &published[0];
     assert_eq!(
-        (f["proto"].as_str(), f["state"].as_str()),
+        (f["Proto"].as_str(), f["State"].as_str()),
         (Some("udp"), Some("REPLIED"))
     );
-    assert_eq!(f["endpoint"], srv.as_str());
+    assert_eq!(f["Endpoint"], srv.as_str());
     assert_eq!(
-        direction(&f["original"]),
+        direction(&f["Original"]),
         (
             WORLD_IP.into(),
             40000,
@@ -91,7 +91,7 @@ fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forget
         )
     );
     assert_eq!(
-        direction(&f["reply"]),
+        direction(&f["Reply"]),
         (
             srv_ip.clone(),
             80,
@@ -105,7 +105,7 @@ fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forget
     assert_eq!(masqueraded.len(), 1, "{masqueraded:#?}");
     let f = &masqueraded[0];
     assert_eq!(
-        direction(&f["original"]),
+        direction(&f["Original"]),
         (
             cli_ip,
             40001,
@@ -117,7 +117,7 @@ fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forget
     );
     // The source port was free on the host, so masquerade kept it.
     assert_eq!(
-        direction(&f["reply"]),
+        direction(&f["Reply"]),
         (
             WORLD_IP.into(),
             9999,
@@ -127,9 +127,9 @@ fn ct_ls_shows_both_directions_of_each_flow_with_exact_counters_and_flush_forget
             3 * (UDP_OVERHEAD + 10)
         )
     );
-    assert!(f["age_secs"].as_u64().unwrap() < 60);
+    assert!(f["AgeSecs"].as_u64().unwrap() < 60);
     // Within the UDP lifetime (RFC 4787's two minutes).
-    assert!(f["expires_secs"].as_u64().unwrap() <= 120);
+    assert!(f["ExpiresSecs"].as_u64().unwrap() <= 120);
 
     // The text listing reads like `conntrack -L`.
     let listing = h.np_ok(&["ct", "ls"]);
@@ -204,10 +204,10 @@ fn stats_of_an_endpoint_count_its_traffic_and_its_drops_by_reason_exactly() {
     ask(&cli, 40001, WORLD_IP, 9999, 3, 50);
     let after = endpoint_stats(&h, &cli);
     let delta = |name| counter(&after, name) - counter(&before, name);
-    assert_eq!(delta("tx_packets"), 3, "{after}");
-    assert_eq!(delta("tx_bytes"), 3 * (UDP_OVERHEAD + 50));
-    assert_eq!(delta("rx_packets"), 3);
-    assert_eq!(delta("rx_bytes"), 3 * (UDP_OVERHEAD + 10));
+    assert_eq!(delta("TxPackets"), 3, "{after}");
+    assert_eq!(delta("TxBytes"), 3 * (UDP_OVERHEAD + 50));
+    assert_eq!(delta("RxPackets"), 3);
+    assert_eq!(delta("RxBytes"), 3 * (UDP_OVERHEAD + 10));
 
     // Three pings from an address that is not the endpoint's: spoofed.
     let spoofed_before = h.drops("spoofed");
@@ -218,9 +218,9 @@ fn stats_of_an_endpoint_count_its_traffic_and_its_drops_by_reason_exactly() {
     );
     assert!(!pinged.status.success(), "spoofed pings get no answer");
     let stats = endpoint_stats(&h, &cli);
-    assert_eq!(stats["drops"]["spoofed"], 3, "{stats}");
+    assert_eq!(stats["Drops"]["spoofed"], 3, "{stats}");
     assert_eq!(h.drops("spoofed") - spoofed_before, 3);
-    let nonzero: Vec<&String> = stats["drops"]
+    let nonzero: Vec<&String> = stats["Drops"]
         .as_object()
         .unwrap()
         .iter()
@@ -269,8 +269,8 @@ fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
         262_144.0
     );
     for (direction, packets, bytes) in [
-        ("rx", "rx_packets", "rx_bytes"),
-        ("tx", "tx_packets", "tx_bytes"),
+        ("rx", "RxPackets", "RxBytes"),
+        ("tx", "TxPackets", "TxBytes"),
     ] {
         let labels = [("endpoint", srv.as_str()), ("direction", direction)];
         for (metric, field) in [
@@ -297,14 +297,14 @@ fn metrics_are_scraped_over_http_parse_as_openmetrics_and_agree_with_the_cli() {
     ];
     assert_eq!(
         sample(&samples, "netplane_published_port_packets_total", &port),
-        port_rule["packets"].as_f64().unwrap()
+        port_rule["Packets"].as_f64().unwrap()
     );
-    assert_eq!(port_rule["packets"], 8, "4 datagrams each way");
+    assert_eq!(port_rule["Packets"], 8, "4 datagrams each way");
     assert_eq!(sample(&samples, "netplane_dns_queries_total", &[]), 1.0);
     assert_eq!(sample(&samples, "netplane_dns_failures_total", &[]), 0.0);
     assert_eq!(
         sample(&samples, "netplane_drops_total", &[("reason", "spoofed")]),
-        nat["drops"]["spoofed"].as_f64().unwrap()
+        nat["Drops"]["spoofed"].as_f64().unwrap()
     );
     let up = [("trigger", "up")];
     assert_eq!(
@@ -368,13 +368,13 @@ fn drops_count_under_the_nat_rule_that_was_translating_and_a_reused_rule_starts_
     assert_eq!(h.drops("fragment") - fragment_before, 3);
 
     let nat = h.nat();
-    let rules = nat["rules"].as_array().unwrap();
-    assert_eq!(rules[0]["target"], "MASQUERADE");
-    assert_eq!(rules[0]["drops"], serde_json::json!({"fragment": 3}));
+    let rules = nat["Rules"].as_array().unwrap();
+    assert_eq!(rules[0]["Target"], "MASQUERADE");
+    assert_eq!(rules[0]["Drops"], serde_json::json!({"fragment": 3}));
     let port = rule(&nat, "udp dpt:8080");
-    assert_eq!(port["drops"], serde_json::json!({"ct_full": refused}));
+    assert_eq!(port["Drops"], serde_json::json!({"ct_full": refused}));
     assert_eq!(
-        port["packets"],
+        port["Packets"],
         2 * answered,
         "a datagram each way per flow"
     );
@@ -412,8 +412,8 @@ fn drops_count_under_the_nat_rule_that_was_translating_and_a_reused_rule_starts_
     ipv4_only_endpoint(&h, "next", &["-p", "8081:80/udp"]);
     let nat = h.nat();
     let port = rule(&nat, "udp dpt:8081");
-    assert_eq!(port["drops"], serde_json::json!({}));
-    assert_eq!(port["packets"], 0);
+    assert_eq!(port["Drops"], serde_json::json!({}));
+    assert_eq!(port["Packets"], 0);
 }
 
 /// A `netplane monitor` with its output in a file, stopped on drop.
@@ -459,7 +459,7 @@ impl Watch {
     fn events(&self) -> Vec<Value> {
         self.records()
             .into_iter()
-            .filter(|r| r["type"] == "event")
+            .filter(|r| r["Type"] == "event")
             .collect()
     }
 }
@@ -491,10 +491,10 @@ fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_translation() 
 
     let has = |events: &[Value], kind: &str, reason: Option<&str>, summary: &str| {
         events.iter().any(|e| {
-            e["kind"] == kind
-                && e["reason"].as_str() == reason
-                && e["endpoint"] == a.as_str()
-                && e["summary"].as_str().unwrap().contains(summary)
+            e["Kind"] == kind
+                && e["Reason"].as_str() == reason
+                && e["Endpoint"] == a.as_str()
+                && e["Summary"].as_str().unwrap().contains(summary)
         })
     };
     let seen = support::retry(|| {
@@ -515,16 +515,16 @@ fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_translation() 
     });
     assert!(seen.is_some(), "{:#?}", everything.events());
     let events = seen.unwrap();
-    let line = events.iter().find(|e| e["reason"] == "spoofed").unwrap();
+    let line = events.iter().find(|e| e["Reason"] == "spoofed").unwrap();
     assert_eq!(
-        line["interface"],
-        h.np_ok(&["stats", &a, "--json"]).parse::<Value>().unwrap()["interface"]
+        line["Interface"],
+        h.np_ok(&["stats", &a, "--json"]).parse::<Value>().unwrap()["Interface"]
     );
     // The filtered watchers: a's drops are those two; b sent nothing.
     let reasons: Vec<Value> = drops_of_a
         .events()
         .iter()
-        .map(|e| e["reason"].clone())
+        .map(|e| e["Reason"].clone())
         .collect();
     assert_eq!(
         reasons,
@@ -562,12 +562,12 @@ fn a_watcher_that_stops_reading_loses_events_counted_and_the_data_path_never_wai
         let records = stalled.records();
         let seen = records
             .iter()
-            .filter(|r| r["type"] == "event" && r["reason"] == "spoofed")
+            .filter(|r| r["Type"] == "event" && r["Reason"] == "spoofed")
             .count() as u64;
         let lost: u64 = records
             .iter()
-            .filter(|r| r["type"] == "lost")
-            .map(|r| r["events"].as_u64().unwrap())
+            .filter(|r| r["Type"] == "lost")
+            .map(|r| r["Events"].as_u64().unwrap())
             .sum();
         (seen, lost)
     };

@@ -391,11 +391,11 @@ fn assert_store_and_kernel_agree(h: &Host) {
         sorted(
             ports
                 .iter()
-                .filter(|p| p["host_ip"] == host_ip)
+                .filter(|p| p["HostIp"] == host_ip)
                 .map(|p| {
                     (
-                        p["host_port"].as_u64().unwrap() as u16,
-                        p["endpoint_ip"].as_str().unwrap().to_string(),
+                        p["HostPort"].as_u64().unwrap() as u16,
+                        p["EndpointIp"].as_str().unwrap().to_string(),
                     )
                 })
                 .collect(),
@@ -535,9 +535,9 @@ fn hostile(netns: &str, args: &str) -> Value {
 /// Sends `side`'s hostile packets and checks that each category named
 /// after a drop reason raised exactly that counter by its count.
 fn barrage(h: &Host, netns: &str, side: &str, config: &Value) -> (u64, Value) {
-    let before = h.nat()["drops"].clone();
+    let before = h.nat()["Drops"].clone();
     let sent = hostile(netns, &format!("{side} '{config}'"));
-    let after = h.nat()["drops"].clone();
+    let after = h.nat()["Drops"].clone();
     let mut total = 0;
     for (category, count) in sent.as_object().unwrap() {
         let count = count.as_u64().unwrap();
@@ -670,7 +670,7 @@ fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
         "the attacker's own traffic still flows"
     );
     let _ = curl;
-    let drops = h.nat()["drops"].clone();
+    let drops = h.nat()["Drops"].clone();
     figure(
         "hostile.packets",
         format!(

@@ -6,7 +6,7 @@ mod support;
 use std::{thread::sleep, time::Duration};
 
 use serde_json::Value;
-use support::{HOST_IP, Host, sh, sh_ok};
+use support::{HOST_IP, Host, WORLD_IP, sh, sh_ok};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
@@ -85,13 +85,13 @@ fn bridge_endpoints_reach_each_other_and_the_data_path_counts() {
     let stats = json(&h.np_ok(&["stats"]));
     let veth_of = |ip: &str| format!("npv{:x}", if ip == ip_a { 1 } else { 2 });
     for ip in [&ip_a, &ip_b] {
-        let rx = stats["interfaces"][veth_of(ip)]["rx_packets"]
+        let rx = stats["Interfaces"][veth_of(ip)]["RxPackets"]
             .as_u64()
             .unwrap();
         assert!(rx >= 3, "endpoint veth counted {rx} packets: {stats}");
     }
     assert!(
-        stats["interfaces"][&h.uplink]["rx_packets"].is_u64(),
+        stats["Interfaces"][&h.uplink]["RxPackets"].is_u64(),
         "uplink is attached: {stats}"
     );
 
@@ -150,7 +150,7 @@ fn none_container_and_host_modes() {
         addr_c.contains(&ip_a),
         "container: shares {a}'s address: {addr_c}"
     );
-    let mac = json(&h.np_ok(&["inspect", &a]))["NetworkSettings"]["MacAddress"]
+    let mac = json(&h.np_ok(&["inspect", &a]))[0]["NetworkSettings"]["MacAddress"]
         .as_str()
         .unwrap()
         .to_string();
@@ -158,7 +158,7 @@ fn none_container_and_host_modes() {
         String::from_utf8_lossy(&h.in_endpoint(&c, "ip -br link show eth0").stdout).into_owned();
     assert!(link_c.contains(&mac), "same MAC {mac}: {link_c}");
     assert_eq!(
-        json(&h.np_ok(&["inspect", &c]))["NetworkSettings"]["IPAddress"],
+        json(&h.np_ok(&["inspect", &c]))[0]["NetworkSettings"]["IPAddress"],
         ip_a
     );
 
@@ -214,7 +214,7 @@ fn inspect_reports_docker_shaped_settings() {
         "--hostname",
         "box",
     ]);
-    let v = json(&h.np_ok(&["inspect", &w]));
+    let v = json(&h.np_ok(&["inspect", &w]))[0].clone();
     let s = &v["NetworkSettings"];
     assert_eq!(s["IPAddress"], "10.77.0.50");
     assert_eq!(s["IPPrefixLen"], 24);
@@ -434,7 +434,7 @@ fn kill_9_then_up_keeps_endpoints_working() {
     // counters keep counting.
     let stats = json(&h.np_ok(&["stats"]));
     assert!(
-        stats["interfaces"]["npv1"]["rx_packets"].as_u64().unwrap() > 0,
+        stats["Interfaces"]["npv1"]["RxPackets"].as_u64().unwrap() > 0,
         "{stats}"
     );
 }
@@ -459,7 +459,7 @@ fn icc_false_isolates_endpoints_but_not_the_gateway() {
     assert!(h.pings(&a, HOST_IP), "the host stays reachable");
     let stats = json(&h.np_ok(&["stats"]));
     assert!(
-        stats["drops"]["icc_denied"].as_u64().unwrap() >= 1,
+        stats["Drops"]["icc_denied"].as_u64().unwrap() >= 1,
         "{stats}"
     );
 }
@@ -564,13 +564,13 @@ fn the_api_is_root_only_and_survives_garbage() {
         ("-d 'not json'".to_string(), "/v1/endpoints"),
         ("-d '{\"Name\": 7}'".to_string(), "/v1/endpoints"),
         (
-            "-d '{\"name\": \"x\", \"net\": \"bridge\", \"ip\": \"999.1.1.1\"}'".to_string(),
+            "-d '{\"Name\": \"x\", \"Net\": \"bridge\", \"Ip\": \"999.1.1.1\"}'".to_string(),
             "/v1/endpoints",
         ),
         (format!("--data-binary @{}", big.display()), "/v1/endpoints"),
         ("-d '{}'".to_string(), "/v1/networks"),
         (
-            "-d '{\"spec\": \"99999:1\"}'".to_string(),
+            "-d '{\"Spec\": \"99999:1\"}'".to_string(),
             &format!("/v1/endpoints/{e}/ports"),
         ),
     ] {
@@ -656,4 +656,149 @@ fn names_are_one_in_any_case_and_host_endpoints_take_no_hostname() {
     assert!(err.contains("--hostname"), "{err}");
     let listed = h.np_ok(&["ls"]);
     assert!(!listed.contains(&h.name("hst")), "{listed}");
+}
+
+#[test]
+fn docker_habits_work_as_a_docker_user_types_them() {
+    let h = Host::new();
+    // The daemon's own upstream is nowhere; the endpoint's --dns is the
+    // world's dnsmasq.
+    let _dnsmasq = h.spawn_in(
+        &h.world,
+        &format!(
+            "dnsmasq --no-daemon --no-resolv --no-hosts --bind-interfaces \
+             --listen-address={WORLD_IP} --address=/upstream.test/192.0.2.80 \
+             --pid-file= --user=root"
+        ),
+    );
+    h.up(&["--dns", "198.18.0.99"]);
+    let (web, other) = (h.name("web"), h.name("other"));
+    h.np_ok(&[
+        "create",
+        &web,
+        "--network",
+        "bridge",
+        "-p",
+        "0.0.0.0:8181:80",
+        "--mac-address",
+        "02:00:00:00:00:0a",
+        "--dns",
+        WORLD_IP,
+        "--dns-search",
+        "corp.example",
+        "--add-host",
+        "db.internal:192.0.2.7",
+        "--add-host",
+        "gw.internal:host-gateway",
+    ]);
+    h.np_ok(&["create", &other, "-p", "9000-9002:90-92"]);
+
+    // exec without `--`, and with it.
+    let resolv = h.np_ok(&["exec", &web, "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("search corp.example"), "{resolv}");
+    let hosts = h.np_ok(&["exec", &web, "--", "cat", "/etc/hosts"]);
+    let gateway = json(&h.np_ok(&["network", "inspect", "bridge"]))["Gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        hosts.contains("192.0.2.7\tdb.internal\n")
+            && hosts.contains(&format!("{gateway}\tgw.internal\n")),
+        "{hosts}"
+    );
+    let link = h.np_ok(&["exec", &web, "ip", "-br", "link", "show", "eth0"]);
+    assert!(link.contains("02:00:00:00:00:0a"), "{link}");
+    assert!(
+        h.pings(&web, &h.ip_of(&other)),
+        "the MAC asked for carries traffic"
+    );
+    // --dns: names the network does not know go to the endpoint's own
+    // resolver; the other endpoint's go to the daemon's, which is nowhere.
+    let dig = |ep: &str| {
+        let out = h.in_endpoint(ep, "dig +short +tries=1 +time=8 upstream.test");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(dig(&web), "192.0.2.80");
+    assert_ne!(dig(&other), "192.0.2.80");
+
+    // -p 0.0.0.0:... means every address: reached from the world.
+    let _server = h.tcp_server(&web, 80, "echo hello");
+    let answer = h.in_world(&format!("socat -T2 - TCP:{HOST_IP}:8181 </dev/null"));
+    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), "hello");
+
+    // ls -q, and ranges compact in ls.
+    let names = h.np_ok(&["ls", "-q"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        [web.as_str(), other.as_str()]
+    );
+    let ls = h.np_ok(&["ls"]);
+    assert!(ls.contains("0.0.0.0:8181->80/tcp"), "{ls}");
+    assert!(ls.contains("0.0.0.0:9000-9002->90-92/tcp"), "{ls}");
+
+    // inspect of several: an array in Docker's shape; -f templates.
+    let both = json(&h.np_ok(&["inspect", &web, &other]));
+    let both = both.as_array().unwrap();
+    assert_eq!(both.len(), 2);
+    let id = both[0]["Id"].as_str().unwrap();
+    assert!(
+        id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert_ne!(both[0]["Id"], both[1]["Id"]);
+    assert!(both[0]["Created"].as_str().unwrap().starts_with("20"));
+    assert_eq!(both[0]["State"]["Status"], "ready");
+    let ip = h.ip_of(&web);
+    assert_eq!(
+        both[0]["NetworkSettings"]["Networks"]["bridge"]["IPAddress"],
+        ip.as_str()
+    );
+    assert_eq!(
+        h.np_ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}} {{.NetworkSettings.MacAddress}}",
+            &web
+        ])
+        .trim(),
+        format!("{ip} 02:00:00:00:00:0a")
+    );
+    let out = h.np(&["inspect", &web, "ghost"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // port NAME, as docker port.
+    assert_eq!(h.np_ok(&["port", &web]).trim(), "80/tcp -> 0.0.0.0:8181");
+    assert_eq!(h.np_ok(&["port", &other, "91"]).trim(), "0.0.0.0:9001");
+    let version = h.np_ok(&["version"]);
+    assert!(
+        version.contains("Client: netplane") && version.contains("Daemon: netplane"),
+        "{version}"
+    );
+
+    // One JSON casing.
+    let ports = json(&h.np_ok(&["port", "ls", "--json"]));
+    assert!(ports[0]["HostPort"].is_u64(), "{ports}");
+    assert!(json(&h.np_ok(&["stats", &web, "--json"]))["RxPackets"].is_u64());
+    assert!(json(&h.np_ok(&["nat", "ls", "--json"]))["Rules"].is_array());
+    assert!(json(&h.np_ok(&["stats"]))["Interfaces"].is_object());
+
+    // Mistakes a Docker user makes are refused with the reason.
+    let err = h.np_err(&["create", &h.name("m"), "--mac-address", "02:00:00:00:00:0a"]);
+    assert!(err.contains(&web), "{err}");
+    let err = h.np_err(&["create", &h.name("m"), "--net", "host", "--dns", WORLD_IP]);
+    assert!(err.contains("--dns"), "{err}");
+
+    // rm of several names.
+    let gone = h.np_ok(&["rm", &web, &other]);
+    assert_eq!(
+        gone.lines().collect::<Vec<_>>(),
+        [web.as_str(), other.as_str()]
+    );
 }

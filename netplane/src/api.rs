@@ -10,6 +10,7 @@ pub const PREFIX: &str = "/v1";
 
 /// `POST /v1/endpoints`: the flags of `create` and `run`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct CreateEndpoint {
     /// Endpoint name.
     pub name: String,
@@ -30,6 +31,18 @@ pub struct CreateEndpoint {
     /// when empty.
     #[serde(default)]
     pub publish_from: Vec<String>,
+    /// `--mac-address`.
+    #[serde(default)]
+    pub mac_address: Option<String>,
+    /// `--dns`: resolvers for names its network does not know.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// `--dns-search`.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// `--add-host NAME:IP`.
+    #[serde(default)]
+    pub add_hosts: Vec<String>,
 }
 
 /// One host binding of a published port, as in `docker inspect`.
@@ -63,14 +76,52 @@ pub struct NetworkSettings {
     pub mac_address: String,
     /// `"CPORT/proto"` to host bindings.
     pub ports: BTreeMap<String, Vec<HostBinding>>,
+    /// The network it is attached to, by name, as Docker lists each.
+    #[serde(default)]
+    pub networks: BTreeMap<String, EndpointNetwork>,
+}
+
+/// An endpoint's attachment to one network, in the shape of `docker
+/// inspect`'s `NetworkSettings.Networks.NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointNetwork {
+    /// Its address there.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// The network's prefix length.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// The network's gateway.
+    pub gateway: String,
+    /// Its MAC there.
+    pub mac_address: String,
+    /// Its other names in the network's DNS.
+    pub aliases: Vec<String>,
+}
+
+/// `docker inspect`'s `State`, of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointState {
+    /// `ready`, or `creating` / `removing` while that runs.
+    pub status: String,
 }
 
 /// `GET /v1/endpoints/NAME`: what `netplane inspect` prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EndpointInfo {
+    /// 64 hex digits naming it for good, as Docker's container ids.
+    #[serde(default)]
+    pub id: String,
     /// Name.
     pub name: String,
+    /// When it was created (RFC 3339).
+    #[serde(default)]
+    pub created: String,
+    /// Its lifecycle state.
+    pub state: EndpointState,
     /// `bridge`, `host`, `none` or `container:OTHER`.
     pub mode: String,
     /// Hostname of processes started in it, when it has its own.
@@ -127,6 +178,7 @@ pub struct PeerInfo {
 
 /// `POST /v1/networks`: a new overlay network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct CreateNetwork {
     /// Name.
     pub name: String,
@@ -156,10 +208,14 @@ pub struct DaemonInfo {
     /// 6.6 and later) or `clsact`.
     #[serde(default)]
     pub tc_hook: String,
+    /// The daemon's netplane version.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// `GET /v1/stats`: data path counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Stats {
     /// Counters per interface the data path is attached to.
     pub interfaces: BTreeMap<String, InterfaceStats>,
@@ -169,6 +225,7 @@ pub struct Stats {
 
 /// Counters of one interface, as the data path's hooks on it see them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct InterfaceStats {
     #[serde(flatten)]
     pub traffic: crate::sys::datapath::Traffic,
@@ -179,6 +236,7 @@ pub struct InterfaceStats {
 /// `GET /v1/stats/NAME`: one endpoint's counters from its own side: `rx`
 /// is what it received, `tx` what it sent (the host veth's reverse).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct EndpointStats {
     pub endpoint: String,
     /// Its host-side veth.
@@ -195,6 +253,7 @@ pub struct EndpointStats {
 /// (withdraw): a `-p` spec. Withdrawing matches the endpoint ports and
 /// protocol, and the host address and ports when the spec gives them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct PortRequest {
     /// `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
     pub spec: String,
@@ -206,6 +265,7 @@ pub struct PortRequest {
 
 /// One published rule, as `port ls` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct PortInfo {
     /// Endpoint.
     pub endpoint: String,
@@ -231,6 +291,7 @@ pub struct PortInfo {
 /// One NAT rule with the packets and bytes the data path translated under
 /// it (every packet of every flow, not only the first as with iptables).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct NatRule {
     /// `MASQUERADE` or `DNAT`.
     pub target: String,
@@ -253,6 +314,7 @@ pub struct NatRule {
 
 /// `GET /v1/nat`: what `netplane nat ls` prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct NatTable {
     /// Masquerade first, then published ports.
     pub rules: Vec<NatRule>,
@@ -265,6 +327,7 @@ pub struct NatTable {
 /// One direction of a tracked flow, as its packets arrive at the data
 /// path (before translation), and what was counted of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct FlowTuple {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
@@ -278,6 +341,7 @@ pub struct FlowTuple {
 
 /// `GET /v1/flows`: one tracked flow, as `ct ls` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct FlowInfo {
     /// `tcp`, `udp`, `icmp`.
     pub proto: String,
@@ -307,6 +371,7 @@ pub struct FlowFilter {
 
 /// `DELETE /v1/flows`: how many flows were removed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Flushed {
     pub flows: usize,
 }

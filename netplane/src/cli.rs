@@ -19,8 +19,8 @@ use netplane_common::abi::DEFAULT_CT_MAX;
 use crate::{
     api::{
         CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowFilter,
-        FlowInfo, FlowTuple, Flushed, NatTable, NetworkInfo, PortInfo, PortRequest, RemoveQuery,
-        Removed, Stats,
+        FlowInfo, FlowTuple, Flushed, HostBinding, NatTable, NetworkInfo, PortInfo, PortRequest,
+        RemoveQuery, Removed, Stats,
     },
     client::Client,
     cluster::{self, StoreUrl},
@@ -67,16 +67,16 @@ enum Command {
         /// Remove the endpoint when the command exits.
         #[arg(long)]
         rm: bool,
-        /// Command and arguments.
-        #[arg(last = true, required = true)]
+        /// Command and arguments (a `--` before them is optional).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
     /// Run a command in an endpoint.
     Exec {
         /// Endpoint name.
         name: String,
-        /// Command and arguments.
-        #[arg(last = true, required = true)]
+        /// Command and arguments (a `--` before them is optional).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
     /// List endpoints.
@@ -84,12 +84,24 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Print names only.
+        #[arg(short, long, conflicts_with = "json")]
+        quiet: bool,
     },
-    /// Show an endpoint as JSON.
+    /// Show endpoints as a JSON array, in `docker inspect`'s shape.
     Inspect {
-        /// Endpoint name.
-        name: String,
+        /// Print each through this Go template instead, as `docker
+        /// inspect -f` does: `{{.NetworkSettings.IPAddress}}`,
+        /// `{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}`,
+        /// `{{json .NetworkSettings.Ports}}`.
+        #[arg(short, long)]
+        format: Option<String>,
+        /// Endpoint names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
+    /// The client's and the daemon's versions.
+    Version,
     /// Remove endpoints, killing the processes in their namespaces.
     Rm {
         /// Also remove the endpoints that share their namespaces
@@ -111,9 +123,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Published ports, at any time.
-    #[command(subcommand)]
-    Port(PortCommand),
+    /// Published ports, at any time: `port NAME [CPORT[/PROTO]]` lists an
+    /// endpoint's as `docker port` does.
+    Port(PortArgs),
     /// NAT rules and their counters.
     #[command(subcommand)]
     Nat(NatCommand),
@@ -129,8 +141,8 @@ enum Command {
         /// Only the events of this endpoint.
         #[arg(long)]
         endpoint: Option<String>,
-        /// Print each record as a JSON line: `{"type":"event",...}` or
-        /// `{"type":"lost","events":N}`.
+        /// Print each record as a JSON line: `{"Type":"event",...}` or
+        /// `{"Type":"lost","Events":N}`.
         #[arg(long)]
         json: bool,
     },
@@ -153,6 +165,18 @@ enum CtCommand {
         #[arg(long)]
         endpoint: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct PortArgs {
+    #[command(subcommand)]
+    command: Option<PortCommand>,
+    /// Endpoint name.
+    name: Option<String>,
+    /// Only this endpoint port.
+    #[arg(value_name = "CPORT[/PROTO]")]
+    private: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,7 +343,7 @@ struct CreateArgs {
     /// Endpoint name.
     name: String,
     /// bridge, host, none, container:OTHER or a network name.
-    #[arg(long, default_value = "bridge")]
+    #[arg(long, visible_alias = "network", default_value = "bridge")]
     net: String,
     /// Address in the bridge subnet.
     #[arg(long)]
@@ -340,6 +364,20 @@ struct CreateArgs {
     /// repeatable); from everywhere without it.
     #[arg(long = "publish-from", value_name = "CIDR")]
     publish_from: Vec<String>,
+    /// MAC of the endpoint's eth0 (bridge network only).
+    #[arg(long)]
+    mac_address: Option<String>,
+    /// Resolver for names its network does not know (repeatable): the
+    /// network's DNS forwards them there.
+    #[arg(long = "dns", value_name = "ADDRESS")]
+    dns: Vec<Ipv4Addr>,
+    /// Search domain of its resolv.conf (repeatable).
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    dns_search: Vec<String>,
+    /// One more line of its hosts file: NAME:IP, or NAME:host-gateway for
+    /// the bridge's gateway (repeatable).
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<String>,
 }
 
 impl CreateArgs {
@@ -353,6 +391,10 @@ impl CreateArgs {
             links: self.links.clone(),
             network_aliases: self.network_aliases.clone(),
             publish_from: self.publish_from.clone(),
+            mac_address: self.mac_address.clone(),
+            dns: self.dns.clone(),
+            dns_search: self.dns_search.clone(),
+            add_hosts: self.add_hosts.clone(),
         }
     }
 }
@@ -468,10 +510,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let daemon: DaemonInfo = rt.block_on(client.get("/v1/info"))?;
             Ok(exit_code(exec::run(&target(&info, &daemon), &cmd)?))
         }
-        Command::Ls { json } => {
+        Command::Ls { json, quiet } => {
             let list: Vec<EndpointInfo> = rt.block_on(client.get("/v1/endpoints"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if quiet {
+                for e in list {
+                    println!("{}", e.name);
+                }
             } else {
                 println!(
                     "{:<20} {:<16} {:<16} {:<18} PORTS",
@@ -479,29 +525,52 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 for e in list {
                     let s = &e.network_settings;
-                    let ports: Vec<String> = s
-                        .ports
-                        .iter()
-                        .flat_map(|(c, hs)| {
-                            hs.iter()
-                                .map(move |h| format!("{}:{}->{c}", h.host_ip, h.host_port))
-                        })
-                        .collect();
                     println!(
                         "{:<20} {:<16} {:<16} {:<18} {}",
                         e.name,
                         e.mode,
                         s.ip_address,
                         s.mac_address,
-                        ports.join(", ")
+                        compact_ports(&s.ports).join(", ")
                     );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { name } => {
-            let info: EndpointInfo = rt.block_on(client.get(&format!("/v1/endpoints/{name}")))?;
-            println!("{}", serde_json::to_string_pretty(&info)?);
+        Command::Inspect { format, names } => {
+            // Like `docker inspect`: what was found is printed, what was not
+            // is an error each, and any fails the command.
+            let mut found = Vec::new();
+            let mut failed = false;
+            for name in &names {
+                match rt.block_on(client.get::<EndpointInfo>(&format!("/v1/endpoints/{name}"))) {
+                    Ok(info) => found.push(info),
+                    Err(e) => {
+                        eprintln!("netplane: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            match format {
+                Some(template) => {
+                    for info in &found {
+                        println!("{}", render(&template, info)?);
+                    }
+                }
+                None => println!("{}", serde_json::to_string_pretty(&found)?),
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Version => {
+            println!("Client: netplane {}", env!("CARGO_PKG_VERSION"));
+            match rt.block_on(client.get::<DaemonInfo>("/v1/info")) {
+                Ok(daemon) => println!("Daemon: netplane {} (pid {})", daemon.version, daemon.pid),
+                Err(e) => println!("Daemon: {e:#}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rm { force, names } => {
@@ -573,7 +642,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&net)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Port(PortCommand::Add { name, spec, from }) => {
+        Command::Port(PortArgs {
+            command: Some(PortCommand::Add { name, spec, from }),
+            ..
+        }) => {
             let ports: Vec<PortInfo> = rt.block_on(client.post(
                 &format!("/v1/endpoints/{name}/ports"),
                 &PortRequest { spec, from },
@@ -581,7 +653,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print_ports(&ports);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Port(PortCommand::Rm { name, spec }) => {
+        Command::Port(PortArgs {
+            command: Some(PortCommand::Rm { name, spec }),
+            ..
+        }) => {
             let ports: Vec<PortInfo> = rt.block_on(client.send(
                 Method::DELETE,
                 &format!("/v1/endpoints/{name}/ports"),
@@ -593,7 +668,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print_ports(&ports);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Port(PortCommand::Ls { name, json }) => {
+        Command::Port(PortArgs {
+            command: None,
+            name: Some(name),
+            private,
+        }) => {
+            let ports: Vec<PortInfo> =
+                rt.block_on(client.get(&format!("/v1/endpoints/{name}/ports")))?;
+            let lines = docker_port_lines(&ports, private.as_deref());
+            if lines.is_empty() && private.is_some() {
+                bail!(
+                    "no public port {} published for {name}",
+                    private.unwrap_or_default()
+                );
+            }
+            for line in lines {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Port(PortArgs {
+            command: None,
+            name: None,
+            ..
+        }) => {
+            let ports: Vec<PortInfo> = rt.block_on(client.get("/v1/ports"))?;
+            print_ports(&ports);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Port(PortArgs {
+            command: Some(PortCommand::Ls { name, json }),
+            ..
+        }) => {
             let mut ports: Vec<PortInfo> = rt.block_on(client.get("/v1/ports"))?;
             if let Some(name) = &name {
                 ports.retain(|p| &p.endpoint == name);
@@ -686,6 +792,108 @@ fn target(info: &EndpointInfo, daemon: &DaemonInfo) -> exec::Target {
         etc_name: (!host).then(|| info.name.clone()),
         hostname: info.hostname.clone().filter(|_| !host),
     }
+}
+
+/// `docker ps`'s PORTS column: runs of consecutive ports of one rule as
+/// one range, `0.0.0.0:8000-8010->80-90/tcp`.
+fn compact_ports(ports: &BTreeMap<String, Vec<HostBinding>>) -> Vec<String> {
+    let mut bindings: Vec<(String, String, u16, u16)> = ports
+        .iter()
+        .flat_map(|(cport, hosts)| {
+            let (port, proto) = cport.split_once('/').unwrap_or((cport, "tcp"));
+            let port: u16 = port.parse().unwrap_or_default();
+            hosts.iter().map(move |h| {
+                let host_port = h.host_port.parse().unwrap_or_default();
+                (h.host_ip.clone(), proto.to_string(), port, host_port)
+            })
+        })
+        .collect();
+    bindings.sort();
+    let range = |a: u16, b: u16| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bindings.len() {
+        let (ip, proto, cstart, hstart) = &bindings[i];
+        let mut j = i;
+        while let Some(next) = bindings.get(j + 1) {
+            let cur = &bindings[j];
+            if next.0 != cur.0 || next.1 != cur.1 || next.2 != cur.2 + 1 || next.3 != cur.3 + 1 {
+                break;
+            }
+            j += 1;
+        }
+        let (_, _, cend, hend) = &bindings[j];
+        out.push(format!(
+            "{ip}:{}->{}/{proto}",
+            range(*hstart, *hend),
+            range(*cstart, *cend)
+        ));
+        i = j + 1;
+    }
+    out
+}
+
+/// `docker port NAME [CPORT[/PROTO]]`: `80/tcp -> 0.0.0.0:8080`, one line
+/// per endpoint port and host binding.
+fn docker_port_lines(ports: &[PortInfo], only: Option<&str>) -> Vec<String> {
+    let only = only.map(|o| match o.split_once('/') {
+        Some((port, proto)) => (port.to_string(), proto.to_string()),
+        None => (o.to_string(), "tcp".to_string()),
+    });
+    let mut lines = Vec::new();
+    for p in ports {
+        for offset in 0..=(p.container_port_end - p.container_port) {
+            let cport = p.container_port + offset;
+            if only
+                .as_ref()
+                .is_some_and(|(port, proto)| *port != cport.to_string() || *proto != p.proto)
+            {
+                continue;
+            }
+            let binding = format!("{}:{}", p.host_ip, p.host_port + offset);
+            lines.push(if only.is_some() {
+                binding
+            } else {
+                format!("{cport}/{} -> {binding}", p.proto)
+            });
+        }
+    }
+    lines
+}
+
+/// `value` through the Go template `template`, with Docker's `json`
+/// function besides Go's own.
+fn render(template: &str, value: &impl serde::Serialize) -> anyhow::Result<String> {
+    fn to_json(v: &gotmpl::Value) -> serde_json::Value {
+        use gotmpl::Value;
+        match v {
+            Value::Nil | Value::Function(_) => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Uint(u) => (*u).into(),
+            Value::Float(f) => (*f).into(),
+            Value::String(s) => s.as_ref().into(),
+            Value::List(l) => l.iter().map(to_json).collect(),
+            Value::Map(m) => m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect(),
+        }
+    }
+    let data = gotmpl::to_value(value).context("preparing the template's data")?;
+    let parsed = gotmpl::Template::new("format")
+        .func("json", |args| {
+            let json = args.first().map(to_json).unwrap_or_default();
+            Ok(gotmpl::Value::String(json.to_string().into()))
+        })
+        .parse(template)
+        .with_context(|| format!("template {template:?}"))?;
+    parsed
+        .execute_to_string(&data)
+        .with_context(|| format!("template {template:?}"))
 }
 
 /// `docker port`'s shape: `80/tcp -> 0.0.0.0:8080`, one line per rule.
@@ -817,18 +1025,20 @@ fn detach(
     client: &Client,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<ExitCode> {
-    // The running daemon's log and socket are left as they are.
+    // A running daemon's log and socket are left as they are. One that
+    // was just killed may still hold its socket for a moment, without
+    // answering: the new one waits for it to be gone.
     if client.daemon_listens() {
-        let pid = rt
-            .block_on(client.get::<DaemonInfo>("/v1/info"))
-            .map_or_else(
-                |_| "its pid unknown".to_string(),
-                |i| format!("pid {}", i.pid),
+        let answer = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), client.get::<DaemonInfo>("/v1/info")).await
+        });
+        if let Ok(Ok(running)) = answer {
+            bail!(
+                "a netplane daemon already runs here (pid {}, API in {}); `netplane down` stops it",
+                running.pid,
+                run_dir.display()
             );
-        bail!(
-            "a netplane daemon already runs here ({pid}, API in {}); `netplane down` stops it",
-            run_dir.display()
-        );
+        }
     }
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let log_path = run_dir.join("netplane.log");
@@ -867,4 +1077,94 @@ fn detach(
         "the daemon did not answer within 60 s; see {}",
         log_path.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(ip: &str, port: u16) -> HostBinding {
+        HostBinding {
+            host_ip: ip.into(),
+            host_port: port.to_string(),
+            allowed_from: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn consecutive_ports_are_listed_as_ranges() {
+        let mut ports = BTreeMap::new();
+        for (i, c) in (80..=90).enumerate() {
+            ports.insert(
+                format!("{c}/tcp"),
+                vec![binding("0.0.0.0", 8000 + i as u16)],
+            );
+        }
+        ports.insert("53/udp".into(), vec![binding("127.0.0.1", 5353)]);
+        // 100 and 101 map to ports that are not consecutive: two entries.
+        ports.insert("100/tcp".into(), vec![binding("0.0.0.0", 9000)]);
+        ports.insert("101/tcp".into(), vec![binding("0.0.0.0", 9005)]);
+        assert_eq!(
+            compact_ports(&ports),
+            [
+                "0.0.0.0:8000-8010->80-90/tcp",
+                "0.0.0.0:9000->100/tcp",
+                "0.0.0.0:9005->101/tcp",
+                "127.0.0.1:5353->53/udp",
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_port_lists_each_port_and_one_on_its_own() {
+        let rule = PortInfo {
+            endpoint: "web".into(),
+            endpoint_ip: "172.17.0.2".parse().unwrap(),
+            host_ip: "0.0.0.0".parse().unwrap(),
+            host_port: 8000,
+            host_port_end: 8001,
+            container_port: 80,
+            container_port_end: 81,
+            proto: "tcp".into(),
+            from: Vec::new(),
+        };
+        assert_eq!(
+            docker_port_lines(std::slice::from_ref(&rule), None),
+            ["80/tcp -> 0.0.0.0:8000", "81/tcp -> 0.0.0.0:8001"]
+        );
+        assert_eq!(
+            docker_port_lines(std::slice::from_ref(&rule), Some("81")),
+            ["0.0.0.0:8001"]
+        );
+        assert!(docker_port_lines(&[rule], Some("81/udp")).is_empty());
+    }
+
+    #[test]
+    fn templates_reach_fields_ranges_and_json() {
+        let value = serde_json::json!({
+            "Name": "web",
+            "NetworkSettings": {
+                "IPAddress": "172.17.0.2",
+                "Networks": {"bridge": {"IPAddress": "172.17.0.2"}},
+                "Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+            }
+        });
+        assert_eq!(
+            render("{{.Name}} {{.NetworkSettings.IPAddress}}", &value).unwrap(),
+            "web 172.17.0.2"
+        );
+        assert_eq!(
+            render(
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &value
+            )
+            .unwrap(),
+            "172.17.0.2"
+        );
+        assert_eq!(
+            render("{{json .NetworkSettings.Ports}}", &value).unwrap(),
+            r#"{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"}]}"#
+        );
+        assert!(render("{{.Name", &value).is_err());
+    }
 }

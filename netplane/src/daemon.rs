@@ -23,16 +23,16 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowInfo,
-        HostBinding, InterfaceStats, NatRule, NatTable, NetworkInfo, NetworkSettings, PeerInfo,
-        PortInfo, Removed, Stats,
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointNetwork, EndpointState,
+        EndpointStats, FlowInfo, HostBinding, InterfaceStats, NatRule, NatTable, NetworkInfo,
+        NetworkSettings, PeerInfo, PortInfo, Removed, Stats,
     },
     cluster::{ClusterError, ClusterView, Session, StoreUrl},
     conntrack::{self, Timeouts},
     dns::{self, Zone},
     endpoint::{
-        self, BridgeNet, DEFAULT_MTU, ENDPOINT_IFNAME, HOST_VETH_PREFIX, LinkedHost, Mode, Step,
-        format_mac, mac_for,
+        self, BridgeNet, DEFAULT_MTU, ENDPOINT_IFNAME, EndpointOptions, HOST_VETH_PREFIX,
+        LinkedHost, Mode, Step, format_mac, mac_for,
     },
     error::{Error, Result},
     ipam::{self, Pool},
@@ -450,10 +450,9 @@ impl Daemon {
             if let (State::Ready, Some(ip), Some(zone)) =
                 (rec.state, rec.ep.ip, zone_of(&rec.ep.mode))
             {
-                zones
-                    .entry(zone.to_string())
-                    .or_default()
-                    .insert(&rec.ep.name, &rec.aliases, ip);
+                let zone = zones.entry(zone.to_string()).or_default();
+                zone.insert(&rec.ep.name, &rec.aliases, ip);
+                zone.set_upstream(ip, &rec.ep.options.dns);
             }
         }
         self.resolver.set_zones(zones);
@@ -573,9 +572,11 @@ impl Daemon {
                     self.store.delete_endpoint(&rec.ep.name)?;
                 }
                 State::Ready if self.is_intact(&rec.ep).await? => {
-                    if let (Some(veth), Some(ip)) = (rec.ep.host_veth(), rec.ep.ip) {
+                    if let (Some(veth), Some(ip), Some(mac)) =
+                        (rec.ep.host_veth(), rec.ep.ip, rec.ep.mac())
+                    {
                         let vni = self.bridge_net_of(&rec.ep.mode)?.vni;
-                        self.attach_endpoint(&veth, ip, vni)?;
+                        self.attach_endpoint(&veth, ip, mac, vni)?;
                     }
                     self.publish(&rec.ep, &rec.ports)?;
                     self.hold_published(&rec.ep.name, &rec.ports);
@@ -664,11 +665,17 @@ impl Daemon {
         Ok(())
     }
 
-    fn attach_endpoint(&mut self, ifname: &str, ip: Ipv4Addr, vni: u32) -> Result<()> {
+    fn attach_endpoint(
+        &mut self,
+        ifname: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        vni: u32,
+    ) -> Result<()> {
         let ifindex = if_nametoindex(ifname).map_err(|e| Error::io("look up", ifname, e))?;
         let dp = self.dp();
         dp.attach(ifname, Role::Endpoint)?;
-        dp.add_endpoint(ifindex, ip, mac_for(ip), vni)
+        dp.add_endpoint(ifindex, ip, mac, vni)
     }
 
     /// Zeroes the counters of newly published rules, whose slots may have
@@ -792,16 +799,22 @@ impl Daemon {
                 gateway,
                 bridge,
                 mtu,
+                mac,
             } => {
                 let ns_file = netns::open(&netns::path(ns))?;
                 self.rtnl
-                    .create_veth(host, bridge, ENDPOINT_IFNAME, mac_for(*ip), *mtu, &ns_file)
+                    .create_veth(host, bridge, ENDPOINT_IFNAME, *mac, *mtu, &ns_file)
                     .await?;
                 Rtnl::in_netns(&ns_file)?
                     .configure_endpoint(ENDPOINT_IFNAME, *ip, *prefix_len, *gateway)
                     .await
             }
-            Step::AttachDatapath { ifname, ip, vni } => self.attach_endpoint(ifname, *ip, *vni),
+            Step::AttachDatapath {
+                ifname,
+                ip,
+                mac,
+                vni,
+            } => self.attach_endpoint(ifname, *ip, *mac, *vni),
             Step::EtcFiles {
                 name,
                 hosts,
@@ -894,6 +907,7 @@ impl Daemon {
             endpoint::validate_name(alias)?;
             ready(other).ok_or_else(|| Error::EndpointNotFound(other.to_string()))?;
         }
+        let options = self.endpoint_options(&req, &mode, &records)?;
         let ports = Self::resolve_ports(&self.rtnl, &specs, &records, &from).await?;
         // The bridge's, or the overlay's (which must exist) on this host.
         let pool = Pool::new(self.bridge_net_of(&mode)?.subnet)?;
@@ -906,6 +920,7 @@ impl Daemon {
                 ports: &ports,
                 links: &req.links,
                 aliases: &req.network_aliases,
+                options: &options,
             },
             mode.has_veth().then_some(&pool),
         )?;
@@ -930,6 +945,60 @@ impl Daemon {
         self.inspect(&ep.name)
     }
 
+    /// The `docker run`-style options of a create request, checked.
+    fn endpoint_options(
+        &self,
+        req: &CreateEndpoint,
+        mode: &Mode,
+        records: &[StoredEndpoint],
+    ) -> Result<EndpointOptions> {
+        let not_for = |flag| {
+            Err(Error::NotApplicable {
+                flag,
+                mode: mode.to_string(),
+            })
+        };
+        let own_resolv = mode.owns_netns();
+        if !own_resolv && !req.dns.is_empty() {
+            return not_for("--dns");
+        }
+        if !own_resolv && !req.dns_search.is_empty() {
+            return not_for("--dns-search");
+        }
+        if !own_resolv && !req.add_hosts.is_empty() {
+            return not_for("--add-host");
+        }
+        endpoint::check_search_domains(&req.dns_search)?;
+        let mac = match &req.mac_address {
+            // Overlay peers derive an endpoint's MAC from its address.
+            Some(_) if *mode != Mode::Bridge => return not_for("--mac-address"),
+            Some(mac) => {
+                let mac = endpoint::parse_mac(mac)?;
+                endpoint::check_mac_free(mac, self.net.subnet.trunc())?;
+                Some(mac)
+            }
+            None => None,
+        };
+        if let Some(mac) = mac
+            && let Some(other) = records.iter().find(|r| r.ep.mac() == Some(mac))
+        {
+            return Err(Error::MacInUse {
+                mac: format_mac(&mac),
+                other: other.ep.name.clone(),
+            });
+        }
+        Ok(EndpointOptions {
+            mac,
+            dns: req.dns.clone(),
+            dns_search: req.dns_search.clone(),
+            extra_hosts: req
+                .add_hosts
+                .iter()
+                .map(|h| endpoint::parse_extra_host(h, self.net.gateway))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     /// Checks `-p` specs against the host and the ports already published,
     /// and picks the host ports and counter slots they leave open. (Takes
     /// the netlink handle, not `&self`: the daemon is not `Sync`, and API
@@ -949,7 +1018,7 @@ impl Daemon {
         if let Some(ip) = specs
             .iter()
             .filter_map(|s| s.host_ip)
-            .find(|ip| !ip.is_loopback() && !local.contains(ip))
+            .find(|ip| !ip.is_loopback() && !ip.is_unspecified() && !local.contains(ip))
         {
             return Err(Error::HostIpNotLocal(ip));
         }
@@ -1231,6 +1300,7 @@ impl Daemon {
             uplink: self.uplink.clone(),
             subnet: self.net.subnet.trunc().to_string(),
             tc_hook: self.tc_hook.name().into(),
+            version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 
@@ -1238,8 +1308,11 @@ impl Daemon {
     /// has the address of the endpoint whose namespace it shares.
     fn resolved(&self, ep: &endpoint::Endpoint) -> endpoint::Endpoint {
         let mut ep = ep.clone();
-        if let Mode::Container(other) = &ep.mode {
-            ep.ip = self.store.endpoint(other).ok().and_then(|o| o.ep.ip);
+        if let Mode::Container(other) = &ep.mode
+            && let Ok(other) = self.store.endpoint(other)
+        {
+            ep.ip = other.ep.ip;
+            ep.options.mac = other.ep.options.mac;
         }
         ep
     }
@@ -1253,6 +1326,7 @@ impl Daemon {
             mode => Some(mode.clone()),
         };
         let net = attached
+            .clone()
             .filter(Mode::has_veth)
             .and_then(|mode| self.bridge_net_of(&mode).ok())
             .filter(|_| ep.ip.is_some());
@@ -1270,8 +1344,42 @@ impl Daemon {
                     });
             }
         }
+        let ip_address = ep
+            .ip
+            .filter(|_| bridged)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let ip_prefix_len = net.as_ref().map_or(0, |n| n.subnet.prefix_len());
+        let gateway = net
+            .as_ref()
+            .map(|n| n.gateway.to_string())
+            .unwrap_or_default();
+        let mac_address = ep
+            .mac()
+            .filter(|_| bridged)
+            .map(|mac| format_mac(&mac))
+            .unwrap_or_default();
+        // Docker lists a container: endpoint under no network of its own.
+        let networks = match attached {
+            Some(Mode::Container(_)) | None => BTreeMap::new(),
+            Some(mode) => BTreeMap::from([(
+                zone_of(&mode).map_or_else(|| mode.to_string(), str::to_string),
+                EndpointNetwork {
+                    ip_address: ip_address.clone(),
+                    ip_prefix_len,
+                    gateway: gateway.clone(),
+                    mac_address: mac_address.clone(),
+                    aliases: rec.aliases.clone(),
+                },
+            )]),
+        };
         EndpointInfo {
+            id: rec.uid.clone(),
             name: ep.name.clone(),
+            created: rec.created.clone(),
+            state: EndpointState {
+                status: rec.state.as_str().to_string(),
+            },
             mode: ep.mode.to_string(),
             hostname: ep.hostname.clone(),
             links: rec.links.clone(),
@@ -1281,22 +1389,12 @@ impl Daemon {
                     Some(n) => netns::path(n).to_string_lossy().into_owned(),
                     None => self.info().netns,
                 },
-                ip_address: ep
-                    .ip
-                    .filter(|_| bridged)
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default(),
-                ip_prefix_len: net.as_ref().map_or(0, |n| n.subnet.prefix_len()),
-                gateway: net
-                    .as_ref()
-                    .map(|n| n.gateway.to_string())
-                    .unwrap_or_default(),
-                mac_address: ep
-                    .ip
-                    .filter(|_| bridged)
-                    .map(|ip| format_mac(&mac_for(ip)))
-                    .unwrap_or_default(),
+                ip_address,
+                ip_prefix_len,
+                gateway,
+                mac_address,
                 ports,
+                networks,
             },
         }
     }

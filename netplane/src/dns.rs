@@ -43,6 +43,8 @@ pub struct Zone {
     names: BTreeMap<String, Ipv4Addr>,
     aliases: BTreeMap<String, Vec<Ipv4Addr>>,
     reverse: BTreeMap<Ipv4Addr, String>,
+    /// Endpoints' own resolvers (`--dns`), by their address.
+    upstreams: BTreeMap<Ipv4Addr, Vec<SocketAddr>>,
 }
 
 impl Zone {
@@ -58,6 +60,23 @@ impl Zone {
             }
         }
         self.reverse.insert(addr, name);
+    }
+
+    /// Sends what the network does not know from the endpoint at `addr` to
+    /// `resolvers` on port 53 instead of the daemon's.
+    pub fn set_upstream(&mut self, addr: Ipv4Addr, resolvers: &[Ipv4Addr]) {
+        if !resolvers.is_empty() {
+            let servers = resolvers
+                .iter()
+                .map(|r| SocketAddr::from((*r, 53)))
+                .collect();
+            self.upstreams.insert(addr, servers);
+        }
+    }
+
+    /// The resolvers of the endpoint at `addr`, if it has its own.
+    pub fn upstream_of(&self, addr: Ipv4Addr) -> Option<&[SocketAddr]> {
+        self.upstreams.get(&addr).map(Vec::as_slice)
     }
 
     /// The addresses of `name`: the endpoint's of that name, or else those

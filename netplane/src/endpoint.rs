@@ -141,6 +141,128 @@ pub fn bridge_endpoint_mtu(uplink_mtu: u32) -> Option<u32> {
     (uplink_mtu < DEFAULT_MTU).then_some(uplink_mtu)
 }
 
+/// `--add-host NAME:IP`: one more line of an endpoint's hosts file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraHost {
+    /// Host name.
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// What `docker run` users set besides the network: the endpoint's MAC,
+/// resolvers and hosts entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointOptions {
+    /// `--mac-address`, instead of the one derived from the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
+    /// `--dns`: the resolvers names the network does not know go to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
+    /// `--dns-search`: resolv.conf's search domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    /// `--add-host`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<ExtraHost>,
+}
+
+/// Why a `docker run`-style option is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// Not six hex octets, or not a unicast address of one's own.
+    #[error("MAC address {0:?}: use six hex octets (02:42:ac:11:00:02), unicast and not zero")]
+    BadMac(String),
+    /// The MAC netplane gives the endpoint with some address.
+    #[error("MAC address {mac} is the one netplane gives the endpoint at {ip}")]
+    DerivedMac {
+        /// The MAC.
+        mac: String,
+        /// The address it is derived from.
+        ip: Ipv4Addr,
+    },
+    /// Not `NAME:IP`.
+    #[error("--add-host {0:?}: use NAME:IPv4 or NAME:host-gateway")]
+    BadExtraHost(String),
+    /// Not a domain name.
+    #[error("--dns-search {0:?} is not a domain name")]
+    BadSearchDomain(String),
+}
+
+/// Parses `--mac-address`: six hex octets, unicast, not all zero.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], OptionError> {
+    let bad = || OptionError::BadMac(s.to_string());
+    let octets: Vec<u8> = s
+        .split([':', '-'])
+        .map(|o| {
+            (o.len() == 2)
+                .then(|| u8::from_str_radix(o, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let mac: [u8; 6] = octets.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Refuses a `--mac-address` that is the MAC another endpoint of `subnet`
+/// gets from its address, now or when it is leased later.
+pub fn check_mac_free(mac: [u8; 6], subnet: Ipv4Net) -> Result<(), OptionError> {
+    let ip = Ipv4Addr::new(mac[2], mac[3], mac[4], mac[5]);
+    if mac_for(ip) == mac && subnet.contains(&ip) {
+        return Err(OptionError::DerivedMac {
+            mac: format_mac(&mac),
+            ip,
+        });
+    }
+    Ok(())
+}
+
+/// Parses `--add-host NAME:IP`; `host-gateway` is `gateway`, the
+/// endpoint's way to the host, as in Docker.
+pub fn parse_extra_host(s: &str, gateway: Ipv4Addr) -> Result<ExtraHost, OptionError> {
+    let bad = || OptionError::BadExtraHost(s.to_string());
+    let (name, ip) = s.split_once(':').ok_or_else(bad)?;
+    let ip = match ip {
+        "host-gateway" => gateway,
+        ip => ip.parse().map_err(|_| bad())?,
+    };
+    if !is_domain_name(name) {
+        return Err(bad());
+    }
+    Ok(ExtraHost {
+        name: name.to_string(),
+        ip,
+    })
+}
+
+/// Checks `--dns-search` domains.
+pub fn check_search_domains(domains: &[String]) -> Result<(), OptionError> {
+    match domains.iter().find(|d| !is_domain_name(d)) {
+        Some(d) => Err(OptionError::BadSearchDomain(d.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Dot-separated labels of letters, digits, `-` and `_`, none empty or
+/// longer than 63, at most 253 in all.
+fn is_domain_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// An endpoint as stored: everything needed to (re)build or remove it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -154,9 +276,17 @@ pub struct Endpoint {
     pub ip: Option<Ipv4Addr>,
     /// Hostname for processes started in it, if it has its own.
     pub hostname: Option<String>,
+    /// MAC, resolvers and hosts entries asked for.
+    pub options: EndpointOptions,
 }
 
 impl Endpoint {
+    /// The MAC of its interface: the one asked for, else the one its
+    /// address gives.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.options.mac.or(self.ip.map(mac_for))
+    }
+
     /// The host-side veth, for bridge endpoints.
     pub fn host_veth(&self) -> Option<String> {
         self.mode.has_veth().then(|| host_veth_name(self.id))
@@ -201,6 +331,8 @@ pub enum Step {
         bridge: String,
         /// MTU of both ends, when not the kernel's default.
         mtu: Option<u32>,
+        /// MAC of the endpoint side.
+        mac: [u8; 6],
     },
     /// The data path's endpoint program on the host-side veth, and the
     /// endpoint's address and MAC in its maps.
@@ -209,6 +341,8 @@ pub enum Step {
         ifname: String,
         /// Endpoint address.
         ip: Ipv4Addr,
+        /// Endpoint MAC.
+        mac: [u8; 6],
         /// The endpoint's network: its overlay's VNI, 0 for the bridge.
         vni: u32,
     },
@@ -264,8 +398,8 @@ pub fn plan(
     let dns = dns.filter(|_| ep.mode.has_veth());
     let etc = |ip| Step::EtcFiles {
         name: name.clone(),
-        hosts: hosts_file(&hostname, &name, ip, links),
-        resolv: resolv_conf(host_resolv, dns),
+        hosts: hosts_file(&hostname, &name, ip, links, &ep.options.extra_hosts),
+        resolv: resolv_conf(host_resolv, dns, &ep.options),
     };
     match &ep.mode {
         Mode::Host => Vec::new(),
@@ -279,6 +413,7 @@ pub fn plan(
         ],
         Mode::Bridge | Mode::Network(_) => {
             let ip = ep.ip.expect("bridge and overlay endpoints have an address");
+            let mac = ep.mac().expect("endpoints with an address have a MAC");
             let host = host_veth_name(ep.id);
             vec![
                 Step::Netns { name: name.clone() },
@@ -290,10 +425,12 @@ pub fn plan(
                     gateway: net.gateway,
                     bridge: net.bridge.clone(),
                     mtu: net.mtu,
+                    mac,
                 },
                 Step::AttachDatapath {
                     ifname: host,
                     ip,
+                    mac,
                     vni: net.vni,
                 },
                 etc(Some(ip)),
@@ -303,12 +440,14 @@ pub fn plan(
 }
 
 /// The hosts file of an endpoint, as Docker writes it: linked endpoints
-/// under their alias and their own name, then the endpoint itself.
+/// under their alias and their own name, `--add-host` entries, then the
+/// endpoint itself.
 pub fn hosts_file(
     hostname: &str,
     name: &str,
     ip: Option<Ipv4Addr>,
     links: &[LinkedHost],
+    extra: &[ExtraHost],
 ) -> String {
     let mut hosts = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
@@ -322,6 +461,9 @@ pub fn hosts_file(
             hosts.push_str(&format!("{}\t{} {}\n", link.ip, link.alias, link.name));
         }
     }
+    for host in extra {
+        hosts.push_str(&format!("{}\t{}\n", host.ip, host.name));
+    }
     let names = if hostname == name {
         name.to_string()
     } else {
@@ -334,24 +476,35 @@ pub fn hosts_file(
     hosts
 }
 
-/// The host's resolv.conf without loopback nameservers, which an endpoint in
-/// its own namespace cannot reach.
-pub fn resolv_conf(host_resolv: &str, dns: Option<Ipv4Addr>) -> String {
-    let own = dns.map(|d| format!("nameserver {d}\n"));
+/// An endpoint's resolv.conf: its network's embedded DNS server `dns`
+/// when it has one (which forwards to `--dns` servers), else the `--dns`
+/// servers, else the host's nameservers but loopback ones, which an
+/// endpoint in its own namespace cannot reach; `--dns-search` replaces the
+/// host's search domains.
+pub fn resolv_conf(host_resolv: &str, dns: Option<Ipv4Addr>, options: &EndpointOptions) -> String {
+    let own: Vec<Ipv4Addr> = match dns {
+        Some(d) => vec![d],
+        None => options.dns.clone(),
+    };
+    let search = (!options.dns_search.is_empty())
+        .then(|| format!("search {}\n", options.dns_search.join(" ")));
     let kept = host_resolv.lines().filter(|line| {
         let mut words = line.split_whitespace();
-        if words.next() != Some("nameserver") {
-            return true;
+        match words.next() {
+            Some("nameserver") => {
+                own.is_empty()
+                    && !words
+                        .next()
+                        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                        .is_some_and(|a| a.is_loopback())
+            }
+            Some("search" | "domain") => search.is_none(),
+            _ => true,
         }
-        // With a server of its own, the endpoint asks only it; without, the
-        // host's loopback resolvers are out of its reach.
-        dns.is_none()
-            && !words
-                .next()
-                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-                .is_some_and(|a| a.is_loopback())
     });
-    own.into_iter()
+    own.iter()
+        .map(|d| format!("nameserver {d}\n"))
+        .chain(search.clone())
         .chain(kept.map(|l| format!("{l}\n")))
         .collect()
 }
@@ -377,6 +530,7 @@ mod tests {
             mode,
             ip: ip.map(|s| s.parse().unwrap()),
             hostname: None,
+            options: EndpointOptions::default(),
         }
     }
 
@@ -454,6 +608,7 @@ mod tests {
                 gateway: "172.17.0.1".parse().unwrap(),
                 bridge: "np0".into(),
                 mtu: None,
+                mac: [0x02, 0x42, 172, 17, 0, 2],
             }
         );
         assert_eq!(
@@ -461,6 +616,7 @@ mod tests {
             Step::AttachDatapath {
                 ifname: "npv1a".into(),
                 ip: "172.17.0.2".parse().unwrap(),
+                mac: [0x02, 0x42, 172, 17, 0, 2],
                 vni: 0,
             }
         );
@@ -526,7 +682,7 @@ mod tests {
 
     #[test]
     fn hostname_goes_first_in_hosts() {
-        assert!(hosts_file("box", "web", None, &[]).ends_with("127.0.1.1\tbox web\n"));
+        assert!(hosts_file("box", "web", None, &[], &[]).ends_with("127.0.1.1\tbox web\n"));
     }
 
     #[test]
@@ -543,9 +699,82 @@ mod tests {
                 name: "cache".into(),
             },
         ];
-        let hosts = hosts_file("web", "web", "172.17.0.2".parse().ok(), &links);
+        let hosts = hosts_file("web", "web", "172.17.0.2".parse().ok(), &links, &[]);
         assert!(hosts.ends_with("172.17.0.3\tdb postgres\n172.17.0.4\tcache\n172.17.0.2\tweb\n"));
         assert_eq!(parse_link("postgres:db"), ("postgres", "db"));
         assert_eq!(parse_link("cache"), ("cache", "cache"));
+    }
+
+    #[test]
+    fn docker_run_options_end_up_in_the_etc_files_and_the_veth() {
+        let gateway: Ipv4Addr = "172.17.0.1".parse().unwrap();
+        let mut e = ep(Mode::None, None);
+        e.options = EndpointOptions {
+            mac: Some(parse_mac("02:00:00:00:00:aa").unwrap()),
+            dns: vec!["192.0.2.53".parse().unwrap()],
+            dns_search: vec!["corp.example".into(), "lab".into()],
+            extra_hosts: vec![
+                parse_extra_host("db.internal:192.0.2.7", gateway).unwrap(),
+                parse_extra_host("host.docker.internal:host-gateway", gateway).unwrap(),
+            ],
+        };
+        let host = "search home\nnameserver 9.9.9.9\noptions ndots:2\n";
+        let steps = plan(&e, &net(), host, None, &[]);
+        let Step::EtcFiles { hosts, resolv, .. } = &steps[1] else {
+            panic!("{steps:?}")
+        };
+        assert!(
+            hosts.contains("192.0.2.7\tdb.internal\n172.17.0.1\thost.docker.internal\n"),
+            "{hosts}"
+        );
+        assert_eq!(
+            resolv,
+            "nameserver 192.0.2.53\nsearch corp.example lab\noptions ndots:2\n"
+        );
+        // With the network's DNS, the endpoint asks it (which forwards to
+        // --dns); the MAC asked for is the veth's.
+        let mut e = ep(Mode::Bridge, Some("172.17.0.2"));
+        e.options.mac = Some([2, 0, 0, 0, 0, 0xaa]);
+        e.options.dns = vec!["192.0.2.53".parse().unwrap()];
+        let steps = plan(&e, &net(), host, Some(gateway), &[]);
+        assert!(matches!(
+            steps[1],
+            Step::Veth {
+                mac: [2, 0, 0, 0, 0, 0xaa],
+                ..
+            }
+        ));
+        let Step::EtcFiles { resolv, .. } = &steps[3] else {
+            panic!()
+        };
+        assert_eq!(
+            resolv,
+            "nameserver 172.17.0.1\nsearch home\noptions ndots:2\n"
+        );
+    }
+
+    #[test]
+    fn bad_docker_run_options_are_refused() {
+        let gw = "172.17.0.1".parse().unwrap();
+        for mac in [
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "02:00:00:00:00",
+            "zz:00:00:00:00:01",
+        ] {
+            assert!(parse_mac(mac).is_err(), "{mac}");
+        }
+        assert_eq!(
+            parse_mac("02-42-AC-11-00-09"),
+            Ok([2, 0x42, 0xac, 0x11, 0, 9])
+        );
+        for spec in ["db", "db:300.1.1.1", ":192.0.2.1", "a b:192.0.2.1"] {
+            assert!(parse_extra_host(spec, gw).is_err(), "{spec}");
+        }
+        assert!(check_search_domains(&["ok.example".into(), "bad..example".into()]).is_err());
+        let subnet = "172.17.0.0/16".parse().unwrap();
+        assert!(check_mac_free(mac_for("172.17.0.9".parse().unwrap()), subnet).is_err());
+        assert!(check_mac_free(mac_for("10.0.0.9".parse().unwrap()), subnet).is_ok());
+        assert!(check_mac_free([2, 0, 0, 0, 0, 9], subnet).is_ok());
     }
 }

@@ -77,6 +77,17 @@ pub enum Error {
     /// This host holds no /24 of an overlay network (yet).
     #[error("network {0}: this host holds no lease of it in the cluster store")]
     NoLease(String),
+    /// A `--mac-address`, `--add-host` or `--dns-search` value was refused.
+    #[error(transparent)]
+    Option(#[from] crate::endpoint::OptionError),
+    /// Another endpoint on the bridge has the MAC asked for.
+    #[error("MAC address {mac} is endpoint {other}'s")]
+    MacInUse {
+        /// The MAC.
+        mac: String,
+        /// The endpoint that has it.
+        other: String,
+    },
     /// A `-p` argument was refused.
     #[error(transparent)]
     PortSpec(#[from] PortSpecError),
@@ -294,6 +305,7 @@ impl Error {
             self,
             Error::InvalidName(_)
                 | Error::PortSpec(_)
+                | Error::Option(_)
                 | Error::Lease(_)
                 | Error::NotApplicable { .. }
                 | Error::NoNamespace(_)
@@ -329,6 +341,7 @@ impl Error {
                 | Error::Foreign(_)
                 | Error::HasDependents { .. }
                 | Error::AliasIsName { .. }
+                | Error::MacInUse { .. }
         ) || matches!(
             self,
             Error::Store(rusqlite::Error::SqliteFailure(e, _))

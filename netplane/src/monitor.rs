@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One data path event, as the monitor stream carries it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct MonitorEvent {
     /// `drop` or `flow` (a new flow and its translation).
     pub kind: String,
@@ -27,7 +28,11 @@ pub struct MonitorEvent {
 
 /// One line of `GET /v1/monitor`'s stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(
+    tag = "Type",
+    rename_all = "snake_case",
+    rename_all_fields = "PascalCase"
+)]
 pub enum MonitorRecord {
     /// Events are being emitted: what happens from now on shows.
     Started,

@@ -188,7 +188,8 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, served: Arc<Serv
         let (socket, shared, served) = (socket.clone(), shared.clone(), served.clone());
         // Forwarded queries wait on upstream: each on its own task.
         tokio::spawn(async move {
-            if let Some(reply) = respond(&shared, &served.network, &packet, Transport::Udp).await {
+            let asked = respond(&shared, &served.network, client, &packet, Transport::Udp).await;
+            if let Some(reply) = asked {
                 let _ = socket.send_to(&reply, client).await;
             }
             drop(slot);
@@ -211,7 +212,7 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, served: Arc<Serve
         let (shared, served) = (shared.clone(), served.clone());
         tokio::spawn(async move {
             let network = &served.network;
-            if let Err(e) = serve_tcp_client(conn, &shared, network).await {
+            if let Err(e) = serve_tcp_client(conn, &shared, network, client).await {
                 debug!(network, "DNS over TCP: {e}");
             }
             drop(slot);
@@ -225,6 +226,7 @@ async fn serve_tcp_client(
     mut conn: TcpStream,
     shared: &Shared,
     network: &str,
+    client: SocketAddr,
 ) -> std::io::Result<()> {
     loop {
         let Ok(len) = timeout(TCP_IDLE, conn.read_u16()).await else {
@@ -234,7 +236,7 @@ async fn serve_tcp_client(
         timeout(TCP_IDLE, conn.read_exact(&mut packet))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let Some(reply) = respond(shared, network, &packet, Transport::Tcp).await else {
+        let Some(reply) = respond(shared, network, client, &packet, Transport::Tcp).await else {
             return Ok(());
         };
         let Ok(reply_len) = u16::try_from(reply.len()) else {
@@ -245,12 +247,23 @@ async fn serve_tcp_client(
     }
 }
 
-/// The reply to `packet` from an endpoint of `network`, if any.
-async fn respond(shared: &Shared, network: &str, packet: &[u8], via: Transport) -> Option<Vec<u8>> {
-    let outcome = {
+/// The reply to `packet` from `client`, an endpoint of `network`, if any.
+async fn respond(
+    shared: &Shared,
+    network: &str,
+    client: SocketAddr,
+    packet: &[u8],
+    via: Transport,
+) -> Option<Vec<u8>> {
+    let (outcome, own_upstream) = {
         let zones = shared.zones.read().unwrap_or_else(|e| e.into_inner());
         let empty = Zone::default();
-        decide(packet, zones.get(network).unwrap_or(&empty))
+        let zone = zones.get(network).unwrap_or(&empty);
+        let own = match client.ip() {
+            std::net::IpAddr::V4(ip) => zone.upstream_of(ip).map(<[SocketAddr]>::to_vec),
+            std::net::IpAddr::V6(_) => None,
+        };
+        (decide(packet, zone), own)
     };
     if outcome != Outcome::Ignore {
         shared.queries.fetch_add(1, Ordering::Relaxed);
@@ -260,21 +273,32 @@ async fn respond(shared: &Shared, network: &str, packet: &[u8], via: Transport) 
         Outcome::Ignore => return None,
         Outcome::Forward(query) => query,
     };
-    let cached = shared
-        .cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&query, Instant::now());
+    // An endpoint with resolvers of its own (`--dns`) asks them, and their
+    // answers are its own: they neither come from nor go to the cache the
+    // others share.
+    let shared_upstream = own_upstream.is_none();
+    let cached = shared_upstream
+        .then(|| {
+            shared
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&query, Instant::now())
+        })
+        .flatten();
     if let Some(hit) = cached {
         return Some(hit);
     }
-    match forward(&shared.upstream, packet, via).await {
+    let upstream = own_upstream.as_deref().unwrap_or(&shared.upstream);
+    match forward(upstream, packet, via).await {
         Some(answer) => {
-            shared.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
-                &query,
-                &answer,
-                Instant::now(),
-            );
+            if shared_upstream {
+                shared.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                    &query,
+                    &answer,
+                    Instant::now(),
+                );
+            }
             Some(answer)
         }
         None => {

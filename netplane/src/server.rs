@@ -137,7 +137,10 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         )
         .route(
             "/v1/endpoints/{name}/ports",
-            post(
+            get(async |State(s): State<Shared>, Path(n): Path<String>| {
+                with(&s, async |d| d.ports(Some(&n)).map(Json)).await
+            })
+            .post(
                 async |State(s): State<Shared>,
                        Path(n): Path<String>,
                        Json(req): Json<PortRequest>| {

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    endpoint::{Endpoint, Mode},
+    endpoint::{Endpoint, EndpointOptions, Mode},
     error::{Error, Result},
     ipam::Pool,
     portspec::PublishedPort,
@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS networks (
 );
 ";
 
+/// SQL for a new endpoint id: 64 random hex digits, as Docker's.
+const NEW_UID: &str = "lower(hex(randomblob(32)))";
+/// SQL for now, in RFC 3339 with milliseconds, as Docker's `Created`.
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
 /// An overlay network: the same on every host of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredNetwork {
@@ -59,7 +64,8 @@ pub enum State {
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    /// How the store spells it.
+    pub fn as_str(self) -> &'static str {
         match self {
             State::Creating => "creating",
             State::Ready => "ready",
@@ -89,6 +95,10 @@ pub struct StoredEndpoint {
     pub links: Vec<String>,
     /// `--network-alias` names.
     pub aliases: Vec<String>,
+    /// 64 hex digits that name it for good, as Docker's `Id`.
+    pub uid: String,
+    /// When it was created, RFC 3339.
+    pub created: String,
 }
 
 /// What a new record needs; the address is leased by [`Store::insert_endpoint`].
@@ -108,6 +118,8 @@ pub struct NewEndpoint<'a> {
     pub links: &'a [String],
     /// Network aliases.
     pub aliases: &'a [String],
+    /// MAC, resolvers and hosts entries asked for.
+    pub options: &'a EndpointOptions,
 }
 
 /// The state database.
@@ -128,6 +140,9 @@ impl Store {
         for (table, column, definition) in [
             ("networks", "lease", "TEXT"),
             ("endpoints", "aliases", "TEXT NOT NULL DEFAULT '[]'"),
+            ("endpoints", "options", "TEXT NOT NULL DEFAULT '{}'"),
+            ("endpoints", "uid", "TEXT"),
+            ("endpoints", "created", "TEXT"),
         ] {
             if conn
                 .prepare(&format!("SELECT {column} FROM {table}"))
@@ -139,6 +154,16 @@ impl Store {
                 )?;
             }
         }
+        // Endpoints made before they had an id and a creation time get
+        // them now: an id like Docker's, the time of this upgrade.
+        conn.execute(
+            &format!("UPDATE endpoints SET uid = {NEW_UID} WHERE uid IS NULL"),
+            [],
+        )?;
+        conn.execute(
+            &format!("UPDATE endpoints SET created = {NOW} WHERE created IS NULL"),
+            [],
+        )?;
         Ok(Store { conn })
     }
 
@@ -273,8 +298,11 @@ impl Store {
             None => None,
         };
         tx.execute(
-            "INSERT INTO endpoints (name, mode, ip, hostname, ports, links, aliases, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'creating')",
+            &format!(
+                "INSERT INTO endpoints
+                 (name, mode, ip, hostname, ports, links, aliases, options, uid, created, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NEW_UID}, {NOW}, 'creating')"
+            ),
             params![
                 new.name,
                 new.mode.to_string(),
@@ -283,6 +311,7 @@ impl Store {
                 serde_json::to_string(new.ports).expect("ports serialize"),
                 serde_json::to_string(new.links).expect("links serialize"),
                 serde_json::to_string(new.aliases).expect("aliases serialize"),
+                serde_json::to_string(new.options).expect("options serialize"),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -293,6 +322,7 @@ impl Store {
             mode: new.mode.clone(),
             ip,
             hostname: new.hostname.map(str::to_string),
+            options: new.options.clone(),
         })
     }
 
@@ -324,8 +354,8 @@ impl Store {
     /// Every endpoint, oldest first.
     pub fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, name, mode, ip, hostname, ports, links, aliases, state
-             FROM endpoints ORDER BY id",
+            "SELECT id, name, mode, ip, hostname, ports, links, aliases, state, options, uid,
+             created FROM endpoints ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -338,10 +368,14 @@ impl Store {
                 r.get::<_, String>(6)?,
                 r.get::<_, String>(7)?,
                 r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?,
+                r.get::<_, String>(11)?,
             ))
         })?;
         rows.map(|row| {
-            let (id, name, mode, ip, hostname, ports, links, aliases, state) = row?;
+            let (id, name, mode, ip, hostname, ports, links, aliases, state, options, uid, created) =
+                row?;
             Ok(StoredEndpoint {
                 ep: Endpoint {
                     id,
@@ -353,6 +387,8 @@ impl Store {
                         .transpose()
                         .map_err(|_| corrupt("ip", "endpoint", &name))?,
                     hostname,
+                    options: serde_json::from_str(&options)
+                        .map_err(|_| corrupt("options", "endpoint", &name))?,
                     name: name.clone(),
                 },
                 state: State::parse(&state),
@@ -362,6 +398,8 @@ impl Store {
                     .map_err(|_| corrupt("links", "endpoint", &name))?,
                 aliases: serde_json::from_str(&aliases)
                     .map_err(|_| corrupt("aliases", "endpoint", &name))?,
+                uid,
+                created,
             })
         })
         .collect()
@@ -411,8 +449,16 @@ mod tests {
             ports: &[],
             links: &[],
             aliases: &[],
+            options: &NO_OPTIONS,
         }
     }
+
+    static NO_OPTIONS: EndpointOptions = EndpointOptions {
+        mac: None,
+        dns: Vec::new(),
+        dns_search: Vec::new(),
+        extra_hosts: Vec::new(),
+    };
 
     #[test]
     fn leases_are_unique_and_released() {

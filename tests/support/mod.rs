@@ -38,11 +38,11 @@ print(json.dumps([{\"name\": s.name, \"labels\": s.labels, \"value\": s.value}
 
 /// The rule of `nat ls --json` whose detail contains `detail_part`.
 pub fn rule<'a>(nat: &'a serde_json::Value, detail_part: &str) -> &'a serde_json::Value {
-    nat["rules"]
+    nat["Rules"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["detail"].as_str().unwrap().contains(detail_part))
+        .find(|r| r["Detail"].as_str().unwrap().contains(detail_part))
         .unwrap_or_else(|| panic!("no rule with {detail_part}: {nat}"))
 }
 
@@ -505,7 +505,7 @@ impl Host {
 
     /// Packets counted by the drop reason `reason`.
     pub fn drops(&self, reason: &str) -> u64 {
-        self.nat()["drops"][reason].as_u64().unwrap()
+        self.nat()["Drops"][reason].as_u64().unwrap()
     }
 
     /// Runs `cmd` in the simulated host's namespace.
@@ -516,7 +516,7 @@ impl Host {
     pub fn ip_of(&self, endpoint: &str) -> String {
         let v: serde_json::Value =
             serde_json::from_str(&self.np_ok(&["inspect", endpoint])).unwrap();
-        v["NetworkSettings"]["IPAddress"]
+        v[0]["NetworkSettings"]["IPAddress"]
             .as_str()
             .unwrap()
             .to_string()

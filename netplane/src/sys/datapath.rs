@@ -158,6 +158,7 @@ fn direction_name(d: Direction) -> &'static str {
 
 /// Packet and byte counts of one interface, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Traffic {
     /// Packets received (tc ingress).
     pub rx_packets: u64,
