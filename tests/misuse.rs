@@ -50,7 +50,7 @@ fn overlay_subnets_never_take_the_hosts_routes_and_bad_ones_are_4xx() {
         ("198.18.0.0/16".to_string(), "198.18.0.0/24".to_string()),
         ("127.0.0.0/24".to_string(), "loopback".to_string()),
     ] {
-        let body = format!(r#"{{"Name":"ovx","Driver":"overlay","Subnet":"{subnet}"}}"#);
+        let body = format!(r#"{{"name":"ovx","driver":"overlay","subnet":"{subnet}"}}"#);
         assert_eq!(status(&h, "POST", "/v1/networks", &body), 400, "{subnet}");
         let err = h.np_err(&[
             "network", "create", "--driver", "overlay", "--subnet", &subnet, "ovx",
@@ -64,8 +64,8 @@ fn overlay_subnets_never_take_the_hosts_routes_and_bad_ones_are_4xx() {
 
     // Too narrow, or a VNI past 24 bits: the request's fault.
     for body in [
-        r#"{"Name":"ovx","Driver":"overlay","Subnet":"10.207.0.0/25"}"#,
-        r#"{"Name":"ovx","Driver":"overlay","Subnet":"10.207.0.0/16","Vni":16777216}"#,
+        r#"{"name":"ovx","driver":"overlay","subnet":"10.207.0.0/25"}"#,
+        r#"{"name":"ovx","driver":"overlay","subnet":"10.207.0.0/16","vni":16777216}"#,
     ] {
         assert_eq!(status(&h, "POST", "/v1/networks", body), 400, "{body}");
     }
@@ -99,7 +99,7 @@ fn overlay_subnets_never_take_the_hosts_routes_and_bad_ones_are_4xx() {
 
     // An address already leased is a conflict, not the store's error.
     let ip = h.ip_of(&web);
-    let body = format!(r#"{{"Name":"second","Net":"bridge","Ip":"{ip}","Publish":[],"Links":[]}}"#);
+    let body = format!(r#"{{"name":"second","net":"bridge","ip":"{ip}","publish":[],"links":[]}}"#);
     assert_eq!(status(&h, "POST", "/v1/endpoints", &body), 400);
     let err = h.np_err(&["create", &h.name("second"), "--ip", &ip]);
     assert!(err.contains(&ip) && err.contains("already leased"), "{err}");
@@ -283,7 +283,7 @@ fn idle_and_slow_api_clients_are_cut_off_and_never_starve_the_cli() {
     let mut slow = UnixStream::connect(&socket).unwrap();
     slow.write_all(
         b"POST /v1/endpoints HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-          content-length: 100\r\n\r\n{\"Name\":",
+          content-length: 100\r\n\r\n{\"name\":",
     )
     .unwrap();
     slow.set_read_timeout(Some(std::time::Duration::from_secs(20)))

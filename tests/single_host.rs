@@ -564,13 +564,13 @@ fn the_api_is_root_only_and_survives_garbage() {
         ("-d 'not json'".to_string(), "/v1/endpoints"),
         ("-d '{\"Name\": 7}'".to_string(), "/v1/endpoints"),
         (
-            "-d '{\"Name\": \"x\", \"Net\": \"bridge\", \"Ip\": \"999.1.1.1\"}'".to_string(),
+            "-d '{\"name\": \"x\", \"net\": \"bridge\", \"ip\": \"999.1.1.1\"}'".to_string(),
             "/v1/endpoints",
         ),
         (format!("--data-binary @{}", big.display()), "/v1/endpoints"),
         ("-d '{}'".to_string(), "/v1/networks"),
         (
-            "-d '{\"Spec\": \"99999:1\"}'".to_string(),
+            "-d '{\"spec\": \"99999:1\"}'".to_string(),
             &format!("/v1/endpoints/{e}/ports"),
         ),
     ] {

@@ -589,7 +589,8 @@ impl Topo {
                 let took = start.elapsed();
                 let created = created.expect("netplane create");
                 assert!(!created.network_settings.ip_address.is_empty());
-                rt.block_on(daemon.remove(&name)).expect("netplane rm");
+                rt.block_on(daemon.remove(&name, false))
+                    .expect("netplane rm");
                 took
             }),
             Nat::Cni => {

@@ -10,7 +10,6 @@ pub const PREFIX: &str = "/v1";
 
 /// `POST /v1/endpoints`: the flags of `create` and `run`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
 pub struct CreateEndpoint {
     /// Endpoint name.
     pub name: String,
@@ -101,7 +100,7 @@ pub struct EndpointNetwork {
 }
 
 /// `docker inspect`'s `State`, of an endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EndpointState {
     /// `ready`, or `creating` / `removing` while that runs.
@@ -121,6 +120,7 @@ pub struct EndpointInfo {
     #[serde(default)]
     pub created: String,
     /// Its lifecycle state.
+    #[serde(default)]
     pub state: EndpointState,
     /// `bridge`, `host`, `none` or `container:OTHER`.
     pub mode: String,
@@ -178,7 +178,6 @@ pub struct PeerInfo {
 
 /// `POST /v1/networks`: a new overlay network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
 pub struct CreateNetwork {
     /// Name.
     pub name: String,
@@ -253,7 +252,6 @@ pub struct EndpointStats {
 /// (withdraw): a `-p` spec. Withdrawing matches the endpoint ports and
 /// protocol, and the host address and ports when the spec gives them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
 pub struct PortRequest {
     /// `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
     pub spec: String,
