@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 
 use etherparse::{Icmpv4Type, IpNumber, PacketBuilder, icmpv4::DestUnreachableHeader};
 use netplane::{
-    conntrack,
-    sys::datapath::{Role, be},
+    kernel::datapath::{Role, be},
+    logic::conntrack,
 };
 use netplane_benches::lab::{
     ENDPOINT, ENDPOINT_MAC, GATEWAY, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,

@@ -12,7 +12,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use netplane::sys::datapath::be;
+use netplane::kernel::datapath::be;
 use netplane_benches::lab::{
     ENDPOINT, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, WORLD,
     endpoint_frame, tcp_syn, udp,

@@ -13,8 +13,8 @@ use std::{
 
 use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 use netplane::{
-    portspec::{PortRange, PortSpec, assign_host_ports},
-    sys::datapath::{Datapath, be},
+    kernel::datapath::{Datapath, be},
+    logic::portspec::{PortRange, PortSpec, assign_host_ports},
 };
 use netplane_common::abi::{DropReason, NetConfig, programs};
 use nix::sched::{CloneFlags, setns};

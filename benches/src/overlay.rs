@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netplane::api::{CreateEndpoint, CreateNetwork};
+use netplane::types::{CreateEndpoint, CreateNetwork};
 
 use crate::{
     Cleanup,

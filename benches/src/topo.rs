@@ -14,10 +14,10 @@ use std::{
 };
 
 use netplane::{
-    api::CreateEndpoint,
-    cluster::DEFAULT_TTL,
-    conntrack::Timeouts,
+    daemon::cluster::DEFAULT_TTL,
     daemon::{Config, Daemon},
+    logic::conntrack::Timeouts,
+    types::CreateEndpoint,
 };
 use netplane_common::abi::DEFAULT_CT_MAX;
 use nix::sched::{CloneFlags, setns};

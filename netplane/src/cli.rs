@@ -17,18 +17,18 @@ use ipnet::Ipv4Net;
 use netplane_common::abi::DEFAULT_CT_MAX;
 
 use crate::{
-    api::{
+    api::client::Client,
+    api::server,
+    daemon::cluster::{self, StoreUrl},
+    daemon::{Config, DEFAULT_BRIDGE, Daemon},
+    kernel::exec,
+    logic::conntrack::Timeouts,
+    logic::monitor::{self, MonitorFilter, MonitorRecord},
+    types::{
         CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowFilter,
         FlowInfo, FlowTuple, Flushed, HostBinding, NatTable, NetworkInfo, PortInfo, PortRequest,
         RemoveQuery, Removed, Stats,
     },
-    client::Client,
-    cluster::{self, StoreUrl},
-    conntrack::Timeouts,
-    daemon::{Config, DEFAULT_BRIDGE, Daemon},
-    monitor::{self, MonitorFilter, MonitorRecord},
-    server,
-    sys::exec,
 };
 
 /// Container network data plane: namespaces, veths and a bridge, with NAT

@@ -3,8 +3,8 @@
 use std::{io, net::Ipv4Addr, path::PathBuf};
 
 use crate::{
-    ipam::{LeaseError, SubnetError},
-    portspec::PortSpecError,
+    logic::ipam::{LeaseError, SubnetError},
+    logic::portspec::PortSpecError,
 };
 
 /// What went wrong, by kind, so the API can answer with the right status.
@@ -70,16 +70,16 @@ pub enum Error {
     NoVtep,
     /// An overlay network cannot be planned.
     #[error(transparent)]
-    Overlay(#[from] crate::overlay::OverlayError),
+    Overlay(#[from] crate::logic::overlay::OverlayError),
     /// The cluster store refused or could not be reached.
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
+    Cluster(#[from] crate::daemon::cluster::ClusterError),
     /// This host holds no /24 of an overlay network (yet).
     #[error("network {0}: this host holds no lease of it in the cluster store")]
     NoLease(String),
     /// A `--mac-address`, `--add-host` or `--dns-search` value was refused.
     #[error(transparent)]
-    Option(#[from] crate::endpoint::OptionError),
+    Option(#[from] crate::logic::endpoint::OptionError),
     /// Another endpoint on the bridge has the MAC asked for.
     #[error("MAC address {mac} is endpoint {other}'s")]
     MacInUse {

@@ -1,25 +1,20 @@
 //! netplane: a container network data plane for one Linux host.
 //!
-//! The pure core (address management, `-p` parsing, endpoint plans) is
-//! separate from the few modules under [`sys`] that talk to the kernel.
+//! Layers, each importing only those below it:
+//! - [`types`]: what the API, the client and the CLI exchange;
+//! - [`logic`]: pure decisions (addresses, `-p` specs, endpoint plans,
+//!   overlay leases, flow lifetimes, DNS answers, event decoding);
+//! - [`kernel`]: the only modules that touch the kernel (netlink, bpf(2),
+//!   namespaces, sysctls, mounts);
+//! - [`daemon`]: the use cases, with the state store, the cluster store,
+//!   the embedded DNS server, the event relay and metrics;
+//! - [`api`]: the REST server and its client;
+//! - [`cli`]: the command line.
 
 pub mod api;
 pub mod cli;
-pub mod client;
-pub mod cluster;
-pub mod conntrack;
 pub mod daemon;
-pub mod dns;
-pub mod endpoint;
 pub mod error;
-pub mod ipam;
-pub mod layout;
-pub mod metrics;
-pub mod monitor;
-pub mod overlay;
-pub mod portspec;
-pub mod relay;
-pub mod resolver;
-pub mod server;
-pub mod store;
-pub mod sys;
+pub mod kernel;
+pub mod logic;
+pub mod types;

@@ -8,10 +8,10 @@ use ipnet::Ipv4Net;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    endpoint::{Endpoint, EndpointOptions, Mode},
     error::{Error, Result},
-    ipam::Pool,
-    portspec::PublishedPort,
+    logic::endpoint::{Endpoint, EndpointOptions, Mode},
+    logic::ipam::Pool,
+    logic::portspec::PublishedPort,
 };
 
 const SCHEMA: &str = "
@@ -438,7 +438,7 @@ fn corrupt(column: &str, kind: &str, name: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::LeaseError;
+    use crate::logic::ipam::LeaseError;
 
     fn new<'a>(name: &'a str, mode: &'a Mode, ip: Option<Ipv4Addr>) -> NewEndpoint<'a> {
         NewEndpoint {

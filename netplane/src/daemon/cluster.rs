@@ -19,7 +19,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::{server::Shared, store::StoredNetwork};
+use crate::{api::server::Shared, daemon::store::StoredNetwork};
 
 /// Every key netplane writes starts with this.
 pub const PREFIX: &str = "/netplane/v1/";
@@ -165,7 +165,7 @@ impl ClusterView {
                 ["leases", network, address] => {
                     match (
                         address.parse::<Ipv4Addr>().ok().and_then(|a| {
-                            Ipv4Net::new(a, crate::overlay::LEASE_PREFIX)
+                            Ipv4Net::new(a, crate::logic::overlay::LEASE_PREFIX)
                                 .ok()
                                 .filter(|l| l.network() == a)
                         }),

@@ -1,6 +1,6 @@
 //! Versions of the pinned maps' layout, and how the entries of an older
 //! one carry over to this one. Pure: the kernel side is in
-//! [`crate::sys::datapath`].
+//! [`crate::kernel::datapath`].
 
 use netplane_common::abi::{CtEntry, LAYOUT_VERSION, maps};
 

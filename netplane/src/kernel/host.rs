@@ -12,7 +12,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use super::netns::NETNS_ETC_DIR;
 use crate::{
     error::{Error, Result},
-    portspec::PortRange,
+    logic::portspec::PortRange,
 };
 
 /// IPv4 forwarding of the caller's network namespace.

@@ -40,10 +40,10 @@ use tracing::info;
 
 use super::wildcard::WildcardPorts;
 use crate::{
-    conntrack as ct,
+    daemon::metrics::TableUse,
     error::{Error, Result},
-    layout::{self, CtEntryV1, Plan},
-    metrics::TableUse,
+    logic::conntrack as ct,
+    logic::layout::{self, CtEntryV1, Plan},
 };
 
 /// An address as the data path stores it: network byte order.

@@ -2,6 +2,12 @@
 //! rollback, reconciles its store with the kernel after a restart, and tears
 //! everything down on `netplane down`.
 
+pub mod cluster;
+pub mod metrics;
+pub mod relay;
+pub mod resolver;
+pub mod store;
+
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
@@ -22,32 +28,31 @@ use nix::net::if_::if_nametoindex;
 use tracing::{info, warn};
 
 use crate::{
-    api::{
-        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointNetwork, EndpointState,
-        EndpointStats, FlowInfo, HostBinding, InterfaceStats, NatRule, NatTable, NetworkInfo,
-        NetworkSettings, PeerInfo, PortInfo, Removed, Stats,
-    },
-    cluster::{ClusterError, ClusterView, Session, StoreUrl},
-    conntrack::{self, Timeouts},
-    dns::{self, Zone},
-    endpoint::{
-        self, BridgeNet, DEFAULT_MTU, ENDPOINT_IFNAME, EndpointOptions, HOST_VETH_PREFIX,
-        LinkedHost, Mode, Step, format_mac, mac_for,
-    },
+    daemon::cluster::{ClusterError, ClusterView, Session, StoreUrl},
+    daemon::resolver::Resolver,
+    daemon::store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
     error::{Error, Result},
-    ipam::{self, Pool},
-    metrics,
-    monitor::MonitorEvent,
-    overlay,
-    portspec::{self, PortSpec, PublishedPort},
-    resolver::Resolver,
-    store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
-    sys::{
+    kernel::{
         datapath::{Datapath, EventMaps, Role, TcHook, be},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
         ports::{self, Reservations},
+    },
+    logic::conntrack::{self, Timeouts},
+    logic::dns::{self, Zone},
+    logic::endpoint::{
+        self, BridgeNet, DEFAULT_MTU, ENDPOINT_IFNAME, EndpointOptions, HOST_VETH_PREFIX,
+        LinkedHost, Mode, Step, format_mac, mac_for,
+    },
+    logic::ipam::{self, Pool},
+    logic::monitor::MonitorEvent,
+    logic::overlay,
+    logic::portspec::{self, PortSpec, PublishedPort},
+    types::{
+        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointNetwork, EndpointState,
+        EndpointStats, FlowInfo, HostBinding, InterfaceStats, NatRule, NatTable, NetworkInfo,
+        NetworkSettings, PeerInfo, PortInfo, Removed, Stats,
     },
 };
 
@@ -122,7 +127,7 @@ impl Config {
             timeouts: Timeouts::default(),
             peers: Vec::new(),
             store: None,
-            store_ttl: crate::cluster::DEFAULT_TTL,
+            store_ttl: crate::daemon::cluster::DEFAULT_TTL,
             dns: Vec::new(),
             metrics: None,
         }

@@ -16,15 +16,15 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{
-        CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
-    },
-    cluster,
+    daemon::cluster,
+    daemon::metrics,
+    daemon::relay::{self, Hub},
     daemon::{Config, Daemon},
     error::Error,
-    metrics,
-    monitor::MonitorFilter,
-    relay::{self, Hub},
+    logic::monitor::MonitorFilter,
+    types::{
+        CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
+    },
 };
 
 /// The daemon, taken out when it goes down.

@@ -1,6 +1,6 @@
 //! The embedded DNS server's sockets: UDP and TCP port 53 on each
 //! network's gateway address, answering from that network's names
-//! ([`crate::dns`]) and forwarding the rest to the upstream resolvers.
+//! ([`crate::logic::dns`]) and forwarding the rest to the upstream resolvers.
 
 use std::{
     collections::BTreeMap,
@@ -24,8 +24,8 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    dns::{Cache, Outcome, Zone, decide},
     error::{Error, Result},
+    logic::dns::{Cache, Outcome, Zone, decide},
 };
 
 /// How long one upstream resolver gets to answer before the next is asked.

@@ -1,5 +1,5 @@
 //! `netplane monitor`: data path events decoded for people. Pure: the
-//! daemon reads the ring buffer ([`crate::server`]) and names interfaces.
+//! daemon reads the ring buffer ([`crate::api::server`]) and names interfaces.
 
 use std::net::Ipv4Addr;
 

@@ -2,7 +2,7 @@
 //! endpoint's network answered from the daemon's records, reverse lookups
 //! of their addresses, everything else forwarded upstream through a cache
 //! that honours TTLs. Wire format by hickory-proto; the sockets are in
-//! [`crate::resolver`].
+//! [`crate::daemon::resolver`].
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -21,7 +21,7 @@ use nix::{
 
 use crate::{
     error::{Error, Result},
-    portspec::{Proto, PublishedPort},
+    logic::portspec::{Proto, PublishedPort},
 };
 
 /// One host port of one protocol on one address (0.0.0.0: all).

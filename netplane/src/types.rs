@@ -227,7 +227,7 @@ pub struct Stats {
 #[serde(rename_all = "PascalCase")]
 pub struct InterfaceStats {
     #[serde(flatten)]
-    pub traffic: crate::sys::datapath::Traffic,
+    pub traffic: crate::kernel::datapath::Traffic,
     /// Drops by reason among the packets that arrived on it.
     pub drops: BTreeMap<String, u64>,
 }

@@ -19,9 +19,9 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
-    monitor::{self, MonitorEvent, MonitorFilter, MonitorRecord},
-    server::Shared,
-    sys::datapath::EventMaps,
+    api::server::Shared,
+    kernel::datapath::EventMaps,
+    logic::monitor::{self, MonitorEvent, MonitorFilter, MonitorRecord},
 };
 
 /// Events a watcher may fall behind by before it loses some.

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
-use crate::{api::ErrorBody, daemon::Config};
+use crate::{daemon::Config, types::ErrorBody};
 
 /// A connection target: the socket in a run directory.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::api::EndpointStats;
+use crate::types::EndpointStats;
 
 /// A published port rule and what was translated under it.
 #[derive(Clone, Debug, PartialEq, Eq)]

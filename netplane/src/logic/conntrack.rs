@@ -10,7 +10,7 @@ use netplane_common::{
     nat::{self, TcpState},
 };
 
-use crate::api::{FlowInfo, FlowTuple};
+use crate::types::{FlowInfo, FlowTuple};
 
 /// How long a flow lives after its last packet, by what was seen of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

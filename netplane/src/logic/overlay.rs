@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use netplane_common::abi::OverlayPeer;
 
-use crate::sys::datapath::be;
+use crate::kernel::datapath::be;
 
 /// Each host's slice of an overlay subnet, as flannel hands them out.
 pub const LEASE_PREFIX: u8 = 24;

@@ -1,0 +1,11 @@
+//! Pure decisions, with unit tests and no kernel in reach: each module
+//! takes plain values and returns plain values.
+
+pub mod conntrack;
+pub mod dns;
+pub mod endpoint;
+pub mod ipam;
+pub mod layout;
+pub mod monitor;
+pub mod overlay;
+pub mod portspec;
