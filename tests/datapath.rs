@@ -2,13 +2,11 @@
 //! built with etherparse, maps seeded through the daemon's own map code,
 //! output checked field by field and map state checked after.
 
+use netplane_common::abi::addr_be;
 use std::net::Ipv4Addr;
 
 use etherparse::{Icmpv4Type, IpNumber, PacketBuilder, icmpv4::DestUnreachableHeader};
-use netplane::{
-    kernel::datapath::{Role, be},
-    logic::conntrack,
-};
+use netplane::{kernel::datapath::Role, logic::conntrack};
 use netplane_benches::lab::{
     ENDPOINT, ENDPOINT_MAC, GATEWAY, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
     UPLINK, WORLD, WORLD_MAC, tcp_syn, udp,
@@ -411,7 +409,7 @@ fn overlay_lab() -> Lab {
         .set_overlay_routes(&[(
             PEER_LEASE.into(),
             OverlayPeer {
-                vtep_be: be(WORLD.into()),
+                vtep_be: addr_be(WORLD.into()),
                 vni: VNI,
             },
         )])
@@ -438,8 +436,8 @@ fn overlay_frames_leave_in_vxlan_with_the_outer_headers_a_vtep_expects() {
         &Outer {
             src_mac: lab.uplink_mac,
             dst_mac: WORLD_MAC,
-            src_be: be(UPLINK.into()),
-            dst_be: be(WORLD.into()),
+            src_be: addr_be(UPLINK.into()),
+            dst_be: addr_be(WORLD.into()),
             sport,
             vni: VNI,
         },
@@ -504,8 +502,8 @@ fn vxlan_from(uplink_mac: [u8; 6], vtep: [u8; 4], vni: u32, inner: &[u8]) -> Vec
         &Outer {
             src_mac: WORLD_MAC,
             dst_mac: uplink_mac,
-            src_be: be(vtep.into()),
-            dst_be: be(UPLINK.into()),
+            src_be: addr_be(vtep.into()),
+            dst_be: addr_be(UPLINK.into()),
             sport: 50000,
             vni,
         },
@@ -846,15 +844,15 @@ fn masquerade_finds_the_last_free_ports_of_a_crowded_range() {
         .enumerate()
     {
         let original = netplane_common::abi::FlowKey {
-            saddr_be: be(Ipv4Addr::new(10, 91, 0, i as u8 + 1)),
-            daddr_be: be(WORLD.into()),
+            saddr_be: addr_be(Ipv4Addr::new(10, 91, 0, i as u8 + 1)),
+            daddr_be: addr_be(WORLD.into()),
             sport_be: 40000u16.to_be(),
             dport_be: 80u16.to_be(),
             proto: 6,
             _pad: [0; 3],
         };
         let translated = netplane_common::abi::FlowKey {
-            saddr_be: be(UPLINK.into()),
+            saddr_be: addr_be(UPLINK.into()),
             sport_be: port.to_be(),
             ..original
         };

@@ -9,10 +9,11 @@
 //! verdict is checked; a broken path fails the benchmark instead of winning.
 //! `flow_table_read` times reading those flows back, in wall time.
 
+use netplane_common::abi::addr_be;
 use std::{net::Ipv4Addr, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use netplane::kernel::datapath::be;
+
 use netplane_benches::lab::{
     ENDPOINT, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, WORLD,
     endpoint_frame, tcp_syn, udp,
@@ -38,13 +39,13 @@ fn seed(lab: &mut Lab, n: u32) {
             (
                 PortKey {
                     // Addresses of no interface: these rules never match.
-                    addr_be: be(Ipv4Addr::from(0x0a64_0000 + (i >> 16))),
+                    addr_be: addr_be(Ipv4Addr::from(0x0a64_0000 + (i >> 16))),
                     port_be: ((i & 0xffff) as u16).to_be(),
                     proto: proto::TCP,
                     _pad: 0,
                 },
                 PortTarget {
-                    addr_be: be(ENDPOINT.into()),
+                    addr_be: addr_be(ENDPOINT.into()),
                     port_be: 80u16.to_be(),
                     flags: 0,
                     slot: 1,
@@ -56,8 +57,8 @@ fn seed(lab: &mut Lab, n: u32) {
     let mut flows = Vec::with_capacity(2 * n as usize);
     for i in 0..n {
         let original = FlowKey {
-            saddr_be: be(Ipv4Addr::from(0x0a5b_0000 + i)),
-            daddr_be: be(WORLD.into()),
+            saddr_be: addr_be(Ipv4Addr::from(0x0a5b_0000 + i)),
+            daddr_be: addr_be(WORLD.into()),
             sport_be: 40000u16.to_be(),
             // Past 60,000 flows the translated ports repeat: another
             // server port keeps every reply key distinct.
@@ -66,7 +67,7 @@ fn seed(lab: &mut Lab, n: u32) {
             _pad: [0; 3],
         };
         let translated = FlowKey {
-            saddr_be: be(UPLINK.into()),
+            saddr_be: addr_be(UPLINK.into()),
             sport_be: ((i % 60000) as u16 + 1024).to_be(),
             ..original
         };
@@ -187,7 +188,7 @@ fn per_packet(c: &mut Criterion) {
                         lab.dp
                             .remove_flows(|k, _| {
                                 (NEW_FLOW_DPORTS).contains(&u16::from_be(k.dport_be))
-                                    && k.saddr_be == be(ENDPOINT.into())
+                                    && k.saddr_be == addr_be(ENDPOINT.into())
                             })
                             .expect("clearing measured flows");
                         next_flow = 0;

@@ -5,6 +5,7 @@
 //! (test runs look devices and routes up there) and leaves it on drop;
 //! everything is removed on drop, also when a test panics.
 
+use netplane_common::abi::addr_be;
 use std::{
     fs::File,
     net::Ipv4Addr,
@@ -13,7 +14,7 @@ use std::{
 
 use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 use netplane::{
-    kernel::datapath::{Datapath, be},
+    kernel::datapath::Datapath,
     logic::portspec::{PortRange, PortSpec, assign_host_ports},
 };
 use netplane_common::abi::{DropReason, NetConfig, programs};
@@ -124,10 +125,10 @@ impl Lab {
             .expect("runtime");
         let _in_rt = rt.enter();
         let cfg = NetConfig {
-            subnet_be: be(Ipv4Addr::new(10, 90, 0, 0)),
-            mask_be: be(Ipv4Addr::new(255, 255, 255, 0)),
-            gateway_be: be(GATEWAY.into()),
-            uplink_addr_be: be(UPLINK.into()),
+            subnet_be: addr_be(Ipv4Addr::new(10, 90, 0, 0)),
+            mask_be: addr_be(Ipv4Addr::new(255, 255, 255, 0)),
+            gateway_be: addr_be(GATEWAY.into()),
+            uplink_addr_be: addr_be(UPLINK.into()),
             uplink_ifindex: uplink_if,
             bridge_ifindex: bridge_if,
             nat_port_min: 32768,

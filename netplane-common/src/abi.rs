@@ -344,6 +344,18 @@ pub struct PortTarget {
     pub slot: u32,
 }
 
+/// An IPv4 address as the maps and packets hold it: network byte order,
+/// in a `u32` read natively (the `_be` fields).
+pub const fn addr_be(addr: core::net::Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// The IPv4 address in a network-order `u32` (see [`addr_be`]).
+pub const fn addr_from_be(be: u32) -> core::net::Ipv4Addr {
+    let [a, b, c, d] = be.to_ne_bytes();
+    core::net::Ipv4Addr::new(a, b, c, d)
+}
+
 /// The MAC of the endpoint with address `addr_be` (network byte order):
 /// Docker's scheme, 02:42 and the four octets, so locally administered,
 /// unicast and unique within a subnet. The control plane gives endpoints

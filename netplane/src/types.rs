@@ -222,12 +222,37 @@ pub struct Stats {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// Packet and byte counts of one interface, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Traffic {
+    /// Packets received (tc ingress).
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent (tc egress).
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// How full a data path table is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableUse {
+    /// The map.
+    pub map: String,
+    /// Entries in it.
+    pub entries: u64,
+    /// Entries it holds at most.
+    pub capacity: u64,
+}
+
 /// Counters of one interface, as the data path's hooks on it see them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct InterfaceStats {
     #[serde(flatten)]
-    pub traffic: crate::kernel::datapath::Traffic,
+    pub traffic: Traffic,
     /// Drops by reason among the packets that arrived on it.
     pub drops: BTreeMap<String, u64>,
 }

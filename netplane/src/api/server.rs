@@ -19,16 +19,13 @@ use crate::{
     daemon::cluster,
     daemon::metrics,
     daemon::relay::{self, Hub},
-    daemon::{Config, Daemon},
+    daemon::{Config, Daemon, Shared},
     error::Error,
     logic::monitor::MonitorFilter,
     types::{
         CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
     },
 };
-
-/// The daemon, taken out when it goes down.
-pub(crate) type Shared = Arc<Mutex<Option<Daemon>>>;
 
 struct ApiError(Error);
 

@@ -19,7 +19,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::{api::server::Shared, daemon::store::StoredNetwork};
+use crate::daemon::{Shared, store::StoredNetwork};
 
 /// Every key netplane writes starts with this.
 pub const PREFIX: &str = "/netplane/v1/";

@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::types::EndpointStats;
+use crate::types::{EndpointStats, TableUse};
 
 /// A published port rule and what was translated under it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,14 +37,6 @@ pub struct PortLabels {
     /// A port, or a range `first-last`.
     pub host_port: String,
     pub container_port: String,
-}
-
-/// How full a data path table is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableUse {
-    pub map: String,
-    pub entries: u64,
-    pub capacity: u64,
 }
 
 /// What made the daemon bring the kernel in line with its state.

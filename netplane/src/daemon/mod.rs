@@ -8,6 +8,7 @@ pub mod relay;
 pub mod resolver;
 pub mod store;
 
+use netplane_common::abi::{addr_be, addr_from_be};
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
@@ -33,7 +34,7 @@ use crate::{
     daemon::store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
     error::{Error, Result},
     kernel::{
-        datapath::{Datapath, EventMaps, Role, TcHook, be},
+        datapath::{Datapath, EventMaps, Role, TcHook},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
@@ -159,6 +160,9 @@ enum Undo {
     RestoreIpForward(String),
     Unmount(PathBuf),
 }
+
+/// The daemon as its tasks share it: taken out when it goes down.
+pub type Shared = std::sync::Arc<tokio::sync::Mutex<Option<Daemon>>>;
 
 /// The running daemon's state.
 #[derive(Debug)]
@@ -396,15 +400,15 @@ impl Daemon {
         };
         let nat_ports = host::ephemeral_ports()?;
         Ok(NetConfig {
-            subnet_be: be(self.net.subnet.network()),
-            mask_be: be(self.net.subnet.netmask()),
-            gateway_be: be(self.net.gateway),
+            subnet_be: addr_be(self.net.subnet.network()),
+            mask_be: addr_be(self.net.subnet.netmask()),
+            gateway_be: addr_be(self.net.gateway),
             flags: if self.cfg.icc {
                 0
             } else {
                 NET_FLAG_ICC_DISABLED
             },
-            uplink_addr_be: be(uplink_addr),
+            uplink_addr_be: addr_be(uplink_addr),
             uplink_ifindex,
             bridge_ifindex: bridge.index,
             nat_port_min: nat_ports.start,
@@ -541,7 +545,7 @@ impl Daemon {
         Ok(records
             .into_iter()
             .filter(|r| only.is_none_or(|name| r.ep.name == name))
-            .filter_map(|r| Some((be(r.ep.ip?), r.ep.name)))
+            .filter_map(|r| Some((addr_be(r.ep.ip?), r.ep.name)))
             .collect())
     }
 
@@ -1146,7 +1150,7 @@ impl Daemon {
             detail: match &self.uplink {
                 Some(u) => format!(
                     "out:{u} to:{}",
-                    Ipv4Addr::from(self.net_config.uplink_addr_be.to_ne_bytes())
+                    addr_from_be(self.net_config.uplink_addr_be)
                 ),
                 None => "no uplink".into(),
             },
@@ -1492,7 +1496,7 @@ impl Daemon {
 
     /// This host's VTEP: the uplink's address.
     fn vtep(&self) -> Result<Ipv4Addr> {
-        match Ipv4Addr::from(self.net_config.uplink_addr_be.to_ne_bytes()) {
+        match addr_from_be(self.net_config.uplink_addr_be) {
             Ipv4Addr::UNSPECIFIED => Err(Error::NoVtep),
             vtep => Ok(vtep),
         }

@@ -19,7 +19,7 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
-    api::server::Shared,
+    daemon::Shared,
     kernel::datapath::EventMaps,
     logic::monitor::{self, MonitorEvent, MonitorFilter, MonitorRecord},
 };

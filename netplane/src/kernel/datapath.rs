@@ -5,6 +5,7 @@
 //! daemon is down; a restarted daemon loads the programs again and swaps
 //! them into the pinned links atomically (BPF_LINK_UPDATE).
 
+use netplane_common::abi::addr_be;
 use std::{
     collections::BTreeMap,
     fs,
@@ -40,16 +41,11 @@ use tracing::info;
 
 use super::wildcard::WildcardPorts;
 use crate::{
-    daemon::metrics::TableUse,
     error::{Error, Result},
     logic::conntrack as ct,
     logic::layout::{self, CtEntryV1, Plan},
+    types::{TableUse, Traffic},
 };
-
-/// An address as the data path stores it: network byte order.
-pub fn be(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
-}
 
 /// The object built from netplane-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane.bpf.o"));
@@ -154,20 +150,6 @@ fn direction_name(d: Direction) -> &'static str {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
     }
-}
-
-/// Packet and byte counts of one interface, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Traffic {
-    /// Packets received (tc ingress).
-    pub rx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Packets sent (tc egress).
-    pub tx_packets: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
 }
 
 /// What a program did with one packet under BPF_PROG_TEST_RUN.
@@ -947,7 +929,7 @@ impl Datapath {
         mac: [u8; 6],
         vni: u32,
     ) -> Result<()> {
-        let addr_be = be(addr);
+        let addr_be = addr_be(addr);
         let mut ids: HashMap<_, u32, EndpointIdentity> = self.map_mut(maps::ENDPOINT_IFACES)?;
         ids.insert(
             ifindex,
@@ -979,7 +961,7 @@ impl Datapath {
     /// endpoint with the same address starts clean. Forgetting one that is
     /// not there is fine.
     pub fn remove_endpoint(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
-        let addr_be = be(addr);
+        let addr_be = addr_be(addr);
         let mut ids: HashMap<_, u32, EndpointIdentity> = self.map_mut(maps::ENDPOINT_IFACES)?;
         let _ = ids.remove(&ifindex);
         let mut ports: HashMap<_, u32, EndpointPort> = self.map_mut(maps::ENDPOINTS)?;
@@ -999,7 +981,7 @@ impl Datapath {
                 } else {
                     0
                 };
-                (be(*a), HOST_ADDR | gateway)
+                (addr_be(*a), HOST_ADDR | gateway)
             })
             .collect();
         self.set_entries(maps::HOST_ADDRS, entries)
@@ -1039,7 +1021,7 @@ impl Datapath {
     pub fn set_overlay_routes(&mut self, leases: &[(Ipv4Addr, OverlayPeer)]) -> Result<()> {
         let want = leases
             .iter()
-            .map(|(lease, peer)| (be(*lease), *peer))
+            .map(|(lease, peer)| (addr_be(*lease), *peer))
             .collect();
         self.set_entries(maps::OVERLAY_ROUTES, want)
     }
@@ -1050,8 +1032,8 @@ impl Datapath {
             .iter()
             .flat_map(|(a, b)| [(*a, *b), (*b, *a)])
             .map(|(src, dst)| AddrPair {
-                src_be: be(src),
-                dst_be: be(dst),
+                src_be: addr_be(src),
+                dst_be: addr_be(dst),
             })
             .collect();
         self.set_keys(maps::LINKED, want)
@@ -1087,7 +1069,7 @@ impl Datapath {
                 32 + u32::from(net.prefix_len()),
                 PublishFromKey {
                     slot_be: slot.to_be(),
-                    addr_be: be(net.network()),
+                    addr_be: addr_be(net.network()),
                 },
             );
             trie.insert(&key, 1, 0)
@@ -1531,13 +1513,13 @@ mod tests {
     #[test]
     fn wildcard_ports_go_to_the_array_and_the_rest_to_the_hash() {
         let key = |addr: Ipv4Addr, port: u16, proto| PortKey {
-            addr_be: be(addr),
+            addr_be: addr_be(addr),
             port_be: port.to_be(),
             proto,
             _pad: 0,
         };
         let target = PortTarget {
-            addr_be: be(Ipv4Addr::new(10, 88, 0, 2)),
+            addr_be: addr_be(Ipv4Addr::new(10, 88, 0, 2)),
             port_be: 80u16.to_be(),
             flags: 0,
             slot: 3,

@@ -2,7 +2,8 @@
 //! removes. The data path records flags and timestamps; deciding what has
 //! expired is done here, as a pure function of them.
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use netplane_common::abi::addr_from_be;
+use std::{collections::HashMap, time::Duration};
 
 pub use netplane_common::nat::other_direction;
 use netplane_common::{
@@ -122,8 +123,8 @@ pub fn state(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>) -> &'static 
 /// `flow` as `ct ls` shows it at `now_ns` (CLOCK_MONOTONIC).
 pub fn describe(flow: &Flow, now_ns: u64, t: &Timeouts) -> FlowInfo {
     let tuple = |key: &FlowKey, entry: Option<&CtEntry>| FlowTuple {
-        src: Ipv4Addr::from(key.saddr_be.to_ne_bytes()),
-        dst: Ipv4Addr::from(key.daddr_be.to_ne_bytes()),
+        src: addr_from_be(key.saddr_be),
+        dst: addr_from_be(key.daddr_be),
         sport: u16::from_be(key.sport_be),
         dport: u16::from_be(key.dport_be),
         packets: entry.map_or(0, |e| e.packets),

@@ -1,6 +1,7 @@
 //! Endpoints (Docker's containers, as far as the network is concerned): the
 //! validated model and the plan of kernel steps that realises one.
 
+use netplane_common::abi::addr_be;
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use ipnet::Ipv4Net;
@@ -96,7 +97,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 
 /// The MAC of the endpoint with address `ip` (see [`endpoint_mac`]).
 pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
-    endpoint_mac(u32::from_ne_bytes(ip.octets()))
+    endpoint_mac(addr_be(ip))
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

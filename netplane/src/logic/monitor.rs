@@ -1,6 +1,7 @@
 //! `netplane monitor`: data path events decoded for people. Pure: the
 //! daemon reads the ring buffer ([`crate::api::server`]) and names interfaces.
 
+use netplane_common::abi::addr_from_be;
 use std::net::Ipv4Addr;
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
@@ -69,7 +70,7 @@ impl MonitorFilter {
 /// which may name its endpoint later: a flow's, before and after
 /// translation, or a dropped packet's.
 pub fn decode(event: &Event, interface: String) -> (MonitorEvent, Vec<Ipv4Addr>) {
-    let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+    let addr = addr_from_be;
     let (kind, reason, summary, addresses) = match event.kind {
         EVENT_DROP => {
             let captured = (event.captured as usize).min(event.header.len());
@@ -103,7 +104,7 @@ pub fn decode(event: &Event, interface: String) -> (MonitorEvent, Vec<Ipv4Addr>)
 }
 
 fn flow_tuple(k: &FlowKey) -> String {
-    let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+    let addr = addr_from_be;
     let name = match k.proto {
         proto::TCP => "tcp".to_string(),
         proto::UDP => "udp".to_string(),

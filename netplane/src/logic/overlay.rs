@@ -2,12 +2,11 @@
 //! host, the VXLAN network identifier a network gets, and the routes to the
 //! other hosts' leases that the data path encapsulates along.
 
+use netplane_common::abi::addr_be;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use netplane_common::abi::OverlayPeer;
-
-use crate::kernel::datapath::be;
 
 /// Each host's slice of an overlay subnet, as flannel hands them out.
 pub const LEASE_PREFIX: u8 = 24;
@@ -112,7 +111,7 @@ pub fn peer_routes(
             (
                 lease.network(),
                 OverlayPeer {
-                    vtep_be: be(*vtep),
+                    vtep_be: addr_be(*vtep),
                     vni,
                 },
             )
@@ -236,7 +235,7 @@ mod tests {
             [(
                 ip("10.200.1.0"),
                 OverlayPeer {
-                    vtep_be: be(ip("192.0.2.2")),
+                    vtep_be: addr_be(ip("192.0.2.2")),
                     vni: 42
                 }
             )]

@@ -1,5 +1,6 @@
 //! Docker's `-p` syntax: `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
 
+use netplane_common::abi::addr_be;
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use ipnet::Ipv4Net;
@@ -292,13 +293,13 @@ impl PublishedPort {
             .map(|(host, container)| {
                 (
                     PortKey {
-                        addr_be: u32::from_ne_bytes(self.host_ip.octets()),
+                        addr_be: addr_be(self.host_ip),
                         port_be: host.to_be(),
                         proto,
                         _pad: 0,
                     },
                     PortTarget {
-                        addr_be: u32::from_ne_bytes(endpoint.octets()),
+                        addr_be: addr_be(endpoint),
                         port_be: container.to_be(),
                         flags: if self.from.is_empty() {
                             0
