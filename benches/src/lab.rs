@@ -149,7 +149,7 @@ impl Lab {
                 start: 32768,
                 end: 60999,
             },
-            |_| Ok(()),
+            |_| Ok::<(), netplane::logic::Error>(()),
         )
         .expect("host port");
         dp.publish(&published[0].map_entries(ENDPOINT.into()))

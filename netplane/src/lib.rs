@@ -14,7 +14,6 @@
 pub mod api;
 pub mod cli;
 pub mod daemon;
-pub mod error;
 pub mod kernel;
 pub mod logic;
 pub mod types;

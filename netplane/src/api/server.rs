@@ -16,11 +16,11 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    daemon::cluster,
+    daemon::error::Error,
     daemon::metrics,
     daemon::relay::{self, Hub},
+    daemon::tasks,
     daemon::{Config, Daemon, Shared},
-    error::Error,
     logic::monitor::MonitorFilter,
     types::{
         CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
@@ -88,11 +88,11 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     let hub = Hub::new();
     let events = tokio::spawn(relay::run(event_maps, hub.clone(), state.clone()));
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let gc = tokio::spawn(housekeeping(state.clone(), gc_interval));
+    let gc = tokio::spawn(tasks::housekeeping(state.clone(), gc_interval));
     let membership = cfg
         .store
         .clone()
-        .map(|url| tokio::spawn(cluster::keep_membership(state.clone(), url, cfg.store_ttl)));
+        .map(|url| tokio::spawn(tasks::keep_membership(state.clone(), url, cfg.store_ttl)));
     let metrics = match cfg.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -269,6 +269,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body read.
 const BODY_LIMIT: usize = 8 << 20;
+/// How long a refused client's request head is waited for, and its answer
+/// may take to send: short, as each refusal holds a file meanwhile.
+const REFUSAL_WAIT: Duration = Duration::from_millis(100);
 /// How long requests still running at shutdown may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -315,9 +318,22 @@ async fn serve_connections<L: axum::serve::Listener>(
     }
 }
 
-/// Tells a client past [`MAX_CONNECTIONS`] why it is not served.
-async fn refuse(mut io: impl tokio::io::AsyncWrite + Unpin) {
-    use tokio::io::AsyncWriteExt;
+/// Tells a client past [`MAX_CONNECTIONS`] why it is not served: after
+/// its request's head (a client still sending would take an early answer
+/// for a broken connection), or [`REFUSAL_WAIT`] of waiting for it.
+async fn refuse(mut io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let body = serde_json::to_string(&ErrorBody {
         error: format!(
             "the daemon is serving {MAX_CONNECTIONS} API connections already; try again"
@@ -329,7 +345,7 @@ async fn refuse(mut io: impl tokio::io::AsyncWrite + Unpin) {
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(HEAD_TIMEOUT, io.write_all(answer.as_bytes())).await;
+    let _ = tokio::time::timeout(REFUSAL_WAIT, io.write_all(answer.as_bytes())).await;
 }
 
 /// Reads a request's whole body within [`BODY_TIMEOUT`] before the
@@ -374,29 +390,4 @@ async fn serve_metrics(listener: tokio::net::TcpListener, state: Shared) {
         )
         .with_state(state);
     serve_connections(listener, app, std::future::pending()).await;
-}
-
-/// Expires tracked flows and keeps the data path's view of the host's
-/// addresses current, until the daemon goes down.
-async fn housekeeping(state: Shared, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let mut guard = state.lock().await;
-        let Some(daemon) = guard.as_mut() else {
-            return;
-        };
-        match daemon.collect_garbage() {
-            Ok(0) => {}
-            Ok(n) => debug!(entries = n, "expired tracked flows"),
-            Err(e) => warn!("conntrack garbage collection: {e}"),
-        }
-        if let Err(e) = daemon.sync_host_addrs().await {
-            warn!("refreshing host addresses: {e}");
-        }
-        if let Err(e) = daemon.sync_uplink_mtu().await {
-            warn!("following the uplink's MTU: {e}");
-        }
-    }
 }

@@ -17,9 +17,9 @@ use etcd_client::{
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::daemon::{Shared, store::StoredNetwork};
+use crate::logic::overlay::OverlayNetwork;
 
 /// Every key netplane writes starts with this.
 pub const PREFIX: &str = "/netplane/v1/";
@@ -33,7 +33,6 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Pause between attempts to reach the store again.
-const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClusterError {
@@ -135,7 +134,7 @@ pub struct Holder {
 /// host holds each /24 of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterView {
-    pub networks: BTreeMap<String, StoredNetwork>,
+    pub networks: BTreeMap<String, OverlayNetwork>,
     holders: BTreeMap<String, Vec<Holder>>,
 }
 
@@ -154,7 +153,7 @@ impl ClusterView {
                     .map(|r| {
                         view.networks.insert(
                             name.to_string(),
-                            StoredNetwork {
+                            OverlayNetwork {
                                 name: name.to_string(),
                                 subnet: r.subnet,
                                 vni: r.vni,
@@ -227,7 +226,7 @@ pub struct Session {
     url: StoreUrl,
     client: Client,
     /// Index of the member in `url` the connection is to.
-    member: usize,
+    pub member: usize,
     pub id: i64,
     pub ttl: Duration,
 }
@@ -243,7 +242,10 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    fn fail(&self, op: &'static str) -> impl FnOnce(etcd_client::Error) -> ClusterError + use<> {
+    pub fn fail(
+        &self,
+        op: &'static str,
+    ) -> impl FnOnce(etcd_client::Error) -> ClusterError + use<> {
         failed(&self.url, self.member, op)
     }
 
@@ -311,7 +313,7 @@ impl Session {
 
     /// Records a new overlay network. Returns the network that already has
     /// its name or VNI, if one does.
-    pub async fn create_network(&self, net: &StoredNetwork) -> Result<Option<String>> {
+    pub async fn create_network(&self, net: &OverlayNetwork) -> Result<Option<String>> {
         let (key, vni) = (network_key(&net.name), vni_key(net.vni));
         let record = serde_json::to_string(&NetworkRecord {
             subnet: net.subnet,
@@ -348,7 +350,7 @@ impl Session {
     }
 
     /// Removes an overlay network with every host's lease of it.
-    pub async fn delete_network(&self, net: &StoredNetwork) -> Result<()> {
+    pub async fn delete_network(&self, net: &OverlayNetwork) -> Result<()> {
         let txn = Txn::new().and_then([
             TxnOp::delete(network_key(&net.name), None),
             TxnOp::delete(vni_key(net.vni), None),
@@ -403,7 +405,7 @@ impl Session {
         Ok(())
     }
 
-    async fn keep_alive(&self) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
+    pub async fn keep_alive(&self) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
         self.client
             .clone()
             .lease_keep_alive(self.id)
@@ -412,7 +414,7 @@ impl Session {
     }
 
     /// Renews the session once; an expired one is an error.
-    async fn renew(
+    pub async fn renew(
         &self,
         keeper: &mut LeaseKeeper,
         stream: &mut LeaseKeepAliveStream,
@@ -434,7 +436,7 @@ impl Session {
         }
     }
 
-    async fn watch(&self, from_revision: i64) -> Result<WatchStream> {
+    pub async fn watch(&self, from_revision: i64) -> Result<WatchStream> {
         self.client
             .clone()
             .watch(
@@ -447,73 +449,6 @@ impl Session {
             )
             .await
             .map_err(self.fail("watch the cluster"))
-    }
-}
-
-/// Keeps this host a member of the cluster for as long as the daemon runs:
-/// opens a session, follows every change with a resynchronisation, and
-/// when the store is lost, keeps the data path as it is and tries again.
-pub async fn keep_membership(state: Shared, url: StoreUrl, ttl: Duration) {
-    let mut next_member = 0;
-    loop {
-        match follow(&state, &url, ttl, &mut next_member).await {
-            Ok(()) => return,
-            Err(e) => warn!("{e}; trying again"),
-        }
-        match state.lock().await.as_mut() {
-            Some(daemon) => daemon.set_session(None),
-            None => return,
-        }
-        tokio::time::sleep(RECONNECT_DELAY).await;
-    }
-}
-
-/// One session's worth of membership: returns `Ok` when the daemon stops.
-/// When it fails, the next one starts with the member after this one's.
-async fn follow(
-    state: &Shared,
-    url: &StoreUrl,
-    ttl: Duration,
-    next_member: &mut usize,
-) -> crate::error::Result<()> {
-    let session = Session::open(url, ttl, *next_member).await?;
-    *next_member = session.member + 1;
-    let (mut keeper, mut renewals) = session.keep_alive().await?;
-    let revision = {
-        let mut guard = state.lock().await;
-        let Some(daemon) = guard.as_mut() else {
-            return Ok(());
-        };
-        daemon.set_session(Some(session.clone()));
-        daemon.resync().await?
-    };
-    info!(
-        store = %url,
-        member = %url.members[session.member],
-        session = format!("{:x}", session.id),
-        "cluster store joined"
-    );
-    let mut changes = session.watch(revision + 1).await?;
-    let mut beat = tokio::time::interval(ttl / 3);
-    loop {
-        tokio::select! {
-            _ = beat.tick() => session.renew(&mut keeper, &mut renewals).await?,
-            change = changes.message() => {
-                let change = change
-                    .map_err(session.fail("watch the cluster"))?
-                    .ok_or_else(|| ClusterError::WatchEnded(url.to_string()))?;
-                if change.canceled() {
-                    return Err(ClusterError::WatchEnded(url.to_string()).into());
-                }
-                if !change.events().is_empty() {
-                    let mut guard = state.lock().await;
-                    let Some(daemon) = guard.as_mut() else {
-                        return Ok(());
-                    };
-                    daemon.resync().await?;
-                }
-            }
-        }
     }
 }
 
@@ -568,7 +503,7 @@ mod tests {
             ClusterView::from_kvs(kvs.iter().map(|(k, v, s)| (k.as_str(), v.as_slice(), *s)));
         assert_eq!(
             view.networks.values().collect::<Vec<_>>(),
-            [&StoredNetwork {
+            [&OverlayNetwork {
                 name: "ov".into(),
                 subnet: "10.201.0.0/16".parse().unwrap(),
                 vni: 42

@@ -3,10 +3,12 @@
 //! everything down on `netplane down`.
 
 pub mod cluster;
+pub mod error;
 pub mod metrics;
 pub mod relay;
 pub mod resolver;
 pub mod store;
+pub mod tasks;
 
 use netplane_common::abi::{addr_be, addr_from_be};
 use std::{
@@ -30,10 +32,11 @@ use tracing::{info, warn};
 
 use crate::{
     daemon::cluster::{ClusterError, ClusterView, Session, StoreUrl},
+    daemon::error::{Error, Result},
     daemon::resolver::Resolver,
-    daemon::store::{NewEndpoint, State, Store, StoredEndpoint, StoredNetwork},
-    error::{Error, Result},
+    daemon::store::{NewEndpoint, State, Store, StoredEndpoint},
     kernel::{
+        self,
         datapath::{Datapath, EventMaps, Role, TcHook},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
@@ -48,7 +51,7 @@ use crate::{
     },
     logic::ipam::{self, Pool},
     logic::monitor::MonitorEvent,
-    logic::overlay,
+    logic::overlay::{self, OverlayNetwork},
     logic::portspec::{self, PortSpec, PublishedPort},
     types::{
         CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointNetwork, EndpointState,
@@ -232,13 +235,13 @@ impl Daemon {
         }
         let existing_bridge = rtnl.link(&cfg.bridge).await?;
         if existing_bridge.is_some() && stored_bridge.is_none() {
-            return Err(Error::Foreign(format!("bridge {}", cfg.bridge)));
+            return Err(kernel::Error::Foreign(format!("bridge {}", cfg.bridge)).into());
         }
         let uplink = match &cfg.uplink {
             Some(u) => Some(
                 rtnl.link(u)
                     .await?
-                    .ok_or_else(|| Error::InterfaceNotFound(u.clone()))?
+                    .ok_or_else(|| kernel::Error::InterfaceNotFound(u.clone()))?
                     .name,
             ),
             None => rtnl.default_route_interface().await?,
@@ -362,10 +365,10 @@ impl Daemon {
         self.reconcile().await?;
         self.reconciles
             .observe(metrics::Reconcile::Up, reconciling.elapsed());
-        self.dp().finish_migration()
+        Ok(self.dp().finish_migration()?)
     }
 
-    async fn revert(&self, step: Undo) -> Result<()> {
+    async fn revert(&self, step: Undo) -> kernel::Result<()> {
         match step {
             Undo::DeleteLink(name) => self.rtnl.delete_link(&name).await,
             Undo::RestoreIpForward(v) => host::write_sysctl(host::IP_FORWARD, &v),
@@ -380,7 +383,7 @@ impl Daemon {
                     .rtnl
                     .link(name)
                     .await?
-                    .ok_or_else(|| Error::InterfaceNotFound(name.clone()))?;
+                    .ok_or_else(|| kernel::Error::InterfaceNotFound(name.clone()))?;
                 let addr = self
                     .rtnl
                     .addresses()
@@ -438,7 +441,7 @@ impl Daemon {
                 gateways.push(on_host.gateway);
             }
         }
-        self.dp().set_host_addrs(&addrs, &gateways)
+        Ok(self.dp().set_host_addrs(&addrs, &gateways)?)
     }
 
     /// Serves `network`'s endpoints DNS on its gateway (`subnet`'s
@@ -668,7 +671,7 @@ impl Daemon {
                         warn!("rolling back {}: {u}", ep.name);
                     }
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
         Ok(())
@@ -680,8 +683,9 @@ impl Daemon {
         ip: Ipv4Addr,
         mac: [u8; 6],
         vni: u32,
-    ) -> Result<()> {
-        let ifindex = if_nametoindex(ifname).map_err(|e| Error::io("look up", ifname, e))?;
+    ) -> kernel::Result<()> {
+        let ifindex =
+            if_nametoindex(ifname).map_err(|e| kernel::Error::io("look up", ifname, e))?;
         let dp = self.dp();
         dp.attach(ifname, Role::Endpoint)?;
         dp.add_endpoint(ifindex, ip, mac, vni)
@@ -691,7 +695,9 @@ impl Daemon {
     /// served rules since withdrawn.
     fn reset_counters(&mut self, ports: &[PublishedPort]) -> Result<()> {
         let dp = self.dp();
-        ports.iter().try_for_each(|p| dp.reset_nat_counters(p.slot))
+        Ok(ports
+            .iter()
+            .try_for_each(|p| dp.reset_nat_counters(p.slot))?)
     }
 
     /// Holds the host ports `name` published before this daemon started.
@@ -787,13 +793,13 @@ impl Daemon {
         for step in self.plan(ep)?.iter().rev() {
             if let Err(e) = self.undo(step).await {
                 warn!("removing {}: {e}", ep.name);
-                first.get_or_insert(e);
+                first.get_or_insert(e.into());
             }
         }
         first.map_or(Ok(()), Err)
     }
 
-    async fn apply(&mut self, step: &Step) -> Result<()> {
+    async fn apply(&mut self, step: &Step) -> kernel::Result<()> {
         match step {
             Step::Netns { name } => {
                 let path = netns::create(name)?;
@@ -832,7 +838,7 @@ impl Daemon {
         }
     }
 
-    async fn undo(&mut self, step: &Step) -> Result<()> {
+    async fn undo(&mut self, step: &Step) -> kernel::Result<()> {
         match step {
             Step::Netns { name } | Step::ShareNetns { name, .. } => netns::delete(name),
             Step::Veth { host, .. } => self.rtnl.delete_link(host).await,
@@ -1035,12 +1041,10 @@ impl Daemon {
             .iter()
             .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), p.clone())))
             .collect();
-        let mut ports = portspec::assign_host_ports(
-            specs,
-            &taken,
-            host::ephemeral_ports()?,
-            ports::check_free,
-        )?;
+        let mut ports =
+            portspec::assign_host_ports(specs, &taken, host::ephemeral_ports()?, |p| {
+                ports::check_free(p).map_err(Error::from)
+            })?;
         for port in &mut ports {
             port.from = from.to_vec();
         }
@@ -1268,26 +1272,36 @@ impl Daemon {
         }
         if let Some(mut dp) = self.dp.take() {
             if let Some(uplink) = &self.uplink {
-                note(dp.detach(uplink));
+                note(dp.detach(uplink).map_err(Error::from));
             }
-            note(dp.remove_pins());
+            note(dp.remove_pins().map_err(Error::from));
         }
         if let Some(uplink) = self.store.meta(meta::CLSACT_ADDED)? {
-            note(self.rtnl.delete_clsact(&uplink).await);
+            note(self.rtnl.delete_clsact(&uplink).await.map_err(Error::from));
         }
         if let Some(session) = self.session.take() {
             // The other hosts drop this one now, not when its keys expire.
             note(session.close().await.map_err(Error::from));
         }
         for net in self.store.networks()? {
-            note(self.rtnl.delete_link(&overlay_bridge(net.vni)).await);
+            note(
+                self.rtnl
+                    .delete_link(&overlay_bridge(net.vni))
+                    .await
+                    .map_err(Error::from),
+            );
         }
-        note(self.rtnl.delete_link(&self.net.bridge).await);
+        note(
+            self.rtnl
+                .delete_link(&self.net.bridge)
+                .await
+                .map_err(Error::from),
+        );
         if let Some(before) = self.store.meta(meta::IP_FORWARD_BEFORE)? {
-            note(host::write_sysctl(host::IP_FORWARD, &before));
+            note(host::write_sysctl(host::IP_FORWARD, &before).map_err(Error::from));
         }
         if let Some(mounted) = self.store.meta(meta::BPFFS_MOUNTED)? {
-            note(host::unmount_bpffs(Path::new(&mounted)));
+            note(host::unmount_bpffs(Path::new(&mounted)).map_err(Error::from));
         } else {
             note(
                 fs::remove_dir(&self.cfg.bpffs)
@@ -1505,7 +1519,7 @@ impl Daemon {
     /// The hosts of overlay `net`, this one first, with the /24 each
     /// holds: computed from the static peers, or as the cluster store last
     /// said, with this host's own lease as it recorded it.
-    fn leases(&self, net: &StoredNetwork) -> Result<Vec<(Ipv4Addr, Ipv4Net)>> {
+    fn leases(&self, net: &OverlayNetwork) -> Result<Vec<(Ipv4Addr, Ipv4Net)>> {
         let vtep = self.vtep()?;
         if self.cfg.store.is_none() {
             let members: Vec<Ipv4Addr> = std::iter::once(vtep)
@@ -1530,7 +1544,7 @@ impl Daemon {
 
     /// What overlay `net` is on this host: a bridge at the first address of
     /// this host's lease, endpoints with room left for the encapsulation.
-    fn overlay_bridge_net(&self, net: &StoredNetwork) -> Result<BridgeNet> {
+    fn overlay_bridge_net(&self, net: &OverlayNetwork) -> Result<BridgeNet> {
         let (_, lease) = self.leases(net)?[0];
         let gateway = lease.hosts().next().expect("a /24 has hosts");
         Ok(BridgeNet {
@@ -1564,7 +1578,7 @@ impl Daemon {
         if req.name.parse::<Mode>()? != Mode::Network(req.name.clone()) {
             return Err(Error::NetworkNameReserved(req.name));
         }
-        let net = StoredNetwork {
+        let net = OverlayNetwork {
             vni: match req.vni {
                 Some(vni) => overlay::check_vni(vni)?,
                 None => overlay::default_vni(&req.name),
@@ -1617,7 +1631,7 @@ impl Daemon {
     }
 
     /// The subnets of the bridge network and of every overlay but `net`.
-    fn subnets_besides(&self, net: &StoredNetwork) -> Result<Vec<Ipv4Net>> {
+    fn subnets_besides(&self, net: &OverlayNetwork) -> Result<Vec<Ipv4Net>> {
         let overlays = self.store.networks()?;
         Ok(std::iter::once(self.net.subnet.trunc())
             .chain(
@@ -1636,7 +1650,7 @@ impl Daemon {
     /// handle, not `&self`: API futures must be `Send`.)
     async fn check_overlay_subnet(
         rtnl: &Rtnl,
-        net: &StoredNetwork,
+        net: &OverlayNetwork,
         mut networks: Vec<Ipv4Net>,
     ) -> Result<()> {
         networks.extend(rtnl.networks_in_use(None).await?);
@@ -1662,7 +1676,7 @@ impl Daemon {
     }
 
     /// Forgets overlay `net` on this host.
-    async fn drop_network(&mut self, net: &StoredNetwork) -> Result<()> {
+    async fn drop_network(&mut self, net: &OverlayNetwork) -> Result<()> {
         self.resolver.stop(&net.name);
         self.store.delete_network(&net.name)?;
         self.sync_overlay_routes()?;
@@ -1781,7 +1795,7 @@ impl Daemon {
     /// The bridge of overlay `net` on this host (`on_host`), with its
     /// address, its route and its DNS server; the data path's routes are
     /// the caller's to write, once for every overlay it brings up.
-    async fn bring_up_overlay(&mut self, net: &StoredNetwork, on_host: &BridgeNet) -> Result<()> {
+    async fn bring_up_overlay(&mut self, net: &OverlayNetwork, on_host: &BridgeNet) -> Result<()> {
         if self.rtnl.link(&on_host.bridge).await?.is_none() {
             self.rtnl.create_bridge(&on_host.bridge).await?;
         }
@@ -1810,7 +1824,7 @@ impl Daemon {
         let bridge = rtnl
             .link(&net.bridge)
             .await?
-            .ok_or_else(|| Error::InterfaceNotFound(net.bridge.clone()))?;
+            .ok_or_else(|| kernel::Error::InterfaceNotFound(net.bridge.clone()))?;
         rtnl.set_mac(bridge.index, &net.bridge, mac_for(net.gateway))
             .await?;
         rtnl.add_address(
@@ -1857,7 +1871,7 @@ impl Daemon {
             self.net_config.flags | NET_FLAG_OVERLAY
         };
         let cfg = self.net_config;
-        self.dp().set_config(cfg)
+        Ok(self.dp().set_config(cfg)?)
     }
 
     /// One network, as `network inspect` shows it.
@@ -1949,7 +1963,7 @@ impl Daemon {
 
     /// The data path's event maps, for the monitor's relay.
     pub fn take_event_maps(&mut self) -> Result<EventMaps> {
-        self.dp().take_event_maps()
+        Ok(self.dp().take_event_maps()?)
     }
 
     /// Names each event's endpoint: the one behind the interface the packet

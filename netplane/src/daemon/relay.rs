@@ -19,7 +19,6 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
-    daemon::Shared,
     kernel::datapath::EventMaps,
     logic::monitor::{self, MonitorEvent, MonitorFilter, MonitorRecord},
 };
@@ -122,9 +121,19 @@ impl Hub {
     }
 }
 
+/// Who names the endpoints that events are about.
+pub trait NameEndpoints: Send + Sync + 'static {
+    /// Fills in the endpoint of each event, by its interface or by the
+    /// addresses it carries.
+    fn name_endpoints(
+        &self,
+        events: &mut [(MonitorEvent, Vec<Ipv4Addr>)],
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
 /// Relays events from `maps` to the watchers of `hub` until the daemon
-/// stops. `state` names the endpoints.
-pub async fn run(maps: EventMaps, hub: Arc<Hub>, state: Shared) {
+/// stops. `names` names the endpoints.
+pub async fn run(maps: EventMaps, hub: Arc<Hub>, names: impl NameEndpoints) {
     let EventMaps { ring, mut control } = maps;
     // SAFETY: the ring owns its fd and never replaces it, and the AsyncFd
     // owns the ring.
@@ -153,7 +162,7 @@ pub async fn run(maps: EventMaps, hub: Arc<Hub>, state: Shared) {
                     }
                 }
                 guard.clear_ready();
-                relay(&batch, &hub, &state).await;
+                relay(&batch, &hub, &names).await;
                 false
             }
             () = hub.wake.notified() => false,
@@ -183,7 +192,7 @@ fn ndjson(record: &MonitorRecord) -> Result<String, std::convert::Infallible> {
     Ok(line)
 }
 
-async fn relay(batch: &[Event], hub: &Hub, state: &Shared) {
+async fn relay(batch: &[Event], hub: &Hub, names: &impl NameEndpoints) {
     if batch.is_empty() || hub.events.receiver_count() == 0 {
         return;
     }
@@ -196,11 +205,7 @@ async fn relay(batch: &[Event], hub: &Hub, state: &Shared) {
             monitor::decode(e, interface)
         })
         .collect();
-    if let Some(daemon) = state.lock().await.as_ref()
-        && let Err(e) = daemon.name_endpoints(&mut named)
-    {
-        warn!("monitor: naming endpoints: {e}");
-    }
+    names.name_endpoints(&mut named).await;
     for (event, _) in named {
         let _ = hub.events.send(event);
     }

@@ -24,7 +24,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    error::{Error, Result},
+    daemon::error::{Error, Result},
     logic::dns::{Cache, Outcome, Zone, decide},
 };
 

@@ -8,9 +8,10 @@ use ipnet::Ipv4Net;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    error::{Error, Result},
+    daemon::error::{Error, Result},
     logic::endpoint::{Endpoint, EndpointOptions, Mode},
     logic::ipam::Pool,
+    logic::overlay::OverlayNetwork,
     logic::portspec::PublishedPort,
 };
 
@@ -39,17 +40,6 @@ CREATE TABLE IF NOT EXISTS networks (
 const NEW_UID: &str = "lower(hex(randomblob(32)))";
 /// SQL for now, in RFC 3339 with milliseconds, as Docker's `Created`.
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-
-/// An overlay network: the same on every host of the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredNetwork {
-    /// Name.
-    pub name: String,
-    /// The whole overlay subnet, cut into /24 leases.
-    pub subnet: Ipv4Net,
-    /// VXLAN network identifier.
-    pub vni: u32,
-}
 
 /// Lifecycle of an endpoint record. A record that is not `Ready` after a
 /// restart belonged to an operation the crash interrupted.
@@ -186,7 +176,7 @@ impl Store {
     }
 
     /// Records an overlay network; its name and VNI must be new.
-    pub fn insert_network(&self, net: &StoredNetwork) -> Result<()> {
+    pub fn insert_network(&self, net: &OverlayNetwork) -> Result<()> {
         let taken: Option<String> = self
             .conn
             .query_row(
@@ -210,7 +200,7 @@ impl Store {
     }
 
     /// Every overlay network.
-    pub fn networks(&self) -> Result<Vec<StoredNetwork>> {
+    pub fn networks(&self) -> Result<Vec<OverlayNetwork>> {
         let mut stmt = self
             .conn
             .prepare("SELECT name, subnet, vni FROM networks ORDER BY name")?;
@@ -222,13 +212,13 @@ impl Store {
             let subnet = subnet
                 .parse()
                 .map_err(|_| corrupt("subnet", "network", &name))?;
-            Ok(StoredNetwork { name, subnet, vni })
+            Ok(OverlayNetwork { name, subnet, vni })
         })
         .collect()
     }
 
     /// The overlay network `name`.
-    pub fn network(&self, name: &str) -> Result<StoredNetwork> {
+    pub fn network(&self, name: &str) -> Result<OverlayNetwork> {
         self.networks()?
             .into_iter()
             .find(|n| n.name == name)
@@ -476,7 +466,7 @@ mod tests {
         let err = store
             .insert_endpoint(new("c", &Mode::Bridge, a.ip), Some(&pool))
             .unwrap_err();
-        assert_eq!(err, Error::Lease(LeaseError::InUse(a.ip.unwrap())));
+        assert_eq!(err, LeaseError::InUse(a.ip.unwrap()).into());
         let err = store
             .insert_endpoint(new("a", &Mode::None, None), None)
             .unwrap_err();
@@ -526,13 +516,13 @@ mod tests {
     fn overlay_networks_keep_their_names_and_vnis_to_themselves() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let web = StoredNetwork {
+        let web = OverlayNetwork {
             name: "web".into(),
             subnet: "10.200.0.0/16".parse().unwrap(),
             vni: 42,
         };
         store.insert_network(&web).unwrap();
-        let same_vni = StoredNetwork {
+        let same_vni = OverlayNetwork {
             name: "db".into(),
             ..web.clone()
         };
@@ -541,7 +531,7 @@ mod tests {
             Err(Error::NetworkExists { other, .. }) if other == "web"
         ));
         assert!(matches!(
-            store.insert_network(&StoredNetwork {
+            store.insert_network(&OverlayNetwork {
                 vni: 43,
                 ..web.clone()
             }),

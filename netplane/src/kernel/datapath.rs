@@ -41,7 +41,7 @@ use tracing::info;
 
 use super::wildcard::WildcardPorts;
 use crate::{
-    error::{Error, Result},
+    kernel::{Error, Result},
     logic::conntrack as ct,
     logic::layout::{self, CtEntryV1, Plan},
     types::{TableUse, Traffic},

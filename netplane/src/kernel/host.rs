@@ -11,7 +11,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::netns::NETNS_ETC_DIR;
 use crate::{
-    error::{Error, Result},
+    kernel::{Error, Result},
     logic::portspec::PortRange,
 };
 

@@ -2,9 +2,12 @@
 //! mounts and the eBPF data path.
 
 pub mod datapath;
+mod error;
 pub mod exec;
 pub mod host;
 pub mod netlink;
 pub mod netns;
 pub mod ports;
 pub mod wildcard;
+
+pub use error::{Error, Result};

@@ -14,8 +14,8 @@ use rtnetlink::{
     },
 };
 
+use super::error::{Error, Result};
 use super::netns;
-use crate::error::{Error, Result};
 
 const EEXIST: i32 = -libc::EEXIST;
 const ENODEV: i32 = -libc::ENODEV;

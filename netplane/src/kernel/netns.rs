@@ -13,7 +13,7 @@ use nix::{
     sched::{CloneFlags, setns, unshare},
 };
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 
 /// Where iproute2 keeps named network namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";

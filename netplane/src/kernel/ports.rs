@@ -20,7 +20,7 @@ use nix::{
 };
 
 use crate::{
-    error::{Error, Result},
+    kernel::{Error, Result},
     logic::portspec::{Proto, PublishedPort},
 };
 

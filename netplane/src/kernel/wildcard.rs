@@ -13,7 +13,7 @@ use std::{
 use netplane_common::abi::{PUBLISHED_ANY_ENTRIES, PortTarget, maps};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 
 /// Bytes between array elements: the kernel rounds values up to 8.
 const STRIDE: usize = std::mem::size_of::<PortTarget>().next_multiple_of(8);

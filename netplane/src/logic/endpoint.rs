@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use netplane_common::abi::endpoint_mac;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use super::Error;
 
 /// Name of the default bridge network, as in `docker network ls`.
 pub const BRIDGE_NETWORK: &str = "bridge";
@@ -62,7 +62,7 @@ impl FromStr for Mode {
                     Ok(Mode::Container(other.to_string()))
                 }
                 None => {
-                    validate_name(s).map_err(|_| Error::NetworkNotFound(s.to_string()))?;
+                    validate_name(s).map_err(|_| Error::NoSuchNetwork(s.to_string()))?;
                     Ok(Mode::Network(s.to_string()))
                 }
             },
@@ -573,7 +573,7 @@ mod tests {
         assert_eq!("web".parse::<Mode>().unwrap(), Mode::Network("web".into()));
         assert_eq!(
             "no/pe".parse::<Mode>(),
-            Err(Error::NetworkNotFound("no/pe".into()))
+            Err(Error::NoSuchNetwork("no/pe".into()))
         );
         assert!("container:".parse::<Mode>().is_err());
     }

@@ -4,8 +4,11 @@
 pub mod conntrack;
 pub mod dns;
 pub mod endpoint;
+mod error;
 pub mod ipam;
 pub mod layout;
 pub mod monitor;
 pub mod overlay;
 pub mod portspec;
+
+pub use error::Error;

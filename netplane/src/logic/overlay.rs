@@ -31,6 +31,17 @@ pub enum OverlayError {
     VniOutOfRange(u32),
 }
 
+/// An overlay network: the same on every host of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayNetwork {
+    /// Name.
+    pub name: String,
+    /// The whole overlay subnet, cut into /24 leases.
+    pub subnet: Ipv4Net,
+    /// VXLAN network identifier.
+    pub vni: u32,
+}
+
 /// Leases under static membership: every host is given the same VTEP
 /// addresses (its own among them) and takes the /24 at its address's rank,
 /// so that all of them agree without a store.

@@ -241,13 +241,13 @@ mod tests {
 
 /// The networks of a `--publish-from` / `--from` list, each truncated to
 /// its network address.
-pub fn parse_sources(cidrs: &[String]) -> Result<Vec<Ipv4Net>, crate::error::Error> {
+pub fn parse_sources(cidrs: &[String]) -> Result<Vec<Ipv4Net>, super::Error> {
     cidrs
         .iter()
         .map(|c| {
             c.parse::<Ipv4Net>()
                 .map(|n| n.trunc())
-                .map_err(|_| crate::error::Error::BadSource(c.clone()))
+                .map_err(|_| super::Error::BadSource(c.clone()))
         })
         .collect()
 }
@@ -357,17 +357,21 @@ impl HostPortIndex {
 /// lowest free ports of `ephemeral` (the host's ip_local_port_range, as
 /// Docker does). Costs the host ports asked for and published, not their
 /// product: one request may publish thousands.
-pub fn assign_host_ports(
+pub fn assign_host_ports<E>(
     specs: &[PortSpec],
     taken: &[(String, PublishedPort)],
     ephemeral: PortRange,
-    host_free: impl Fn(&PublishedPort) -> Result<(), crate::error::Error>,
-) -> Result<Vec<PublishedPort>, crate::error::Error> {
+    host_free: impl Fn(&PublishedPort) -> Result<(), E>,
+) -> Result<Vec<PublishedPort>, E>
+where
+    E: From<super::Error>,
+{
     if specs.len() >= MAX_NAT_SLOTS as usize {
-        return Err(crate::error::Error::TooManyPorts {
+        return Err(super::Error::TooManyPorts {
             asked: specs.len(),
             max: MAX_NAT_SLOTS as usize - 1,
-        });
+        }
+        .into());
     }
     let mut assigned: Vec<(String, PublishedPort)> = taken.to_vec();
     let mut index = HostPortIndex::default();
@@ -400,12 +404,13 @@ pub fn assign_host_ports(
             Some(h) => {
                 let p = candidate(h.start);
                 if let Some((owner, other)) = index.conflict(&assigned, &p) {
-                    return Err(crate::error::Error::PortInUse {
+                    return Err(super::Error::PortInUse {
                         port: other.host_ports.start.max(p.host_ports.start),
                         proto: p.proto.to_string(),
                         ip: host_ip,
                         owner: owner.clone(),
-                    });
+                    }
+                    .into());
                 }
                 host_free(&p)?;
                 p
@@ -417,7 +422,7 @@ pub fn assign_host_ports(
                 let p = (*from..=ephemeral.end.saturating_sub(width))
                     .map(candidate)
                     .find(|p| index.conflict(&assigned, p).is_none() && host_free(p).is_ok())
-                    .ok_or_else(|| crate::error::Error::NoFreeHostPort(spec.to_string()))?;
+                    .ok_or_else(|| super::Error::NoFreeHostPort(spec.to_string()))?;
                 *from = p.host_ports.start;
                 p
             }
@@ -426,7 +431,7 @@ pub fn assign_host_ports(
             next_slot += 1;
         }
         if next_slot >= MAX_NAT_SLOTS {
-            return Err(crate::error::Error::NoFreeSlot);
+            return Err(super::Error::NoFreeSlot.into());
         }
         slots_used.insert(next_slot);
         let port = PublishedPort {
@@ -445,7 +450,7 @@ mod assign_tests {
     use super::*;
 
     /// No host socket uses any port.
-    fn free(_: &PublishedPort) -> Result<(), crate::error::Error> {
+    fn free(_: &PublishedPort) -> Result<(), crate::logic::Error> {
         Ok(())
     }
 
@@ -462,13 +467,13 @@ mod assign_tests {
     fn ports_the_host_uses_are_refused_or_skipped() {
         let host_uses = |p: &PublishedPort| {
             if (p.host_ports.start..=p.host_ports.end).contains(&32769) {
-                Err(crate::error::Error::NoFreeSlot)
+                Err(crate::logic::Error::NoFreeSlot)
             } else {
                 Ok(())
             }
         };
         let err = assign_host_ports(&specs(&["32769:80"]), &[], EPHEMERAL, host_uses).unwrap_err();
-        assert_eq!(err, crate::error::Error::NoFreeSlot, "the host's reason");
+        assert_eq!(err, crate::logic::Error::NoFreeSlot, "the host's reason");
         let got = assign_host_ports(&specs(&["80", "81"]), &[], EPHEMERAL, host_uses).unwrap();
         let starts: Vec<u16> = got.iter().map(|p| p.host_ports.start).collect();
         assert_eq!(starts, [32768, 32770]);

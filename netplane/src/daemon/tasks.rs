@@ -1,0 +1,121 @@
+//! The daemon's background tasks, each driving the shared daemon until it
+//! goes down: housekeeping, cluster membership, and naming the endpoints of
+//! monitor events.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use tracing::{debug, info, warn};
+
+use crate::{
+    daemon::{
+        Shared,
+        cluster::{ClusterError, Session, StoreUrl},
+        relay::NameEndpoints,
+    },
+    logic::monitor::MonitorEvent,
+};
+
+/// How long to wait before opening a new session after losing the store.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Expires tracked flows and keeps the data path's view of the host's
+/// addresses current, until the daemon goes down.
+pub async fn housekeeping(state: Shared, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut guard = state.lock().await;
+        let Some(daemon) = guard.as_mut() else {
+            return;
+        };
+        match daemon.collect_garbage() {
+            Ok(0) => {}
+            Ok(n) => debug!(entries = n, "expired tracked flows"),
+            Err(e) => warn!("conntrack garbage collection: {e}"),
+        }
+        if let Err(e) = daemon.sync_host_addrs().await {
+            warn!("refreshing host addresses: {e}");
+        }
+        if let Err(e) = daemon.sync_uplink_mtu().await {
+            warn!("following the uplink's MTU: {e}");
+        }
+    }
+}
+
+/// Keeps this host a member of the cluster for as long as the daemon runs:
+/// opens a session, follows every change with a resynchronisation, and
+/// when the store is lost, keeps the data path as it is and tries again.
+pub async fn keep_membership(state: Shared, url: StoreUrl, ttl: Duration) {
+    let mut next_member = 0;
+    loop {
+        match follow(&state, &url, ttl, &mut next_member).await {
+            Ok(()) => return,
+            Err(e) => warn!("{e}; trying again"),
+        }
+        match state.lock().await.as_mut() {
+            Some(daemon) => daemon.set_session(None),
+            None => return,
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// One session's worth of membership: returns `Ok` when the daemon stops.
+/// When it fails, the next one starts with the member after this one's.
+async fn follow(
+    state: &Shared,
+    url: &StoreUrl,
+    ttl: Duration,
+    next_member: &mut usize,
+) -> super::error::Result<()> {
+    let session = Session::open(url, ttl, *next_member).await?;
+    *next_member = session.member + 1;
+    let (mut keeper, mut renewals) = session.keep_alive().await?;
+    let revision = {
+        let mut guard = state.lock().await;
+        let Some(daemon) = guard.as_mut() else {
+            return Ok(());
+        };
+        daemon.set_session(Some(session.clone()));
+        daemon.resync().await?
+    };
+    info!(
+        store = %url,
+        member = %url.members[session.member],
+        session = format!("{:x}", session.id),
+        "cluster store joined"
+    );
+    let mut changes = session.watch(revision + 1).await?;
+    let mut beat = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => session.renew(&mut keeper, &mut renewals).await?,
+            change = changes.message() => {
+                let change = change
+                    .map_err(session.fail("watch the cluster"))?
+                    .ok_or_else(|| ClusterError::WatchEnded(url.to_string()))?;
+                if change.canceled() {
+                    return Err(ClusterError::WatchEnded(url.to_string()).into());
+                }
+                if !change.events().is_empty() {
+                    let mut guard = state.lock().await;
+                    let Some(daemon) = guard.as_mut() else {
+                        return Ok(());
+                    };
+                    daemon.resync().await?;
+                }
+            }
+        }
+    }
+}
+
+impl NameEndpoints for Shared {
+    async fn name_endpoints(&self, events: &mut [(MonitorEvent, Vec<Ipv4Addr>)]) {
+        if let Some(daemon) = self.lock().await.as_ref()
+            && let Err(e) = daemon.name_endpoints(events)
+        {
+            warn!("monitor: naming endpoints: {e}");
+        }
+    }
+}
