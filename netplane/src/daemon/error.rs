@@ -127,6 +127,9 @@ pub enum Error {
         /// State directory.
         dir: PathBuf,
     },
+    /// A row of the state store cannot be read as what it stands for.
+    #[error("state store: {0}")]
+    Corrupt(String),
     /// The state store failed.
     #[error("state store: {0}")]
     Store(#[from] rusqlite::Error),

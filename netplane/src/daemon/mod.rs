@@ -213,10 +213,15 @@ impl Daemon {
         let stored_bridge = store.meta(meta::BRIDGE)?;
         let stored_subnet = store
             .meta(meta::SUBNET)?
-            .map(|s| s.parse::<Ipv4Net>())
-            .transpose()
-            .ok()
-            .flatten();
+            .map(|s| {
+                s.parse::<Ipv4Net>().map_err(|_| {
+                    Error::Corrupt(format!(
+                        "unreadable subnet {s:?} in the meta table of {}",
+                        cfg.db().display()
+                    ))
+                })
+            })
+            .transpose()?;
         if let Some(b) = stored_bridge.as_ref().filter(|b| **b != cfg.bridge) {
             return Err(Error::ConfigChanged {
                 what: "bridge",

@@ -63,12 +63,12 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> Self {
-        match s {
-            "ready" => State::Ready,
-            "removing" => State::Removing,
-            _ => State::Creating,
-        }
+    /// The state the store spells `s`, if any: an unknown word is no
+    /// state, not an interrupted creation for reconcile to tear down.
+    fn parse(s: &str) -> Option<Self> {
+        [State::Creating, State::Ready, State::Removing]
+            .into_iter()
+            .find(|state| state.as_str() == s)
     }
 }
 
@@ -381,7 +381,7 @@ impl Store {
                         .map_err(|_| corrupt("options", "endpoint", &name))?,
                     name: name.clone(),
                 },
-                state: State::parse(&state),
+                state: State::parse(&state).ok_or_else(|| corrupt("state", "endpoint", &name))?,
                 ports: serde_json::from_str(&ports)
                     .map_err(|_| corrupt("ports", "endpoint", &name))?,
                 links: serde_json::from_str(&links)
@@ -420,9 +420,7 @@ fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
 }
 
 fn corrupt(column: &str, kind: &str, name: &str) -> Error {
-    Error::Store(rusqlite::Error::InvalidColumnName(format!(
-        "unreadable {column} of {kind} {name}"
-    )))
+    Error::Corrupt(format!("unreadable {column} of {kind} {name}"))
 }
 
 #[cfg(test)]
@@ -449,6 +447,31 @@ mod tests {
         dns_search: Vec::new(),
         extra_hosts: Vec::new(),
     };
+
+    #[test]
+    fn an_unknown_state_is_an_error_naming_the_row() {
+        let dir = std::env::temp_dir().join(format!("np-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("state.db");
+        let mut store = Store::open(&db).unwrap();
+        store
+            .insert_endpoint(new("web", &Mode::None, None), None)
+            .unwrap();
+        // The table's CHECK keeps such words out; a file written by other
+        // means may still hold one.
+        store
+            .conn
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON; UPDATE endpoints SET state = 'bogus'",
+            )
+            .unwrap();
+        let err = store.endpoints().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "state store: unreadable state of endpoint web"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn leases_are_unique_and_released() {
