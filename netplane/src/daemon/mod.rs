@@ -7,6 +7,7 @@ pub mod error;
 pub mod metrics;
 pub mod relay;
 pub mod resolver;
+pub mod steps;
 pub mod store;
 pub mod tasks;
 
@@ -27,9 +28,10 @@ use netplane_common::{
     },
     vxlan,
 };
-use nix::net::if_::if_nametoindex;
+
 use tracing::{info, warn};
 
+use self::steps::KernelSteps;
 use crate::{
     daemon::cluster::{ClusterError, ClusterView, Session, StoreUrl},
     daemon::error::{Error, Result},
@@ -46,8 +48,8 @@ use crate::{
     logic::conntrack::{self, Timeouts},
     logic::dns::{self, Zone},
     logic::endpoint::{
-        self, BridgeNet, DEFAULT_MTU, ENDPOINT_IFNAME, EndpointOptions, HOST_VETH_PREFIX,
-        LinkedHost, Mode, Step, format_mac, mac_for,
+        self, BridgeNet, DEFAULT_MTU, EndpointOptions, HOST_VETH_PREFIX, LinkedHost, Mode, Step,
+        format_mac, mac_for,
     },
     logic::ipam::{self, Pool},
     logic::monitor::MonitorEvent,
@@ -593,7 +595,7 @@ impl Daemon {
                         (rec.ep.host_veth(), rec.ep.ip, rec.ep.mac())
                     {
                         let vni = self.bridge_net_of(&rec.ep.mode)?.vni;
-                        self.attach_endpoint(&veth, ip, mac, vni)?;
+                        self.kernel_steps().attach_endpoint(&veth, ip, mac, vni)?;
                     }
                     self.publish(&rec.ep, &rec.ports)?;
                     self.hold_published(&rec.ep.name, &rec.ports);
@@ -668,32 +670,18 @@ impl Daemon {
     /// Applies the plan of `ep`; on failure undoes the applied steps.
     async fn apply_plan(&mut self, ep: &endpoint::Endpoint) -> Result<()> {
         let steps = self.plan(ep)?;
-        for (done, step) in steps.iter().enumerate() {
-            if let Err(e) = self.apply(step).await {
-                let half_done = step.undone_after_failure().then_some(step);
-                for applied in steps[..done].iter().chain(half_done).rev() {
-                    if let Err(u) = self.undo(applied).await {
-                        warn!("rolling back {}: {u}", ep.name);
-                    }
-                }
-                return Err(e.into());
-            }
-        }
-        Ok(())
+        Ok(steps::apply_all(&mut self.kernel_steps(), &steps, &ep.name).await?)
     }
 
-    fn attach_endpoint(
-        &mut self,
-        ifname: &str,
-        ip: Ipv4Addr,
-        mac: [u8; 6],
-        vni: u32,
-    ) -> kernel::Result<()> {
-        let ifindex =
-            if_nametoindex(ifname).map_err(|e| kernel::Error::io("look up", ifname, e))?;
-        let dp = self.dp();
-        dp.attach(ifname, Role::Endpoint)?;
-        dp.add_endpoint(ifindex, ip, mac, vni)
+    /// The kernel, as what applies and undoes plan steps.
+    fn kernel_steps(&mut self) -> KernelSteps<'_> {
+        KernelSteps {
+            rtnl: &self.rtnl,
+            dp: self
+                .dp
+                .as_mut()
+                .expect("data path is loaded while the daemon runs"),
+        }
     }
 
     /// Zeroes the counters of newly published rules, whose slots may have
@@ -795,65 +783,11 @@ impl Daemon {
             warn!("removing {}: {e}", ep.name);
             first.get_or_insert(e);
         }
-        for step in self.plan(ep)?.iter().rev() {
-            if let Err(e) = self.undo(step).await {
-                warn!("removing {}: {e}", ep.name);
-                first.get_or_insert(e.into());
-            }
+        let steps = self.plan(ep)?;
+        if let Err(e) = steps::undo_all(&mut self.kernel_steps(), &steps, &ep.name).await {
+            first.get_or_insert(e.into());
         }
         first.map_or(Ok(()), Err)
-    }
-
-    async fn apply(&mut self, step: &Step) -> kernel::Result<()> {
-        match step {
-            Step::Netns { name } => {
-                let path = netns::create(name)?;
-                Rtnl::in_netns(&netns::open(&path)?)?.loopback_up().await
-            }
-            Step::ShareNetns { name, from } => netns::share(name, &netns::path(from)).map(drop),
-            Step::Veth {
-                host,
-                netns: ns,
-                ip,
-                prefix_len,
-                gateway,
-                bridge,
-                mtu,
-                mac,
-            } => {
-                let ns_file = netns::open(&netns::path(ns))?;
-                self.rtnl
-                    .create_veth(host, bridge, ENDPOINT_IFNAME, *mac, *mtu, &ns_file)
-                    .await?;
-                Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(ENDPOINT_IFNAME, *ip, *prefix_len, *gateway)
-                    .await
-            }
-            Step::AttachDatapath {
-                ifname,
-                ip,
-                mac,
-                vni,
-            } => self.attach_endpoint(ifname, *ip, *mac, *vni),
-            Step::EtcFiles {
-                name,
-                hosts,
-                resolv,
-            } => host::write_etc_files(name, hosts, resolv),
-        }
-    }
-
-    async fn undo(&mut self, step: &Step) -> kernel::Result<()> {
-        match step {
-            Step::Netns { name } | Step::ShareNetns { name, .. } => netns::delete(name),
-            Step::Veth { host, .. } => self.rtnl.delete_link(host).await,
-            Step::AttachDatapath { ifname, ip, .. } => {
-                let ifindex = if_nametoindex(ifname.as_str()).unwrap_or(0);
-                self.dp().remove_endpoint(ifindex, *ip)?;
-                self.dp().detach(ifname)
-            }
-            Step::EtcFiles { name, .. } => host::remove_etc_files(name),
-        }
     }
 
     /// Validates a create request, records the endpoint, applies its plan.

@@ -1,0 +1,287 @@
+//! Applying and undoing endpoint plans: the order and the rollback, once,
+//! over a [`StepRunner`] that is the kernel in the daemon and a recording
+//! fake in the unit tests.
+
+use std::{future::Future, net::Ipv4Addr};
+
+use nix::net::if_::if_nametoindex;
+use tracing::warn;
+
+use crate::{
+    kernel::{
+        self,
+        datapath::{Datapath, Role},
+        host,
+        netlink::Rtnl,
+        netns,
+    },
+    logic::endpoint::{ENDPOINT_IFNAME, Step},
+};
+
+/// What carries out single steps.
+pub trait StepRunner: Send {
+    /// Makes `step` so.
+    fn apply(&mut self, step: &Step) -> impl Future<Output = kernel::Result<()>> + Send;
+    /// Takes `step` back; harmless when it was never (or half) applied.
+    fn undo(&mut self, step: &Step) -> impl Future<Output = kernel::Result<()>> + Send;
+}
+
+/// Applies `steps` in order. When one fails, undoes exactly what was
+/// applied, last first (the failed step too where half of it may stand),
+/// and returns that failure.
+pub async fn apply_all(
+    runner: &mut impl StepRunner,
+    steps: &[Step],
+    endpoint: &str,
+) -> kernel::Result<()> {
+    for (done, step) in steps.iter().enumerate() {
+        if let Err(e) = runner.apply(step).await {
+            let half_done = step.undone_after_failure().then_some(step);
+            for applied in steps[..done].iter().chain(half_done).rev() {
+                if let Err(u) = runner.undo(applied).await {
+                    warn!("rolling back {endpoint}: {u}");
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Undoes every one of `steps`, last first, going on past failures; the
+/// first failure, if any.
+pub async fn undo_all(
+    runner: &mut impl StepRunner,
+    steps: &[Step],
+    endpoint: &str,
+) -> kernel::Result<()> {
+    let mut first = None;
+    for step in steps.iter().rev() {
+        if let Err(e) = runner.undo(step).await {
+            warn!("removing {endpoint}: {e}");
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// The kernel as the daemon's [`StepRunner`].
+#[derive(Debug)]
+pub struct KernelSteps<'a> {
+    /// Netlink in the host's namespace.
+    pub rtnl: &'a Rtnl,
+    /// The loaded data path.
+    pub dp: &'a mut Datapath,
+}
+
+impl KernelSteps<'_> {
+    /// Hangs the endpoint program on `ifname` and tells the data path the
+    /// endpoint behind it.
+    pub fn attach_endpoint(
+        &mut self,
+        ifname: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        vni: u32,
+    ) -> kernel::Result<()> {
+        let ifindex =
+            if_nametoindex(ifname).map_err(|e| kernel::Error::io("look up", ifname, e))?;
+        self.dp.attach(ifname, Role::Endpoint)?;
+        self.dp.add_endpoint(ifindex, ip, mac, vni)
+    }
+}
+
+impl StepRunner for KernelSteps<'_> {
+    async fn apply(&mut self, step: &Step) -> kernel::Result<()> {
+        match step {
+            Step::Netns { name } => {
+                let path = netns::create(name)?;
+                Rtnl::in_netns(&netns::open(&path)?)?.loopback_up().await
+            }
+            Step::ShareNetns { name, from } => netns::share(name, &netns::path(from)).map(drop),
+            Step::Veth {
+                host,
+                netns: ns,
+                ip,
+                prefix_len,
+                gateway,
+                bridge,
+                mtu,
+                mac,
+            } => {
+                let ns_file = netns::open(&netns::path(ns))?;
+                self.rtnl
+                    .create_veth(host, bridge, ENDPOINT_IFNAME, *mac, *mtu, &ns_file)
+                    .await?;
+                Rtnl::in_netns(&ns_file)?
+                    .configure_endpoint(ENDPOINT_IFNAME, *ip, *prefix_len, *gateway)
+                    .await
+            }
+            Step::AttachDatapath {
+                ifname,
+                ip,
+                mac,
+                vni,
+            } => self.attach_endpoint(ifname, *ip, *mac, *vni),
+            Step::EtcFiles {
+                name,
+                hosts,
+                resolv,
+            } => host::write_etc_files(name, hosts, resolv),
+        }
+    }
+
+    async fn undo(&mut self, step: &Step) -> kernel::Result<()> {
+        match step {
+            Step::Netns { name } | Step::ShareNetns { name, .. } => netns::delete(name),
+            Step::Veth { host, .. } => self.rtnl.delete_link(host).await,
+            Step::AttachDatapath { ifname, ip, .. } => {
+                let ifindex = if_nametoindex(ifname.as_str()).unwrap_or(0);
+                self.dp.remove_endpoint(ifindex, *ip)?;
+                self.dp.detach(ifname)
+            }
+            Step::EtcFiles { name, .. } => host::remove_etc_files(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what it is asked to do, and fails the application of the
+    /// step at `fail_at`.
+    #[derive(Default)]
+    struct Fake {
+        calls: Vec<String>,
+        fail_at: Option<usize>,
+        applied: usize,
+    }
+
+    fn name(step: &Step) -> String {
+        match step {
+            Step::Netns { .. } => "netns",
+            Step::ShareNetns { .. } => "share",
+            Step::Veth { .. } => "veth",
+            Step::AttachDatapath { .. } => "attach",
+            Step::EtcFiles { .. } => "etc",
+        }
+        .into()
+    }
+
+    impl StepRunner for Fake {
+        async fn apply(&mut self, step: &Step) -> kernel::Result<()> {
+            self.calls.push(format!("apply {}", name(step)));
+            let this = self.applied;
+            self.applied += 1;
+            if self.fail_at == Some(this) {
+                return Err(kernel::Error::Foreign(name(step)));
+            }
+            Ok(())
+        }
+
+        async fn undo(&mut self, step: &Step) -> kernel::Result<()> {
+            self.calls.push(format!("undo {}", name(step)));
+            // Undoing what is not there fails, and the rest still goes.
+            if matches!(step, Step::Veth { .. }) {
+                return Err(kernel::Error::InterfaceNotFound("npv1".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn bridge_plan() -> Vec<Step> {
+        let ip: Ipv4Addr = "172.17.0.2".parse().unwrap();
+        vec![
+            Step::Netns { name: "web".into() },
+            Step::Veth {
+                host: "npv1".into(),
+                netns: "web".into(),
+                ip,
+                prefix_len: 16,
+                gateway: "172.17.0.1".parse().unwrap(),
+                bridge: "np0".into(),
+                mtu: None,
+                mac: [2, 0x42, 172, 17, 0, 2],
+            },
+            Step::AttachDatapath {
+                ifname: "npv1".into(),
+                ip,
+                mac: [2, 0x42, 172, 17, 0, 2],
+                vni: 0,
+            },
+            Step::EtcFiles {
+                name: "web".into(),
+                hosts: String::new(),
+                resolv: String::new(),
+            },
+        ]
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_failed_step_rolls_back_exactly_the_steps_applied() {
+        // The datapath step fails: the veth and the namespace go, the
+        // half-attached program too, last first; the hosts files were
+        // never written and are not touched.
+        let mut fake = Fake {
+            fail_at: Some(2),
+            ..Fake::default()
+        };
+        let err = run(apply_all(&mut fake, &bridge_plan(), "web")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "attach already exists and is not managed by this netplane"
+        );
+        assert_eq!(
+            fake.calls,
+            [
+                "apply netns",
+                "apply veth",
+                "apply attach",
+                "undo attach",
+                "undo veth",
+                "undo netns"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_namespace_that_could_not_be_named_is_not_deleted() {
+        // The name was taken: the namespace there is someone else's.
+        let mut fake = Fake {
+            fail_at: Some(0),
+            ..Fake::default()
+        };
+        assert!(run(apply_all(&mut fake, &bridge_plan(), "web")).is_err());
+        assert_eq!(fake.calls, ["apply netns"]);
+    }
+
+    #[test]
+    fn a_plan_applied_whole_is_not_undone() {
+        let mut fake = Fake::default();
+        run(apply_all(&mut fake, &bridge_plan(), "web")).unwrap();
+        assert!(fake.calls.iter().all(|c| c.starts_with("apply")));
+        assert_eq!(fake.calls.len(), 4);
+    }
+
+    #[test]
+    fn teardown_undoes_every_step_past_failures_and_reports_the_first() {
+        // An interrupted creation that never made its veth: reconcile
+        // tears down the whole plan, and a step that is missing does not
+        // stop the rest.
+        let mut fake = Fake::default();
+        let err = run(undo_all(&mut fake, &bridge_plan(), "web")).unwrap_err();
+        assert_eq!(err.to_string(), "interface npv1 not found");
+        assert_eq!(
+            fake.calls,
+            ["undo etc", "undo attach", "undo veth", "undo netns"]
+        );
+    }
+}
