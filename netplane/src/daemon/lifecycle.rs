@@ -1,0 +1,439 @@
+//! The daemon's life: `up` (bring the network up, or adopt what an
+//! earlier run left, and reconcile), following the host, and `down`.
+
+use super::*;
+
+impl Daemon {
+    /// Validates the settings against the store and the host, then brings
+    /// the network up (or adopts what an earlier run left), reverting what it
+    /// did if a step fails.
+    pub async fn start(cfg: Config) -> Result<Self> {
+        let lock = DaemonLock::acquire()?;
+        ports::allow_held_ports()?;
+        for dir in [&cfg.state_dir, &cfg.run_dir] {
+            fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
+        }
+        let store = Store::open(&cfg.db())?;
+        let rtnl = Rtnl::current()?;
+
+        let stored_bridge = store.meta(meta::BRIDGE)?;
+        let stored_subnet = store
+            .meta(meta::SUBNET)?
+            .map(|s| {
+                s.parse::<Ipv4Net>().map_err(|_| {
+                    Error::Corrupt(format!(
+                        "unreadable subnet {s:?} in the meta table of {}",
+                        cfg.db().display()
+                    ))
+                })
+            })
+            .transpose()?;
+        if let Some(b) = stored_bridge.as_ref().filter(|b| **b != cfg.bridge) {
+            return Err(Error::ConfigChanged {
+                what: "bridge",
+                stored: b.clone(),
+                dir: cfg.state_dir.clone(),
+            });
+        }
+        if let (Some(s), Some(want)) = (stored_subnet, cfg.subnet)
+            && s != want
+        {
+            return Err(Error::ConfigChanged {
+                what: "subnet",
+                stored: s.to_string(),
+                dir: cfg.state_dir.clone(),
+            });
+        }
+        let existing_bridge = rtnl.link(&cfg.bridge).await?;
+        if existing_bridge.is_some() && stored_bridge.is_none() {
+            return Err(kernel::Error::Foreign(format!("bridge {}", cfg.bridge)).into());
+        }
+        let uplink = match &cfg.uplink {
+            Some(u) => Some(
+                rtnl.link(u)
+                    .await?
+                    .ok_or_else(|| kernel::Error::InterfaceNotFound(u.clone()))?
+                    .name,
+            ),
+            None => rtnl.default_route_interface().await?,
+        };
+        let subnet = match (stored_subnet, cfg.subnet) {
+            (Some(s), _) => s,
+            (None, Some(want)) => {
+                let in_use = rtnl
+                    .networks_in_use(existing_bridge.as_ref().map(|b| b.index))
+                    .await?;
+                ipam::check_subnet(want, &in_use)?;
+                want
+            }
+            (None, None) => {
+                let in_use = rtnl
+                    .networks_in_use(existing_bridge.as_ref().map(|b| b.index))
+                    .await?;
+                ipam::pick_subnet(ipam::default_pools(), &in_use).ok_or(Error::NoFreeSubnet)?
+            }
+        };
+        let pool = Pool::new(subnet)?;
+        let net = BridgeNet {
+            bridge: cfg.bridge.clone(),
+            subnet: Ipv4Net::new(pool.gateway, subnet.prefix_len()).expect("prefix of a valid net"),
+            gateway: pool.gateway,
+            mtu: None,
+            vni: 0,
+        };
+
+        let upstream = if cfg.dns.is_empty() {
+            dns::upstream_servers(&host::host_resolv_conf())
+        } else {
+            cfg.dns.clone()
+        };
+        let mut undo = Vec::new();
+        let mut daemon = Daemon {
+            cfg,
+            store,
+            rtnl,
+            dp: None,
+            net,
+            uplink,
+            net_config: NetConfig::default(),
+            uplink_mtu: DEFAULT_MTU,
+            session: None,
+            view: None,
+            resolver: Resolver::new(upstream),
+            reconciles: metrics::ReconcileDurations::default(),
+            reserved: Reservations::default(),
+            tc_hook: TcHook::choose()?,
+            _lock: lock,
+        };
+        match daemon.bring_up(existing_bridge.is_none(), &mut undo).await {
+            Ok(()) => Ok(daemon),
+            Err(e) => {
+                warn!("netplane up failed, reverting: {e}");
+                // Pins an earlier run left carry the running data path:
+                // only a first `up` removes what it pinned.
+                if let Some(dp) = daemon.dp.take()
+                    && stored_bridge.is_none()
+                {
+                    let _ = dp.remove_pins();
+                }
+                for step in undo.into_iter().rev() {
+                    if let Err(u) = daemon.revert(step).await {
+                        warn!("revert: {u}");
+                    }
+                }
+                if stored_bridge.is_none() {
+                    let _ = remove_db(&daemon.cfg.db());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn bring_up(
+        &mut self,
+        create_bridge: bool,
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
+        let net = self.net.clone();
+        if create_bridge {
+            self.rtnl.create_bridge(&net.bridge).await?;
+            undo.push(Undo::DeleteLink(net.bridge.clone()));
+        }
+        let bridge = Self::address_bridge(&self.rtnl, &net).await?;
+        self.serve_dns(endpoint::BRIDGE_NETWORK, net.subnet).await;
+
+        if self.store.meta(meta::IP_FORWARD_BEFORE)?.is_none() {
+            let before = host::read_sysctl(host::IP_FORWARD)?;
+            self.store.set_meta(meta::IP_FORWARD_BEFORE, &before)?;
+            undo.push(Undo::RestoreIpForward(before));
+        }
+        host::write_sysctl(host::IP_FORWARD, "1")?;
+
+        if let Some(mounted) = host::ensure_bpffs(&self.cfg.bpffs)? {
+            self.store
+                .set_meta(meta::BPFFS_MOUNTED, &mounted.to_string_lossy())?;
+            undo.push(Undo::Unmount(mounted));
+        }
+        self.net_config = self.build_net_config(&bridge).await?;
+        let mut dp = Datapath::load(&self.cfg.bpffs, self.net_config, self.cfg.ct_max)?;
+        dp.use_hook(self.tc_hook);
+        dp.set_ct_timeouts(self.cfg.timeouts.to_abi())?;
+        dp.attach(&net.bridge, Role::Counted)?;
+        if let Some(uplink) = &self.uplink
+            && dp.attach(uplink, Role::Uplink)?
+        {
+            self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
+        }
+        dp.reset_nat_counters(MASQUERADE_SLOT)?;
+        dp.attach_sockets(&host::cgroup2_root()?)?;
+        self.dp = Some(dp);
+        if let Some(uplink) = &self.uplink {
+            let link = self.rtnl.link(uplink).await?;
+            self.uplink_mtu = link.and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
+        }
+        self.sync_host_addrs().await?;
+        self.restore_overlays().await?;
+        self.store.set_meta(meta::BRIDGE, &net.bridge)?;
+        self.store
+            .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
+        let reconciling = std::time::Instant::now();
+        self.reconcile().await?;
+        self.reconciles
+            .observe(metrics::Reconcile::Up, reconciling.elapsed());
+        Ok(self.dp().finish_migration()?)
+    }
+
+    pub(super) async fn revert(&self, step: Undo) -> kernel::Result<()> {
+        match step {
+            Undo::DeleteLink(name) => self.rtnl.delete_link(&name).await,
+            Undo::RestoreIpForward(v) => host::write_sysctl(host::IP_FORWARD, &v),
+            Undo::Unmount(p) => host::unmount_bpffs(&p),
+        }
+    }
+
+    pub(super) async fn build_net_config(&self, bridge: &Link) -> Result<NetConfig> {
+        let (uplink_ifindex, uplink_addr) = match &self.uplink {
+            Some(name) => {
+                let link = self
+                    .rtnl
+                    .link(name)
+                    .await?
+                    .ok_or_else(|| kernel::Error::InterfaceNotFound(name.clone()))?;
+                let addr = self
+                    .rtnl
+                    .addresses()
+                    .await?
+                    .iter()
+                    .find(|(_, index)| *index == link.index)
+                    .map(|(net, _)| net.addr());
+                match addr {
+                    Some(addr) => (link.index, addr),
+                    None => {
+                        warn!(uplink = %name, "the uplink has no IPv4 address: no masquerade");
+                        (0, Ipv4Addr::UNSPECIFIED)
+                    }
+                }
+            }
+            None => (0, Ipv4Addr::UNSPECIFIED),
+        };
+        let nat_ports = host::ephemeral_ports()?;
+        Ok(NetConfig {
+            subnet_be: addr_be(self.net.subnet.network()),
+            mask_be: addr_be(self.net.subnet.netmask()),
+            gateway_be: addr_be(self.net.gateway),
+            flags: if self.cfg.icc {
+                0
+            } else {
+                NET_FLAG_ICC_DISABLED
+            },
+            uplink_addr_be: addr_be(uplink_addr),
+            uplink_ifindex,
+            bridge_ifindex: bridge.index,
+            nat_port_min: nat_ports.start,
+            nat_port_max: nat_ports.end,
+            bridge_mac: mac_for(self.net.gateway),
+            _pad: [0; 2],
+            netns_cookie: host::netns_cookie()?,
+        })
+    }
+
+    /// Tells the data path which addresses are the host's own, the ones
+    /// published ports answer on. Loopback is not among them: ports
+    /// published on 127.0.0.1 are reachable from the host only.
+    pub async fn sync_host_addrs(&mut self) -> Result<()> {
+        let addrs: Vec<Ipv4Addr> = self
+            .rtnl
+            .addresses()
+            .await?
+            .iter()
+            .map(|(net, _)| net.addr())
+            .filter(|a| !a.is_loopback())
+            .collect();
+        // The networks' gateways; an overlay without its lease yet has none.
+        let mut gateways = vec![self.net.gateway];
+        for net in self.store.networks()? {
+            if let Ok(on_host) = self.overlay_bridge_net(&net) {
+                gateways.push(on_host.gateway);
+            }
+        }
+        Ok(self.dp().set_host_addrs(&addrs, &gateways)?)
+    }
+
+    /// Follows a change of the uplink's MTU: overlays get the MTU left
+    /// under the new one, for new endpoints and for the routes the stack
+    /// answers "fragmentation needed" along, so that endpoints created
+    /// before find the smaller path MTU.
+    pub async fn sync_uplink_mtu(&mut self) -> Result<()> {
+        let Some(uplink) = self.uplink.clone() else {
+            return Ok(());
+        };
+        let link = self.rtnl.link(&uplink).await?;
+        let mtu = link.and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
+        if mtu == self.uplink_mtu {
+            return Ok(());
+        }
+        info!(uplink, mtu, before = self.uplink_mtu, "uplink MTU changed");
+        self.uplink_mtu = mtu;
+        self.restore_overlays().await
+    }
+
+    /// How often [`Daemon::collect_garbage`] should run: often enough for
+    /// the shortest lifetime to be honoured within a quarter of it.
+    pub fn gc_interval(&self) -> Duration {
+        let t = self.cfg.timeouts;
+        [t.tcp_syn, t.tcp_fin_wait, t.tcp_closing, t.udp, t.icmp]
+            .into_iter()
+            .min()
+            .unwrap_or_default()
+            .div_f64(4.0)
+            .clamp(Duration::from_millis(250), Duration::from_secs(10))
+    }
+
+    /// Brings the kernel in line with the store after a restart: finishes
+    /// interrupted removals, undoes interrupted creations, rebuilds endpoints
+    /// whose kernel objects went missing, swaps the new programs into the
+    /// pinned links of the others, and removes veths no record owns.
+    pub(super) async fn reconcile(&mut self) -> Result<()> {
+        let records = self.store.endpoints()?;
+        for rec in &records {
+            match rec.state {
+                State::Creating | State::Removing => {
+                    info!(endpoint = %rec.ep.name, state = ?rec.state, "finishing interrupted operation: removing");
+                    self.teardown(&rec.ep).await?;
+                    self.store.delete_endpoint(&rec.ep.name)?;
+                }
+                State::Ready if self.is_intact(&rec.ep).await? => {
+                    if let (Some(veth), Some(ip), Some(mac)) =
+                        (rec.ep.host_veth(), rec.ep.ip, rec.ep.mac())
+                    {
+                        let vni = self.bridge_net_of(&rec.ep.mode)?.vni;
+                        self.kernel_steps().attach_endpoint(&veth, ip, mac, vni)?;
+                    }
+                    self.publish(&rec.ep, &rec.ports)?;
+                    self.hold_published(&rec.ep.name, &rec.ports);
+                }
+                State::Ready => {
+                    warn!(endpoint = %rec.ep.name, "kernel objects missing: rebuilding");
+                    self.teardown(&rec.ep).await?;
+                    self.apply_plan(&rec.ep).await?;
+                    self.publish(&rec.ep, &rec.ports)?;
+                    self.hold_published(&rec.ep.name, &rec.ports);
+                }
+            }
+        }
+        let owned: Vec<String> = self
+            .store
+            .endpoints()?
+            .iter()
+            .filter_map(|r| r.ep.host_veth())
+            .collect();
+        for link in self.rtnl.links().await? {
+            if link.name.starts_with(HOST_VETH_PREFIX) && !owned.contains(&link.name) {
+                info!(link = %link.name, "removing veth no endpoint owns");
+                self.dp().detach(&link.name)?;
+                self.rtnl.delete_link(&link.name).await?;
+            }
+        }
+        self.sync_zones()
+    }
+
+    pub(super) async fn is_intact(&self, ep: &endpoint::Endpoint) -> Result<bool> {
+        if let Some(name) = ep.netns_name()
+            && !netns::is_mounted(&netns::path(name))
+        {
+            return Ok(false);
+        }
+        match ep.host_veth() {
+            Some(veth) => Ok(self.rtnl.link(&veth).await?.is_some()),
+            None => Ok(true),
+        }
+    }
+
+    /// `netplane down` with no daemon running (killed, or the host
+    /// rebooted): takes up what the state in `cfg.state_dir` and the pins
+    /// record, as `up` would, then removes all of it. `false` when there is
+    /// no state to remove.
+    pub async fn down_from_state(mut cfg: Config) -> Result<bool> {
+        let db = cfg.db();
+        if !db.exists() {
+            return Ok(false);
+        }
+        if let Some(bridge) = Store::open(&db)?.meta(meta::BRIDGE)? {
+            cfg.bridge = bridge;
+        }
+        Self::start(cfg).await?.down().await?;
+        Ok(true)
+    }
+
+    /// Removes everything netplane created and forgets it: `netplane down`.
+    pub async fn down(mut self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                warn!("down: {e}");
+                first.get_or_insert(e);
+            }
+        };
+        for rec in self.store.endpoints()? {
+            if self.store.endpoint(&rec.ep.name).is_ok() {
+                let r = self.remove(&rec.ep.name, true).await.map(drop);
+                note(r);
+            }
+        }
+        if let Some(mut dp) = self.dp.take() {
+            if let Some(uplink) = &self.uplink {
+                note(dp.detach(uplink).map_err(Error::from));
+            }
+            note(dp.remove_pins().map_err(Error::from));
+        }
+        if let Some(uplink) = self.store.meta(meta::CLSACT_ADDED)? {
+            note(self.rtnl.delete_clsact(&uplink).await.map_err(Error::from));
+        }
+        if let Some(session) = self.session.take() {
+            // The other hosts drop this one now, not when its keys expire.
+            note(session.close().await.map_err(Error::from));
+        }
+        for net in self.store.networks()? {
+            note(
+                self.rtnl
+                    .delete_link(&overlay_bridge(net.vni))
+                    .await
+                    .map_err(Error::from),
+            );
+        }
+        note(
+            self.rtnl
+                .delete_link(&self.net.bridge)
+                .await
+                .map_err(Error::from),
+        );
+        if let Some(before) = self.store.meta(meta::IP_FORWARD_BEFORE)? {
+            note(host::write_sysctl(host::IP_FORWARD, &before).map_err(Error::from));
+        }
+        if let Some(mounted) = self.store.meta(meta::BPFFS_MOUNTED)? {
+            note(host::unmount_bpffs(Path::new(&mounted)).map_err(Error::from));
+        } else {
+            note(
+                fs::remove_dir(&self.cfg.bpffs)
+                    .map_err(|e| Error::io("remove", self.cfg.bpffs.display(), e)),
+            );
+        }
+        note(remove_db(&self.cfg.db()));
+        let _ = fs::remove_file(Config::socket(&self.cfg.run_dir));
+        first.map_or(Ok(()), Err)
+    }
+
+    /// `GET /v1/info`.
+    pub fn info(&self) -> DaemonInfo {
+        let pid = std::process::id();
+        DaemonInfo {
+            pid,
+            netns: format!("/proc/{pid}/ns/net"),
+            bridge: self.net.bridge.clone(),
+            uplink: self.uplink.clone(),
+            subnet: self.net.subnet.trunc().to_string(),
+            tc_hook: self.tc_hook.name().into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}

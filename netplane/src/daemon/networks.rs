@@ -1,0 +1,465 @@
+//! Networks: the bridge network and overlay networks, their bridges,
+//! routes and DNS servers, and following the cluster store.
+
+use super::*;
+
+impl Daemon {
+    /// Serves `network`'s endpoints DNS on its gateway (`subnet`'s
+    /// address); if the port is taken, they keep the host's resolvers.
+    pub(super) async fn serve_dns(&mut self, network: &str, subnet: Ipv4Net) {
+        if let Err(e) = self.resolver.serve(network, subnet).await {
+            warn!(
+                network,
+                "no embedded DNS, endpoints use the host's resolvers: {e}"
+            );
+        }
+    }
+
+    /// `GET /v1/networks`.
+    pub fn networks(&self) -> Result<Vec<NetworkInfo>> {
+        let records = self.store.endpoints()?;
+        let members = |pred: &dyn Fn(&Mode) -> bool| -> Vec<String> {
+            records
+                .iter()
+                .filter(|r| pred(&r.ep.mode))
+                .map(|r| r.ep.name.clone())
+                .collect()
+        };
+        let simple = |name: &str, driver: &str, endpoints| NetworkInfo {
+            name: name.into(),
+            driver: driver.into(),
+            bridge: None,
+            subnet: None,
+            gateway: None,
+            icc: None,
+            endpoints,
+            vni: None,
+            lease: None,
+            peers: Vec::new(),
+        };
+        Ok(vec![
+            NetworkInfo {
+                name: endpoint::BRIDGE_NETWORK.into(),
+                driver: "bridge".into(),
+                bridge: Some(self.net.bridge.clone()),
+                subnet: Some(self.net.subnet.trunc().to_string()),
+                gateway: Some(self.net.gateway.to_string()),
+                icc: Some(self.cfg.icc),
+                endpoints: members(&|m| *m == Mode::Bridge),
+                vni: None,
+                lease: None,
+                peers: Vec::new(),
+            },
+            simple("host", "host", members(&|m| *m == Mode::Host)),
+            simple("none", "null", members(&|m| *m == Mode::None)),
+        ]
+        .into_iter()
+        .chain(self.store.networks()?.iter().filter_map(|net| {
+            let on_host = self.overlay_bridge_net(net).ok()?;
+            let leases = self.leases(net).ok()?;
+            let state = match (&self.cfg.store, &self.session) {
+                (None, _) => "static",
+                (Some(_), Some(_)) => "registered",
+                (Some(_), None) => "last known",
+            };
+            Some(NetworkInfo {
+                name: net.name.clone(),
+                driver: "overlay".into(),
+                bridge: Some(on_host.bridge),
+                subnet: Some(net.subnet.to_string()),
+                gateway: Some(on_host.gateway.to_string()),
+                icc: None,
+                endpoints: members(&|m| *m == Mode::Network(net.name.clone())),
+                vni: Some(net.vni),
+                lease: Some(on_host.subnet.trunc().to_string()),
+                peers: leases
+                    .iter()
+                    .map(|(vtep, lease)| PeerInfo {
+                        vtep: vtep.to_string(),
+                        lease: lease.to_string(),
+                        state: state.into(),
+                    })
+                    .collect(),
+            })
+        }))
+        .collect())
+    }
+
+    /// This host's VTEP: the uplink's address.
+    pub(super) fn vtep(&self) -> Result<Ipv4Addr> {
+        match addr_from_be(self.net_config.uplink_addr_be) {
+            Ipv4Addr::UNSPECIFIED => Err(Error::NoVtep),
+            vtep => Ok(vtep),
+        }
+    }
+
+    /// The hosts of overlay `net`, this one first, with the /24 each
+    /// holds: computed from the static peers, or as the cluster store last
+    /// said, with this host's own lease as it recorded it.
+    pub(super) fn leases(&self, net: &OverlayNetwork) -> Result<Vec<(Ipv4Addr, Ipv4Net)>> {
+        let vtep = self.vtep()?;
+        if self.cfg.store.is_none() {
+            let members: Vec<Ipv4Addr> = std::iter::once(vtep)
+                .chain(self.cfg.peers.iter().copied())
+                .collect();
+            let mut leases = overlay::static_leases(net.subnet, &members)?;
+            leases.sort_by_key(|(v, _)| *v != vtep);
+            return Ok(leases);
+        }
+        let own = self
+            .store
+            .network_lease(&net.name)?
+            .ok_or_else(|| Error::NoLease(net.name.clone()))?;
+        let others = self
+            .view
+            .iter()
+            .flat_map(|view| view.holders(&net.name))
+            .filter(|h| h.vtep != vtep)
+            .map(|h| (h.vtep, h.lease));
+        Ok(std::iter::once((vtep, own)).chain(others).collect())
+    }
+
+    /// What overlay `net` is on this host: a bridge at the first address of
+    /// this host's lease, endpoints with room left for the encapsulation.
+    pub(super) fn overlay_bridge_net(&self, net: &OverlayNetwork) -> Result<BridgeNet> {
+        let (_, lease) = self.leases(net)?[0];
+        let gateway = lease.hosts().next().expect("a /24 has hosts");
+        Ok(BridgeNet {
+            bridge: overlay_bridge(net.vni),
+            subnet: Ipv4Net::new(gateway, lease.prefix_len()).expect("prefix of a valid net"),
+            gateway,
+            mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
+            vni: net.vni,
+        })
+    }
+
+    /// The bridge an endpoint attached in `mode` joins.
+    pub(super) fn bridge_net_of(&self, mode: &Mode) -> Result<BridgeNet> {
+        match mode {
+            Mode::Network(name) => self.overlay_bridge_net(&self.store.network(name)?),
+            _ => Ok(BridgeNet {
+                mtu: endpoint::bridge_endpoint_mtu(self.uplink_mtu),
+                ..self.net.clone()
+            }),
+        }
+    }
+
+    /// Creates an overlay network: recorded, its bridge up, the routes to
+    /// the other hosts' leases in the data path.
+    pub async fn create_network(&mut self, req: CreateNetwork) -> Result<NetworkInfo> {
+        endpoint::validate_name(&req.name)?;
+        if req.driver != "overlay" {
+            return Err(Error::UnsupportedDriver(req.driver));
+        }
+        // `bridge`, `host`, `none` and `container:` name attachments.
+        if req.name.parse::<Mode>()? != Mode::Network(req.name.clone()) {
+            return Err(Error::NetworkNameReserved(req.name));
+        }
+        let net = OverlayNetwork {
+            vni: match req.vni {
+                Some(vni) => overlay::check_vni(vni)?,
+                None => overlay::default_vni(&req.name),
+            },
+            name: req.name,
+            subnet: req.subnet.trunc(),
+        };
+        if let Some(other) = self.overlay_named(&net.name) {
+            return Err(Error::NetworkExists {
+                name: net.name,
+                vni: net.vni,
+                other,
+            });
+        }
+        Self::check_overlay_subnet(&self.rtnl, &net, self.subnets_besides(&net)?).await?;
+        if self.cfg.store.is_some() {
+            // Every host, this one included, takes it up from the store.
+            if let Some(other) = self.connected()?.create_network(&net).await? {
+                return Err(Error::NetworkExists {
+                    name: net.name,
+                    vni: net.vni,
+                    other,
+                });
+            }
+            self.resync().await?;
+            self.store.network(&net.name)?;
+            return self.network(&net.name);
+        }
+        let on_host = self.overlay_bridge_net(&net)?;
+        self.store.insert_network(&net)?;
+        let brought_up = match self.bring_up_overlay(&net, &on_host).await {
+            Ok(()) => self.sync_overlay_routes(),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = brought_up {
+            let _ = self.rtnl.delete_link(&on_host.bridge).await;
+            self.store.delete_network(&net.name)?;
+            return Err(e);
+        }
+        info!(network = %net.name, vni = net.vni, lease = %on_host.subnet.trunc(), "overlay created");
+        self.network(&net.name)
+    }
+
+    /// The overlay network, here or elsewhere in the cluster, named `name`
+    /// in any case.
+    pub(super) fn overlay_named(&self, name: &str) -> Option<String> {
+        let here = self.store.networks().ok()?.into_iter().map(|n| n.name);
+        let cluster = self.view.iter().flat_map(|v| v.networks.keys().cloned());
+        here.chain(cluster).find(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The subnets of the bridge network and of every overlay but `net`.
+    pub(super) fn subnets_besides(&self, net: &OverlayNetwork) -> Result<Vec<Ipv4Net>> {
+        let overlays = self.store.networks()?;
+        Ok(std::iter::once(self.net.subnet.trunc())
+            .chain(
+                overlays
+                    .iter()
+                    .chain(self.view.iter().flat_map(|v| v.networks.values()))
+                    .filter(|other| other.name != net.name)
+                    .map(|other| other.subnet),
+            )
+            .collect())
+    }
+
+    /// Refuses an overlay whose subnet overlaps a route or an address of
+    /// this host, or another network (`networks`): its route would replace
+    /// theirs, and removing it would take theirs away. (Takes the netlink
+    /// handle, not `&self`: API futures must be `Send`.)
+    pub(super) async fn check_overlay_subnet(
+        rtnl: &Rtnl,
+        net: &OverlayNetwork,
+        mut networks: Vec<Ipv4Net>,
+    ) -> Result<()> {
+        networks.extend(rtnl.networks_in_use(None).await?);
+        Ok(ipam::check_subnet(net.subnet, &networks)?)
+    }
+
+    /// Removes an overlay network that has no endpoints.
+    pub async fn remove_network(&mut self, name: &str) -> Result<()> {
+        let net = self.store.network(name)?;
+        let mode = Mode::Network(name.to_string());
+        if let Some(rec) = self.store.endpoints()?.iter().find(|r| r.ep.mode == mode) {
+            return Err(Error::NetworkInUse {
+                network: name.to_string(),
+                endpoint: rec.ep.name.clone(),
+            });
+        }
+        if self.cfg.store.is_some() {
+            // Every host, this one included, drops it on seeing it go.
+            self.connected()?.delete_network(&net).await?;
+            return self.resync().await.map(drop);
+        }
+        self.drop_network(&net).await
+    }
+
+    /// Forgets overlay `net` on this host.
+    pub(super) async fn drop_network(&mut self, net: &OverlayNetwork) -> Result<()> {
+        self.resolver.stop(&net.name);
+        self.store.delete_network(&net.name)?;
+        self.sync_overlay_routes()?;
+        self.rtnl.delete_link(&overlay_bridge(net.vni)).await?;
+        info!(network = %net.name, "overlay removed");
+        Ok(())
+    }
+
+    /// The session with the cluster store, or why there is none.
+    pub(super) fn connected(&self) -> Result<Session> {
+        self.session.clone().ok_or_else(|| {
+            let url = self.cfg.store.as_ref().map(ToString::to_string);
+            ClusterError::Disconnected(url.unwrap_or_default()).into()
+        })
+    }
+
+    /// A new session with the cluster store, or `None` once it is lost.
+    pub fn set_session(&mut self, session: Option<Session>) {
+        self.session = session;
+    }
+
+    /// Brings this host in line with the cluster store: takes a /24 of
+    /// every overlay network there (the one it held before while still
+    /// free), takes up networks other hosts created, drops those removed,
+    /// and writes the routes to every other host's lease. Returns the
+    /// revision of the store it read.
+    pub async fn resync(&mut self) -> Result<i64> {
+        let started = std::time::Instant::now();
+        let resynced = self.resync_with_store().await;
+        self.reconciles
+            .observe(metrics::Reconcile::Cluster, started.elapsed());
+        resynced
+    }
+
+    pub(super) async fn resync_with_store(&mut self) -> Result<i64> {
+        let session = self.connected()?;
+        let vtep = self.vtep()?;
+        let (mut view, mut revision) = session.snapshot().await?;
+        let names: Vec<String> = view.networks.keys().cloned().collect();
+        for name in names {
+            // Another host may take the same /24 first: read again, pick
+            // again.
+            for _ in 0..CLAIM_ATTEMPTS {
+                let Some(net) = view.networks.get(&name) else {
+                    break;
+                };
+                let held = view.held_by(&name, vtep);
+                if held.is_some_and(|h| h.session == session.id) {
+                    break;
+                }
+                let previous = match held {
+                    Some(h) => Some(h.lease),
+                    None => self.store.network_lease(&name)?,
+                };
+                let taken: Vec<Ipv4Net> = view
+                    .holders(&name)
+                    .iter()
+                    .filter(|h| h.vtep != vtep)
+                    .map(|h| h.lease)
+                    .collect();
+                match overlay::pick_lease(net.subnet, &taken, previous) {
+                    Ok(lease) => session.claim(&name, lease, vtep).await?,
+                    Err(e) => {
+                        warn!(network = %name, "no lease for this host: {e}");
+                        break;
+                    }
+                };
+                (view, revision) = session.snapshot().await?;
+            }
+        }
+        self.follow_view(view).await?;
+        Ok(revision)
+    }
+
+    /// Makes this host's overlays what `view` says.
+    pub(super) async fn follow_view(&mut self, view: ClusterView) -> Result<()> {
+        let vtep = self.vtep()?;
+        let endpoints = self.store.endpoints()?;
+        for net in self.store.networks()? {
+            if view.networks.contains_key(&net.name) {
+                continue;
+            }
+            let mode = Mode::Network(net.name.clone());
+            match endpoints.iter().find(|r| r.ep.mode == mode) {
+                Some(rec) => warn!(
+                    network = %net.name,
+                    endpoint = %rec.ep.name,
+                    "removed from the cluster, kept here while it has endpoints"
+                ),
+                None => self.drop_network(&net).await?,
+            }
+        }
+        for net in view.networks.values() {
+            // Without a lease of its own a host has no part in it yet.
+            let Some(own) = view.held_by(&net.name, vtep) else {
+                continue;
+            };
+            if self.store.network_lease(&net.name)?.is_none() {
+                let others = self.subnets_besides(net)?;
+                let refused = match Self::check_overlay_subnet(&self.rtnl, net, others).await {
+                    Ok(()) => self.store.insert_network(net),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = refused {
+                    warn!(network = %net.name, "cannot take up the network: {e}");
+                    continue;
+                }
+                info!(network = %net.name, vni = net.vni, lease = %own.lease, "overlay taken up");
+            }
+            self.store.set_network_lease(&net.name, own.lease)?;
+        }
+        self.view = Some(view);
+        self.restore_overlays().await
+    }
+
+    /// The bridge of overlay `net` on this host (`on_host`), with its
+    /// address, its route and its DNS server; the data path's routes are
+    /// the caller's to write, once for every overlay it brings up.
+    pub(super) async fn bring_up_overlay(
+        &mut self,
+        net: &OverlayNetwork,
+        on_host: &BridgeNet,
+    ) -> Result<()> {
+        if self.rtnl.link(&on_host.bridge).await?.is_none() {
+            self.rtnl.create_bridge(&on_host.bridge).await?;
+        }
+        let bridge = Self::address_bridge(&self.rtnl, on_host).await?;
+        // The data path hands a DF packet too big to encapsulate to the
+        // stack, which answers "fragmentation needed" along this route's
+        // MTU: endpoints created before the uplink's MTU shrank still find
+        // the path MTU, where a drop would be a black hole.
+        let mtu = on_host.mtu.expect("overlays have an MTU");
+        self.rtnl
+            .route_subnet(net.subnet, bridge.index, &on_host.bridge, mtu)
+            .await?;
+        self.serve_dns(&net.name, on_host.subnet).await;
+        // Its gateway is closed to the uplink from now, not from the next
+        // housekeeping tick.
+        self.sync_host_addrs().await
+    }
+
+    /// Gives the bridge of `net` its gateway address and a MAC of its own,
+    /// and brings it up. A bridge without a MAC set takes its ports'
+    /// lowest, which changes when that port goes: endpoints would keep
+    /// sending to the old one until their neighbour entry for the gateway
+    /// expires. (Takes the netlink handle, not `&self`: API futures must
+    /// be `Send`.)
+    pub(super) async fn address_bridge(rtnl: &Rtnl, net: &BridgeNet) -> Result<Link> {
+        let bridge = rtnl
+            .link(&net.bridge)
+            .await?
+            .ok_or_else(|| kernel::Error::InterfaceNotFound(net.bridge.clone()))?;
+        rtnl.set_mac(bridge.index, &net.bridge, mac_for(net.gateway))
+            .await?;
+        rtnl.add_address(
+            bridge.index,
+            &net.bridge,
+            net.gateway,
+            net.subnet.prefix_len(),
+        )
+        .await?;
+        rtnl.set_up(bridge.index, &net.bridge).await?;
+        Ok(bridge)
+    }
+
+    /// Brings up every overlay recorded here (after a restart, before
+    /// their endpoints are reconciled; after a change of the cluster or
+    /// of the uplink's MTU), and writes the data path's routes once.
+    pub(super) async fn restore_overlays(&mut self) -> Result<()> {
+        for net in self.store.networks()? {
+            let on_host = self.overlay_bridge_net(&net)?;
+            self.bring_up_overlay(&net, &on_host).await?;
+        }
+        self.sync_overlay_routes()
+    }
+
+    /// Writes the routes to every other host's lease of every overlay, and
+    /// whether the data path takes VXLAN to this host apart at all. Until
+    /// the cluster store was first read, the routes stay as they are.
+    pub(super) fn sync_overlay_routes(&mut self) -> Result<()> {
+        let networks = self.store.networks()?;
+        if self.cfg.store.is_none() || self.view.is_some() {
+            let mut routes = Vec::new();
+            for net in &networks {
+                routes.extend(overlay::peer_routes(
+                    &self.leases(net)?,
+                    self.vtep()?,
+                    net.vni,
+                ));
+            }
+            self.dp().set_overlay_routes(&routes)?;
+        }
+        self.net_config.flags = if networks.is_empty() {
+            self.net_config.flags & !NET_FLAG_OVERLAY
+        } else {
+            self.net_config.flags | NET_FLAG_OVERLAY
+        };
+        let cfg = self.net_config;
+        Ok(self.dp().set_config(cfg)?)
+    }
+
+    /// One network, as `network inspect` shows it.
+    pub fn network(&self, name: &str) -> Result<NetworkInfo> {
+        self.networks()?
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| Error::NetworkNotFound(name.to_string()))
+    }
+}

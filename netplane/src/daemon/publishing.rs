@@ -1,0 +1,245 @@
+//! Published ports: resolving `-p` against the host, publishing into the
+//! data path, `port add`/`port rm`/`port ls`, and the NAT table.
+
+use super::*;
+
+impl Daemon {
+    /// Zeroes the counters of newly published rules, whose slots may have
+    /// served rules since withdrawn.
+    pub(super) fn reset_counters(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        let dp = self.dp();
+        Ok(ports
+            .iter()
+            .try_for_each(|p| dp.reset_nat_counters(p.slot))?)
+    }
+
+    /// Holds the host ports `name` published before this daemon started.
+    /// A host process that bound one while no daemon ran keeps it: its
+    /// traffic goes to the endpoint, and the log says so.
+    pub(super) fn hold_published(&mut self, name: &str, ports: &[PublishedPort]) {
+        if let Err(e) = self.reserved.reserve(ports) {
+            warn!(endpoint = %name, "published port not held: {e}");
+        }
+    }
+
+    /// Writes the published ports of `ep` into the data path.
+    pub(super) fn publish(
+        &mut self,
+        ep: &endpoint::Endpoint,
+        ports: &[PublishedPort],
+    ) -> Result<()> {
+        let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
+            return Ok(());
+        };
+        let dp = self.dp();
+        for port in ports {
+            // The list first: a port never accepts more than it says.
+            dp.set_publish_from(port.slot, &port.from)?;
+            dp.publish(&port.map_entries(ip))?;
+        }
+        Ok(())
+    }
+
+    /// Withdraws published ports and their flows from the data path, and
+    /// lets their host ports go.
+    pub(super) fn unpublish(
+        &mut self,
+        ep: &endpoint::Endpoint,
+        ports: &[PublishedPort],
+    ) -> Result<()> {
+        self.reserved.release(ports);
+        let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
+            return Ok(());
+        };
+        let dp = self.dp();
+        for port in ports {
+            let keys: Vec<_> = port.map_entries(ip).into_iter().map(|(k, _)| k).collect();
+            dp.unpublish(&keys, port.slot)?;
+            dp.set_publish_from(port.slot, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Checks `-p` specs against the host and the ports already published,
+    /// and picks the host ports and counter slots they leave open. (Takes
+    /// the netlink handle, not `&self`: the daemon is not `Sync`, and API
+    /// futures must be `Send`.)
+    pub(super) async fn resolve_ports(
+        rtnl: &Rtnl,
+        specs: &[PortSpec],
+        records: &[StoredEndpoint],
+        from: &[Ipv4Net],
+    ) -> Result<Vec<PublishedPort>> {
+        let local: Vec<Ipv4Addr> = rtnl
+            .addresses()
+            .await?
+            .iter()
+            .map(|(n, _)| n.addr())
+            .collect();
+        if let Some(ip) = specs
+            .iter()
+            .filter_map(|s| s.host_ip)
+            .find(|ip| !ip.is_loopback() && !ip.is_unspecified() && !local.contains(ip))
+        {
+            return Err(Error::HostIpNotLocal(ip));
+        }
+        let taken: Vec<_> = records
+            .iter()
+            .flat_map(|r| r.ports.iter().map(|p| (r.ep.name.clone(), p.clone())))
+            .collect();
+        let mut ports =
+            portspec::assign_host_ports(specs, &taken, host::ephemeral_ports()?, |p| {
+                ports::check_free(p).map_err(Error::from)
+            })?;
+        for port in &mut ports {
+            port.from = from.to_vec();
+        }
+        Ok(ports)
+    }
+
+    /// The ready bridge endpoint `name`, which ports can be published to.
+    pub(super) fn publishable(&self, name: &str) -> Result<StoredEndpoint> {
+        let rec = self.store.endpoint(name)?;
+        if rec.ep.mode != Mode::Bridge || rec.state != State::Ready {
+            return Err(Error::NotApplicable {
+                flag: "-p",
+                mode: rec.ep.mode.to_string(),
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Publishes one more port of a running endpoint: `port add`.
+    pub async fn add_port(
+        &mut self,
+        name: &str,
+        spec: &str,
+        from: &[String],
+    ) -> Result<Vec<PortInfo>> {
+        let spec: PortSpec = spec.parse()?;
+        let from = portspec::parse_sources(from)?;
+        let rec = self.publishable(name)?;
+        let records = self.store.endpoints()?;
+        let added = Self::resolve_ports(&self.rtnl, &[spec], &records, &from).await?;
+        let mut ports = rec.ports.clone();
+        ports.extend(added.iter().cloned());
+        self.store.set_ports(name, &ports)?;
+        let mut activate = || {
+            self.reserved.reserve(&added)?;
+            self.reset_counters(&added)?;
+            self.publish(&rec.ep, &added)
+        };
+        if let Err(e) = activate() {
+            let _ = self.unpublish(&rec.ep, &added);
+            self.store.set_ports(name, &rec.ports)?;
+            return Err(e);
+        }
+        info!(endpoint = %name, %spec, "published");
+        self.ports(Some(name))
+    }
+
+    /// Withdraws the published ports of `name` that `spec` names: `port rm`.
+    pub fn remove_port(&mut self, name: &str, spec: &str) -> Result<Vec<PortInfo>> {
+        let parsed: PortSpec = spec.parse()?;
+        let rec = self.publishable(name)?;
+        let (gone, kept): (Vec<PublishedPort>, Vec<PublishedPort>) =
+            rec.ports.iter().cloned().partition(|p| p.matches(&parsed));
+        if gone.is_empty() {
+            return Err(Error::PortNotPublished {
+                spec: spec.to_string(),
+                endpoint: name.to_string(),
+            });
+        }
+        self.unpublish(&rec.ep, &gone)?;
+        self.store.set_ports(name, &kept)?;
+        info!(endpoint = %name, %spec, "withdrawn");
+        self.ports(Some(name))
+    }
+
+    /// Published ports, of one endpoint or all: `port ls`.
+    pub fn ports(&self, name: Option<&str>) -> Result<Vec<PortInfo>> {
+        if let Some(name) = name {
+            self.store.endpoint(name)?;
+        }
+        Ok(self
+            .store
+            .endpoints()?
+            .iter()
+            .filter(|r| name.is_none_or(|n| r.ep.name == n))
+            .flat_map(|r| {
+                r.ports.iter().filter_map(|p| {
+                    Some(PortInfo {
+                        endpoint: r.ep.name.clone(),
+                        endpoint_ip: r.ep.ip?,
+                        host_ip: p.host_ip,
+                        host_port: p.host_ports.start,
+                        host_port_end: p.host_ports.end,
+                        container_port: p.container_ports.start,
+                        container_port_end: p.container_ports.end,
+                        proto: p.proto.to_string(),
+                        from: p.from.iter().map(|n| n.to_string()).collect(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// The NAT rules with their counters: `nat ls`.
+    pub fn nat_table(&self) -> Result<NatTable> {
+        let dp = self
+            .dp
+            .as_ref()
+            .expect("data path is loaded while the daemon runs");
+        let (packets, bytes) = dp.nat_counters(MASQUERADE_SLOT)?;
+        let mut drops = dp.rule_drops()?;
+        let mut rules = vec![NatRule {
+            target: "MASQUERADE".into(),
+            prot: "all".into(),
+            source: self.net.subnet.trunc().to_string(),
+            destination: "0.0.0.0/0".into(),
+            detail: match &self.uplink {
+                Some(u) => format!(
+                    "out:{u} to:{}",
+                    addr_from_be(self.net_config.uplink_addr_be)
+                ),
+                None => "no uplink".into(),
+            },
+            packets,
+            bytes,
+            drops: drops.remove(&MASQUERADE_SLOT).unwrap_or_default(),
+        }];
+        for rec in self.store.endpoints()? {
+            let Some(ip) = rec.ep.ip else { continue };
+            for p in &rec.ports {
+                let (packets, bytes) = dp.nat_counters(p.slot)?;
+                rules.push(NatRule {
+                    target: "DNAT".into(),
+                    prot: p.proto.to_string(),
+                    source: if p.from.is_empty() {
+                        "0.0.0.0/0".into()
+                    } else {
+                        let nets: Vec<String> = p.from.iter().map(|n| n.to_string()).collect();
+                        nets.join(",")
+                    },
+                    destination: if p.host_ip.is_unspecified() {
+                        "0.0.0.0/0".into()
+                    } else {
+                        format!("{}/32", p.host_ip)
+                    },
+                    detail: format!(
+                        "{} dpt:{} to:{ip}:{}",
+                        p.proto, p.host_ports, p.container_ports
+                    ),
+                    packets,
+                    bytes,
+                    drops: drops.remove(&p.slot).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(NatTable {
+            rules,
+            tracked_flows: dp.flows()?.len() / 2,
+            drops: dp.drops()?,
+        })
+    }
+}
