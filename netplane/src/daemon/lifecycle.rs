@@ -1,7 +1,7 @@
 //! The daemon's life: `up` (bring the network up, or adopt what an
 //! earlier run left, and reconcile), following the host, and `down`.
 
-use super::*;
+use super::{drivers::NetworkDriver, *};
 
 impl Daemon {
     /// Validates the settings against the store and the host, then brings
@@ -139,7 +139,7 @@ impl Daemon {
             self.rtnl.create_bridge(&net.bridge).await?;
             undo.push(Undo::DeleteLink(net.bridge.clone()));
         }
-        let bridge = Self::address_bridge(&self.rtnl, &net).await?;
+        let bridge = self.bridge_driver().setup(&self.rtnl).await?;
         self.serve_dns(endpoint::BRIDGE_NETWORK, net.subnet).await;
 
         if self.store.meta(meta::IP_FORWARD_BEFORE)?.is_none() {
@@ -252,8 +252,8 @@ impl Daemon {
         // The networks' gateways; an overlay without its lease yet has none.
         let mut gateways = vec![self.net.gateway];
         for net in self.store.networks()? {
-            if let Ok(on_host) = self.overlay_bridge_net(&net) {
-                gateways.push(on_host.gateway);
+            if let Ok(driver) = self.overlay_driver(&net) {
+                gateways.push(driver.on_host.gateway);
             }
         }
         Ok(self.dp().set_host_addrs(&addrs, &gateways)?)
@@ -394,19 +394,13 @@ impl Daemon {
             note(session.close().await.map_err(Error::from));
         }
         for net in self.store.networks()? {
-            note(
-                self.rtnl
-                    .delete_link(&overlay_bridge(net.vni))
-                    .await
-                    .map_err(Error::from),
-            );
+            match self.overlay_driver(&net) {
+                Ok(driver) => note(driver.teardown(&self.rtnl).await),
+                // Without a lease here, it was never set up here.
+                Err(e) => warn!("down: network {}: {e}", net.name),
+            }
         }
-        note(
-            self.rtnl
-                .delete_link(&self.net.bridge)
-                .await
-                .map_err(Error::from),
-        );
+        note(self.bridge_driver().teardown(&self.rtnl).await);
         if let Some(before) = self.store.meta(meta::IP_FORWARD_BEFORE)? {
             note(host::write_sysctl(host::IP_FORWARD, &before).map_err(Error::from));
         }

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 mod counters;
+pub mod drivers;
 mod endpoints;
 pub mod error;
 mod lifecycle;

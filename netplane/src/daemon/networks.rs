@@ -1,7 +1,10 @@
 //! Networks: the bridge network and overlay networks, their bridges,
 //! routes and DNS servers, and following the cluster store.
 
-use super::*;
+use super::{
+    drivers::{self, NetworkDriver},
+    *,
+};
 
 impl Daemon {
     /// Serves `network`'s endpoints DNS on its gateway (`subnet`'s
@@ -55,7 +58,7 @@ impl Daemon {
         ]
         .into_iter()
         .chain(self.store.networks()?.iter().filter_map(|net| {
-            let on_host = self.overlay_bridge_net(net).ok()?;
+            let on_host = self.overlay_driver(net).ok()?.on_host;
             let leases = self.leases(net).ok()?;
             let state = match (&self.cfg.store, &self.session) {
                 (None, _) => "static",
@@ -119,29 +122,45 @@ impl Daemon {
         Ok(std::iter::once((vtep, own)).chain(others).collect())
     }
 
-    /// What overlay `net` is on this host: a bridge at the first address of
-    /// this host's lease, endpoints with room left for the encapsulation.
-    pub(super) fn overlay_bridge_net(&self, net: &OverlayNetwork) -> Result<BridgeNet> {
+    /// The driver of overlay `net` on this host: a bridge at the first
+    /// address of this host's lease, endpoints with room left for the
+    /// encapsulation.
+    pub(super) fn overlay_driver(&self, net: &OverlayNetwork) -> Result<drivers::Overlay> {
         let (_, lease) = self.leases(net)?[0];
         let gateway = lease.hosts().next().expect("a /24 has hosts");
-        Ok(BridgeNet {
-            bridge: overlay_bridge(net.vni),
-            subnet: Ipv4Net::new(gateway, lease.prefix_len()).expect("prefix of a valid net"),
-            gateway,
-            mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
-            vni: net.vni,
+        Ok(drivers::Overlay {
+            network: net.clone(),
+            on_host: BridgeNet {
+                bridge: overlay_bridge(net.vni),
+                subnet: Ipv4Net::new(gateway, lease.prefix_len()).expect("prefix of a valid net"),
+                gateway,
+                mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
+                vni: net.vni,
+            },
+        })
+    }
+
+    /// The default bridge network's driver.
+    pub(super) fn bridge_driver(&self) -> drivers::Bridge {
+        drivers::Bridge {
+            net: BridgeNet {
+                mtu: endpoint::bridge_endpoint_mtu(self.uplink_mtu),
+                ..self.net.clone()
+            },
+        }
+    }
+
+    /// The driver of the network an endpoint attached in `mode` joins.
+    pub(super) fn driver_of(&self, mode: &Mode) -> Result<Box<dyn NetworkDriver>> {
+        Ok(match mode {
+            Mode::Network(name) => Box::new(self.overlay_driver(&self.store.network(name)?)?),
+            _ => Box::new(self.bridge_driver()),
         })
     }
 
     /// The bridge an endpoint attached in `mode` joins.
     pub(super) fn bridge_net_of(&self, mode: &Mode) -> Result<BridgeNet> {
-        match mode {
-            Mode::Network(name) => self.overlay_bridge_net(&self.store.network(name)?),
-            _ => Ok(BridgeNet {
-                mtu: endpoint::bridge_endpoint_mtu(self.uplink_mtu),
-                ..self.net.clone()
-            }),
-        }
+        Ok(self.driver_of(mode)?.attachment().clone())
     }
 
     /// Creates an overlay network: recorded, its bridge up, the routes to
@@ -184,18 +203,18 @@ impl Daemon {
             self.store.network(&net.name)?;
             return self.network(&net.name);
         }
-        let on_host = self.overlay_bridge_net(&net)?;
+        let driver = self.overlay_driver(&net)?;
         self.store.insert_network(&net)?;
-        let brought_up = match self.bring_up_overlay(&net, &on_host).await {
+        let brought_up = match self.bring_up_overlay(&driver).await {
             Ok(()) => self.sync_overlay_routes(),
             Err(e) => Err(e),
         };
         if let Err(e) = brought_up {
-            let _ = self.rtnl.delete_link(&on_host.bridge).await;
+            let _ = driver.teardown(&self.rtnl).await;
             self.store.delete_network(&net.name)?;
             return Err(e);
         }
-        info!(network = %net.name, vni = net.vni, lease = %on_host.subnet.trunc(), "overlay created");
+        info!(network = %net.name, vni = net.vni, lease = %driver.on_host.subnet.trunc(), "overlay created");
         self.network(&net.name)
     }
 
@@ -254,10 +273,14 @@ impl Daemon {
 
     /// Forgets overlay `net` on this host.
     pub(super) async fn drop_network(&mut self, net: &OverlayNetwork) -> Result<()> {
+        let driver = self.overlay_driver(net);
         self.resolver.stop(&net.name);
         self.store.delete_network(&net.name)?;
         self.sync_overlay_routes()?;
-        self.rtnl.delete_link(&overlay_bridge(net.vni)).await?;
+        // Without a lease here, it was never set up here.
+        if let Ok(driver) = driver {
+            driver.teardown(&self.rtnl).await?;
+        }
         info!(network = %net.name, "overlay removed");
         Ok(())
     }
@@ -369,54 +392,16 @@ impl Daemon {
         self.restore_overlays().await
     }
 
-    /// The bridge of overlay `net` on this host (`on_host`), with its
-    /// address, its route and its DNS server; the data path's routes are
-    /// the caller's to write, once for every overlay it brings up.
-    pub(super) async fn bring_up_overlay(
-        &mut self,
-        net: &OverlayNetwork,
-        on_host: &BridgeNet,
-    ) -> Result<()> {
-        if self.rtnl.link(&on_host.bridge).await?.is_none() {
-            self.rtnl.create_bridge(&on_host.bridge).await?;
-        }
-        let bridge = Self::address_bridge(&self.rtnl, on_host).await?;
-        // The data path hands a DF packet too big to encapsulate to the
-        // stack, which answers "fragmentation needed" along this route's
-        // MTU: endpoints created before the uplink's MTU shrank still find
-        // the path MTU, where a drop would be a black hole.
-        let mtu = on_host.mtu.expect("overlays have an MTU");
-        self.rtnl
-            .route_subnet(net.subnet, bridge.index, &on_host.bridge, mtu)
-            .await?;
-        self.serve_dns(&net.name, on_host.subnet).await;
+    /// Overlay `driver`'s network on this host: its bridge, its address,
+    /// its route and its DNS server; the data path's routes are the
+    /// caller's to write, once for every overlay it brings up.
+    pub(super) async fn bring_up_overlay(&mut self, driver: &drivers::Overlay) -> Result<()> {
+        driver.setup(&self.rtnl).await?;
+        self.serve_dns(&driver.network.name, driver.on_host.subnet)
+            .await;
         // Its gateway is closed to the uplink from now, not from the next
         // housekeeping tick.
         self.sync_host_addrs().await
-    }
-
-    /// Gives the bridge of `net` its gateway address and a MAC of its own,
-    /// and brings it up. A bridge without a MAC set takes its ports'
-    /// lowest, which changes when that port goes: endpoints would keep
-    /// sending to the old one until their neighbour entry for the gateway
-    /// expires. (Takes the netlink handle, not `&self`: API futures must
-    /// be `Send`.)
-    pub(super) async fn address_bridge(rtnl: &Rtnl, net: &BridgeNet) -> Result<Link> {
-        let bridge = rtnl
-            .link(&net.bridge)
-            .await?
-            .ok_or_else(|| kernel::Error::InterfaceNotFound(net.bridge.clone()))?;
-        rtnl.set_mac(bridge.index, &net.bridge, mac_for(net.gateway))
-            .await?;
-        rtnl.add_address(
-            bridge.index,
-            &net.bridge,
-            net.gateway,
-            net.subnet.prefix_len(),
-        )
-        .await?;
-        rtnl.set_up(bridge.index, &net.bridge).await?;
-        Ok(bridge)
     }
 
     /// Brings up every overlay recorded here (after a restart, before
@@ -424,8 +409,8 @@ impl Daemon {
     /// of the uplink's MTU), and writes the data path's routes once.
     pub(super) async fn restore_overlays(&mut self) -> Result<()> {
         for net in self.store.networks()? {
-            let on_host = self.overlay_bridge_net(&net)?;
-            self.bring_up_overlay(&net, &on_host).await?;
+            let driver = self.overlay_driver(&net)?;
+            self.bring_up_overlay(&driver).await?;
         }
         self.sync_overlay_routes()
     }

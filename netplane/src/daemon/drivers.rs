@@ -1,0 +1,133 @@
+//! Network drivers, as netavark's `NetworkDriver`: each kind of network
+//! says what endpoints attach to on this host, sets the network up and
+//! tears it down. What is common stays in the daemon: checking a subnet
+//! against the host before anything is touched
+//! ([`crate::logic::ipam::check_subnet`]), the state, the DNS servers and
+//! the data path's routes. A new kind of network is a new implementation
+//! here.
+
+use std::{future::Future, pin::Pin};
+
+use crate::{
+    daemon::error::Result,
+    kernel::{
+        self,
+        netlink::{Link, Rtnl},
+    },
+    logic::{
+        endpoint::{BridgeNet, mac_for},
+        overlay::OverlayNetwork,
+    },
+};
+
+/// A future a driver returns, boxed so that drivers are objects.
+pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// What a kind of network does on this host.
+pub trait NetworkDriver: Send + Sync {
+    /// `network ls`'s DRIVER.
+    fn kind(&self) -> &'static str;
+
+    /// Where endpoints of the network attach on this host.
+    fn attachment(&self) -> &BridgeNet;
+
+    /// Makes the network on this host, or takes up what an earlier run
+    /// left; returns its bridge.
+    fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link>;
+
+    /// Removes what [`NetworkDriver::setup`] made.
+    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()>;
+}
+
+/// The default bridge network: a Linux bridge with the gateway's address,
+/// its subnet routed by that address, masqueraded out of the uplink. `up`
+/// creates the bridge itself, so that a failed `up` removes it again.
+#[derive(Clone, Debug)]
+pub struct Bridge {
+    /// The bridge, its subnet and gateway.
+    pub net: BridgeNet,
+}
+
+/// An overlay network's part on this host: a bridge at the first address
+/// of this host's lease, the whole overlay subnet routed to it, and the
+/// data path carrying what leaves it to the other hosts over VXLAN.
+#[derive(Clone, Debug)]
+pub struct Overlay {
+    /// The network, the same on every host.
+    pub network: OverlayNetwork,
+    /// Its bridge on this host.
+    pub on_host: BridgeNet,
+}
+
+/// Gives the bridge of `net` its gateway address and a MAC of its own,
+/// and brings it up. A bridge without a MAC set takes its ports' lowest,
+/// which changes when that port goes: endpoints would keep sending to the
+/// old one until their neighbour entry for the gateway expires.
+async fn address_bridge(rtnl: &Rtnl, net: &BridgeNet) -> Result<Link> {
+    let bridge = rtnl
+        .link(&net.bridge)
+        .await?
+        .ok_or_else(|| kernel::Error::InterfaceNotFound(net.bridge.clone()))?;
+    rtnl.set_mac(bridge.index, &net.bridge, mac_for(net.gateway))
+        .await?;
+    rtnl.add_address(
+        bridge.index,
+        &net.bridge,
+        net.gateway,
+        net.subnet.prefix_len(),
+    )
+    .await?;
+    rtnl.set_up(bridge.index, &net.bridge).await?;
+    Ok(bridge)
+}
+
+impl NetworkDriver for Bridge {
+    fn kind(&self) -> &'static str {
+        "bridge"
+    }
+
+    fn attachment(&self) -> &BridgeNet {
+        &self.net
+    }
+
+    fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link> {
+        Box::pin(address_bridge(rtnl, &self.net))
+    }
+
+    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()> {
+        Box::pin(async move { Ok(rtnl.delete_link(&self.net.bridge).await?) })
+    }
+}
+
+impl NetworkDriver for Overlay {
+    fn kind(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn attachment(&self) -> &BridgeNet {
+        &self.on_host
+    }
+
+    fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link> {
+        Box::pin(async move {
+            let on_host = &self.on_host;
+            if rtnl.link(&on_host.bridge).await?.is_none() {
+                rtnl.create_bridge(&on_host.bridge).await?;
+            }
+            let bridge = address_bridge(rtnl, on_host).await?;
+            // The data path hands a DF packet too big to encapsulate to the
+            // stack, which answers "fragmentation needed" along this
+            // route's MTU: endpoints created before the uplink's MTU shrank
+            // still find the path MTU, where a drop would be a black hole.
+            let mtu = on_host.mtu.expect("overlays have an MTU");
+            rtnl.route_subnet(self.network.subnet, bridge.index, &on_host.bridge, mtu)
+                .await?;
+            Ok(bridge)
+        })
+    }
+
+    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()> {
+        // The route goes with the bridge.
+        Box::pin(async move { Ok(rtnl.delete_link(&self.on_host.bridge).await?) })
+    }
+}
