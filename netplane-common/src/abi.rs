@@ -502,104 +502,92 @@ impl Default for IfDrops {
     }
 }
 
-/// Why a program dropped a packet: the index into [`maps::DROPS`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
+/// Declares [`DropReason`] from one list: each reason with its index in
+/// [`maps::DROPS`] and its stable name, so that the enum, [`DropReason::ALL`]
+/// and [`DropReason::name`] cannot disagree.
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $reason:ident = $index:literal => $name:literal,)*) => {
+        /// Why a program dropped a packet: the index into [`maps::DROPS`].
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $reason = $index,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in index order.
+            pub const ALL: &[DropReason] = &[$(DropReason::$reason,)*];
+
+            /// Stable name, used in metrics and the CLI.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$reason => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
     /// Endpoint to endpoint traffic on a bridge with `--icc=false`.
-    IccDenied = 0,
+    IccDenied = 0 => "icc_denied",
     /// An endpoint sent with an address or MAC that is not its own.
-    Spoofed = 1,
+    Spoofed = 1 => "spoofed",
     /// A header ends past the end of the packet.
-    Truncated = 2,
+    Truncated = 2 => "truncated",
     /// The connection tracking table is full: new flows are refused.
-    CtFull = 3,
+    CtFull = 3 => "ct_full",
     /// No source port was free for a new masqueraded flow.
-    NatPortsExhausted = 4,
+    NatPortsExhausted = 4 => "nat_ports_exhausted",
     /// A non-first fragment of a flow that needs translation: without its
     /// ports it cannot be translated and must not leak untranslated.
-    Fragment = 5,
+    Fragment = 5 => "fragment",
     /// A translated packet has no route out of the host.
-    NoRoute = 6,
+    NoRoute = 6 => "no_route",
     /// A translated packet is larger than the way out and may be fragmented.
-    TooBig = 7,
+    TooBig = 7 => "too_big",
     /// A VXLAN frame whose VNI, sender or inner source is not that of a
     /// known peer's lease, or whose inner destination is no endpoint here.
-    OverlayUnknownPeer = 8,
+    OverlayUnknownPeer = 8 => "overlay_unknown_peer",
     /// A packet between endpoints of different networks (the bridge
     /// network, overlays), on this host or another: networks are isolated
     /// from each other, as Docker's are.
-    OtherNetwork = 9,
+    OtherNetwork = 9 => "other_network",
     /// A packet from outside the host to an endpoint's own address, or to a
     /// gateway address of a network, that is neither part of a flow nor
     /// through a published port: endpoints (and the services the host runs
     /// for them, such as the embedded DNS) are reached from outside only
     /// through published ports, as Docker 28 does, not by routing straight
     /// to their addresses.
-    NotPublished = 10,
+    NotPublished = 10 => "not_published",
     /// An ICMP error leaving through the uplink about no flow the data path
     /// tracks: translating it needs the flow, and untranslated the packet
     /// it quotes would carry the endpoint's address out.
-    UntrackedIcmpError = 11,
+    UntrackedIcmpError = 11 => "untracked_icmp_error",
     /// An endpoint sent a frame that is neither IPv4 nor ARP (IPv6 among
     /// them): nothing would check its source or apply `--icc=false` to it.
-    UnknownL3 = 12,
+    UnknownL3 = 12 => "unknown_l3",
     /// An endpoint sent a VLAN-tagged frame: forwarded, it would leave in
     /// a VLAN the endpoint chose.
-    VlanTagged = 13,
+    VlanTagged = 13 => "vlan_tagged",
     /// A TCP packet other than a plain SYN, for no tracked flow, that
     /// would need one (to a published port, hairpinned, or out through
     /// masquerade): only a SYN opens a flow, so stray ACKs and RSTs cannot
     /// fill the table.
-    TcpNoFlow = 14,
+    TcpNoFlow = 14 => "tcp_no_flow",
     /// A new flow to a published port from a source its allow-list
     /// (`--publish-from`, `port add --from`) does not name.
-    NotAllowed = 15,
+    NotAllowed = 15 => "not_allowed",
 }
 
-impl DropReason {
-    /// Every reason, in index order.
-    pub const ALL: [DropReason; 16] = [
-        DropReason::IccDenied,
-        DropReason::Spoofed,
-        DropReason::Truncated,
-        DropReason::CtFull,
-        DropReason::NatPortsExhausted,
-        DropReason::Fragment,
-        DropReason::NoRoute,
-        DropReason::TooBig,
-        DropReason::OverlayUnknownPeer,
-        DropReason::OtherNetwork,
-        DropReason::NotPublished,
-        DropReason::UntrackedIcmpError,
-        DropReason::UnknownL3,
-        DropReason::VlanTagged,
-        DropReason::TcpNoFlow,
-        DropReason::NotAllowed,
-    ];
-
-    /// Stable name, used in metrics and the CLI.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DropReason::IccDenied => "icc_denied",
-            DropReason::Spoofed => "spoofed",
-            DropReason::Truncated => "truncated",
-            DropReason::CtFull => "ct_full",
-            DropReason::NatPortsExhausted => "nat_ports_exhausted",
-            DropReason::Fragment => "fragment",
-            DropReason::NoRoute => "no_route",
-            DropReason::TooBig => "too_big",
-            DropReason::OverlayUnknownPeer => "overlay_unknown_peer",
-            DropReason::OtherNetwork => "other_network",
-            DropReason::NotPublished => "not_published",
-            DropReason::UntrackedIcmpError => "untracked_icmp_error",
-            DropReason::UnknownL3 => "unknown_l3",
-            DropReason::VlanTagged => "vlan_tagged",
-            DropReason::TcpNoFlow => "tcp_no_flow",
-            DropReason::NotAllowed => "not_allowed",
-        }
+// The list is in index order, with no gaps: `ALL[i]` is reason `i`.
+const _: () = {
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        assert!(DropReason::ALL[i] as usize == i);
+        i += 1;
     }
-}
+};
 
 /// Size of [`maps::EVENTS`] in bytes: a power of two pages; about 1,700
 /// events.
@@ -683,30 +671,30 @@ mod pod {
     unsafe impl aya::Pod for super::OverlayPeer {}
 }
 
+// The map types have no implicit padding: their sizes are the sums of
+// their fields, checked where both the programs and the daemon are built.
+const _: () = {
+    assert!(core::mem::size_of::<NetConfig>() == 48);
+    assert!(core::mem::size_of::<SockRevKey>() == 16);
+    assert!(core::mem::size_of::<SockRevValue>() == 8);
+    assert!(core::mem::size_of::<EndpointPort>() == 16);
+    assert!(core::mem::size_of::<EndpointIdentity>() == 16);
+    assert!(core::mem::size_of::<AddrPair>() == 8);
+    assert!(core::mem::size_of::<PortKey>() == 8);
+    assert!(core::mem::size_of::<PortTarget>() == 12);
+    assert!(core::mem::size_of::<OverlayPeer>() == 8);
+    assert!(core::mem::size_of::<FlowKey>() == 16);
+    assert!(core::mem::size_of::<CtEntry>() == 56);
+    assert!(core::mem::size_of::<Event>() == 24 + 32 + EVENT_HEADER_BYTES);
+    assert!(core::mem::size_of::<IfStatsKey>() == 8);
+    assert!(core::mem::size_of::<IfCounters>() == 16);
+    assert!(core::mem::size_of::<RuleDropKey>() == 8);
+};
+
 #[cfg(test)]
 mod tests {
-    use core::mem::size_of;
 
     use super::*;
-
-    #[test]
-    fn map_types_have_no_implicit_padding() {
-        assert_eq!(size_of::<NetConfig>(), 48);
-        assert_eq!(size_of::<SockRevKey>(), 16);
-        assert_eq!(size_of::<SockRevValue>(), 8);
-        assert_eq!(size_of::<EndpointPort>(), 16);
-        assert_eq!(size_of::<EndpointIdentity>(), 16);
-        assert_eq!(size_of::<AddrPair>(), 8);
-        assert_eq!(size_of::<PortKey>(), 8);
-        assert_eq!(size_of::<PortTarget>(), 12);
-        assert_eq!(size_of::<OverlayPeer>(), 8);
-        assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<CtEntry>(), 56);
-        assert_eq!(size_of::<Event>(), 24 + 32 + EVENT_HEADER_BYTES);
-        assert_eq!(size_of::<IfStatsKey>(), 8);
-        assert_eq!(size_of::<IfCounters>(), 16);
-        assert_eq!(size_of::<RuleDropKey>(), 8);
-    }
 
     #[test]
     fn wildcard_ports_index_by_protocol_then_host_order_port() {
@@ -729,12 +717,5 @@ mod tests {
     fn endpoint_macs_carry_the_address() {
         let addr_be = u32::from_ne_bytes([10, 201, 2, 3]);
         assert_eq!(endpoint_mac(addr_be), [0x02, 0x42, 10, 201, 2, 3]);
-    }
-
-    #[test]
-    fn drop_reasons_are_indexed_in_order() {
-        for (i, reason) in DropReason::ALL.iter().enumerate() {
-            assert_eq!(*reason as usize, i);
-        }
     }
 }
