@@ -11,9 +11,16 @@
 //! - [`api`]: the REST server and its client;
 //! - [`cli`]: the command line.
 
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod cli;
 pub mod daemon;
+#[allow(
+    unsafe_code,
+    reason = "the kernel layer alone makes system calls libc and aya leave unsafe, and reads \
+              the programs' plain-integer records; each use says why it is sound"
+)]
 pub mod kernel;
 pub mod logic;
 pub mod types;

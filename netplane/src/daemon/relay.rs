@@ -12,14 +12,11 @@ use std::{
 };
 
 use netplane_common::abi::Event;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::{Notify, broadcast, watch},
-};
+use tokio::sync::{Notify, broadcast, watch};
 use tracing::warn;
 
 use crate::{
-    kernel::datapath::EventMaps,
+    kernel::datapath::{EventMaps, EventRing},
     logic::monitor::{self, MonitorEvent, MonitorFilter, MonitorRecord},
 };
 
@@ -135,12 +132,10 @@ pub trait NameEndpoints: Send + Sync + 'static {
 /// stops. `names` names the endpoints.
 pub async fn run(maps: EventMaps, hub: Arc<Hub>, names: impl NameEndpoints) {
     let EventMaps { ring, mut control } = maps;
-    // SAFETY: the ring owns its fd and never replaces it, and the AsyncFd
-    // owns the ring.
-    let mut ring = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+    let mut ring = match EventRing::new(ring) {
         Ok(ring) => ring,
         Err(e) => {
-            warn!("monitor: polling the event ring: {}", e.into_parts().1);
+            warn!("monitor: {e}");
             return;
         }
     };
@@ -150,18 +145,8 @@ pub async fn run(maps: EventMaps, hub: Arc<Hub>, names: impl NameEndpoints) {
         // (with a full ring, that is every batch): watchers look at it no
         // more often than that.
         let checking = tokio::select! {
-            readable = ring.readable_mut() => {
-                let Ok(mut guard) = readable else { return };
-                let mut batch = Vec::new();
-                while let Some(item) = guard.get_inner_mut().next() {
-                    if item.len() >= size_of::<Event>() {
-                        // SAFETY: the programs write whole Events, plain
-                        // integers, and the length was checked.
-                        let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        batch.push(event);
-                    }
-                }
-                guard.clear_ready();
+            batch = ring.next_batch() => {
+                let Ok(batch) = batch else { return };
                 relay(&batch, &hub, &names).await;
                 false
             }

@@ -163,6 +163,10 @@ pub struct TestRunOutcome {
     pub duration: std::time::Duration,
 }
 
+// SAFETY: `#[repr(C)]` plain integers with explicit padding: every byte
+// pattern is a valid value, and the kernel hands back bytes it was given.
+unsafe impl aya::Pod for CtEntryV1 {}
+
 /// The maps `netplane monitor` works with, taken out of the loaded
 /// object: the daemon's event relay owns them.
 pub struct EventMaps {
@@ -171,10 +175,48 @@ pub struct EventMaps {
     pub control: EventControl,
 }
 
+/// The event ring, read from async code.
+pub struct EventRing(tokio::io::unix::AsyncFd<aya::maps::RingBuf<MapData>>);
+
+impl EventRing {
+    /// Registers `ring` with the async reactor.
+    pub fn new(ring: aya::maps::RingBuf<MapData>) -> Result<Self> {
+        // SAFETY: the ring owns its fd and never replaces it, and the
+        // AsyncFd owns the ring.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+        }
+        .map(EventRing)
+        .map_err(|e| Error::io("poll", "the event ring", e.into_parts().1))
+    }
+
+    /// Waits for events and takes every one on the ring; an error once the
+    /// ring can no longer be polled.
+    pub async fn next_batch(&mut self) -> std::io::Result<Vec<netplane_common::abi::Event>> {
+        let mut guard = self.0.readable_mut().await?;
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= size_of::<netplane_common::abi::Event>() {
+                // SAFETY: the programs write whole Events, plain integers,
+                // and the length was checked.
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        guard.clear_ready();
+        Ok(batch)
+    }
+}
+
 /// Whether the programs emit events, and how many found the ring full.
 pub struct EventControl {
     switch: Array<MapData, u32>,
     lost: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for EventRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRing").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for EventMaps {

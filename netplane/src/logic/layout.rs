@@ -60,10 +60,6 @@ pub struct CtEntryV1 {
     pub last_seen_ns: u64,
 }
 
-// SAFETY: `#[repr(C)]` plain integers with explicit padding: every byte
-// pattern is a valid value, and the kernel hands back bytes it was given.
-unsafe impl aya::Pod for CtEntryV1 {}
-
 /// A version 1 entry in today's shape. When the flow began is not known:
 /// its last packet is the best guess; counting starts now.
 pub fn ct_entry_from_v1(old: &CtEntryV1) -> CtEntry {
