@@ -121,10 +121,7 @@ impl Daemon {
                 });
             }
         }
-        let tables = vec![
-            dp.table_use::<FlowKey, CtEntry>(maps::CONNTRACK)?,
-            dp.table_use::<PortKey, PortTarget>(maps::PUBLISHED)?,
-        ];
+        let tables = dp.table_use()?;
         let mut peers = Vec::new();
         for net in self.networks()? {
             peers.extend(net.peers.into_iter().map(|p| (net.name.clone(), p.state)));

@@ -28,10 +28,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netplane_common::{
-    abi::{
-        CtEntry, FlowKey, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig,
-        PortKey, PortTarget, maps,
-    },
+    abi::{FlowKey, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig},
     vxlan,
 };
 

@@ -260,6 +260,55 @@ pub struct Datapath {
     wildcard: WildcardPorts,
     /// Maps of an older layout whose entries are being carried over.
     old_pins: Vec<OldPin>,
+    /// The hash maps read and written in batches, their types checked.
+    conntrack: BatchTable<FlowKey, CtEntry>,
+    published: BatchTable<PortKey, PortTarget>,
+    rule_drops: BatchTable<RuleDropKey, u64>,
+}
+
+/// A hash map read and written in batches by raw bpf(2) calls, which size
+/// their buffers by `K` and `V`: opened once, at load, after checking that
+/// the map's key and value sizes are theirs (as aya's typed maps do).
+struct BatchTable<K, V> {
+    name: &'static str,
+    _types: std::marker::PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> std::fmt::Debug for BatchTable<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BatchTable").field(&self.name).finish()
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> BatchTable<K, V> {
+    fn open(ebpf: &Ebpf, name: &'static str) -> Result<Self> {
+        let info = match ebpf.map(name) {
+            Some(
+                aya::maps::Map::HashMap(data)
+                | aya::maps::Map::LruHashMap(data)
+                | aya::maps::Map::PerCpuHashMap(data),
+            ) => data.info().map_err(|e| Error::ebpf("read", name, e))?,
+            _ => return Err(not_in_object("hash map", name)),
+        };
+        let sizes = (info.key_size() as usize, info.value_size() as usize);
+        if sizes != (size_of::<K>(), size_of::<V>()) {
+            return Err(Error::ebpf(
+                "open",
+                name,
+                std::io::Error::other(format!(
+                    "keys of {} and values of {} bytes, not {} and {}",
+                    sizes.0,
+                    sizes.1,
+                    size_of::<K>(),
+                    size_of::<V>()
+                )),
+            ));
+        }
+        Ok(BatchTable {
+            name,
+            _types: std::marker::PhantomData,
+        })
+    }
 }
 
 impl Drop for Datapath {
@@ -508,6 +557,9 @@ impl Datapath {
         }
         let wildcard = WildcardPorts::map(map_fd(&ebpf, maps::PUBLISHED_ANY)?)?;
         let mut dp = Datapath {
+            conntrack: BatchTable::open(&ebpf, maps::CONNTRACK)?,
+            published: BatchTable::open(&ebpf, maps::PUBLISHED)?,
+            rule_drops: BatchTable::open(&ebpf, maps::RULE_DROPS)?,
             ebpf,
             maps_dir,
             links_dir,
@@ -891,18 +943,25 @@ impl Datapath {
 
     /// How many entries the hash map `name`, of keys `K` and values `V`,
     /// holds, and how many it can.
-    pub fn table_use<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<TableUse> {
-        let capacity = match self.ebpf.map(name) {
+    pub fn table_use(&self) -> Result<Vec<TableUse>> {
+        Ok(vec![
+            self.use_of(&self.conntrack)?,
+            self.use_of(&self.published)?,
+        ])
+    }
+
+    fn use_of<K: aya::Pod, V: aya::Pod>(&self, table: &BatchTable<K, V>) -> Result<TableUse> {
+        let capacity = match self.ebpf.map(table.name) {
             Some(aya::maps::Map::HashMap(data)) => data
                 .info()
-                .map_err(|e| Error::ebpf("read", name, e))?
+                .map_err(|e| Error::ebpf("read", table.name, e))?
                 .max_entries(),
-            _ => return Err(not_in_object("hash map", name)),
+            _ => return Err(not_in_object("hash map", table.name)),
         };
         // The kernel keeps no count a reader can get: read the entries.
-        let entries = self.dump::<K, V>(name)?.len();
+        let entries = self.dump(table)?.len();
         Ok(TableUse {
-            map: name.to_string(),
+            map: table.name.to_string(),
             entries: entries as u64,
             capacity: u64::from(capacity),
         })
@@ -1088,7 +1147,7 @@ impl Datapath {
         for (index, target) in any {
             self.wildcard.set(index, target);
         }
-        self.update_batch(maps::PUBLISHED, &on_addr)
+        self.update_batch(&self.published, &on_addr)
     }
 
     /// Makes `from` the whole allow-list of the published rule in `slot`
@@ -1128,14 +1187,19 @@ impl Datapath {
             self.wildcard.set(index, empty);
         }
         let on_addr: Vec<PortKey> = on_addr.into_iter().map(|(k, _)| k).collect();
-        self.delete_batch(maps::PUBLISHED, &on_addr)?;
+        self.delete_batch(&self.published, &on_addr)?;
         self.remove_flows(|_, e| e.slot == slot)
     }
 
     /// Writes `entries` into map `name` with BPF_MAP_UPDATE_BATCH: one
     /// system call for all of them, where one each made publishing 10,000
     /// ports cost milliseconds of system call overhead.
-    fn update_batch<K: aya::Pod, V: aya::Pod>(&self, name: &str, entries: &[(K, V)]) -> Result<()> {
+    fn update_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        table: &BatchTable<K, V>,
+        entries: &[(K, V)],
+    ) -> Result<()> {
+        let name = table.name;
         let (keys, values): (Vec<K>, Vec<V>) = entries.iter().copied().unzip();
         let fd = map_fd(&self.ebpf, name)?;
         let (_, result) = map_batch(fd, bpf_cmd::BPF_MAP_UPDATE_BATCH, &keys, Some(&values));
@@ -1145,7 +1209,12 @@ impl Datapath {
     /// Deletes `keys` from hash map `name` with BPF_MAP_DELETE_BATCH; absent
     /// keys are fine. The kernel stops at the first absent key and says
     /// how many it did: carry on after it.
-    fn delete_batch<K: aya::Pod>(&self, name: &str, keys: &[K]) -> Result<()> {
+    fn delete_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        table: &BatchTable<K, V>,
+        keys: &[K],
+    ) -> Result<()> {
+        let name = table.name;
         let fd = map_fd(&self.ebpf, name)?;
         let mut rest = keys;
         while !rest.is_empty() {
@@ -1197,7 +1266,7 @@ impl Datapath {
                 reason: *r as u32,
             })
             .collect();
-        self.delete_batch(maps::RULE_DROPS, &drops)?;
+        self.delete_batch(&self.rule_drops, &drops)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io("count CPUs", what, e))?;
         let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
             .map_err(|e| Error::io("build per-CPU value", maps::NAT_COUNTERS, e))?;
@@ -1209,13 +1278,14 @@ impl Datapath {
 
     /// Every connection tracking entry.
     pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        self.dump(maps::CONNTRACK)
+        self.dump(&self.conntrack)
     }
 
     /// Every entry of hash map `name` (not a per-CPU one), read with
     /// BPF_MAP_LOOKUP_BATCH: a system call per few thousand entries, where
     /// walking the keys takes two per entry.
-    fn dump<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<Vec<(K, V)>> {
+    fn dump<K: aya::Pod, V: aya::Pod>(&self, table: &BatchTable<K, V>) -> Result<Vec<(K, V)>> {
+        let name = table.name;
         let fd = map_fd(&self.ebpf, name)?;
         let mut entries = Vec::new();
         // SAFETY: K and V are plain data, for which zero bytes are a value.
@@ -1272,7 +1342,7 @@ impl Datapath {
     /// Writes connection tracking entries as they are (benchmarks seed the
     /// table with them).
     pub fn insert_flows(&mut self, entries: &[(FlowKey, CtEntry)]) -> Result<()> {
-        self.update_batch(maps::CONNTRACK, entries)
+        self.update_batch(&self.conntrack, entries)
     }
 
     /// The connection tracking entries of `keys` that are present, read
@@ -1292,7 +1362,7 @@ impl Datapath {
 
     /// Deletes connection tracking entries; absent ones are fine.
     pub fn delete_flow_keys(&mut self, keys: &[FlowKey]) -> Result<()> {
-        self.delete_batch(maps::CONNTRACK, keys)
+        self.delete_batch(&self.conntrack, keys)
     }
 
     /// Runs the classifier `program` on `packet` as if it had arrived on
