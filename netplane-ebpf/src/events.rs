@@ -2,14 +2,29 @@
 //! daemon says someone watches: with nobody watching, a drop or a new flow
 //! costs one array lookup more, and established flows nothing.
 
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
 use core::ptr;
+use netplane_common::abi::EVENTS_BYTES;
 
+use crate::packet::ifindex;
 use aya_ebpf::{helpers::bpf_skb_load_bytes, maps::ring_buf::RingBufEntry, programs::TcContext};
 use netplane_common::abi::{
     DropReason, EVENT_DROP, EVENT_HEADER_BYTES, EVENT_NEW_FLOW, Event, FlowKey,
 };
 
-use crate::{EVENTS, EVENTS_LOST, MONITOR, ifindex};
+/// Not pinned: a new daemon starts with monitoring off and a new ring,
+/// which only the programs it loaded write to.
+#[map(name = "NP_EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "NP_MONITOR")]
+pub(crate) static MONITOR: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "NP_EVENTS_LOST")]
+pub(crate) static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn monitoring() -> bool {

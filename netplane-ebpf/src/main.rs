@@ -11,49 +11,36 @@
 // a per-CPU map value costs no stack, a value would be copied onto it.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod config;
+mod conntrack;
 mod events;
+mod fib;
+mod icmp;
 mod nat;
 mod overlay;
 mod packet;
+mod paths;
 mod reg;
 mod sock;
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
-    },
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{SockAddrContext, TcContext},
 };
 use aya_log_ebpf::debug;
+use config::NET_CONFIG;
+use nat::DROP_RULE;
 use netplane_common::abi::{
-    AddrPair, CtEntry, CtTimeouts, DEFAULT_CT_MAX, DROP_REASONS, Direction, DropReason,
-    EVENTS_BYTES, EndpointIdentity, EndpointPort, FlowKey, IfCounters, IfDrops, IfStatsKey,
-    MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_INTERFACES, MAX_LINKED, MAX_NAT_SLOTS, MAX_OVERLAY_LEASES,
-    MAX_PUBLISH_FROM, MAX_PUBLISHED, MAX_RULE_DROPS, MAX_SOCK_REV, NetConfig, OverlayPeer,
-    PUBLISHED_ANY_ENTRIES, PortKey, PortTarget, PublishFromKey, RuleDropKey, SockRevKey,
-    SockRevValue,
+    DROP_REASONS, Direction, DropReason, EndpointIdentity, IfCounters, IfDrops, IfStatsKey,
+    MAX_ENDPOINTS, MAX_INTERFACES, MAX_RULE_DROPS, RuleDropKey,
 };
-use packet::{L3, load};
-
-/// Not pinned: a new daemon starts with monitoring off and a new ring,
-/// which only the programs it loaded write to.
-#[map(name = "NP_EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
-
-#[map(name = "NP_MONITOR")]
-static MONITOR: Array<u32> = Array::with_max_entries(1, 0);
-
-#[map(name = "NP_EVENTS_LOST")]
-static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+use packet::{L3, ifindex, load};
 
 /// Read by the daemon only; the programs never look at it.
 #[map(name = "NP_LAYOUT")]
 static LAYOUT: Array<u32> = Array::pinned(1, 0);
-
-#[map(name = "NP_NET_CONFIG")]
-static NET_CONFIG: Array<NetConfig> = Array::pinned(1, 0);
 
 #[map(name = "NP_IF_STATS")]
 static IF_STATS: PerCpuHashMap<IfStatsKey, IfCounters> =
@@ -65,90 +52,17 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASONS, 0);
 #[map(name = "NP_IF_DROPS")]
 static IF_DROPS: PerCpuHashMap<u32, IfDrops> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
 
-#[map(name = "NP_ENDPOINTS")]
-static ENDPOINTS: HashMap<u32, EndpointPort> = HashMap::pinned(MAX_ENDPOINTS, 0);
-
 #[map(name = "NP_ENDPOINT_IFACES")]
 static ENDPOINT_IFACES: HashMap<u32, EndpointIdentity> = HashMap::pinned(MAX_ENDPOINTS, 0);
-
-#[map(name = "NP_HOST_ADDRS")]
-static HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_ADDRS, 0);
-
-#[map(name = "NP_PUBLISHED")]
-static PUBLISHED: HashMap<PortKey, PortTarget> = HashMap::pinned(MAX_PUBLISHED, 0);
-
-#[map(name = "NP_OVERLAY_ROUTES")]
-static OVERLAY_ROUTES: HashMap<u32, OverlayPeer> = HashMap::pinned(MAX_OVERLAY_LEASES, 0);
-
-/// Scratch for the headers encapsulation writes, off the stack.
-#[map]
-static ENCAP_HEADERS: PerCpuArray<overlay::EncapHeaders> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "NP_PUBLISHED_ANY")]
-static PUBLISHED_ANY: Array<PortTarget> = Array::pinned(PUBLISHED_ANY_ENTRIES, BPF_F_MMAPABLE);
-
-#[map(name = "NP_CONNTRACK")]
-static CONNTRACK: HashMap<FlowKey, CtEntry> = HashMap::pinned(DEFAULT_CT_MAX, 0);
-
-#[map(name = "NP_CT_TIMEOUTS")]
-static CT_TIMEOUTS: Array<CtTimeouts> = Array::pinned(1, 0);
-
-/// Where the programs' sweeps of a full flow table stand: shared by every
-/// CPU, raced on harmlessly (two CPUs at worst sweep the same part).
-#[map]
-static CT_SWEEP: Array<nat::SweepCursor> = Array::with_max_entries(1, 0);
-
-/// The sweep in progress on this CPU: in a map, not on the stack, so that
-/// the verifier does not follow its counters' values through every
-/// iteration.
-#[map]
-static CT_SWEEPING: PerCpuArray<nat::Sweep> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "NP_NAT_COUNTERS")]
-static NAT_COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(MAX_NAT_SLOTS, 0);
-
-/// Per-CPU room for a FIB lookup request, too big for the stack.
-#[map]
-static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU room for the parsed packet, too big for the stack along every
 /// call chain (the verifier allows 512 bytes for all frames together).
 #[map]
 static PACKET: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU room for the packet quoted in an ICMP error.
-#[map]
-static QUOTED: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU room for a flow being created.
-#[map]
-static NEW_FLOW: PerCpuArray<nat::NewFlow> = PerCpuArray::with_max_entries(1, 0);
-
 #[map(name = "NP_RULE_DROPS")]
 static RULE_DROPS: PerCpuHashMap<RuleDropKey, u64> =
     PerCpuHashMap::pinned(MAX_RULE_DROPS, BPF_F_NO_PREALLOC);
-
-/// The NAT rule slot, plus one, under which the packet on its way to
-/// [`drop_packet`] was being translated; 0 for none. Written only by
-/// `nat::under_rule` on an error and cleared by the drop it leads to, so it
-/// never outlives the packet.
-#[map]
-static DROP_RULE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "NP_SOCK_REV")]
-static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_SOCK_REV, 0);
-
-/// Ports of datagrams being fragmented, so that later fragments of a
-/// translated flow are translated too (LRU: entries age out by themselves).
-#[map]
-static FRAGMENTS: LruHashMap<packet::FragmentKey, packet::FragmentPorts> =
-    LruHashMap::with_max_entries(8192, 0);
-
-#[map(name = "NP_PUBLISH_FROM")]
-static PUBLISH_FROM: LpmTrie<PublishFromKey, u32> = LpmTrie::pinned(MAX_PUBLISH_FROM, 0);
-
-#[map(name = "NP_LINKED")]
-static LINKED: HashMap<AddrPair, u32> = HashMap::pinned(MAX_LINKED, 0);
 
 #[classifier]
 pub fn np_count_ingress(ctx: TcContext) -> i32 {
@@ -232,7 +146,7 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             if ip.saddr != me.addr_be {
                 return Err(DropReason::Spoofed);
             }
-            nat::from_endpoint(ctx, cfg, ip, me.vni).get()
+            paths::from_endpoint(ctx, cfg, ip, me.vni).get()
         }
         L3::Arp(sender_addr) => {
             if load::<u32>(ctx, sender_addr)? != me.addr_be {
@@ -258,7 +172,7 @@ fn uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     packet::linearize(ctx);
     match packet::l3(ctx)? {
-        L3::Ipv4 => nat::from_uplink(ctx, cfg, parsed(ctx)?).get(),
+        L3::Ipv4 => paths::from_uplink(ctx, cfg, parsed(ctx)?).get(),
         _ => Ok(TC_ACT_OK),
     }
 }
@@ -270,11 +184,6 @@ fn parsed(ctx: &TcContext) -> Result<&'static packet::Ipv4, DropReason> {
     let ip = unsafe { &mut *ip };
     packet::ipv4(ctx, packet::ETH_HLEN, false, ip)?;
     Ok(ip)
-}
-
-fn ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
-    unsafe { (*ctx.skb.skb).ifindex }
 }
 
 /// Interfaces get their counter slots when the daemon attaches to them, so

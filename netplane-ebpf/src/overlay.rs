@@ -3,6 +3,11 @@
 //! and taken off as they reach the receiving host's uplink. The kernel's
 //! own vxlan device speaks the same wire format.
 
+use crate::{
+    fib::{Addrs, ENDPOINTS, FibFlow, Verdict, out_along, route},
+    packet::{ETH_HLEN, Ipv4, load, store},
+    reg::InReg,
+};
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
@@ -11,17 +16,23 @@ use aya_ebpf::{
     helpers::{bpf_get_hash_recalc, bpf_redirect},
     programs::TcContext,
 };
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use netplane_common::abi::MAX_OVERLAY_LEASES;
 use netplane_common::{
     abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, endpoint_mac, proto},
     vxlan::{OVERHEAD, Outer, VXLAN_PORT, lease_of, source_port, vni, write_outer_headers},
 };
 
-use crate::{
-    ENCAP_HEADERS, ENDPOINTS, OVERLAY_ROUTES,
-    nat::{Addrs, FibFlow, Verdict, out_along, route},
-    packet::{ETH_HLEN, Ipv4, load, store},
-    reg::InReg,
-};
+#[map(name = "NP_OVERLAY_ROUTES")]
+pub(crate) static OVERLAY_ROUTES: HashMap<u32, OverlayPeer> =
+    HashMap::pinned(MAX_OVERLAY_LEASES, 0);
+
+/// Scratch for the headers encapsulation writes, off the stack.
+#[map]
+pub(crate) static ENCAP_HEADERS: PerCpuArray<EncapHeaders> = PerCpuArray::with_max_entries(1, 0);
 
 /// What encapsulation writes in front of the inner IPv4 packet: the outer
 /// headers, then the inner Ethernet header.

@@ -3,9 +3,15 @@
 //! header is an error and never a read past the end.
 
 use aya_ebpf::programs::TcContext;
+use aya_ebpf::{macros::map, maps::LruHashMap};
 
-use crate::FRAGMENTS;
 use netplane_common::abi::{DropReason, FlowKey, proto};
+
+/// Ports of datagrams being fragmented, so that later fragments of a
+/// translated flow are translated too (LRU: entries age out by themselves).
+#[map]
+pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
+    LruHashMap::with_max_entries(8192, 0);
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -302,4 +308,10 @@ pub fn ipv4(ctx: &TcContext, l3: usize, quoted: bool, ip: &mut Ipv4) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The interface the packet is on.
+pub(crate) fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
+    unsafe { (*ctx.skb.skb).ifindex }
 }

@@ -4,15 +4,20 @@
 //! No route_localnet, no proxy. The programs are attached to a whole
 //! cgroup tree, so they act only on sockets of the daemon's namespace.
 
+use aya_ebpf::{macros::map, maps::LruHashMap};
 use core::ffi::c_void;
+use netplane_common::abi::MAX_SOCK_REV;
 
+use crate::{config::NET_CONFIG, nat};
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use netplane_common::abi::{SockRevKey, SockRevValue, proto};
 
-use crate::{NET_CONFIG, SOCK_REV, nat};
+#[map(name = "NP_SOCK_REV")]
+pub(crate) static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::pinned(MAX_SOCK_REV, 0);
 
 /// Whether the socket belongs to the namespace netplane manages.
 fn ours(ctx: &SockAddrContext) -> bool {
