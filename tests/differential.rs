@@ -4,7 +4,7 @@
 //! with one DNAT per published port behind `addrtype LOCAL`), must give the
 //! same observable results: who sees which address, payloads intact.
 
-mod support;
+use netplane_test_support as support;
 
 use support::{Background, HOST_IP, Host, WORLD_IP, retry, sh, sh_ok, stdout_if_ok};
 

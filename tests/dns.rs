@@ -4,7 +4,7 @@
 //! know forwarded to an upstream resolver (dnsmasq, in the world namespace),
 //! and malformed queries that leave it answering.
 
-mod support;
+use netplane_test_support as support;
 
 use support::{Background, Host, WORLD_IP, retry, stdout_if_ok};
 

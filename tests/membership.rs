@@ -3,7 +3,7 @@
 //! drops out when its session expires and gets its old /24 back when it
 //! returns, and overlay traffic outlives the store being down.
 
-mod support;
+use netplane_test_support as support;
 
 use std::time::{Duration, Instant};
 

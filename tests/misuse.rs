@@ -2,7 +2,7 @@
 //! with a client error naming the object, and none destroys what netplane
 //! does not own.
 
-mod support;
+use netplane_test_support as support;
 
 use support::{HOST_IP, Host, sh_ok};
 

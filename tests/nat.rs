@@ -1,7 +1,7 @@
 //! The eBPF NAT fast path with real programs: curl, socat, ping and packets
 //! built with scapy, on simulated hosts in network namespaces.
 
-mod support;
+use netplane_test_support as support;
 
 use serde_json::Value;
 use support::{Background, HOST_IP, Host, WORLD_IP, retry, rule, sh, sh_ok, stdout_if_ok};

@@ -1,6 +1,6 @@
 //! Observability: what the data path counted, as the CLI shows it.
 
-mod support;
+use netplane_test_support as support;
 
 use serde_json::Value;
 use support::{HOST_IP, Host, WORLD_IP, rule, sample, sh_ok};

@@ -4,7 +4,7 @@
 //! TCP (iperf3) and UDP (socat), also with a daemon killed, and with a host
 //! that runs Linux's own vxlan device instead of netplane.
 
-mod support;
+use netplane_test_support as support;
 
 use support::{Host, Underlay, retry, sh, stdout_if_ok};
 

@@ -4,7 +4,7 @@
 //! Tests here print their figures as `figure: NAME = VALUE` lines, which
 //! `cargo xtask report` collects into the README.
 
-mod support;
+use netplane_test_support as support;
 
 use std::{
     process::{Command, Stdio},

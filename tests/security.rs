@@ -4,7 +4,7 @@
 //! uplink's side, publishing over a host service, masquerade from a
 //! privileged port, and a spoofed SYN to a published port.
 
-mod support;
+use netplane_test_support as support;
 
 use std::{thread::sleep, time::Duration};
 

@@ -1,7 +1,7 @@
 //! The four single-host modes, the API and the daemon's lifecycle, on
 //! simulated hosts in network namespaces.
 
-mod support;
+use netplane_test_support as support;
 
 use std::{thread::sleep, time::Duration};
 

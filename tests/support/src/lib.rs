@@ -3,10 +3,13 @@
 //! and bpffs directories of its own. Everything is removed on drop, also when
 //! the test panics.
 
-#![allow(dead_code, reason = "each test binary uses a different part")]
+#![allow(
+    clippy::new_without_default,
+    reason = "new() builds namespaces and veths: no Default should hide that"
+)]
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -17,6 +20,18 @@ pub const HOST_IP: &str = "198.18.0.2";
 pub const WORLD_IP: &str = "198.18.0.1";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The netplane binary of the build the tests run from: cargo puts it in
+/// the directory above the one test binaries run from (`target/<profile>/`
+/// and `target/<profile>/deps/`), and builds it for netplane's tests.
+pub fn netplane_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries run from target/<profile>/deps");
+    profile_dir.join("netplane")
+}
 
 /// Debian's Python, the one python3-scapy is installed for (a Python
 /// earlier in PATH may lack it).
@@ -75,6 +90,7 @@ pub fn sh_ok(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+#[derive(Debug)]
 pub struct Host {
     /// Prefix of every name this host creates.
     pub prefix: String,
@@ -86,6 +102,7 @@ pub struct Host {
 
 /// A switch between simulated hosts: a bridge in a namespace of its own,
 /// which their uplinks plug into. Removed on drop.
+#[derive(Debug)]
 pub struct Underlay {
     pub netns: String,
     bridge: String,
@@ -116,6 +133,7 @@ impl Drop for Underlay {
 /// Members of an etcd cluster on the underlay switch, each listening on an
 /// address of its own there, data in a temporary directory. Killed and
 /// removed on drop.
+#[derive(Debug)]
 pub struct Etcd {
     netns: String,
     addrs: Vec<String>,
@@ -295,7 +313,7 @@ impl Host {
 
     /// `netplane ARGS` as a client of this host's daemon.
     pub fn np(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_netplane"))
+        Command::new(netplane_bin())
             .args(args)
             .env("NETPLANE_RUN_DIR", self.run_dir())
             .output()
@@ -336,7 +354,7 @@ impl Host {
 
     /// The daemon command line, run inside the host namespace.
     pub fn up_cmd(&self, extra: &[&str]) -> Command {
-        self.up_cmd_of(env!("CARGO_BIN_EXE_netplane").as_ref(), extra)
+        self.up_cmd_of(&netplane_bin(), extra)
     }
 
     /// [`Host::up_cmd`] with the netplane binary `bin`.
@@ -379,7 +397,7 @@ impl Host {
     pub fn down_cmd(&self) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(env!("CARGO_BIN_EXE_netplane"))
+            .arg(netplane_bin())
             .arg("down")
             .arg("--state-dir")
             .arg(self.dir.join("state"))
@@ -588,6 +606,7 @@ pub fn attached_hooks(h: &Host) -> Vec<String> {
 }
 
 /// A background process, killed on drop so a failing test leaves none.
+#[derive(Debug)]
 pub struct Background {
     child: std::process::Child,
     pub log: PathBuf,
