@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 // The module alone, not the netplane crate: it needs only std and
 // hickory-proto, and building the whole daemon with the sanitizer took
 // minutes of every CI run.
-#[path = "../../netplane/src/dns.rs"]
+#[path = "../../netplane/src/logic/dns.rs"]
 #[allow(dead_code)]
 mod dns;
 
