@@ -8,5 +8,6 @@
 
 pub mod abi;
 pub mod nat;
+pub mod packet;
 pub mod policy;
 pub mod vxlan;

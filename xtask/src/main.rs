@@ -57,6 +57,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("netplane-common/fuzz", "checksum_rewrite"),
     ("netplane-common/fuzz", "vxlan_outer"),
+    ("netplane-common/fuzz", "ipv4_parse"),
     ("fuzz", "dns_query"),
 ];
 const FUZZ_SECONDS: u32 = 30;

@@ -1,0 +1,319 @@
+//! The IPv4 header parser the programs run, over any [`ByteSource`]: the
+//! packet in the kernel (bounds-checked loads) or a byte slice on the host,
+//! where unit tests check it against golden bytes and a fuzzer against
+//! anything at all.
+
+use crate::abi::{DropReason, FlowKey, proto};
+
+/// Bytes of an Ethernet header.
+pub const ETH_HLEN: usize = 14;
+const IP_DF: u16 = 0x4000;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// ICMP echo reply.
+pub const ICMP_ECHO_REPLY: u8 = 0;
+/// ICMP destination unreachable.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP echo request.
+pub const ICMP_ECHO: u8 = 8;
+/// ICMP time exceeded.
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+/// ICMP parameter problem.
+pub const ICMP_PARAMETER_PROB: u8 = 12;
+
+/// Where a packet's bytes are read from.
+pub trait ByteSource {
+    /// The `T` at `offset`, read unaligned; a `T` reaching past the end of
+    /// the packet is [`DropReason::Truncated`], never a read past it.
+    fn load<T: Copy>(&self, offset: usize) -> Result<T, DropReason>;
+}
+
+impl ByteSource for [u8] {
+    fn load<T: Copy>(&self, offset: usize) -> Result<T, DropReason> {
+        let end = offset
+            .checked_add(core::mem::size_of::<T>())
+            .ok_or(DropReason::Truncated)?;
+        let bytes = self.get(offset..end).ok_or(DropReason::Truncated)?;
+        // SAFETY: `bytes` holds exactly a `T`'s size; the ABI types read
+        // here are plain integers, valid for any bytes, read unaligned.
+        Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    }
+}
+
+/// An IPv4 header and the transport ports it carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ipv4 {
+    /// Offset of the IPv4 header.
+    pub l3: usize,
+    /// Offset of the transport header.
+    pub l4: usize,
+    /// Transport protocol.
+    pub proto: u8,
+    /// Time to live.
+    pub ttl: u8,
+    /// Don't fragment.
+    pub dont_fragment: bool,
+    /// Not the first fragment: no transport header.
+    pub later_fragment: bool,
+    /// More fragments follow this one.
+    pub more_fragments: bool,
+    /// For a later fragment: the ports were taken from its first fragment.
+    pub ports_from_first_fragment: bool,
+    /// Identification, as in the packet.
+    pub id: u16,
+    /// Total length, host byte order.
+    pub tot_len: u16,
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// Transport source and destination ports (ICMP echo: the identifier,
+    /// see [`FlowKey`]), as in the packet.
+    pub sport: u16,
+    /// See `sport`.
+    pub dport: u16,
+    /// TCP flags byte, or the ICMP type.
+    pub l4_flags: u8,
+}
+
+impl Ipv4 {
+    /// The flow key of the packet.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            saddr_be: self.saddr,
+            daddr_be: self.daddr,
+            sport_be: self.sport,
+            dport_be: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Offset of the checksum covering the transport ports, for protocols
+    /// whose ports are translated.
+    #[inline(always)]
+    pub fn l4_csum(&self) -> Option<usize> {
+        match self.proto {
+            proto::TCP => Some(self.l4 + 16),
+            proto::UDP => Some(self.l4 + 6),
+            proto::ICMP => Some(self.l4 + 2),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an ICMP error, which quotes a packet.
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == proto::ICMP
+            && matches!(
+                self.l4_flags,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB
+            )
+    }
+
+    /// Whether the flow key of this packet carries ports (or an echo id).
+    pub fn has_ports(&self) -> bool {
+        (!self.later_fragment || self.ports_from_first_fragment)
+            && match self.proto {
+                proto::TCP | proto::UDP => true,
+                proto::ICMP => matches!(self.l4_flags, ICMP_ECHO | ICMP_ECHO_REPLY),
+                _ => false,
+            }
+    }
+}
+
+/// The fixed part of an IPv4 header, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IpHeader {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// The first 8 bytes of a transport header: ports (or ICMP type, code and
+/// echo id), as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct L4Head {
+    sport_or_type: u16,
+    dport_or_csum: u16,
+    id_or_rest: u16,
+    rest: u16,
+}
+
+/// Parses the IPv4 header at `l3` and, unless this is a later fragment, the
+/// first bytes of its transport header. A `quoted` packet is the one inside
+/// an ICMP error, of which only 8 transport bytes are guaranteed. A later
+/// fragment's ports are left 0: its first fragment has them (the programs
+/// remember those).
+///
+/// The result goes to `ip`, which the programs keep in a per-CPU map value:
+/// their stack is too small to hold it along every call chain.
+#[inline(always)]
+pub fn parse_ipv4<B: ByteSource + ?Sized>(
+    src: &B,
+    l3: usize,
+    quoted: bool,
+    ip: &mut Ipv4,
+) -> Result<(), DropReason> {
+    let h: IpHeader = src.load(l3)?;
+    let ihl = usize::from(h.version_ihl & 0x0f) * 4;
+    if h.version_ihl >> 4 != 4 || ihl < 20 {
+        return Err(DropReason::Truncated);
+    }
+    let frag = u16::from_be(h.frag);
+    ip.l3 = l3;
+    ip.l4 = l3 + ihl;
+    ip.proto = h.proto;
+    ip.ttl = h.ttl;
+    ip.dont_fragment = frag & IP_DF != 0;
+    ip.later_fragment = frag & IP_OFFSET != 0;
+    ip.more_fragments = frag & IP_MF != 0;
+    ip.ports_from_first_fragment = false;
+    ip.id = h.id;
+    ip.tot_len = u16::from_be(h.tot_len);
+    ip.saddr = h.saddr;
+    ip.daddr = h.daddr;
+    ip.sport = 0;
+    ip.dport = 0;
+    ip.l4_flags = 0;
+    if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP | proto::ICMP) {
+        return Ok(());
+    }
+    // Also proves the option area is all there.
+    let l4: L4Head = src.load(ip.l4)?;
+    match ip.proto {
+        proto::TCP => {
+            ip.sport = l4.sport_or_type;
+            ip.dport = l4.dport_or_csum;
+            if !quoted {
+                // Flags at 13; the header is at least 20 bytes.
+                let [flags, _]: [u8; 2] = src.load(ip.l4 + 13)?;
+                let _: u16 = src.load(ip.l4 + 18)?;
+                ip.l4_flags = flags;
+            }
+        }
+        proto::UDP => {
+            ip.sport = l4.sport_or_type;
+            ip.dport = l4.dport_or_csum;
+        }
+        _ => {
+            ip.l4_flags = l4.sport_or_type.to_ne_bytes()[0];
+            match ip.l4_flags {
+                ICMP_ECHO => ip.sport = l4.id_or_rest,
+                ICMP_ECHO_REPLY => ip.dport = l4.id_or_rest,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ethernet, then IPv4 from 10.0.0.2 to 192.0.2.1 with `ihl` words,
+    /// `frag` flags and offset, protocol `proto`, and `l4` after it.
+    fn frame(ihl: u8, frag: u16, proto: u8, l4: &[u8]) -> [u8; 128] {
+        let mut f = [0u8; 128];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut f[ETH_HLEN..];
+        ip[0] = 0x40 | ihl;
+        let len = usize::from(ihl) * 4 + l4.len();
+        ip[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 2]);
+        ip[16..20].copy_from_slice(&[192, 0, 2, 1]);
+        let l4_at = usize::from(ihl) * 4;
+        ip[l4_at..l4_at + l4.len()].copy_from_slice(l4);
+        f
+    }
+
+    fn parse(bytes: &[u8], quoted: bool) -> Result<Ipv4, DropReason> {
+        let mut ip = Ipv4::default();
+        parse_ipv4(bytes, ETH_HLEN, quoted, &mut ip).map(|()| ip)
+    }
+
+    const SYN: [u8; 20] = [
+        0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+
+    #[test]
+    fn a_tcp_syn_gives_addresses_ports_flags_and_offsets() {
+        let f = frame(5, 0x4000, proto::TCP, &SYN);
+        let ip = parse(&f, false).unwrap();
+        assert_eq!((ip.l3, ip.l4), (14, 34));
+        assert_eq!(ip.saddr, u32::from_ne_bytes([10, 0, 0, 2]));
+        assert_eq!(ip.daddr, u32::from_ne_bytes([192, 0, 2, 1]));
+        assert_eq!(u16::from_be(ip.sport), 40000);
+        assert_eq!(u16::from_be(ip.dport), 80);
+        assert_eq!(ip.l4_flags, 0x02, "SYN");
+        assert!(ip.dont_fragment && !ip.later_fragment && !ip.more_fragments);
+        assert_eq!((ip.ttl, ip.tot_len, u16::from_be(ip.id)), (64, 40, 0x1234));
+        assert_eq!(ip.l4_csum(), Some(34 + 16));
+        assert!(ip.has_ports() && !ip.is_icmp_error());
+    }
+
+    #[test]
+    fn options_move_the_transport_header_and_must_all_be_there() {
+        let f = frame(6, 0, proto::UDP, &[0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0]);
+        let ip = parse(&f, false).unwrap();
+        assert_eq!(ip.l4, 14 + 24);
+        assert_eq!(u16::from_be(ip.dport), 53);
+        // The same header cut inside its transport bytes.
+        assert_eq!(parse(&f[..14 + 24 + 4], false), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn icmp_echo_carries_its_identifier_as_a_port() {
+        let f = frame(5, 0, proto::ICMP, &[ICMP_ECHO, 0, 0, 0, 0x00, 0x2a, 0, 1]);
+        let ip = parse(&f, false).unwrap();
+        assert_eq!(
+            (ip.l4_flags, u16::from_be(ip.sport), ip.dport),
+            (ICMP_ECHO, 42, 0)
+        );
+        let f = frame(
+            5,
+            0,
+            proto::ICMP,
+            &[ICMP_TIME_EXCEEDED, 0, 0, 0, 0, 0, 0, 0],
+        );
+        let ip = parse(&f, false).unwrap();
+        assert!(ip.is_icmp_error() && !ip.has_ports());
+    }
+
+    #[test]
+    fn a_quoted_tcp_header_needs_only_its_first_eight_bytes() {
+        let f = frame(5, 0, proto::TCP, &SYN[..8]);
+        let cut = &f[..14 + 20 + 8];
+        assert_eq!(parse(cut, false), Err(DropReason::Truncated));
+        let ip = parse(cut, true).unwrap();
+        assert_eq!((u16::from_be(ip.sport), ip.l4_flags), (40000, 0));
+    }
+
+    #[test]
+    fn later_fragments_have_no_ports_and_bad_headers_are_refused() {
+        let f = frame(5, 0x2000 | 185, proto::UDP, &[]);
+        let ip = parse(&f, false).unwrap();
+        assert!(ip.later_fragment && ip.more_fragments && !ip.has_ports());
+        let mut v6 = frame(5, 0, proto::UDP, &[0; 8]);
+        v6[14] = 0x65;
+        assert_eq!(parse(&v6, false), Err(DropReason::Truncated));
+        let short_ihl = frame(4, 0, proto::UDP, &[0; 8]);
+        assert_eq!(parse(&short_ihl, false), Err(DropReason::Truncated));
+        assert_eq!(parse(&f[..20], false), Err(DropReason::Truncated));
+    }
+}
