@@ -10,7 +10,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd},
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -28,7 +28,7 @@ use aya::{
     },
 };
 use aya_log::EbpfLogger;
-use aya_obj::generated::{BPF_NOEXIST, bpf_attr, bpf_cmd};
+use aya_obj::generated::{BPF_NOEXIST, bpf_cmd};
 use ipnet::Ipv4Net;
 use netplane_common::abi::{
     AddrPair, CtEntry, CtTimeouts, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey,
@@ -39,16 +39,21 @@ use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::info;
 
-use super::wildcard::WildcardPorts;
+use super::{
+    bpf,
+    pins::{self, OldPin},
+    wildcard::WildcardPorts,
+};
 use crate::{
     kernel::{Error, Result},
     logic::conntrack as ct,
-    logic::layout::{self, CtEntryV1, Plan},
+    logic::layout::{self, CtEntryV1},
     types::{TableUse, Traffic},
 };
 
 /// The object built from netplane-ebpf by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane.bpf.o"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane.bpf.o"));
 
 /// What an interface is to the data path, which decides the programs on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,164 +354,6 @@ fn spawn_log_drain(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// What a map is, as far as a program using it is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapLayout {
-    pub map_type: u32,
-    pub key_size: u32,
-    pub value_size: u32,
-    /// `None`: any size will do (a table sized at `up`).
-    pub max_entries: Option<u32>,
-    pub flags: u32,
-}
-
-/// How `found`, a pinned map, differs from `want`, what the programs were
-/// built for; `None` when they can share it.
-pub fn layout_mismatch(want: &MapLayout, found: &MapLayout) -> Option<String> {
-    let fields = [
-        ("type", want.map_type, found.map_type),
-        ("key size", want.key_size, found.key_size),
-        ("value size", want.value_size, found.value_size),
-        ("flags", want.flags, found.flags),
-    ];
-    let sized = want
-        .max_entries
-        .zip(found.max_entries)
-        .map(|(w, f)| ("capacity", w, f));
-    let differ: Vec<String> = fields
-        .into_iter()
-        .chain(sized)
-        .filter(|(_, w, f)| w != f)
-        .map(|(what, w, f)| format!("{what} {f} where this netplane needs {w}"))
-        .collect();
-    (!differ.is_empty()).then(|| differ.join(", "))
-}
-
-/// The layout version of the maps pinned under `maps_dir`; `None` when
-/// nothing is pinned. Pins without the stamp map are a netplane's from
-/// before stamps, version 1; a stamp of 0 is this netplane's own, killed
-/// between creating the maps and stamping them.
-fn pinned_layout_version(maps_dir: &Path) -> Result<Option<u32>> {
-    let pin = maps_dir.join(maps::LAYOUT);
-    if !pin.exists() {
-        let mut pins =
-            fs::read_dir(maps_dir).map_err(|e| Error::io("list", maps_dir.display(), e))?;
-        return Ok(pins.next().is_some().then_some(1));
-    }
-    let stamp = MapData::from_pin(&pin).map_err(|e| Error::ebpf("open", pin.display(), e))?;
-    let stamp: Array<_, u32> = Array::try_from(aya::maps::Map::Array(stamp))
-        .map_err(|e| Error::ebpf("open", pin.display(), e))?;
-    let version = stamp
-        .get(&0, 0)
-        .map_err(|e| Error::ebpf("read", pin.display(), e))?;
-    Ok(Some(if version == 0 {
-        LAYOUT_VERSION
-    } else {
-        version
-    }))
-}
-
-/// Readies the maps pinned under `maps_dir` for this netplane's programs:
-/// refuses a layout version it has no way from, and moves aside the pins
-/// of maps whose entries changed shape, for [`Datapath::carry_over`].
-fn prepare_pinned(maps_dir: &Path) -> Result<()> {
-    let Some(found) = pinned_layout_version(maps_dir)? else {
-        return Ok(());
-    };
-    match layout::plan(found) {
-        Plan::Reuse => Ok(()),
-        Plan::Migrate { from, maps } => {
-            for map in maps {
-                let pin = maps_dir.join(map);
-                let aside = maps_dir.join(layout::old_pin_name(map, from));
-                if pin.exists() {
-                    fs::rename(&pin, &aside)
-                        .map_err(|e| Error::io("move aside", pin.display(), e))?;
-                    info!(map, from, "layout version {from}: converting its entries");
-                }
-            }
-            Ok(())
-        }
-        Plan::Refuse => Err(Error::PinnedLayoutVersion {
-            dir: maps_dir.to_path_buf(),
-            found,
-            want: LAYOUT_VERSION,
-            pinned_by: if found > LAYOUT_VERSION {
-                "a newer"
-            } else {
-                "an older"
-            },
-        }),
-    }
-}
-
-/// A map of an older layout, pinned aside until its entries are carried
-/// over: by this `up`, or by one a kill interrupted.
-#[derive(Debug)]
-struct OldPin {
-    path: PathBuf,
-    map: String,
-    version: u32,
-}
-
-fn old_pins(maps_dir: &Path) -> Result<Vec<OldPin>> {
-    let pins = fs::read_dir(maps_dir).map_err(|e| Error::io("list", maps_dir.display(), e))?;
-    Ok(pins
-        .flatten()
-        .filter_map(|pin| {
-            let name = pin.file_name().to_string_lossy().into_owned();
-            let (map, version) = layout::parse_old_pin_name(&name)?;
-            Some(OldPin {
-                map: map.to_string(),
-                version,
-                path: pin.path(),
-            })
-        })
-        .collect())
-}
-
-/// Refuses maps pinned under `maps_dir` whose layout is not the one the
-/// programs in [`OBJECT`] were built for: aya reuses a pin by name
-/// without looking at it.
-fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
-    let object =
-        aya_obj::Object::parse(OBJECT).map_err(|e| Error::ebpf("parse", "eBPF object", e))?;
-    for (name, map) in &object.maps {
-        let pin = maps_dir.join(name);
-        if !pin.exists() {
-            continue;
-        }
-        let info = aya::maps::MapInfo::from_pin(&pin)
-            .map_err(|e| Error::ebpf("read", pin.display(), e))?;
-        let found = MapLayout {
-            map_type: info
-                .map_type()
-                .map_err(|e| Error::ebpf("read the type of", pin.display(), e))?
-                as u32,
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: Some(info.max_entries()),
-            flags: info.map_flags(),
-        };
-        let want = MapLayout {
-            map_type: map.map_type(),
-            key_size: map.key_size(),
-            value_size: map.value_size(),
-            // The table's size is `up --ct-max`'s, kept while it is pinned.
-            max_entries: (name != maps::CONNTRACK).then(|| map.max_entries()),
-            flags: map.map_flags(),
-        };
-        if let Some(mismatch) = layout_mismatch(&want, &found) {
-            return Err(Error::PinnedMapLayout {
-                map: name.clone(),
-                dir: maps_dir.to_path_buf(),
-                mismatch,
-            });
-        }
-    }
-    Ok(())
-}
-
 impl Datapath {
     /// Loads the programs, reusing maps pinned under `pin_dir` by an earlier
     /// run, and sets the network configuration.
@@ -519,9 +366,9 @@ impl Datapath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
         }
-        prepare_pinned(&maps_dir)?;
-        check_pinned_layouts(&maps_dir)?;
-        let old_pins = old_pins(&maps_dir)?;
+        pins::prepare_pinned(&maps_dir)?;
+        pins::check_pinned_layouts(&maps_dir)?;
+        let old_pins = pins::old_pins(&maps_dir)?;
         // A table made anew for converted entries keeps the old one's size.
         let ct_max = match old_pins.iter().find(|o| o.map == maps::CONNTRACK) {
             Some(old) if !maps_dir.join(maps::CONNTRACK).exists() => {
@@ -993,7 +840,7 @@ impl Datapath {
             let prog_fd = prog
                 .fd()
                 .map_err(|e| Error::ebpf("open program", name, e))?;
-            if update_pinned_link(&pin, prog_fd.as_fd()).is_ok() {
+            if bpf::update_pinned_link(&pin, prog_fd.as_fd()).is_ok() {
                 continue;
             }
             // No pin yet, or a pin of a link whose cgroup is gone.
@@ -1202,7 +1049,9 @@ impl Datapath {
         let name = table.name;
         let (keys, values): (Vec<K>, Vec<V>) = entries.iter().copied().unzip();
         let fd = map_fd(&self.ebpf, name)?;
-        let (_, result) = map_batch(fd, bpf_cmd::BPF_MAP_UPDATE_BATCH, &keys, Some(&values));
+        let (_, result) = // SAFETY: the table was opened with K and V checked against the map's
+        // key and value sizes.
+        unsafe { bpf::map_batch(fd, bpf_cmd::BPF_MAP_UPDATE_BATCH, &keys, Some(&values)) };
         result.map_err(|e| Error::io("batch-insert into", name, e))
     }
 
@@ -1218,7 +1067,8 @@ impl Datapath {
         let fd = map_fd(&self.ebpf, name)?;
         let mut rest = keys;
         while !rest.is_empty() {
-            match map_batch::<K, K>(fd, bpf_cmd::BPF_MAP_DELETE_BATCH, rest, None) {
+            // SAFETY: as in `update_batch`; a delete passes no values.
+            match unsafe { bpf::map_batch::<K, K>(fd, bpf_cmd::BPF_MAP_DELETE_BATCH, rest, None) } {
                 (_, Ok(())) => break,
                 (done, Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
                     rest = &rest[done + 1..];
@@ -1287,45 +1137,9 @@ impl Datapath {
     fn dump<K: aya::Pod, V: aya::Pod>(&self, table: &BatchTable<K, V>) -> Result<Vec<(K, V)>> {
         let name = table.name;
         let fd = map_fd(&self.ebpf, name)?;
-        let mut entries = Vec::new();
-        // SAFETY: K and V are plain data, for which zero bytes are a value.
-        let (zero_key, zero_value): (K, V) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-        let mut keys = vec![zero_key; DUMP_BATCH];
-        let mut values = vec![zero_value; DUMP_BATCH];
-        // Where the kernel stopped: a bucket index for hash maps. None
-        // before the first call.
-        let mut resume: Option<u64> = None;
-        loop {
-            let mut stopped_at: u64 = 0;
-            // SAFETY: bpf_attr is plain data; zero is what the kernel wants
-            // in every field a command does not use.
-            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-            // SAFETY: `batch` is the member the batch commands read.
-            let batch = unsafe { &mut attr.batch };
-            batch.map_fd = fd.as_raw_fd() as u32;
-            batch.in_batch = resume.as_ref().map_or(0, |at| at as *const u64 as u64);
-            batch.out_batch = &raw mut stopped_at as u64;
-            batch.keys = keys.as_mut_ptr() as u64;
-            batch.values = values.as_mut_ptr() as u64;
-            batch.count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
-            // SAFETY: the kernel writes at most `count` keys and values of
-            // the map's sizes, which K and V are, into buffers of that many,
-            // and its position into `stopped_at`; all outlive the call.
-            let result = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
-            // SAFETY: as above; the kernel wrote back how many it read.
-            let read = unsafe { attr.batch.count } as usize;
-            entries.extend(keys.iter().copied().zip(values.iter().copied()).take(read));
-            match result {
-                Ok(_) => resume = Some(stopped_at),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
-                // A bucket holds more entries than the buffers do.
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && read == 0 => {
-                    keys.resize(2 * keys.len(), zero_key);
-                    values.resize(2 * values.len(), zero_value);
-                }
-                Err(e) => return Err(Error::io("batch-read", name, e)),
-            }
-        }
+        // SAFETY: the table was opened with K and V checked against the
+        // map's key and value sizes.
+        unsafe { bpf::lookup_all::<K, V>(fd) }.map_err(|e| Error::io("batch-read", name, e))
     }
 
     /// Removes both entries of every flow one of whose entries matches.
@@ -1464,9 +1278,6 @@ fn map_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
     }
 }
 
-/// Entries [`Datapath::dump`] reads per system call.
-const DUMP_BATCH: usize = 4096;
-
 /// Published ports keyed one way or another.
 type PortEntries<K> = Vec<(K, PortTarget)>;
 
@@ -1486,121 +1297,11 @@ fn by_wildcard(
     (any, on_addr)
 }
 
-/// Swaps `prog` into the link pinned at `pin` (BPF_LINK_UPDATE): hooks
-/// never run without a program, nor with two.
-fn update_pinned_link(pin: &Path, prog: BorrowedFd<'_>) -> std::io::Result<()> {
-    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())?;
-    // SAFETY: bpf_attr is plain data; zero is what the kernel wants in
-    // every field a command does not use.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
-    // SAFETY: the kernel reads the path, which outlives the call.
-    let link = unsafe { bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
-    // SAFETY: BPF_OBJ_GET returned a new descriptor, owned from here on.
-    let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) };
-    // SAFETY: as above.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.link_update.link_fd = link.as_raw_fd() as u32;
-    attr.link_update.__bindgen_anon_1.new_prog_fd = prog.as_raw_fd() as u32;
-    // SAFETY: the kernel reads two descriptors that stay open meanwhile.
-    unsafe { bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr) }.map(drop)
-}
-
-/// The bpf(2) system call with `cmd` on `attr`.
-///
-/// # Safety
-/// Whatever `attr` points at for `cmd` must be valid for the call.
-unsafe fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<i64> {
-    // SAFETY: the caller's.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_int,
-            attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// One BPF_MAP_UPDATE_BATCH or BPF_MAP_DELETE_BATCH call on the map behind
-/// `fd`, with `values` for an update: how many elements the kernel got
-/// through, and the error that stopped it.
-fn map_batch<K: aya::Pod, V: aya::Pod>(
-    fd: BorrowedFd<'_>,
-    cmd: bpf_cmd,
-    keys: &[K],
-    values: Option<&[V]>,
-) -> (usize, std::io::Result<()>) {
-    if keys.is_empty() {
-        return (0, Ok(()));
-    }
-    // SAFETY: bpf_attr is plain data; zero is what the kernel wants in
-    // every field a command does not use.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: `batch` is the member the batch commands read.
-    let batch = unsafe { &mut attr.batch };
-    batch.map_fd = fd.as_raw_fd() as u32;
-    batch.keys = keys.as_ptr() as u64;
-    batch.values = values.map_or(0, |v| v.as_ptr() as u64);
-    batch.count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
-    // SAFETY: the kernel reads `count` keys (and values) of the map's sizes,
-    // which K and V are, from slices that outlive the call, and writes only
-    // `attr`.
-    let result = unsafe { bpf(cmd, &mut attr) }.map(drop);
-    // SAFETY: as above; the kernel wrote back how many it did.
-    let done = unsafe { attr.batch.count } as usize;
-    (done, result)
-}
-
 #[cfg(test)]
 mod tests {
     use netplane_common::abi::proto;
 
     use super::*;
-
-    #[test]
-    fn pinned_maps_of_another_layout_are_told_apart() {
-        let want = MapLayout {
-            map_type: 1,
-            key_size: 4,
-            value_size: 16,
-            max_entries: Some(4096),
-            flags: 0,
-        };
-        assert_eq!(layout_mismatch(&want, &want), None);
-        let older = MapLayout {
-            value_size: 12,
-            max_entries: Some(1024),
-            ..want
-        };
-        assert_eq!(
-            layout_mismatch(&want, &older).as_deref(),
-            Some(
-                "value size 12 where this netplane needs 16, \
-                 capacity 1024 where this netplane needs 4096"
-            )
-        );
-        // A table sized at `up` may have any capacity.
-        let any_size = MapLayout {
-            max_entries: None,
-            ..want
-        };
-        assert_eq!(
-            layout_mismatch(
-                &any_size,
-                &MapLayout {
-                    max_entries: Some(7),
-                    ..want
-                }
-            ),
-            None
-        );
-    }
 
     #[test]
     fn pin_names_have_no_dots_and_stay_distinct() {
