@@ -15,7 +15,7 @@ use std::{
 
 use netplane::{
     daemon::cluster::DEFAULT_TTL,
-    daemon::{Config, Daemon},
+    daemon::{Config, Daemon, counters},
     logic::conntrack::Timeouts,
     types::CreateEndpoint,
 };
@@ -658,8 +658,8 @@ impl Topo {
     /// seconds; the benchmarks call it between samples.
     pub fn collect_garbage(&mut self) {
         if let Some(daemon) = self.daemon.as_mut().and_then(|d| d.daemon.as_mut()) {
-            daemon
-                .collect_garbage()
+            let table = daemon.flow_table().expect("the flow table");
+            counters::collect_garbage(&table, &daemon.timeouts())
                 .expect("conntrack garbage collection");
         }
     }

@@ -20,7 +20,7 @@ use crate::{
     daemon::metrics,
     daemon::relay::{self, Hub},
     daemon::tasks,
-    daemon::{Config, Daemon, Shared},
+    daemon::{Config, Daemon, Handles, Shared, counters},
     logic::monitor::MonitorFilter,
     types::{
         CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
@@ -70,9 +70,24 @@ async fn with<T>(
     state: &Shared,
     f: impl AsyncFnOnce(&mut Daemon) -> Result<T, Error>,
 ) -> ApiResult<T> {
-    let mut guard = state.lock().await;
+    let mut guard = state.daemon.lock().await;
     let daemon = guard.as_mut().ok_or_else(gone)?;
     Ok(f(daemon).await?)
+}
+
+/// Runs `f`, which reads the kernel's tables without the daemon, on a
+/// blocking thread: the async workers keep serving meanwhile.
+async fn off_the_workers<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(ApiError(Error::io(
+            "run",
+            "a blocking task",
+            std::io::Error::other(e),
+        ))),
+    }
 }
 
 /// Serves the API until SIGINT/SIGTERM (leaving the data path in place) or
@@ -84,7 +99,11 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     let gc_interval = daemon.gc_interval();
     let event_maps = daemon.take_event_maps()?;
-    let state: Shared = Arc::new(Mutex::new(Some(daemon)));
+    let state: Shared = Arc::new(Handles {
+        flows: daemon.flow_table()?,
+        timeouts: daemon.timeouts(),
+        daemon: Mutex::new(Some(daemon)),
+    });
     let hub = Hub::new();
     let events = tokio::spawn(relay::run(event_maps, hub.clone(), state.clone()));
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -163,16 +182,24 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             "/v1/flows",
             get(
                 async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
-                    with(&s, async |d| d.flows(filter.endpoint.as_deref()).map(Json)).await
+                    let only = filter.endpoint;
+                    let owners = with(&s, async |d| d.flow_owners(only.as_deref())).await?;
+                    off_the_workers(move || {
+                        counters::flows(&s.flows, &owners, only.is_some(), &s.timeouts)
+                    })
+                    .await
+                    .map(Json)
                 },
             )
             .delete(
                 async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
-                    with(&s, async |d| {
-                        d.flush_flows(filter.endpoint.as_deref())
-                            .map(|flows| Json(Flushed { flows }))
+                    let only = filter.endpoint;
+                    let owners = with(&s, async |d| d.flow_owners(only.as_deref())).await?;
+                    off_the_workers(move || {
+                        counters::flush_flows(&s.flows, &owners, only.is_some())
                     })
                     .await
+                    .map(|flows| Json(Flushed { flows }))
                 },
             ),
         )
@@ -220,7 +247,7 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             "/v1/down",
             post(
                 async move |State(s): State<Shared>| -> ApiResult<StatusCode> {
-                    let daemon = s.lock().await.take().ok_or_else(gone)?;
+                    let daemon = s.daemon.lock().await.take().ok_or_else(gone)?;
                     let result = daemon.down().await;
                     let _ = stop_tx.send(true);
                     result?;

@@ -3,57 +3,74 @@
 
 use super::*;
 
+/// Removes the flows of `table` whose lifetime has passed, both
+/// directions at once. Runs without the daemon, on a blocking thread.
+pub fn collect_garbage(table: &FlowTable, timeouts: &Timeouts) -> Result<usize> {
+    let now_ns = monotonic_ns()?;
+    let doomed = conntrack::expired(&table.entries()?, now_ns, timeouts);
+    // A packet may have refreshed a flow since the dump (of many thousand
+    // entries): read the doomed ones again, and keep those.
+    let doomed = conntrack::expired(&table.entries_of(&doomed)?, now_ns, timeouts);
+    table.delete(&doomed)?;
+    Ok(doomed.len())
+}
+
+/// The tracked flows of `table`, each with its endpoint from `owners`;
+/// only those of an owner if `only_owned`: `ct ls`.
+pub fn flows(
+    table: &FlowTable,
+    owners: &HashMap<u32, String>,
+    only_owned: bool,
+    timeouts: &Timeouts,
+) -> Result<Vec<FlowInfo>> {
+    let now_ns = monotonic_ns()?;
+    let entries = table.entries()?;
+    Ok(conntrack::flows(&entries)
+        .iter()
+        .filter_map(|flow| {
+            let owner = owner_of(flow, owners);
+            if only_owned && owner.is_none() {
+                return None;
+            }
+            let mut info = conntrack::describe(flow, now_ns, timeouts);
+            info.endpoint = owner.cloned();
+            Some(info)
+        })
+        .collect())
+}
+
+/// Forgets the tracked flows of `table`, only those of an owner in
+/// `owners` if `only_owned`: `ct flush`. Their next packets start new
+/// flows, as after `conntrack -F`.
+pub fn flush_flows(
+    table: &FlowTable,
+    owners: &HashMap<u32, String>,
+    only_owned: bool,
+) -> Result<usize> {
+    let entries = table.entries()?;
+    let doomed: Vec<conntrack::Flow> = conntrack::flows(&entries)
+        .into_iter()
+        .filter(|flow| !only_owned || owner_of(flow, owners).is_some())
+        .collect();
+    let keys: Vec<FlowKey> = doomed.iter().flat_map(|f| [f.key, f.reply_key]).collect();
+    table.delete(&keys)?;
+    Ok(doomed.len())
+}
+
 impl Daemon {
-    /// Removes the flows whose lifetime has passed, both directions at once.
-    pub fn collect_garbage(&mut self) -> Result<usize> {
-        let now_ns = monotonic_ns()?;
-        let timeouts = self.cfg.timeouts;
-        let dp = self.dp();
-        let doomed = conntrack::expired(&dp.flows()?, now_ns, &timeouts);
-        // A packet may have refreshed a flow since the dump (of many
-        // thousand entries): read the doomed ones again, and keep those.
-        let doomed = conntrack::expired(&dp.flows_of(&doomed)?, now_ns, &timeouts);
-        dp.delete_flow_keys(&doomed)?;
-        Ok(doomed.len())
+    /// Its flow table, opened apart from it (see [`FlowTable`]).
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        Ok(FlowTable::open(&self.cfg.bpffs)?)
     }
 
-    /// Tracked flows, of endpoint `only` or of all: `ct ls`.
-    pub fn flows(&mut self, only: Option<&str>) -> Result<Vec<FlowInfo>> {
-        let owners = self.flow_owners(only)?;
-        let now_ns = monotonic_ns()?;
-        let timeouts = self.cfg.timeouts;
-        let entries = self.dp().flows()?;
-        Ok(conntrack::flows(&entries)
-            .iter()
-            .filter_map(|flow| {
-                let owner = owner_of(flow, &owners);
-                if only.is_some() && owner.is_none() {
-                    return None;
-                }
-                let mut info = conntrack::describe(flow, now_ns, &timeouts);
-                info.endpoint = owner.cloned();
-                Some(info)
-            })
-            .collect())
-    }
-
-    /// Forgets tracked flows, of endpoint `only` or all: `ct flush`. Their
-    /// next packets start new flows, as after `conntrack -F`.
-    pub fn flush_flows(&mut self, only: Option<&str>) -> Result<usize> {
-        let owners = self.flow_owners(only)?;
-        let entries = self.dp().flows()?;
-        let doomed: Vec<conntrack::Flow> = conntrack::flows(&entries)
-            .into_iter()
-            .filter(|flow| only.is_none() || owner_of(flow, &owners).is_some())
-            .collect();
-        let keys: Vec<FlowKey> = doomed.iter().flat_map(|f| [f.key, f.reply_key]).collect();
-        self.dp().delete_flow_keys(&keys)?;
-        Ok(doomed.len())
+    /// Lifetimes of tracked flows.
+    pub fn timeouts(&self) -> Timeouts {
+        self.cfg.timeouts
     }
 
     /// Endpoint names by address (network byte order): every endpoint's,
     /// or only the one named `only`, which must exist.
-    pub(super) fn flow_owners(&self, only: Option<&str>) -> Result<HashMap<u32, String>> {
+    pub fn flow_owners(&self, only: Option<&str>) -> Result<HashMap<u32, String>> {
         let records = self.store.endpoints()?;
         if let Some(name) = only
             && !records.iter().any(|r| r.ep.name == name)

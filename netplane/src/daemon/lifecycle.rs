@@ -277,7 +277,7 @@ impl Daemon {
         self.restore_overlays().await
     }
 
-    /// How often [`Daemon::collect_garbage`] should run: often enough for
+    /// How often [`counters::collect_garbage`] should run: often enough for
     /// the shortest lifetime to be honoured within a quarter of it.
     pub fn gc_interval(&self) -> Duration {
         let t = self.cfg.timeouts;

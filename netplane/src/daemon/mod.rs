@@ -3,7 +3,7 @@
 //! everything down on `netplane down`.
 
 pub mod cluster;
-mod counters;
+pub mod counters;
 pub mod drivers;
 mod endpoints;
 pub mod error;
@@ -42,7 +42,7 @@ use crate::{
     daemon::store::{NewEndpoint, State, Store, StoredEndpoint},
     kernel::{
         self,
-        datapath::{Datapath, EventMaps, Role, TcHook},
+        datapath::{Datapath, EventMaps, FlowTable, Role, TcHook},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
@@ -169,8 +169,20 @@ enum Undo {
     Unmount(PathBuf),
 }
 
-/// The daemon as its tasks share it: taken out when it goes down.
-pub type Shared = std::sync::Arc<tokio::sync::Mutex<Option<Daemon>>>;
+/// What the API and the daemon's tasks share: the daemon, taken out when
+/// it goes down, and what is read and pruned without holding it.
+#[derive(Debug)]
+pub struct Handles {
+    /// The daemon; `None` once it went down.
+    pub daemon: tokio::sync::Mutex<Option<Daemon>>,
+    /// The flow table, for housekeeping and `ct ls`/`ct flush`.
+    pub flows: FlowTable,
+    /// Lifetimes of tracked flows.
+    pub timeouts: Timeouts,
+}
+
+/// [`Handles`], shared.
+pub type Shared = std::sync::Arc<Handles>;
 
 /// The running daemon's state.
 #[derive(Debug)]

@@ -10,6 +10,7 @@ use crate::{
     daemon::{
         Shared,
         cluster::{ClusterError, Session, StoreUrl},
+        counters,
         relay::NameEndpoints,
     },
     logic::monitor::MonitorEvent,
@@ -25,15 +26,26 @@ pub async fn housekeeping(state: Shared, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut guard = state.lock().await;
+        if state.daemon.lock().await.is_none() {
+            return;
+        }
+        // The table is read and pruned without the daemon: `create` and
+        // the API do not wait for a dump of many thousand entries.
+        let handles = state.clone();
+        let expired = tokio::task::spawn_blocking(move || {
+            counters::collect_garbage(&handles.flows, &handles.timeouts)
+        })
+        .await;
+        match expired {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => debug!(entries = n, "expired tracked flows"),
+            Ok(Err(e)) => warn!("conntrack garbage collection: {e}"),
+            Err(e) => warn!("conntrack garbage collection: {e}"),
+        }
+        let mut guard = state.daemon.lock().await;
         let Some(daemon) = guard.as_mut() else {
             return;
         };
-        match daemon.collect_garbage() {
-            Ok(0) => {}
-            Ok(n) => debug!(entries = n, "expired tracked flows"),
-            Err(e) => warn!("conntrack garbage collection: {e}"),
-        }
         if let Err(e) = daemon.sync_host_addrs().await {
             warn!("refreshing host addresses: {e}");
         }
@@ -53,7 +65,7 @@ pub async fn keep_membership(state: Shared, url: StoreUrl, ttl: Duration) {
             Ok(()) => return,
             Err(e) => warn!("{e}; trying again"),
         }
-        match state.lock().await.as_mut() {
+        match state.daemon.lock().await.as_mut() {
             Some(daemon) => daemon.set_session(None),
             None => return,
         }
@@ -73,7 +85,7 @@ async fn follow(
     *next_member = session.member + 1;
     let (mut keeper, mut renewals) = session.keep_alive().await?;
     let revision = {
-        let mut guard = state.lock().await;
+        let mut guard = state.daemon.lock().await;
         let Some(daemon) = guard.as_mut() else {
             return Ok(());
         };
@@ -99,7 +111,7 @@ async fn follow(
                     return Err(ClusterError::WatchEnded(url.to_string()).into());
                 }
                 if !change.events().is_empty() {
-                    let mut guard = state.lock().await;
+                    let mut guard = state.daemon.lock().await;
                     let Some(daemon) = guard.as_mut() else {
                         return Ok(());
                     };
@@ -112,7 +124,7 @@ async fn follow(
 
 impl NameEndpoints for Shared {
     async fn name_endpoints(&self, events: &mut [(MonitorEvent, Vec<Ipv4Addr>)]) {
-        if let Some(daemon) = self.lock().await.as_ref()
+        if let Some(daemon) = self.daemon.lock().await.as_ref()
             && let Err(e) = daemon.name_endpoints(events)
         {
             warn!("monitor: naming endpoints: {e}");

@@ -135,3 +135,27 @@ pub(super) unsafe fn map_batch<K: aya::Pod, V: aya::Pod>(
     let done = unsafe { attr.batch.count } as usize;
     (done, result)
 }
+
+/// Deletes `keys` from the hash map behind `fd` with BPF_MAP_DELETE_BATCH;
+/// absent keys are fine. The kernel stops at the first absent key and says
+/// how many it did: carry on after it.
+///
+/// # Safety
+/// `K` must have the map's key size.
+pub(super) unsafe fn delete_keys<K: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+) -> std::io::Result<()> {
+    let mut rest = keys;
+    while !rest.is_empty() {
+        // SAFETY: the caller's; a delete passes no values.
+        match unsafe { map_batch::<K, K>(fd, bpf_cmd::BPF_MAP_DELETE_BATCH, rest, None) } {
+            (_, Ok(())) => break,
+            (done, Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                rest = &rest[done + 1..];
+            }
+            (_, Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}

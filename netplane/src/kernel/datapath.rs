@@ -172,6 +172,66 @@ pub struct TestRunOutcome {
 // pattern is a valid value, and the kernel hands back bytes it was given.
 unsafe impl aya::Pod for CtEntryV1 {}
 
+/// The connection tracking table, opened from its pin apart from the
+/// loaded data path: the daemon's housekeeping and `ct ls`/`ct flush` read
+/// and prune it on blocking threads, without holding the daemon.
+pub struct FlowTable {
+    /// aya's view, which checked the key and value sizes when it opened.
+    map: HashMap<MapData, FlowKey, CtEntry>,
+    /// The same map, for the batch calls aya does not make.
+    fd: std::os::fd::OwnedFd,
+}
+
+impl std::fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTable").finish_non_exhaustive()
+    }
+}
+
+impl FlowTable {
+    /// Opens the table pinned under `pin_dir` (as [`Datapath::load`] left it).
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let pin = pin_dir.join("maps").join(maps::CONNTRACK);
+        let data = MapData::from_pin(&pin).map_err(|e| Error::ebpf("open", pin.display(), e))?;
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicate", pin.display(), e))?;
+        let map = HashMap::try_from(aya::maps::Map::HashMap(data))
+            .map_err(|e| Error::ebpf("open", pin.display(), e))?;
+        Ok(FlowTable { map, fd })
+    }
+
+    /// Every entry, both directions of every flow.
+    pub fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+        // SAFETY: aya checked the map's key and value sizes against FlowKey
+        // and CtEntry when it opened `map`, the same map.
+        unsafe { bpf::lookup_all(self.fd.as_fd()) }
+            .map_err(|e| Error::io("batch-read", maps::CONNTRACK, e))
+    }
+
+    /// The entries of `keys` that are present, read one by one now.
+    pub fn entries_of(&self, keys: &[FlowKey]) -> Result<Vec<(FlowKey, CtEntry)>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.map.get(key, 0) {
+                Ok(entry) => found.push((*key, entry)),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::ebpf("look up", maps::CONNTRACK, e)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes entries; absent ones are fine.
+    pub fn delete(&self, keys: &[FlowKey]) -> Result<()> {
+        // SAFETY: as in `entries`.
+        unsafe { bpf::delete_keys(self.fd.as_fd(), keys) }
+            .map_err(|e| Error::io("batch-delete from", maps::CONNTRACK, e))
+    }
+}
+
 /// The maps `netplane monitor` works with, taken out of the loaded
 /// object: the daemon's event relay owns them.
 pub struct EventMaps {
@@ -1065,18 +1125,9 @@ impl Datapath {
     ) -> Result<()> {
         let name = table.name;
         let fd = map_fd(&self.ebpf, name)?;
-        let mut rest = keys;
-        while !rest.is_empty() {
-            // SAFETY: as in `update_batch`; a delete passes no values.
-            match unsafe { bpf::map_batch::<K, K>(fd, bpf_cmd::BPF_MAP_DELETE_BATCH, rest, None) } {
-                (_, Ok(())) => break,
-                (done, Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    rest = &rest[done + 1..];
-                }
-                (_, Err(e)) => return Err(Error::io("batch-delete from", name, e)),
-            }
-        }
-        Ok(())
+        // SAFETY: the table was opened with K checked against the map's key
+        // size.
+        unsafe { bpf::delete_keys(fd, keys) }.map_err(|e| Error::io("batch-delete from", name, e))
     }
 
     /// Packets and bytes translated under NAT rule `slot`, summed over CPUs.
