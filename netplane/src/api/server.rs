@@ -407,7 +407,12 @@ async fn serve_metrics(listener: tokio::net::TcpListener, state: Shared) {
         .route(
             "/metrics",
             get(async |State(s): State<Shared>| -> ApiResult<Response> {
-                let snapshot = with(&s, async |d| d.metrics()).await?;
+                let mut snapshot = with(&s, async |d| d.metrics()).await?;
+                // Counting the flow table reads all of it: not while
+                // holding the daemon.
+                let handles = s.clone();
+                let flows = off_the_workers(move || Ok(handles.flows.table_use()?)).await?;
+                snapshot.tables.insert(0, flows);
                 Ok((
                     [(axum::http::header::CONTENT_TYPE, OPENMETRICS)],
                     metrics::render(&snapshot),

@@ -138,7 +138,8 @@ impl Daemon {
                 });
             }
         }
-        let tables = dp.table_use()?;
+        // The flow table's use is the scrape's to read, without the daemon.
+        let tables = vec![dp.published_use()?];
         let mut peers = Vec::new();
         for net in self.networks()? {
             peers.extend(net.peers.into_iter().map(|p| (net.name.clone(), p.state)));

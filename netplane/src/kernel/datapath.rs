@@ -178,6 +178,8 @@ unsafe impl aya::Pod for CtEntryV1 {}
 pub struct FlowTable {
     /// aya's view, which checked the key and value sizes when it opened.
     map: HashMap<MapData, FlowKey, CtEntry>,
+    /// Entries it holds at most.
+    capacity: u32,
     /// The same map, for the batch calls aya does not make.
     fd: std::os::fd::OwnedFd,
 }
@@ -198,9 +200,22 @@ impl FlowTable {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| Error::io("duplicate", pin.display(), e))?;
+        let capacity = data
+            .info()
+            .map_err(|e| Error::ebpf("read", pin.display(), e))?
+            .max_entries();
         let map = HashMap::try_from(aya::maps::Map::HashMap(data))
             .map_err(|e| Error::ebpf("open", pin.display(), e))?;
-        Ok(FlowTable { map, fd })
+        Ok(FlowTable { map, capacity, fd })
+    }
+
+    /// How full the table is (both entries of every flow count).
+    pub fn table_use(&self) -> Result<TableUse> {
+        Ok(TableUse {
+            map: maps::CONNTRACK.to_string(),
+            entries: self.entries()?.len() as u64,
+            capacity: u64::from(self.capacity),
+        })
     }
 
     /// Every entry, both directions of every flow.
@@ -848,16 +863,10 @@ impl Datapath {
             .collect())
     }
 
-    /// How many entries the hash map `name`, of keys `K` and values `V`,
-    /// holds, and how many it can.
-    pub fn table_use(&self) -> Result<Vec<TableUse>> {
-        Ok(vec![
-            self.use_of(&self.conntrack)?,
-            self.use_of(&self.published)?,
-        ])
-    }
-
-    fn use_of<K: aya::Pod, V: aya::Pod>(&self, table: &BatchTable<K, V>) -> Result<TableUse> {
+    /// How many entries the published-ports table holds, and how many it
+    /// can (the flow table's: [`FlowTable::table_use`]).
+    pub fn published_use(&self) -> Result<TableUse> {
+        let table = &self.published;
         let capacity = match self.ebpf.map(table.name) {
             Some(aya::maps::Map::HashMap(data)) => data
                 .info()
