@@ -316,7 +316,12 @@ impl Daemon {
         }
         self.store.set_state(name, State::Removing)?;
         if rec.ep.mode.owns_netns() {
-            for process in netns::kill_all(name)? {
+            // Rounds of SIGKILL with pauses between: a blocking thread's.
+            let netns_name = name.to_string();
+            let killed = tokio::task::spawn_blocking(move || netns::kill_all(&netns_name))
+                .await
+                .map_err(|e| Error::io("kill in", name, std::io::Error::other(e)))??;
+            for process in killed {
                 info!(endpoint = %name, %process, "killed");
                 removed.killed.push(process.to_string());
             }

@@ -8,7 +8,11 @@ impl Daemon {
     /// the network up (or adopts what an earlier run left), reverting what it
     /// did if a step fails.
     pub async fn start(cfg: Config) -> Result<Self> {
-        let lock = DaemonLock::acquire()?;
+        // Waits up to a second for a daemon killed just before to let go:
+        // on a blocking thread, not an async worker.
+        let lock = tokio::task::spawn_blocking(DaemonLock::acquire)
+            .await
+            .map_err(|e| Error::io("wait for", "the daemon lock", std::io::Error::other(e)))??;
         ports::allow_held_ports()?;
         for dir in [&cfg.state_dir, &cfg.run_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
