@@ -794,6 +794,15 @@ fn target(info: &EndpointInfo, daemon: &DaemonInfo) -> exec::Target {
     }
 }
 
+/// Ports `a` to `b`, as Docker writes them: `80`, or `8000-8010`.
+fn port_range(a: u16, b: u16) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
 /// `docker ps`'s PORTS column: runs of consecutive ports of one rule as
 /// one range, `0.0.0.0:8000-8010->80-90/tcp`.
 fn compact_ports(ports: &BTreeMap<String, Vec<HostBinding>>) -> Vec<String> {
@@ -809,13 +818,6 @@ fn compact_ports(ports: &BTreeMap<String, Vec<HostBinding>>) -> Vec<String> {
         })
         .collect();
     bindings.sort();
-    let range = |a: u16, b: u16| {
-        if a == b {
-            a.to_string()
-        } else {
-            format!("{a}-{b}")
-        }
-    };
     let mut out = Vec::new();
     let mut i = 0;
     while i < bindings.len() {
@@ -831,8 +833,8 @@ fn compact_ports(ports: &BTreeMap<String, Vec<HostBinding>>) -> Vec<String> {
         let (_, _, cend, hend) = &bindings[j];
         out.push(format!(
             "{ip}:{}->{}/{proto}",
-            range(*hstart, *hend),
-            range(*cstart, *cend)
+            port_range(*hstart, *hend),
+            port_range(*cstart, *cend)
         ));
         i = j + 1;
     }
@@ -898,13 +900,6 @@ fn render(template: &str, value: &impl serde::Serialize) -> anyhow::Result<Strin
 
 /// `docker port`'s shape: `80/tcp -> 0.0.0.0:8080`, one line per rule.
 fn print_ports(ports: &[PortInfo]) {
-    let range = |a: u16, b: u16| {
-        if a == b {
-            a.to_string()
-        } else {
-            format!("{a}-{b}")
-        }
-    };
     for p in ports {
         let from = if p.from.is_empty() {
             String::new()
@@ -914,10 +909,10 @@ fn print_ports(ports: &[PortInfo]) {
         println!(
             "{:<20} {}/{} -> {}:{}{from}",
             p.endpoint,
-            range(p.container_port, p.container_port_end),
+            port_range(p.container_port, p.container_port_end),
             p.proto,
             p.host_ip,
-            range(p.host_port, p.host_port_end)
+            port_range(p.host_port, p.host_port_end)
         );
     }
 }
