@@ -189,7 +189,7 @@ impl Lab {
 
     /// Packets dropped for `reason` so far.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        self.dp.drops().expect("drop counters")[reason.name()]
+        self.dp.counters().drops().expect("drop counters")[reason.name()]
     }
 
     /// A frame the endpoint sends to its gateway, for the world.

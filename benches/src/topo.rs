@@ -658,8 +658,8 @@ impl Topo {
     /// seconds; the benchmarks call it between samples.
     pub fn collect_garbage(&mut self) {
         if let Some(daemon) = self.daemon.as_mut().and_then(|d| d.daemon.as_mut()) {
-            let table = daemon.flow_table().expect("the flow table");
-            counters::collect_garbage(&table, &daemon.timeouts())
+            let readers = daemon.readers().expect("the daemon's tables");
+            counters::collect_garbage(&readers.flows, &readers.timeouts)
                 .expect("conntrack garbage collection");
         }
     }

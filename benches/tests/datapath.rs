@@ -117,7 +117,7 @@ fn masquerade_rewrites_the_source_and_its_reply_comes_back() {
             dport: 40000,
         }
     );
-    let nat = lab.dp.nat_counters(0).unwrap();
+    let nat = lab.dp.counters().nat_counters(0).unwrap();
     assert_eq!(nat.0, 2, "masquerade counted both packets");
 }
 
@@ -382,7 +382,7 @@ fn counting_programs_count_and_pass() {
         assert_eq!(action, TC_ACT_OK);
         assert_eq!(out, packet);
     }
-    let t = lab.dp.traffic("tb0").unwrap();
+    let t = lab.dp.counters().traffic("tb0").unwrap();
     assert_eq!((t.rx_packets, t.tx_packets), (1, 1));
     assert_eq!(t.rx_bytes, packet.len() as u64);
 }

@@ -100,8 +100,7 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     let gc_interval = daemon.gc_interval();
     let event_maps = daemon.take_event_maps()?;
     let state: Shared = Arc::new(Handles {
-        flows: daemon.flow_table()?,
-        timeouts: daemon.timeouts(),
+        readers: daemon.readers()?,
         daemon: Mutex::new(Some(daemon)),
     });
     let hub = Hub::new();
@@ -183,9 +182,10 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             get(
                 async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
                     let only = filter.endpoint;
-                    let owners = with(&s, async |d| d.flow_owners(only.as_deref())).await?;
                     off_the_workers(move || {
-                        counters::flows(&s.flows, &owners, only.is_some(), &s.timeouts)
+                        let r = &s.readers;
+                        let owners = r.flow_owners(only.as_deref())?;
+                        counters::flows(&r.flows, &owners, only.is_some(), &r.timeouts)
                     })
                     .await
                     .map(Json)
@@ -194,9 +194,9 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             .delete(
                 async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
                     let only = filter.endpoint;
-                    let owners = with(&s, async |d| d.flow_owners(only.as_deref())).await?;
                     off_the_workers(move || {
-                        counters::flush_flows(&s.flows, &owners, only.is_some())
+                        let owners = s.readers.flow_owners(only.as_deref())?;
+                        counters::flush_flows(&s.readers.flows, &owners, only.is_some())
                     })
                     .await
                     .map(|flows| Json(Flushed { flows }))
@@ -205,7 +205,12 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         )
         .route(
             "/v1/nat",
-            get(async |State(s): State<Shared>| with(&s, async |d| d.nat_table().map(Json)).await),
+            get(async |State(s): State<Shared>| {
+                let masquerade = with(&s, async |d| Ok(d.masquerade_rule())).await?;
+                off_the_workers(move || s.readers.nat_table(masquerade))
+                    .await
+                    .map(Json)
+            }),
         )
         .route(
             "/v1/networks",
@@ -235,12 +240,16 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         )
         .route(
             "/v1/stats",
-            get(async |State(s): State<Shared>| with(&s, async |d| d.stats().map(Json)).await),
+            get(async |State(s): State<Shared>| {
+                off_the_workers(move || s.readers.stats()).await.map(Json)
+            }),
         )
         .route(
             "/v1/stats/{name}",
             get(async |State(s): State<Shared>, Path(n): Path<String>| {
-                with(&s, async |d| d.endpoint_stats(&n).map(Json)).await
+                off_the_workers(move || s.readers.endpoint_stats(&n))
+                    .await
+                    .map(Json)
             }),
         )
         .route(
@@ -407,12 +416,9 @@ async fn serve_metrics(listener: tokio::net::TcpListener, state: Shared) {
         .route(
             "/metrics",
             get(async |State(s): State<Shared>| -> ApiResult<Response> {
-                let mut snapshot = with(&s, async |d| d.metrics()).await?;
-                // Counting the flow table reads all of it: not while
-                // holding the daemon.
                 let handles = s.clone();
-                let flows = off_the_workers(move || Ok(handles.flows.table_use()?)).await?;
-                snapshot.tables.insert(0, flows);
+                let mut snapshot = off_the_workers(move || handles.readers.metrics()).await?;
+                with(&s, async |d| d.cluster_metrics(&mut snapshot)).await?;
                 Ok((
                     [(axum::http::header::CONTENT_TYPE, OPENMETRICS)],
                     metrics::render(&snapshot),

@@ -57,21 +57,33 @@ pub fn flush_flows(
     Ok(doomed.len())
 }
 
-impl Daemon {
-    /// Its flow table, opened apart from it (see [`FlowTable`]).
-    pub fn flow_table(&self) -> Result<FlowTable> {
-        Ok(FlowTable::open(&self.cfg.bpffs)?)
-    }
-
+/// A running daemon's tables, counters and records, read on blocking
+/// threads without holding it: `ct ls`, housekeeping, `stats`, `nat ls`, a
+/// metrics scrape and naming monitor events never wait behind `create`.
+#[derive(Debug)]
+pub struct Readers {
+    /// The flow table, for housekeeping and `ct ls`/`ct flush`.
+    pub flows: FlowTable,
+    counters: Counters,
+    /// A read-only connection to the daemon's state database.
+    records: std::sync::Mutex<Store>,
     /// Lifetimes of tracked flows.
-    pub fn timeouts(&self) -> Timeouts {
-        self.cfg.timeouts
+    pub timeouts: Timeouts,
+    /// The interfaces counted besides endpoints: the bridge and the uplink.
+    host_interfaces: Vec<String>,
+}
+
+impl Readers {
+    fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
+        // A panic elsewhere while reading leaves the connection as it was.
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.endpoints()
     }
 
     /// Endpoint names by address (network byte order): every endpoint's,
     /// or only the one named `only`, which must exist.
     pub fn flow_owners(&self, only: Option<&str>) -> Result<HashMap<u32, String>> {
-        let records = self.store.endpoints()?;
+        let records = self.endpoints()?;
         if let Some(name) = only
             && !records.iter().any(|r| r.ep.name == name)
         {
@@ -86,44 +98,108 @@ impl Daemon {
 
     /// Counters of the bridge, the uplink and every endpoint veth, and drops.
     pub fn stats(&self) -> Result<Stats> {
-        let dp = self
-            .dp
-            .as_ref()
-            .expect("data path is loaded while the daemon runs");
-        let records = self.store.endpoints()?;
-        let names = std::iter::once(self.net.bridge.clone())
-            .chain(self.uplink.clone())
+        let records = self.endpoints()?;
+        let names = self
+            .host_interfaces
+            .iter()
+            .cloned()
             .chain(records.iter().filter_map(|r| r.ep.host_veth()));
         let mut interfaces = BTreeMap::new();
         for name in names {
             let counters = InterfaceStats {
-                traffic: dp.traffic(&name)?,
-                drops: dp.interface_drops(&name)?,
+                traffic: self.counters.traffic(&name)?,
+                drops: self.counters.interface_drops(&name)?,
             };
             interfaces.insert(name, counters);
         }
         Ok(Stats {
             interfaces,
-            drops: dp.drops()?,
+            drops: self.counters.drops()?,
         })
     }
 
-    /// What a Prometheus scrape shows.
-    pub fn metrics(&mut self) -> Result<metrics::Snapshot> {
-        let records = self.store.endpoints()?;
+    /// One endpoint's counters, from its side: `stats NAME`.
+    pub fn endpoint_stats(&self, name: &str) -> Result<EndpointStats> {
+        match self.endpoints()?.iter().find(|r| r.ep.name == name) {
+            Some(rec) => self.stats_of(rec),
+            None => Err(Error::EndpointNotFound(name.to_string())),
+        }
+    }
+
+    fn stats_of(&self, rec: &StoredEndpoint) -> Result<EndpointStats> {
+        let Some(veth) = rec.ep.host_veth() else {
+            return Err(Error::NotApplicable {
+                flag: "stats",
+                mode: rec.ep.mode.to_string(),
+            });
+        };
+        let host_side = self.counters.traffic(&veth)?;
+        Ok(EndpointStats {
+            endpoint: rec.ep.name.clone(),
+            rx_packets: host_side.tx_packets,
+            rx_bytes: host_side.tx_bytes,
+            tx_packets: host_side.rx_packets,
+            tx_bytes: host_side.rx_bytes,
+            drops: self.counters.interface_drops(&veth)?,
+            interface: veth,
+        })
+    }
+
+    /// The NAT rules with their counters, masquerade (`masquerade`, as the
+    /// daemon describes it) first: `nat ls`.
+    pub fn nat_table(&self, mut masquerade: NatRule) -> Result<NatTable> {
+        let mut drops = self.counters.rule_drops()?;
+        (masquerade.packets, masquerade.bytes) = self.counters.nat_counters(MASQUERADE_SLOT)?;
+        masquerade.drops = drops.remove(&MASQUERADE_SLOT).unwrap_or_default();
+        let mut rules = vec![masquerade];
+        for rec in self.endpoints()? {
+            let Some(ip) = rec.ep.ip else { continue };
+            for p in &rec.ports {
+                let (packets, bytes) = self.counters.nat_counters(p.slot)?;
+                rules.push(NatRule {
+                    target: "DNAT".into(),
+                    prot: p.proto.to_string(),
+                    source: if p.from.is_empty() {
+                        "0.0.0.0/0".into()
+                    } else {
+                        let nets: Vec<String> = p.from.iter().map(|n| n.to_string()).collect();
+                        nets.join(",")
+                    },
+                    destination: if p.host_ip.is_unspecified() {
+                        "0.0.0.0/0".into()
+                    } else {
+                        format!("{}/32", p.host_ip)
+                    },
+                    detail: format!(
+                        "{} dpt:{} to:{ip}:{}",
+                        p.proto, p.host_ports, p.container_ports
+                    ),
+                    packets,
+                    bytes,
+                    drops: drops.remove(&p.slot).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(NatTable {
+            rules,
+            tracked_flows: self.flows.entries()?.len() / 2,
+            drops: self.counters.drops()?,
+        })
+    }
+
+    /// A metrics snapshot of everything but what only the daemon knows
+    /// (overlay peers, DNS and reconciles: [`Daemon::cluster_metrics`]).
+    pub fn metrics(&self) -> Result<metrics::Snapshot> {
+        let records = self.endpoints()?;
         let mut endpoints = Vec::new();
         for rec in records.iter().filter(|r| r.ep.host_veth().is_some()) {
             endpoints.push(self.stats_of(rec)?);
         }
-        let dp = self
-            .dp
-            .as_ref()
-            .expect("data path is loaded while the daemon runs");
-        let mut drops = dp.rule_drops()?;
+        let mut drops = self.counters.rule_drops()?;
         let mut ports = Vec::new();
         for rec in &records {
             for p in &rec.ports {
-                let (packets, bytes) = dp.nat_counters(p.slot)?;
+                let (packets, bytes) = self.counters.nat_counters(p.slot)?;
                 ports.push(metrics::PortCounters {
                     labels: metrics::PortLabels {
                         endpoint: rec.ep.name.clone(),
@@ -138,38 +214,23 @@ impl Daemon {
                 });
             }
         }
-        // The flow table's use is the scrape's to read, without the daemon.
-        let tables = vec![dp.published_use()?];
-        let mut peers = Vec::new();
-        for net in self.networks()? {
-            peers.extend(net.peers.into_iter().map(|p| (net.name.clone(), p.state)));
-        }
-        let dp = self
-            .dp
-            .as_ref()
-            .expect("data path is loaded while the daemon runs");
         Ok(metrics::Snapshot {
             endpoints,
-            drops: dp.drops()?,
+            drops: self.counters.drops()?,
             ports,
-            masquerade: dp.nat_counters(MASQUERADE_SLOT)?,
+            masquerade: self.counters.nat_counters(MASQUERADE_SLOT)?,
             masquerade_drops: drops.remove(&MASQUERADE_SLOT).unwrap_or_default(),
-            tables,
-            peers,
-            dns: self.resolver.counts(),
-            reconciles: self.reconciles.clone(),
+            tables: vec![self.flows.table_use()?, self.counters.published_use()?],
+            peers: Vec::new(),
+            dns: (0, 0),
+            reconciles: metrics::ReconcileDurations::default(),
         })
-    }
-
-    /// The data path's event maps, for the monitor's relay.
-    pub fn take_event_maps(&mut self) -> Result<EventMaps> {
-        Ok(self.dp().take_event_maps()?)
     }
 
     /// Names each event's endpoint: the one behind the interface the packet
     /// arrived on, else the one holding one of its addresses.
     pub fn name_endpoints(&self, events: &mut [(MonitorEvent, Vec<Ipv4Addr>)]) -> Result<()> {
-        let records = self.store.endpoints()?;
+        let records = self.endpoints()?;
         for (event, addrs) in events {
             let by_interface = records
                 .iter()
@@ -183,32 +244,37 @@ impl Daemon {
         }
         Ok(())
     }
+}
 
-    /// One endpoint's counters, from its side: `stats NAME`.
-    pub fn endpoint_stats(&self, name: &str) -> Result<EndpointStats> {
-        self.stats_of(&self.store.endpoint(name)?)
+impl Daemon {
+    /// Its readers, opened apart from it (see [`Readers`]).
+    pub fn readers(&self) -> Result<Readers> {
+        Ok(Readers {
+            flows: FlowTable::open(&self.cfg.bpffs, netplane_common::abi::maps::CONNTRACK)?,
+            counters: Counters::open(&self.cfg.bpffs)?,
+            records: std::sync::Mutex::new(Store::open_reader(&self.cfg.db())?),
+            timeouts: self.cfg.timeouts,
+            host_interfaces: std::iter::once(self.net.bridge.clone())
+                .chain(self.uplink.clone())
+                .collect(),
+        })
     }
 
-    pub(super) fn stats_of(&self, rec: &StoredEndpoint) -> Result<EndpointStats> {
-        let Some(veth) = rec.ep.host_veth() else {
-            return Err(Error::NotApplicable {
-                flag: "stats",
-                mode: rec.ep.mode.to_string(),
-            });
-        };
-        let dp = self
-            .dp
-            .as_ref()
-            .expect("data path is loaded while the daemon runs");
-        let host_side = dp.traffic(&veth)?;
-        Ok(EndpointStats {
-            endpoint: rec.ep.name.clone(),
-            rx_packets: host_side.tx_packets,
-            rx_bytes: host_side.tx_bytes,
-            tx_packets: host_side.rx_packets,
-            tx_bytes: host_side.rx_bytes,
-            drops: dp.interface_drops(&veth)?,
-            interface: veth,
-        })
+    /// The data path's event maps, for the monitor's relay.
+    pub fn take_event_maps(&mut self) -> Result<EventMaps> {
+        Ok(self.dp().take_event_maps()?)
+    }
+
+    /// What a metrics scrape takes from the daemon itself: overlay peers,
+    /// DNS counts and reconcile durations, into `snapshot`.
+    pub fn cluster_metrics(&self, snapshot: &mut metrics::Snapshot) -> Result<()> {
+        for net in self.networks()? {
+            snapshot
+                .peers
+                .extend(net.peers.into_iter().map(|p| (net.name.clone(), p.state)));
+        }
+        snapshot.dns = self.resolver.counts();
+        snapshot.reconciles = self.reconciles.clone();
+        Ok(())
     }
 }

@@ -42,11 +42,12 @@ use crate::{
     daemon::store::{NewEndpoint, State, Store, StoredEndpoint},
     kernel::{
         self,
-        datapath::{Datapath, EventMaps, FlowTable, Role, TcHook},
+        datapath::{Datapath, EventMaps, Role, TcHook},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
         ports::{self, Reservations},
+        tables::{Counters, FlowTable},
     },
     logic::conntrack::{self, Timeouts},
     logic::dns::{self, Zone},
@@ -170,15 +171,12 @@ enum Undo {
 }
 
 /// What the API and the daemon's tasks share: the daemon, taken out when
-/// it goes down, and what is read and pruned without holding it.
+/// it goes down, and what reads its tables and records without holding it.
 #[derive(Debug)]
 pub struct Handles {
     /// The daemon; `None` once it went down.
     pub daemon: tokio::sync::Mutex<Option<Daemon>>,
-    /// The flow table, for housekeeping and `ct ls`/`ct flush`.
-    pub flows: FlowTable,
-    /// Lifetimes of tracked flows.
-    pub timeouts: Timeouts,
+    pub readers: counters::Readers,
 }
 
 /// [`Handles`], shared.
@@ -200,9 +198,10 @@ pub struct Daemon {
     uplink_mtu: u32,
     /// The session with the cluster store, while it is reachable.
     session: Option<Session>,
-    /// What the cluster store said last; `None` until it was first read,
-    /// and the overlay routes an earlier run left are kept until then.
-    view: Option<ClusterView>,
+    /// What the cluster store said last, and its revision then; `None`
+    /// until it was first read, and the overlay routes an earlier run left
+    /// are kept until then.
+    view: Option<(ClusterView, i64)>,
     /// The embedded DNS server of every network.
     resolver: Resolver,
     /// How long each reconcile took: `up`'s, and every cluster resync.

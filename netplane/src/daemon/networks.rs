@@ -116,7 +116,7 @@ impl Daemon {
         let others = self
             .view
             .iter()
-            .flat_map(|view| view.holders(&net.name))
+            .flat_map(|(view, _)| view.holders(&net.name))
             .filter(|h| h.vtep != vtep)
             .map(|h| (h.vtep, h.lease));
         Ok(std::iter::once((vtep, own)).chain(others).collect())
@@ -222,7 +222,10 @@ impl Daemon {
     /// in any case.
     pub(super) fn overlay_named(&self, name: &str) -> Option<String> {
         let here = self.store.networks().ok()?.into_iter().map(|n| n.name);
-        let cluster = self.view.iter().flat_map(|v| v.networks.keys().cloned());
+        let cluster = self
+            .view
+            .iter()
+            .flat_map(|(v, _)| v.networks.keys().cloned());
         here.chain(cluster).find(|n| n.eq_ignore_ascii_case(name))
     }
 
@@ -233,7 +236,7 @@ impl Daemon {
             .chain(
                 overlays
                     .iter()
-                    .chain(self.view.iter().flat_map(|v| v.networks.values()))
+                    .chain(self.view.iter().flat_map(|(v, _)| v.networks.values()))
                     .filter(|other| other.name != net.name)
                     .map(|other| other.subnet),
             )
@@ -295,6 +298,10 @@ impl Daemon {
 
     /// A new session with the cluster store, or `None` once it is lost.
     pub fn set_session(&mut self, session: Option<Session>) {
+        // A store started anew counts its revisions from the start again.
+        if let (Some(_), Some((_, seen))) = (&session, &mut self.view) {
+            *seen = i64::MIN;
+        }
         self.session = session;
     }
 
@@ -305,54 +312,44 @@ impl Daemon {
     /// revision of the store it read.
     pub async fn resync(&mut self) -> Result<i64> {
         let started = std::time::Instant::now();
-        let resynced = self.resync_with_store().await;
+        let claim = self.lease_claim()?;
+        let resynced = match claim.run().await {
+            Ok((view, revision)) => self.follow_view(view, revision).await.map(|()| revision),
+            Err(e) => Err(e),
+        };
         self.reconciles
             .observe(metrics::Reconcile::Cluster, started.elapsed());
         resynced
     }
 
-    pub(super) async fn resync_with_store(&mut self) -> Result<i64> {
-        let session = self.connected()?;
-        let vtep = self.vtep()?;
-        let (mut view, mut revision) = session.snapshot().await?;
-        let names: Vec<String> = view.networks.keys().cloned().collect();
-        for name in names {
-            // Another host may take the same /24 first: read again, pick
-            // again.
-            for _ in 0..CLAIM_ATTEMPTS {
-                let Some(net) = view.networks.get(&name) else {
-                    break;
-                };
-                let held = view.held_by(&name, vtep);
-                if held.is_some_and(|h| h.session == session.id) {
-                    break;
-                }
-                let previous = match held {
-                    Some(h) => Some(h.lease),
-                    None => self.store.network_lease(&name)?,
-                };
-                let taken: Vec<Ipv4Net> = view
-                    .holders(&name)
-                    .iter()
-                    .filter(|h| h.vtep != vtep)
-                    .map(|h| h.lease)
-                    .collect();
-                match overlay::pick_lease(net.subnet, &taken, previous) {
-                    Ok(lease) => session.claim(&name, lease, vtep).await?,
-                    Err(e) => {
-                        warn!(network = %name, "no lease for this host: {e}");
-                        break;
-                    }
-                };
-                (view, revision) = session.snapshot().await?;
+    /// What taking leases in the store needs of this daemon, read now so
+    /// that the round trips to the store can go on without it.
+    pub fn lease_claim(&self) -> Result<LeaseClaim> {
+        let mut held = BTreeMap::new();
+        for net in self.store.networks()? {
+            if let Some(lease) = self.store.network_lease(&net.name)? {
+                held.insert(net.name, lease);
             }
         }
-        self.follow_view(view).await?;
-        Ok(revision)
+        Ok(LeaseClaim {
+            session: self.connected()?,
+            vtep: self.vtep()?,
+            held,
+        })
     }
 
-    /// Makes this host's overlays what `view` says.
-    pub(super) async fn follow_view(&mut self, view: ClusterView) -> Result<()> {
+    /// How long each cluster resync took, for those run from outside.
+    pub fn reconcile_durations(&self) -> metrics::ReconcileDurations {
+        self.reconciles.clone()
+    }
+
+    /// Makes this host's overlays what `view`, read at `revision`, says;
+    /// a view older than the one followed last (read by a resync that
+    /// waited for the daemon meanwhile) is not followed.
+    pub async fn follow_view(&mut self, view: ClusterView, revision: i64) -> Result<()> {
+        if self.view.as_ref().is_some_and(|(_, seen)| *seen > revision) {
+            return Ok(());
+        }
         let vtep = self.vtep()?;
         let endpoints = self.store.endpoints()?;
         for net in self.store.networks()? {
@@ -388,7 +385,7 @@ impl Daemon {
             }
             self.store.set_network_lease(&net.name, own.lease)?;
         }
-        self.view = Some(view);
+        self.view = Some((view, revision));
         self.restore_overlays().await
     }
 
@@ -446,5 +443,56 @@ impl Daemon {
             .into_iter()
             .find(|n| n.name == name)
             .ok_or_else(|| Error::NetworkNotFound(name.to_string()))
+    }
+}
+
+/// Taking this host's lease of every overlay network in the cluster
+/// store, done without the daemon (see [`Daemon::lease_claim`]).
+#[derive(Debug)]
+pub struct LeaseClaim {
+    session: Session,
+    vtep: Ipv4Addr,
+    /// The lease this host recorded for each network it has.
+    held: BTreeMap<String, Ipv4Net>,
+}
+
+impl LeaseClaim {
+    /// Claims the leases this host lacks and returns the store as it then
+    /// is, with its revision.
+    pub async fn run(&self) -> Result<(ClusterView, i64)> {
+        let (session, vtep) = (&self.session, self.vtep);
+        let (mut view, mut revision) = session.snapshot().await?;
+        let names: Vec<String> = view.networks.keys().cloned().collect();
+        for name in names {
+            // Another host may take the same /24 first: read again, pick
+            // again.
+            for _ in 0..CLAIM_ATTEMPTS {
+                let Some(net) = view.networks.get(&name) else {
+                    break;
+                };
+                let held = view.held_by(&name, vtep);
+                if held.is_some_and(|h| h.session == session.id) {
+                    break;
+                }
+                let previous = held
+                    .map(|h| h.lease)
+                    .or_else(|| self.held.get(&name).copied());
+                let taken: Vec<Ipv4Net> = view
+                    .holders(&name)
+                    .iter()
+                    .filter(|h| h.vtep != vtep)
+                    .map(|h| h.lease)
+                    .collect();
+                match overlay::pick_lease(net.subnet, &taken, previous) {
+                    Ok(lease) => session.claim(&name, lease, vtep).await?,
+                    Err(e) => {
+                        warn!(network = %name, "no lease for this host: {e}");
+                        break;
+                    }
+                };
+                (view, revision) = session.snapshot().await?;
+            }
+        }
+        Ok((view, revision))
     }
 }

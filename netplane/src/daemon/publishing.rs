@@ -184,15 +184,10 @@ impl Daemon {
             .collect())
     }
 
-    /// The NAT rules with their counters: `nat ls`.
-    pub fn nat_table(&self) -> Result<NatTable> {
-        let dp = self
-            .dp
-            .as_ref()
-            .expect("data path is loaded while the daemon runs");
-        let (packets, bytes) = dp.nat_counters(MASQUERADE_SLOT)?;
-        let mut drops = dp.rule_drops()?;
-        let mut rules = vec![NatRule {
+    /// The masquerade rule of `nat ls`, its counters left to
+    /// [`Readers::nat_table`](super::counters::Readers::nat_table).
+    pub fn masquerade_rule(&self) -> NatRule {
+        NatRule {
             target: "MASQUERADE".into(),
             prot: "all".into(),
             source: self.net.subnet.trunc().to_string(),
@@ -204,42 +199,9 @@ impl Daemon {
                 ),
                 None => "no uplink".into(),
             },
-            packets,
-            bytes,
-            drops: drops.remove(&MASQUERADE_SLOT).unwrap_or_default(),
-        }];
-        for rec in self.store.endpoints()? {
-            let Some(ip) = rec.ep.ip else { continue };
-            for p in &rec.ports {
-                let (packets, bytes) = dp.nat_counters(p.slot)?;
-                rules.push(NatRule {
-                    target: "DNAT".into(),
-                    prot: p.proto.to_string(),
-                    source: if p.from.is_empty() {
-                        "0.0.0.0/0".into()
-                    } else {
-                        let nets: Vec<String> = p.from.iter().map(|n| n.to_string()).collect();
-                        nets.join(",")
-                    },
-                    destination: if p.host_ip.is_unspecified() {
-                        "0.0.0.0/0".into()
-                    } else {
-                        format!("{}/32", p.host_ip)
-                    },
-                    detail: format!(
-                        "{} dpt:{} to:{ip}:{}",
-                        p.proto, p.host_ports, p.container_ports
-                    ),
-                    packets,
-                    bytes,
-                    drops: drops.remove(&p.slot).unwrap_or_default(),
-                });
-            }
+            packets: 0,
+            bytes: 0,
+            drops: BTreeMap::new(),
         }
-        Ok(NatTable {
-            rules,
-            tracked_flows: dp.flows()?.len() / 2,
-            drops: dp.drops()?,
-        })
     }
 }

@@ -124,8 +124,8 @@ pub trait NameEndpoints: Send + Sync + 'static {
     /// addresses it carries.
     fn name_endpoints(
         &self,
-        events: &mut [(MonitorEvent, Vec<Ipv4Addr>)],
-    ) -> impl std::future::Future<Output = ()> + Send;
+        events: Vec<(MonitorEvent, Vec<Ipv4Addr>)>,
+    ) -> impl std::future::Future<Output = Vec<(MonitorEvent, Vec<Ipv4Addr>)>> + Send;
 }
 
 /// Relays events from `maps` to the watchers of `hub` until the daemon
@@ -181,7 +181,7 @@ async fn relay(batch: &[Event], hub: &Hub, names: &impl NameEndpoints) {
     if batch.is_empty() || hub.events.receiver_count() == 0 {
         return;
     }
-    let mut named: Vec<(MonitorEvent, Vec<Ipv4Addr>)> = batch
+    let named: Vec<(MonitorEvent, Vec<Ipv4Addr>)> = batch
         .iter()
         .map(|e| {
             let interface = nix::net::if_::if_indextoname(e.ifindex)
@@ -190,8 +190,7 @@ async fn relay(batch: &[Event], hub: &Hub, names: &impl NameEndpoints) {
             monitor::decode(e, interface)
         })
         .collect();
-    names.name_endpoints(&mut named).await;
-    for (event, _) in named {
+    for (event, _) in names.name_endpoints(named).await {
         let _ = hub.events.send(event);
     }
 }

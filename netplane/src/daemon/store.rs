@@ -119,6 +119,14 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the database at `path`, which [`Store::open`] made, for
+    /// reading only: beside the daemon's own connection, readers see the
+    /// last committed state (WAL) and never wait for its writes.
+    pub fn open_reader(path: &Path) -> Result<Self> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Ok(Store { conn })
+    }
+
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;

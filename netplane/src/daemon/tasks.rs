@@ -11,6 +11,7 @@ use crate::{
         Shared,
         cluster::{ClusterError, Session, StoreUrl},
         counters,
+        metrics::Reconcile,
         relay::NameEndpoints,
     },
     logic::monitor::MonitorEvent,
@@ -33,7 +34,7 @@ pub async fn housekeeping(state: Shared, every: Duration) {
         // the API do not wait for a dump of many thousand entries.
         let handles = state.clone();
         let expired = tokio::task::spawn_blocking(move || {
-            counters::collect_garbage(&handles.flows, &handles.timeouts)
+            counters::collect_garbage(&handles.readers.flows, &handles.readers.timeouts)
         })
         .await;
         match expired {
@@ -84,13 +85,12 @@ async fn follow(
     let session = Session::open(url, ttl, *next_member).await?;
     *next_member = session.member + 1;
     let (mut keeper, mut renewals) = session.keep_alive().await?;
-    let revision = {
-        let mut guard = state.daemon.lock().await;
-        let Some(daemon) = guard.as_mut() else {
-            return Ok(());
-        };
-        daemon.set_session(Some(session.clone()));
-        daemon.resync().await?
+    match state.daemon.lock().await.as_mut() {
+        Some(daemon) => daemon.set_session(Some(session.clone())),
+        None => return Ok(()),
+    }
+    let Some(revision) = resync(state).await? else {
+        return Ok(());
     };
     info!(
         store = %url,
@@ -110,24 +110,55 @@ async fn follow(
                 if change.canceled() {
                     return Err(ClusterError::WatchEnded(url.to_string()).into());
                 }
-                if !change.events().is_empty() {
-                    let mut guard = state.daemon.lock().await;
-                    let Some(daemon) = guard.as_mut() else {
-                        return Ok(());
-                    };
-                    daemon.resync().await?;
+                if !change.events().is_empty() && resync(state).await?.is_none() {
+                    return Ok(());
                 }
             }
         }
     }
 }
 
+/// [`Daemon::resync`](super::Daemon::resync) holding the daemon only to
+/// read what it needs and to follow the store's answer, not across the
+/// round trips to the store: `create` does not wait for those. `None` once
+/// the daemon went down.
+async fn resync(state: &Shared) -> super::error::Result<Option<i64>> {
+    let started = std::time::Instant::now();
+    let (claim, durations) = match state.daemon.lock().await.as_ref() {
+        Some(daemon) => (daemon.lease_claim()?, daemon.reconcile_durations()),
+        None => return Ok(None),
+    };
+    let resynced = match claim.run().await {
+        Ok((view, revision)) => match state.daemon.lock().await.as_mut() {
+            Some(daemon) => daemon
+                .follow_view(view, revision)
+                .await
+                .map(|()| Some(revision)),
+            None => Ok(None),
+        },
+        Err(e) => Err(e),
+    };
+    durations.observe(Reconcile::Cluster, started.elapsed());
+    resynced
+}
+
 impl NameEndpoints for Shared {
-    async fn name_endpoints(&self, events: &mut [(MonitorEvent, Vec<Ipv4Addr>)]) {
-        if let Some(daemon) = self.daemon.lock().await.as_ref()
-            && let Err(e) = daemon.name_endpoints(events)
-        {
+    async fn name_endpoints(
+        &self,
+        mut events: Vec<(MonitorEvent, Vec<Ipv4Addr>)>,
+    ) -> Vec<(MonitorEvent, Vec<Ipv4Addr>)> {
+        // Read on a blocking thread, without the daemon.
+        let handles = self.clone();
+        let named = tokio::task::spawn_blocking(move || {
+            if let Err(e) = handles.readers.name_endpoints(&mut events) {
+                warn!("monitor: naming endpoints: {e}");
+            }
+            events
+        })
+        .await;
+        named.unwrap_or_else(|e| {
             warn!("monitor: naming endpoints: {e}");
-        }
+            Vec::new()
+        })
     }
 }

@@ -7,7 +7,6 @@
 
 use netplane_common::abi::addr_be;
 use std::{
-    collections::BTreeMap,
     fs,
     net::Ipv4Addr,
     os::fd::{AsFd, BorrowedFd},
@@ -42,13 +41,13 @@ use tracing::info;
 use super::{
     bpf,
     pins::{self, OldPin},
+    tables::Counters,
     wildcard::WildcardPorts,
 };
 use crate::{
     kernel::{Error, Result},
     logic::conntrack as ct,
     logic::layout::{self, CtEntryV1},
-    types::{TableUse, Traffic},
 };
 
 /// The object built from netplane-ebpf by build.rs.
@@ -172,81 +171,6 @@ pub struct TestRunOutcome {
 // pattern is a valid value, and the kernel hands back bytes it was given.
 unsafe impl aya::Pod for CtEntryV1 {}
 
-/// The connection tracking table, opened from its pin apart from the
-/// loaded data path: the daemon's housekeeping and `ct ls`/`ct flush` read
-/// and prune it on blocking threads, without holding the daemon.
-pub struct FlowTable {
-    /// aya's view, which checked the key and value sizes when it opened.
-    map: HashMap<MapData, FlowKey, CtEntry>,
-    /// Entries it holds at most.
-    capacity: u32,
-    /// The same map, for the batch calls aya does not make.
-    fd: std::os::fd::OwnedFd,
-}
-
-impl std::fmt::Debug for FlowTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlowTable").finish_non_exhaustive()
-    }
-}
-
-impl FlowTable {
-    /// Opens the table pinned under `pin_dir` (as [`Datapath::load`] left it).
-    pub fn open(pin_dir: &Path) -> Result<Self> {
-        let pin = pin_dir.join("maps").join(maps::CONNTRACK);
-        let data = MapData::from_pin(&pin).map_err(|e| Error::ebpf("open", pin.display(), e))?;
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("duplicate", pin.display(), e))?;
-        let capacity = data
-            .info()
-            .map_err(|e| Error::ebpf("read", pin.display(), e))?
-            .max_entries();
-        let map = HashMap::try_from(aya::maps::Map::HashMap(data))
-            .map_err(|e| Error::ebpf("open", pin.display(), e))?;
-        Ok(FlowTable { map, capacity, fd })
-    }
-
-    /// How full the table is (both entries of every flow count).
-    pub fn table_use(&self) -> Result<TableUse> {
-        Ok(TableUse {
-            map: maps::CONNTRACK.to_string(),
-            entries: self.entries()?.len() as u64,
-            capacity: u64::from(self.capacity),
-        })
-    }
-
-    /// Every entry, both directions of every flow.
-    pub fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        // SAFETY: aya checked the map's key and value sizes against FlowKey
-        // and CtEntry when it opened `map`, the same map.
-        unsafe { bpf::lookup_all(self.fd.as_fd()) }
-            .map_err(|e| Error::io("batch-read", maps::CONNTRACK, e))
-    }
-
-    /// The entries of `keys` that are present, read one by one now.
-    pub fn entries_of(&self, keys: &[FlowKey]) -> Result<Vec<(FlowKey, CtEntry)>> {
-        let mut found = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.map.get(key, 0) {
-                Ok(entry) => found.push((*key, entry)),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::ebpf("look up", maps::CONNTRACK, e)),
-            }
-        }
-        Ok(found)
-    }
-
-    /// Deletes entries; absent ones are fine.
-    pub fn delete(&self, keys: &[FlowKey]) -> Result<()> {
-        // SAFETY: as in `entries`.
-        unsafe { bpf::delete_keys(self.fd.as_fd(), keys) }
-            .map_err(|e| Error::io("batch-delete from", maps::CONNTRACK, e))
-    }
-}
-
 /// The maps `netplane monitor` works with, taken out of the loaded
 /// object: the daemon's event relay owns them.
 pub struct EventMaps {
@@ -344,6 +268,7 @@ pub struct Datapath {
     conntrack: BatchTable<FlowKey, CtEntry>,
     published: BatchTable<PortKey, PortTarget>,
     rule_drops: BatchTable<RuleDropKey, u64>,
+    counters: Counters,
 }
 
 /// A hash map read and written in batches by raw bpf(2) calls, which size
@@ -482,6 +407,7 @@ impl Datapath {
             conntrack: BatchTable::open(&ebpf, maps::CONNTRACK)?,
             published: BatchTable::open(&ebpf, maps::PUBLISHED)?,
             rule_drops: BatchTable::open(&ebpf, maps::RULE_DROPS)?,
+            counters: Counters::open(pin_dir)?,
             ebpf,
             maps_dir,
             links_dir,
@@ -811,90 +737,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Counters of `ifname`; zero for an interface without counters.
-    pub fn traffic(&self, ifname: &str) -> Result<Traffic> {
-        let Ok(ifindex) = if_nametoindex(ifname) else {
-            return Ok(Traffic::default());
-        };
-        let stats: PerCpuHashMap<_, IfStatsKey, IfCounters> = self.map(maps::IF_STATS)?;
-        let sum = |direction: Direction| -> (u64, u64) {
-            stats
-                .get(
-                    &IfStatsKey {
-                        ifindex,
-                        direction: direction as u32,
-                    },
-                    0,
-                )
-                .map(|v| {
-                    v.iter()
-                        .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
-                })
-                .unwrap_or_default()
-        };
-        let (rx_packets, rx_bytes) = sum(Direction::Ingress);
-        let (tx_packets, tx_bytes) = sum(Direction::Egress);
-        Ok(Traffic {
-            rx_packets,
-            rx_bytes,
-            tx_packets,
-            tx_bytes,
-        })
-    }
-
-    /// Drops by reason among the packets that arrived on `ifname`, summed
-    /// over CPUs; none for an interface the data path is not attached to.
-    pub fn interface_drops(&self, ifname: &str) -> Result<BTreeMap<String, u64>> {
-        let counted = match if_nametoindex(ifname) {
-            Ok(ifindex) => {
-                let drops: PerCpuHashMap<_, u32, IfDrops> = self.map(maps::IF_DROPS)?;
-                drops.get(&ifindex, 0).ok()
-            }
-            Err(_) => None,
-        };
-        Ok(DropReason::ALL
-            .iter()
-            .map(|r| {
-                let n = counted.as_ref().map_or(0, |per_cpu| {
-                    per_cpu.iter().map(|d| d.by_reason[*r as usize]).sum()
-                });
-                (r.name().to_string(), n)
-            })
-            .collect())
-    }
-
-    /// How many entries the published-ports table holds, and how many it
-    /// can (the flow table's: [`FlowTable::table_use`]).
-    pub fn published_use(&self) -> Result<TableUse> {
-        let table = &self.published;
-        let capacity = match self.ebpf.map(table.name) {
-            Some(aya::maps::Map::HashMap(data)) => data
-                .info()
-                .map_err(|e| Error::ebpf("read", table.name, e))?
-                .max_entries(),
-            _ => return Err(not_in_object("hash map", table.name)),
-        };
-        // The kernel keeps no count a reader can get: read the entries.
-        let entries = self.dump(table)?.len();
-        Ok(TableUse {
-            map: table.name.to_string(),
-            entries: entries as u64,
-            capacity: u64::from(capacity),
-        })
-    }
-
-    /// Drops by reason, summed over CPUs.
-    pub fn drops(&self) -> Result<BTreeMap<String, u64>> {
-        let drops: PerCpuArray<_, u64> = self.map(maps::DROPS)?;
-        DropReason::ALL
-            .iter()
-            .map(|r| {
-                let v = drops
-                    .get(&(*r as u32), 0)
-                    .map_err(|e| Error::ebpf("read", maps::DROPS, e))?;
-                Ok((r.name().to_string(), v.iter().sum()))
-            })
-            .collect()
+    /// Its counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Attaches the socket programs to the cgroup tree at `cgroup` (host
@@ -1137,34 +982,6 @@ impl Datapath {
         // SAFETY: the table was opened with K checked against the map's key
         // size.
         unsafe { bpf::delete_keys(fd, keys) }.map_err(|e| Error::io("batch-delete from", name, e))
-    }
-
-    /// Packets and bytes translated under NAT rule `slot`, summed over CPUs.
-    pub fn nat_counters(&self, slot: u32) -> Result<(u64, u64)> {
-        let counters: PerCpuArray<_, IfCounters> = self.map(maps::NAT_COUNTERS)?;
-        let v = counters
-            .get(&slot, 0)
-            .map_err(|e| Error::ebpf("read", maps::NAT_COUNTERS, e))?;
-        Ok(v.iter()
-            .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)))
-    }
-
-    /// Drops by reason under each NAT rule slot that dropped any, summed
-    /// over CPUs.
-    pub fn rule_drops(&self) -> Result<BTreeMap<u32, BTreeMap<String, u64>>> {
-        let map: PerCpuHashMap<_, RuleDropKey, u64> = self.map(maps::RULE_DROPS)?;
-        let mut by_slot: BTreeMap<u32, BTreeMap<String, u64>> = BTreeMap::new();
-        for entry in map.iter() {
-            let (key, counts) = entry.map_err(|e| Error::ebpf("read", maps::RULE_DROPS, e))?;
-            let Some(reason) = DropReason::ALL.get(key.reason as usize) else {
-                continue;
-            };
-            by_slot
-                .entry(key.slot)
-                .or_default()
-                .insert(reason.name().to_string(), counts.iter().sum());
-        }
-        Ok(by_slot)
     }
 
     /// Zeroes the counters of a NAT rule slot before it is given to a rule.

@@ -10,6 +10,7 @@ pub mod netlink;
 pub mod netns;
 pub mod pins;
 pub mod ports;
+pub mod tables;
 pub mod wildcard;
 
 pub use error::{Error, Result};
