@@ -121,10 +121,9 @@ impl OverlayPair {
                         rt.block_on(async {
                             daemon
                                 .create_network(CreateNetwork {
-                                    name: "ov".into(),
-                                    driver: "overlay".into(),
-                                    subnet: "10.201.0.0/16".parse().expect("subnet"),
+                                    subnet: Some("10.201.0.0/16".parse().expect("subnet")),
                                     vni: Some(VNI),
+                                    ..CreateNetwork::new("ov", "overlay")
                                 })
                                 .await
                                 .expect("netplane network create");

@@ -12,7 +12,10 @@ use netplane_benches::lab::{
     UPLINK, WORLD, WORLD_MAC, tcp_syn, udp,
 };
 use netplane_common::{
-    abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, programs},
+    abi::{
+        BRIDGE_NETWORK_IDS, DropReason, NET_FLAG_ICC_DISABLED, NET_FLAG_INTERNAL,
+        NET_FLAG_NETWORKS, NET_FLAG_OVERLAY, NetConfig, NetworkPolicy, OverlayPeer, programs,
+    },
     vxlan::{OVERHEAD, Outer, write_outer_headers},
 };
 
@@ -397,7 +400,7 @@ const VNI: u32 = 42;
 fn overlay_lab() -> Lab {
     let mut lab = Lab::new(1024);
     let cfg = NetConfig {
-        flags: lab.cfg.flags | NET_FLAG_OVERLAY,
+        flags: lab.cfg.flags | NET_FLAG_OVERLAY | NET_FLAG_NETWORKS,
         ..lab.cfg
     };
     lab.dp.set_config(cfg).unwrap();
@@ -884,4 +887,87 @@ fn masquerade_finds_the_last_free_ports_of_a_crowded_range() {
         assert!(got.insert(port), "{port} twice");
     }
     assert_eq!(lab.drops(DropReason::NatPortsExhausted), 0);
+}
+
+/// The lab's endpoint moved to a user-defined network 10.90.0.0/24 with
+/// `flags`; a second endpoint at 10.90.0.3 on the same one.
+fn local_network_lab(flags: u32) -> (Lab, [u8; 4]) {
+    let mut lab = Lab::new(1024);
+    let id = BRIDGE_NETWORK_IDS;
+    let cfg = NetConfig {
+        flags: lab.cfg.flags | NET_FLAG_NETWORKS,
+        // The bridge network elsewhere: nothing of the lab's is on it.
+        subnet_be: u32::from_ne_bytes([172, 17, 0, 0]),
+        mask_be: u32::from_ne_bytes([255, 255, 0, 0]),
+        ..lab.cfg
+    };
+    lab.dp.set_config(cfg).unwrap();
+    lab.dp
+        .set_networks(&[(
+            id,
+            NetworkPolicy {
+                subnet_be: u32::from_ne_bytes([10, 90, 0, 0]),
+                mask_be: u32::from_ne_bytes([255, 255, 255, 0]),
+                gateway_be: u32::from_ne_bytes(GATEWAY),
+                flags,
+            },
+        )])
+        .unwrap();
+    lab.dp
+        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, id)
+        .unwrap();
+    let neighbour = [10, 90, 0, 3];
+    lab.dp
+        .add_endpoint(
+            lab.spare_if,
+            neighbour.into(),
+            [0x02, 0x42, 10, 90, 0, 3],
+            id,
+        )
+        .unwrap();
+    (lab, neighbour)
+}
+
+#[test]
+fn an_internal_network_keeps_its_endpoints_to_its_subnet() {
+    let (mut lab, neighbour) = local_network_lab(NET_FLAG_INTERNAL);
+    let to = |daddr: [u8; 4]| {
+        udp(
+            PacketBuilder::ethernet2(ENDPOINT_MAC, lab.bridge_mac).ipv4(ENDPOINT, daddr, 64),
+            1,
+            53,
+            b"x",
+        )
+    };
+    let (to_world, to_gateway, to_neighbour) = (to(WORLD), to(GATEWAY), to(neighbour));
+    assert_eq!(lab.sent_by_endpoint(&to_world).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::Internal), 1);
+    // The gateway (the embedded DNS) and the network's endpoints stay.
+    assert_eq!(lab.sent_by_endpoint(&to_gateway).0, TC_ACT_OK);
+    assert_eq!(lab.sent_by_endpoint(&to_neighbour).0, TC_ACT_OK);
+    assert_eq!(lab.drops(DropReason::Internal), 1);
+    assert!(lab.dp.flows().unwrap().is_empty(), "nothing masqueraded");
+}
+
+#[test]
+fn icc_false_on_a_user_network_holds_there_only() {
+    let (mut lab, neighbour) = local_network_lab(NET_FLAG_ICC_DISABLED);
+    let to_neighbour = udp(
+        PacketBuilder::ethernet2(ENDPOINT_MAC, lab.bridge_mac).ipv4(ENDPOINT, neighbour, 64),
+        1,
+        2,
+        b"x",
+    );
+    assert_eq!(lab.sent_by_endpoint(&to_neighbour).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::IccDenied), 1);
+    // The same network without the flag: allowed.
+    let (mut open, neighbour) = local_network_lab(0);
+    let to_neighbour = udp(
+        PacketBuilder::ethernet2(ENDPOINT_MAC, open.bridge_mac).ipv4(ENDPOINT, neighbour, 64),
+        1,
+        2,
+        b"x",
+    );
+    assert_eq!(open.sent_by_endpoint(&to_neighbour).0, TC_ACT_OK);
+    assert_eq!(open.drops(DropReason::IccDenied), 0);
 }

@@ -69,6 +69,11 @@ pub mod maps {
     /// Pairs of endpoint addresses joined with `--link` ([`super::AddrPair`],
     /// both orders; the value is unused): allowed to talk with `--icc=false`.
     pub const LINKED: &str = "NP_LINKED";
+    /// [`super::NetworkPolicy`] keyed by a network's identifier (`u32`,
+    /// host byte order; [`super::EndpointIdentity::vni`]): the networks
+    /// other than the bridge network, whose policy is in
+    /// [`super::NetConfig`].
+    pub const NETWORKS: &str = "NP_NETWORKS";
 }
 
 /// The version of what the pinned maps' keys and values mean. A daemon
@@ -215,6 +220,56 @@ pub const NET_FLAG_ICC_DISABLED: u32 = 1 << 0;
 /// to the stack, where another VXLAN user of the host may want it.
 pub const NET_FLAG_OVERLAY: u32 = 1 << 1;
 
+/// [`NetConfig::flags`]: the host has more than one network (the bridge
+/// network and others: overlays, user-defined bridges), so the network of
+/// an endpoint a packet is for is compared with the sender's.
+pub const NET_FLAG_NETWORKS: u32 = 1 << 2;
+
+/// [`NetworkPolicy::flags`]: an internal network: its endpoints reach
+/// only addresses of its own subnet (Docker's `--internal`).
+pub const NET_FLAG_INTERNAL: u32 = 1 << 3;
+
+/// Capacity of [`maps::NETWORKS`].
+pub const MAX_NETWORKS: u32 = 1024;
+
+/// Identifiers of user-defined bridge networks start here, above every
+/// VXLAN network identifier (24 bits), which overlays use as theirs; the
+/// bridge network's is 0.
+pub const BRIDGE_NETWORK_IDS: u32 = 1 << 24;
+
+/// What the programs decide an endpoint's traffic by, for one network:
+/// value of [`maps::NETWORKS`], and [`NetConfig::policy`] for the bridge
+/// network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    /// Network address of its subnet on this host, network byte order.
+    pub subnet_be: u32,
+    /// Its netmask, network byte order.
+    pub mask_be: u32,
+    /// Its gateway's address, network byte order.
+    pub gateway_be: u32,
+    /// [`NET_FLAG_ICC_DISABLED`] and [`NET_FLAG_INTERNAL`], host byte order.
+    pub flags: u32,
+}
+
+impl NetworkPolicy {
+    /// The policy of a network the programs were not told about: no
+    /// address is on its subnet, and nothing is restricted.
+    pub const UNKNOWN: NetworkPolicy = NetworkPolicy {
+        subnet_be: 0,
+        mask_be: u32::MAX,
+        gateway_be: 0,
+        flags: 0,
+    };
+
+    /// Whether `addr_be` is on the network's subnet.
+    #[inline(always)]
+    pub fn contains(&self, addr_be: u32) -> bool {
+        addr_be & self.mask_be == self.subnet_be
+    }
+}
+
 /// The bridge network as the data path sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -248,6 +303,19 @@ pub struct NetConfig {
     /// socket programs are attached to a whole cgroup and act only on
     /// sockets of this namespace.
     pub netns_cookie: u64,
+}
+
+impl NetConfig {
+    /// The bridge network's policy.
+    #[inline(always)]
+    pub fn policy(&self) -> NetworkPolicy {
+        NetworkPolicy {
+            subnet_be: self.subnet_be,
+            mask_be: self.mask_be,
+            gateway_be: self.gateway_be,
+            flags: self.flags & NET_FLAG_ICC_DISABLED,
+        }
+    }
 }
 
 /// Where packets for an endpoint go: value of [`maps::ENDPOINTS`].
@@ -578,6 +646,9 @@ drop_reasons! {
     /// A new flow to a published port from a source its allow-list
     /// (`--publish-from`, `port add --from`) does not name.
     NotAllowed = 15 => "not_allowed",
+    /// A packet from an endpoint of an internal network (`--internal`) to
+    /// an address outside that network's subnet.
+    Internal = 16 => "internal",
 }
 
 // The list is in index order, with no gaps: `ALL[i]` is reason `i`.
@@ -669,6 +740,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OverlayPeer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetworkPolicy {}
 }
 
 // The map types have no implicit padding: their sizes are the sums of
@@ -683,6 +756,7 @@ const _: () = {
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<PortTarget>() == 12);
     assert!(core::mem::size_of::<OverlayPeer>() == 8);
+    assert!(core::mem::size_of::<NetworkPolicy>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 16);
     assert!(core::mem::size_of::<CtEntry>() == 56);
     assert!(core::mem::size_of::<Event>() == 24 + 32 + EVENT_HEADER_BYTES);

@@ -1,20 +1,25 @@
 //! Decisions the kernel programs take, as pure functions over header fields.
 
-use crate::abi::{NET_FLAG_ICC_DISABLED, NetConfig};
+use crate::abi::{NET_FLAG_ICC_DISABLED, NetworkPolicy};
 
-/// Whether an IPv4 packet sent by an endpoint of the bridge may be delivered.
+/// Whether an IPv4 packet sent by an endpoint of network `net` to another
+/// address of it may be delivered.
 ///
 /// With inter-container communication disabled, only traffic whose
 /// destination is another endpoint of the same subnet is refused: the
 /// gateway and everything beyond the bridge stay reachable, as with
 /// Docker's `--icc=false`, and pairs joined with `--link` (`linked`) stay
 /// allowed. Addresses are in network byte order.
-pub fn endpoint_traffic_allowed(cfg: &NetConfig, src_be: u32, dst_be: u32, linked: bool) -> bool {
-    if cfg.flags & NET_FLAG_ICC_DISABLED == 0 || linked {
+pub fn endpoint_traffic_allowed(
+    net: &NetworkPolicy,
+    src_be: u32,
+    dst_be: u32,
+    linked: bool,
+) -> bool {
+    if net.flags & NET_FLAG_ICC_DISABLED == 0 || linked {
         return true;
     }
-    let on_bridge = dst_be & cfg.mask_be == cfg.subnet_be;
-    !on_bridge || dst_be == cfg.gateway_be || dst_be == src_be
+    !net.contains(dst_be) || dst_be == net.gateway_be || dst_be == src_be
 }
 
 #[cfg(test)]
@@ -25,13 +30,12 @@ mod tests {
         u32::from_ne_bytes(a)
     }
 
-    fn cfg(flags: u32) -> NetConfig {
-        NetConfig {
+    fn cfg(flags: u32) -> NetworkPolicy {
+        NetworkPolicy {
             subnet_be: be([172, 17, 0, 0]),
             mask_be: be([255, 255, 0, 0]),
             gateway_be: be([172, 17, 0, 1]),
             flags,
-            ..NetConfig::default()
         }
     }
 

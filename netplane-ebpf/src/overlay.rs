@@ -22,7 +22,10 @@ use aya_ebpf::{
 };
 use netplane_common::abi::MAX_OVERLAY_LEASES;
 use netplane_common::{
-    abi::{DropReason, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, endpoint_mac, proto},
+    abi::{
+        DropReason, NET_FLAG_NETWORKS, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, endpoint_mac,
+        proto,
+    },
     vxlan::{OVERHEAD, Outer, VXLAN_PORT, lease_of, source_port, vni, write_outer_headers},
 };
 
@@ -54,10 +57,10 @@ pub fn peer_of(cfg: &NetConfig, addr_be: u32) -> Option<OverlayPeer> {
 }
 
 /// Whether `addr` is an endpoint on this host in a network other than
-/// `vni`. Only hosts with overlays have more than one network.
+/// `vni`. Hosts with one network skip the lookup.
 #[inline(always)]
 pub fn in_other_network(cfg: &NetConfig, addr_be: u32, vni: u32) -> bool {
-    cfg.flags & NET_FLAG_OVERLAY != 0
+    cfg.flags & NET_FLAG_NETWORKS != 0
         // SAFETY: a map value, read in place.
         && unsafe { ENDPOINTS.get(&addr_be) }.is_some_and(|to| to.vni != vni)
 }

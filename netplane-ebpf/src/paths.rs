@@ -6,6 +6,7 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use netplane_common::abi::MAX_LINKED;
 
 use crate::{
+    config::network,
     conntrack::{create, new_flow, pick_port, track},
     fib::{Addrs, ENDPOINTS, FibFlow, Verdict, forward, route, send},
     icmp::icmp_error,
@@ -16,7 +17,10 @@ use crate::{
 };
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use netplane_common::{
-    abi::{AddrPair, DropReason, HOST_ADDR_GATEWAY, MASQUERADE_SLOT, NetConfig, proto},
+    abi::{
+        AddrPair, DropReason, HOST_ADDR_GATEWAY, MASQUERADE_SLOT, NET_FLAG_INTERNAL, NetConfig,
+        NetworkPolicy, proto,
+    },
     policy::endpoint_traffic_allowed,
 };
 
@@ -44,8 +48,8 @@ pub(crate) fn tracked(
 }
 
 /// A packet an endpoint of network `vni` (0: the bridge network) sent:
-/// overlay, tracked flows, hairpin to published ports, `--icc=false`,
-/// masquerade.
+/// overlay, isolation, tracked flows, hairpin to published ports,
+/// `--icc=false`, `--internal`, masquerade.
 #[inline(never)]
 pub(crate) fn from_endpoint(
     ctx: &TcContext,
@@ -58,15 +62,16 @@ pub(crate) fn from_endpoint(
 
 #[inline(always)]
 pub(crate) fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni: u32) -> Verdict {
-    let on_bridge = ip.daddr & cfg.mask_be == cfg.subnet_be;
+    let net = network(cfg, vni);
+    let on_bridge = net.contains(ip.daddr);
     // To another endpoint of the bridge: switched, not routed.
-    let switched = on_bridge && ip.daddr != cfg.gateway_be;
+    let switched = on_bridge && ip.daddr != net.gateway_be;
     if ip.ttl <= 1 {
         // The stack answers "time exceeded" for what it would route
         // (traceroute's first hop); what the bridge switches passes no
         // router, and `--icc=false` holds for it whatever its TTL.
         return if switched {
-            between_endpoints(cfg, ip)
+            between_endpoints(&net, ip)
         } else {
             Ok(TC_ACT_OK)
         };
@@ -81,11 +86,14 @@ pub(crate) fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni
     if overlay::in_other_network(cfg, ip.daddr, vni) {
         return Err(DropReason::OtherNetwork);
     }
+    if net.flags & NET_FLAG_INTERNAL != 0 && !on_bridge {
+        return Err(DropReason::Internal);
+    }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);
     }
     if switched {
-        return between_endpoints(cfg, ip);
+        return between_endpoints(&net, ip);
     }
     if is_host_addr(ip.daddr) {
         if matches!(ip.proto, proto::TCP | proto::UDP)
@@ -127,17 +135,17 @@ pub(crate) fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni
     under_rule(masquerade(ctx, cfg, ip, &route), MASQUERADE_SLOT)
 }
 
-/// A packet from one endpoint of the bridge to another: `--icc=false`,
+/// A packet from one endpoint of network `net` to another: `--icc=false`,
 /// except `--link`ed pairs.
 #[inline(always)]
-pub(crate) fn between_endpoints(cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+pub(crate) fn between_endpoints(net: &NetworkPolicy, ip: &Ipv4) -> Verdict {
     let pair = AddrPair {
         src_be: ip.saddr,
         dst_be: ip.daddr,
     };
     // SAFETY: only presence is read.
     let linked = unsafe { LINKED.get(&pair).is_some() };
-    if endpoint_traffic_allowed(cfg, ip.saddr, ip.daddr, linked) {
+    if endpoint_traffic_allowed(net, ip.saddr, ip.daddr, linked) {
         Ok(TC_ACT_OK)
     } else {
         Err(DropReason::IccDenied)

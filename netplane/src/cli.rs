@@ -24,10 +24,11 @@ use crate::{
     kernel::exec,
     logic::conntrack::Timeouts,
     logic::monitor::{self, MonitorFilter, MonitorRecord},
+    logic::network,
     types::{
         CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowFilter,
         FlowInfo, FlowTuple, Flushed, HostBinding, NatTable, NetworkInfo, PortInfo, PortRequest,
-        RemoveQuery, Removed, Stats,
+        Pruned, RemoveQuery, Removed, Stats,
     },
 };
 
@@ -221,27 +222,60 @@ enum NatCommand {
 
 #[derive(Debug, Subcommand)]
 enum NetworkCommand {
-    /// Create an overlay network, the same on every host that creates it.
+    /// Create a network: a bridge of this host (the default), or an
+    /// overlay, the same on every host that creates it.
     Create {
-        /// Only `overlay`: VXLAN between the hosts of the cluster.
-        #[arg(long, default_value = "overlay")]
+        /// `bridge`: a Linux bridge of its own, NATed out of the uplink;
+        /// `overlay`: VXLAN between the hosts of the cluster.
+        #[arg(long, short = 'd', default_value = "bridge")]
         driver: String,
-        /// The whole overlay subnet; each host takes a /24 of it.
+        /// Subnet (a bridge's default: the first free of Docker's pools);
+        /// of an overlay, the whole subnet, a /24 of it per host.
         #[arg(long)]
-        subnet: Ipv4Net,
-        /// VXLAN network identifier (default: derived from the name).
+        subnet: Option<Ipv4Net>,
+        /// The bridge's address (default: the subnet's first).
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// Lease endpoints' addresses from this part of the subnet.
+        #[arg(long)]
+        ip_range: Option<Ipv4Net>,
+        /// No masquerade and no published ports: endpoints reach only
+        /// the network.
+        #[arg(long)]
+        internal: bool,
+        /// Whether endpoints may talk to each other.
+        #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        icc: bool,
+        /// MTU of the endpoints' interfaces.
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Driver option KEY=VALUE.
+        #[arg(long = "opt", short = 'o', value_parser = network::parse_key_value)]
+        options: Vec<(String, String)>,
+        /// Label KEY=VALUE.
+        #[arg(long = "label", value_parser = network::parse_key_value)]
+        labels: Vec<(String, String)>,
+        /// VXLAN network identifier of an overlay (default: derived from
+        /// the name).
         #[arg(long)]
         vni: Option<u32>,
         /// Network name.
         name: String,
     },
-    /// Remove an overlay network without endpoints.
+    /// Remove networks without endpoints.
     Rm {
-        /// Network name.
-        name: String,
+        /// Network names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
+    /// Remove every network of this host without endpoints.
+    Prune,
     /// List networks.
-    Ls,
+    Ls {
+        /// Print only the names.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Show a network as JSON.
     Inspect {
         /// Network name.
@@ -601,14 +635,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Network(NetworkCommand::Ls) => {
+        Command::Network(NetworkCommand::Ls { quiet }) => {
             let nets: Vec<NetworkInfo> = rt.block_on(client.get("/v1/networks"))?;
-            println!("{:<12} {:<8} {:<18} ENDPOINTS", "NAME", "DRIVER", "SUBNET");
+            if quiet {
+                nets.iter().for_each(|n| println!("{}", n.name));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<16} {:<12} {:<8} {:<6} {:<18} ENDPOINTS",
+                "NAME", "NETWORK ID", "DRIVER", "SCOPE", "SUBNET"
+            );
             for n in nets {
                 println!(
-                    "{:<12} {:<8} {:<18} {}",
+                    "{:<16} {:<12} {:<8} {:<6} {:<18} {}",
                     n.name,
+                    &n.id[..12.min(n.id.len())],
                     n.driver,
+                    n.scope,
                     n.subnet.unwrap_or_default(),
                     n.endpoints.len()
                 );
@@ -618,6 +661,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Network(NetworkCommand::Create {
             driver,
             subnet,
+            gateway,
+            ip_range,
+            internal,
+            icc,
+            mtu,
+            options,
+            labels,
             vni,
             name,
         }) => {
@@ -628,13 +678,41 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     driver,
                     subnet,
                     vni,
+                    gateway,
+                    ip_range,
+                    internal,
+                    icc,
+                    mtu,
+                    options: options.into_iter().collect(),
+                    labels: labels.into_iter().collect(),
                 },
             ))?;
-            println!("{}", serde_json::to_string_pretty(&net)?);
+            println!("{}", net.id);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Network(NetworkCommand::Rm { name }) => {
-            rt.block_on(client.act(Method::DELETE, &format!("/v1/networks/{name}")))?;
+        Command::Network(NetworkCommand::Rm { names }) => {
+            let mut failed = false;
+            for name in names {
+                match rt.block_on(client.act(Method::DELETE, &format!("/v1/networks/{name}"))) {
+                    Ok(()) => println!("{name}"),
+                    Err(e) => {
+                        eprintln!("netplane: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Network(NetworkCommand::Prune) => {
+            let pruned: Pruned = rt.block_on(client.post("/v1/networks/prune", &()))?;
+            if !pruned.networks_deleted.is_empty() {
+                println!("Deleted Networks:");
+                pruned.networks_deleted.iter().for_each(|n| println!("{n}"));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Network(NetworkCommand::Inspect { name }) => {

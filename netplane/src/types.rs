@@ -135,7 +135,7 @@ pub struct EndpointInfo {
 }
 
 /// `GET /v1/networks/NAME`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct NetworkInfo {
     /// Network name.
@@ -161,6 +161,61 @@ pub struct NetworkInfo {
     /// Every host of the overlay with its lease, this one included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerInfo>,
+    /// Identifier: 64 hex digits, as Docker's.
+    #[serde(default)]
+    pub id: String,
+    /// `local` (this host's) or `global` (an overlay of the cluster).
+    #[serde(default)]
+    pub scope: String,
+    /// When it was created (RFC 3339), for networks a user created here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// No masquerade and no published ports.
+    #[serde(default)]
+    pub internal: bool,
+    /// Addresses, as Docker's `IPAM`.
+    #[serde(rename = "IPAM", default)]
+    pub ipam: Ipam,
+    /// `-o` options.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// `--label`s.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The endpoints attached, by name, with their address here.
+    #[serde(default)]
+    pub containers: BTreeMap<String, NetworkMember>,
+}
+
+/// A network's addresses, as Docker's `IPAM`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ipam {
+    /// Always `default`.
+    pub driver: String,
+    /// One entry per subnet.
+    pub config: Vec<IpamConfig>,
+}
+
+/// One subnet of a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfig {
+    pub subnet: String,
+    pub gateway: String,
+    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+}
+
+/// An endpoint in `network inspect`'s `Containers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkMember {
+    pub name: String,
+    /// Its address on the network, with the subnet's prefix length.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    pub mac_address: String,
 }
 
 /// A host of an overlay network.
@@ -176,17 +231,77 @@ pub struct PeerInfo {
     pub state: String,
 }
 
-/// `POST /v1/networks`: a new overlay network.
+/// `POST /v1/networks`: a new network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateNetwork {
     /// Name.
     pub name: String,
-    /// Only `overlay`.
+    /// `bridge` (the default) or `overlay`.
+    #[serde(default = "bridge_driver")]
     pub driver: String,
-    /// The whole subnet, cut into a /24 per host.
-    pub subnet: Ipv4Net,
-    /// VXLAN network identifier; derived from the name when absent.
+    /// The subnet; for overlays (where it is required) the whole subnet,
+    /// cut into a /24 per host. Picked from the default pools for a
+    /// bridge when absent.
+    pub subnet: Option<Ipv4Net>,
+    /// VXLAN network identifier of an overlay; derived from the name when
+    /// absent.
     pub vni: Option<u32>,
+    /// The bridge's address; the subnet's first host address when absent.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Where endpoints' addresses are leased from.
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+    /// No masquerade and no published ports.
+    #[serde(default)]
+    pub internal: bool,
+    /// Whether endpoints may talk to each other.
+    #[serde(default = "yes")]
+    pub icc: bool,
+    /// MTU of the endpoints' interfaces.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Driver options (`-o KEY=VALUE`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// `--label KEY=VALUE`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl CreateNetwork {
+    /// A request for network `name` of `driver` with every setting left
+    /// to its default.
+    pub fn new(name: &str, driver: &str) -> Self {
+        CreateNetwork {
+            name: name.into(),
+            driver: driver.into(),
+            subnet: None,
+            vni: None,
+            gateway: None,
+            ip_range: None,
+            internal: false,
+            icc: true,
+            mtu: None,
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+fn bridge_driver() -> String {
+    "bridge".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/networks/prune`'s answer: the networks removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Pruned {
+    pub networks_deleted: Vec<String>,
 }
 
 /// `GET /v1/info`: the daemon itself.

@@ -70,9 +70,7 @@ async fn with<T>(
     state: &Shared,
     f: impl AsyncFnOnce(&mut Daemon) -> Result<T, Error>,
 ) -> ApiResult<T> {
-    let mut guard = state.daemon.lock().await;
-    let daemon = guard.as_mut().ok_or_else(gone)?;
-    Ok(f(daemon).await?)
+    Ok(state.with_daemon(f).await.ok_or_else(gone)??)
 }
 
 /// Runs `f`, which reads the kernel's tables without the daemon, on a
@@ -227,6 +225,12 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 ),
         )
         .route(
+            "/v1/networks/prune",
+            post(async |State(s): State<Shared>| {
+                with(&s, async |d| d.prune_networks().await.map(Json)).await
+            }),
+        )
+        .route(
             "/v1/networks/{name}",
             get(async |State(s): State<Shared>, Path(n): Path<String>| {
                 with(&s, async |d| d.network(&n).map(Json)).await
@@ -257,7 +261,10 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             post(
                 async move |State(s): State<Shared>| -> ApiResult<StatusCode> {
                     let daemon = s.daemon.lock().await.take().ok_or_else(gone)?;
-                    let result = daemon.down().await;
+                    // Blocking work, as every use case of the daemon.
+                    let result = tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(daemon.down())
+                    });
                     let _ = stop_tx.send(true);
                     result?;
                     Ok(StatusCode::NO_CONTENT)

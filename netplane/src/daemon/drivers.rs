@@ -16,6 +16,8 @@ use crate::{
     },
     logic::{
         endpoint::{BridgeNet, mac_for},
+        ipam::Pool,
+        network::LocalNetwork,
         overlay::OverlayNetwork,
     },
 };
@@ -31,12 +33,21 @@ pub trait NetworkDriver: Send + Sync {
     /// Where endpoints of the network attach on this host.
     fn attachment(&self) -> &BridgeNet;
 
+    /// Where endpoints' addresses are leased from.
+    fn pool(&self) -> Pool {
+        let net = self.attachment();
+        Pool::with(net.subnet, net.gateway, None)
+    }
+
     /// Makes the network on this host, or takes up what an earlier run
     /// left; returns its bridge.
     fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link>;
 
-    /// Removes what [`NetworkDriver::setup`] made.
-    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()>;
+    /// Removes what [`NetworkDriver::setup`] made: the bridge, and with it
+    /// its address and routes.
+    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()> {
+        Box::pin(async move { Ok(rtnl.delete_link(&self.attachment().bridge).await?) })
+    }
 }
 
 /// The default bridge network: a Linux bridge with the gateway's address,
@@ -57,6 +68,25 @@ pub struct Overlay {
     pub network: OverlayNetwork,
     /// Its bridge on this host.
     pub on_host: BridgeNet,
+}
+
+/// A network a user created on this host: a Linux bridge of its own,
+/// with its gateway, masqueraded out of the uplink unless internal.
+#[derive(Clone, Debug)]
+pub struct LocalBridge {
+    /// The network as recorded.
+    pub network: LocalNetwork,
+    /// Its bridge.
+    pub on_host: BridgeNet,
+}
+
+/// Creates the bridge of `net` unless an earlier run left it, and
+/// addresses it.
+async fn ensure_bridge(rtnl: &Rtnl, net: &BridgeNet) -> Result<Link> {
+    if rtnl.link(&net.bridge).await?.is_none() {
+        rtnl.create_bridge(&net.bridge).await?;
+    }
+    address_bridge(rtnl, net).await
 }
 
 /// Gives the bridge of `net` its gateway address and a MAC of its own,
@@ -93,10 +123,6 @@ impl NetworkDriver for Bridge {
     fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link> {
         Box::pin(address_bridge(rtnl, &self.net))
     }
-
-    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()> {
-        Box::pin(async move { Ok(rtnl.delete_link(&self.net.bridge).await?) })
-    }
 }
 
 impl NetworkDriver for Overlay {
@@ -111,10 +137,7 @@ impl NetworkDriver for Overlay {
     fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link> {
         Box::pin(async move {
             let on_host = &self.on_host;
-            if rtnl.link(&on_host.bridge).await?.is_none() {
-                rtnl.create_bridge(&on_host.bridge).await?;
-            }
-            let bridge = address_bridge(rtnl, on_host).await?;
+            let bridge = ensure_bridge(rtnl, on_host).await?;
             // The data path hands a DF packet too big to encapsulate to the
             // stack, which answers "fragmentation needed" along this
             // route's MTU: endpoints created before the uplink's MTU shrank
@@ -125,9 +148,23 @@ impl NetworkDriver for Overlay {
             Ok(bridge)
         })
     }
+}
 
-    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()> {
-        // The route goes with the bridge.
-        Box::pin(async move { Ok(rtnl.delete_link(&self.on_host.bridge).await?) })
+impl NetworkDriver for LocalBridge {
+    fn kind(&self) -> &'static str {
+        self.network.spec.driver.name()
+    }
+
+    fn attachment(&self) -> &BridgeNet {
+        &self.on_host
+    }
+
+    fn pool(&self) -> Pool {
+        let spec = &self.network.spec;
+        Pool::with(spec.subnet, spec.gateway, spec.ip_range)
+    }
+
+    fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link> {
+        Box::pin(ensure_bridge(rtnl, &self.on_host))
     }
 }

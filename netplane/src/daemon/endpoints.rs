@@ -153,11 +153,8 @@ impl Daemon {
                 mode: mode.to_string(),
             });
         }
-        if mode != Mode::Bridge && !specs.is_empty() {
-            return Err(Error::NotApplicable {
-                flag: "-p",
-                mode: mode.to_string(),
-            });
+        if !specs.is_empty() {
+            self.check_publishing(&req.name, &mode)?;
         }
         let records = self.store.endpoints()?;
         let ready = |name: &str| {
@@ -198,8 +195,8 @@ impl Daemon {
         }
         let options = self.endpoint_options(&req, &mode, &records)?;
         let ports = Self::resolve_ports(&self.rtnl, &specs, &records, &from).await?;
-        // The bridge's, or the overlay's (which must exist) on this host.
-        let pool = Pool::new(self.bridge_net_of(&mode)?.subnet)?;
+        // The network's (which must exist) on this host.
+        let pool = self.driver_of(&mode)?.pool();
         let ep = self.store.insert_endpoint(
             NewEndpoint {
                 name: &req.name,
@@ -258,12 +255,16 @@ impl Daemon {
             return not_for("--add-host");
         }
         endpoint::check_search_domains(&req.dns_search)?;
+        let local = match mode {
+            Mode::Network(name) => self.store.local_network(name)?.is_some(),
+            _ => false,
+        };
         let mac = match &req.mac_address {
             // Overlay peers derive an endpoint's MAC from its address.
-            Some(_) if *mode != Mode::Bridge => return not_for("--mac-address"),
+            Some(_) if *mode != Mode::Bridge && !local => return not_for("--mac-address"),
             Some(mac) => {
                 let mac = endpoint::parse_mac(mac)?;
-                endpoint::check_mac_free(mac, self.net.subnet.trunc())?;
+                endpoint::check_mac_free(mac, self.bridge_net_of(mode)?.subnet.trunc())?;
                 Some(mac)
             }
             None => None,
@@ -276,6 +277,8 @@ impl Daemon {
                 other: other.ep.name.clone(),
             });
         }
+        // `host-gateway` is the gateway of the endpoint's network.
+        let gateway = self.bridge_net_of(mode)?.gateway;
         Ok(EndpointOptions {
             mac,
             dns: req.dns.clone(),
@@ -283,7 +286,7 @@ impl Daemon {
             extra_hosts: req
                 .add_hosts
                 .iter()
-                .map(|h| endpoint::parse_extra_host(h, self.net.gateway))
+                .map(|h| endpoint::parse_extra_host(h, gateway))
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -6,8 +6,8 @@ use std::{io, net::Ipv4Addr, path::PathBuf};
 use crate::{
     kernel,
     logic::{
-        self, endpoint::OptionError, ipam::LeaseError, ipam::SubnetError, overlay::OverlayError,
-        portspec::PortSpecError,
+        self, endpoint::OptionError, ipam::LeaseError, ipam::SubnetError, network::NetworkError,
+        overlay::OverlayError, portspec::PortSpecError,
     },
 };
 
@@ -61,17 +61,36 @@ pub enum Error {
     /// A new network may not take the name of a built-in attachment.
     #[error("network name {0:?} is reserved for a built-in network")]
     NetworkNameReserved(String),
-    /// An overlay network still has endpoints.
-    #[error("network {network} still has endpoint {endpoint}")]
+    /// A network still has endpoints.
+    #[error("network {network} is in use by {endpoint}: remove or disconnect them first")]
     NetworkInUse {
         /// The network.
         network: String,
-        /// One of its endpoints.
+        /// Its endpoints, comma-separated.
         endpoint: String,
     },
-    /// Only overlay networks can be created.
-    #[error("network driver {0:?} is not supported: only overlay networks can be created")]
+    /// A network of that name exists.
+    #[error("network {0} already exists")]
+    NetworkNameTaken(String),
+    /// No such network driver.
+    #[error("network driver {0:?} is not supported: use bridge or overlay")]
     UnsupportedDriver(String),
+    /// An overlay needs its whole subnet given.
+    #[error("an overlay network needs --subnet, the whole subnet its hosts share")]
+    OverlayNeedsSubnet,
+    /// A flag that only local networks take, given for an overlay.
+    #[error("{0} does not apply to overlay networks")]
+    NotForOverlays(&'static str),
+    /// Publishing to an endpoint whose networks are all internal.
+    #[error(
+        "endpoint {endpoint}: network {network} is internal, its endpoints cannot publish ports"
+    )]
+    InternalNoPorts {
+        /// The endpoint.
+        endpoint: String,
+        /// Its network.
+        network: String,
+    },
     /// Overlays need the uplink's address as this host's VTEP.
     #[error("overlay networks need an uplink with an IPv4 address, the host's VTEP")]
     NoVtep,
@@ -150,6 +169,10 @@ impl Error {
         matches!(
             self,
             Error::NotApplicable { .. }
+                | Error::UnsupportedDriver(_)
+                | Error::OverlayNeedsSubnet
+                | Error::NotForOverlays(_)
+                | Error::InternalNoPorts { .. }
                 | Error::NoNamespace(_)
                 | Error::HostIpNotLocal(_)
                 | Error::HostnameOfHost
@@ -170,6 +193,7 @@ impl Error {
             self,
             Error::EndpointExists(_)
                 | Error::NetworkExists { .. }
+                | Error::NetworkNameTaken(_)
                 | Error::NetworkNameReserved(_)
                 | Error::NetworkInUse { .. }
                 | Error::HasDependents { .. }
@@ -206,7 +230,8 @@ through_logic!(
     LeaseError,
     SubnetError,
     OptionError,
-    OverlayError
+    OverlayError,
+    NetworkError
 );
 
 /// Result with [`Error`].

@@ -177,6 +177,7 @@ impl Daemon {
         }
         self.sync_host_addrs().await?;
         self.restore_overlays().await?;
+        self.restore_local_networks().await?;
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
         self.store
             .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
@@ -260,6 +261,7 @@ impl Daemon {
                 gateways.push(driver.on_host.gateway);
             }
         }
+        gateways.extend(self.store.local_networks()?.iter().map(|n| n.spec.gateway));
         Ok(self.dp().set_host_addrs(&addrs, &gateways)?)
     }
 
@@ -403,6 +405,9 @@ impl Daemon {
                 // Without a lease here, it was never set up here.
                 Err(e) => warn!("down: network {}: {e}", net.name),
             }
+        }
+        for net in self.store.local_networks()? {
+            note(self.local_driver(&net).teardown(&self.rtnl).await);
         }
         note(self.bridge_driver().teardown(&self.rtnl).await);
         if let Some(before) = self.store.meta(meta::IP_FORWARD_BEFORE)? {

@@ -8,6 +8,7 @@ pub mod drivers;
 mod endpoints;
 pub mod error;
 mod lifecycle;
+mod local_networks;
 pub mod metrics;
 mod networks;
 mod publishing;
@@ -177,6 +178,20 @@ pub struct Handles {
     /// The daemon; `None` once it went down.
     pub daemon: tokio::sync::Mutex<Option<Daemon>>,
     pub readers: counters::Readers,
+}
+
+impl Handles {
+    /// Runs `f` on the daemon, `None` once it went down. Its use cases mix
+    /// netlink round trips with SQLite, bpf(2) and namespace threads: they
+    /// run on a thread handed over to blocking work, and the async workers
+    /// keep serving scrapes, `ct ls`, DNS and the monitor meanwhile.
+    pub async fn with_daemon<T>(&self, f: impl AsyncFnOnce(&mut Daemon) -> T) -> Option<T> {
+        let mut guard = self.daemon.lock().await;
+        let daemon = guard.as_mut()?;
+        Some(tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(f(daemon))
+        }))
+    }
 }
 
 /// [`Handles`], shared.

@@ -3,8 +3,9 @@
 
 use super::{
     drivers::{self, NetworkDriver},
-    *,
+    local_networks, *,
 };
+use crate::logic::network::LocalDriver;
 
 impl Daemon {
     /// Serves `network`'s endpoints DNS on its gateway (`subnet`'s
@@ -18,61 +19,66 @@ impl Daemon {
         }
     }
 
-    /// `GET /v1/networks`.
+    /// `GET /v1/networks`: the built-in ones, then local networks, then
+    /// overlays.
     pub fn networks(&self) -> Result<Vec<NetworkInfo>> {
         let records = self.store.endpoints()?;
-        let members = |pred: &dyn Fn(&Mode) -> bool| -> Vec<String> {
-            records
-                .iter()
-                .filter(|r| pred(&r.ep.mode))
-                .map(|r| r.ep.name.clone())
-                .collect()
+        let members = |mode: &Mode| -> Vec<&StoredEndpoint> {
+            records.iter().filter(|r| r.ep.mode == *mode).collect()
         };
-        let simple = |name: &str, driver: &str, endpoints| NetworkInfo {
-            name: name.into(),
-            driver: driver.into(),
-            bridge: None,
-            subnet: None,
-            gateway: None,
-            icc: None,
-            endpoints,
-            vni: None,
-            lease: None,
-            peers: Vec::new(),
+        let names = |members: &[&StoredEndpoint]| -> Vec<String> {
+            members.iter().map(|r| r.ep.name.clone()).collect()
         };
-        Ok(vec![
+        let builtin = |name: &str, driver: &str, mode: Mode| -> Result<NetworkInfo> {
+            Ok(NetworkInfo {
+                name: name.into(),
+                id: self.store.builtin_uid(name)?,
+                driver: driver.into(),
+                scope: "local".into(),
+                endpoints: names(&members(&mode)),
+                ..NetworkInfo::default()
+            })
+        };
+        let on_bridge = members(&Mode::Bridge);
+        let mut all = vec![
             NetworkInfo {
-                name: endpoint::BRIDGE_NETWORK.into(),
-                driver: "bridge".into(),
                 bridge: Some(self.net.bridge.clone()),
                 subnet: Some(self.net.subnet.trunc().to_string()),
                 gateway: Some(self.net.gateway.to_string()),
                 icc: Some(self.cfg.icc),
-                endpoints: members(&|m| *m == Mode::Bridge),
-                vni: None,
-                lease: None,
-                peers: Vec::new(),
+                ipam: local_networks::ipam_of(self.net.subnet, self.net.gateway, None),
+                containers: local_networks::containers(&on_bridge, self.net.subnet.prefix_len()),
+                ..builtin(endpoint::BRIDGE_NETWORK, "bridge", Mode::Bridge)?
             },
-            simple("host", "host", members(&|m| *m == Mode::Host)),
-            simple("none", "null", members(&|m| *m == Mode::None)),
-        ]
-        .into_iter()
-        .chain(self.store.networks()?.iter().filter_map(|net| {
-            let on_host = self.overlay_driver(net).ok()?.on_host;
-            let leases = self.leases(net).ok()?;
-            let state = match (&self.cfg.store, &self.session) {
-                (None, _) => "static",
-                (Some(_), Some(_)) => "registered",
-                (Some(_), None) => "last known",
+            builtin("host", "host", Mode::Host)?,
+            builtin("none", "null", Mode::None)?,
+        ];
+        for net in self.store.local_networks()? {
+            all.push(self.local_network_info(&net, &records));
+        }
+        let state = match (&self.cfg.store, &self.session) {
+            (None, _) => "static",
+            (Some(_), Some(_)) => "registered",
+            (Some(_), None) => "last known",
+        };
+        for net in self.store.networks()? {
+            let (Ok(driver), Ok(leases)) = (self.overlay_driver(&net), self.leases(&net)) else {
+                continue;
             };
-            Some(NetworkInfo {
+            let on_host = driver.on_host;
+            let here = members(&Mode::Network(net.name.clone()));
+            all.push(NetworkInfo {
                 name: net.name.clone(),
+                // The same on every host.
+                id: format!("{:064x}", net.vni),
                 driver: "overlay".into(),
+                scope: "global".into(),
                 bridge: Some(on_host.bridge),
                 subnet: Some(net.subnet.to_string()),
                 gateway: Some(on_host.gateway.to_string()),
-                icc: None,
-                endpoints: members(&|m| *m == Mode::Network(net.name.clone())),
+                ipam: local_networks::ipam_of(net.subnet, on_host.gateway, None),
+                endpoints: names(&here),
+                containers: local_networks::containers(&here, on_host.subnet.prefix_len()),
                 vni: Some(net.vni),
                 lease: Some(on_host.subnet.trunc().to_string()),
                 peers: leases
@@ -83,9 +89,10 @@ impl Daemon {
                         state: state.into(),
                     })
                     .collect(),
-            })
-        }))
-        .collect())
+                ..NetworkInfo::default()
+            });
+        }
+        Ok(all)
     }
 
     /// This host's VTEP: the uplink's address.
@@ -153,7 +160,10 @@ impl Daemon {
     /// The driver of the network an endpoint attached in `mode` joins.
     pub(super) fn driver_of(&self, mode: &Mode) -> Result<Box<dyn NetworkDriver>> {
         Ok(match mode {
-            Mode::Network(name) => Box::new(self.overlay_driver(&self.store.network(name)?)?),
+            Mode::Network(name) => match self.store.local_network(name)? {
+                Some(net) => Box::new(self.local_driver(&net)),
+                None => Box::new(self.overlay_driver(&self.store.network(name)?)?),
+            },
             _ => Box::new(self.bridge_driver()),
         })
     }
@@ -163,24 +173,57 @@ impl Daemon {
         Ok(self.driver_of(mode)?.attachment().clone())
     }
 
-    /// Creates an overlay network: recorded, its bridge up, the routes to
-    /// the other hosts' leases in the data path.
+    /// Creates a network of `req.driver`.
     pub async fn create_network(&mut self, req: CreateNetwork) -> Result<NetworkInfo> {
         endpoint::validate_name(&req.name)?;
-        if req.driver != "overlay" {
-            return Err(Error::UnsupportedDriver(req.driver));
-        }
-        // `bridge`, `host`, `none` and `container:` name attachments.
-        if req.name.parse::<Mode>()? != Mode::Network(req.name.clone()) {
+        // `bridge`, `host`, `none` and `container:` name attachments, in
+        // any case: names differing only in case would be told apart by
+        // nobody reading them.
+        let builtin = ["bridge", "host", "none"]
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(&req.name));
+        if builtin || req.name.parse::<Mode>()? != Mode::Network(req.name.clone()) {
             return Err(Error::NetworkNameReserved(req.name));
         }
+        if self.store.local_network(&req.name)?.is_some() {
+            return Err(Error::NetworkNameTaken(req.name));
+        }
+        match req.driver.as_str() {
+            "bridge" => {
+                if let Some(other) = self.overlay_named(&req.name) {
+                    return Err(Error::NetworkNameTaken(other));
+                }
+                self.create_local_network(req, LocalDriver::Bridge).await
+            }
+            "overlay" => self.create_overlay(req).await,
+            _ => Err(Error::UnsupportedDriver(req.driver)),
+        }
+    }
+
+    /// Creates an overlay network: recorded, its bridge up, the routes to
+    /// the other hosts' leases in the data path.
+    async fn create_overlay(&mut self, req: CreateNetwork) -> Result<NetworkInfo> {
+        for (given, flag) in [
+            (req.gateway.is_some(), "--gateway"),
+            (req.ip_range.is_some(), "--ip-range"),
+            (req.internal, "--internal"),
+            (!req.icc, "--icc=false"),
+            (req.mtu.is_some(), "--mtu"),
+            (!req.options.is_empty(), "-o"),
+            (!req.labels.is_empty(), "--label"),
+        ] {
+            if given {
+                return Err(Error::NotForOverlays(flag));
+            }
+        }
+        let subnet = req.subnet.ok_or(Error::OverlayNeedsSubnet)?;
         let net = OverlayNetwork {
             vni: match req.vni {
                 Some(vni) => overlay::check_vni(vni)?,
                 None => overlay::default_vni(&req.name),
             },
             name: req.name,
-            subnet: req.subnet.trunc(),
+            subnet: subnet.trunc(),
         };
         if let Some(other) = self.overlay_named(&net.name) {
             return Err(Error::NetworkExists {
@@ -229,10 +272,13 @@ impl Daemon {
         here.chain(cluster).find(|n| n.eq_ignore_ascii_case(name))
     }
 
-    /// The subnets of the bridge network and of every overlay but `net`.
+    /// The subnets of the bridge network, of local networks and of every
+    /// overlay but `net`.
     pub(super) fn subnets_besides(&self, net: &OverlayNetwork) -> Result<Vec<Ipv4Net>> {
         let overlays = self.store.networks()?;
+        let locals = self.store.local_networks()?;
         Ok(std::iter::once(self.net.subnet.trunc())
+            .chain(locals.iter().map(|l| l.spec.subnet))
             .chain(
                 overlays
                     .iter()
@@ -241,6 +287,16 @@ impl Daemon {
                     .map(|other| other.subnet),
             )
             .collect())
+    }
+
+    /// The subnets of every network, here and in the cluster.
+    pub(super) fn subnets_of_networks(&self) -> Result<Vec<Ipv4Net>> {
+        let nothing = OverlayNetwork {
+            name: String::new(),
+            subnet: self.net.subnet,
+            vni: 0,
+        };
+        self.subnets_besides(&nothing)
     }
 
     /// Refuses an overlay whose subnet overlaps a route or an address of
@@ -256,16 +312,21 @@ impl Daemon {
         Ok(ipam::check_subnet(net.subnet, &networks)?)
     }
 
-    /// Removes an overlay network that has no endpoints.
+    /// Removes a network that has no endpoints.
     pub async fn remove_network(&mut self, name: &str) -> Result<()> {
-        let net = self.store.network(name)?;
-        let mode = Mode::Network(name.to_string());
-        if let Some(rec) = self.store.endpoints()?.iter().find(|r| r.ep.mode == mode) {
+        let local = self.store.local_network(name)?;
+        let name = local.as_ref().map_or(name, |l| l.name.as_str());
+        let members = self.members_of(name)?;
+        if !members.is_empty() {
             return Err(Error::NetworkInUse {
                 network: name.to_string(),
-                endpoint: rec.ep.name.clone(),
+                endpoint: members.join(", "),
             });
         }
+        if let Some(local) = &local {
+            return self.remove_local_network(local).await;
+        }
+        let net = self.store.network(name)?;
         if self.cfg.store.is_some() {
             // Every host, this one included, drops it on seeing it go.
             self.connected()?.delete_network(&net).await?;
@@ -428,20 +489,14 @@ impl Daemon {
             }
             self.dp().set_overlay_routes(&routes)?;
         }
-        self.net_config.flags = if networks.is_empty() {
-            self.net_config.flags & !NET_FLAG_OVERLAY
-        } else {
-            self.net_config.flags | NET_FLAG_OVERLAY
-        };
-        let cfg = self.net_config;
-        Ok(self.dp().set_config(cfg)?)
+        self.sync_network_policies()
     }
 
     /// One network, as `network inspect` shows it.
     pub fn network(&self, name: &str) -> Result<NetworkInfo> {
         self.networks()?
             .into_iter()
-            .find(|n| n.name == name)
+            .find(|n| n.name == name || (n.scope == "local" && n.name.eq_ignore_ascii_case(name)))
             .ok_or_else(|| Error::NetworkNotFound(name.to_string()))
     }
 }

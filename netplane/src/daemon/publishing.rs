@@ -28,7 +28,7 @@ impl Daemon {
         ep: &endpoint::Endpoint,
         ports: &[PublishedPort],
     ) -> Result<()> {
-        let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
+        let Some(ip) = ep.ip else {
             return Ok(());
         };
         let dp = self.dp();
@@ -48,7 +48,7 @@ impl Daemon {
         ports: &[PublishedPort],
     ) -> Result<()> {
         self.reserved.release(ports);
-        let Some(ip) = ep.ip.filter(|_| ep.mode == Mode::Bridge) else {
+        let Some(ip) = ep.ip else {
             return Ok(());
         };
         let dp = self.dp();
@@ -97,15 +97,16 @@ impl Daemon {
         Ok(ports)
     }
 
-    /// The ready bridge endpoint `name`, which ports can be published to.
+    /// The ready endpoint `name`, if ports can be published to it.
     pub(super) fn publishable(&self, name: &str) -> Result<StoredEndpoint> {
         let rec = self.store.endpoint(name)?;
-        if rec.ep.mode != Mode::Bridge || rec.state != State::Ready {
+        if rec.state != State::Ready {
             return Err(Error::NotApplicable {
                 flag: "-p",
                 mode: rec.ep.mode.to_string(),
             });
         }
+        self.check_publishing(name, &rec.ep.mode)?;
         Ok(rec)
     }
 

@@ -11,6 +11,7 @@ use crate::{
     daemon::error::{Error, Result},
     logic::endpoint::{Endpoint, EndpointOptions, Mode},
     logic::ipam::Pool,
+    logic::network::{LocalNetwork, LocalSpec},
     logic::overlay::OverlayNetwork,
     logic::portspec::PublishedPort,
 };
@@ -34,7 +35,19 @@ CREATE TABLE IF NOT EXISTS networks (
     vni INTEGER NOT NULL UNIQUE,
     lease TEXT
 );
+CREATE TABLE IF NOT EXISTS local_networks (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    id INTEGER NOT NULL UNIQUE,
+    uid TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created TEXT NOT NULL
+);
 ";
+
+/// The networks every host has, whose ids are kept in `meta`.
+const BUILTIN_NETWORKS: [&str; 3] = ["bridge", "host", "none"];
+/// Prefix of their `meta` keys.
+const BUILTIN_UID: &str = "network_uid:";
 
 /// SQL for a new endpoint id: 64 random hex digits, as Docker's.
 const NEW_UID: &str = "lower(hex(randomblob(32)))";
@@ -162,7 +175,20 @@ impl Store {
             &format!("UPDATE endpoints SET created = {NOW} WHERE created IS NULL"),
             [],
         )?;
+        for builtin in BUILTIN_NETWORKS {
+            conn.execute(
+                &format!("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, {NEW_UID})"),
+                [format!("{BUILTIN_UID}{builtin}")],
+            )?;
+        }
         Ok(Store { conn })
+    }
+
+    /// The id of built-in network `name` (`bridge`, `host`, `none`).
+    pub fn builtin_uid(&self, name: &str) -> Result<String> {
+        Ok(self
+            .meta(&format!("{BUILTIN_UID}{name}"))?
+            .unwrap_or_default())
     }
 
     /// A daemon setting recorded by an earlier run.
@@ -223,6 +249,82 @@ impl Store {
             Ok(OverlayNetwork { name, subnet, vni })
         })
         .collect()
+    }
+
+    /// Records a local network under the lowest free data path
+    /// identifier from `first_id`, with a new Docker-style id.
+    pub fn insert_local_network(
+        &mut self,
+        name: &str,
+        spec: &LocalSpec,
+        first_id: u32,
+    ) -> Result<LocalNetwork> {
+        let spec_json = serde_json::to_string(spec)
+            .map_err(|e| Error::Corrupt(format!("network {name}: {e}")))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id: u32 = tx.query_row(
+            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM local_networks WHERE id = ?1) THEN ?1
+             ELSE (SELECT MIN(id + 1) FROM local_networks
+                   WHERE id + 1 NOT IN (SELECT id FROM local_networks)) END",
+            [first_id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            &format!(
+                "INSERT INTO local_networks (name, id, uid, spec, created)
+                 VALUES (?1, ?2, {NEW_UID}, ?3, {NOW})"
+            ),
+            params![name, id, spec_json],
+        )?;
+        tx.commit()?;
+        self.local_network(name)?
+            .ok_or_else(|| Error::NetworkNotFound(name.to_string()))
+    }
+
+    /// Every local network, in order of creation.
+    pub fn local_networks(&self) -> Result<Vec<LocalNetwork>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, id, uid, spec, created FROM local_networks ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (name, id, uid, spec, created) = row?;
+            let spec =
+                serde_json::from_str(&spec).map_err(|_| corrupt("spec", "network", &name))?;
+            Ok(LocalNetwork {
+                name,
+                id,
+                uid,
+                created,
+                spec,
+            })
+        })
+        .collect()
+    }
+
+    /// The local network `name` (any case), if there is one.
+    pub fn local_network(&self, name: &str) -> Result<Option<LocalNetwork>> {
+        Ok(self
+            .local_networks()?
+            .into_iter()
+            .find(|n| n.name.eq_ignore_ascii_case(name)))
+    }
+
+    /// Forgets local network `name`.
+    pub fn delete_local_network(&self, name: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM local_networks WHERE name = ?1", [name])?;
+        Ok(())
     }
 
     /// The overlay network `name`.

@@ -43,15 +43,18 @@ pub async fn housekeeping(state: Shared, every: Duration) {
             Ok(Err(e)) => warn!("conntrack garbage collection: {e}"),
             Err(e) => warn!("conntrack garbage collection: {e}"),
         }
-        let mut guard = state.daemon.lock().await;
-        let Some(daemon) = guard.as_mut() else {
+        let synced = state
+            .with_daemon(async |daemon| {
+                if let Err(e) = daemon.sync_host_addrs().await {
+                    warn!("refreshing host addresses: {e}");
+                }
+                if let Err(e) = daemon.sync_uplink_mtu().await {
+                    warn!("following the uplink's MTU: {e}");
+                }
+            })
+            .await;
+        if synced.is_none() {
             return;
-        };
-        if let Err(e) = daemon.sync_host_addrs().await {
-            warn!("refreshing host addresses: {e}");
-        }
-        if let Err(e) = daemon.sync_uplink_mtu().await {
-            warn!("following the uplink's MTU: {e}");
         }
     }
 }

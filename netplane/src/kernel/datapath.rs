@@ -32,7 +32,7 @@ use ipnet::Ipv4Net;
 use netplane_common::abi::{
     AddrPair, CtEntry, CtTimeouts, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey,
     HOST_ADDR, HOST_ADDR_GATEWAY, IfCounters, IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig,
-    OverlayPeer, PortKey, PortTarget, PublishFromKey, RuleDropKey, maps, programs,
+    NetworkPolicy, OverlayPeer, PortKey, PortTarget, PublishFromKey, RuleDropKey, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -886,6 +886,12 @@ impl Datapath {
             .map(|(lease, peer)| (addr_be(*lease), *peer))
             .collect();
         self.set_entries(maps::OVERLAY_ROUTES, want)
+    }
+
+    /// Replaces the policies of the networks other than the bridge
+    /// network, by network identifier.
+    pub fn set_networks(&mut self, networks: &[(u32, NetworkPolicy)]) -> Result<()> {
+        self.set_entries(maps::NETWORKS, networks.to_vec())
     }
 
     /// Replaces the pairs of endpoints allowed to talk with `--icc=false`.

@@ -3,8 +3,8 @@
 use std::net::Ipv4Addr;
 
 use super::{
-    endpoint::OptionError, ipam::LeaseError, ipam::SubnetError, overlay::OverlayError,
-    portspec::PortSpecError,
+    endpoint::OptionError, ipam::LeaseError, ipam::SubnetError, network::NetworkError,
+    overlay::OverlayError, portspec::PortSpecError,
 };
 
 /// A request the logic refuses, by kind.
@@ -28,6 +28,9 @@ pub enum Error {
     /// A `--mac-address`, `--add-host` or `--dns-search` value.
     #[error(transparent)]
     Option(#[from] OptionError),
+    /// A local network that cannot be made as asked.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     /// An overlay network that cannot be planned.
     #[error(transparent)]
     Overlay(#[from] OverlayError),

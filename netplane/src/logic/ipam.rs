@@ -92,6 +92,8 @@ pub struct Pool {
     pub subnet: Ipv4Net,
     /// The bridge's own address.
     pub gateway: Ipv4Addr,
+    /// Where free addresses are taken from; the whole subnet when absent.
+    pub range: Option<Ipv4Net>,
 }
 
 /// Why an address cannot be leased.
@@ -130,7 +132,21 @@ impl Pool {
             .hosts()
             .next()
             .ok_or(LeaseError::SubnetTooSmall(subnet))?;
-        Ok(Pool { subnet, gateway })
+        Ok(Pool {
+            subnet,
+            gateway,
+            range: None,
+        })
+    }
+
+    /// The pool of a network with its own gateway and address range,
+    /// both inside `subnet` (as `network create` checked).
+    pub fn with(subnet: Ipv4Net, gateway: Ipv4Addr, range: Option<Ipv4Net>) -> Self {
+        Pool {
+            subnet: subnet.trunc(),
+            gateway,
+            range,
+        }
     }
 
     /// Checks that `ip` may be leased given the current `leased` addresses.
@@ -150,12 +166,13 @@ impl Pool {
         Ok(())
     }
 
-    /// The lowest free address.
+    /// The lowest free address of the range (an address asked for may
+    /// lie anywhere in the subnet, as with Docker's `--ip`).
     pub fn next_free(&self, leased: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, LeaseError> {
-        self.subnet
-            .hosts()
-            .find(|ip| *ip != self.gateway && !leased.contains(ip))
-            .ok_or(LeaseError::Exhausted(self.subnet))
+        let from = self.range.unwrap_or(self.subnet);
+        ipnet::Ipv4AddrRange::new(from.network(), from.broadcast())
+            .find(|ip| self.check(*ip, leased).is_ok())
+            .ok_or(LeaseError::Exhausted(from))
     }
 }
 
@@ -246,6 +263,27 @@ mod tests {
         );
         leased.remove(&"10.9.0.4".parse().unwrap());
         assert_eq!(pool.next_free(&leased).unwrap().to_string(), "10.9.0.4");
+    }
+
+    #[test]
+    fn a_range_bounds_free_addresses_but_not_requested_ones() {
+        let pool = Pool::with(
+            net("10.9.0.0/24"),
+            "10.9.0.254".parse().unwrap(),
+            Some(net("10.9.0.252/30")),
+        );
+        let mut leased = BTreeSet::new();
+        for expected in ["10.9.0.252", "10.9.0.253"] {
+            let ip = pool.next_free(&leased).unwrap();
+            assert_eq!(ip.to_string(), expected);
+            leased.insert(ip);
+        }
+        // The gateway and the broadcast address are the rest of the range.
+        assert_eq!(
+            pool.next_free(&leased),
+            Err(LeaseError::Exhausted(net("10.9.0.252/30")))
+        );
+        assert!(pool.check("10.9.0.9".parse().unwrap(), &leased).is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod error;
 pub mod ipam;
 pub mod layout;
 pub mod monitor;
+pub mod network;
 pub mod overlay;
 pub mod portspec;
 

@@ -1,0 +1,264 @@
+//! Networks a user creates on this host (`network create`, Docker's local
+//! scope): each with its own bridge, subnet, gateway and DNS server, kept
+//! apart from every other network by the data path.
+
+use netplane_common::abi::{
+    BRIDGE_NETWORK_IDS, NET_FLAG_INTERNAL, NET_FLAG_NETWORKS, NetworkPolicy,
+};
+
+use super::{
+    drivers::{self, NetworkDriver},
+    *,
+};
+use crate::{
+    logic::network::{self, LocalDriver, LocalNetwork, LocalRequest},
+    types::{Ipam, IpamConfig, NetworkMember, Pruned},
+};
+
+impl Daemon {
+    /// The driver of local network `net`.
+    pub(super) fn local_driver(&self, net: &LocalNetwork) -> drivers::LocalBridge {
+        let spec = &net.spec;
+        drivers::LocalBridge {
+            network: net.clone(),
+            on_host: BridgeNet {
+                bridge: net.bridge(),
+                subnet: Ipv4Net::new(spec.gateway, spec.subnet.prefix_len())
+                    .expect("prefix of a valid net"),
+                gateway: spec.gateway,
+                mtu: spec
+                    .mtu
+                    .or_else(|| endpoint::bridge_endpoint_mtu(self.uplink_mtu)),
+                vni: net.id,
+            },
+        }
+    }
+
+    /// Creates a local network: checked against every address, route and
+    /// network of the host, recorded, its bridge and DNS server up, its
+    /// policy in the data path; undone if any of that fails.
+    pub(super) async fn create_local_network(
+        &mut self,
+        req: CreateNetwork,
+        driver: LocalDriver,
+    ) -> Result<NetworkInfo> {
+        if req.vni.is_some() {
+            return Err(Error::NotApplicable {
+                flag: "--vni",
+                mode: driver.name().into(),
+            });
+        }
+        let mut in_use = self.rtnl.networks_in_use(None).await?;
+        in_use.extend(self.subnets_of_networks()?);
+        let spec = network::plan_local(
+            driver,
+            LocalRequest {
+                subnet: req.subnet,
+                gateway: req.gateway,
+                ip_range: req.ip_range,
+                internal: req.internal,
+                icc: req.icc,
+                mtu: req.mtu,
+                options: req.options,
+                labels: req.labels,
+            },
+            &in_use,
+        )?;
+        let net = self
+            .store
+            .insert_local_network(&req.name, &spec, BRIDGE_NETWORK_IDS)?;
+        let driver = self.local_driver(&net);
+        if let Err(e) = self.bring_up_local(&driver).await {
+            self.resolver.stop(&net.name);
+            let _ = driver.teardown(&self.rtnl).await;
+            self.store.delete_local_network(&net.name)?;
+            let _ = self.sync_network_policies();
+            return Err(e);
+        }
+        info!(network = %net.name, subnet = %spec.subnet, bridge = %driver.on_host.bridge, "network created");
+        self.network(&net.name)
+    }
+
+    async fn bring_up_local(&mut self, driver: &drivers::LocalBridge) -> Result<()> {
+        driver.setup(&self.rtnl).await?;
+        self.serve_dns(&driver.network.name, driver.on_host.subnet)
+            .await;
+        self.sync_network_policies()?;
+        // Its gateway is closed to the uplink from now on.
+        self.sync_host_addrs().await
+    }
+
+    /// Brings up every local network recorded here (after a restart,
+    /// before their endpoints are reconciled).
+    pub(super) async fn restore_local_networks(&mut self) -> Result<()> {
+        for net in self.store.local_networks()? {
+            let driver = self.local_driver(&net);
+            self.bring_up_local(&driver).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes local network `net`, which has no endpoints.
+    pub(super) async fn remove_local_network(&mut self, net: &LocalNetwork) -> Result<()> {
+        self.resolver.stop(&net.name);
+        self.local_driver(net).teardown(&self.rtnl).await?;
+        self.store.delete_local_network(&net.name)?;
+        self.sync_network_policies()?;
+        self.sync_host_addrs().await?;
+        info!(network = %net.name, "network removed");
+        Ok(())
+    }
+
+    /// Removes every local network without endpoints: `network prune`.
+    /// Overlays are the cluster's, and stay.
+    pub async fn prune_networks(&mut self) -> Result<Pruned> {
+        let mut pruned = Pruned::default();
+        for net in self.store.local_networks()? {
+            if self.members_of(&net.name)?.is_empty() {
+                self.remove_local_network(&net).await?;
+                pruned.networks_deleted.push(net.name);
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// The endpoints attached to network `name`.
+    pub(super) fn members_of(&self, name: &str) -> Result<Vec<String>> {
+        let mode = Mode::Network(name.to_string());
+        Ok(self
+            .store
+            .endpoints()?
+            .into_iter()
+            .filter(|r| r.ep.mode == mode)
+            .map(|r| r.ep.name)
+            .collect())
+    }
+
+    /// Whether `endpoint`, attached in `mode`, may publish ports: on the
+    /// bridge network and on local networks that are not internal.
+    pub(super) fn check_publishing(&self, endpoint: &str, mode: &Mode) -> Result<()> {
+        let local = match mode {
+            Mode::Bridge => return Ok(()),
+            Mode::Network(name) => self.store.local_network(name)?,
+            _ => None,
+        };
+        match local {
+            Some(net) if net.spec.internal => Err(Error::InternalNoPorts {
+                endpoint: endpoint.to_string(),
+                network: net.name,
+            }),
+            Some(_) => Ok(()),
+            None => Err(Error::NotApplicable {
+                flag: "-p",
+                mode: mode.to_string(),
+            }),
+        }
+    }
+
+    /// Tells the data path every network other than the bridge network
+    /// (overlays with a lease here, local networks), and whether there
+    /// are any.
+    pub(super) fn sync_network_policies(&mut self) -> Result<()> {
+        let overlays = self.store.networks()?;
+        let locals = self.store.local_networks()?;
+        let mut policies = Vec::new();
+        for net in &overlays {
+            // Without a lease here, no endpoint of it is here either.
+            if let Ok(driver) = self.overlay_driver(net) {
+                policies.push((net.vni, policy(net.subnet, driver.on_host.gateway, 0)));
+            }
+        }
+        for net in &locals {
+            let spec = &net.spec;
+            let flags = if spec.icc { 0 } else { NET_FLAG_ICC_DISABLED }
+                | if spec.internal { NET_FLAG_INTERNAL } else { 0 };
+            policies.push((net.id, policy(spec.subnet, spec.gateway, flags)));
+        }
+        self.dp().set_networks(&policies)?;
+        let mut flags = self.net_config.flags & !(NET_FLAG_OVERLAY | NET_FLAG_NETWORKS);
+        if !overlays.is_empty() {
+            flags |= NET_FLAG_OVERLAY;
+        }
+        if !overlays.is_empty() || !locals.is_empty() {
+            flags |= NET_FLAG_NETWORKS;
+        }
+        self.net_config.flags = flags;
+        let cfg = self.net_config;
+        Ok(self.dp().set_config(cfg)?)
+    }
+
+    /// `network ls`/`inspect` of local network `net`.
+    pub(super) fn local_network_info(
+        &self,
+        net: &LocalNetwork,
+        records: &[StoredEndpoint],
+    ) -> NetworkInfo {
+        let spec = &net.spec;
+        let driver = self.local_driver(net);
+        let members: Vec<&StoredEndpoint> = records
+            .iter()
+            .filter(|r| r.ep.mode == Mode::Network(net.name.clone()))
+            .collect();
+        NetworkInfo {
+            name: net.name.clone(),
+            id: net.uid.clone(),
+            driver: spec.driver.name().into(),
+            scope: "local".into(),
+            created: Some(net.created.clone()),
+            bridge: Some(driver.on_host.bridge.clone()),
+            subnet: Some(spec.subnet.to_string()),
+            gateway: Some(spec.gateway.to_string()),
+            icc: Some(spec.icc),
+            internal: spec.internal,
+            ipam: ipam_of(spec.subnet, spec.gateway, spec.ip_range),
+            options: spec.options.clone(),
+            labels: spec.labels.clone(),
+            endpoints: members.iter().map(|r| r.ep.name.clone()).collect(),
+            containers: containers(&members, spec.subnet.prefix_len()),
+            ..NetworkInfo::default()
+        }
+    }
+}
+
+/// What the data path decides an endpoint's traffic on a network by.
+fn policy(subnet: Ipv4Net, gateway: Ipv4Addr, flags: u32) -> NetworkPolicy {
+    NetworkPolicy {
+        subnet_be: addr_be(subnet.network()),
+        mask_be: addr_be(subnet.netmask()),
+        gateway_be: addr_be(gateway),
+        flags,
+    }
+}
+
+/// Docker's `IPAM` of a network with one subnet.
+pub(super) fn ipam_of(subnet: Ipv4Net, gateway: Ipv4Addr, range: Option<Ipv4Net>) -> Ipam {
+    Ipam {
+        driver: "default".into(),
+        config: vec![IpamConfig {
+            subnet: subnet.trunc().to_string(),
+            gateway: gateway.to_string(),
+            ip_range: range.map(|r| r.to_string()),
+        }],
+    }
+}
+
+/// `network inspect`'s `Containers`: each endpoint with its address.
+pub(super) fn containers(
+    members: &[&StoredEndpoint],
+    prefix_len: u8,
+) -> BTreeMap<String, NetworkMember> {
+    members
+        .iter()
+        .filter_map(|r| {
+            let ip = r.ep.ip?;
+            Some((
+                r.ep.name.clone(),
+                NetworkMember {
+                    name: r.ep.name.clone(),
+                    ipv4_address: format!("{ip}/{prefix_len}"),
+                    mac_address: r.ep.mac().map(|m| format_mac(&m)).unwrap_or_default(),
+                },
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,241 @@
+//! Networks as first-class objects: user-defined bridges, each with its
+//! own subnet, gateway and DNS, isolated from each other in the data path;
+//! internal networks; `--icc=false` per network; `network ls`, `inspect`,
+//! `rm` and `prune`; and what a restart and `down` do with several of them.
+
+use netplane_test_support as support;
+
+use serde_json::Value;
+use support::{HOST_IP, Host, WORLD_IP, retry, stdout_if_ok};
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap()
+}
+
+/// `dig +short NAME` inside endpoint `ep`, trimmed.
+fn dig(h: &Host, ep: &str, name: &str) -> String {
+    stdout_if_ok(h.in_endpoint(ep, &format!("dig +short +tries=1 +time=2 {name}")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn two_bridge_networks_are_isolated_and_each_resolves_its_own() {
+    let h = Host::new();
+    h.up(&[]);
+    let (n1, n2) = (h.name("n1"), h.name("n2"));
+    // The first free pool after the bridge network's 172.17.0.0/16.
+    h.np_ok(&["network", "create", &n1]);
+    h.np_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.77.0.0/24",
+        "--gateway",
+        "10.77.0.254",
+        "--ip-range",
+        "10.77.0.128/25",
+        "--label",
+        "team=blue",
+        &n2,
+    ]);
+    let (a1, a2, b1, c) = (h.name("a1"), h.name("a2"), h.name("b1"), h.name("c"));
+    h.np_ok(&["create", "--net", &n1, &a1]);
+    h.np_ok(&["create", "--net", &n1, &a2]);
+    h.np_ok(&["create", "--net", &n2, &b1]);
+    h.np_ok(&["create", &c]);
+    let (ip_a2, ip_b1, ip_c) = (h.ip_of(&a2), h.ip_of(&b1), h.ip_of(&c));
+    assert!(ip_a2.starts_with("172.18.0."), "{ip_a2}");
+    assert_eq!(ip_b1, "10.77.0.128", "the first of the range");
+    let resolv = stdout_if_ok(h.in_endpoint(&b1, "cat /etc/resolv.conf")).unwrap();
+    assert!(resolv.starts_with("nameserver 10.77.0.254"), "{resolv}");
+
+    assert!(h.pings(&a1, &ip_a2), "same network");
+    let before = h.drops("other_network");
+    assert!(!h.pings(&a1, &ip_b1), "another user network");
+    assert!(!h.pings(&a1, &ip_c), "the bridge network");
+    assert!(!h.pings(&c, &ip_a2), "from the bridge network");
+    assert!(
+        h.drops("other_network") >= before + 3,
+        "counted other_network"
+    );
+    // Names resolve within their own network only.
+    assert_eq!(dig(&h, &a1, &a2), ip_a2);
+    assert_eq!(dig(&h, &a1, &b1), "", "{b1} is on another network");
+    assert_eq!(dig(&h, &b1, &a1), "");
+    // Out through the uplink, masqueraded as the host.
+    let _server = h.tcp_server(&h.world, 7000, "echo $SOCAT_PEERADDR");
+    let seen = stdout_if_ok(h.in_endpoint(&a1, &format!("nc -w2 {WORLD_IP} 7000")));
+    assert_eq!(seen.as_deref().map(str::trim), Some(HOST_IP));
+
+    let inspect = json(&h.np_ok(&["network", "inspect", &n2]));
+    assert_eq!(inspect["Driver"], "bridge");
+    assert_eq!(inspect["Scope"], "local");
+    assert_eq!(inspect["Internal"], false);
+    assert_eq!(inspect["Id"].as_str().unwrap().len(), 64);
+    assert_eq!(inspect["Labels"]["team"], "blue");
+    let config = &inspect["IPAM"]["Config"][0];
+    assert_eq!(config["Subnet"], "10.77.0.0/24");
+    assert_eq!(config["Gateway"], "10.77.0.254");
+    assert_eq!(config["IPRange"], "10.77.0.128/25");
+    assert_eq!(
+        inspect["Containers"][&b1]["IPv4Address"],
+        format!("{ip_b1}/24")
+    );
+    let ls = h.np_ok(&["network", "ls"]);
+    for n in ["bridge", &n1, &n2] {
+        assert!(
+            ls.lines().any(|l| l.starts_with(&format!("{n} "))),
+            "{n} in {ls}"
+        );
+    }
+    let bridge = inspect["Bridge"].as_str().unwrap().to_string();
+    assert!(h.in_host("ip -br link").contains(&bridge));
+
+    let refused = h.np_err(&["network", "rm", &n2]);
+    assert!(refused.contains(&b1), "names the endpoint: {refused}");
+    h.np_ok(&["rm", &b1]);
+    h.np_ok(&["network", "rm", &n2]);
+    assert!(!h.in_host("ip -br link").contains(&bridge), "bridge gone");
+    assert!(!h.np_ok(&["network", "ls"]).contains(&n2));
+
+    let unused = h.name("unused");
+    h.np_ok(&["network", "create", &unused]);
+    let pruned = h.np_ok(&["network", "prune"]);
+    assert!(pruned.contains(&unused), "{pruned}");
+    assert!(!pruned.contains(&n1), "in use: {pruned}");
+    h.down();
+}
+
+#[test]
+fn internal_networks_have_no_egress_and_icc_false_holds_per_network() {
+    let h = Host::new();
+    h.up(&[]);
+    let (internal, quiet) = (h.name("int"), h.name("quiet"));
+    h.np_ok(&["network", "create", "--internal", &internal]);
+    h.np_ok(&["network", "create", "--icc=false", &quiet]);
+    let (i1, i2, q1, q2) = (h.name("i1"), h.name("i2"), h.name("q1"), h.name("q2"));
+    for (ep, net) in [
+        (&i1, &internal),
+        (&i2, &internal),
+        (&q1, &quiet),
+        (&q2, &quiet),
+    ] {
+        h.np_ok(&["create", "--net", net, ep]);
+    }
+    assert!(h.pings(&i1, &h.ip_of(&i2)), "within an internal network");
+    assert_eq!(dig(&h, &i1, &i2), h.ip_of(&i2), "its DNS answers");
+    let before = h.drops("internal");
+    assert!(!h.pings(&i1, WORLD_IP), "no egress");
+    assert!(
+        !h.pings(&i1, HOST_IP),
+        "not even the host's other addresses"
+    );
+    assert!(h.drops("internal") >= before + 2, "counted internal");
+
+    let refused = h.np_err(&["create", "--net", &internal, "-p", "8080:80", &h.name("x")]);
+    assert!(refused.contains("internal"), "{refused}");
+    let refused = h.np_err(&["port", "add", &i1, "8080:80"]);
+    assert!(refused.contains("internal"), "{refused}");
+
+    let before = h.drops("icc_denied");
+    assert!(!h.pings(&q1, &h.ip_of(&q2)), "--icc=false");
+    assert!(h.drops("icc_denied") > before);
+    let gateway = json(&h.np_ok(&["network", "inspect", &quiet]))["Gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(h.pings(&q1, &gateway), "the gateway stays reachable");
+    assert!(h.pings(&q1, WORLD_IP), "and the world");
+    h.down();
+}
+
+#[test]
+fn a_published_port_on_a_user_network_shows_the_client_and_bad_requests_make_nothing() {
+    let h = Host::new();
+    h.up(&[]);
+    let net = h.name("web");
+    h.np_ok(&["network", "create", "--subnet", "10.78.0.0/24", &net]);
+    let w = h.name("w");
+    h.np_ok(&["create", "--net", &net, "-p", "8080:80", &w]);
+    let _server = h.tcp_server(&w, 80, "echo $SOCAT_PEERADDR");
+    let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {HOST_IP} 8080"))));
+    assert_eq!(
+        seen.as_deref().map(str::trim),
+        Some(WORLD_IP),
+        "nat ls: {}",
+        h.nat()
+    );
+
+    // Names only: an empty bridge's carrier state settles meanwhile.
+    let links = || h.in_host("ip -o link | cut -d: -f2");
+    let before = links();
+    let routes = || h.in_host("ip route").replace(" linkdown", "");
+    let routes_before = routes();
+    for bad in [
+        vec!["network", "create", &net],
+        vec!["network", "create", "BRIDGE"],
+        vec!["network", "create", "host"],
+        vec!["network", "create", "--subnet", "10.78.0.128/25", "other"],
+        vec!["network", "create", "--subnet", "198.18.0.0/16", "other"],
+        vec![
+            "network",
+            "create",
+            "--subnet",
+            "10.79.0.0/24",
+            "--gateway",
+            "10.80.0.1",
+            "other",
+        ],
+        vec![
+            "network",
+            "create",
+            "--subnet",
+            "10.79.0.0/24",
+            "--ip-range",
+            "10.79.1.0/25",
+            "other",
+        ],
+        vec!["network", "create", "--driver", "macvlan2", "other"],
+        vec!["network", "create", "--driver", "overlay", "other"],
+        vec!["network", "create", "-o", "nonsense=1", "other"],
+        vec!["create", "--net", &net, "--ip", "10.99.0.5", "stray"],
+        vec!["network", "rm", "nothing"],
+    ] {
+        let err = h.np_err(&bad);
+        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
+    }
+    assert_eq!(links(), before, "nothing half-made");
+    assert_eq!(routes(), routes_before);
+    assert!(!h.np_ok(&["network", "ls"]).contains("other"));
+    h.down();
+}
+
+#[test]
+fn several_networks_survive_kill_9_and_down_leaves_nothing() {
+    let h = Host::new();
+    let before = h.residue();
+    h.up(&[]);
+    let (n1, n2) = (h.name("n1"), h.name("n2"));
+    h.np_ok(&["network", "create", &n1]);
+    h.np_ok(&["network", "create", "--internal", &n2]);
+    let (a, b, c) = (h.name("a"), h.name("b"), h.name("c"));
+    h.np_ok(&["create", "--net", &n1, &a]);
+    h.np_ok(&["create", "--net", &n1, &b]);
+    h.np_ok(&["create", "--net", &n2, &c]);
+    let ls = h.np_ok(&["network", "ls"]);
+    h.kill_daemon();
+    h.up(&[]);
+    assert_eq!(
+        h.np_ok(&["network", "ls"]),
+        ls,
+        "the same networks, ids and all"
+    );
+    assert!(h.pings(&a, &h.ip_of(&b)));
+    assert!(!h.pings(&a, &h.ip_of(&c)), "still isolated");
+    assert!(!h.pings(&c, WORLD_IP), "still internal");
+    assert_eq!(dig(&h, &a, &b), h.ip_of(&b), "DNS is back");
+    h.down();
+    assert_eq!(h.residue(), before);
+}
