@@ -15,7 +15,7 @@ use crate::{
         netlink::Rtnl,
         netns,
     },
-    logic::endpoint::{ENDPOINT_IFNAME, Step},
+    logic::endpoint::Step,
 };
 
 /// What carries out single steps.
@@ -102,6 +102,7 @@ impl StepRunner for KernelSteps<'_> {
             Step::Veth {
                 host,
                 netns: ns,
+                ifname,
                 ip,
                 prefix_len,
                 gateway,
@@ -111,10 +112,10 @@ impl StepRunner for KernelSteps<'_> {
             } => {
                 let ns_file = netns::open(&netns::path(ns))?;
                 self.rtnl
-                    .create_veth(host, bridge, ENDPOINT_IFNAME, *mac, *mtu, &ns_file)
+                    .create_veth(host, bridge, ifname, *mac, *mtu, &ns_file)
                     .await?;
                 Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(ENDPOINT_IFNAME, *ip, *prefix_len, *gateway)
+                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway)
                     .await
             }
             Step::AttachDatapath {
@@ -197,9 +198,10 @@ mod tests {
             Step::Veth {
                 host: "npv1".into(),
                 netns: "web".into(),
+                ifname: "eth0".into(),
                 ip,
                 prefix_len: 16,
-                gateway: "172.17.0.1".parse().unwrap(),
+                gateway: Some("172.17.0.1".parse().unwrap()),
                 bridge: "np0".into(),
                 mtu: None,
                 mac: [2, 0x42, 172, 17, 0, 2],

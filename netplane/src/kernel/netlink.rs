@@ -269,12 +269,15 @@ impl Rtnl {
         ifname: &str,
         ip: Ipv4Addr,
         prefix_len: u8,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
     ) -> Result<()> {
         let index = self.index(ifname).await?;
         self.add_address(index, ifname, ip, prefix_len).await?;
         self.set_up(index, ifname).await?;
         self.loopback_up().await?;
+        let Some(gateway) = gateway else {
+            return Ok(());
+        };
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(index)

@@ -315,19 +315,21 @@ pub enum Step {
         /// Existing namespace.
         from: String,
     },
-    /// A veth pair: `host` on the bridge, `eth0` in `netns` with address,
-    /// MAC and default route.
+    /// A veth pair: `host` on the bridge, `ifname` in `netns` with
+    /// address, MAC and (on the first network) the default route.
     Veth {
         /// Host-side name.
         host: String,
         /// Namespace of the endpoint side.
         netns: String,
+        /// Name of the endpoint side: `eth0`, `eth1`, ...
+        ifname: String,
         /// Endpoint address.
         ip: Ipv4Addr,
         /// Prefix length of the bridge subnet.
         prefix_len: u8,
-        /// Default gateway.
-        gateway: Ipv4Addr,
+        /// Default gateway; none on networks connected later.
+        gateway: Option<Ipv4Addr>,
         /// Bridge to enslave the host side to.
         bridge: String,
         /// MTU of both ends, when not the kernel's default.
@@ -421,9 +423,10 @@ pub fn plan(
                 Step::Veth {
                     host: host.clone(),
                     netns: name.clone(),
+                    ifname: ENDPOINT_IFNAME.into(),
                     ip,
                     prefix_len: net.subnet.prefix_len(),
-                    gateway: net.gateway,
+                    gateway: Some(net.gateway),
                     bridge: net.bridge.clone(),
                     mtu: net.mtu,
                     mac,
@@ -438,6 +441,61 @@ pub fn plan(
             ]
         }
     }
+}
+
+/// One more network an endpoint was connected to (`network connect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The network's name (`bridge` for the bridge network).
+    pub network: String,
+    /// Its place among the endpoint's interfaces: `eth{seq}`.
+    pub seq: u32,
+    /// The endpoint's address there.
+    pub ip: Ipv4Addr,
+    /// `--alias` names there.
+    pub aliases: Vec<String>,
+}
+
+impl Attachment {
+    /// How the endpoint is attached to the network.
+    pub fn mode(&self) -> Mode {
+        if self.network == BRIDGE_NETWORK {
+            Mode::Bridge
+        } else {
+            Mode::Network(self.network.clone())
+        }
+    }
+
+    /// Its host-side veth.
+    pub fn host_veth(&self, ep: &Endpoint) -> String {
+        format!("{}n{}", host_veth_name(ep.id), self.seq)
+    }
+}
+
+/// The steps that connect `ep` to one more network `net`: an interface
+/// there without the default route, which stays on the first network.
+pub fn plan_attachment(ep: &Endpoint, att: &Attachment, net: &BridgeNet) -> Vec<Step> {
+    let host = att.host_veth(ep);
+    let mac = mac_for(att.ip);
+    vec![
+        Step::Veth {
+            host: host.clone(),
+            netns: ep.name.clone(),
+            ifname: format!("eth{}", att.seq),
+            ip: att.ip,
+            prefix_len: net.subnet.prefix_len(),
+            gateway: None,
+            bridge: net.bridge.clone(),
+            mtu: net.mtu,
+            mac,
+        },
+        Step::AttachDatapath {
+            ifname: host,
+            ip: att.ip,
+            mac,
+            vni: net.vni,
+        },
+    ]
 }
 
 /// The hosts file of an endpoint, as Docker writes it: linked endpoints
@@ -604,9 +662,10 @@ mod tests {
             Step::Veth {
                 host: "npv1a".into(),
                 netns: "web".into(),
+                ifname: "eth0".into(),
                 ip: "172.17.0.2".parse().unwrap(),
                 prefix_len: 16,
-                gateway: "172.17.0.1".parse().unwrap(),
+                gateway: Some("172.17.0.1".parse().unwrap()),
                 bridge: "np0".into(),
                 mtu: None,
                 mac: [0x02, 0x42, 172, 17, 0, 2],
