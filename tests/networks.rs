@@ -239,3 +239,76 @@ fn several_networks_survive_kill_9_and_down_leaves_nothing() {
     h.down();
     assert_eq!(h.residue(), before);
 }
+
+#[test]
+fn an_endpoint_connected_to_two_networks_reaches_and_resolves_both_until_disconnected() {
+    let h = Host::new();
+    h.up(&[]);
+    let (front, back) = (h.name("front"), h.name("back"));
+    h.np_ok(&["network", "create", "--subnet", "10.81.0.0/24", &front]);
+    h.np_ok(&["network", "create", "--subnet", "10.82.0.0/24", &back]);
+    let (web, db, proxy) = (h.name("web"), h.name("db"), h.name("proxy"));
+    h.np_ok(&["create", "--net", &front, "-p", "8081:80", &web]);
+    h.np_ok(&["create", "--net", &back, &db]);
+    h.np_ok(&["create", "--net", &front, &proxy]);
+    let ip_db = h.ip_of(&db);
+    assert!(!h.pings(&web, &ip_db), "not connected yet");
+
+    h.np_ok(&[
+        "network", "connect", "--ip", "10.82.0.50", "--alias", "api", &back, &web,
+    ]);
+    let inspect = json(&h.np_ok(&["inspect", &web]));
+    let networks = &inspect[0]["NetworkSettings"]["Networks"];
+    assert_eq!(networks[&back]["IPAddress"], "10.82.0.50");
+    assert!(networks[&front]["IPAddress"].is_string());
+    let eth1 = stdout_if_ok(h.in_endpoint(&web, "ip -br -4 addr show eth1")).unwrap();
+    assert!(eth1.contains("10.82.0.50/24"), "{eth1}");
+    let routes = stdout_if_ok(h.in_endpoint(&web, "ip route show default")).unwrap();
+    assert!(routes.contains("eth0"), "the default route stays: {routes}");
+
+    assert!(h.pings(&web, &ip_db), "reaches the second network");
+    assert!(h.pings(&web, &h.ip_of(&proxy)), "and the first");
+    assert_eq!(dig(&h, &web, &db), ip_db, "resolves the second network");
+    assert_eq!(dig(&h, &web, &proxy), h.ip_of(&proxy), "and the first");
+    assert_eq!(dig(&h, &db, &web), "10.82.0.50", "is resolved there");
+    assert_eq!(dig(&h, &db, "api"), "10.82.0.50", "by its alias too");
+    assert!(!h.pings(&proxy, &ip_db), "not a bridge for the others");
+    // Published on a multi-homed endpoint: still its first address.
+    let _server = h.tcp_server(&web, 80, "echo $SOCAT_PEERADDR");
+    let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {HOST_IP} 8081"))));
+    assert_eq!(seen.as_deref().map(str::trim), Some(WORLD_IP));
+    let members = json(&h.np_ok(&["network", "inspect", &back]));
+    assert_eq!(members["Containers"][&web]["IPv4Address"], "10.82.0.50/24");
+
+    for bad in [
+        vec!["network", "connect", &back, &web],
+        vec!["network", "connect", &front, &web],
+        vec!["network", "connect", "nothing", &web],
+        vec!["network", "connect", &back, "nobody"],
+        vec!["network", "disconnect", &front, &db],
+        vec!["network", "disconnect", &front, &web],
+    ] {
+        let err = h.np_err(&bad);
+        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
+    }
+    let refused = h.np_err(&["network", "rm", &back]);
+    assert!(refused.contains(&web) && refused.contains(&db), "{refused}");
+
+    h.np_ok(&["network", "disconnect", &back, &web]);
+    assert!(!h.pings(&web, &ip_db), "gone with the interface");
+    assert!(
+        !h.in_endpoint(&web, "ip link show eth1").status.success(),
+        "eth1 removed"
+    );
+    assert_eq!(dig(&h, &web, &db), "");
+    assert_eq!(dig(&h, &db, &web), "");
+    // The address is free again.
+    h.np_ok(&["network", "connect", "--ip", "10.82.0.50", &back, &proxy]);
+    assert!(h.pings(&proxy, &ip_db));
+    h.kill_daemon();
+    h.up(&[]);
+    assert!(h.pings(&proxy, &ip_db), "a connection survives a restart");
+    assert_eq!(dig(&h, &proxy, &db), ip_db);
+    h.np_ok(&["rm", &proxy]);
+    h.down();
+}

@@ -26,9 +26,9 @@ use crate::{
     logic::monitor::{self, MonitorFilter, MonitorRecord},
     logic::network,
     types::{
-        CreateEndpoint, CreateNetwork, DaemonInfo, EndpointInfo, EndpointStats, FlowFilter,
-        FlowInfo, FlowTuple, Flushed, HostBinding, NatTable, NetworkInfo, PortInfo, PortRequest,
-        Pruned, RemoveQuery, Removed, Stats,
+        ConnectRequest, CreateEndpoint, CreateNetwork, DaemonInfo, DisconnectRequest, EndpointInfo,
+        EndpointStats, FlowFilter, FlowInfo, FlowTuple, Flushed, HostBinding, NatTable,
+        NetworkInfo, PortInfo, PortRequest, Pruned, RemoveQuery, Removed, Stats,
     },
 };
 
@@ -270,6 +270,27 @@ enum NetworkCommand {
     },
     /// Remove every network of this host without endpoints.
     Prune,
+    /// Connect a running endpoint to one more network: one more interface
+    /// (eth1, eth2, ...), an address and its names there.
+    Connect {
+        /// Its address on the network (default: the lowest free).
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        /// One more name for it on the network.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// Network name.
+        network: String,
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Disconnect an endpoint from a network it was connected to.
+    Disconnect {
+        /// Network name.
+        network: String,
+        /// Endpoint name.
+        endpoint: String,
+    },
     /// List networks.
     Ls {
         /// Print only the names.
@@ -713,6 +734,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("Deleted Networks:");
                 pruned.networks_deleted.iter().for_each(|n| println!("{n}"));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Network(NetworkCommand::Connect {
+            ip,
+            aliases,
+            network,
+            endpoint,
+        }) => {
+            let _: EndpointInfo = rt.block_on(client.post(
+                &format!("/v1/networks/{network}/connect"),
+                &ConnectRequest {
+                    endpoint,
+                    ip,
+                    aliases,
+                },
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Network(NetworkCommand::Disconnect { network, endpoint }) => {
+            let _: EndpointInfo = rt.block_on(client.post(
+                &format!("/v1/networks/{network}/disconnect"),
+                &DisconnectRequest { endpoint },
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Network(NetworkCommand::Inspect { name }) => {

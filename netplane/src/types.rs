@@ -297,6 +297,26 @@ fn yes() -> bool {
     true
 }
 
+/// `POST /v1/networks/NAME/connect`: `network connect`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Its address on the network; the lowest free when absent.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// Its other names on the network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// `POST /v1/networks/NAME/disconnect`: `network disconnect`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectRequest {
+    /// The endpoint.
+    pub endpoint: String,
+}
+
 /// `POST /v1/networks/prune`'s answer: the networks removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

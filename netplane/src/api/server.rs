@@ -23,7 +23,8 @@ use crate::{
     daemon::{Config, Daemon, Handles, Shared, counters},
     logic::monitor::MonitorFilter,
     types::{
-        CreateEndpoint, CreateNetwork, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
+        ConnectRequest, CreateEndpoint, CreateNetwork, DisconnectRequest, ErrorBody, FlowFilter,
+        Flushed, PortRequest, RemoveQuery,
     },
 };
 
@@ -223,6 +224,29 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                         .await
                     },
                 ),
+        )
+        .route(
+            "/v1/networks/{name}/connect",
+            post(
+                async |State(s): State<Shared>,
+                       Path(n): Path<String>,
+                       Json(req): Json<ConnectRequest>| {
+                    with(&s, async |d| d.connect(&n, req).await.map(Json)).await
+                },
+            ),
+        )
+        .route(
+            "/v1/networks/{name}/disconnect",
+            post(
+                async |State(s): State<Shared>,
+                       Path(n): Path<String>,
+                       Json(req): Json<DisconnectRequest>| {
+                    with(&s, async |d| {
+                        d.disconnect(&n, &req.endpoint).await.map(Json)
+                    })
+                    .await
+                },
+            ),
         )
         .route(
             "/v1/networks/prune",

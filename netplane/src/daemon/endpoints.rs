@@ -7,14 +7,35 @@ impl Daemon {
     /// Gives the DNS server every ready endpoint's names, by network.
     pub(super) fn sync_zones(&self) -> Result<()> {
         let mut zones: BTreeMap<String, Zone> = BTreeMap::new();
-        for rec in self.store.endpoints()? {
-            if let (State::Ready, Some(ip), Some(zone)) =
-                (rec.state, rec.ep.ip, zone_of(&rec.ep.mode))
-            {
+        let records = self.store.endpoints()?;
+        let ready = || records.iter().filter(|r| r.state == State::Ready);
+        for rec in ready() {
+            if let (Some(ip), Some(zone)) = (rec.ep.ip, zone_of(&rec.ep.mode)) {
                 let zone = zones.entry(zone.to_string()).or_default();
                 zone.insert(&rec.ep.name, &rec.aliases, ip);
                 zone.set_upstream(ip, &rec.ep.options.dns);
             }
+            for att in &rec.attachments {
+                let zone = zones.entry(att.network.clone()).or_default();
+                zone.insert(&rec.ep.name, &att.aliases, att.ip);
+            }
+        }
+        // An endpoint on several networks asks its first network's server,
+        // which answers it the names of all of them.
+        let mut views = Vec::new();
+        for rec in ready().filter(|r| !r.attachments.is_empty()) {
+            if let (Some(ip), Some(first)) = (rec.ep.ip, zone_of(&rec.ep.mode)) {
+                let mut view = zones.get(first).cloned().unwrap_or_default();
+                for att in &rec.attachments {
+                    if let Some(other) = zones.get(&att.network) {
+                        view.absorb(other);
+                    }
+                }
+                views.push((first.to_string(), ip, view));
+            }
+        }
+        for (first, ip, view) in views {
+            zones.entry(first).or_default().set_view(ip, view);
         }
         self.resolver.set_zones(zones);
         Ok(())
@@ -41,13 +62,20 @@ impl Daemon {
         let dns = zone_of(&ep.mode)
             .filter(|zone| self.resolver.serves(zone))
             .map(|_| net.gateway);
-        Ok(endpoint::plan(
+        let mut steps = endpoint::plan(
             &self.resolved(ep),
             &net,
             &host::host_resolv_conf(),
             dns,
             &links,
-        ))
+        );
+        // The networks it was connected to later, rebuilt and removed with it.
+        if let Ok(rec) = self.store.endpoint(&ep.name) {
+            for att in &rec.attachments {
+                steps.extend(self.attachment_steps(ep, att)?);
+            }
+        }
+        Ok(steps)
     }
 
     /// Applies the plan of `ep`; on failure undoes the applied steps.
@@ -394,7 +422,7 @@ impl Daemon {
             .map(|mac| format_mac(&mac))
             .unwrap_or_default();
         // Docker lists a container: endpoint under no network of its own.
-        let networks = match attached {
+        let mut networks = match attached {
             Some(Mode::Container(_)) | None => BTreeMap::new(),
             Some(mode) => BTreeMap::from([(
                 zone_of(&mode).map_or_else(|| mode.to_string(), str::to_string),
@@ -407,6 +435,21 @@ impl Daemon {
                 },
             )]),
         };
+        for att in &rec.attachments {
+            let Ok(net) = self.bridge_net_of(&att.mode()) else {
+                continue;
+            };
+            networks.insert(
+                att.network.clone(),
+                EndpointNetwork {
+                    ip_address: att.ip.to_string(),
+                    ip_prefix_len: net.subnet.prefix_len(),
+                    gateway: net.gateway.to_string(),
+                    mac_address: format_mac(&mac_for(att.ip)),
+                    aliases: att.aliases.clone(),
+                },
+            );
+        }
         EndpointInfo {
             id: rec.uid.clone(),
             name: ep.name.clone(),

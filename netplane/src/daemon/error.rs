@@ -69,6 +69,33 @@ pub enum Error {
         /// Its endpoints, comma-separated.
         endpoint: String,
     },
+    /// `network connect` to a network the endpoint is on.
+    #[error("endpoint {endpoint} is already connected to network {network}")]
+    AlreadyConnected {
+        /// The endpoint.
+        endpoint: String,
+        /// The network.
+        network: String,
+    },
+    /// `network disconnect` from a network the endpoint is not on.
+    #[error("endpoint {endpoint} is not connected to network {network}")]
+    NotConnected {
+        /// The endpoint.
+        endpoint: String,
+        /// The network.
+        network: String,
+    },
+    /// `network disconnect` from the network an endpoint was created on.
+    #[error(
+        "network {network} is the first network of endpoint {endpoint} and holds its default \
+         route: remove the endpoint instead"
+    )]
+    FirstNetwork {
+        /// The endpoint.
+        endpoint: String,
+        /// The network.
+        network: String,
+    },
     /// A network of that name exists.
     #[error("network {0} already exists")]
     NetworkNameTaken(String),
@@ -183,7 +210,10 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            Error::EndpointNotFound(_) | Error::NetworkNotFound(_) | Error::PortNotPublished { .. }
+            Error::EndpointNotFound(_)
+                | Error::NetworkNotFound(_)
+                | Error::PortNotPublished { .. }
+                | Error::NotConnected { .. }
         ) || matches!(self, Error::Logic(e) if e.is_not_found())
     }
 
@@ -194,6 +224,8 @@ impl Error {
             Error::EndpointExists(_)
                 | Error::NetworkExists { .. }
                 | Error::NetworkNameTaken(_)
+                | Error::AlreadyConnected { .. }
+                | Error::FirstNetwork { .. }
                 | Error::NetworkNameReserved(_)
                 | Error::NetworkInUse { .. }
                 | Error::HasDependents { .. }

@@ -315,6 +315,12 @@ impl Daemon {
                         let vni = self.bridge_net_of(&rec.ep.mode)?.vni;
                         self.kernel_steps().attach_endpoint(&veth, ip, mac, vni)?;
                     }
+                    for att in &rec.attachments {
+                        let vni = self.bridge_net_of(&att.mode())?.vni;
+                        let veth = att.host_veth(&rec.ep);
+                        self.kernel_steps()
+                            .attach_endpoint(&veth, att.ip, mac_for(att.ip), vni)?;
+                    }
                     self.publish(&rec.ep, &rec.ports)?;
                     self.hold_published(&rec.ep.name, &rec.ports);
                 }
@@ -331,7 +337,10 @@ impl Daemon {
             .store
             .endpoints()?
             .iter()
-            .filter_map(|r| r.ep.host_veth())
+            .flat_map(|r| {
+                let connected = r.attachments.iter().map(|a| a.host_veth(&r.ep));
+                r.ep.host_veth().into_iter().chain(connected)
+            })
             .collect();
         for link in self.rtnl.links().await? {
             if link.name.starts_with(HOST_VETH_PREFIX) && !owned.contains(&link.name) {

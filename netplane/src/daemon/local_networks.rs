@@ -122,15 +122,12 @@ impl Daemon {
         Ok(pruned)
     }
 
-    /// The endpoints attached to network `name`.
+    /// The endpoints attached to network `name`, first or later.
     pub(super) fn members_of(&self, name: &str) -> Result<Vec<String>> {
         let mode = Mode::Network(name.to_string());
-        Ok(self
-            .store
-            .endpoints()?
+        Ok(members(&self.store.endpoints()?, &mode)
             .into_iter()
-            .filter(|r| r.ep.mode == mode)
-            .map(|r| r.ep.name)
+            .map(|(rec, _)| rec.ep.name.clone())
             .collect())
     }
 
@@ -195,10 +192,7 @@ impl Daemon {
     ) -> NetworkInfo {
         let spec = &net.spec;
         let driver = self.local_driver(net);
-        let members: Vec<&StoredEndpoint> = records
-            .iter()
-            .filter(|r| r.ep.mode == Mode::Network(net.name.clone()))
-            .collect();
+        let members = members(records, &Mode::Network(net.name.clone()));
         NetworkInfo {
             name: net.name.clone(),
             id: net.uid.clone(),
@@ -213,7 +207,7 @@ impl Daemon {
             ipam: ipam_of(spec.subnet, spec.gateway, spec.ip_range),
             options: spec.options.clone(),
             labels: spec.labels.clone(),
-            endpoints: members.iter().map(|r| r.ep.name.clone()).collect(),
+            endpoints: members.iter().map(|(r, _)| r.ep.name.clone()).collect(),
             containers: containers(&members, spec.subnet.prefix_len()),
             ..NetworkInfo::default()
         }
@@ -242,21 +236,39 @@ pub(super) fn ipam_of(subnet: Ipv4Net, gateway: Ipv4Addr, range: Option<Ipv4Net>
     }
 }
 
+/// Where an endpoint is on a network: its address and MAC there.
+pub(super) type Member<'a> = (&'a StoredEndpoint, Option<(Ipv4Addr, [u8; 6])>);
+
+/// The endpoints of `records` on the network of `mode`, first or
+/// connected later.
+pub(super) fn members<'a>(records: &'a [StoredEndpoint], mode: &Mode) -> Vec<Member<'a>> {
+    records
+        .iter()
+        .filter_map(|r| {
+            if r.ep.mode == *mode {
+                return Some((r, r.ep.ip.zip(r.ep.mac())));
+            }
+            let att = r.attachments.iter().find(|a| a.mode() == *mode)?;
+            Some((r, Some((att.ip, mac_for(att.ip)))))
+        })
+        .collect()
+}
+
 /// `network inspect`'s `Containers`: each endpoint with its address.
 pub(super) fn containers(
-    members: &[&StoredEndpoint],
+    members: &[Member<'_>],
     prefix_len: u8,
 ) -> BTreeMap<String, NetworkMember> {
     members
         .iter()
-        .filter_map(|r| {
-            let ip = r.ep.ip?;
+        .filter_map(|(r, on)| {
+            let (ip, mac) = (*on)?;
             Some((
                 r.ep.name.clone(),
                 NetworkMember {
                     name: r.ep.name.clone(),
                     ipv4_address: format!("{ip}/{prefix_len}"),
-                    mac_address: r.ep.mac().map(|m| format_mac(&m)).unwrap_or_default(),
+                    mac_address: format_mac(&mac),
                 },
             ))
         })

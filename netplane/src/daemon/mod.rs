@@ -3,6 +3,7 @@
 //! everything down on `netplane down`.
 
 pub mod cluster;
+mod connections;
 pub mod counters;
 pub mod drivers;
 mod endpoints;

@@ -23,11 +23,9 @@ impl Daemon {
     /// overlays.
     pub fn networks(&self) -> Result<Vec<NetworkInfo>> {
         let records = self.store.endpoints()?;
-        let members = |mode: &Mode| -> Vec<&StoredEndpoint> {
-            records.iter().filter(|r| r.ep.mode == *mode).collect()
-        };
-        let names = |members: &[&StoredEndpoint]| -> Vec<String> {
-            members.iter().map(|r| r.ep.name.clone()).collect()
+        let members = |mode: &Mode| local_networks::members(&records, mode);
+        let names = |members: &[local_networks::Member<'_>]| -> Vec<String> {
+            members.iter().map(|(r, _)| r.ep.name.clone()).collect()
         };
         let builtin = |name: &str, driver: &str, mode: Mode| -> Result<NetworkInfo> {
             Ok(NetworkInfo {

@@ -259,11 +259,14 @@ async fn respond(
         let zones = shared.zones.read().unwrap_or_else(|e| e.into_inner());
         let empty = Zone::default();
         let zone = zones.get(network).unwrap_or(&empty);
-        let own = match client.ip() {
-            std::net::IpAddr::V4(ip) => zone.upstream_of(ip).map(<[SocketAddr]>::to_vec),
-            std::net::IpAddr::V6(_) => None,
+        let (own, view) = match client.ip() {
+            std::net::IpAddr::V4(ip) => (
+                zone.upstream_of(ip).map(<[SocketAddr]>::to_vec),
+                zone.view_for(ip),
+            ),
+            std::net::IpAddr::V6(_) => (None, zone),
         };
-        (decide(packet, zone), own)
+        (decide(packet, view), own)
     };
     if outcome != Outcome::Ignore {
         shared.queries.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
     daemon::error::{Error, Result},
-    logic::endpoint::{Endpoint, EndpointOptions, Mode},
+    logic::endpoint::{Attachment, Endpoint, EndpointOptions, Mode},
     logic::ipam::Pool,
     logic::network::{LocalNetwork, LocalSpec},
     logic::overlay::OverlayNetwork,
@@ -34,6 +34,14 @@ CREATE TABLE IF NOT EXISTS networks (
     subnet TEXT NOT NULL,
     vni INTEGER NOT NULL UNIQUE,
     lease TEXT
+);
+CREATE TABLE IF NOT EXISTS attachments (
+    endpoint TEXT NOT NULL,
+    network TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ip TEXT NOT NULL UNIQUE,
+    aliases TEXT NOT NULL,
+    PRIMARY KEY (endpoint, network)
 );
 CREATE TABLE IF NOT EXISTS local_networks (
     name TEXT PRIMARY KEY COLLATE NOCASE,
@@ -98,6 +106,8 @@ pub struct StoredEndpoint {
     pub links: Vec<String>,
     /// `--network-alias` names.
     pub aliases: Vec<String>,
+    /// The networks it was connected to after its first, in order.
+    pub attachments: Vec<Attachment>,
     /// 64 hex digits that name it for good, as Docker's `Id`.
     pub uid: String,
     /// When it was created, RFC 3339.
@@ -447,8 +457,90 @@ impl Store {
     /// Forgets an endpoint, releasing its lease and ports.
     pub fn delete_endpoint(&self, name: &str) -> Result<()> {
         self.conn
+            .execute("DELETE FROM attachments WHERE endpoint = ?1", [name])?;
+        self.conn
             .execute("DELETE FROM endpoints WHERE name = ?1", [name])?;
         Ok(())
+    }
+
+    /// Records that `endpoint` is connected to `network` too, leasing its
+    /// address there from `pool` (the one asked for, or the lowest free)
+    /// and giving it the next interface number, in one transaction.
+    pub fn insert_attachment(
+        &mut self,
+        endpoint: &str,
+        network: &str,
+        ip: Option<Ipv4Addr>,
+        aliases: &[String],
+        pool: &Pool,
+    ) -> Result<Attachment> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let leased = leased(&tx)?;
+        let ip = match ip {
+            Some(ip) => pool.check(ip, &leased).map(|()| ip)?,
+            None => pool.next_free(&leased)?,
+        };
+        let seq: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM attachments WHERE endpoint = ?1",
+            [endpoint],
+            |r| r.get(0),
+        )?;
+        let aliases_json = serde_json::to_string(aliases)
+            .map_err(|e| Error::Corrupt(format!("aliases of {endpoint}: {e}")))?;
+        tx.execute(
+            "INSERT INTO attachments (endpoint, network, seq, ip, aliases)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![endpoint, network, seq, ip.to_string(), aliases_json],
+        )?;
+        tx.commit()?;
+        Ok(Attachment {
+            network: network.to_string(),
+            seq,
+            ip,
+            aliases: aliases.to_vec(),
+        })
+    }
+
+    /// Forgets that `endpoint` is connected to `network`.
+    pub fn delete_attachment(&self, endpoint: &str, network: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM attachments WHERE endpoint = ?1 AND network = ?2",
+            [endpoint, network],
+        )?;
+        Ok(())
+    }
+
+    /// Every endpoint's attachments, by endpoint, in order.
+    fn attachments(&self) -> Result<std::collections::HashMap<String, Vec<Attachment>>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT endpoint, network, seq, ip, aliases FROM attachments ORDER BY endpoint, seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut by_endpoint: std::collections::HashMap<String, Vec<Attachment>> =
+            std::collections::HashMap::new();
+        for row in rows {
+            let (endpoint, network, seq, ip, aliases) = row?;
+            let what = format!("{endpoint} on {network}");
+            let attachment = Attachment {
+                ip: ip.parse().map_err(|_| corrupt("ip", "attachment", &what))?,
+                aliases: serde_json::from_str(&aliases)
+                    .map_err(|_| corrupt("aliases", "attachment", &what))?,
+                network,
+                seq,
+            };
+            by_endpoint.entry(endpoint).or_default().push(attachment);
+        }
+        Ok(by_endpoint)
     }
 
     /// Every endpoint, oldest first.
@@ -473,10 +565,12 @@ impl Store {
                 r.get::<_, String>(11)?,
             ))
         })?;
+        let mut attachments = self.attachments()?;
         rows.map(|row| {
             let (id, name, mode, ip, hostname, ports, links, aliases, state, options, uid, created) =
                 row?;
             Ok(StoredEndpoint {
+                attachments: attachments.remove(&name).unwrap_or_default(),
                 ep: Endpoint {
                     id,
                     mode: mode
@@ -520,7 +614,10 @@ impl Store {
 /// networks (the table says so), so a lease in one network's pool must not
 /// be another network's endpoint's.
 fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
-    let mut stmt = tx.prepare("SELECT name, ip FROM endpoints WHERE ip IS NOT NULL")?;
+    let mut stmt = tx.prepare(
+        "SELECT name, ip FROM endpoints WHERE ip IS NOT NULL
+         UNION ALL SELECT endpoint, ip FROM attachments",
+    )?;
     let ips = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     ips.map(|row| {
         let (name, ip) = row?;

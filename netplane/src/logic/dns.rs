@@ -45,6 +45,9 @@ pub struct Zone {
     reverse: BTreeMap<Ipv4Addr, String>,
     /// Endpoints' own resolvers (`--dns`), by their address.
     upstreams: BTreeMap<Ipv4Addr, Vec<SocketAddr>>,
+    /// What endpoints on several networks are answered from, by their
+    /// address here: the names of all their networks.
+    views: BTreeMap<Ipv4Addr, Zone>,
 }
 
 impl Zone {
@@ -72,6 +75,35 @@ impl Zone {
                 .collect();
             self.upstreams.insert(addr, servers);
         }
+    }
+
+    /// Adds the names of `other` that this zone lacks: names here win.
+    pub fn absorb(&mut self, other: &Zone) {
+        for (name, addr) in &other.names {
+            self.names.entry(name.clone()).or_insert(*addr);
+        }
+        for (alias, addrs) in &other.aliases {
+            let sharing = self.aliases.entry(alias.clone()).or_default();
+            for addr in addrs {
+                if !sharing.contains(addr) {
+                    sharing.push(*addr);
+                }
+            }
+        }
+        for (addr, name) in &other.reverse {
+            self.reverse.entry(*addr).or_insert_with(|| name.clone());
+        }
+    }
+
+    /// Answers the endpoint at `addr` from `view` (the names of every
+    /// network it is on) instead of this zone.
+    pub fn set_view(&mut self, addr: Ipv4Addr, view: Zone) {
+        self.views.insert(addr, view);
+    }
+
+    /// The zone the endpoint at `addr` is answered from.
+    pub fn view_for(&self, addr: Ipv4Addr) -> &Zone {
+        self.views.get(&addr).unwrap_or(self)
     }
 
     /// The resolvers of the endpoint at `addr`, if it has its own.
@@ -356,6 +388,29 @@ mod tests {
         assert_eq!(a("db.", 1), [addr(3)]);
         assert_eq!(a("pool.", 0), [addr(9), addr(10)]);
         assert_eq!(a("pool.", 1), [addr(10), addr(9)]);
+    }
+
+    #[test]
+    fn an_endpoint_on_two_networks_is_answered_the_names_of_both() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut first = Zone::default();
+        first.insert("web", &[], ip("172.18.0.2"));
+        first.insert("db", &[], ip("172.18.0.3"));
+        let mut second = Zone::default();
+        second.insert("web", &[], ip("10.9.0.2"));
+        second.insert("cache", &["kv".into()], ip("10.9.0.3"));
+        let mut view = first.clone();
+        view.absorb(&second);
+        first.set_view(ip("172.18.0.2"), view);
+        let both = first.view_for(ip("172.18.0.2"));
+        let name = |n: &str| Name::from_ascii(n).unwrap();
+        assert_eq!(both.addrs(&name("cache")), [ip("10.9.0.3")]);
+        assert_eq!(both.addrs(&name("kv")), [ip("10.9.0.3")]);
+        // Its own network's answer wins for a name on both.
+        assert_eq!(both.addrs(&name("web")), [ip("172.18.0.2")]);
+        // Every other endpoint of the first network sees only its names.
+        let others = first.view_for(ip("172.18.0.3"));
+        assert!(others.addrs(&name("cache")).is_empty());
     }
 
     #[test]

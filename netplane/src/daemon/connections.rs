@@ -1,0 +1,101 @@
+//! Connecting a running endpoint to more networks and disconnecting it
+//! (`network connect`/`disconnect`): one more interface per network, an
+//! address, names and routes there, the data path's guarantees on each.
+
+use super::*;
+use crate::{logic::endpoint::Attachment, types::ConnectRequest};
+
+impl Daemon {
+    /// The network `name` names for a connection, by its recorded name:
+    /// the bridge network or a local network.
+    fn connectable(&self, name: &str) -> Result<(String, Mode)> {
+        if name == endpoint::BRIDGE_NETWORK {
+            return Ok((name.to_string(), Mode::Bridge));
+        }
+        if let Some(net) = self.store.local_network(name)? {
+            return Ok((net.name.clone(), Mode::Network(net.name)));
+        }
+        match self.store.network(name) {
+            Ok(_) => Err(Error::NotApplicable {
+                flag: "network connect",
+                mode: format!("overlay network {name}"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Connects endpoint `req.endpoint` to network `network`: `eth1`,
+    /// `eth2`, ... in order of joining, with an address of that network
+    /// (`req.ip`, or the lowest free) and its names there.
+    pub async fn connect(&mut self, network: &str, req: ConnectRequest) -> Result<EndpointInfo> {
+        let rec = self.store.endpoint(&req.endpoint)?;
+        if rec.state != State::Ready || !rec.ep.mode.has_veth() {
+            return Err(Error::NotApplicable {
+                flag: "network connect",
+                mode: rec.ep.mode.to_string(),
+            });
+        }
+        let (network, mode) = self.connectable(network)?;
+        if rec.ep.mode == mode || rec.attachments.iter().any(|a| a.mode() == mode) {
+            return Err(Error::AlreadyConnected {
+                endpoint: rec.ep.name,
+                network,
+            });
+        }
+        for alias in &req.aliases {
+            endpoint::validate_name(alias)?;
+        }
+        let driver = self.driver_of(&mode)?;
+        let att = self.store.insert_attachment(
+            &rec.ep.name,
+            &network,
+            req.ip,
+            &req.aliases,
+            &driver.pool(),
+        )?;
+        let steps = endpoint::plan_attachment(&rec.ep, &att, driver.attachment());
+        if let Err(e) = steps::apply_all(&mut self.kernel_steps(), &steps, &rec.ep.name).await {
+            self.store.delete_attachment(&rec.ep.name, &network)?;
+            return Err(e.into());
+        }
+        self.sync_zones()?;
+        info!(endpoint = %rec.ep.name, network, ip = %att.ip, interface = att.seq, "connected");
+        self.inspect(&rec.ep.name)
+    }
+
+    /// Disconnects endpoint `name` from `network`, one it was connected to
+    /// after its first.
+    pub async fn disconnect(&mut self, network: &str, name: &str) -> Result<EndpointInfo> {
+        let rec = self.store.endpoint(name)?;
+        let (network, mode) = self.connectable(network)?;
+        let Some(att) = rec.attachments.iter().find(|a| a.mode() == mode) else {
+            return Err(if rec.ep.mode == mode {
+                Error::FirstNetwork {
+                    endpoint: rec.ep.name,
+                    network,
+                }
+            } else {
+                Error::NotConnected {
+                    endpoint: rec.ep.name,
+                    network,
+                }
+            });
+        };
+        let steps = self.attachment_steps(&rec.ep, att)?;
+        steps::undo_all(&mut self.kernel_steps(), &steps, &rec.ep.name).await?;
+        self.store.delete_attachment(&rec.ep.name, &att.network)?;
+        self.sync_zones()?;
+        info!(endpoint = %rec.ep.name, network, "disconnected");
+        self.inspect(&rec.ep.name)
+    }
+
+    /// The steps of `ep`'s attachment `att`.
+    pub(super) fn attachment_steps(
+        &self,
+        ep: &endpoint::Endpoint,
+        att: &Attachment,
+    ) -> Result<Vec<Step>> {
+        let driver = self.driver_of(&att.mode())?;
+        Ok(endpoint::plan_attachment(ep, att, driver.attachment()))
+    }
+}
