@@ -255,7 +255,14 @@ fn an_endpoint_connected_to_two_networks_reaches_and_resolves_both_until_disconn
     assert!(!h.pings(&web, &ip_db), "not connected yet");
 
     h.np_ok(&[
-        "network", "connect", "--ip", "10.82.0.50", "--alias", "api", &back, &web,
+        "network",
+        "connect",
+        "--ip",
+        "10.82.0.50",
+        "--alias",
+        "api",
+        &back,
+        &web,
     ]);
     let inspect = json(&h.np_ok(&["inspect", &web]));
     let networks = &inspect[0]["NetworkSettings"]["Networks"];
@@ -311,4 +318,68 @@ fn an_endpoint_connected_to_two_networks_reaches_and_resolves_both_until_disconn
     assert_eq!(dig(&h, &proxy, &db), ip_db);
     h.np_ok(&["rm", &proxy]);
     h.down();
+}
+
+#[test]
+fn a_macvlan_endpoint_is_on_the_lan_at_its_own_address_and_sends_only_as_itself() {
+    let h = Host::new();
+    let before = h.residue();
+    h.up(&[]);
+    let lan = h.name("lan");
+    h.np_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "macvlan",
+        "--subnet",
+        "198.18.0.0/24",
+        "--gateway",
+        WORLD_IP,
+        "--ip-range",
+        "198.18.0.128/25",
+        &lan,
+    ]);
+    let inspect = json(&h.np_ok(&["network", "inspect", &lan]));
+    assert_eq!(inspect["Driver"], "macvlan");
+    assert_eq!(
+        inspect["Options"]["parent"],
+        h.uplink.as_str(),
+        "the uplink"
+    );
+    let m = h.name("m");
+    h.np_ok(&["create", "--net", &lan, &m]);
+    let ip = h.ip_of(&m);
+    assert_eq!(ip, "198.18.0.128", "the first of the range");
+
+    // From the LAN straight to it, and out as itself: no NAT either way.
+    let _server = h.tcp_server(&m, 80, "echo $SOCAT_PEERADDR");
+    let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {ip} 80"))));
+    assert_eq!(seen.as_deref().map(str::trim), Some(WORLD_IP));
+    let _peer = h.tcp_server(&h.world, 7001, "echo $SOCAT_PEERADDR");
+    let seen = stdout_if_ok(h.in_endpoint(&m, &format!("nc -w2 {WORLD_IP} 7001")));
+    assert_eq!(seen.as_deref().map(str::trim), Some(ip.as_str()));
+    let refused = h.np_err(&["create", "--net", &lan, "-p", "8080:80", &h.name("x")]);
+    assert!(refused.contains("macvlan"), "{refused}");
+
+    // Another address of the LAN, taken inside: its frames never leave.
+    h.in_endpoint(&m, "ip addr add 198.18.0.77/24 dev eth0");
+    let spoofed = h.drops("spoofed");
+    let out = h.in_endpoint(&m, &format!("ping -c1 -W1 -I 198.18.0.77 {WORLD_IP}"));
+    assert!(!out.status.success(), "spoofed source");
+    assert!(h.drops("spoofed") > spoofed, "counted spoofed");
+    h.in_endpoint(&m, "ip addr del 198.18.0.77/24 dev eth0");
+    assert!(h.pings(&m, WORLD_IP), "as itself it still goes");
+
+    h.kill_daemon();
+    h.up(&[]);
+    let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {ip} 80"))));
+    assert_eq!(
+        seen.as_deref().map(str::trim),
+        Some(WORLD_IP),
+        "after a restart"
+    );
+    h.np_ok(&["rm", &m]);
+    h.np_ok(&["network", "rm", &lan]);
+    h.down();
+    assert_eq!(h.residue(), before);
 }

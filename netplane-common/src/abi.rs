@@ -74,6 +74,9 @@ pub mod maps {
     /// other than the bridge network, whose policy is in
     /// [`super::NetConfig`].
     pub const NETWORKS: &str = "NP_NETWORKS";
+    /// [`super::MacvlanSource`] keyed by [`super::MacKey`]: who may send
+    /// out of a macvlan parent with that source MAC, and as what address.
+    pub const MACVLAN_SOURCES: &str = "NP_MACVLAN_SOURCES";
 }
 
 /// The version of what the pinned maps' keys and values mean. A daemon
@@ -98,6 +101,9 @@ pub mod programs {
     pub const PASS: &str = "np_pass";
     /// tc ingress of the uplink: counts, reverses masquerade, publishes ports.
     pub const UPLINK_INGRESS: &str = "np_uplink_ingress";
+    /// tc egress of the uplink and of every macvlan parent: counts, and
+    /// lets macvlan endpoints send only as themselves.
+    pub const PARENT_EGRESS: &str = "np_parent_egress";
     /// cgroup connect4: host processes reach published ports.
     pub const CONNECT4: &str = "np_connect4";
     /// cgroup sendmsg4: the same for unconnected UDP.
@@ -228,6 +234,37 @@ pub const NET_FLAG_NETWORKS: u32 = 1 << 2;
 /// [`NetworkPolicy::flags`]: an internal network: its endpoints reach
 /// only addresses of its own subnet (Docker's `--internal`).
 pub const NET_FLAG_INTERNAL: u32 = 1 << 3;
+
+/// [`NetConfig::flags`]: the host has macvlan networks, whose endpoints'
+/// frames leave through their parent's egress, checked there.
+pub const NET_FLAG_MACVLAN: u32 = 1 << 4;
+
+/// [`MacvlanSource::flags`]: the parent's own MAC, the host's traffic:
+/// any source address.
+pub const MACVLAN_SOURCE_HOST: u32 = 1 << 0;
+
+/// Capacity of [`maps::MACVLAN_SOURCES`].
+pub const MAX_MACVLAN_SOURCES: u32 = 4096;
+
+/// Key of [`maps::MACVLAN_SOURCES`]: a source MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub mac: [u8; 6],
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`maps::MACVLAN_SOURCES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacvlanSource {
+    /// The only address frames with this MAC may come from, network byte
+    /// order; unused with [`MACVLAN_SOURCE_HOST`].
+    pub addr_be: u32,
+    /// `MACVLAN_SOURCE_*` bits, host byte order.
+    pub flags: u32,
+}
 
 /// Capacity of [`maps::NETWORKS`].
 pub const MAX_NETWORKS: u32 = 1024;
@@ -742,6 +779,10 @@ mod pod {
     unsafe impl aya::Pod for super::OverlayPeer {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetworkPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MacKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MacvlanSource {}
 }
 
 // The map types have no implicit padding: their sizes are the sums of
@@ -757,6 +798,8 @@ const _: () = {
     assert!(core::mem::size_of::<PortTarget>() == 12);
     assert!(core::mem::size_of::<OverlayPeer>() == 8);
     assert!(core::mem::size_of::<NetworkPolicy>() == 16);
+    assert!(core::mem::size_of::<MacKey>() == 8);
+    assert!(core::mem::size_of::<MacvlanSource>() == 8);
     assert!(core::mem::size_of::<FlowKey>() == 16);
     assert!(core::mem::size_of::<CtEntry>() == 56);
     assert!(core::mem::size_of::<Event>() == 24 + 32 + EVENT_HEADER_BYTES);

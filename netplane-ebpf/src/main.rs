@@ -34,7 +34,8 @@ use config::NET_CONFIG;
 use nat::DROP_RULE;
 use netplane_common::abi::{
     DROP_REASONS, Direction, DropReason, EndpointIdentity, IfCounters, IfDrops, IfStatsKey,
-    MAX_ENDPOINTS, MAX_INTERFACES, MAX_RULE_DROPS, RuleDropKey,
+    MACVLAN_SOURCE_HOST, MAX_ENDPOINTS, MAX_INTERFACES, MAX_MACVLAN_SOURCES, MAX_RULE_DROPS,
+    MacKey, MacvlanSource, NET_FLAG_MACVLAN, RuleDropKey,
 };
 use packet::{L3, ifindex, load};
 
@@ -60,6 +61,9 @@ static ENDPOINT_IFACES: HashMap<u32, EndpointIdentity> = HashMap::pinned(MAX_END
 #[map]
 static PACKET: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
 
+#[map(name = "NP_MACVLAN_SOURCES")]
+static MACVLAN_SOURCES: HashMap<MacKey, MacvlanSource> = HashMap::pinned(MAX_MACVLAN_SOURCES, 0);
+
 #[map(name = "NP_RULE_DROPS")]
 static RULE_DROPS: PerCpuHashMap<RuleDropKey, u64> =
     PerCpuHashMap::pinned(MAX_RULE_DROPS, BPF_F_NO_PREALLOC);
@@ -74,6 +78,12 @@ pub fn np_count_ingress(ctx: TcContext) -> i32 {
 pub fn np_count_egress(ctx: TcContext) -> i32 {
     count(&ctx, Direction::Egress);
     TC_ACT_OK
+}
+
+#[classifier]
+pub fn np_parent_egress(ctx: TcContext) -> i32 {
+    count(&ctx, Direction::Egress);
+    verdict(&ctx, parent_egress(&ctx))
 }
 
 /// Returns at once: the floor the benchmarks measure the others against.
@@ -157,6 +167,37 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         // IPv6 (endpoints have it disabled) and anything else: the checks
         // above and `--icc=false` know only IPv4.
         L3::Other => Err(DropReason::UnknownL3),
+    }
+}
+
+/// What leaves through a macvlan parent: its macvlan endpoints' frames
+/// only from their own MAC and address, the host's from its own MAC.
+fn parent_egress(ctx: &TcContext) -> Result<i32, DropReason> {
+    match NET_CONFIG.get(0) {
+        Some(cfg) if cfg.flags & NET_FLAG_MACVLAN != 0 => {}
+        _ => return Ok(TC_ACT_OK),
+    }
+    let key = MacKey {
+        mac: load(ctx, 6)?,
+        _pad: [0; 2],
+    };
+    // SAFETY: a map value, copied out.
+    let Some(sender) = (unsafe { MACVLAN_SOURCES.get(&key).copied() }) else {
+        return Err(DropReason::Spoofed);
+    };
+    if sender.flags & MACVLAN_SOURCE_HOST != 0 {
+        return Ok(TC_ACT_OK);
+    }
+    packet::linearize(ctx);
+    let claimed = match packet::l3(ctx)? {
+        L3::Ipv4 => parsed(ctx)?.saddr,
+        L3::Arp(sender_addr) => load::<u32>(ctx, sender_addr)?,
+        L3::Other => return Err(DropReason::UnknownL3),
+    };
+    if claimed == sender.addr_be {
+        Ok(TC_ACT_OK)
+    } else {
+        Err(DropReason::Spoofed)
     }
 }
 

@@ -58,7 +58,7 @@ impl Daemon {
             self.store.delete_attachment(&rec.ep.name, &network)?;
             return Err(e.into());
         }
-        self.sync_zones()?;
+        self.endpoints_changed()?;
         info!(endpoint = %rec.ep.name, network, ip = %att.ip, interface = att.seq, "connected");
         self.inspect(&rec.ep.name)
     }
@@ -84,7 +84,7 @@ impl Daemon {
         let steps = self.attachment_steps(&rec.ep, att)?;
         steps::undo_all(&mut self.kernel_steps(), &steps, &rec.ep.name).await?;
         self.store.delete_attachment(&rec.ep.name, &att.network)?;
-        self.sync_zones()?;
+        self.endpoints_changed()?;
         info!(endpoint = %rec.ep.name, network, "disconnected");
         self.inspect(&rec.ep.name)
     }

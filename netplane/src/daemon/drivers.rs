@@ -165,6 +165,24 @@ impl NetworkDriver for LocalBridge {
     }
 
     fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link> {
-        Box::pin(ensure_bridge(rtnl, &self.on_host))
+        Box::pin(async move {
+            match self.network.spec.parent() {
+                // Endpoints hang off the parent, which is not netplane's.
+                Some(parent) => Ok(rtnl
+                    .link(parent)
+                    .await?
+                    .ok_or_else(|| kernel::Error::InterfaceNotFound(parent.to_string()))?),
+                None => ensure_bridge(rtnl, &self.on_host).await,
+            }
+        })
+    }
+
+    fn teardown<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            match self.network.spec.parent() {
+                Some(_) => Ok(()),
+                None => Ok(rtnl.delete_link(&self.on_host.bridge).await?),
+            }
+        })
     }
 }

@@ -5,7 +5,14 @@ use super::*;
 
 impl Daemon {
     /// Gives the DNS server every ready endpoint's names, by network.
-    pub(super) fn sync_zones(&self) -> Result<()> {
+    /// Brings what depends on the set of endpoints up to date: the
+    /// embedded DNS's names and who may send out of macvlan parents.
+    pub(super) fn endpoints_changed(&mut self) -> Result<()> {
+        self.sync_zones()?;
+        self.sync_macvlan_sources()
+    }
+
+    fn sync_zones(&self) -> Result<()> {
         let mut zones: BTreeMap<String, Zone> = BTreeMap::new();
         let records = self.store.endpoints()?;
         let ready = || records.iter().filter(|r| r.state == State::Ready);
@@ -254,7 +261,7 @@ impl Daemon {
             return Err(e);
         }
         self.store.set_state(&ep.name, State::Ready)?;
-        self.sync_zones()?;
+        self.endpoints_changed()?;
         info!(endpoint = %ep.name, mode = %ep.mode, ip = ?ep.ip, "created");
         self.inspect(&ep.name)
     }
@@ -360,7 +367,7 @@ impl Daemon {
         self.teardown(&rec.ep).await?;
         self.store.delete_endpoint(name)?;
         self.sync_linked()?;
-        self.sync_zones()?;
+        self.endpoints_changed()?;
         info!(endpoint = %name, "removed");
         removed.endpoints.push(name.to_string());
         Ok(removed)

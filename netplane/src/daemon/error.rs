@@ -96,6 +96,9 @@ pub enum Error {
         /// The network.
         network: String,
     },
+    /// A macvlan parent without a MAC of its own.
+    #[error("macvlan parent {0} has no Ethernet address")]
+    MacvlanParent(String),
     /// A network of that name exists.
     #[error("network {0} already exists")]
     NetworkNameTaken(String),

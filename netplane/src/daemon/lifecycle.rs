@@ -84,6 +84,7 @@ impl Daemon {
             gateway: pool.gateway,
             mtu: None,
             vni: 0,
+            macvlan: false,
         };
 
         let upstream = if cfg.dns.is_empty() {
@@ -103,6 +104,7 @@ impl Daemon {
             uplink_mtu: DEFAULT_MTU,
             session: None,
             view: None,
+            parent_macs: BTreeMap::new(),
             resolver: Resolver::new(upstream),
             reconciles: metrics::ReconcileDurations::default(),
             reserved: Reservations::default(),
@@ -261,7 +263,14 @@ impl Daemon {
                 gateways.push(driver.on_host.gateway);
             }
         }
-        gateways.extend(self.store.local_networks()?.iter().map(|n| n.spec.gateway));
+        // A macvlan network's gateway is a router of its parent's network.
+        gateways.extend(
+            self.store
+                .local_networks()?
+                .iter()
+                .filter(|n| n.spec.parent().is_none())
+                .map(|n| n.spec.gateway),
+        );
         Ok(self.dp().set_host_addrs(&addrs, &gateways)?)
     }
 
@@ -309,17 +318,27 @@ impl Daemon {
                     self.store.delete_endpoint(&rec.ep.name)?;
                 }
                 State::Ready if self.is_intact(&rec.ep).await? => {
+                    // The new programs on every veth (macvlan interfaces
+                    // have none: their parent's way out checks them).
                     if let (Some(veth), Some(ip), Some(mac)) =
                         (rec.ep.host_veth(), rec.ep.ip, rec.ep.mac())
+                        && let net = self.bridge_net_of(&rec.ep.mode)?
+                        && !net.macvlan
                     {
-                        let vni = self.bridge_net_of(&rec.ep.mode)?.vni;
-                        self.kernel_steps().attach_endpoint(&veth, ip, mac, vni)?;
+                        self.kernel_steps()
+                            .attach_endpoint(&veth, ip, mac, net.vni)?;
                     }
                     for att in &rec.attachments {
-                        let vni = self.bridge_net_of(&att.mode())?.vni;
-                        let veth = att.host_veth(&rec.ep);
-                        self.kernel_steps()
-                            .attach_endpoint(&veth, att.ip, mac_for(att.ip), vni)?;
+                        let net = self.bridge_net_of(&att.mode())?;
+                        if !net.macvlan {
+                            let veth = att.host_veth(&rec.ep);
+                            self.kernel_steps().attach_endpoint(
+                                &veth,
+                                att.ip,
+                                mac_for(att.ip),
+                                net.vni,
+                            )?;
+                        }
                     }
                     self.publish(&rec.ep, &rec.ports)?;
                     self.hold_published(&rec.ep.name, &rec.ports);
@@ -349,7 +368,7 @@ impl Daemon {
                 self.rtnl.delete_link(&link.name).await?;
             }
         }
-        self.sync_zones()
+        self.endpoints_changed()
     }
 
     pub(super) async fn is_intact(&self, ep: &endpoint::Endpoint) -> Result<bool> {
@@ -359,6 +378,7 @@ impl Daemon {
             return Ok(false);
         }
         match ep.host_veth() {
+            Some(_) if self.bridge_net_of(&ep.mode)?.macvlan => Ok(true),
             Some(veth) => Ok(self.rtnl.link(&veth).await?.is_some()),
             None => Ok(true),
         }
@@ -396,8 +416,12 @@ impl Daemon {
             }
         }
         if let Some(mut dp) = self.dp.take() {
-            if let Some(uplink) = &self.uplink {
-                note(dp.detach(uplink).map_err(Error::from));
+            let parents = self
+                .parent_macs
+                .keys()
+                .filter(|p| self.uplink.as_ref() != Some(*p));
+            for hooked in self.uplink.iter().chain(parents) {
+                note(dp.detach(hooked).map_err(Error::from));
             }
             note(dp.remove_pins().map_err(Error::from));
         }

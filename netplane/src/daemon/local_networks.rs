@@ -3,7 +3,8 @@
 //! apart from every other network by the data path.
 
 use netplane_common::abi::{
-    BRIDGE_NETWORK_IDS, NET_FLAG_INTERNAL, NET_FLAG_NETWORKS, NetworkPolicy,
+    BRIDGE_NETWORK_IDS, MACVLAN_SOURCE_HOST, NET_FLAG_INTERNAL, NET_FLAG_MACVLAN,
+    NET_FLAG_NETWORKS, NetworkPolicy,
 };
 
 use super::{
@@ -22,7 +23,7 @@ impl Daemon {
         drivers::LocalBridge {
             network: net.clone(),
             on_host: BridgeNet {
-                bridge: net.bridge(),
+                bridge: spec.parent().map_or_else(|| net.bridge(), str::to_string),
                 subnet: Ipv4Net::new(spec.gateway, spec.subnet.prefix_len())
                     .expect("prefix of a valid net"),
                 gateway: spec.gateway,
@@ -30,6 +31,7 @@ impl Daemon {
                     .mtu
                     .or_else(|| endpoint::bridge_endpoint_mtu(self.uplink_mtu)),
                 vni: net.id,
+                macvlan: spec.driver == LocalDriver::Macvlan,
             },
         }
     }
@@ -48,8 +50,15 @@ impl Daemon {
                 mode: driver.name().into(),
             });
         }
-        let mut in_use = self.rtnl.networks_in_use(None).await?;
-        in_use.extend(self.subnets_of_networks()?);
+        let host = self.rtnl.networks_in_use(None).await?;
+        let networks = self.subnets_of_networks()?;
+        let mut options = req.options;
+        if driver == LocalDriver::Macvlan
+            && !options.contains_key(network::PARENT)
+            && let Some(uplink) = &self.uplink
+        {
+            options.insert(network::PARENT.into(), uplink.clone());
+        }
         let spec = network::plan_local(
             driver,
             LocalRequest {
@@ -59,10 +68,11 @@ impl Daemon {
                 internal: req.internal,
                 icc: req.icc,
                 mtu: req.mtu,
-                options: req.options,
+                options,
                 labels: req.labels,
             },
-            &in_use,
+            &host,
+            &networks,
         )?;
         let net = self
             .store
@@ -80,12 +90,50 @@ impl Daemon {
     }
 
     async fn bring_up_local(&mut self, driver: &drivers::LocalBridge) -> Result<()> {
-        driver.setup(&self.rtnl).await?;
+        let link = driver.setup(&self.rtnl).await?;
+        if let Some(parent) = driver.network.spec.parent() {
+            // The host's own frames leave the parent with its MAC.
+            let mac = link
+                .mac
+                .ok_or_else(|| Error::MacvlanParent(parent.to_string()))?;
+            self.parent_macs.insert(parent.to_string(), mac);
+            if self.uplink.as_deref() != Some(parent) {
+                self.dp().attach(parent, Role::Parent)?;
+            }
+            self.sync_network_policies()?;
+            return self.sync_macvlan_sources();
+        }
         self.serve_dns(&driver.network.name, driver.on_host.subnet)
             .await;
         self.sync_network_policies()?;
         // Its gateway is closed to the uplink from now on.
         self.sync_host_addrs().await
+    }
+
+    /// Tells the data path who may send out of each macvlan parent: every
+    /// macvlan endpoint from its MAC and address, the host from the
+    /// parent's own MAC.
+    pub(super) fn sync_macvlan_sources(&mut self) -> Result<()> {
+        let macvlans: Vec<LocalNetwork> = self
+            .store
+            .local_networks()?
+            .into_iter()
+            .filter(|n| n.spec.driver == LocalDriver::Macvlan)
+            .collect();
+        let mut sources: Vec<([u8; 6], Ipv4Addr, u32)> = self
+            .parent_macs
+            .values()
+            .map(|mac| (*mac, Ipv4Addr::UNSPECIFIED, MACVLAN_SOURCE_HOST))
+            .collect();
+        let records = self.store.endpoints()?;
+        for net in &macvlans {
+            for (_, on) in members(&records, &Mode::Network(net.name.clone())) {
+                if let Some((ip, mac)) = on {
+                    sources.push((mac, ip, 0));
+                }
+            }
+        }
+        self.dp().set_macvlan_sources(&sources).map_err(Error::from)
     }
 
     /// Brings up every local network recorded here (after a restart,
@@ -103,6 +151,20 @@ impl Daemon {
         self.resolver.stop(&net.name);
         self.local_driver(net).teardown(&self.rtnl).await?;
         self.store.delete_local_network(&net.name)?;
+        if let Some(parent) = net.spec.parent() {
+            let still_used = self
+                .store
+                .local_networks()?
+                .iter()
+                .any(|n| n.spec.parent() == Some(parent));
+            if !still_used {
+                self.parent_macs.remove(parent);
+                if self.uplink.as_deref() != Some(parent) {
+                    self.dp().detach(parent)?;
+                }
+            }
+            self.sync_macvlan_sources()?;
+        }
         self.sync_network_policies()?;
         self.sync_host_addrs().await?;
         info!(network = %net.name, "network removed");
@@ -144,7 +206,12 @@ impl Daemon {
                 endpoint: endpoint.to_string(),
                 network: net.name,
             }),
-            Some(_) => Ok(()),
+            Some(net) if net.spec.driver == LocalDriver::Bridge => Ok(()),
+            // Straight on the parent's network, with no NAT to publish by.
+            Some(net) => Err(Error::NotApplicable {
+                flag: "-p",
+                mode: format!("macvlan network {}", net.name),
+            }),
             None => Err(Error::NotApplicable {
                 flag: "-p",
                 mode: mode.to_string(),
@@ -172,7 +239,11 @@ impl Daemon {
             policies.push((net.id, policy(spec.subnet, spec.gateway, flags)));
         }
         self.dp().set_networks(&policies)?;
-        let mut flags = self.net_config.flags & !(NET_FLAG_OVERLAY | NET_FLAG_NETWORKS);
+        let mut flags =
+            self.net_config.flags & !(NET_FLAG_OVERLAY | NET_FLAG_NETWORKS | NET_FLAG_MACVLAN);
+        if locals.iter().any(|n| n.spec.driver == LocalDriver::Macvlan) {
+            flags |= NET_FLAG_MACVLAN;
+        }
         if !overlays.is_empty() {
             flags |= NET_FLAG_OVERLAY;
         }

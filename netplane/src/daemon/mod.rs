@@ -224,6 +224,9 @@ pub struct Daemon {
     reconciles: metrics::ReconcileDurations,
     /// How the tc programs hang on interfaces, chosen at `up`.
     tc_hook: TcHook,
+    /// The MAC of every macvlan parent: the host's own frames leave it
+    /// from there.
+    parent_macs: BTreeMap<String, [u8; 6]>,
     /// Sockets holding the published host ports.
     reserved: Reservations,
     _lock: DaemonLock,

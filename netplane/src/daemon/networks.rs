@@ -141,6 +141,7 @@ impl Daemon {
                 gateway,
                 mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
                 vni: net.vni,
+                macvlan: false,
             },
         })
     }
@@ -192,6 +193,12 @@ impl Daemon {
                     return Err(Error::NetworkNameTaken(other));
                 }
                 self.create_local_network(req, LocalDriver::Bridge).await
+            }
+            "macvlan" => {
+                if let Some(other) = self.overlay_named(&req.name) {
+                    return Err(Error::NetworkNameTaken(other));
+                }
+                self.create_local_network(req, LocalDriver::Macvlan).await
             }
             "overlay" => self.create_overlay(req).await,
             _ => Err(Error::UnsupportedDriver(req.driver)),

@@ -118,6 +118,24 @@ impl StepRunner for KernelSteps<'_> {
                     .configure_endpoint(ifname, *ip, *prefix_len, *gateway)
                     .await
             }
+            Step::Macvlan {
+                parent,
+                netns: ns,
+                ifname,
+                ip,
+                prefix_len,
+                gateway,
+                mtu,
+                mac,
+            } => {
+                let ns_file = netns::open(&netns::path(ns))?;
+                self.rtnl
+                    .create_macvlan(parent, ifname, *mac, *mtu, &ns_file)
+                    .await?;
+                Rtnl::in_netns(&ns_file)?
+                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway)
+                    .await
+            }
             Step::AttachDatapath {
                 ifname,
                 ip,
@@ -136,6 +154,13 @@ impl StepRunner for KernelSteps<'_> {
         match step {
             Step::Netns { name } | Step::ShareNetns { name, .. } => netns::delete(name),
             Step::Veth { host, .. } => self.rtnl.delete_link(host).await,
+            // Its namespace gone, so is the interface.
+            Step::Macvlan {
+                netns: ns, ifname, ..
+            } => match netns::open(&netns::path(ns)) {
+                Ok(ns_file) => Rtnl::in_netns(&ns_file)?.delete_link(ifname).await,
+                Err(_) => Ok(()),
+            },
             Step::AttachDatapath { ifname, ip, .. } => {
                 let ifindex = if_nametoindex(ifname.as_str()).unwrap_or(0);
                 self.dp.remove_endpoint(ifindex, *ip)?;
@@ -164,6 +189,7 @@ mod tests {
             Step::Netns { .. } => "netns",
             Step::ShareNetns { .. } => "share",
             Step::Veth { .. } => "veth",
+            Step::Macvlan { .. } => "macvlan",
             Step::AttachDatapath { .. } => "attach",
             Step::EtcFiles { .. } => "etc",
         }

@@ -31,8 +31,9 @@ use aya_obj::generated::{BPF_NOEXIST, bpf_cmd};
 use ipnet::Ipv4Net;
 use netplane_common::abi::{
     AddrPair, CtEntry, CtTimeouts, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey,
-    HOST_ADDR, HOST_ADDR_GATEWAY, IfCounters, IfDrops, IfStatsKey, LAYOUT_VERSION, NetConfig,
-    NetworkPolicy, OverlayPeer, PortKey, PortTarget, PublishFromKey, RuleDropKey, maps, programs,
+    HOST_ADDR, HOST_ADDR_GATEWAY, IfCounters, IfDrops, IfStatsKey, LAYOUT_VERSION, MacKey,
+    MacvlanSource, NetConfig, NetworkPolicy, OverlayPeer, PortKey, PortTarget, PublishFromKey,
+    RuleDropKey, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -62,8 +63,12 @@ pub enum Role {
     Endpoint,
     /// The bridge: counted both ways.
     Counted,
-    /// The uplink: replies to masquerade and published ports come in here.
+    /// The uplink: replies to masquerade and published ports come in here;
+    /// macvlan endpoints on it send out here.
     Uplink,
+    /// A macvlan parent other than the uplink: counted, and its macvlan
+    /// endpoints send out here.
+    Parent,
 }
 
 impl Role {
@@ -79,7 +84,11 @@ impl Role {
             ],
             Role::Uplink => &[
                 (programs::UPLINK_INGRESS, Direction::Ingress),
-                (programs::COUNT_EGRESS, Direction::Egress),
+                (programs::PARENT_EGRESS, Direction::Egress),
+            ],
+            Role::Parent => &[
+                (programs::COUNT_INGRESS, Direction::Ingress),
+                (programs::PARENT_EGRESS, Direction::Egress),
             ],
         }
     }
@@ -391,6 +400,7 @@ impl Datapath {
             programs::UPLINK_INGRESS,
             programs::COUNT_INGRESS,
             programs::COUNT_EGRESS,
+            programs::PARENT_EGRESS,
             programs::PASS,
         ] {
             classifier(&mut ebpf, name)?
@@ -892,6 +902,27 @@ impl Datapath {
     /// network, by network identifier.
     pub fn set_networks(&mut self, networks: &[(u32, NetworkPolicy)]) -> Result<()> {
         self.set_entries(maps::NETWORKS, networks.to_vec())
+    }
+
+    /// Replaces who may send out of macvlan parents: each MAC with its
+    /// address and `MACVLAN_SOURCE_*` flags.
+    pub fn set_macvlan_sources(&mut self, sources: &[([u8; 6], Ipv4Addr, u32)]) -> Result<()> {
+        let want = sources
+            .iter()
+            .map(|(mac, addr, flags)| {
+                (
+                    MacKey {
+                        mac: *mac,
+                        _pad: [0; 2],
+                    },
+                    MacvlanSource {
+                        addr_be: addr_be(*addr),
+                        flags: *flags,
+                    },
+                )
+            })
+            .collect();
+        self.set_entries(maps::MACVLAN_SOURCES, want)
     }
 
     /// Replaces the pairs of endpoints allowed to talk with `--icc=false`.

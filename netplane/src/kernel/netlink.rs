@@ -5,10 +5,10 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode},
         route::{RouteAddress, RouteAttribute, RouteMetric},
         tc::{TcAttribute, TcHandle},
     },
@@ -260,6 +260,31 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| Error::netlink("create veth", format!("{host} -> {bridge}"), e))
+    }
+
+    /// Creates a bridge-mode macvlan child of `parent` straight in
+    /// namespace `ns`, named `name` there, with `mac`.
+    pub async fn create_macvlan(
+        &self,
+        parent: &str,
+        name: &str,
+        mac: [u8; 6],
+        mtu: Option<u32>,
+        ns: &File,
+    ) -> Result<()> {
+        let parent_index = self.index(parent).await?;
+        let mut link = LinkMacVlan::new(name, parent_index, MacVlanMode::Bridge)
+            .address(mac.to_vec())
+            .setns_by_fd(ns.as_raw_fd());
+        if let Some(mtu) = mtu {
+            link = link.mtu(mtu);
+        }
+        self.handle
+            .link()
+            .add(link.build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("create macvlan", format!("{name} on {parent}"), e))
     }
 
     /// Inside an endpoint's namespace: gives `ifname` its address, brings it

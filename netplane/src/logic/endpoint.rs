@@ -128,6 +128,9 @@ pub struct BridgeNet {
     /// The overlay's VNI, 0 for the bridge network: the data path keeps
     /// endpoints to those of their own network.
     pub vni: u32,
+    /// Endpoints get a macvlan child of `bridge` (then the parent
+    /// interface, not a bridge) instead of a veth into it.
+    pub macvlan: bool,
 }
 
 /// The kernel's MTU for Ethernet interfaces, and the uplink's when it
@@ -337,6 +340,26 @@ pub enum Step {
         /// MAC of the endpoint side.
         mac: [u8; 6],
     },
+    /// A macvlan child of `parent`, as `ifname` in `netns`, with address,
+    /// MAC and (on the first network) the default route.
+    Macvlan {
+        /// The parent interface.
+        parent: String,
+        /// Namespace of the endpoint.
+        netns: String,
+        /// Its name there.
+        ifname: String,
+        /// Endpoint address.
+        ip: Ipv4Addr,
+        /// Prefix length of the network.
+        prefix_len: u8,
+        /// Default gateway; none on networks connected later.
+        gateway: Option<Ipv4Addr>,
+        /// MTU, when not the parent's.
+        mtu: Option<u32>,
+        /// Its MAC.
+        mac: [u8; 6],
+    },
     /// The data path's endpoint program on the host-side veth, and the
     /// endpoint's address and MAC in its maps.
     AttachDatapath {
@@ -417,28 +440,18 @@ pub fn plan(
         Mode::Bridge | Mode::Network(_) => {
             let ip = ep.ip.expect("bridge and overlay endpoints have an address");
             let mac = ep.mac().expect("endpoints with an address have a MAC");
-            let host = host_veth_name(ep.id);
-            vec![
-                Step::Netns { name: name.clone() },
-                Step::Veth {
-                    host: host.clone(),
-                    netns: name.clone(),
-                    ifname: ENDPOINT_IFNAME.into(),
-                    ip,
-                    prefix_len: net.subnet.prefix_len(),
-                    gateway: Some(net.gateway),
-                    bridge: net.bridge.clone(),
-                    mtu: net.mtu,
-                    mac,
-                },
-                Step::AttachDatapath {
-                    ifname: host,
-                    ip,
-                    mac,
-                    vni: net.vni,
-                },
-                etc(Some(ip)),
-            ]
+            let interface = Interface {
+                host: host_veth_name(ep.id),
+                netns: name.clone(),
+                ifname: ENDPOINT_IFNAME.into(),
+                ip,
+                mac,
+                default_route: true,
+            };
+            let mut steps = vec![Step::Netns { name: name.clone() }];
+            steps.extend(interface.steps(net));
+            steps.push(etc(Some(ip)));
+            steps
         }
     }
 }
@@ -475,27 +488,66 @@ impl Attachment {
 /// The steps that connect `ep` to one more network `net`: an interface
 /// there without the default route, which stays on the first network.
 pub fn plan_attachment(ep: &Endpoint, att: &Attachment, net: &BridgeNet) -> Vec<Step> {
-    let host = att.host_veth(ep);
-    let mac = mac_for(att.ip);
-    vec![
-        Step::Veth {
-            host: host.clone(),
-            netns: ep.name.clone(),
-            ifname: format!("eth{}", att.seq),
-            ip: att.ip,
-            prefix_len: net.subnet.prefix_len(),
-            gateway: None,
-            bridge: net.bridge.clone(),
-            mtu: net.mtu,
-            mac,
-        },
-        Step::AttachDatapath {
-            ifname: host,
-            ip: att.ip,
-            mac,
-            vni: net.vni,
-        },
-    ]
+    Interface {
+        host: att.host_veth(ep),
+        netns: ep.name.clone(),
+        ifname: format!("eth{}", att.seq),
+        ip: att.ip,
+        mac: mac_for(att.ip),
+        default_route: false,
+    }
+    .steps(net)
+}
+
+/// One interface of an endpoint on one network.
+struct Interface {
+    /// Host-side veth name (unused on macvlan networks).
+    host: String,
+    netns: String,
+    ifname: String,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+    /// Whether it holds the default route (the first network's does).
+    default_route: bool,
+}
+
+impl Interface {
+    /// A veth into `net`'s bridge checked by the data path, or a macvlan
+    /// child of its parent (checked on the parent's way out).
+    fn steps(self, net: &BridgeNet) -> Vec<Step> {
+        let gateway = self.default_route.then_some(net.gateway);
+        if net.macvlan {
+            return vec![Step::Macvlan {
+                parent: net.bridge.clone(),
+                netns: self.netns,
+                ifname: self.ifname,
+                ip: self.ip,
+                prefix_len: net.subnet.prefix_len(),
+                gateway,
+                mtu: net.mtu,
+                mac: self.mac,
+            }];
+        }
+        vec![
+            Step::Veth {
+                host: self.host.clone(),
+                netns: self.netns,
+                ifname: self.ifname,
+                ip: self.ip,
+                prefix_len: net.subnet.prefix_len(),
+                gateway,
+                bridge: net.bridge.clone(),
+                mtu: net.mtu,
+                mac: self.mac,
+            },
+            Step::AttachDatapath {
+                ifname: self.host,
+                ip: self.ip,
+                mac: self.mac,
+                vni: net.vni,
+            },
+        ]
+    }
 }
 
 /// The hosts file of an endpoint, as Docker writes it: linked endpoints
@@ -574,6 +626,7 @@ mod tests {
 
     fn net() -> BridgeNet {
         BridgeNet {
+            macvlan: false,
             bridge: "np0".into(),
             subnet: "172.17.0.1/16".parse().unwrap(),
             gateway: "172.17.0.1".parse().unwrap(),

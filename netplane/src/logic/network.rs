@@ -16,6 +16,10 @@ pub enum LocalDriver {
     /// Its own Linux bridge, NATed out of the uplink like the bridge
     /// network.
     Bridge,
+    /// Straight onto the network of a parent interface (the uplink by
+    /// default): each endpoint a macvlan child of it with an address of
+    /// that network, no NAT.
+    Macvlan,
 }
 
 impl LocalDriver {
@@ -23,6 +27,28 @@ impl LocalDriver {
     pub fn name(self) -> &'static str {
         match self {
             LocalDriver::Bridge => "bridge",
+            LocalDriver::Macvlan => "macvlan",
+        }
+    }
+
+    /// The `-o` options it takes.
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            LocalDriver::Bridge => &[],
+            LocalDriver::Macvlan => &[PARENT, "macvlan_mode"],
+        }
+    }
+}
+
+/// `-o parent=IFACE` of a macvlan network.
+pub const PARENT: &str = "parent";
+
+impl LocalSpec {
+    /// The parent interface of a macvlan network.
+    pub fn parent(&self) -> Option<&str> {
+        match self.driver {
+            LocalDriver::Macvlan => self.options.get(PARENT).map(String::as_str),
+            LocalDriver::Bridge => None,
         }
     }
 }
@@ -104,20 +130,58 @@ pub enum NetworkError {
     BadMtu(u32),
     #[error("option {0} is not known to the {1} driver")]
     UnknownOption(String, &'static str),
+    #[error("a macvlan network needs --subnet, the subnet of its parent's network")]
+    MacvlanNeedsSubnet,
+    #[error("a macvlan network needs -o parent=IFACE (there is no uplink to default to)")]
+    MacvlanNeedsParent,
+    #[error("macvlan_mode {0:?}: only bridge is supported")]
+    MacvlanMode(String),
+    #[error("{0} does not apply to macvlan networks")]
+    NotForMacvlan(&'static str),
 }
 
 /// Completes and checks `req`: the subnet is the one asked for, or the
 /// first of the default pools that overlaps nothing in `in_use` (routes
 /// and addresses of the host, other networks); the gateway is the
 /// subnet's first host address unless given.
+///
+/// A macvlan network shares its parent's network, so the host's routes
+/// and addresses (`host`) are not in its way; other networks are.
 pub fn plan_local(
     driver: LocalDriver,
     req: LocalRequest,
-    in_use: &[Ipv4Net],
+    host: &[Ipv4Net],
+    networks: &[Ipv4Net],
 ) -> Result<LocalSpec, NetworkError> {
-    if let Some(key) = req.options.keys().next() {
+    if let Some(key) = req
+        .options
+        .keys()
+        .find(|k| !driver.options().contains(&k.as_str()))
+    {
         return Err(NetworkError::UnknownOption(key.clone(), driver.name()));
     }
+    let in_use: Vec<Ipv4Net> = match driver {
+        LocalDriver::Bridge => host.iter().chain(networks).copied().collect(),
+        LocalDriver::Macvlan => {
+            if let Some(mode) = req.options.get("macvlan_mode").filter(|m| *m != "bridge") {
+                return Err(NetworkError::MacvlanMode(mode.clone()));
+            }
+            if !req.options.contains_key(PARENT) {
+                return Err(NetworkError::MacvlanNeedsParent);
+            }
+            if req.subnet.is_none() {
+                return Err(NetworkError::MacvlanNeedsSubnet);
+            }
+            if req.internal {
+                return Err(NetworkError::NotForMacvlan("--internal"));
+            }
+            if !req.icc {
+                return Err(NetworkError::NotForMacvlan("--icc=false"));
+            }
+            networks.to_vec()
+        }
+    };
+    let in_use = in_use.as_slice();
     if let Some(mtu) = req.mtu
         && !(68..=65535).contains(&mtu)
     {
@@ -194,12 +258,12 @@ mod tests {
 
     #[test]
     fn subnets_come_from_the_pools_past_what_is_in_use() {
-        let spec = plan_local(LocalDriver::Bridge, req(), &[net("172.17.0.0/16")]).unwrap();
+        let spec = plan_local(LocalDriver::Bridge, req(), &[net("172.17.0.0/16")], &[]).unwrap();
         assert_eq!(spec.subnet, net("172.18.0.0/16"));
         assert_eq!(spec.gateway, "172.18.0.1".parse::<Ipv4Addr>().unwrap());
         let busy: Vec<Ipv4Net> = ipam::default_pools().collect();
         assert_eq!(
-            plan_local(LocalDriver::Bridge, req(), &busy),
+            plan_local(LocalDriver::Bridge, req(), &busy, &[]),
             Err(NetworkError::PoolsExhausted)
         );
     }
@@ -216,6 +280,7 @@ mod tests {
             LocalDriver::Bridge,
             with(Some("10.50.0.254"), Some("10.50.0.128/25")),
             &[],
+            &[],
         )
         .unwrap();
         assert_eq!(ok.gateway, "10.50.0.254".parse::<Ipv4Addr>().unwrap());
@@ -223,14 +288,19 @@ mod tests {
         for gateway in ["10.50.1.1", "10.50.0.0", "10.50.0.255"] {
             assert!(
                 matches!(
-                    plan_local(LocalDriver::Bridge, with(Some(gateway), None), &[]),
+                    plan_local(LocalDriver::Bridge, with(Some(gateway), None), &[], &[]),
                     Err(NetworkError::GatewayOutside { .. })
                 ),
                 "{gateway}"
             );
         }
         assert!(matches!(
-            plan_local(LocalDriver::Bridge, with(None, Some("10.50.0.0/23")), &[]),
+            plan_local(
+                LocalDriver::Bridge,
+                with(None, Some("10.50.0.0/23")),
+                &[],
+                &[]
+            ),
             Err(NetworkError::RangeOutside { .. })
         ));
         let no_subnet = LocalRequest {
@@ -238,7 +308,7 @@ mod tests {
             ..req()
         };
         assert_eq!(
-            plan_local(LocalDriver::Bridge, no_subnet, &[]),
+            plan_local(LocalDriver::Bridge, no_subnet, &[], &[]),
             Err(NetworkError::NeedsSubnet)
         );
     }
@@ -253,12 +323,13 @@ mod tests {
             plan_local(
                 LocalDriver::Bridge,
                 asked("172.17.3.0/24"),
-                &[net("172.17.0.0/16")]
+                &[net("172.17.0.0/16")],
+                &[]
             ),
             Err(NetworkError::Subnet(SubnetError::Overlaps { .. }))
         ));
         assert_eq!(
-            plan_local(LocalDriver::Bridge, asked("10.9.9.0/31"), &[]),
+            plan_local(LocalDriver::Bridge, asked("10.9.9.0/31"), &[], &[]),
             Err(NetworkError::SubnetTooSmall(net("10.9.9.0/31")))
         );
         let mtu = LocalRequest {
@@ -266,14 +337,58 @@ mod tests {
             ..req()
         };
         assert_eq!(
-            plan_local(LocalDriver::Bridge, mtu, &[]),
+            plan_local(LocalDriver::Bridge, mtu, &[], &[]),
             Err(NetworkError::BadMtu(40))
         );
         let mut options = req();
         options.options.insert("foo".into(), "1".into());
         assert_eq!(
-            plan_local(LocalDriver::Bridge, options, &[]),
+            plan_local(LocalDriver::Bridge, options, &[], &[]),
             Err(NetworkError::UnknownOption("foo".into(), "bridge"))
+        );
+    }
+
+    #[test]
+    fn a_macvlan_network_takes_its_parents_subnet_but_not_another_networks() {
+        let lan = LocalRequest {
+            subnet: Some(net("198.18.0.0/24")),
+            gateway: Some("198.18.0.1".parse().unwrap()),
+            options: [(PARENT.to_string(), "eth0".to_string())].into(),
+            ..req()
+        };
+        let host = [net("198.18.0.0/24")];
+        let spec = plan_local(LocalDriver::Macvlan, lan.clone(), &host, &[]).unwrap();
+        assert_eq!(spec.parent(), Some("eth0"));
+        assert!(matches!(
+            plan_local(LocalDriver::Bridge, lan.clone(), &host, &[]),
+            Err(NetworkError::UnknownOption(..))
+        ));
+        assert!(matches!(
+            plan_local(LocalDriver::Macvlan, lan.clone(), &host, &host),
+            Err(NetworkError::Subnet(SubnetError::Overlaps { .. }))
+        ));
+        let no_subnet = LocalRequest {
+            subnet: None,
+            gateway: None,
+            ..lan.clone()
+        };
+        assert_eq!(
+            plan_local(LocalDriver::Macvlan, no_subnet, &host, &[]),
+            Err(NetworkError::MacvlanNeedsSubnet)
+        );
+        let mut no_parent = lan.clone();
+        no_parent.options.clear();
+        assert_eq!(
+            plan_local(LocalDriver::Macvlan, no_parent, &host, &[]),
+            Err(NetworkError::MacvlanNeedsParent)
+        );
+        let internal = LocalRequest {
+            internal: true,
+            ..lan
+        };
+        assert_eq!(
+            plan_local(LocalDriver::Macvlan, internal, &host, &[]),
+            Err(NetworkError::NotForMacvlan("--internal"))
         );
     }
 
