@@ -1025,6 +1025,8 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
             maps::CT_TIMEOUTS,
             maps::IF_DROPS,
             maps::LAYOUT,
+            maps::MACVLAN_SOURCES,
+            maps::NETWORKS,
             maps::PUBLISH_FROM,
             maps::RULE_DROPS
         ],
