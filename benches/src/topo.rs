@@ -17,7 +17,7 @@ use netplane::{
     daemon::cluster::DEFAULT_TTL,
     daemon::{Config, Daemon, counters},
     logic::conntrack::Timeouts,
-    types::CreateEndpoint,
+    types::{CreateEndpoint, CreateNetwork},
 };
 use netplane_common::abi::DEFAULT_CT_MAX;
 use nix::sched::{CloneFlags, setns};
@@ -52,6 +52,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub enum Nat {
     /// netplane's eBPF data path.
     Netplane,
+    /// The same, the endpoint on a user-defined network instead of the
+    /// bridge network.
+    NetplaneNetwork,
     /// Docker's iptables rules with kernel conntrack.
     Iptables,
     /// The CNI reference plugins (`bridge` with `ipMasq`, `portmap`,
@@ -65,6 +68,7 @@ impl Nat {
     pub fn name(self) -> &'static str {
         match self {
             Nat::Netplane => "netplane",
+            Nat::NetplaneNetwork => "netplane-net",
             Nat::Iptables => "iptables",
             Nat::Cni => "cni",
             Nat::Ceiling => "ceiling",
@@ -268,7 +272,9 @@ impl Topo {
             _cleanup: cleanup,
         };
         match nat {
-            Nat::Netplane => topo.daemon = Some(topo.start_netplane(&p, published)),
+            Nat::Netplane | Nat::NetplaneNetwork => {
+                topo.daemon = Some(topo.start_netplane(&p, published, nat == Nat::NetplaneNetwork));
+            }
             Nat::Iptables => {
                 topo.manual_endpoint(&p);
                 topo.docker_rules(published);
@@ -286,11 +292,35 @@ impl Topo {
         topo
     }
 
-    fn start_netplane(&self, p: &str, published: u16) -> InProcess {
+    /// netplane with the endpoint at [`ENDPOINT`], on the bridge network
+    /// or, `on_network`, on a user-defined network of that subnet (the
+    /// bridge network moved aside).
+    fn start_netplane(&self, p: &str, published: u16, on_network: bool) -> InProcess {
         let endpoint = self.endpoint.clone();
-        let cfg = netplane_config(&self.dir, &format!("{p}u"), Vec::new());
+        let mut cfg = netplane_config(&self.dir, &format!("{p}u"), Vec::new());
+        let net = match on_network {
+            true => {
+                let subnet = cfg.subnet.replace("10.87.0.0/20".parse().expect("subnet"));
+                Some(CreateNetwork {
+                    subnet,
+                    ..CreateNetwork::new("bench", "bridge")
+                })
+            }
+            false => None,
+        };
         InProcess::start(&self.host, cfg, move |rt, daemon| {
             rt.block_on(async {
+                let attach = match net {
+                    Some(net) => {
+                        let name = net.name.clone();
+                        daemon
+                            .create_network(net)
+                            .await
+                            .expect("netplane network create");
+                        name
+                    }
+                    None => "bridge".into(),
+                };
                 let mut publish = Vec::new();
                 if published > 1 {
                     let last = OTHER_PORTS + published - 2;
@@ -301,7 +331,7 @@ impl Topo {
                 daemon
                     .create(CreateEndpoint {
                         name: endpoint,
-                        net: "bridge".into(),
+                        net: attach,
                         ip: Some(ENDPOINT),
                         publish,
                         ..CreateEndpoint::default()
@@ -528,7 +558,7 @@ impl Topo {
     pub fn publish_ports(&mut self, ports: u16) -> Duration {
         let range = BENCH_PORTS..BENCH_PORTS + ports;
         match self.nat {
-            Nat::Netplane => {
+            Nat::Netplane | Nat::NetplaneNetwork => {
                 let (endpoint, last) = (self.endpoint.clone(), range.end - 1);
                 let spec = format!("{BENCH_PORTS}-{last}:{BENCH_PORTS}-{last}");
                 self.with_daemon(move |rt, daemon| {
@@ -579,7 +609,7 @@ impl Topo {
     pub fn create_endpoint(&mut self) -> Duration {
         let name = format!("{}-x", self.prefix);
         match self.nat {
-            Nat::Netplane => self.with_daemon(move |rt, daemon| {
+            Nat::Netplane | Nat::NetplaneNetwork => self.with_daemon(move |rt, daemon| {
                 let start = Instant::now();
                 let created = rt.block_on(daemon.create(CreateEndpoint {
                     name: name.clone(),

@@ -215,6 +215,8 @@ pub fn render(rows: &[Row], machine: &str) -> String {
         out.push('\n');
     }
 
+    network_section(&mut out, rows);
+
     let counts = values(rows, "publish");
     if !counts.is_empty() {
         out.push_str(
@@ -361,7 +363,7 @@ fn overlay_section(out: &mut String, rows: &[Row]) {
 }
 
 /// The contenders, in the order the tables list them.
-const NATS: [&str; 4] = ["netplane", "iptables", "cni", "ceiling"];
+const NATS: [&str; 5] = ["netplane", "netplane-net", "iptables", "cni", "ceiling"];
 
 /// The parameter values benchmarked in `group`, in numeric order.
 /// A table of `group`'s medians in ms, by its values (numbers of flows),
@@ -396,6 +398,49 @@ pub fn values(rows: &[Row], group: &str) -> Vec<String> {
 }
 
 /// A table of UDP packet rates from the `wall` and `cpu` groups.
+/// netplane with the endpoint on a user-defined network beside the same
+/// on the bridge network, from the traffic benchmark's groups.
+fn network_section(out: &mut String, rows: &[Row]) {
+    let figures = [
+        ("new_connection", Some("1"), "new connection, µs", 1e3),
+        ("tcp_round_trip", None, "TCP round trip, µs", 1e3),
+        ("udp_64b", None, "UDP in, ns per packet", 1.0),
+        ("udp_64b_cpu", None, "UDP in, CPU ns per packet", 1.0),
+        ("udp_64b_out", None, "UDP out, ns per packet", 1.0),
+        ("udp_64b_out_cpu", None, "UDP out, CPU ns per packet", 1.0),
+    ];
+    let pairs: Vec<_> = figures
+        .iter()
+        .filter_map(|(group, n, what, unit)| {
+            let bridge = median(rows, group, "netplane", *n)?;
+            let network = median(rows, group, "netplane-net", *n)?;
+            Some((what, bridge / unit, network / unit))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    out.push_str(
+        "## On a user-defined network
+
+         The same traffic with the endpoint on a network made with `network
+         create` instead of the bridge network, in the same run (medians; its
+         packets look up their network's policy in a map).
+
+         | | bridge network | user network | user / bridge |
+|---|---|---|---|
+",
+    );
+    for (what, bridge, network) in pairs {
+        let _ = writeln!(
+            out,
+            "| {what} | {bridge:.1} | {network:.1} | {:.2} |",
+            network / bridge
+        );
+    }
+    out.push('\n');
+}
+
 fn udp_section(out: &mut String, rows: &[Row], (wall, cpu): (&str, &str), title: &str) {
     let udp: Vec<(&str, Option<f64>)> = NATS
         .iter()
@@ -417,7 +462,8 @@ fn udp_section(out: &mut String, rows: &[Row], (wall, cpu): (&str, &str), title:
         let cpu = median(rows, cpu, name, None);
         let _ = writeln!(out, "| {name} | {} | {pps} | {} |", cell(*v), cell(cpu));
     }
-    let (np, ipt, cni, ceil) = (udp[0].1, udp[1].1, udp[2].1, udp[3].1);
+    let of = |n| median(rows, wall, n, None);
+    let (np, ipt, cni, ceil) = (of("netplane"), of("iptables"), of("cni"), of("ceiling"));
     let cpu = |n| median(rows, cpu, n, None);
     let _ = writeln!(
         out,
