@@ -168,6 +168,9 @@ fn a_published_port_on_a_user_network_shows_the_client_and_bad_requests_make_not
         h.nat()
     );
 
+    let ip_w = h.ip_of(&w);
+    let none = h.name("none");
+    h.np_ok(&["create", "--net", "none", &none]);
     // Names only: an empty bridge's carrier state settles meanwhile.
     let links = || h.in_host("ip -o link | cut -d: -f2");
     let before = links();
@@ -201,7 +204,20 @@ fn a_published_port_on_a_user_network_shows_the_client_and_bad_requests_make_not
         vec!["network", "create", "--driver", "overlay", "other"],
         vec!["network", "create", "-o", "nonsense=1", "other"],
         vec!["create", "--net", &net, "--ip", "10.99.0.5", "stray"],
+        vec!["create", "--net", &net, "--ip", &ip_w, "stray"],
         vec!["network", "rm", "nothing"],
+        vec!["network", "connect", &net, &none],
+        vec![
+            "network",
+            "create",
+            "--driver",
+            "macvlan",
+            "--subnet",
+            "10.61.0.0/24",
+            "-o",
+            "parent=nosuchif",
+            "other",
+        ],
     ] {
         let err = h.np_err(&bad);
         assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
