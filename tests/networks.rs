@@ -148,6 +148,18 @@ fn internal_networks_have_no_egress_and_icc_false_holds_per_network() {
         .to_string();
     assert!(h.pings(&q1, &gateway), "the gateway stays reachable");
     assert!(h.pings(&q1, WORLD_IP), "and the world");
+    // --link within the network still talks.
+    let q3 = h.name("q3");
+    h.np_ok(&[
+        "create",
+        "--net",
+        &quiet,
+        "--link",
+        &format!("{q1}:peer"),
+        &q3,
+    ]);
+    assert!(h.pings(&q3, "peer"), "linked, by its alias");
+    assert!(!h.pings(&q3, &h.ip_of(&q2)), "not linked");
     h.down();
 }
 
