@@ -69,6 +69,11 @@ fn two_bridge_networks_are_isolated_and_each_resolves_its_own() {
     let seen = stdout_if_ok(h.in_endpoint(&a1, &format!("nc -w2 {WORLD_IP} 7000")));
     assert_eq!(seen.as_deref().map(str::trim), Some(HOST_IP));
 
+    let masquerade = &h.nat()["Rules"][0];
+    assert_eq!(
+        masquerade["Source"], "172.17.0.0/16,172.18.0.0/16,10.77.0.0/24",
+        "nat ls names every masqueraded subnet"
+    );
     let inspect = json(&h.np_ok(&["network", "inspect", &n2]));
     assert_eq!(inspect["Driver"], "bridge");
     assert_eq!(inspect["Scope"], "local");

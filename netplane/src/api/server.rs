@@ -205,7 +205,7 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         .route(
             "/v1/nat",
             get(async |State(s): State<Shared>| {
-                let masquerade = with(&s, async |d| Ok(d.masquerade_rule())).await?;
+                let masquerade = with(&s, async |d| d.masquerade_rule()).await?;
                 off_the_workers(move || s.readers.nat_table(masquerade))
                     .await
                     .map(Json)

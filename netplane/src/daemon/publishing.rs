@@ -187,11 +187,22 @@ impl Daemon {
 
     /// The masquerade rule of `nat ls`, its counters left to
     /// [`Readers::nat_table`](super::counters::Readers::nat_table).
-    pub fn masquerade_rule(&self) -> NatRule {
-        NatRule {
+    pub fn masquerade_rule(&self) -> Result<NatRule> {
+        // The bridge network's and every local bridge's but internal ones.
+        let locals = self.store.local_networks()?;
+        let sources: Vec<String> = std::iter::once(self.net.subnet.trunc())
+            .chain(
+                locals
+                    .iter()
+                    .filter(|n| n.spec.parent().is_none() && !n.spec.internal)
+                    .map(|n| n.spec.subnet),
+            )
+            .map(|n| n.to_string())
+            .collect();
+        Ok(NatRule {
             target: "MASQUERADE".into(),
             prot: "all".into(),
-            source: self.net.subnet.trunc().to_string(),
+            source: sources.join(","),
             destination: "0.0.0.0/0".into(),
             detail: match &self.uplink {
                 Some(u) => format!(
@@ -203,6 +214,6 @@ impl Daemon {
             packets: 0,
             bytes: 0,
             drops: BTreeMap::new(),
-        }
+        })
     }
 }
