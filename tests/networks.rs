@@ -416,3 +416,47 @@ fn a_macvlan_endpoint_is_on_the_lan_at_its_own_address_and_sends_only_as_itself(
     h.down();
     assert_eq!(h.residue(), before);
 }
+
+#[test]
+fn disconnecting_the_first_network_moves_the_default_route_dns_and_ports_to_the_next() {
+    let h = Host::new();
+    h.up(&[]);
+    let (front, back) = (h.name("front"), h.name("back"));
+    h.np_ok(&["network", "create", "--subnet", "10.83.0.0/24", &front]);
+    h.np_ok(&["network", "create", "--subnet", "10.84.0.0/24", &back]);
+    let (web, db, peer) = (h.name("web"), h.name("db"), h.name("peer"));
+    h.np_ok(&["create", "--net", &front, "-p", "8082:80", &web]);
+    h.np_ok(&["create", "--net", &back, &db]);
+    h.np_ok(&["create", "--net", &front, &peer]);
+    h.np_ok(&["network", "connect", &back, &web]);
+    let only = h.np_err(&["network", "disconnect", &back, &db]);
+    assert!(only.contains("only network"), "{only}");
+
+    h.np_ok(&["network", "disconnect", &front, &web]);
+    let inspect = json(&h.np_ok(&["inspect", &web]));
+    let settings = &inspect[0]["NetworkSettings"];
+    assert_eq!(settings["Networks"].as_object().unwrap().len(), 1);
+    assert_eq!(settings["IPAddress"], "10.84.0.3");
+    let routes = stdout_if_ok(h.in_endpoint(&web, "ip route show default")).unwrap();
+    assert!(
+        routes.contains("via 10.84.0.1 dev eth1"),
+        "the default route moved: {routes}"
+    );
+    assert!(!h.in_endpoint(&web, "ip link show eth0").status.success());
+    let resolv = stdout_if_ok(h.in_endpoint(&web, "cat /etc/resolv.conf")).unwrap();
+    assert!(resolv.starts_with("nameserver 10.84.0.1"), "{resolv}");
+    assert_eq!(dig(&h, &web, &db), h.ip_of(&db));
+    assert!(!h.pings(&web, &h.ip_of(&peer)), "off the first network");
+    assert!(h.pings(&web, WORLD_IP), "out through the next network");
+    let _server = h.tcp_server(&web, 80, "echo $SOCAT_PEERADDR");
+    let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {HOST_IP} 8082"))));
+    assert_eq!(
+        seen.as_deref().map(str::trim),
+        Some(WORLD_IP),
+        "ports follow"
+    );
+    h.kill_daemon();
+    h.up(&[]);
+    assert!(h.pings(&web, &h.ip_of(&db)), "after a restart");
+    h.down();
+}

@@ -68,17 +68,13 @@ impl Daemon {
     pub async fn disconnect(&mut self, network: &str, name: &str) -> Result<EndpointInfo> {
         let rec = self.store.endpoint(name)?;
         let (network, mode) = self.connectable(network)?;
+        if rec.ep.mode == mode {
+            return self.disconnect_first(rec, network).await;
+        }
         let Some(att) = rec.attachments.iter().find(|a| a.mode() == mode) else {
-            return Err(if rec.ep.mode == mode {
-                Error::FirstNetwork {
-                    endpoint: rec.ep.name,
-                    network,
-                }
-            } else {
-                Error::NotConnected {
-                    endpoint: rec.ep.name,
-                    network,
-                }
+            return Err(Error::NotConnected {
+                endpoint: rec.ep.name,
+                network,
             });
         };
         let steps = self.attachment_steps(&rec.ep, att)?;
@@ -87,6 +83,48 @@ impl Daemon {
         self.endpoints_changed()?;
         info!(endpoint = %rec.ep.name, network, "disconnected");
         self.inspect(&rec.ep.name)
+    }
+
+    /// Disconnects endpoint `rec` from its first network: the network it
+    /// joined next becomes its first, with the default route, the resolver
+    /// it asks and its published ports, as Docker moves its gateway.
+    async fn disconnect_first(
+        &mut self,
+        rec: StoredEndpoint,
+        network: String,
+    ) -> Result<EndpointInfo> {
+        let name = rec.ep.name.clone();
+        let Some(next) = rec.attachments.first().cloned() else {
+            return Err(Error::OnlyNetwork {
+                endpoint: name,
+                network,
+            });
+        };
+        if !rec.ports.is_empty() {
+            self.check_publishing(&name, &next.mode())?;
+        }
+        self.unpublish(&rec.ep, &rec.ports)?;
+        let old = endpoint::first_interface(&rec.ep, &self.bridge_net_of(&rec.ep.mode)?);
+        steps::undo_all(&mut self.kernel_steps(), &old, &name).await?;
+        let gateway = self.bridge_net_of(&next.mode())?.gateway;
+        Rtnl::in_netns(&netns::open(&netns::path(&name))?)?
+            .add_default_route(&endpoint::interface_name(next.seq), gateway)
+            .await?;
+        self.store.promote(&name, &next)?;
+        let promoted = self.store.endpoint(&name)?;
+        // Its resolv.conf and hosts file follow its new first network.
+        let etc: Vec<Step> = self
+            .plan(&promoted.ep)?
+            .into_iter()
+            .filter(|s| matches!(s, Step::EtcFiles { .. }))
+            .collect();
+        steps::apply_all(&mut self.kernel_steps(), &etc, &name).await?;
+        self.reserved.reserve(&promoted.ports)?;
+        self.publish(&promoted.ep, &promoted.ports)?;
+        self.sync_linked()?;
+        self.endpoints_changed()?;
+        info!(endpoint = %name, network, first = %next.network, "disconnected from its first network");
+        self.inspect(&name)
     }
 
     /// The steps of `ep`'s attachment `att`.

@@ -85,12 +85,9 @@ pub enum Error {
         /// The network.
         network: String,
     },
-    /// `network disconnect` from the network an endpoint was created on.
-    #[error(
-        "network {network} is the first network of endpoint {endpoint} and holds its default \
-         route: remove the endpoint instead"
-    )]
-    FirstNetwork {
+    /// `network disconnect` from an endpoint's only network.
+    #[error("network {network} is the only network of endpoint {endpoint}: remove it instead")]
+    OnlyNetwork {
         /// The endpoint.
         endpoint: String,
         /// The network.
@@ -228,7 +225,7 @@ impl Error {
                 | Error::NetworkExists { .. }
                 | Error::NetworkNameTaken(_)
                 | Error::AlreadyConnected { .. }
-                | Error::FirstNetwork { .. }
+                | Error::OnlyNetwork { .. }
                 | Error::NetworkNameReserved(_)
                 | Error::NetworkInUse { .. }
                 | Error::HasDependents { .. }

@@ -164,6 +164,7 @@ impl Store {
             ("endpoints", "options", "TEXT NOT NULL DEFAULT '{}'"),
             ("endpoints", "uid", "TEXT"),
             ("endpoints", "created", "TEXT"),
+            ("endpoints", "seq", "INTEGER NOT NULL DEFAULT 0"),
         ] {
             if conn
                 .prepare(&format!("SELECT {column} FROM {table}"))
@@ -431,9 +432,45 @@ impl Store {
             name: new.name.to_string(),
             mode: new.mode.clone(),
             ip,
+            seq: 0,
             hostname: new.hostname.map(str::to_string),
             options: new.options.clone(),
         })
+    }
+
+    /// Makes `att`, one of endpoint `name`'s later networks, its first:
+    /// its network, address, interface and aliases become the endpoint's,
+    /// and a MAC asked for at create (which was the old interface's) goes.
+    pub fn promote(&mut self, name: &str, att: &Attachment) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let options: String = tx.query_row(
+            "SELECT options FROM endpoints WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        let mut options: EndpointOptions =
+            serde_json::from_str(&options).map_err(|_| corrupt("options", "endpoint", name))?;
+        options.mac = None;
+        tx.execute(
+            "DELETE FROM attachments WHERE endpoint = ?1 AND network = ?2",
+            [name, &att.network],
+        )?;
+        tx.execute(
+            "UPDATE endpoints SET mode = ?2, ip = ?3, seq = ?4, aliases = ?5, options = ?6
+             WHERE name = ?1",
+            params![
+                name,
+                att.mode().to_string(),
+                att.ip.to_string(),
+                att.seq,
+                serde_json::to_string(&att.aliases).expect("aliases serialize"),
+                serde_json::to_string(&options).expect("options serialize"),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Replaces an endpoint's published ports.
@@ -547,7 +584,7 @@ impl Store {
     pub fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, name, mode, ip, hostname, ports, links, aliases, state, options, uid,
-             created FROM endpoints ORDER BY id",
+             created, seq FROM endpoints ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -563,12 +600,26 @@ impl Store {
                 r.get::<_, String>(9)?,
                 r.get::<_, String>(10)?,
                 r.get::<_, String>(11)?,
+                r.get::<_, u32>(12)?,
             ))
         })?;
         let mut attachments = self.attachments()?;
         rows.map(|row| {
-            let (id, name, mode, ip, hostname, ports, links, aliases, state, options, uid, created) =
-                row?;
+            let (
+                id,
+                name,
+                mode,
+                ip,
+                hostname,
+                ports,
+                links,
+                aliases,
+                state,
+                options,
+                uid,
+                created,
+                seq,
+            ) = row?;
             Ok(StoredEndpoint {
                 attachments: attachments.remove(&name).unwrap_or_default(),
                 ep: Endpoint {
@@ -580,6 +631,7 @@ impl Store {
                         .map(|ip| ip.parse())
                         .transpose()
                         .map_err(|_| corrupt("ip", "endpoint", &name))?,
+                    seq,
                     hostname,
                     options: serde_json::from_str(&options)
                         .map_err(|_| corrupt("options", "endpoint", &name))?,

@@ -300,9 +300,15 @@ impl Rtnl {
         self.add_address(index, ifname, ip, prefix_len).await?;
         self.set_up(index, ifname).await?;
         self.loopback_up().await?;
-        let Some(gateway) = gateway else {
-            return Ok(());
-        };
+        match gateway {
+            Some(gateway) => self.add_default_route(ifname, gateway).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Routes everything via `gateway` on `ifname`.
+    pub async fn add_default_route(&self, ifname: &str, gateway: Ipv4Addr) -> Result<()> {
+        let index = self.index(ifname).await?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(index)

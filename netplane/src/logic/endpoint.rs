@@ -12,8 +12,6 @@ use super::Error;
 
 /// Name of the default bridge network, as in `docker network ls`.
 pub const BRIDGE_NETWORK: &str = "bridge";
-/// Interface name of an endpoint inside its namespace.
-pub const ENDPOINT_IFNAME: &str = "eth0";
 /// Prefix of the host-side veth names netplane creates.
 pub const HOST_VETH_PREFIX: &str = "npv";
 
@@ -108,9 +106,18 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// Host-side veth of the endpoint with store id `id` (unique, never reused).
-pub fn host_veth_name(id: i64) -> String {
-    format!("{HOST_VETH_PREFIX}{id:x}")
+/// Host-side veth of the endpoint with store id `id` (unique, never
+/// reused) for its interface `eth{seq}`.
+pub fn host_veth_name(id: i64, seq: u32) -> String {
+    match seq {
+        0 => format!("{HOST_VETH_PREFIX}{id:x}"),
+        seq => format!("{HOST_VETH_PREFIX}{id:x}n{seq}"),
+    }
+}
+
+/// The name of an endpoint's interface `seq` inside its namespace.
+pub fn interface_name(seq: u32) -> String {
+    format!("eth{seq}")
 }
 
 /// The bridge network endpoints attach to.
@@ -278,6 +285,9 @@ pub struct Endpoint {
     pub mode: Mode,
     /// Leased address (bridge mode only).
     pub ip: Option<Ipv4Addr>,
+    /// Its interface on its first network is `eth{seq}`: 0, unless that
+    /// network was disconnected and a later one took its place.
+    pub seq: u32,
     /// Hostname for processes started in it, if it has its own.
     pub hostname: Option<String>,
     /// MAC, resolvers and hosts entries asked for.
@@ -293,7 +303,9 @@ impl Endpoint {
 
     /// The host-side veth, for bridge endpoints.
     pub fn host_veth(&self) -> Option<String> {
-        self.mode.has_veth().then(|| host_veth_name(self.id))
+        self.mode
+            .has_veth()
+            .then(|| host_veth_name(self.id, self.seq))
     }
 
     /// Path of its named network namespace, if it has one.
@@ -438,22 +450,26 @@ pub fn plan(
             etc(ep.ip),
         ],
         Mode::Bridge | Mode::Network(_) => {
-            let ip = ep.ip.expect("bridge and overlay endpoints have an address");
-            let mac = ep.mac().expect("endpoints with an address have a MAC");
-            let interface = Interface {
-                host: host_veth_name(ep.id),
-                netns: name.clone(),
-                ifname: ENDPOINT_IFNAME.into(),
-                ip,
-                mac,
-                default_route: true,
-            };
             let mut steps = vec![Step::Netns { name: name.clone() }];
-            steps.extend(interface.steps(net));
-            steps.push(etc(Some(ip)));
+            steps.extend(first_interface(ep, net));
+            steps.push(etc(ep.ip));
             steps
         }
     }
+}
+
+/// The steps of the interface of `ep` on its first network `net`, which
+/// holds the default route.
+pub fn first_interface(ep: &Endpoint, net: &BridgeNet) -> Vec<Step> {
+    Interface {
+        host: host_veth_name(ep.id, ep.seq),
+        netns: ep.name.clone(),
+        ifname: interface_name(ep.seq),
+        ip: ep.ip.expect("bridge and overlay endpoints have an address"),
+        mac: ep.mac().expect("endpoints with an address have a MAC"),
+        default_route: true,
+    }
+    .steps(net)
 }
 
 /// One more network an endpoint was connected to (`network connect`).
@@ -481,7 +497,7 @@ impl Attachment {
 
     /// Its host-side veth.
     pub fn host_veth(&self, ep: &Endpoint) -> String {
-        format!("{}n{}", host_veth_name(ep.id), self.seq)
+        host_veth_name(ep.id, self.seq)
     }
 }
 
@@ -491,7 +507,7 @@ pub fn plan_attachment(ep: &Endpoint, att: &Attachment, net: &BridgeNet) -> Vec<
     Interface {
         host: att.host_veth(ep),
         netns: ep.name.clone(),
-        ifname: format!("eth{}", att.seq),
+        ifname: interface_name(att.seq),
         ip: att.ip,
         mac: mac_for(att.ip),
         default_route: false,
@@ -641,6 +657,7 @@ mod tests {
             name: "web".into(),
             mode,
             ip: ip.map(|s| s.parse().unwrap()),
+            seq: 0,
             hostname: None,
             options: EndpointOptions::default(),
         }
@@ -695,8 +712,12 @@ mod tests {
             format_mac(&mac_for("172.17.0.2".parse().unwrap())),
             "02:42:ac:11:00:02"
         );
-        assert_eq!(host_veth_name(26), "npv1a");
-        assert!(host_veth_name(i64::from(u32::MAX)).len() <= 15, "IFNAMSIZ");
+        assert_eq!(host_veth_name(26, 0), "npv1a");
+        assert_eq!(host_veth_name(26, 3), "npv1an3");
+        assert!(
+            host_veth_name(i64::from(u32::MAX), 999).len() <= 15,
+            "IFNAMSIZ"
+        );
     }
 
     #[test]
