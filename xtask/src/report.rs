@@ -421,15 +421,11 @@ fn network_section(out: &mut String, rows: &[Row]) {
         return;
     }
     out.push_str(
-        "## On a user-defined network
-
-         The same traffic with the endpoint on a network made with `network
-         create` instead of the bridge network, in the same run (medians; its
-         packets look up their network's policy in a map).
-
-         | | bridge network | user network | user / bridge |
-|---|---|---|---|
-",
+        "## On a user-defined network\n\n\
+         The same traffic with the endpoint on a network made with `network\n\
+         create` instead of the bridge network, in the same run (medians; its\n\
+         packets look up their network's policy in a map).\n\n\
+         | | bridge network | user network | user / bridge |\n|---|---|---|---|\n",
     );
     for (what, bridge, network) in pairs {
         let _ = writeln!(
