@@ -466,6 +466,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Does `f` for every name, as `docker rm` does: every one is tried, each
+/// failure is printed, and any failure fails.
+fn each(names: Vec<String>, mut f: impl FnMut(&str) -> anyhow::Result<()>) -> ExitCode {
+    let mut failed = false;
+    for name in names {
+        if let Err(e) = f(&name) {
+            eprintln!("netplane: {e:#}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -629,32 +646,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rm { force, names } => {
-            // Like `docker rm`: every name is tried, and any failure fails.
-            let mut failed = false;
-            for name in names {
-                let query = serde_urlencoded::to_string(RemoveQuery { force })?;
-                match rt
-                    .block_on(client.delete::<Removed>(&format!("/v1/endpoints/{name}?{query}")))
-                {
-                    Ok(removed) => {
-                        for process in &removed.killed {
-                            eprintln!("killed {process}");
-                        }
-                        for endpoint in &removed.endpoints {
-                            println!("{endpoint}");
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("netplane: {e:#}");
-                        failed = true;
-                    }
+            let query = serde_urlencoded::to_string(RemoveQuery { force })?;
+            Ok(each(names, |name| {
+                let removed = rt
+                    .block_on(client.delete::<Removed>(&format!("/v1/endpoints/{name}?{query}")))?;
+                for process in &removed.killed {
+                    eprintln!("killed {process}");
                 }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+                for endpoint in &removed.endpoints {
+                    println!("{endpoint}");
+                }
+                Ok(())
+            }))
         }
         Command::Network(NetworkCommand::Ls { quiet }) => {
             let nets: Vec<NetworkInfo> = rt.block_on(client.get("/v1/networks"))?;
@@ -711,23 +714,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", net.id);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Network(NetworkCommand::Rm { names }) => {
-            let mut failed = false;
-            for name in names {
-                match rt.block_on(client.act(Method::DELETE, &format!("/v1/networks/{name}"))) {
-                    Ok(()) => println!("{name}"),
-                    Err(e) => {
-                        eprintln!("netplane: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Network(NetworkCommand::Rm { names }) => Ok(each(names, |name| {
+            rt.block_on(client.act(Method::DELETE, &format!("/v1/networks/{name}")))?;
+            println!("{name}");
+            Ok(())
+        })),
         Command::Network(NetworkCommand::Prune) => {
             let pruned: Pruned = rt.block_on(client.post("/v1/networks/prune", &()))?;
             if !pruned.networks_deleted.is_empty() {
