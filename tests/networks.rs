@@ -6,7 +6,7 @@
 use netplane_test_support as support;
 
 use serde_json::Value;
-use support::{HOST_IP, Host, WORLD_IP, retry, stdout_if_ok};
+use support::{HOST_IP, Host, WORLD_IP, attached_hooks, retry, sh_ok, stdout_if_ok};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap()
@@ -464,5 +464,58 @@ fn disconnecting_the_first_network_moves_the_default_route_dns_and_ports_to_the_
     h.kill_daemon();
     up(&h);
     assert!(h.pings(&web, &h.ip_of(&db)), "after a restart");
+    h.down();
+}
+
+#[test]
+fn a_macvlan_parent_other_than_the_uplink_is_checked_while_a_network_uses_it() {
+    let h = Host::new();
+    // A second LAN behind the host: lan0 here, its peer in the world
+    // namespace (both go with the host's namespaces).
+    let (lan, peer) = (format!("{}l", h.prefix), format!("{}m", h.prefix));
+    h.in_host(&format!(
+        "sh -c 'ip link add {lan} type veth peer name {peer} && ip link set {peer} netns {w} && ip link set {lan} up'",
+        w = h.world
+    ));
+    sh_ok(&format!(
+        "ip -n {w} addr add 192.0.2.1/24 dev {peer} && ip -n {w} link set {peer} up",
+        w = h.world
+    ));
+    up(&h);
+    let net = h.name("lan2");
+    h.np_ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "-o",
+        &format!("parent={lan}"),
+        "--subnet",
+        "192.0.2.0/24",
+        "--gateway",
+        "192.0.2.1",
+        "--ip-range",
+        "192.0.2.64/26",
+        &net,
+    ]);
+    assert!(
+        attached_hooks(&h).contains(&format!("{lan}@egress")),
+        "the parent's way out is checked: {:?}",
+        attached_hooks(&h)
+    );
+    let m = h.name("m");
+    h.np_ok(&["create", "--net", &net, &m]);
+    assert_eq!(h.ip_of(&m), "192.0.2.64");
+    assert!(h.pings(&m, "192.0.2.1"), "on the second LAN");
+    h.in_endpoint(&m, "ip addr add 192.0.2.9/24 dev eth0");
+    let spoofed = h.drops("spoofed");
+    let out = h.in_endpoint(&m, "ping -c1 -W1 -I 192.0.2.9 192.0.2.1");
+    assert!(!out.status.success() && h.drops("spoofed") > spoofed);
+    h.np_ok(&["rm", &m]);
+    h.np_ok(&["network", "rm", &net]);
+    assert!(
+        !attached_hooks(&h).iter().any(|hook| hook.starts_with(&lan)),
+        "unhooked with its last network"
+    );
     h.down();
 }
