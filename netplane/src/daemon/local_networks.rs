@@ -51,7 +51,7 @@ impl Daemon {
             });
         }
         let host = self.rtnl.networks_in_use(None).await?;
-        let networks = self.subnets_of_networks()?;
+        let networks = self.subnets_besides(None)?;
         let mut options = req.options;
         if driver == LocalDriver::Macvlan
             && !options.contains_key(network::PARENT)

@@ -237,7 +237,8 @@ impl Daemon {
                 other,
             });
         }
-        Self::check_overlay_subnet(&self.rtnl, &net, self.subnets_besides(&net)?).await?;
+        Self::check_overlay_subnet(&self.rtnl, &net, self.subnets_besides(Some(&net.name))?)
+            .await?;
         if self.cfg.store.is_some() {
             // Every host, this one included, takes it up from the store.
             if let Some(other) = self.connected()?.create_network(&net).await? {
@@ -278,8 +279,8 @@ impl Daemon {
     }
 
     /// The subnets of the bridge network, of local networks and of every
-    /// overlay but `net`.
-    pub(super) fn subnets_besides(&self, net: &OverlayNetwork) -> Result<Vec<Ipv4Net>> {
+    /// overlay, here and in the cluster, but the overlay named `except`.
+    pub(super) fn subnets_besides(&self, except: Option<&str>) -> Result<Vec<Ipv4Net>> {
         let overlays = self.store.networks()?;
         let locals = self.store.local_networks()?;
         Ok(std::iter::once(self.net.subnet.trunc())
@@ -288,20 +289,10 @@ impl Daemon {
                 overlays
                     .iter()
                     .chain(self.view.iter().flat_map(|(v, _)| v.networks.values()))
-                    .filter(|other| other.name != net.name)
+                    .filter(|other| Some(other.name.as_str()) != except)
                     .map(|other| other.subnet),
             )
             .collect())
-    }
-
-    /// The subnets of every network, here and in the cluster.
-    pub(super) fn subnets_of_networks(&self) -> Result<Vec<Ipv4Net>> {
-        let nothing = OverlayNetwork {
-            name: String::new(),
-            subnet: self.net.subnet,
-            vni: 0,
-        };
-        self.subnets_besides(&nothing)
     }
 
     /// Refuses an overlay whose subnet overlaps a route or an address of
@@ -438,7 +429,7 @@ impl Daemon {
                 continue;
             };
             if self.store.network_lease(&net.name)?.is_none() {
-                let others = self.subnets_besides(net)?;
+                let others = self.subnets_besides(Some(&net.name))?;
                 let refused = match Self::check_overlay_subnet(&self.rtnl, net, others).await {
                     Ok(()) => self.store.insert_network(net),
                     Err(e) => Err(e),
