@@ -9,7 +9,7 @@ use std::{
 };
 
 /// `netplane/src`'s layers, lowest first.
-const LAYERS: [&str; 6] = ["types", "logic", "kernel", "daemon", "api", "cli"];
+const LAYERS: [&str; 7] = ["types", "logic", "kernel", "daemon", "api", "cli", "cni"];
 
 /// Every module of the crate whose sources are in `src`, by path
 /// (`daemon::store`), with its source minus comments and test modules.

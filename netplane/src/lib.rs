@@ -9,12 +9,14 @@
 //! - [`daemon`]: the use cases, with the state store, the cluster store,
 //!   the embedded DNS server, the event relay and metrics;
 //! - [`api`]: the REST server and its client;
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line;
+//! - [`cni`]: the CNI plugin, the API's other client.
 
 #![deny(unsafe_code)]
 
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod daemon;
 #[allow(
     unsafe_code,

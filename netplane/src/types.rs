@@ -1,6 +1,6 @@
 //! The daemon's REST API: paths and JSON bodies, shared by server and client.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,10 @@ pub struct EndpointInfo {
     pub links: Vec<String>,
     /// `--network-alias` names.
     pub network_aliases: Vec<String>,
+    /// The container runtime's id of the container it is the network of,
+    /// when a runtime made it through CNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     /// Network settings.
     pub network_settings: NetworkSettings,
 }
@@ -558,4 +562,73 @@ pub struct RemoveQuery {
 pub struct ErrorBody {
     /// One line naming what is wrong.
     pub error: String,
+}
+
+/// One container's attachment as CNI names it: the network configuration's
+/// name, `CNI_CONTAINERID` and `CNI_IFNAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachmentKey {
+    /// The CNI network configuration's `name`.
+    pub config: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+}
+
+/// `POST /v1/cni/add`: a CNI ADD, as the plugin read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAdd {
+    /// Which attachment.
+    pub key: CniAttachmentKey,
+    /// `CNI_NETNS`.
+    pub netns: PathBuf,
+    /// The netplane network (`bridge` for the default one).
+    pub network: String,
+    /// Its subnet, to create it with when it does not exist.
+    pub subnet: Option<Ipv4Net>,
+    /// The endpoint's name: the container's (`K8S_POD_NAME`), else one
+    /// derived from the container id.
+    pub name: String,
+    /// The address asked for (`ips` capability, `IP=`).
+    pub ip: Option<Ipv4Addr>,
+    /// The MAC asked for (`mac` capability, `MAC=`).
+    pub mac: Option<String>,
+    /// `portMappings`, as `-p` specs.
+    pub publish: Vec<String>,
+}
+
+/// What ADD made (and CHECK verifies): the plugin's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    /// The netplane endpoint's name.
+    pub endpoint: String,
+    /// The host-side veth and its MAC; none on a macvlan network.
+    pub host: Option<(String, String)>,
+    /// The interface in the container (`CNI_IFNAME`).
+    pub ifname: String,
+    /// Its MAC.
+    pub mac: String,
+    /// Its MTU, when not the kernel's default.
+    pub mtu: Option<u32>,
+    /// The container's namespace.
+    pub sandbox: PathBuf,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The network's prefix length.
+    pub prefix_len: u8,
+    /// The network's gateway, its default route.
+    pub gateway: Ipv4Addr,
+    /// The network's embedded DNS server, when it has one.
+    pub dns: Option<Ipv4Addr>,
+}
+
+/// `POST /v1/cni/gc`: removes the attachments of CNI network `config`
+/// that are not among `valid`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniGc {
+    /// The CNI network configuration's `name`.
+    pub config: String,
+    /// `cni.dev/valid-attachments`, as (container id, ifname).
+    pub valid: Vec<(String, String)>,
 }

@@ -47,6 +47,12 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     // The OpenMetrics parser the metrics test checks /metrics with.
     "python3-prometheus-client",
+    // The container runtime the CNI plugin is tested with, its OCI
+    // runtime (crun refuses this machine's hybrid cgroups) and the
+    // containers' root file system.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";

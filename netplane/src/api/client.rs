@@ -161,12 +161,26 @@ impl Client {
     }
 }
 
+/// The daemon refused a request: its status and its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// The HTTP status, which says whose fault it was.
+    pub status: StatusCode,
+    /// What the daemon said.
+    pub message: String,
+}
+
 fn check(status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
     if status.is_success() {
         return Ok(());
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => bail!(e.error),
+        Ok(e) => Err(Refused {
+            status,
+            message: e.error,
+        }
+        .into()),
         Err(_) => Err(anyhow!(
             "daemon answered {status}: {}",
             String::from_utf8_lossy(body)

@@ -23,8 +23,8 @@ use crate::{
     daemon::{Config, Daemon, Handles, Shared, counters},
     logic::monitor::MonitorFilter,
     types::{
-        ConnectRequest, CreateEndpoint, CreateNetwork, DisconnectRequest, ErrorBody, FlowFilter,
-        Flushed, PortRequest, RemoveQuery,
+        CniAdd, CniAttachmentKey, CniGc, ConnectRequest, CreateEndpoint, CreateNetwork,
+        DisconnectRequest, ErrorBody, FlowFilter, Flushed, PortRequest, RemoveQuery,
     },
 };
 
@@ -278,6 +278,34 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 off_the_workers(move || s.readers.endpoint_stats(&n))
                     .await
                     .map(Json)
+            }),
+        )
+        .route(
+            "/v1/cni/add",
+            post(async |State(s): State<Shared>, Json(req): Json<CniAdd>| {
+                with(&s, async |d| d.cni_add(req).await.map(Json)).await
+            }),
+        )
+        .route(
+            "/v1/cni/del",
+            post(
+                async |State(s): State<Shared>, Json(key): Json<CniAttachmentKey>| {
+                    with(&s, async |d| d.cni_del(&key).await.map(Json)).await
+                },
+            ),
+        )
+        .route(
+            "/v1/cni/check",
+            post(
+                async |State(s): State<Shared>, Json(key): Json<CniAttachmentKey>| {
+                    with(&s, async |d| d.cni_check(&key).await.map(Json)).await
+                },
+            ),
+        )
+        .route(
+            "/v1/cni/gc",
+            post(async |State(s): State<Shared>, Json(req): Json<CniGc>| {
+                with(&s, async |d| d.cni_gc(&req).await.map(Json)).await
             }),
         )
         .route(

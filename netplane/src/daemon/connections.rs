@@ -2,7 +2,7 @@
 //! (`network connect`/`disconnect`): one more interface per network, an
 //! address, names and routes there, the data path's guarantees on each.
 
-use super::*;
+use super::{endpoints::not_runtime_owned, *};
 use crate::{logic::endpoint::Attachment, types::ConnectRequest};
 
 impl Daemon {
@@ -29,6 +29,7 @@ impl Daemon {
     /// (`req.ip`, or the lowest free) and its names there.
     pub async fn connect(&mut self, network: &str, req: ConnectRequest) -> Result<EndpointInfo> {
         let rec = self.store.endpoint(&req.endpoint)?;
+        not_runtime_owned(&rec.ep)?;
         if rec.state != State::Ready || !rec.ep.mode.has_veth() {
             return Err(Error::NotApplicable {
                 flag: "network connect",
@@ -67,6 +68,7 @@ impl Daemon {
     /// after its first.
     pub async fn disconnect(&mut self, network: &str, name: &str) -> Result<EndpointInfo> {
         let rec = self.store.endpoint(name)?;
+        not_runtime_owned(&rec.ep)?;
         let (network, mode) = self.connectable(network)?;
         if rec.ep.mode == mode {
             return self.disconnect_first(rec, network).await;
@@ -107,7 +109,8 @@ impl Daemon {
         let old = endpoint::first_interface(&rec.ep, &self.bridge_net_of(&rec.ep.mode)?);
         steps::undo_all(&mut self.kernel_steps(), &old, &name).await?;
         let gateway = self.bridge_net_of(&next.mode())?.gateway;
-        Rtnl::in_netns(&netns::open(&netns::path(&name))?)?
+        let ns = rec.ep.netns().expect("endpoints with a veth have a namespace");
+        Rtnl::in_netns(&netns::open(&ns)?)?
             .add_default_route(&endpoint::interface_name(next.seq), gateway)
             .await?;
         self.store.promote(&name, &next)?;

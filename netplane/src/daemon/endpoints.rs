@@ -162,6 +162,16 @@ impl Daemon {
 
     /// Validates a create request, records the endpoint, applies its plan.
     pub async fn create(&mut self, req: CreateEndpoint) -> Result<EndpointInfo> {
+        self.create_in(req, None).await
+    }
+
+    /// [`Daemon::create`] in a namespace of its own, or in `sandbox`, a
+    /// container runtime's.
+    pub(super) async fn create_in(
+        &mut self,
+        req: CreateEndpoint,
+        sandbox: Option<Sandbox>,
+    ) -> Result<EndpointInfo> {
         endpoint::validate_name(&req.name)?;
         let mode: Mode = req.net.parse()?;
         if let Some(h) = &req.hostname {
@@ -199,9 +209,10 @@ impl Daemon {
         };
         if let Mode::Container(other) = &mode {
             let other = ready(other).ok_or_else(|| Error::EndpointNotFound(other.clone()))?;
-            if other.ep.netns_name().is_none() {
+            if other.ep.netns().is_none() {
                 return Err(Error::NoNamespace(other.ep.name.clone()));
             }
+            not_runtime_owned(&other.ep)?;
         }
         for alias in &req.network_aliases {
             endpoint::validate_name(alias)?;
@@ -242,6 +253,7 @@ impl Daemon {
                 links: &req.links,
                 aliases: &req.network_aliases,
                 options: &options,
+                sandbox: sandbox.as_ref(),
             },
             mode.has_veth().then_some(&pool),
         )?;
@@ -328,8 +340,16 @@ impl Daemon {
 
     /// Removes an endpoint, killing the processes in its namespace as
     /// removing a container does. Endpoints sharing its namespace are
-    /// removed first with `force`, and refused without.
+    /// removed first with `force`, and refused without. One a container
+    /// runtime made is refused: its runtime removes it.
     pub async fn remove(&mut self, name: &str, force: bool) -> Result<Removed> {
+        not_runtime_owned(&self.store.endpoint(name)?.ep)?;
+        self.remove_any(name, force).await
+    }
+
+    /// [`Daemon::remove`] of any endpoint, a runtime's too (CNI DEL,
+    /// `down`), whose namespace and processes are the runtime's to end.
+    pub(super) async fn remove_any(&mut self, name: &str, force: bool) -> Result<Removed> {
         let records = self.store.endpoints()?;
         let rec = records
             .iter()
@@ -353,7 +373,7 @@ impl Daemon {
             removed.killed.extend(gone.killed);
         }
         self.store.set_state(name, State::Removing)?;
-        if rec.ep.mode.owns_netns() {
+        if rec.ep.mode.owns_netns() && rec.ep.sandbox.is_none() {
             // Rounds of SIGKILL with pauses between: a blocking thread's.
             let netns_name = name.to_string();
             let killed = tokio::task::spawn_blocking(move || netns::kill_all(&netns_name))
@@ -468,9 +488,10 @@ impl Daemon {
             hostname: ep.hostname.clone(),
             links: rec.links.clone(),
             network_aliases: rec.aliases.clone(),
+            container_id: ep.sandbox.as_ref().map(|sb| sb.container_id.clone()),
             network_settings: NetworkSettings {
-                sandbox_key: match ep.netns_name() {
-                    Some(n) => netns::path(n).to_string_lossy().into_owned(),
+                sandbox_key: match ep.netns() {
+                    Some(path) => path.to_string_lossy().into_owned(),
                     None => self.info().netns,
                 },
                 ip_address,
@@ -497,5 +518,17 @@ impl Daemon {
             .filter(|r| r.state == State::Ready)
             .map(|r| self.to_info(r))
             .collect())
+    }
+}
+
+/// Refuses to remove or rewire `ep` when a container runtime made it: the
+/// runtime removes it (CNI DEL), and would find it changed under it.
+pub(super) fn not_runtime_owned(ep: &endpoint::Endpoint) -> Result<()> {
+    match &ep.sandbox {
+        Some(sandbox) => Err(Error::RuntimeOwned {
+            endpoint: ep.name.clone(),
+            container_id: sandbox.container_id.clone(),
+        }),
+        None => Ok(()),
     }
 }

@@ -143,6 +143,39 @@ pub enum Error {
         /// The endpoint's mode.
         mode: String,
     },
+    /// Removing or rewiring an endpoint a container runtime made through
+    /// CNI, which the runtime removes.
+    #[error(
+        "endpoint {endpoint} belongs to container {container_id} of a container runtime \
+         (CNI): remove the container with that runtime"
+    )]
+    RuntimeOwned {
+        /// The endpoint.
+        endpoint: String,
+        /// The runtime's container id.
+        container_id: String,
+    },
+    /// A CNI ADD for a container that has an interface of that name on
+    /// another network, or another container with the endpoint's name.
+    #[error("CNI ADD of container {container_id} as {ifname}: {reason}")]
+    CniConflict {
+        /// The runtime's container id.
+        container_id: String,
+        /// The interface asked for.
+        ifname: String,
+        /// What is in the way.
+        reason: String,
+    },
+    /// A CNI CHECK found the attachment differing from what was made.
+    #[error("CNI CHECK of container {container_id} ({ifname}): {differences}")]
+    CniCheck {
+        /// The runtime's container id.
+        container_id: String,
+        /// Its interface.
+        ifname: String,
+        /// What differs, `; `-separated.
+        differences: String,
+    },
     /// `--hostname` for an endpoint in the host's namespace.
     #[error("--hostname does not apply to --net host: processes there have the host's name")]
     HostnameOfHost,
@@ -231,6 +264,8 @@ impl Error {
                 | Error::HasDependents { .. }
                 | Error::AliasIsName { .. }
                 | Error::MacInUse { .. }
+                | Error::RuntimeOwned { .. }
+                | Error::CniConflict { .. }
         ) || matches!(self, Error::Logic(e) if e.is_conflict())
             || matches!(self, Error::Kernel(e) if e.is_conflict())
             || matches!(

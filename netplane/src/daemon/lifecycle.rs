@@ -343,6 +343,16 @@ impl Daemon {
                     self.publish(&rec.ep, &rec.ports)?;
                     self.hold_published(&rec.ep.name, &rec.ports);
                 }
+                // The runtime removed the container while the daemon was
+                // down: its DEL will find nothing to do.
+                State::Ready
+                    if rec.ep.netns().is_some_and(|ns| !netns::is_mounted(&ns))
+                        && rec.ep.sandbox.is_some() =>
+                {
+                    info!(endpoint = %rec.ep.name, "container runtime's namespace gone: removing");
+                    self.teardown(&rec.ep).await?;
+                    self.store.delete_endpoint(&rec.ep.name)?;
+                }
                 State::Ready => {
                     warn!(endpoint = %rec.ep.name, "kernel objects missing: rebuilding");
                     self.teardown(&rec.ep).await?;
@@ -372,8 +382,8 @@ impl Daemon {
     }
 
     pub(super) async fn is_intact(&self, ep: &endpoint::Endpoint) -> Result<bool> {
-        if let Some(name) = ep.netns_name()
-            && !netns::is_mounted(&netns::path(name))
+        if let Some(path) = ep.netns()
+            && !netns::is_mounted(&path)
         {
             return Ok(false);
         }
@@ -411,7 +421,7 @@ impl Daemon {
         };
         for rec in self.store.endpoints()? {
             if self.store.endpoint(&rec.ep.name).is_ok() {
-                let r = self.remove(&rec.ep.name, true).await.map(drop);
+                let r = self.remove_any(&rec.ep.name, true).await.map(drop);
                 note(r);
             }
         }

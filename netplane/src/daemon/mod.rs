@@ -3,6 +3,7 @@
 //! everything down on `netplane down`.
 
 pub mod cluster;
+mod cni;
 mod connections;
 pub mod counters;
 pub mod drivers;
@@ -54,8 +55,8 @@ use crate::{
     logic::conntrack::{self, Timeouts},
     logic::dns::{self, Zone},
     logic::endpoint::{
-        self, BridgeNet, DEFAULT_MTU, EndpointOptions, HOST_VETH_PREFIX, LinkedHost, Mode, Step,
-        format_mac, mac_for,
+        self, BridgeNet, DEFAULT_MTU, EndpointOptions, HOST_VETH_PREFIX, LinkedHost, Mode, Sandbox,
+        Step, format_mac, mac_for,
     },
     logic::ipam::{self, Pool},
     logic::monitor::MonitorEvent,

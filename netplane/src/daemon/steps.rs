@@ -110,7 +110,7 @@ impl StepRunner for KernelSteps<'_> {
                 mtu,
                 mac,
             } => {
-                let ns_file = netns::open(&netns::path(ns))?;
+                let ns_file = netns::open(ns)?;
                 self.rtnl
                     .create_veth(host, bridge, ifname, *mac, *mtu, &ns_file)
                     .await?;
@@ -128,7 +128,7 @@ impl StepRunner for KernelSteps<'_> {
                 mtu,
                 mac,
             } => {
-                let ns_file = netns::open(&netns::path(ns))?;
+                let ns_file = netns::open(ns)?;
                 self.rtnl
                     .create_macvlan(parent, ifname, *mac, *mtu, &ns_file)
                     .await?;
@@ -157,7 +157,7 @@ impl StepRunner for KernelSteps<'_> {
             // Its namespace gone, so is the interface.
             Step::Macvlan {
                 netns: ns, ifname, ..
-            } => match netns::open(&netns::path(ns)) {
+            } => match netns::open(ns) {
                 Ok(ns_file) => Rtnl::in_netns(&ns_file)?.delete_link(ifname).await,
                 Err(_) => Ok(()),
             },
@@ -223,7 +223,7 @@ mod tests {
             Step::Netns { name: "web".into() },
             Step::Veth {
                 host: "npv1".into(),
-                netns: "web".into(),
+                netns: "/run/netns/web".into(),
                 ifname: "eth0".into(),
                 ip,
                 prefix_len: 16,

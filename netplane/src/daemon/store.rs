@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
     daemon::error::{Error, Result},
-    logic::endpoint::{Attachment, Endpoint, EndpointOptions, Mode},
+    logic::endpoint::{Attachment, Endpoint, EndpointOptions, Mode, Sandbox},
     logic::ipam::Pool,
     logic::network::{LocalNetwork, LocalSpec},
     logic::overlay::OverlayNetwork,
@@ -133,6 +133,8 @@ pub struct NewEndpoint<'a> {
     pub aliases: &'a [String],
     /// MAC, resolvers and hosts entries asked for.
     pub options: &'a EndpointOptions,
+    /// The runtime's namespace, for endpoints made through CNI.
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// The state database.
@@ -165,6 +167,7 @@ impl Store {
             ("endpoints", "uid", "TEXT"),
             ("endpoints", "created", "TEXT"),
             ("endpoints", "seq", "INTEGER NOT NULL DEFAULT 0"),
+            ("endpoints", "sandbox", "TEXT"),
         ] {
             if conn
                 .prepare(&format!("SELECT {column} FROM {table}"))
@@ -411,8 +414,9 @@ impl Store {
         tx.execute(
             &format!(
                 "INSERT INTO endpoints
-                 (name, mode, ip, hostname, ports, links, aliases, options, uid, created, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NEW_UID}, {NOW}, 'creating')"
+                 (name, mode, ip, hostname, ports, links, aliases, options, sandbox, uid, created,
+                  state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NEW_UID}, {NOW}, 'creating')"
             ),
             params![
                 new.name,
@@ -423,6 +427,8 @@ impl Store {
                 serde_json::to_string(new.links).expect("links serialize"),
                 serde_json::to_string(new.aliases).expect("aliases serialize"),
                 serde_json::to_string(new.options).expect("options serialize"),
+                new.sandbox
+                    .map(|sb| serde_json::to_string(sb).expect("sandbox serializes")),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -435,6 +441,7 @@ impl Store {
             seq: 0,
             hostname: new.hostname.map(str::to_string),
             options: new.options.clone(),
+            sandbox: new.sandbox.cloned(),
         })
     }
 
@@ -584,7 +591,7 @@ impl Store {
     pub fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, name, mode, ip, hostname, ports, links, aliases, state, options, uid,
-             created, seq FROM endpoints ORDER BY id",
+             created, seq, sandbox FROM endpoints ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -601,6 +608,7 @@ impl Store {
                 r.get::<_, String>(10)?,
                 r.get::<_, String>(11)?,
                 r.get::<_, u32>(12)?,
+                r.get::<_, Option<String>>(13)?,
             ))
         })?;
         let mut attachments = self.attachments()?;
@@ -619,6 +627,7 @@ impl Store {
                 uid,
                 created,
                 seq,
+                sandbox,
             ) = row?;
             Ok(StoredEndpoint {
                 attachments: attachments.remove(&name).unwrap_or_default(),
@@ -635,6 +644,10 @@ impl Store {
                     hostname,
                     options: serde_json::from_str(&options)
                         .map_err(|_| corrupt("options", "endpoint", &name))?,
+                    sandbox: sandbox
+                        .map(|sb| serde_json::from_str(&sb))
+                        .transpose()
+                        .map_err(|_| corrupt("sandbox", "endpoint", &name))?,
                     name: name.clone(),
                 },
                 state: State::parse(&state).ok_or_else(|| corrupt("state", "endpoint", &name))?,
@@ -697,6 +710,7 @@ mod tests {
             links: &[],
             aliases: &[],
             options: &NO_OPTIONS,
+            sandbox: None,
         }
     }
 

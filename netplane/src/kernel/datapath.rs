@@ -829,6 +829,18 @@ impl Datapath {
             .map_err(|e| Error::ebpf("insert into", maps::ENDPOINTS, e))
     }
 
+    /// What the data path knows of the endpoint behind host-side veth
+    /// `ifindex` and of the one at `addr`: what CNI CHECK compares.
+    pub fn endpoint_entries(
+        &self,
+        ifindex: u32,
+        addr: Ipv4Addr,
+    ) -> Result<(Option<EndpointIdentity>, Option<EndpointPort>)> {
+        let ids: HashMap<_, u32, EndpointIdentity> = self.map(maps::ENDPOINT_IFACES)?;
+        let ports: HashMap<_, u32, EndpointPort> = self.map(maps::ENDPOINTS)?;
+        Ok((ids.get(&ifindex, 0).ok(), ports.get(&addr_be(addr), 0).ok()))
+    }
+
     /// Forgets an endpoint and every flow to or from it, so that a later
     /// endpoint with the same address starts clean. Forgetting one that is
     /// not there is fine.

@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode},
-        route::{RouteAddress, RouteAttribute, RouteMetric},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
         tc::{TcAttribute, TcHandle},
     },
 };
@@ -380,17 +380,43 @@ impl Rtnl {
             .map(|l| l.name))
     }
 
-    async fn routes(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>> {
+    /// The gateway and output interface of the IPv4 default route in the
+    /// main table, if there is one with a gateway.
+    pub async fn default_gateway(&self) -> Result<Option<(Ipv4Addr, u32)>> {
+        Ok(self
+            .route_messages()
+            .await?
+            .iter()
+            .filter(|m| m.header.destination_prefix_length == 0)
+            .find_map(|m| {
+                let mut gateway = None;
+                let mut oif = None;
+                for attr in &m.attributes {
+                    match attr {
+                        RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                gateway.zip(oif)
+            }))
+    }
+
+    async fn route_messages(&self) -> Result<Vec<RouteMessage>> {
         let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs: Vec<_> = self
-            .handle
+        self.handle
             .route()
             .get(req)
             .execute()
             .try_collect()
             .await
-            .map_err(|e| Error::netlink("list", "routes", e))?;
-        Ok(msgs
+            .map_err(|e| Error::netlink("list", "routes", e))
+    }
+
+    async fn routes(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>> {
+        Ok(self
+            .route_messages()
+            .await?
             .into_iter()
             .map(|m| {
                 let mut dst = Ipv4Addr::UNSPECIFIED;

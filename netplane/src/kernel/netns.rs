@@ -15,15 +15,11 @@ use nix::{
 
 use super::error::{Error, Result};
 
-/// Where iproute2 keeps named network namespaces.
-pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub use crate::logic::endpoint::NETNS_RUN_DIR;
 /// Where iproute2 keeps per-namespace /etc overrides.
 pub const NETNS_ETC_DIR: &str = "/etc/netns";
 
-/// Path of the named namespace `name`.
-pub fn path(name: &str) -> PathBuf {
-    Path::new(NETNS_RUN_DIR).join(name)
-}
+pub use crate::logic::endpoint::named_netns as path;
 
 /// Opens a namespace file (a named one, or /proc/PID/ns/net).
 pub fn open(path: &Path) -> Result<File> {

@@ -2,7 +2,12 @@
 //! validated model and the plan of kernel steps that realises one.
 
 use netplane_common::abi::addr_be;
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use ipnet::Ipv4Net;
 use netplane_common::abi::endpoint_mac;
@@ -14,6 +19,13 @@ use super::Error;
 pub const BRIDGE_NETWORK: &str = "bridge";
 /// Prefix of the host-side veth names netplane creates.
 pub const HOST_VETH_PREFIX: &str = "npv";
+/// Where iproute2 keeps named network namespaces, netplane's among them.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Path of the named namespace `name`.
+pub fn named_netns(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
 
 /// How an endpoint is attached, Docker's `--net`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +304,24 @@ pub struct Endpoint {
     pub hostname: Option<String>,
     /// MAC, resolvers and hosts entries asked for.
     pub options: EndpointOptions,
+    /// The container runtime's namespace it was attached to, for
+    /// endpoints made through CNI; `None` for netplane's own.
+    pub sandbox: Option<Sandbox>,
+}
+
+/// A network namespace a container runtime made and owns (CNI's
+/// `CNI_NETNS`): netplane puts an interface in it and takes it out, and
+/// never makes, names, kills or deletes it, nor writes its /etc files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// The name of the CNI network configuration it was made with.
+    pub config: String,
+    /// The runtime's id of the container (`CNI_CONTAINERID`).
+    pub container_id: String,
+    /// The namespace (`CNI_NETNS`).
+    pub netns: PathBuf,
+    /// The interface's name in it (`CNI_IFNAME`).
+    pub ifname: String,
 }
 
 impl Endpoint {
@@ -308,9 +338,22 @@ impl Endpoint {
             .then(|| host_veth_name(self.id, self.seq))
     }
 
-    /// Path of its named network namespace, if it has one.
-    pub fn netns_name(&self) -> Option<&str> {
-        (self.mode != Mode::Host).then_some(self.name.as_str())
+    /// Its network namespace: a runtime's, else the one netplane named
+    /// after it; none in the host's.
+    pub fn netns(&self) -> Option<PathBuf> {
+        match (&self.sandbox, &self.mode) {
+            (Some(sandbox), _) => Some(sandbox.netns.clone()),
+            (None, Mode::Host) => None,
+            (None, _) => Some(named_netns(&self.name)),
+        }
+    }
+
+    /// The name of its interface on its first network.
+    pub fn first_ifname(&self) -> String {
+        match &self.sandbox {
+            Some(sandbox) => sandbox.ifname.clone(),
+            None => interface_name(self.seq),
+        }
     }
 }
 
@@ -336,7 +379,7 @@ pub enum Step {
         /// Host-side name.
         host: String,
         /// Namespace of the endpoint side.
-        netns: String,
+        netns: PathBuf,
         /// Name of the endpoint side: `eth0`, `eth1`, ...
         ifname: String,
         /// Endpoint address.
@@ -358,7 +401,7 @@ pub enum Step {
         /// The parent interface.
         parent: String,
         /// Namespace of the endpoint.
-        netns: String,
+        netns: PathBuf,
         /// Its name there.
         ifname: String,
         /// Endpoint address.
@@ -449,6 +492,8 @@ pub fn plan(
             },
             etc(ep.ip),
         ],
+        // A runtime's namespace: the runtime made it, and writes its files.
+        Mode::Bridge | Mode::Network(_) if ep.sandbox.is_some() => first_interface(ep, net),
         Mode::Bridge | Mode::Network(_) => {
             let mut steps = vec![Step::Netns { name: name.clone() }];
             steps.extend(first_interface(ep, net));
@@ -463,8 +508,8 @@ pub fn plan(
 pub fn first_interface(ep: &Endpoint, net: &BridgeNet) -> Vec<Step> {
     Interface {
         host: host_veth_name(ep.id, ep.seq),
-        netns: ep.name.clone(),
-        ifname: interface_name(ep.seq),
+        netns: ep.netns().expect("endpoints with an interface have a namespace"),
+        ifname: ep.first_ifname(),
         ip: ep.ip.expect("bridge and overlay endpoints have an address"),
         mac: ep.mac().expect("endpoints with an address have a MAC"),
         default_route: true,
@@ -506,7 +551,7 @@ impl Attachment {
 pub fn plan_attachment(ep: &Endpoint, att: &Attachment, net: &BridgeNet) -> Vec<Step> {
     Interface {
         host: att.host_veth(ep),
-        netns: ep.name.clone(),
+        netns: ep.netns().expect("connected endpoints have a namespace"),
         ifname: interface_name(att.seq),
         ip: att.ip,
         mac: mac_for(att.ip),
@@ -519,7 +564,7 @@ pub fn plan_attachment(ep: &Endpoint, att: &Attachment, net: &BridgeNet) -> Vec<
 struct Interface {
     /// Host-side veth name (unused on macvlan networks).
     host: String,
-    netns: String,
+    netns: PathBuf,
     ifname: String,
     ip: Ipv4Addr,
     mac: [u8; 6],
@@ -660,6 +705,7 @@ mod tests {
             seq: 0,
             hostname: None,
             options: EndpointOptions::default(),
+            sandbox: None,
         }
     }
 
@@ -721,6 +767,29 @@ mod tests {
     }
 
     #[test]
+    fn a_runtime_namespace_gets_only_its_interface() {
+        // The runtime made the namespace and writes its files: the plan
+        // puts the interface it named there, and undoing it touches
+        // nothing of the runtime's.
+        let mut ep = ep(Mode::Network("np".into()), Some("172.17.0.2"));
+        ep.sandbox = Some(Sandbox {
+            config: "np".into(),
+            container_id: "69b0383772".into(),
+            netns: "/run/netns/netns-31c9".into(),
+            ifname: "net1".into(),
+        });
+        let steps = plan(&ep, &net(), "", Some("172.17.0.1".parse().unwrap()), &[]);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        let Step::Veth { netns, ifname, .. } = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(netns, Path::new("/run/netns/netns-31c9"));
+        assert_eq!(ifname, "net1");
+        assert!(matches!(steps[1], Step::AttachDatapath { .. }));
+        assert_eq!(ep.netns(), Some(PathBuf::from("/run/netns/netns-31c9")));
+    }
+
+    #[test]
     fn bridge_plan() {
         let steps = plan(
             &ep(Mode::Bridge, Some("172.17.0.2")),
@@ -735,7 +804,7 @@ mod tests {
             steps[1],
             Step::Veth {
                 host: "npv1a".into(),
-                netns: "web".into(),
+                netns: "/run/netns/web".into(),
                 ifname: "eth0".into(),
                 ip: "172.17.0.2".parse().unwrap(),
                 prefix_len: 16,
