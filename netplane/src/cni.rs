@@ -176,10 +176,7 @@ impl PluginConf {
     /// One call to the daemon, its failures as CNI errors: no daemon is
     /// "try again later"; a refused request is the configuration's fault,
     /// anything else the host's.
-    fn call<T>(
-        &self,
-        f: impl AsyncFnOnce(&Client) -> anyhow::Result<T>,
-    ) -> Result<T, Error> {
+    fn call<T>(&self, f: impl AsyncFnOnce(&Client) -> anyhow::Result<T>) -> Result<T, Error> {
         let client = self.client();
         if !client.daemon_listens() {
             return Err(Error::TryAgainLater(self.unreachable()));
@@ -188,12 +185,13 @@ impl PluginConf {
             .enable_all()
             .build()
             .map_err(|e| Error::IOFailure(e.to_string()))?;
-        rt.block_on(f(&client)).map_err(|e| match e.downcast_ref::<Refused>() {
-            Some(r) if r.status.is_client_error() => {
-                Error::InvalidNetworkConfig(r.message.clone())
-            }
-            _ => Error::IOFailure(format!("{e:#}")),
-        })
+        rt.block_on(f(&client))
+            .map_err(|e| match e.downcast_ref::<Refused>() {
+                Some(r) if r.status.is_client_error() => {
+                    Error::InvalidNetworkConfig(r.message.clone())
+                }
+                _ => Error::IOFailure(format!("{e:#}")),
+            })
     }
 }
 
@@ -409,10 +407,9 @@ mod tests {
 
     #[test]
     fn port_mappings_become_publish_specs() {
-        let m: PortMapping = serde_json::from_str(
-            r#"{"hostPort":8080,"containerPort":80,"protocol":"tcp"}"#,
-        )
-        .unwrap();
+        let m: PortMapping =
+            serde_json::from_str(r#"{"hostPort":8080,"containerPort":80,"protocol":"tcp"}"#)
+                .unwrap();
         assert_eq!(publish_spec(&m).unwrap(), "8080:80/tcp");
         let m: PortMapping = serde_json::from_str(
             r#"{"hostPort":53,"containerPort":5353,"protocol":"UDP","hostIP":"127.0.0.1"}"#,
@@ -420,8 +417,7 @@ mod tests {
         .unwrap();
         assert_eq!(publish_spec(&m).unwrap(), "127.0.0.1:53:5353/udp");
         let m: PortMapping =
-            serde_json::from_str(r#"{"hostPort":1,"containerPort":1,"protocol":"sctp"}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"hostPort":1,"containerPort":1,"protocol":"sctp"}"#).unwrap();
         assert!(matches!(
             publish_spec(&m),
             Err(Error::UnsupportedNetworkConfiguration(_))
@@ -455,7 +451,11 @@ mod tests {
                 "dns": {"nameservers": ["10.89.0.1"]}
             })
         );
-        let macvlan = CniAttachment { host: None, dns: None, ..att };
+        let macvlan = CniAttachment {
+            host: None,
+            dns: None,
+            ..att
+        };
         let json = serde_json::to_value(result_of(&macvlan)).unwrap();
         assert_eq!(json["ips"][0]["interface"], 0);
         assert!(json.get("dns").is_none());

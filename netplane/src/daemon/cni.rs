@@ -27,7 +27,11 @@ impl Daemon {
             reason,
         };
         if let Some(rec) = self.cni_endpoint(&req.key)? {
-            let sandbox = rec.ep.sandbox.as_ref().expect("CNI endpoints have a sandbox");
+            let sandbox = rec
+                .ep
+                .sandbox
+                .as_ref()
+                .expect("CNI endpoints have a sandbox");
             if sandbox.netns != req.netns || rec.state != State::Ready {
                 return Err(conflict(format!(
                     "it is attached already, as endpoint {} in {}",

@@ -109,7 +109,10 @@ impl Daemon {
         let old = endpoint::first_interface(&rec.ep, &self.bridge_net_of(&rec.ep.mode)?);
         steps::undo_all(&mut self.kernel_steps(), &old, &name).await?;
         let gateway = self.bridge_net_of(&next.mode())?.gateway;
-        let ns = rec.ep.netns().expect("endpoints with a veth have a namespace");
+        let ns = rec
+            .ep
+            .netns()
+            .expect("endpoints with a veth have a namespace");
         Rtnl::in_netns(&netns::open(&ns)?)?
             .add_default_route(&endpoint::interface_name(next.seq), gateway)
             .await?;

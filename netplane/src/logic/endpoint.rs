@@ -508,7 +508,9 @@ pub fn plan(
 pub fn first_interface(ep: &Endpoint, net: &BridgeNet) -> Vec<Step> {
     Interface {
         host: host_veth_name(ep.id, ep.seq),
-        netns: ep.netns().expect("endpoints with an interface have a namespace"),
+        netns: ep
+            .netns()
+            .expect("endpoints with an interface have a namespace"),
         ifname: ep.first_ifname(),
         ip: ep.ip.expect("bridge and overlay endpoints have an address"),
         mac: ep.mac().expect("endpoints with an address have a MAC"),

@@ -1,0 +1,250 @@
+//! netplane as a CNI plugin: driven directly with the spec's environment
+//! (every verb, the awkward orders a runtime may call them in), and by
+//! Podman 4.3 with its CNI backend, a runtime netplane did not write.
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+};
+
+use netplane_test_support as support;
+
+use serde_json::{Value, json};
+use support::{Host, WORLD_IP, netplane_bin, sh_ok, stdout_if_ok};
+
+/// Runs the plugin as a runtime does: `CNI_COMMAND=verb` and the other
+/// variables, `conf` on stdin. Its exit status, and stdout as JSON (null
+/// when empty).
+fn call(
+    verb: &str,
+    conf: &Value,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+) -> (bool, Value) {
+    let mut child = Command::new(netplane_bin())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out: Output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    (out.status.success(), value)
+}
+
+/// The configuration of CNI network `name` for netplane network `network`
+/// of `subnet`, on the daemon of `h`.
+fn conf(h: &Host, name: &str, network: &str, subnet: &str, version: &str) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": name,
+        "type": "netplane",
+        "network": network,
+        "subnet": subnet,
+        "runDir": h.run_dir(),
+    })
+}
+
+/// A namespace as a runtime makes one: /run/netns/NAME, nothing in it.
+fn runtime_netns(h: &Host, short: &str) -> String {
+    let name = h.name(short);
+    sh_ok(&format!("ip netns add {name}"));
+    format!("/run/netns/{name}")
+}
+
+fn ns_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap()
+}
+
+#[test]
+fn every_verb_of_the_spec_driven_directly() {
+    let h = Host::new();
+    h.up(&["--dns", WORLD_IP]);
+    let net = h.name("np");
+    let c = conf(&h, "cninet", &net, "10.89.0.0/24", "1.0.0");
+    let ns1 = runtime_netns(&h, "c1");
+    let id1 = "0123456789abcdef0123456789abcdef";
+    let name1 = h.name("web");
+    let args1 = format!("IgnoreUnknown=1;K8S_POD_NAME={name1}");
+    // VERSION: what the plugin speaks.
+    let (ok, v) = call("VERSION", &json!({"cniVersion": "1.1.0"}), "", "", "", "");
+    assert!(ok, "{v}");
+    let versions: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for wanted in ["0.4.0", "1.0.0", "1.1.0"] {
+        assert!(versions.contains(&wanted), "{v}");
+    }
+
+    // ADD: the network is made from the configuration's subnet; the
+    // result is the spec's, and true of the namespace.
+    let (ok, r) = call("ADD", &c, id1, &ns1, "eth0", &args1);
+    assert!(ok, "{r}\n{}", h.log());
+    assert_eq!(r["cniVersion"], "1.0.0");
+    let ifaces = r["interfaces"].as_array().unwrap();
+    assert_eq!(ifaces.len(), 2, "{r}");
+    assert!(
+        ifaces[0]["name"].as_str().unwrap().starts_with("npv"),
+        "{r}"
+    );
+    assert_eq!(ifaces[1]["name"], "eth0");
+    assert_eq!(ifaces[1]["sandbox"], ns1.as_str());
+    assert_eq!(r["ips"][0]["interface"], 1);
+    assert_eq!(r["ips"][0]["address"], "10.89.0.2/24");
+    assert_eq!(r["ips"][0]["gateway"], "10.89.0.1");
+    assert_eq!(
+        r["routes"][0],
+        json!({"dst": "0.0.0.0/0", "gw": "10.89.0.1"})
+    );
+    assert_eq!(r["dns"]["nameservers"], json!(["10.89.0.1"]));
+    let in1 = |cmd: &str| stdout_if_ok(h.in_endpoint(ns_name(&ns1), cmd)).unwrap_or_default();
+    let link = in1("ip -j link show eth0");
+    assert!(link.contains(ifaces[1]["mac"].as_str().unwrap()), "{link}");
+    assert!(in1("ip -4 addr show eth0").contains("10.89.0.2/24"));
+    assert!(in1("ip route").contains("default via 10.89.0.1 dev eth0"));
+    assert!(
+        h.in_endpoint(ns_name(&ns1), "ping -c1 -W2 10.89.0.1")
+            .status
+            .success(),
+        "the gateway answers through the data path"
+    );
+
+    // Seen by netplane with the container id, and not netplane's to remove.
+    let inspect: Value = serde_json::from_str(&h.np_ok(&["inspect", &name1])).unwrap();
+    assert_eq!(inspect[0]["ContainerId"], id1, "{inspect}");
+    assert_eq!(inspect[0]["NetworkSettings"]["SandboxKey"], ns1.as_str());
+    assert!(h.np_ok(&["ls"]).contains(&name1));
+    let refused = h.np_err(&["rm", "-f", &name1]);
+    assert!(
+        refused.contains(id1) && refused.contains("container runtime"),
+        "{refused}"
+    );
+
+    // ADD again for the same container and interface: the same answer.
+    let (ok, again) = call("ADD", &c, id1, &ns1, "eth0", &args1);
+    assert!(ok, "{again}");
+    assert_eq!(again["ips"], r["ips"]);
+
+    // CHECK, with the result the runtime kept.
+    let mut with_prev = c.clone();
+    with_prev["prevResult"] = r.clone();
+    let (ok, e) = call("CHECK", &with_prev, id1, &ns1, "eth0", &args1);
+    assert!(ok, "{e}");
+
+    // A second container, asking for its address with IP=.
+    let ns2 = runtime_netns(&h, "c2");
+    let id2 = "fedcba9876543210";
+    let (ok, r2) = call(
+        "ADD",
+        &c,
+        id2,
+        &ns2,
+        "eth0",
+        &format!("K8S_POD_NAME={};IP=10.89.0.50", h.name("db")),
+    );
+    assert!(ok, "{r2}");
+    assert_eq!(r2["ips"][0]["address"], "10.89.0.50/24");
+    assert!(
+        h.in_endpoint(ns_name(&ns2), "ping -c1 -W2 10.89.0.2")
+            .status
+            .success(),
+        "containers of one network reach each other"
+    );
+    let answer = stdout_if_ok(h.in_endpoint(
+        ns_name(&ns2),
+        &format!("dig +short +tries=1 +time=2 @10.89.0.1 {name1}"),
+    ))
+    .unwrap_or_default();
+    assert_eq!(answer.trim(), "10.89.0.2", "the embedded DNS names it");
+
+    // CHECK after someone deleted the veth: an error saying what differs.
+    let veth = ifaces[0]["name"].as_str().unwrap();
+    h.in_host(&format!("ip link del {veth}"));
+    let (ok, e) = call("CHECK", &with_prev, id1, &ns1, "eth0", &args1);
+    assert!(!ok);
+    let details = e["details"].as_str().unwrap();
+    assert!(
+        details.contains(&format!("host interface {veth} is missing"))
+            && details.contains("interface eth0 is missing"),
+        "{e}"
+    );
+    assert!(
+        e["code"].as_u64().unwrap() > 0 && e["msg"].is_string(),
+        "{e}"
+    );
+
+    // DEL: then again, and without ADD, and for a namespace gone: success.
+    let (ok, e) = call("DEL", &c, id1, &ns1, "eth0", &args1);
+    assert!(ok, "{e}");
+    let (ok, e) = call("DEL", &c, id1, &ns1, "eth0", &args1);
+    assert!(ok, "DEL twice: {e}");
+    let (ok, e) = call("DEL", &c, "never-added", "/run/netns/nonesuch", "eth0", "");
+    assert!(ok, "DEL without ADD: {e}");
+    assert!(!h.np_ok(&["ls"]).contains(&name1));
+
+    // GC with a partial list: only what it names stays.
+    let ns3 = runtime_netns(&h, "c3");
+    let (ok, r3) = call("ADD", &c, "third", &ns3, "eth0", "");
+    assert!(ok, "{r3}");
+    let mut gc = c.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": id2, "ifname": "eth0"}]);
+    let (ok, e) = call("GC", &gc, "", "", "", "");
+    assert!(ok, "{e}");
+    let ls = h.np_ok(&["ls"]);
+    assert!(ls.contains(&h.name("db")), "{ls}");
+    assert!(!ls.contains("cni-third"), "{ls}");
+    assert!(
+        !sh_ok(&format!("ip -n {} link", ns_name(&ns3))).contains("eth0"),
+        "GC took its interface"
+    );
+
+    // STATUS: ready while the daemon runs; 50 once it is gone, and ADD
+    // says to try again later.
+    let mut status = c.clone();
+    status["cniVersion"] = json!("1.1.0");
+    let (ok, e) = call("STATUS", &status, "", "", "", "");
+    assert!(ok, "{e}");
+    h.kill_daemon();
+    let (ok, e) = call("STATUS", &status, "", "", "", "");
+    assert!(!ok);
+    assert_eq!(e["code"], 50, "{e}");
+    let ns4 = runtime_netns(&h, "c4");
+    let (ok, e) = call("ADD", &c, "fourth", &ns4, "eth0", "");
+    assert!(!ok);
+    assert_eq!(e["code"], 11, "{e}");
+    assert!(
+        e["details"].as_str().unwrap().contains("netplane up"),
+        "{e}"
+    );
+    assert_eq!(
+        sh_ok(&format!("ip -n {} -o link", ns_name(&ns4)))
+            .lines()
+            .count(),
+        1
+    );
+}
