@@ -10,7 +10,7 @@ use std::{
 use netplane_test_support as support;
 
 use serde_json::{Value, json};
-use support::{Host, WORLD_IP, netplane_bin, sh_ok, stdout_if_ok};
+use support::{HOST_IP, Host, WORLD_IP, netplane_bin, podman::Podman, sh_ok, stdout_if_ok};
 
 /// Runs the plugin as a runtime does: `CNI_COMMAND=verb` and the other
 /// variables, `conf` on stdin. Its exit status, and stdout as JSON (null
@@ -247,4 +247,180 @@ fn every_verb_of_the_spec_driven_directly() {
             .count(),
         1
     );
+}
+
+/// A host with netplane up, and Podman there with CNI network `np`
+/// (netplane network of the same name, 10.89.0.0/24).
+fn podman_host() -> (Host, Podman) {
+    let h = Host::new();
+    h.up(&["--dns", WORLD_IP]);
+    let p = Podman::new(&h);
+    p.add_netplane_network(&h, "np", "np", "10.89.0.0/24");
+    (h, p)
+}
+
+#[test]
+fn podman_publishes_a_port_through_netplane() {
+    let (h, p) = podman_host();
+    let id = p.httpd("web", "np", &["-p", "8080:80"]);
+    let page = support::retry(|| {
+        stdout_if_ok(h.in_world(&format!("curl -s --max-time 2 http://{HOST_IP}:8080/")))
+            .filter(|s| s.contains("hello from podman"))
+    });
+    assert!(
+        page.is_some(),
+        "the outside reaches the container\n{}",
+        h.log()
+    );
+    let log = p.logs("web");
+    assert!(
+        log.contains(WORLD_IP),
+        "httpd sees the client's own address: {log}"
+    );
+    let local = h.in_host("curl -s --max-time 2 http://127.0.0.1:8080/");
+    assert!(
+        local.contains("hello from podman"),
+        "the host on loopback: {local}"
+    );
+
+    // netplane shows it with the container's id.
+    let ls = h.np_ok(&["ls"]);
+    assert!(ls.contains("web"), "{ls}");
+    let inspect: Value = serde_json::from_str(&h.np_ok(&["inspect", "web"])).unwrap();
+    assert_eq!(inspect[0]["ContainerId"], id.as_str(), "{inspect}");
+    assert!(h.np_ok(&["port", "ls", "web"]).contains("8080"));
+    let refused = h.np_err(&["rm", "-f", "web"]);
+    assert!(refused.contains(&id), "{refused}");
+}
+
+/// `curl` of the published port 8080 from the world, until it answers.
+fn world_page(h: &Host) -> Option<String> {
+    support::retry(|| {
+        stdout_if_ok(h.in_world(&format!("curl -s --max-time 2 http://{HOST_IP}:8080/")))
+            .filter(|s| s.contains("hello from podman"))
+    })
+}
+
+/// What netplane and the host show of containers: endpoints, published
+/// ports, tracked flows, the host's links.
+fn footprint(h: &Host) -> (String, String, String, usize) {
+    (
+        h.np_ok(&["ls", "-q"]),
+        h.np_ok(&["port", "ls"]),
+        h.np_ok(&["ct", "ls"])
+            .lines()
+            .filter(|l| l.contains("10.89."))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        h.in_host("ip -o link").lines().count(),
+    )
+}
+
+#[test]
+fn podman_containers_find_each_other_by_name_and_other_networks_are_apart() {
+    let (h, p) = podman_host();
+    p.add_netplane_network(&h, "other", "other", "10.90.0.0/24");
+    p.httpd("web", "np", &[]);
+    // busybox-static's wget cannot resolve (static glibc without NSS):
+    // its nslookup asks the container's resolver (podman's copy of the
+    // result's `dns`), and nc fetches from the answer, giving up after 2 s.
+    let fetch = |network: &str, target: &str| {
+        let script = format!(
+            "a=$(nslookup {target} | awk '/^Address: /{{print $2}}' | tail -1); \
+             echo resolved ${{a:-nothing}}; \
+             printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${{a:-{target}}} 80"
+        );
+        let out = p.run_once(network, &["/bin/sh", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = support::retry(|| Some(fetch("np", "web")).filter(|p| p.contains("hello")));
+    assert!(
+        page.is_some(),
+        "by name, through netplane's DNS\n{}",
+        h.log()
+    );
+    assert!(page.unwrap().contains("resolved 10.89.0.2"));
+    let apart = fetch("other", "10.89.0.2");
+    assert!(
+        !apart.contains("hello"),
+        "a container of another network cannot reach it: {apart}"
+    );
+    let apart = fetch("other", "web");
+    assert!(!apart.contains("hello"), "nor find it: {apart}");
+    assert!(
+        h.np_ok(&["network", "ls"]).contains("other"),
+        "made from its subnet"
+    );
+}
+
+#[test]
+fn podman_stop_start_and_rm_leave_nothing_behind() {
+    let (h, p) = podman_host();
+    h.np_ok(&["network", "create", "--subnet", "10.89.0.0/24", "np"]);
+    let before = footprint(&h);
+    let netns_before = support::podman::podman_namespaces();
+    p.httpd("web", "np", &["-p", "8080:80"]);
+    assert!(world_page(&h).is_some(), "{}", h.log());
+    assert_ne!(footprint(&h), before);
+
+    p.ok(&["stop", "-t", "0", "web"]);
+    assert_eq!(
+        footprint(&h),
+        before,
+        "stop: no endpoint, port, flow or link"
+    );
+    p.ok(&["start", "web"]);
+    assert!(world_page(&h).is_some(), "start: published again");
+    p.ok(&["rm", "-f", "web"]);
+    assert_eq!(footprint(&h), before, "rm -f");
+
+    let out = p.run_once(
+        "np",
+        &["/bin/wget", "-qO-", "-T", "2", "http://10.89.0.1:1/"],
+    );
+    assert!(!out.status.success(), "nothing listens there");
+    assert_eq!(footprint(&h), before, "run --rm");
+    assert_eq!(support::podman::podman_namespaces(), netns_before);
+}
+
+#[test]
+fn podman_traffic_outlives_a_killed_daemon_and_rm_cleans_up_after_up() {
+    let (h, p) = podman_host();
+    h.np_ok(&["network", "create", "--subnet", "10.89.0.0/24", "np"]);
+    let before = footprint(&h);
+    p.httpd("web", "np", &["-p", "8080:80"]);
+    assert!(world_page(&h).is_some());
+    h.kill_daemon();
+    assert!(world_page(&h).is_some(), "the data path serves on");
+    h.up(&["--dns", WORLD_IP]);
+    assert!(world_page(&h).is_some(), "and after up");
+    p.ok(&["rm", "-f", "web"]);
+    assert_eq!(footprint(&h), before);
+}
+
+#[test]
+fn podman_run_without_the_daemon_fails_with_the_plugins_message() {
+    let h = Host::new();
+    let p = Podman::new(&h);
+    p.add_netplane_network(&h, "np", "np", "10.89.0.0/24");
+    let links = h.in_host("ip -o link");
+    let netns_before = support::podman::podman_namespaces();
+    let rootfs = p.rootfs();
+    let mut args = vec!["run", "-d", "--name", "web", "--network", "np"];
+    args.extend(support::podman::ULIMITS);
+    args.extend(["--rootfs", rootfs.to_str().unwrap(), "/bin/httpd", "-f"]);
+    let out = p.run(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no netplane daemon answers") && err.contains("netplane up"),
+        "{err}"
+    );
+    assert_eq!(h.in_host("ip -o link"), links, "no link half made");
+    // The container stays created, as after any failed start; its
+    // namespace goes with it.
+    p.ok(&["rm", "-f", "web"]);
+    assert_eq!(support::podman::podman_namespaces(), netns_before);
+    h.up(&["--dns", WORLD_IP]);
+    assert_eq!(h.np_ok(&["ls", "-q"]), "", "no endpoint half made");
 }

@@ -125,7 +125,8 @@ impl Daemon {
             .filter(|s| matches!(s, Step::EtcFiles { .. }))
             .collect();
         steps::apply_all(&mut self.kernel_steps(), &etc, &name).await?;
-        self.reserved.reserve(&promoted.ports)?;
+        self.reserved
+            .reserve(&promoted.ports, promoted.ep.sandbox.is_some())?;
         self.publish(&promoted.ep, &promoted.ports)?;
         self.sync_linked()?;
         self.endpoints_changed()?;

@@ -262,7 +262,7 @@ impl Daemon {
             return Err(e);
         }
         let mut activate = || {
-            self.reserved.reserve(&ports)?;
+            self.reserved.reserve(&ports, ep.sandbox.is_some())?;
             self.reset_counters(&ports)?;
             self.publish(&ep, &ports)?;
             self.sync_linked()

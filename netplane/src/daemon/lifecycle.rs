@@ -341,7 +341,7 @@ impl Daemon {
                         }
                     }
                     self.publish(&rec.ep, &rec.ports)?;
-                    self.hold_published(&rec.ep.name, &rec.ports);
+                    self.hold_published(&rec.ep, &rec.ports);
                 }
                 // The runtime removed the container while the daemon was
                 // down: its DEL will find nothing to do.
@@ -358,7 +358,7 @@ impl Daemon {
                     self.teardown(&rec.ep).await?;
                     self.apply_plan(&rec.ep).await?;
                     self.publish(&rec.ep, &rec.ports)?;
-                    self.hold_published(&rec.ep.name, &rec.ports);
+                    self.hold_published(&rec.ep, &rec.ports);
                 }
             }
         }

@@ -16,9 +16,9 @@ impl Daemon {
     /// Holds the host ports `name` published before this daemon started.
     /// A host process that bound one while no daemon ran keeps it: its
     /// traffic goes to the endpoint, and the log says so.
-    pub(super) fn hold_published(&mut self, name: &str, ports: &[PublishedPort]) {
-        if let Err(e) = self.reserved.reserve(ports) {
-            warn!(endpoint = %name, "published port not held: {e}");
+    pub(super) fn hold_published(&mut self, ep: &endpoint::Endpoint, ports: &[PublishedPort]) {
+        if let Err(e) = self.reserved.reserve(ports, ep.sandbox.is_some()) {
+            warn!(endpoint = %ep.name, "published port not held: {e}");
         }
     }
 
@@ -126,7 +126,7 @@ impl Daemon {
         ports.extend(added.iter().cloned());
         self.store.set_ports(name, &ports)?;
         let mut activate = || {
-            self.reserved.reserve(&added)?;
+            self.reserved.reserve(&added, rec.ep.sandbox.is_some())?;
             self.reset_counters(&added)?;
             self.publish(&rec.ep, &added)
         };

@@ -36,14 +36,17 @@ pub struct Reservations {
 impl Reservations {
     /// Holds every host port of `ports`, or none of those it took in this
     /// call: the error names the first port a host socket uses, and the
-    /// process owning it when one is found.
-    pub fn reserve(&mut self, ports: &[PublishedPort]) -> Result<()> {
+    /// process owning it when one is found. Ports `shared` with a container
+    /// runtime are held with SO_REUSEADDR, so that the runtime's own
+    /// listener on them (Podman's) binds beside the daemon's socket; a
+    /// host process still cannot take them from it.
+    pub fn reserve(&mut self, ports: &[PublishedPort], shared: bool) -> Result<()> {
         let mut taken = Vec::new();
         for key in ports.iter().flat_map(keys) {
             if self.held.contains_key(&key) {
                 continue;
             }
-            match hold(key) {
+            match hold(key, shared) {
                 Ok(fd) => {
                     self.held.insert(key, fd);
                     taken.push(key);
@@ -100,7 +103,7 @@ pub fn allow_held_ports() -> Result<()> {
 /// Checks that no host socket uses a host port of `port`, without holding
 /// it: `-p` refuses such a port, and picks another for `-p CPORT`.
 pub fn check_free(port: &PublishedPort) -> Result<()> {
-    keys(port).try_for_each(|key| hold(key).map(drop))
+    keys(port).try_for_each(|key| hold(key, false).map(drop))
 }
 
 fn keys(port: &PublishedPort) -> impl Iterator<Item = Key> + '_ {
@@ -110,7 +113,7 @@ fn keys(port: &PublishedPort) -> impl Iterator<Item = Key> + '_ {
 /// A socket bound to `key`, without SO_REUSEADDR: the bind fails when any
 /// socket (IPv4, or IPv6 that also takes IPv4) uses the port on that
 /// address or the wildcard, and later binds by others fail the same way.
-fn hold((ip, port, proto): Key) -> Result<OwnedFd> {
+fn hold((ip, port, proto): Key, shared: bool) -> Result<OwnedFd> {
     let kind = match proto {
         Proto::Tcp => SockType::Stream,
         Proto::Udp => SockType::Datagram,
@@ -121,6 +124,10 @@ fn hold((ip, port, proto): Key) -> Result<OwnedFd> {
     if proto == Proto::Udp {
         // Nothing is read from it; what strays to it is dropped early.
         let _ = setsockopt(&fd, sockopt::RcvBuf, &0);
+    }
+    if shared {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(|e| Error::io("share with the container runtime", at, e))?;
     }
     match bind(fd.as_raw_fd(), &SockaddrIn::from(at)) {
         Ok(()) => Ok(fd),

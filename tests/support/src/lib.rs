@@ -19,6 +19,8 @@ pub const HOST_IP: &str = "198.18.0.2";
 /// Address of the world namespace behind the uplink.
 pub const WORLD_IP: &str = "198.18.0.1";
 
+pub mod podman;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The netplane binary of the build the tests run from: cargo puts it in
