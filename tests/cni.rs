@@ -249,11 +249,14 @@ fn every_verb_of_the_spec_driven_directly() {
     );
 }
 
+/// Where the hosts of the Podman tests serve metrics, in their namespaces.
+const METRICS: &str = "127.0.0.1:9464";
+
 /// A host with netplane up, and Podman there with CNI network `np`
 /// (netplane network of the same name, 10.89.0.0/24).
 fn podman_host() -> (Host, Podman) {
     let h = Host::new();
-    h.up(&["--dns", WORLD_IP]);
+    h.up(&["--dns", WORLD_IP, "--metrics", METRICS]);
     let p = Podman::new(&h);
     p.add_netplane_network(&h, "np", "np", "10.89.0.0/24");
     (h, p)
@@ -283,9 +286,29 @@ fn podman_publishes_a_port_through_netplane() {
         "the host on loopback: {local}"
     );
 
-    // netplane shows it with the container's id.
+    // netplane shows it with the container's id, its rule, flows and
+    // counters.
     let ls = h.np_ok(&["ls"]);
-    assert!(ls.contains("web"), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("web ") && l.contains(&id[..12])),
+        "{ls}"
+    );
+    let nat = h.np_ok(&["nat", "ls"]);
+    assert!(
+        nat.lines()
+            .any(|l| l.contains("dpt:8080") && l.contains("to:10.89.0.2:80")),
+        "{nat}"
+    );
+    let flows = h.np_ok(&["ct", "ls", "--endpoint", "web"]);
+    assert!(flows.contains(WORLD_IP), "{flows}");
+    let samples = h.scrape(METRICS);
+    let received = support::sample(
+        &samples,
+        "netplane_endpoint_packets_total",
+        &[("endpoint", "web"), ("direction", "rx")],
+    );
+    assert!(received > 0.0, "{samples:?}");
     let inspect: Value = serde_json::from_str(&h.np_ok(&["inspect", "web"])).unwrap();
     assert_eq!(inspect[0]["ContainerId"], id.as_str(), "{inspect}");
     assert!(h.np_ok(&["port", "ls", "web"]).contains("8080"));

@@ -592,17 +592,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             } else {
                 println!(
-                    "{:<20} {:<16} {:<16} {:<18} PORTS",
-                    "NAME", "MODE", "IP", "MAC"
+                    "{:<20} {:<16} {:<16} {:<18} {:<13} PORTS",
+                    "NAME", "MODE", "IP", "MAC", "CONTAINER"
                 );
                 for e in list {
                     let s = &e.network_settings;
+                    // A container runtime's (CNI), by its short id.
+                    let container: String = e
+                        .container_id
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), |id| id.chars().take(12).collect());
                     println!(
-                        "{:<20} {:<16} {:<16} {:<18} {}",
+                        "{:<20} {:<16} {:<16} {:<18} {:<13} {}",
                         e.name,
                         e.mode,
                         s.ip_address,
                         s.mac_address,
+                        container,
                         compact_ports(&s.ports).join(", ")
                     );
                 }
