@@ -199,6 +199,16 @@ fn main() -> anyhow::Result<()> {
                     bail!("the benchmarks build network namespaces and must run as root");
                 }
                 setup()?;
+                // The Podman benchmark's CNI plugin is the netplane binary
+                // of the benchmarks' profile.
+                run(cargo().args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "netplane",
+                    "--bin",
+                    "netplane",
+                ]))?;
                 let mut cmd = cargo();
                 cmd.args(["bench", "--package", "netplane-benches", "--benches"])
                     .env("NETPLANE_REQUIRE_EBPF", "1");

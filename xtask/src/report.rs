@@ -32,9 +32,29 @@ struct Estimates {
     median: Estimate,
 }
 
-/// Every benchmark under criterion's directory (`target/criterion`).
+/// Where in criterion's directory the Podman benchmark writes its runs
+/// with many ports, each timed once: `{"ports": N, PLUGINS: seconds...}`.
+const PODMAN_PORTS_FILE: &str = "podman_ports.json";
+/// The group those runs are rows of.
+const PODMAN_PORTS_GROUP: &str = "podman_many_ports";
+
+/// Every benchmark under criterion's directory (`target/criterion`), and
+/// the Podman benchmark's single runs.
 pub fn read(dir: &Path) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
+    if let Ok(bytes) = std::fs::read(dir.join(PODMAN_PORTS_FILE)) {
+        let runs: BTreeMap<String, f64> = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {PODMAN_PORTS_FILE}"))?;
+        let ports = runs.get("ports").map(|n| format!("{n:.0}"));
+        for (plugins, secs) in runs.iter().filter(|(k, _)| *k != "ports") {
+            rows.push(Row {
+                group: PODMAN_PORTS_GROUP.into(),
+                function: plugins.clone(),
+                value: ports.clone(),
+                median_ns: secs * 1e9,
+            });
+        }
+    }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -265,6 +285,8 @@ pub fn render(rows: &[Row], machine: &str) -> String {
         );
     }
 
+    podman_section(&mut out, rows);
+
     let populated = values(rows, "restart");
     if !populated.is_empty() {
         out.push_str(
@@ -291,6 +313,41 @@ pub fn render(rows: &[Row], machine: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Podman with netplane's CNI plugin against `bridge` + `portmap`.
+fn podman_section(out: &mut String, rows: &[Row]) {
+    let run = |plugins: &str| median(rows, "podman_run", plugins, None);
+    if run("netplane").is_none() && run("cni_portmap").is_none() {
+        return;
+    }
+    let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.0}", v / 1e6));
+    let _ = writeln!(
+        out,
+        "## Podman: from `podman run` to an answer\n\n\
+         Podman 4.3 with its CNI backend (runc, a busybox root file system):\n\
+         median ms from the start of `podman run -d -p 8080:80 ... httpd` to the\n\
+         first page an outside client fetches through the published port, with\n\
+         netplane's plugin and with the reference `bridge` (`host-local` IPAM)\n\
+         and `portmap` plugins. Podman's own work (storage, runc, conmon) is in\n\
+         both.\n\n\
+         | ports | netplane | bridge + portmap | vs portmap |\n|---|---|---|---|\n\
+         | 1 | {} | {} | {} |",
+        ms(run("netplane")),
+        ms(run("cni_portmap")),
+        ratio(run("cni_portmap"), run("netplane")),
+    );
+    for n in values(rows, PODMAN_PORTS_GROUP) {
+        let once = |plugins: &str| median(rows, PODMAN_PORTS_GROUP, plugins, Some(&n));
+        let _ = writeln!(
+            out,
+            "| {n} (one run each) | {} | {} | {} |",
+            ms(once("netplane")),
+            ms(once("cni_portmap")),
+            ratio(once("cni_portmap"), once("netplane")),
+        );
+    }
+    out.push('\n');
 }
 
 /// The ways of joining two hosts' endpoints, in the order the overlay
@@ -508,6 +565,10 @@ mod tests {
             row("publish", "netplane", Some("100"), 1e6),
             row("create_endpoint", "netplane", None, 20e6),
             row("create_endpoint", "cni", None, 40e6),
+            row("podman_run", "netplane", None, 200e6),
+            row("podman_run", "cni_portmap", None, 300e6),
+            row("podman_many_ports", "netplane", Some("1000"), 2e9),
+            row("podman_many_ports", "cni_portmap", Some("1000"), 40e9),
             row("restart", "netplane", Some("0"), 150e6),
             row("restart", "netplane", Some("1000"), 640e6),
             row("overlay_tcp_round_trip", "netplane", None, 30e3),
@@ -541,6 +602,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 20.0 | 40.0 | 2.00x |"), "{md}");
+        assert!(md.contains("| 1 | 200 | 300 | 1.50x |"), "{md}");
+        assert!(
+            md.contains("| 1000 (one run each) | 2000 | 40000 | 20.00x |"),
+            "{md}"
+        );
         assert!(md.contains("| 1000 | 10000 | 640 |"), "{md}");
         assert!(
             !md.lines().any(|l| l.starts_with("    ")),
