@@ -126,6 +126,10 @@ fn every_verb_of_the_spec_driven_directly() {
     assert!(link.contains(ifaces[1]["mac"].as_str().unwrap()), "{link}");
     assert!(in1("ip -4 addr show eth0").contains("10.89.0.2/24"));
     assert!(in1("ip route").contains("default via 10.89.0.1 dev eth0"));
+    // The runtime's namespace has IPv6 on; its interface on this IPv4
+    // network does not, so it sends nothing the data path must drop.
+    assert_eq!(in1("ip -6 addr show dev eth0"), "");
+    assert_eq!(h.drops("unknown_l3"), 0);
     assert!(
         h.in_endpoint(ns_name(&ns1), "ping -c1 -W2 10.89.0.1")
             .status

@@ -114,6 +114,7 @@ impl StepRunner for KernelSteps<'_> {
                 self.rtnl
                     .create_veth(host, bridge, ifname, *mac, *mtu, &ns_file)
                     .await?;
+                netns::disable_ipv6(&ns_file, ifname)?;
                 Rtnl::in_netns(&ns_file)?
                     .configure_endpoint(ifname, *ip, *prefix_len, *gateway)
                     .await
@@ -132,6 +133,7 @@ impl StepRunner for KernelSteps<'_> {
                 self.rtnl
                     .create_macvlan(parent, ifname, *mac, *mtu, &ns_file)
                     .await?;
+                netns::disable_ipv6(&ns_file, ifname)?;
                 Rtnl::in_netns(&ns_file)?
                     .configure_endpoint(ifname, *ip, *prefix_len, *gateway)
                     .await

@@ -113,6 +113,23 @@ fn disable_ipv6_of_new_links() -> nix::Result<()> {
     }
 }
 
+/// IPv6 off on interface `ifname` of namespace `ns`, before it goes up:
+/// a container runtime's namespace keeps the kernel's default (on), and
+/// the interface would send router solicitations and neighbour discovery
+/// the data path drops.
+pub fn disable_ipv6(ns: &File, ifname: &str) -> Result<()> {
+    let knob = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match run_in(ns, {
+        let knob = knob.clone();
+        move || fs::write(knob, "1")
+    })? {
+        Ok(()) => Ok(()),
+        // A kernel without IPv6 has nothing to turn off.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("write", knob, e)),
+    }
+}
+
 /// Names the namespace of `from` as `name` too.
 pub fn share(name: &str, from: &Path) -> Result<PathBuf> {
     if !is_mounted(from) {
