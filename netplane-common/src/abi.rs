@@ -403,6 +403,8 @@ pub mod proto {
     pub const TCP: u8 = 6;
     /// UDP.
     pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Key of [`maps::PUBLISHED`]: a host address, port and protocol.
@@ -686,6 +688,10 @@ drop_reasons! {
     /// A packet from an endpoint of an internal network (`--internal`) to
     /// an address outside that network's subnet.
     Internal = 16 => "internal",
+    /// An IPv6 packet with more extension headers than the programs walk
+    /// (see `packet::MAX_IPV6_EXTENSIONS`): its transport header, and so
+    /// its ports, cannot be found.
+    UnknownExt = 17 => "unknown_ext",
 }
 
 // The list is in index order, with no gaps: `ALL[i]` is reason `i`.

@@ -1,4 +1,4 @@
-//! The IPv4 header parser the programs run, over any [`ByteSource`]: the
+//! The IPv4 and IPv6 header parsers the programs run, over any [`ByteSource`]: the
 //! packet in the kernel (bounds-checked loads) or a byte slice on the host,
 //! where unit tests check it against golden bytes and a fuzzer against
 //! anything at all.
@@ -218,9 +218,197 @@ pub fn parse_ipv4<B: ByteSource + ?Sized>(
     Ok(())
 }
 
+/// ICMPv6 types the data path tells apart.
+pub mod icmpv6 {
+    /// Echo request.
+    pub const ECHO_REQUEST: u8 = 128;
+    /// Echo reply.
+    pub const ECHO_REPLY: u8 = 129;
+    /// Router solicitation.
+    pub const ROUTER_SOLICIT: u8 = 133;
+    /// Router advertisement.
+    pub const ROUTER_ADVERT: u8 = 134;
+    /// Neighbour solicitation.
+    pub const NEIGHBOUR_SOLICIT: u8 = 135;
+    /// Neighbour advertisement.
+    pub const NEIGHBOUR_ADVERT: u8 = 136;
+    /// Redirect.
+    pub const REDIRECT: u8 = 137;
+}
+
+/// Extension headers the IPv6 parser walks past before giving up with
+/// [`DropReason::UnknownExt`]: a bound the verifier can see, and more
+/// than any ordinary packet carries (RFC 8200 recommends each at most
+/// once, destination options twice).
+pub const MAX_IPV6_EXTENSIONS: usize = 6;
+
+const NEXT_HOP_BY_HOP: u8 = 0;
+const NEXT_ROUTING: u8 = 43;
+const NEXT_FRAGMENT: u8 = 44;
+const NEXT_AUTH: u8 = 51;
+const NEXT_DEST_OPTS: u8 = 60;
+
+/// An IPv6 header, what its extension headers say, and the transport
+/// ports it carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ipv6 {
+    /// Offset of the IPv6 header.
+    pub l3: usize,
+    /// Offset of the upper-layer header, past the extension headers.
+    pub l4: usize,
+    /// Upper-layer protocol (the last Next Header).
+    pub proto: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Payload length, host byte order.
+    pub payload_len: u16,
+    /// Source address, as in the packet.
+    pub saddr: [u8; 16],
+    /// Destination address, as in the packet.
+    pub daddr: [u8; 16],
+    /// A fragment header is present.
+    pub fragment: bool,
+    /// Not the first fragment: no upper-layer header.
+    pub later_fragment: bool,
+    /// More fragments follow this one.
+    pub more_fragments: bool,
+    /// Fragment identification, as in the packet.
+    pub frag_id: u32,
+    /// Transport source and destination ports (ICMPv6 echo: the
+    /// identifier), as in the packet.
+    pub sport: u16,
+    /// See `sport`.
+    pub dport: u16,
+    /// TCP flags byte, or the ICMPv6 type.
+    pub l4_flags: u8,
+}
+
+/// The fixed IPv6 header, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Header {
+    version_class_flow: u32,
+    payload_len: u16,
+    next: u8,
+    hop_limit: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+/// Parses the IPv6 header at `l3`, walks at most
+/// [`MAX_IPV6_EXTENSIONS`] extension headers (hop-by-hop, routing,
+/// fragment, authentication, destination options), and reads the first
+/// bytes of the upper-layer header unless this is a later fragment.
+#[inline(always)]
+pub fn parse_ipv6<B: ByteSource + ?Sized>(
+    src: &B,
+    l3: usize,
+    ip: &mut Ipv6,
+) -> Result<(), DropReason> {
+    let h: Ipv6Header = src.load(l3)?;
+    if u32::from_be(h.version_class_flow) >> 28 != 6 {
+        return Err(DropReason::Truncated);
+    }
+    ip.l3 = l3;
+    ip.hop_limit = h.hop_limit;
+    ip.payload_len = u16::from_be(h.payload_len);
+    ip.saddr = h.saddr;
+    ip.daddr = h.daddr;
+    ip.fragment = false;
+    ip.later_fragment = false;
+    ip.more_fragments = false;
+    ip.frag_id = 0;
+    ip.sport = 0;
+    ip.dport = 0;
+    ip.l4_flags = 0;
+    let mut next = h.next;
+    let mut at = l3 + 40;
+    let mut walked = 0;
+    while matches!(
+        next,
+        NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_FRAGMENT | NEXT_AUTH | NEXT_DEST_OPTS
+    ) {
+        if walked == MAX_IPV6_EXTENSIONS {
+            return Err(DropReason::UnknownExt);
+        }
+        walked += 1;
+        let [following, len]: [u8; 2] = src.load(at)?;
+        let this = next;
+        next = following;
+        match this {
+            NEXT_FRAGMENT => {
+                let offset_flags = u16::from_be(src.load(at + 2)?);
+                ip.fragment = true;
+                ip.later_fragment = offset_flags & 0xfff8 != 0;
+                ip.more_fragments = offset_flags & 1 != 0;
+                ip.frag_id = src.load(at + 4)?;
+                at += 8;
+            }
+            // Its length is in 4-byte units, less 2.
+            NEXT_AUTH => at += (usize::from(len) + 2) * 4,
+            _ => at += (usize::from(len) + 1) * 8,
+        }
+    }
+    ip.l4 = at;
+    ip.proto = next;
+    if ip.later_fragment || !matches!(next, proto::TCP | proto::UDP | proto::ICMPV6) {
+        return Ok(());
+    }
+    // Also proves the extension headers are all there.
+    let l4: L4Head = src.load(at)?;
+    match next {
+        proto::TCP => {
+            ip.sport = l4.sport_or_type;
+            ip.dport = l4.dport_or_csum;
+            let [flags, _]: [u8; 2] = src.load(at + 13)?;
+            let _: u16 = src.load(at + 18)?;
+            ip.l4_flags = flags;
+        }
+        proto::UDP => {
+            ip.sport = l4.sport_or_type;
+            ip.dport = l4.dport_or_csum;
+        }
+        _ => {
+            ip.l4_flags = l4.sport_or_type.to_ne_bytes()[0];
+            match ip.l4_flags {
+                icmpv6::ECHO_REQUEST => ip.sport = l4.id_or_rest,
+                icmpv6::ECHO_REPLY => ip.dport = l4.id_or_rest,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The link-local address the kernel gives an interface with `mac`
+/// (`addr_gen_mode` eui64, its default): fe80::/64 with the MAC's
+/// modified EUI-64 (RFC 4291, appendix A).
+pub const fn link_local_of(mac: [u8; 6]) -> [u8; 16] {
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::{vec, vec::Vec};
 
     /// Ethernet, then IPv4 from 10.0.0.2 to 192.0.2.1 with `ihl` words,
     /// `frag` flags and offset, protocol `proto`, and `l4` after it.
@@ -302,6 +490,113 @@ mod tests {
         assert_eq!(parse(cut, false), Err(DropReason::Truncated));
         let ip = parse(cut, true).unwrap();
         assert_eq!((u16::from_be(ip.sport), ip.l4_flags), (40000, 0));
+    }
+
+    /// Ethernet, then IPv6 from fd00::2 to 2001:db8::1 whose first
+    /// Next Header is `next`, and `rest` (extension headers, then the
+    /// upper layer) after it.
+    fn frame6(next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[next, 64]);
+        f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(rest);
+        f
+    }
+
+    fn parse6(bytes: &[u8]) -> Result<Ipv6, DropReason> {
+        let mut ip = Ipv6::default();
+        parse_ipv6(bytes, ETH_HLEN, &mut ip).map(|()| ip)
+    }
+
+    /// A hop-by-hop header of 8 bytes (padding only) before `next`.
+    fn hop_by_hop(next: u8) -> [u8; 8] {
+        [next, 0, 1, 4, 0, 0, 0, 0]
+    }
+
+    #[test]
+    fn an_ipv6_syn_gives_addresses_ports_and_flags() {
+        let ip = parse6(&frame6(proto::TCP, &SYN)).unwrap();
+        assert_eq!((ip.l3, ip.l4, ip.proto), (14, 54, proto::TCP));
+        assert_eq!(ip.saddr[0], 0xfd);
+        assert_eq!(ip.daddr[..4], [0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!((u16::from_be(ip.sport), u16::from_be(ip.dport)), (40000, 80));
+        assert_eq!((ip.l4_flags, ip.hop_limit, ip.payload_len), (0x02, 64, 20));
+        assert!(!ip.fragment);
+    }
+
+    #[test]
+    fn extension_headers_are_walked_to_the_transport_header() {
+        let mut rest = hop_by_hop(NEXT_DEST_OPTS).to_vec();
+        // Destination options of 16 bytes (length 1).
+        rest.extend_from_slice(&[NEXT_ROUTING, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // A routing header of 8 bytes, segments left 0.
+        rest.extend_from_slice(&[proto::UDP, 0, 0, 0, 0, 0, 0, 0]);
+        rest.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0]);
+        let ip = parse6(&frame6(NEXT_HOP_BY_HOP, &rest)).unwrap();
+        assert_eq!((ip.proto, ip.l4), (proto::UDP, 54 + 8 + 16 + 8));
+        assert_eq!(u16::from_be(ip.dport), 53);
+        // Cut inside the transport header: the walk proves nothing past it.
+        let f = frame6(NEXT_HOP_BY_HOP, &rest);
+        assert_eq!(parse6(&f[..f.len() - 5]), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn too_many_extension_headers_are_refused() {
+        let mut rest = Vec::new();
+        for _ in 0..MAX_IPV6_EXTENSIONS {
+            rest.extend_from_slice(&hop_by_hop(NEXT_DEST_OPTS));
+        }
+        rest.extend_from_slice(&hop_by_hop(proto::UDP));
+        rest.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            parse6(&frame6(NEXT_DEST_OPTS, &rest)),
+            Err(DropReason::UnknownExt)
+        );
+        // One fewer is walked.
+        let ip = parse6(&frame6(NEXT_DEST_OPTS, &rest[8..])).unwrap();
+        assert_eq!(ip.proto, proto::UDP);
+    }
+
+    #[test]
+    fn fragments_say_which_they_are() {
+        let first = [proto::UDP, 0, 0x00, 0x01, 0xde, 0xad, 0xbe, 0xef];
+        let mut rest = first.to_vec();
+        rest.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0]);
+        let ip = parse6(&frame6(NEXT_FRAGMENT, &rest)).unwrap();
+        assert!(ip.fragment && ip.more_fragments && !ip.later_fragment);
+        assert_eq!(ip.frag_id, u32::from_ne_bytes([0xde, 0xad, 0xbe, 0xef]));
+        assert_eq!(u16::from_be(ip.dport), 53);
+        // Offset 185 (in 8-byte units), last fragment: no ports.
+        let later = [proto::UDP, 0, 0x05, 0xc8, 0xde, 0xad, 0xbe, 0xef];
+        let ip = parse6(&frame6(NEXT_FRAGMENT, &later)).unwrap();
+        assert!(ip.later_fragment && !ip.more_fragments && ip.sport == 0);
+    }
+
+    #[test]
+    fn icmpv6_gives_its_type_and_echo_identifier() {
+        let ns = [icmpv6::NEIGHBOUR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+        let ip = parse6(&frame6(proto::ICMPV6, &ns)).unwrap();
+        assert_eq!(ip.l4_flags, icmpv6::NEIGHBOUR_SOLICIT);
+        let echo = [icmpv6::ECHO_REQUEST, 0, 0, 0, 0x00, 0x2a, 0, 1];
+        let ip = parse6(&frame6(proto::ICMPV6, &echo)).unwrap();
+        assert_eq!(u16::from_be(ip.sport), 42);
+        let mut not6 = frame6(proto::UDP, &[0; 8]);
+        not6[14] = 0x45;
+        assert_eq!(parse6(&not6), Err(DropReason::Truncated));
+        assert_eq!(parse6(&not6[..40]), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn link_local_addresses_come_from_the_mac() {
+        // fe80::42:acff:fe11:2 for 02:42:ac:11:00:02, as `ip -6 addr` shows.
+        assert_eq!(
+            link_local_of([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]),
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x00, 0x42, 0xac, 0xff, 0xfe, 0x11, 0x00, 0x02]
+        );
     }
 
     #[test]

@@ -64,6 +64,7 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("netplane-common/fuzz", "checksum_rewrite"),
     ("netplane-common/fuzz", "vxlan_outer"),
     ("netplane-common/fuzz", "ipv4_parse"),
+    ("netplane-common/fuzz", "ipv6_parse"),
     ("fuzz", "dns_query"),
 ];
 const FUZZ_SECONDS: u32 = 30;
