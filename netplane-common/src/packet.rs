@@ -523,7 +523,10 @@ mod tests {
         assert_eq!((ip.l3, ip.l4, ip.proto), (14, 54, proto::TCP));
         assert_eq!(ip.saddr[0], 0xfd);
         assert_eq!(ip.daddr[..4], [0x20, 0x01, 0x0d, 0xb8]);
-        assert_eq!((u16::from_be(ip.sport), u16::from_be(ip.dport)), (40000, 80));
+        assert_eq!(
+            (u16::from_be(ip.sport), u16::from_be(ip.dport)),
+            (40000, 80)
+        );
         assert_eq!((ip.l4_flags, ip.hop_limit, ip.payload_len), (0x02, 64, 20));
         assert!(!ip.fragment);
     }
@@ -595,7 +598,9 @@ mod tests {
         // fe80::42:acff:fe11:2 for 02:42:ac:11:00:02, as `ip -6 addr` shows.
         assert_eq!(
             link_local_of([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]),
-            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x00, 0x42, 0xac, 0xff, 0xfe, 0x11, 0x00, 0x02]
+            [
+                0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x00, 0x42, 0xac, 0xff, 0xfe, 0x11, 0x00, 0x02
+            ]
         );
     }
 

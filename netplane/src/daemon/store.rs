@@ -762,7 +762,7 @@ mod tests {
         let err = store
             .insert_endpoint(new("c", &Mode::Bridge, a.ip), Some(&pool))
             .unwrap_err();
-        assert_eq!(err, LeaseError::InUse(a.ip.unwrap()).into());
+        assert_eq!(err, LeaseError::InUse(a.ip.unwrap().into()).into());
         let err = store
             .insert_endpoint(new("a", &Mode::None, None), None)
             .unwrap_err();
