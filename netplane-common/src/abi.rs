@@ -77,6 +77,13 @@ pub mod maps {
     /// [`super::MacvlanSource`] keyed by [`super::MacKey`]: who may send
     /// out of a macvlan parent with that source MAC, and as what address.
     pub const MACVLAN_SOURCES: &str = "NP_MACVLAN_SOURCES";
+    /// An IPv6 endpoint's own global address (16 bytes, as in packets)
+    /// keyed by the ifindex of its host-side veth (host byte order).
+    pub const ENDPOINT6_IFACES: &str = "NP_ENDPOINT6_IFACES";
+    /// The network (`EndpointIdentity::vni`, host byte order) of every
+    /// IPv6 address of an endpoint, global and link-local (16 bytes, as
+    /// in packets).
+    pub const ENDPOINTS6: &str = "NP_ENDPOINTS6";
 }
 
 /// The version of what the pinned maps' keys and values mean. A daemon

@@ -242,6 +242,11 @@ pub mod icmpv6 {
 /// once, destination options twice).
 pub const MAX_IPV6_EXTENSIONS: usize = 6;
 
+/// Bytes of extension headers the IPv6 parser reads past at most (also
+/// [`DropReason::UnknownExt`] beyond): the programs' offsets stay within
+/// the headers they make directly readable.
+pub const MAX_IPV6_EXTENSION_BYTES: usize = 256;
+
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -347,6 +352,9 @@ pub fn parse_ipv6<B: ByteSource + ?Sized>(
             // Its length is in 4-byte units, less 2.
             NEXT_AUTH => at += (usize::from(len) + 2) * 4,
             _ => at += (usize::from(len) + 1) * 8,
+        }
+        if at > l3 + 40 + MAX_IPV6_EXTENSION_BYTES {
+            return Err(DropReason::UnknownExt);
         }
     }
     ip.l4 = at;
@@ -562,6 +570,14 @@ mod tests {
         // One fewer is walked.
         let ip = parse6(&frame6(NEXT_DEST_OPTS, &rest[8..])).unwrap();
         assert_eq!(ip.proto, proto::UDP);
+        // One long header reaching past the bytes the parser reads.
+        let mut long = vec![proto::UDP, 32];
+        long.resize(33 * 8, 0);
+        long.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            parse6(&frame6(NEXT_DEST_OPTS, &long)),
+            Err(DropReason::UnknownExt)
+        );
     }
 
     #[test]

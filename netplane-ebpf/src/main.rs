@@ -32,12 +32,18 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use config::NET_CONFIG;
 use nat::DROP_RULE;
-use netplane_common::abi::{
-    DROP_REASONS, Direction, DropReason, EndpointIdentity, IfCounters, IfDrops, IfStatsKey,
-    MACVLAN_SOURCE_HOST, MAX_ENDPOINTS, MAX_INTERFACES, MAX_MACVLAN_SOURCES, MAX_RULE_DROPS,
-    MacKey, MacvlanSource, NET_FLAG_MACVLAN, RuleDropKey,
+use netplane_common::{
+    abi::{
+        DROP_REASONS, Direction, DropReason, EndpointIdentity, IfCounters, IfDrops, IfStatsKey,
+        MACVLAN_SOURCE_HOST, MAX_ENDPOINTS, MAX_INTERFACES, MAX_MACVLAN_SOURCES, MAX_RULE_DROPS,
+        MacKey, MacvlanSource, NET_FLAG_ICC_DISABLED, NET_FLAG_MACVLAN, NetConfig, RuleDropKey,
+        proto,
+    },
+    packet::{icmpv6, link_local_of},
+    policy::{ipv6_sender_allowed, is_ipv6_multicast},
 };
 use packet::{L3, ifindex, load};
+use reg::InReg;
 
 /// Read by the daemon only; the programs never look at it.
 #[map(name = "NP_LAYOUT")]
@@ -60,6 +66,16 @@ static ENDPOINT_IFACES: HashMap<u32, EndpointIdentity> = HashMap::pinned(MAX_END
 /// call chain (the verifier allows 512 bytes for all frames together).
 #[map]
 static PACKET: PerCpuArray<packet::Ipv4> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same for IPv6.
+#[map]
+static PACKET6: PerCpuArray<packet::Ipv6> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "NP_ENDPOINT6_IFACES")]
+static ENDPOINT6_IFACES: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "NP_ENDPOINTS6")]
+static ENDPOINTS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_ENDPOINTS * 2, 0);
 
 #[map(name = "NP_MACVLAN_SOURCES")]
 static MACVLAN_SOURCES: HashMap<MacKey, MacvlanSource> = HashMap::pinned(MAX_MACVLAN_SOURCES, 0);
@@ -164,10 +180,60 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             Ok(TC_ACT_OK)
         }
-        // IPv6 (endpoints have it disabled) and anything else: the checks
-        // above and `--icc=false` know only IPv4.
+        L3::Ipv6 => endpoint_ipv6(ctx, cfg, &me).get(),
+        // Anything else: the checks above and `--icc=false` know only IP.
         L3::Other => Err(DropReason::UnknownL3),
     }
+}
+
+/// What an endpoint sends over IPv6: only endpoints of dual-stack
+/// networks may, only as themselves (neighbour discovery included), and
+/// to other endpoints only of their own network, as `--icc` allows.
+#[inline(never)]
+fn endpoint_ipv6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    me: &EndpointIdentity,
+) -> InReg<Result<i32, DropReason>> {
+    InReg::new(endpoint_ipv6_now(ctx, cfg, me))
+}
+
+#[inline(always)]
+fn endpoint_ipv6_now(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    me: &EndpointIdentity,
+) -> Result<i32, DropReason> {
+    // SAFETY: a map value, copied out.
+    let Some(own) = (unsafe { ENDPOINT6_IFACES.get(&ifindex(ctx)).copied() }) else {
+        return Err(DropReason::UnknownL3);
+    };
+    packet::linearize6(ctx);
+    let ip = PACKET6.get_ptr_mut(0).ok_or(DropReason::Truncated)?;
+    // SAFETY: a per-CPU map value, used by this invocation only.
+    let ip = unsafe { &mut *ip };
+    packet::ipv6(ctx, packet::ETH_HLEN, ip)?;
+    let link_local = link_local_of(me.mac);
+    let target: Option<[u8; 16]> =
+        if ip.proto == proto::ICMPV6 && ip.l4_flags == icmpv6::NEIGHBOUR_ADVERT {
+            Some(load(ctx, ip.l4 + 8)?)
+        } else {
+            None
+        };
+    ipv6_sender_allowed(ip, &own, &link_local, target.as_ref())?;
+    if is_ipv6_multicast(&ip.daddr) || ip.daddr == own || ip.daddr == link_local {
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: a map value, copied out.
+    if let Some(vni) = unsafe { ENDPOINTS6.get(&ip.daddr).copied() } {
+        if vni != me.vni {
+            return Err(DropReason::OtherNetwork);
+        }
+        if config::network(cfg, me.vni).flags & NET_FLAG_ICC_DISABLED != 0 {
+            return Err(DropReason::IccDenied);
+        }
+    }
+    Ok(TC_ACT_OK)
 }
 
 /// What leaves through a macvlan parent: its macvlan endpoints' frames
@@ -192,7 +258,8 @@ fn parent_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let claimed = match packet::l3(ctx)? {
         L3::Ipv4 => parsed(ctx)?.saddr,
         L3::Arp(sender_addr) => load::<u32>(ctx, sender_addr)?,
-        L3::Other => return Err(DropReason::UnknownL3),
+        // macvlan networks have no IPv6.
+        L3::Ipv6 | L3::Other => return Err(DropReason::UnknownL3),
     };
     if claimed == sender.addr_be {
         Ok(TC_ACT_OK)

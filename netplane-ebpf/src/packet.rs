@@ -5,10 +5,10 @@
 use aya_ebpf::programs::TcContext;
 use aya_ebpf::{macros::map, maps::LruHashMap};
 
-pub use netplane_common::packet::{ETH_HLEN, ICMP_ECHO, Ipv4};
+pub use netplane_common::packet::{ETH_HLEN, ICMP_ECHO, Ipv4, Ipv6};
 use netplane_common::{
     abi::DropReason,
-    packet::{ByteSource, parse_ipv4},
+    packet::{ByteSource, MAX_IPV6_EXTENSION_BYTES, parse_ipv4, parse_ipv6},
 };
 
 /// Ports of datagrams being fragmented, so that later fragments of a
@@ -19,17 +19,33 @@ pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 /// Bytes of headers the programs read: Ethernet, IPv4 with options, and
 /// for ICMP errors the quoted IPv4 header with options and 8 bytes more.
 const HEADERS: u32 = (ETH_HLEN + 60 + 8 + 60 + 8) as u32;
+
+/// Bytes of headers the programs read of IPv6: Ethernet, the fixed
+/// header, extension headers and a TCP header.
+const HEADERS6: u32 = (ETH_HLEN + 40 + MAX_IPV6_EXTENSION_BYTES + 20) as u32;
 
 /// Makes the headers directly readable: packets whose headers sit in paged
 /// data (rare) are pulled into the linear area once, so every later access
 /// is a plain bounds-checked load instead of a helper call.
 #[inline(always)]
 pub fn linearize(ctx: &TcContext) {
-    let want = HEADERS.min(ctx.len());
+    pull(ctx, HEADERS);
+}
+
+/// [`linearize`] for IPv6, whose headers may reach further.
+#[inline(always)]
+pub fn linearize6(ctx: &TcContext) {
+    pull(ctx, HEADERS6);
+}
+
+#[inline(always)]
+fn pull(ctx: &TcContext, headers: u32) {
+    let want = headers.min(ctx.len());
     if ctx.data() + want as usize > ctx.data_end() {
         let _ = ctx.pull_data(want);
     }
@@ -72,6 +88,8 @@ pub fn store<T>(ctx: &TcContext, offset: usize, v: T) -> Result<(), DropReason> 
 pub enum L3 {
     /// IPv4 right after the Ethernet header.
     Ipv4,
+    /// IPv6 right after the Ethernet header.
+    Ipv6,
     /// ARP; the sender protocol address is at this offset.
     Arp(usize),
     /// Anything else, 802.1Q-tagged frames included: a tag still in the
@@ -84,6 +102,7 @@ pub enum L3 {
 pub fn l3(ctx: &TcContext) -> Result<L3, DropReason> {
     Ok(match u16::from_be(load::<u16>(ctx, 12)?) {
         ETH_P_IP => L3::Ipv4,
+        ETH_P_IPV6 => L3::Ipv6,
         ETH_P_ARP => L3::Arp(ETH_HLEN + 14),
         _ => L3::Other,
     })
@@ -161,6 +180,12 @@ pub fn ipv4(ctx: &TcContext, l3: usize, quoted: bool, ip: &mut Ipv4) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Parses the IPv6 header at `l3` into `ip` (see [`parse_ipv6`]).
+#[inline(always)]
+pub fn ipv6(ctx: &TcContext, l3: usize, ip: &mut Ipv6) -> Result<(), DropReason> {
+    parse_ipv6(&Packet(ctx), l3, ip)
 }
 
 /// The interface the packet is on.

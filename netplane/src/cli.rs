@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::{ExitCode, Stdio},
     time::{Duration, Instant},
@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use hyper::Method;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netplane_common::abi::DEFAULT_CT_MAX;
 
 use crate::{
@@ -230,12 +230,18 @@ enum NetworkCommand {
         #[arg(long, short = 'd', default_value = "bridge")]
         driver: String,
         /// Subnet (a bridge's default: the first free of Docker's pools);
-        /// of an overlay, the whole subnet, a /24 of it per host.
+        /// of an overlay, the whole subnet, a /24 of it per host. Once
+        /// more for the IPv6 subnet, with --ipv6 (default: a unique
+        /// local /64).
+        #[arg(long = "subnet")]
+        subnets: Vec<IpNet>,
+        /// The bridge's address (default: the subnet's first); once per
+        /// family.
+        #[arg(long = "gateway")]
+        gateways: Vec<IpAddr>,
+        /// IPv6 too: endpoints get an address of each family.
         #[arg(long)]
-        subnet: Option<Ipv4Net>,
-        /// The bridge's address (default: the subnet's first).
-        #[arg(long)]
-        gateway: Option<Ipv4Addr>,
+        ipv6: bool,
         /// Lease endpoints' addresses from this part of the subnet.
         #[arg(long)]
         ip_range: Option<Ipv4Net>,
@@ -403,6 +409,9 @@ struct CreateArgs {
     /// Address in the bridge subnet.
     #[arg(long)]
     ip: Option<Ipv4Addr>,
+    /// IPv6 address, on a network with IPv6.
+    #[arg(long)]
+    ip6: Option<std::net::Ipv6Addr>,
     /// Hostname of processes run in the endpoint.
     #[arg(long)]
     hostname: Option<String>,
@@ -441,6 +450,7 @@ impl CreateArgs {
             name: self.name.clone(),
             net: self.net.clone(),
             ip: self.ip,
+            ip6: self.ip6,
             hostname: self.hostname.clone(),
             publish: self.publish.clone(),
             links: self.links.clone(),
@@ -464,6 +474,26 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// At most one IPv4 and one IPv6 value of `flag`, split by `family`
+/// (`Ok` for IPv4, `Err` for IPv6).
+fn one_of_each<T, V4, V6>(
+    flag: &str,
+    values: &[T],
+    family: impl Fn(&T) -> Result<V4, V6>,
+) -> anyhow::Result<(Option<V4>, Option<V6>)> {
+    let (mut v4, mut v6) = (None, None);
+    for value in values {
+        let twice = match family(value) {
+            Ok(a) => v4.replace(a).is_some(),
+            Err(a) => v6.replace(a).is_some(),
+        };
+        if twice {
+            anyhow::bail!("{flag} takes one IPv4 and one IPv6 value at most");
+        }
+    }
+    Ok((v4, v6))
 }
 
 /// Does `f` for every name, as `docker rm` does: every one is tried, each
@@ -690,8 +720,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Network(NetworkCommand::Create {
             driver,
-            subnet,
-            gateway,
+            subnets,
+            gateways,
+            ipv6,
             ip_range,
             internal,
             icc,
@@ -701,6 +732,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             vni,
             name,
         }) => {
+            let (subnet, subnet6) = one_of_each("--subnet", &subnets, |n| match n {
+                IpNet::V4(v4) => Ok(*v4),
+                IpNet::V6(v6) => Err(*v6),
+            })?;
+            let (gateway, gateway6) = one_of_each("--gateway", &gateways, |a| match a {
+                IpAddr::V4(v4) => Ok(*v4),
+                IpAddr::V6(v6) => Err(*v6),
+            })?;
             let net: NetworkInfo = rt.block_on(client.post(
                 "/v1/networks",
                 &CreateNetwork {
@@ -709,6 +748,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     subnet,
                     vni,
                     gateway,
+                    ipv6,
+                    subnet6,
+                    gateway6,
                     ip_range,
                     internal,
                     icc,

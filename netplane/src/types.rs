@@ -1,8 +1,12 @@
 //! The daemon's REST API: paths and JSON bodies, shared by server and client.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every path.
@@ -17,6 +21,9 @@ pub struct CreateEndpoint {
     pub net: String,
     /// Requested address.
     pub ip: Option<Ipv4Addr>,
+    /// Requested IPv6 address (`--ip6`), on dual-stack networks.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     /// Hostname of processes started in it.
     pub hostname: Option<String>,
     /// `-p` specs.
@@ -97,6 +104,15 @@ pub struct EndpointNetwork {
     pub mac_address: String,
     /// Its other names in the network's DNS.
     pub aliases: Vec<String>,
+    /// Its IPv6 address there, empty when none.
+    #[serde(rename = "GlobalIPv6Address", default)]
+    pub global_ipv6_address: String,
+    /// The network's IPv6 prefix length, 0 when no IPv6.
+    #[serde(rename = "GlobalIPv6PrefixLen", default)]
+    pub global_ipv6_prefix_len: u8,
+    /// The network's IPv6 gateway, empty when none.
+    #[serde(rename = "IPv6Gateway", default)]
+    pub ipv6_gateway: String,
 }
 
 /// `docker inspect`'s `State`, of an endpoint.
@@ -180,6 +196,9 @@ pub struct NetworkInfo {
     /// Addresses, as Docker's `IPAM`.
     #[serde(rename = "IPAM", default)]
     pub ipam: Ipam,
+    /// Whether its endpoints get IPv6 addresses too.
+    #[serde(rename = "EnableIPv6", default)]
+    pub enable_ipv6: bool,
     /// `-o` options.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -271,6 +290,15 @@ pub struct CreateNetwork {
     /// `--label KEY=VALUE`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `--ipv6`: an IPv6 subnet too (`subnet6`, or a unique local /64).
+    #[serde(default)]
+    pub ipv6: bool,
+    /// The IPv6 `--subnet`.
+    #[serde(default)]
+    pub subnet6: Option<Ipv6Net>,
+    /// The IPv6 `--gateway`.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl CreateNetwork {
@@ -289,6 +317,9 @@ impl CreateNetwork {
             mtu: None,
             options: BTreeMap::new(),
             labels: BTreeMap::new(),
+            ipv6: false,
+            subnet6: None,
+            gateway6: None,
         }
     }
 }

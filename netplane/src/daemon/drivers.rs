@@ -39,6 +39,13 @@ pub trait NetworkDriver: Send + Sync {
         Pool::with(net.subnet, net.gateway, None)
     }
 
+    /// Where endpoints' IPv6 addresses are leased from, on dual-stack
+    /// networks.
+    fn pool6(&self) -> Option<Pool<ipnet::Ipv6Net>> {
+        let v6 = self.attachment().ipv6?;
+        Some(Pool::with(v6.subnet, v6.gateway, None))
+    }
+
     /// Makes the network on this host, or takes up what an earlier run
     /// left; returns its bridge.
     fn setup<'a>(&'a self, rtnl: &'a Rtnl) -> DriverFuture<'a, Link>;
@@ -103,10 +110,19 @@ async fn address_bridge(rtnl: &Rtnl, net: &BridgeNet) -> Result<Link> {
     rtnl.add_address(
         bridge.index,
         &net.bridge,
-        net.gateway,
+        net.gateway.into(),
         net.subnet.prefix_len(),
     )
     .await?;
+    if let Some(v6) = &net.ipv6 {
+        rtnl.add_address(
+            bridge.index,
+            &net.bridge,
+            v6.gateway.into(),
+            v6.subnet.prefix_len(),
+        )
+        .await?;
+    }
     rtnl.set_up(bridge.index, &net.bridge).await?;
     Ok(bridge)
 }

@@ -19,12 +19,12 @@ impl Daemon {
         for rec in ready() {
             if let (Some(ip), Some(zone)) = (rec.ep.ip, zone_of(&rec.ep.mode)) {
                 let zone = zones.entry(zone.to_string()).or_default();
-                zone.insert(&rec.ep.name, &rec.aliases, ip);
+                zone.insert(&rec.ep.name, &rec.aliases, ip, rec.ep.ip6);
                 zone.set_upstream(ip, &rec.ep.options.dns);
             }
             for att in &rec.attachments {
                 let zone = zones.entry(att.network.clone()).or_default();
-                zone.insert(&rec.ep.name, &att.aliases, att.ip);
+                zone.insert(&rec.ep.name, &att.aliases, att.ip, None);
             }
         }
         // An endpoint on several networks asks its first network's server,
@@ -242,12 +242,21 @@ impl Daemon {
         let options = self.endpoint_options(&req, &mode, &records)?;
         let ports = Self::resolve_ports(&self.rtnl, &specs, &records, &from).await?;
         // The network's (which must exist) on this host.
-        let pool = self.driver_of(&mode)?.pool();
+        let driver = self.driver_of(&mode)?;
+        let pool6 = mode.has_veth().then(|| driver.pool6()).flatten();
+        if req.ip6.is_some() && pool6.is_none() {
+            return Err(Error::NotApplicable {
+                flag: "--ip6",
+                mode: format!("{mode}, a network without IPv6"),
+            });
+        }
+        let pool = driver.pool();
         let ep = self.store.insert_endpoint(
             NewEndpoint {
                 name: &req.name,
                 mode: &mode,
                 ip: req.ip,
+                ip6: req.ip6,
                 hostname: req.hostname.as_deref(),
                 ports: &ports,
                 links: &req.links,
@@ -256,6 +265,7 @@ impl Daemon {
                 sandbox: sandbox.as_ref(),
             },
             mode.has_veth().then_some(&pool),
+            pool6.as_ref(),
         )?;
         if let Err(e) = self.apply_plan(&ep).await {
             self.store.delete_endpoint(&ep.name)?;
@@ -401,6 +411,7 @@ impl Daemon {
             && let Ok(other) = self.store.endpoint(other)
         {
             ep.ip = other.ep.ip;
+            ep.ip6 = other.ep.ip6;
             ep.options.mac = other.ep.options.mac;
         }
         ep
@@ -448,6 +459,18 @@ impl Daemon {
             .filter(|_| bridged)
             .map(|mac| format_mac(&mac))
             .unwrap_or_default();
+        let v6 = net
+            .as_ref()
+            .and_then(|n| n.ipv6)
+            .zip(ep.ip6)
+            .map(|(side, ip)| {
+                (
+                    ip.to_string(),
+                    side.subnet.prefix_len(),
+                    side.gateway.to_string(),
+                )
+            })
+            .unwrap_or_default();
         // Docker lists a container: endpoint under no network of its own.
         let mut networks = match attached {
             Some(Mode::Container(_)) | None => BTreeMap::new(),
@@ -459,6 +482,9 @@ impl Daemon {
                     gateway: gateway.clone(),
                     mac_address: mac_address.clone(),
                     aliases: rec.aliases.clone(),
+                    global_ipv6_address: v6.0,
+                    global_ipv6_prefix_len: v6.1,
+                    ipv6_gateway: v6.2,
                 },
             )]),
         };
@@ -474,6 +500,9 @@ impl Daemon {
                     gateway: net.gateway.to_string(),
                     mac_address: format_mac(&mac_for(att.ip)),
                     aliases: att.aliases.clone(),
+                    global_ipv6_address: String::new(),
+                    global_ipv6_prefix_len: 0,
+                    ipv6_gateway: String::new(),
                 },
             );
         }

@@ -85,6 +85,7 @@ impl Daemon {
             mtu: None,
             vni: 0,
             macvlan: false,
+            ipv6: None,
         };
 
         let upstream = if cfg.dns.is_empty() {
@@ -326,7 +327,7 @@ impl Daemon {
                         && !net.macvlan
                     {
                         self.kernel_steps()
-                            .attach_endpoint(&veth, ip, mac, net.vni)?;
+                            .attach_endpoint(&veth, ip, rec.ep.ip6, mac, net.vni)?;
                     }
                     for att in &rec.attachments {
                         let net = self.bridge_net_of(&att.mode())?;
@@ -335,6 +336,7 @@ impl Daemon {
                             self.kernel_steps().attach_endpoint(
                                 &veth,
                                 att.ip,
+                                None,
                                 mac_for(att.ip),
                                 net.vni,
                             )?;

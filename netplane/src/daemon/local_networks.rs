@@ -32,6 +32,7 @@ impl Daemon {
                     .or_else(|| endpoint::bridge_endpoint_mtu(self.uplink_mtu)),
                 vni: net.id,
                 macvlan: spec.driver == LocalDriver::Macvlan,
+                ipv6: spec.ipv6,
             },
         }
     }
@@ -70,9 +71,16 @@ impl Daemon {
                 mtu: req.mtu,
                 options,
                 labels: req.labels,
+                ipv6: req.ipv6,
+                subnet6: req.subnet6,
+                gateway6: req.gateway6,
             },
             &host,
             &networks,
+            network::Ipv6Context {
+                name: &req.name,
+                in_use: &self.ipv6_subnets()?,
+            },
         )?;
         let net = self
             .store
@@ -113,6 +121,16 @@ impl Daemon {
     /// Tells the data path who may send out of each macvlan parent: every
     /// macvlan endpoint from its MAC and address, the host from the
     /// parent's own MAC.
+    /// The IPv6 subnets of the host's networks.
+    pub(super) fn ipv6_subnets(&self) -> Result<Vec<ipnet::Ipv6Net>> {
+        Ok(self
+            .store
+            .local_networks()?
+            .iter()
+            .filter_map(|n| n.spec.ipv6.map(|v6| v6.subnet))
+            .collect())
+    }
+
     pub(super) fn sync_macvlan_sources(&mut self) -> Result<()> {
         let macvlans: Vec<LocalNetwork> = self
             .store
@@ -275,7 +293,16 @@ impl Daemon {
             gateway: Some(spec.gateway.to_string()),
             icc: Some(spec.icc),
             internal: spec.internal,
-            ipam: ipam_of(spec.subnet, spec.gateway, spec.ip_range),
+            ipam: {
+                let mut ipam = ipam_of(spec.subnet, spec.gateway, spec.ip_range);
+                ipam.config.extend(spec.ipv6.map(|v6| IpamConfig {
+                    subnet: v6.subnet.to_string(),
+                    gateway: v6.gateway.to_string(),
+                    ip_range: None,
+                }));
+                ipam
+            },
+            enable_ipv6: spec.ipv6.is_some(),
             options: spec.options.clone(),
             labels: spec.labels.clone(),
             endpoints: members.iter().map(|(r, _)| r.ep.name.clone()).collect(),

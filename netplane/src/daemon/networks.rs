@@ -142,6 +142,7 @@ impl Daemon {
                 mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
                 vni: net.vni,
                 macvlan: false,
+                ipv6: None,
             },
         })
     }
@@ -216,6 +217,7 @@ impl Daemon {
             (req.mtu.is_some(), "--mtu"),
             (!req.options.is_empty(), "-o"),
             (!req.labels.is_empty(), "--label"),
+            (req.ipv6, "--ipv6"),
         ] {
             if given {
                 return Err(Error::NotForOverlays(flag));

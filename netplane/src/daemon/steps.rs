@@ -2,7 +2,10 @@
 //! over a [`StepRunner`] that is the kernel in the daemon and a recording
 //! fake in the unit tests.
 
-use std::{future::Future, net::Ipv4Addr};
+use std::{
+    future::Future,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use nix::net::if_::if_nametoindex;
 use tracing::warn;
@@ -81,13 +84,18 @@ impl KernelSteps<'_> {
         &mut self,
         ifname: &str,
         ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
         mac: [u8; 6],
         vni: u32,
     ) -> kernel::Result<()> {
         let ifindex =
             if_nametoindex(ifname).map_err(|e| kernel::Error::io("look up", ifname, e))?;
         self.dp.attach(ifname, Role::Endpoint)?;
-        self.dp.add_endpoint(ifindex, ip, mac, vni)
+        self.dp.add_endpoint(ifindex, ip, mac, vni)?;
+        match ip6 {
+            Some(ip6) => self.dp.add_endpoint6(ifindex, ip6, mac, vni),
+            None => Ok(()),
+        }
     }
 }
 
@@ -106,6 +114,7 @@ impl StepRunner for KernelSteps<'_> {
                 ip,
                 prefix_len,
                 gateway,
+                ip6,
                 bridge,
                 mtu,
                 mac,
@@ -114,9 +123,9 @@ impl StepRunner for KernelSteps<'_> {
                 self.rtnl
                     .create_veth(host, bridge, ifname, *mac, *mtu, &ns_file)
                     .await?;
-                netns::disable_ipv6(&ns_file, ifname)?;
+                netns::set_ipv6(&ns_file, ifname, ip6.is_some())?;
                 Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway)
+                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway, ip6.as_ref())
                     .await
             }
             Step::Macvlan {
@@ -126,6 +135,7 @@ impl StepRunner for KernelSteps<'_> {
                 ip,
                 prefix_len,
                 gateway,
+                ip6,
                 mtu,
                 mac,
             } => {
@@ -133,17 +143,18 @@ impl StepRunner for KernelSteps<'_> {
                 self.rtnl
                     .create_macvlan(parent, ifname, *mac, *mtu, &ns_file)
                     .await?;
-                netns::disable_ipv6(&ns_file, ifname)?;
+                netns::set_ipv6(&ns_file, ifname, ip6.is_some())?;
                 Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway)
+                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway, ip6.as_ref())
                     .await
             }
             Step::AttachDatapath {
                 ifname,
                 ip,
+                ip6,
                 mac,
                 vni,
-            } => self.attach_endpoint(ifname, *ip, *mac, *vni),
+            } => self.attach_endpoint(ifname, *ip, *ip6, *mac, *vni),
             Step::EtcFiles {
                 name,
                 hosts,
@@ -163,9 +174,18 @@ impl StepRunner for KernelSteps<'_> {
                 Ok(ns_file) => Rtnl::in_netns(&ns_file)?.delete_link(ifname).await,
                 Err(_) => Ok(()),
             },
-            Step::AttachDatapath { ifname, ip, .. } => {
+            Step::AttachDatapath {
+                ifname,
+                ip,
+                ip6,
+                mac,
+                ..
+            } => {
                 let ifindex = if_nametoindex(ifname.as_str()).unwrap_or(0);
                 self.dp.remove_endpoint(ifindex, *ip)?;
+                if let Some(ip6) = ip6 {
+                    self.dp.remove_endpoint6(ifindex, *ip6, *mac)?;
+                }
                 self.dp.detach(ifname)
             }
             Step::EtcFiles { name, .. } => host::remove_etc_files(name),
@@ -230,6 +250,7 @@ mod tests {
                 ip,
                 prefix_len: 16,
                 gateway: Some("172.17.0.1".parse().unwrap()),
+                ip6: None,
                 bridge: "np0".into(),
                 mtu: None,
                 mac: [2, 0x42, 172, 17, 0, 2],
@@ -237,6 +258,7 @@ mod tests {
             Step::AttachDatapath {
                 ifname: "npv1".into(),
                 ip,
+                ip6: None,
                 mac: [2, 0x42, 172, 17, 0, 2],
                 vni: 0,
             },

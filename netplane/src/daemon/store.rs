@@ -1,9 +1,13 @@
 //! The daemon's state: SQLite, one transaction per change, so a crash at any
 //! moment leaves either the old or the new state, never a duplicated lease.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -123,6 +127,8 @@ pub struct NewEndpoint<'a> {
     pub mode: &'a Mode,
     /// Requested address, bridge mode only.
     pub ip: Option<Ipv4Addr>,
+    /// Requested IPv6 address, on dual-stack networks.
+    pub ip6: Option<Ipv6Addr>,
     /// Hostname.
     pub hostname: Option<&'a str>,
     /// Resolved published ports.
@@ -168,6 +174,7 @@ impl Store {
             ("endpoints", "created", "TEXT"),
             ("endpoints", "seq", "INTEGER NOT NULL DEFAULT 0"),
             ("endpoints", "sandbox", "TEXT"),
+            ("endpoints", "ip6", "TEXT"),
         ] {
             if conn
                 .prepare(&format!("SELECT {column} FROM {table}"))
@@ -179,6 +186,10 @@ impl Store {
                 )?;
             }
         }
+        conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS endpoint_ip6 ON endpoints (ip6)",
+            [],
+        )?;
         // Endpoints made before they had an id and a creation time get
         // them now: an id like Docker's, the time of this upgrade.
         conn.execute(
@@ -381,11 +392,13 @@ impl Store {
     }
 
     /// Records a new endpoint in state `Creating`, leasing its address from
-    /// `pool` (the requested one, or the lowest free) in the same transaction.
+    /// `pool` (the requested one, or the lowest free) and its IPv6 one from
+    /// `pool6` in the same transaction.
     pub fn insert_endpoint(
         &mut self,
         new: NewEndpoint<'_>,
         pool: Option<&Pool>,
+        pool6: Option<&Pool<Ipv6Net>>,
     ) -> Result<Endpoint> {
         let tx = self
             .conn
@@ -411,12 +424,22 @@ impl Store {
             }
             None => None,
         };
+        let ip6 = match pool6 {
+            Some(pool) => {
+                let leased = leased6(&tx)?;
+                Some(match new.ip6 {
+                    Some(ip) => pool.check(ip, &leased).map(|()| ip)?,
+                    None => pool.next_free(&leased)?,
+                })
+            }
+            None => None,
+        };
         tx.execute(
             &format!(
                 "INSERT INTO endpoints
-                 (name, mode, ip, hostname, ports, links, aliases, options, sandbox, uid, created,
-                  state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NEW_UID}, {NOW}, 'creating')"
+                 (name, mode, ip, hostname, ports, links, aliases, options, sandbox, ip6, uid,
+                  created, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {NEW_UID}, {NOW}, 'creating')"
             ),
             params![
                 new.name,
@@ -429,6 +452,7 @@ impl Store {
                 serde_json::to_string(new.options).expect("options serialize"),
                 new.sandbox
                     .map(|sb| serde_json::to_string(sb).expect("sandbox serializes")),
+                ip6.map(|ip| ip.to_string()),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -438,6 +462,7 @@ impl Store {
             name: new.name.to_string(),
             mode: new.mode.clone(),
             ip,
+            ip6,
             seq: 0,
             hostname: new.hostname.map(str::to_string),
             options: new.options.clone(),
@@ -591,7 +616,7 @@ impl Store {
     pub fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, name, mode, ip, hostname, ports, links, aliases, state, options, uid,
-             created, seq, sandbox FROM endpoints ORDER BY id",
+             created, seq, sandbox, ip6 FROM endpoints ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -609,6 +634,7 @@ impl Store {
                 r.get::<_, String>(11)?,
                 r.get::<_, u32>(12)?,
                 r.get::<_, Option<String>>(13)?,
+                r.get::<_, Option<String>>(14)?,
             ))
         })?;
         let mut attachments = self.attachments()?;
@@ -628,6 +654,7 @@ impl Store {
                 created,
                 seq,
                 sandbox,
+                ip6,
             ) = row?;
             Ok(StoredEndpoint {
                 attachments: attachments.remove(&name).unwrap_or_default(),
@@ -640,6 +667,10 @@ impl Store {
                         .map(|ip| ip.parse())
                         .transpose()
                         .map_err(|_| corrupt("ip", "endpoint", &name))?,
+                    ip6: ip6
+                        .map(|ip| ip.parse())
+                        .transpose()
+                        .map_err(|_| corrupt("ip6", "endpoint", &name))?,
                     seq,
                     hostname,
                     options: serde_json::from_str(&options)
@@ -691,6 +722,17 @@ fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
     .collect::<Result<_>>()
 }
 
+/// Every leased IPv6 address, of any network.
+fn leased6(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv6Addr>> {
+    let mut stmt = tx.prepare("SELECT ip6 FROM endpoints WHERE ip6 IS NOT NULL")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    rows.map(|ip| {
+        let ip = ip?;
+        ip.parse().map_err(|_| corrupt("ip6", "endpoint", &ip))
+    })
+    .collect()
+}
+
 fn corrupt(column: &str, kind: &str, name: &str) -> Error {
     Error::Corrupt(format!("unreadable {column} of {kind} {name}"))
 }
@@ -705,6 +747,7 @@ mod tests {
             name,
             mode,
             ip,
+            ip6: None,
             hostname: None,
             ports: &[],
             links: &[],
@@ -728,7 +771,7 @@ mod tests {
         let db = dir.join("state.db");
         let mut store = Store::open(&db).unwrap();
         store
-            .insert_endpoint(new("web", &Mode::None, None), None)
+            .insert_endpoint(new("web", &Mode::None, None), None, None)
             .unwrap();
         // The table's CHECK keeps such words out; a file written by other
         // means may still hold one.
@@ -752,28 +795,28 @@ mod tests {
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let pool = Pool::new("10.1.0.0/24".parse().unwrap()).unwrap();
         let a = store
-            .insert_endpoint(new("a", &Mode::Bridge, None), Some(&pool))
+            .insert_endpoint(new("a", &Mode::Bridge, None), Some(&pool), None)
             .unwrap();
         let b = store
-            .insert_endpoint(new("b", &Mode::Bridge, None), Some(&pool))
+            .insert_endpoint(new("b", &Mode::Bridge, None), Some(&pool), None)
             .unwrap();
         assert_eq!(a.ip.unwrap().to_string(), "10.1.0.2");
         assert_eq!(b.ip.unwrap().to_string(), "10.1.0.3");
         let err = store
-            .insert_endpoint(new("c", &Mode::Bridge, a.ip), Some(&pool))
+            .insert_endpoint(new("c", &Mode::Bridge, a.ip), Some(&pool), None)
             .unwrap_err();
         assert_eq!(err, LeaseError::InUse(a.ip.unwrap().into()).into());
         let err = store
-            .insert_endpoint(new("a", &Mode::None, None), None)
+            .insert_endpoint(new("a", &Mode::None, None), None, None)
             .unwrap_err();
         assert_eq!(err, Error::EndpointExists("a".into()));
         let err = store
-            .insert_endpoint(new("A", &Mode::None, None), None)
+            .insert_endpoint(new("A", &Mode::None, None), None, None)
             .unwrap_err();
         assert_eq!(err, Error::EndpointExists("a".into()), "names know no case");
         store.delete_endpoint("a").unwrap();
         let c = store
-            .insert_endpoint(new("c", &Mode::Bridge, None), Some(&pool))
+            .insert_endpoint(new("c", &Mode::Bridge, None), Some(&pool), None)
             .unwrap();
         assert_eq!(c.ip, a.ip);
         assert!(
@@ -790,7 +833,7 @@ mod tests {
             let mut store = Store::open(&path).unwrap();
             store.set_meta("subnet", "10.1.0.0/24").unwrap();
             store
-                .insert_endpoint(new("x", &Mode::Container("y".into()), None), None)
+                .insert_endpoint(new("x", &Mode::Container("y".into()), None), None, None)
                 .unwrap();
             store.set_state("x", State::Ready).unwrap();
         }

@@ -5,10 +5,10 @@
 //! daemon is down; a restarted daemon loads the programs again and swaps
 //! them into the pinned links atomically (BPF_LINK_UPDATE).
 
-use netplane_common::abi::addr_be;
+use netplane_common::{abi::addr_be, packet::link_local_of};
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
@@ -839,6 +839,39 @@ impl Datapath {
         let ids: HashMap<_, u32, EndpointIdentity> = self.map(maps::ENDPOINT_IFACES)?;
         let ports: HashMap<_, u32, EndpointPort> = self.map(maps::ENDPOINTS)?;
         Ok((ids.get(&ifindex, 0).ok(), ports.get(&addr_be(addr), 0).ok()))
+    }
+
+    /// Lets the endpoint behind host-side veth `ifindex` send over IPv6 as
+    /// `addr` and as the link-local address its `mac` gives, and tells the
+    /// data path both are of network `vni`.
+    pub fn add_endpoint6(
+        &mut self,
+        ifindex: u32,
+        addr: Ipv6Addr,
+        mac: [u8; 6],
+        vni: u32,
+    ) -> Result<()> {
+        let mut own: HashMap<_, u32, [u8; 16]> = self.map_mut(maps::ENDPOINT6_IFACES)?;
+        own.insert(ifindex, addr.octets(), 0)
+            .map_err(|e| Error::ebpf("insert into", maps::ENDPOINT6_IFACES, e))?;
+        let mut all: HashMap<_, [u8; 16], u32> = self.map_mut(maps::ENDPOINTS6)?;
+        for a in [addr.octets(), link_local_of(mac)] {
+            all.insert(a, vni, 0)
+                .map_err(|e| Error::ebpf("insert into", maps::ENDPOINTS6, e))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets what [`Datapath::add_endpoint6`] told; forgetting what is
+    /// not there is fine.
+    pub fn remove_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
+        let mut own: HashMap<_, u32, [u8; 16]> = self.map_mut(maps::ENDPOINT6_IFACES)?;
+        let _ = own.remove(&ifindex);
+        let mut all: HashMap<_, [u8; 16], u32> = self.map_mut(maps::ENDPOINTS6)?;
+        for a in [addr.octets(), link_local_of(mac)] {
+            let _ = all.remove(&a);
+        }
+        Ok(())
     }
 
     /// Forgets an endpoint and every flow to or from it, so that a later

@@ -1,13 +1,17 @@
 //! Links, addresses and routes over rtnetlink.
 
-use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressHeaderFlags},
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
         tc::{TcAttribute, TcHandle},
@@ -16,6 +20,7 @@ use rtnetlink::{
 
 use super::error::{Error, Result};
 use super::netns;
+pub use crate::logic::endpoint::V6Address;
 
 const EEXIST: i32 = -libc::EEXIST;
 const ENODEV: i32 = -libc::ENODEV;
@@ -171,16 +176,16 @@ impl Rtnl {
         &self,
         index: u32,
         name: &str,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix_len: u8,
     ) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, ip.into(), prefix_len)
-            .execute()
-            .await
-        {
+        let mut req = self.handle.address().add(index, ip, prefix_len);
+        if ip.is_ipv6() {
+            // netplane's addresses are unique by lease: duplicate address
+            // detection would only hold the address back for a second.
+            req.message_mut().header.flags = AddressHeaderFlags::Nodad;
+        }
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(Error::netlink(
@@ -287,23 +292,41 @@ impl Rtnl {
             .map_err(|e| Error::netlink("create macvlan", format!("{name} on {parent}"), e))
     }
 
-    /// Inside an endpoint's namespace: gives `ifname` its address, brings it
-    /// and `lo` up and routes everything via `gateway`.
+    /// Inside an endpoint's namespace: gives `ifname` its address (and
+    /// its IPv6 one, `v6`), brings it and `lo` up and routes everything
+    /// via `gateway` (and IPv6 via the IPv6 gateway).
     pub async fn configure_endpoint(
         &self,
         ifname: &str,
         ip: Ipv4Addr,
         prefix_len: u8,
         gateway: Option<Ipv4Addr>,
+        v6: Option<&V6Address>,
     ) -> Result<()> {
         let index = self.index(ifname).await?;
-        self.add_address(index, ifname, ip, prefix_len).await?;
+        self.add_address(index, ifname, ip.into(), prefix_len)
+            .await?;
+        if let Some(v6) = v6 {
+            self.add_address(index, ifname, v6.ip.into(), v6.prefix_len)
+                .await?;
+        }
         self.set_up(index, ifname).await?;
         self.loopback_up().await?;
-        match gateway {
-            Some(gateway) => self.add_default_route(ifname, gateway).await,
-            None => Ok(()),
+        if let Some(gateway) = gateway {
+            self.add_default_route(ifname, gateway).await?;
         }
+        if let Some(gateway) = v6.and_then(|v6| v6.gateway) {
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gateway)
+                .output_interface(index)
+                .build();
+            match self.handle.route().add(route).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(Error::netlink("add default route via", gateway, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Routes everything via `gateway` on `ifname`.

@@ -113,19 +113,21 @@ fn disable_ipv6_of_new_links() -> nix::Result<()> {
     }
 }
 
-/// IPv6 off on interface `ifname` of namespace `ns`, before it goes up:
-/// a container runtime's namespace keeps the kernel's default (on), and
-/// the interface would send router solicitations and neighbour discovery
-/// the data path drops.
-pub fn disable_ipv6(ns: &File, ifname: &str) -> Result<()> {
+/// IPv6 on or off on interface `ifname` of namespace `ns`, before it
+/// goes up: on for an interface on a dual-stack network; off otherwise,
+/// as Docker has it, also in a container runtime's namespace, which keeps
+/// the kernel's default (on), where the interface would send router
+/// solicitations and neighbour discovery the data path drops.
+pub fn set_ipv6(ns: &File, ifname: &str, on: bool) -> Result<()> {
     let knob = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    let value = if on { "0" } else { "1" };
     match run_in(ns, {
         let knob = knob.clone();
-        move || fs::write(knob, "1")
+        move || fs::write(knob, value)
     })? {
         Ok(()) => Ok(()),
         // A kernel without IPv6 has nothing to turn off.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !on => Ok(()),
         Err(e) => Err(Error::io("write", knob, e)),
     }
 }

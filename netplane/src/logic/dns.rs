@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -40,9 +40,11 @@ pub fn upstream_servers(resolv_conf: &str) -> Vec<SocketAddr> {
 /// answers for a name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Zone {
-    names: BTreeMap<String, Ipv4Addr>,
-    aliases: BTreeMap<String, Vec<Ipv4Addr>>,
-    reverse: BTreeMap<Ipv4Addr, String>,
+    /// Each endpoint's addresses by its name: IPv4, and IPv6 on
+    /// dual-stack networks.
+    names: BTreeMap<String, Vec<IpAddr>>,
+    aliases: BTreeMap<String, Vec<IpAddr>>,
+    reverse: BTreeMap<IpAddr, String>,
     /// Endpoints' own resolvers (`--dns`), by their address.
     upstreams: BTreeMap<Ipv4Addr, Vec<SocketAddr>>,
     /// What endpoints on several networks are answered from, by their
@@ -52,17 +54,30 @@ pub struct Zone {
 
 impl Zone {
     /// Adds an endpoint by `name` (what reverse lookups answer) and
-    /// `aliases` at `addr`.
-    pub fn insert(&mut self, name: &str, aliases: &[String], addr: Ipv4Addr) {
+    /// `aliases` at `addr` (A records) and `addr6` (AAAA).
+    pub fn insert(
+        &mut self,
+        name: &str,
+        aliases: &[String],
+        addr: Ipv4Addr,
+        addr6: Option<Ipv6Addr>,
+    ) {
         let name = name.to_ascii_lowercase();
-        self.names.insert(name.clone(), addr);
+        let addrs: Vec<IpAddr> = std::iter::once(addr.into())
+            .chain(addr6.map(IpAddr::from))
+            .collect();
         for alias in aliases {
             let sharing = self.aliases.entry(alias.to_ascii_lowercase()).or_default();
-            if !sharing.contains(&addr) {
-                sharing.push(addr);
+            for a in &addrs {
+                if !sharing.contains(a) {
+                    sharing.push(*a);
+                }
             }
         }
-        self.reverse.insert(addr, name);
+        for a in &addrs {
+            self.reverse.insert(*a, name.clone());
+        }
+        self.names.insert(name, addrs);
     }
 
     /// Sends what the network does not know from the endpoint at `addr` to
@@ -79,8 +94,10 @@ impl Zone {
 
     /// Adds the names of `other` that this zone lacks: names here win.
     pub fn absorb(&mut self, other: &Zone) {
-        for (name, addr) in &other.names {
-            self.names.entry(name.clone()).or_insert(*addr);
+        for (name, addrs) in &other.names {
+            self.names
+                .entry(name.clone())
+                .or_insert_with(|| addrs.clone());
         }
         for (alias, addrs) in &other.aliases {
             let sharing = self.aliases.entry(alias.clone()).or_default();
@@ -111,24 +128,22 @@ impl Zone {
         self.upstreams.get(&addr).map(Vec::as_slice)
     }
 
-    /// The addresses of `name`: the endpoint's of that name, or else those
-    /// of every endpoint with that alias.
-    fn addrs(&self, name: &Name) -> &[Ipv4Addr] {
+    /// The addresses of `name`, of both families: the endpoint's of that
+    /// name, or else those of every endpoint with that alias.
+    fn addrs(&self, name: &Name) -> &[IpAddr] {
         let name = name.to_lowercase().to_utf8();
         let name = name.strip_suffix('.').unwrap_or(&name);
         match self.names.get(name) {
-            Some(addr) => std::slice::from_ref(addr),
+            Some(addrs) => addrs,
             None => self.aliases.get(name).map_or(&[], Vec::as_slice),
         }
     }
 
     fn name_of(&self, arpa: &Name) -> Option<&str> {
-        match arpa.parse_arpa_name().ok()? {
-            ipnet::IpNet::V4(net) if net.prefix_len() == 32 => {
-                self.reverse.get(&net.addr()).map(String::as_str)
-            }
-            _ => None,
-        }
+        let net = arpa.parse_arpa_name().ok()?;
+        (net.prefix_len() == net.max_prefix_len())
+            .then(|| self.reverse.get(&net.addr()).map(String::as_str))
+            .flatten()
     }
 }
 
@@ -188,29 +203,37 @@ pub fn decide(packet: &[u8], zone: &Zone) -> Outcome {
         return Outcome::Forward(query);
     }
     let name = q.name();
-    let addrs = zone.addrs(name);
-    let answers: Vec<RData> = match (q.query_type(), addrs.is_empty()) {
+    let known = zone.addrs(name);
+    let of_type: Vec<RData> = known
+        .iter()
+        .filter_map(|a| match (q.query_type(), a) {
+            (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(rdata::A(*v4))),
+            (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(rdata::AAAA(*v6))),
+            _ => None,
+        })
+        .collect();
+    let answers: Vec<RData> = match (of_type.is_empty(), known.is_empty()) {
         // Endpoints sharing an alias are all answered, starting at a
         // different one from query to query (the ID varies), so that
         // clients taking the first spread over them: Docker's round-robin.
-        (RecordType::A, false) => {
-            let start = usize::from(query.id()) % addrs.len();
-            addrs[start..]
+        (false, _) => {
+            let start = usize::from(query.id()) % of_type.len();
+            of_type[start..]
                 .iter()
-                .chain(&addrs[..start])
-                .map(|a| RData::A(rdata::A(*a)))
+                .chain(&of_type[..start])
+                .cloned()
                 .collect()
         }
         // The name is ours but has no such record: "no data", not a
         // question for upstream, which would deny the name exists.
-        (_, false) => Vec::new(),
-        (RecordType::PTR, true) => match zone.name_of(name) {
+        (true, false) => Vec::new(),
+        (true, true) if q.query_type() == RecordType::PTR => match zone.name_of(name) {
             Some(n) => vec![RData::PTR(rdata::PTR(
                 Name::from_ascii(format!("{n}.")).unwrap_or_else(|_| Name::root()),
             ))],
             None => return Outcome::Forward(query),
         },
-        (_, true) => return Outcome::Forward(query),
+        (true, true) => return Outcome::Forward(query),
     };
     let mut reply = reply_to(&query, ResponseCode::NoError);
     reply.set_authoritative(true);
@@ -312,8 +335,9 @@ mod tests {
             "web",
             &["Www".into(), "front".into()],
             Ipv4Addr::new(10, 88, 0, 2),
+            Some("fd00:88::2".parse().unwrap()),
         );
-        z.insert("db", &[], Ipv4Addr::new(10, 88, 0, 3));
+        z.insert("db", &[], Ipv4Addr::new(10, 88, 0, 3), None);
         z
     }
 
@@ -369,6 +393,31 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_names_answer_aaaa_and_ip6_arpa() {
+        let answers = |name: &str, kind| {
+            let r = reply(decide(&query(name, kind).to_vec().unwrap(), &zone()));
+            assert_eq!(r.response_code(), ResponseCode::NoError, "{name} {kind}");
+            r.answers()
+                .iter()
+                .map(|a| a.data().clone())
+                .collect::<Vec<_>>()
+        };
+        let v6 = RData::AAAA(rdata::AAAA("fd00:88::2".parse().unwrap()));
+        assert_eq!(answers("web.", RecordType::AAAA), [v6.clone()]);
+        assert_eq!(answers("front.", RecordType::AAAA), [v6]);
+        assert_eq!(
+            answers("db.", RecordType::AAAA),
+            [],
+            "an IPv4-only endpoint's name: no data, not forwarded"
+        );
+        let arpa = "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.8.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(
+            answers(arpa, RecordType::PTR),
+            [RData::PTR(rdata::PTR(Name::from_ascii("web.").unwrap()))]
+        );
+    }
+
+    #[test]
     fn an_alias_never_answers_for_a_name_and_a_shared_one_answers_all() {
         let mut z = zone();
         // An alias that is another endpoint's name, and one shared by two.
@@ -376,8 +425,9 @@ mod tests {
             "imposter",
             &["db".into(), "pool".into()],
             [10, 88, 0, 9].into(),
+            None,
         );
-        z.insert("worker", &["pool".into()], [10, 88, 0, 10].into());
+        z.insert("worker", &["pool".into()], [10, 88, 0, 10].into(), None);
         let a = |name: &str, id: u16| -> Vec<RData> {
             let mut q = query(name, RecordType::A);
             q.set_id(id);
@@ -394,11 +444,11 @@ mod tests {
     fn an_endpoint_on_two_networks_is_answered_the_names_of_both() {
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let mut first = Zone::default();
-        first.insert("web", &[], ip("172.18.0.2"));
-        first.insert("db", &[], ip("172.18.0.3"));
+        first.insert("web", &[], ip("172.18.0.2"), None);
+        first.insert("db", &[], ip("172.18.0.3"), None);
         let mut second = Zone::default();
-        second.insert("web", &[], ip("10.9.0.2"));
-        second.insert("cache", &["kv".into()], ip("10.9.0.3"));
+        second.insert("web", &[], ip("10.9.0.2"), None);
+        second.insert("cache", &["kv".into()], ip("10.9.0.3"), None);
         let mut view = first.clone();
         view.absorb(&second);
         first.set_view(ip("172.18.0.2"), view);
@@ -432,7 +482,7 @@ mod tests {
     #[test]
     fn other_records_of_our_names_are_no_data_and_other_names_go_upstream() {
         let r = reply(decide(
-            &query("web.", RecordType::AAAA).to_vec().unwrap(),
+            &query("web.", RecordType::MX).to_vec().unwrap(),
             &zone(),
         ));
         assert_eq!(r.response_code(), ResponseCode::NoError);

@@ -150,6 +150,20 @@ pub struct BridgeNet {
     /// Endpoints get a macvlan child of `bridge` (then the parent
     /// interface, not a bridge) instead of a veth into it.
     pub macvlan: bool,
+    /// The network's IPv6 subnet and gateway, on dual-stack networks.
+    pub ipv6: Option<crate::logic::network::Ipv6Side>,
+}
+
+/// An interface's IPv6 address, its prefix length and (on the first
+/// network) the IPv6 default gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6Address {
+    /// The address.
+    pub ip: std::net::Ipv6Addr,
+    /// The network's prefix length.
+    pub prefix_len: u8,
+    /// Default gateway; none on networks connected later.
+    pub gateway: Option<std::net::Ipv6Addr>,
 }
 
 /// The kernel's MTU for Ethernet interfaces, and the uplink's when it
@@ -297,6 +311,8 @@ pub struct Endpoint {
     pub mode: Mode,
     /// Leased address (bridge mode only).
     pub ip: Option<Ipv4Addr>,
+    /// Leased IPv6 address, on dual-stack networks.
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// Its interface on its first network is `eth{seq}`: 0, unless that
     /// network was disconnected and a later one took its place.
     pub seq: u32,
@@ -388,6 +404,9 @@ pub enum Step {
         prefix_len: u8,
         /// Default gateway; none on networks connected later.
         gateway: Option<Ipv4Addr>,
+        /// Its IPv6 address, on dual-stack networks; IPv6 is off on the
+        /// interface without.
+        ip6: Option<V6Address>,
         /// Bridge to enslave the host side to.
         bridge: String,
         /// MTU of both ends, when not the kernel's default.
@@ -410,6 +429,8 @@ pub enum Step {
         prefix_len: u8,
         /// Default gateway; none on networks connected later.
         gateway: Option<Ipv4Addr>,
+        /// Its IPv6 address (IPv6 is off without).
+        ip6: Option<V6Address>,
         /// MTU, when not the parent's.
         mtu: Option<u32>,
         /// Its MAC.
@@ -422,6 +443,8 @@ pub enum Step {
         ifname: String,
         /// Endpoint address.
         ip: Ipv4Addr,
+        /// Its IPv6 address, on dual-stack networks.
+        ip6: Option<std::net::Ipv6Addr>,
         /// Endpoint MAC.
         mac: [u8; 6],
         /// The endpoint's network: its overlay's VNI, 0 for the bridge.
@@ -513,6 +536,7 @@ pub fn first_interface(ep: &Endpoint, net: &BridgeNet) -> Vec<Step> {
             .expect("endpoints with an interface have a namespace"),
         ifname: ep.first_ifname(),
         ip: ep.ip.expect("bridge and overlay endpoints have an address"),
+        ip6: ep.ip6,
         mac: ep.mac().expect("endpoints with an address have a MAC"),
         default_route: true,
     }
@@ -556,6 +580,8 @@ pub fn plan_attachment(ep: &Endpoint, att: &Attachment, net: &BridgeNet) -> Vec<
         netns: ep.netns().expect("connected endpoints have a namespace"),
         ifname: interface_name(att.seq),
         ip: att.ip,
+        // Networks connected later are IPv4 only for now.
+        ip6: None,
         mac: mac_for(att.ip),
         default_route: false,
     }
@@ -569,6 +595,7 @@ struct Interface {
     netns: PathBuf,
     ifname: String,
     ip: Ipv4Addr,
+    ip6: Option<std::net::Ipv6Addr>,
     mac: [u8; 6],
     /// Whether it holds the default route (the first network's does).
     default_route: bool,
@@ -579,6 +606,11 @@ impl Interface {
     /// child of its parent (checked on the parent's way out).
     fn steps(self, net: &BridgeNet) -> Vec<Step> {
         let gateway = self.default_route.then_some(net.gateway);
+        let ip6 = self.ip6.zip(net.ipv6).map(|(ip, side)| V6Address {
+            ip,
+            prefix_len: side.subnet.prefix_len(),
+            gateway: self.default_route.then_some(side.gateway),
+        });
         if net.macvlan {
             return vec![Step::Macvlan {
                 parent: net.bridge.clone(),
@@ -587,6 +619,7 @@ impl Interface {
                 ip: self.ip,
                 prefix_len: net.subnet.prefix_len(),
                 gateway,
+                ip6,
                 mtu: net.mtu,
                 mac: self.mac,
             }];
@@ -599,6 +632,7 @@ impl Interface {
                 ip: self.ip,
                 prefix_len: net.subnet.prefix_len(),
                 gateway,
+                ip6,
                 bridge: net.bridge.clone(),
                 mtu: net.mtu,
                 mac: self.mac,
@@ -606,6 +640,7 @@ impl Interface {
             Step::AttachDatapath {
                 ifname: self.host,
                 ip: self.ip,
+                ip6: ip6.map(|v6| v6.ip),
                 mac: self.mac,
                 vni: net.vni,
             },
@@ -695,6 +730,7 @@ mod tests {
             gateway: "172.17.0.1".parse().unwrap(),
             mtu: None,
             vni: 0,
+            ipv6: None,
         }
     }
 
@@ -704,6 +740,7 @@ mod tests {
             name: "web".into(),
             mode,
             ip: ip.map(|s| s.parse().unwrap()),
+            ip6: None,
             seq: 0,
             hostname: None,
             options: EndpointOptions::default(),
@@ -811,6 +848,7 @@ mod tests {
                 ip: "172.17.0.2".parse().unwrap(),
                 prefix_len: 16,
                 gateway: Some("172.17.0.1".parse().unwrap()),
+                ip6: None,
                 bridge: "np0".into(),
                 mtu: None,
                 mac: [0x02, 0x42, 172, 17, 0, 2],
@@ -821,6 +859,7 @@ mod tests {
             Step::AttachDatapath {
                 ifname: "npv1a".into(),
                 ip: "172.17.0.2".parse().unwrap(),
+                ip6: None,
                 mac: [0x02, 0x42, 172, 17, 0, 2],
                 vni: 0,
             }

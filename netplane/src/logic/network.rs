@@ -2,9 +2,12 @@
 //! scope): what a request asks for, checked and completed (subnet from
 //! the default pools, gateway, address range) before anything is made.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::logic::ipam::{self, SubnetError};
@@ -75,6 +78,63 @@ pub struct LocalSpec {
     pub options: BTreeMap<String, String>,
     /// `--label KEY=VALUE`.
     pub labels: BTreeMap<String, String>,
+    /// Its IPv6 subnet and gateway, with `--ipv6`; IPv6 is off on
+    /// networks without, as in Docker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Side>,
+}
+
+/// The IPv6 side of a dual-stack network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Side {
+    /// Its subnet.
+    pub subnet: Ipv6Net,
+    /// The bridge's address there, the endpoints' IPv6 gateway.
+    pub gateway: Ipv6Addr,
+}
+
+/// IPv6 ranges no network of endpoints may take: unspecified and
+/// loopback, IPv4-mapped, link-local and multicast.
+const SPECIAL_PURPOSE_V6: [&str; 4] = ["::/127", "::ffff:0:0/96", "fe80::/10", "ff00::/8"];
+
+/// Completes and checks the IPv6 side of network `name`: the subnet
+/// asked for, or a unique local /64 picked from `name`; the gateway its
+/// first address after the subnet-router anycast one unless given. None
+/// of the IPv6 subnets `in_use` may overlap it.
+fn plan_ipv6(
+    name: &str,
+    subnet: Option<Ipv6Net>,
+    gateway: Option<Ipv6Addr>,
+    in_use: &[Ipv6Net],
+) -> Result<Ipv6Side, NetworkError> {
+    let overlaps = |a: &Ipv6Net, b: &Ipv6Net| a.contains(b) || b.contains(a);
+    let subnet = match subnet {
+        Some(subnet) => {
+            let subnet = subnet.trunc();
+            if let Some(special) = SPECIAL_PURPOSE_V6
+                .iter()
+                .map(|r| r.parse::<Ipv6Net>().expect("a valid range"))
+                .find(|r| overlaps(r, &subnet))
+            {
+                return Err(NetworkError::SpecialV6 { subnet, special });
+            }
+            if let Some(other) = in_use.iter().find(|u| overlaps(u, &subnet)) {
+                return Err(NetworkError::OverlapsV6 {
+                    subnet,
+                    other: *other,
+                });
+            }
+            subnet
+        }
+        None if gateway.is_some() => return Err(NetworkError::NeedsSubnet),
+        None => ipam::pick_ula(name, in_use).ok_or(NetworkError::PoolsExhausted)?,
+    };
+    let pool = ipam::Pool::new(subnet).map_err(|_| NetworkError::SubnetTooSmallV6(subnet))?;
+    let gateway = gateway.unwrap_or(pool.gateway);
+    if !subnet.contains(&gateway) || gateway == subnet.network() {
+        return Err(NetworkError::GatewayOutsideV6 { gateway, subnet });
+    }
+    Ok(Ipv6Side { subnet, gateway })
 }
 
 /// A local network as recorded.
@@ -109,6 +169,22 @@ pub struct LocalRequest {
     pub mtu: Option<u32>,
     pub options: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// `--ipv6`.
+    pub ipv6: bool,
+    /// An IPv6 `--subnet`.
+    pub subnet6: Option<Ipv6Net>,
+    /// An IPv6 `--gateway`.
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+/// The IPv6 subnets of other networks and the network's name, which
+/// picks its unique local subnet when none is given.
+#[derive(Clone, Copy, Debug)]
+pub struct Ipv6Context<'a> {
+    /// The new network's name.
+    pub name: &'a str,
+    /// IPv6 subnets of the host's other networks.
+    pub in_use: &'a [Ipv6Net],
 }
 
 /// Why a local network cannot be made as asked.
@@ -138,6 +214,16 @@ pub enum NetworkError {
     MacvlanMode(String),
     #[error("{0} does not apply to macvlan networks")]
     NotForMacvlan(&'static str),
+    #[error("an IPv6 --subnet or --gateway needs --ipv6")]
+    NeedsIpv6,
+    #[error("subnet {subnet} overlaps {other} already in use on this host")]
+    OverlapsV6 { subnet: Ipv6Net, other: Ipv6Net },
+    #[error("subnet {subnet} overlaps {special}, a range no network may take")]
+    SpecialV6 { subnet: Ipv6Net, special: Ipv6Net },
+    #[error("subnet {0} is too small for a gateway and endpoints (need /126 or larger)")]
+    SubnetTooSmallV6(Ipv6Net),
+    #[error("gateway {gateway} is not a host address of subnet {subnet}")]
+    GatewayOutsideV6 { gateway: Ipv6Addr, subnet: Ipv6Net },
 }
 
 /// Completes and checks `req`: the subnet is the one asked for, or the
@@ -152,7 +238,11 @@ pub fn plan_local(
     req: LocalRequest,
     host: &[Ipv4Net],
     networks: &[Ipv4Net],
+    v6: Ipv6Context<'_>,
 ) -> Result<LocalSpec, NetworkError> {
+    if !req.ipv6 && (req.subnet6.is_some() || req.gateway6.is_some()) {
+        return Err(NetworkError::NeedsIpv6);
+    }
     if let Some(key) = req
         .options
         .keys()
@@ -213,6 +303,13 @@ pub fn plan_local(
     {
         return Err(NetworkError::RangeOutside { range, subnet });
     }
+    let ipv6 = match req.ipv6 {
+        true if driver == LocalDriver::Macvlan => {
+            return Err(NetworkError::NotForMacvlan("--ipv6"));
+        }
+        true => Some(plan_ipv6(v6.name, req.subnet6, req.gateway6, v6.in_use)?),
+        false => None,
+    };
     Ok(LocalSpec {
         driver,
         subnet,
@@ -223,6 +320,7 @@ pub fn plan_local(
         mtu: req.mtu,
         options: req.options,
         labels: req.labels,
+        ipv6,
     })
 }
 
@@ -249,6 +347,11 @@ mod tests {
         s.parse().unwrap()
     }
 
+    const NO_V6: Ipv6Context<'static> = Ipv6Context {
+        name: "n",
+        in_use: &[],
+    };
+
     fn req() -> LocalRequest {
         LocalRequest {
             icc: true,
@@ -258,12 +361,19 @@ mod tests {
 
     #[test]
     fn subnets_come_from_the_pools_past_what_is_in_use() {
-        let spec = plan_local(LocalDriver::Bridge, req(), &[net("172.17.0.0/16")], &[]).unwrap();
+        let spec = plan_local(
+            LocalDriver::Bridge,
+            req(),
+            &[net("172.17.0.0/16")],
+            &[],
+            NO_V6,
+        )
+        .unwrap();
         assert_eq!(spec.subnet, net("172.18.0.0/16"));
         assert_eq!(spec.gateway, "172.18.0.1".parse::<Ipv4Addr>().unwrap());
         let busy: Vec<Ipv4Net> = ipam::default_pools().collect();
         assert_eq!(
-            plan_local(LocalDriver::Bridge, req(), &busy, &[]),
+            plan_local(LocalDriver::Bridge, req(), &busy, &[], NO_V6),
             Err(NetworkError::PoolsExhausted)
         );
     }
@@ -281,6 +391,7 @@ mod tests {
             with(Some("10.50.0.254"), Some("10.50.0.128/25")),
             &[],
             &[],
+            NO_V6,
         )
         .unwrap();
         assert_eq!(ok.gateway, "10.50.0.254".parse::<Ipv4Addr>().unwrap());
@@ -288,7 +399,13 @@ mod tests {
         for gateway in ["10.50.1.1", "10.50.0.0", "10.50.0.255"] {
             assert!(
                 matches!(
-                    plan_local(LocalDriver::Bridge, with(Some(gateway), None), &[], &[]),
+                    plan_local(
+                        LocalDriver::Bridge,
+                        with(Some(gateway), None),
+                        &[],
+                        &[],
+                        NO_V6
+                    ),
                     Err(NetworkError::GatewayOutside { .. })
                 ),
                 "{gateway}"
@@ -299,7 +416,8 @@ mod tests {
                 LocalDriver::Bridge,
                 with(None, Some("10.50.0.0/23")),
                 &[],
-                &[]
+                &[],
+                NO_V6
             ),
             Err(NetworkError::RangeOutside { .. })
         ));
@@ -308,7 +426,7 @@ mod tests {
             ..req()
         };
         assert_eq!(
-            plan_local(LocalDriver::Bridge, no_subnet, &[], &[]),
+            plan_local(LocalDriver::Bridge, no_subnet, &[], &[], NO_V6),
             Err(NetworkError::NeedsSubnet)
         );
     }
@@ -324,12 +442,13 @@ mod tests {
                 LocalDriver::Bridge,
                 asked("172.17.3.0/24"),
                 &[net("172.17.0.0/16")],
-                &[]
+                &[],
+                NO_V6
             ),
             Err(NetworkError::Subnet(SubnetError::Overlaps { .. }))
         ));
         assert_eq!(
-            plan_local(LocalDriver::Bridge, asked("10.9.9.0/31"), &[], &[]),
+            plan_local(LocalDriver::Bridge, asked("10.9.9.0/31"), &[], &[], NO_V6),
             Err(NetworkError::SubnetTooSmall(net("10.9.9.0/31")))
         );
         let mtu = LocalRequest {
@@ -337,13 +456,13 @@ mod tests {
             ..req()
         };
         assert_eq!(
-            plan_local(LocalDriver::Bridge, mtu, &[], &[]),
+            plan_local(LocalDriver::Bridge, mtu, &[], &[], NO_V6),
             Err(NetworkError::BadMtu(40))
         );
         let mut options = req();
         options.options.insert("foo".into(), "1".into());
         assert_eq!(
-            plan_local(LocalDriver::Bridge, options, &[], &[]),
+            plan_local(LocalDriver::Bridge, options, &[], &[], NO_V6),
             Err(NetworkError::UnknownOption("foo".into(), "bridge"))
         );
     }
@@ -357,14 +476,14 @@ mod tests {
             ..req()
         };
         let host = [net("198.18.0.0/24")];
-        let spec = plan_local(LocalDriver::Macvlan, lan.clone(), &host, &[]).unwrap();
+        let spec = plan_local(LocalDriver::Macvlan, lan.clone(), &host, &[], NO_V6).unwrap();
         assert_eq!(spec.parent(), Some("eth0"));
         assert!(matches!(
-            plan_local(LocalDriver::Bridge, lan.clone(), &host, &[]),
+            plan_local(LocalDriver::Bridge, lan.clone(), &host, &[], NO_V6),
             Err(NetworkError::UnknownOption(..))
         ));
         assert!(matches!(
-            plan_local(LocalDriver::Macvlan, lan.clone(), &host, &host),
+            plan_local(LocalDriver::Macvlan, lan.clone(), &host, &host, NO_V6),
             Err(NetworkError::Subnet(SubnetError::Overlaps { .. }))
         ));
         let no_subnet = LocalRequest {
@@ -373,13 +492,13 @@ mod tests {
             ..lan.clone()
         };
         assert_eq!(
-            plan_local(LocalDriver::Macvlan, no_subnet, &host, &[]),
+            plan_local(LocalDriver::Macvlan, no_subnet, &host, &[], NO_V6),
             Err(NetworkError::MacvlanNeedsSubnet)
         );
         let mut no_parent = lan.clone();
         no_parent.options.clear();
         assert_eq!(
-            plan_local(LocalDriver::Macvlan, no_parent, &host, &[]),
+            plan_local(LocalDriver::Macvlan, no_parent, &host, &[], NO_V6),
             Err(NetworkError::MacvlanNeedsParent)
         );
         let internal = LocalRequest {
@@ -387,7 +506,7 @@ mod tests {
             ..lan
         };
         assert_eq!(
-            plan_local(LocalDriver::Macvlan, internal, &host, &[]),
+            plan_local(LocalDriver::Macvlan, internal, &host, &[], NO_V6),
             Err(NetworkError::NotForMacvlan("--internal"))
         );
     }

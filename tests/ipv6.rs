@@ -1,0 +1,153 @@
+//! IPv6 on dual-stack networks: addresses of each family for endpoints,
+//! and the data path's checks on what they send over IPv6 (their own
+//! addresses only, neighbour discovery included; `--icc`; isolation
+//! between networks).
+
+use netplane_test_support as support;
+
+use serde_json::Value;
+use support::{Host, SCAPY_PYTHON, WORLD_IP, stdout_if_ok};
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap()
+}
+
+/// `ping -6` from endpoint `from` to `to`, once.
+fn pings6(h: &Host, from: &str, to: &str) -> bool {
+    h.in_endpoint(from, &format!("ping -6 -c1 -W2 {to}"))
+        .status
+        .success()
+}
+
+#[test]
+fn a_dual_stack_network_gives_endpoints_an_address_of_each_family() {
+    let h = Host::new();
+    h.up(&["--dns", WORLD_IP]);
+    let (net, a, b) = (h.name("v6"), h.name("a"), h.name("b"));
+    h.np_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.78.0.0/24",
+        "--subnet",
+        "fd00:78::/64",
+        &net,
+    ]);
+    let inspect = json(&h.np_ok(&["network", "inspect", &net]));
+    assert_eq!(inspect["EnableIPv6"], true, "{inspect}");
+    let configs = inspect["IPAM"]["Config"].as_array().unwrap();
+    assert!(
+        configs
+            .iter()
+            .any(|c| c["Subnet"] == "fd00:78::/64" && c["Gateway"] == "fd00:78::1"),
+        "{inspect}"
+    );
+    h.np_ok(&["create", "--net", &net, &a]);
+    h.np_ok(&["create", "--net", &net, "--ip6", "fd00:78::77", &b]);
+    let ep = json(&h.np_ok(&["inspect", &a]));
+    let on = &ep[0]["NetworkSettings"]["Networks"][&net];
+    assert_eq!(on["GlobalIPv6Address"], "fd00:78::2", "{ep}");
+    assert_eq!(on["GlobalIPv6PrefixLen"], 64);
+    assert_eq!(on["IPv6Gateway"], "fd00:78::1");
+    let addrs = stdout_if_ok(h.in_endpoint(&a, "ip -6 addr show dev eth0")).unwrap();
+    assert!(addrs.contains("fd00:78::2/64"), "{addrs}");
+    assert!(
+        addrs.contains("fe80::"),
+        "a link-local address too: {addrs}"
+    );
+    let routes = stdout_if_ok(h.in_endpoint(&a, "ip -6 route")).unwrap();
+    assert!(
+        routes.contains("default via fd00:78::1 dev eth0"),
+        "{routes}"
+    );
+
+    let aaaa = stdout_if_ok(h.in_endpoint(&a, &format!("dig +short +tries=1 +time=2 AAAA {b}")))
+        .unwrap_or_default();
+    assert_eq!(aaaa.trim(), "fd00:78::77", "the embedded DNS answers AAAA");
+    let ptr = stdout_if_ok(h.in_endpoint(&a, "dig +short +tries=1 +time=2 -x fd00:78::77"))
+        .unwrap_or_default();
+    assert_eq!(ptr.trim(), format!("{b}."));
+    assert!(pings6(&h, &a, &b), "by name, over IPv6 (ping -6 asks AAAA)");
+    assert!(pings6(&h, &a, "fd00:78::77"), "endpoint to endpoint");
+    assert!(pings6(&h, &a, "fd00:78::1"), "to the gateway");
+    assert_eq!(h.drops("spoofed"), 0);
+    assert_eq!(h.drops("unknown_l3"), 0, "neighbour discovery passes");
+
+    // An endpoint of an IPv4-only network has IPv6 off, and an --ip6 for
+    // one is refused.
+    let c = h.name("c");
+    h.np_ok(&["create", &c]);
+    assert_eq!(
+        stdout_if_ok(h.in_endpoint(&c, "ip -6 addr show dev eth0")).unwrap(),
+        ""
+    );
+    let refused = h.np_err(&["create", "--ip6", "fd00:78::9", &h.name("d")]);
+    assert!(refused.contains("--ip6"), "{refused}");
+}
+
+#[test]
+fn ipv6_senders_are_checked_and_icc_holds() {
+    let h = Host::new();
+    h.up(&["--dns", WORLD_IP]);
+    let (open, closed) = (h.name("open"), h.name("closed"));
+    h.np_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:79::/64",
+        &open,
+    ]);
+    h.np_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:7a::/64",
+        "--icc=false",
+        &closed,
+    ]);
+    let (a, b, x, y) = (h.name("a"), h.name("b"), h.name("x"), h.name("y"));
+    for (ep, net) in [(&a, &open), (&b, &open), (&x, &closed), (&y, &closed)] {
+        h.np_ok(&["create", "--net", net, ep]);
+    }
+    assert!(pings6(&h, &a, "fd00:79::3"));
+    assert!(!pings6(&h, &a, "fd00:7a::2"), "another network");
+    assert!(h.drops("other_network") > 0);
+    assert!(!pings6(&h, &x, "fd00:7a::3"), "--icc=false");
+    let y_ll = stdout_if_ok(h.in_endpoint(&y, "ip -6 -o addr show dev eth0 scope link"))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !pings6(&h, &x, &format!("{y_ll}%eth0")),
+        "--icc=false holds for link-local addresses"
+    );
+    assert!(h.drops("icc_denied") >= 2);
+    assert!(pings6(&h, &x, "fd00:7a::1"), "the gateway stays reachable");
+
+    // Forged sources and neighbour advertisements from endpoint a.
+    let spoofed = h.drops("spoofed");
+    let forge = "from scapy.all import *
+e = Ether(src=get_if_hwaddr('eth0'), dst='33:33:00:00:00:01')
+sendp(e/IPv6(src='fd00:79::99', dst='fd00:79::3')/UDP(dport=9), iface='eth0', verbose=0)
+sendp(e/IPv6(src='fd00:79::2', dst='ff02::1')/ICMPv6ND_NA(tgt='fd00:79::1', R=0, S=0, O=1), iface='eth0', verbose=0)
+sendp(e/IPv6(src='fd00:79::2', dst='ff02::1')/ICMPv6ND_RA(), iface='eth0', verbose=0)";
+    let out = h.in_endpoint(&a, &format!("{SCAPY_PYTHON} -c \"{forge}\""));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.drops("spoofed"), spoofed + 3, "each forgery counted");
+    assert!(
+        pings6(&h, &a, "fd00:79::3"),
+        "and a's own traffic still flows"
+    );
+}
