@@ -403,7 +403,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let v6 = RData::AAAA(rdata::AAAA("fd00:88::2".parse().unwrap()));
-        assert_eq!(answers("web.", RecordType::AAAA), [v6.clone()]);
+        assert_eq!(answers("web.", RecordType::AAAA), std::slice::from_ref(&v6));
         assert_eq!(answers("front.", RecordType::AAAA), [v6]);
         assert_eq!(
             answers("db.", RecordType::AAAA),
