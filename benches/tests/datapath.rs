@@ -971,3 +971,129 @@ fn icc_false_on_a_user_network_holds_there_only() {
     assert_eq!(open.sent_by_endpoint(&to_neighbour).0, TC_ACT_OK);
     assert_eq!(open.drops(DropReason::IccDenied), 0);
 }
+
+/// The endpoint's IPv6 address in the lab's dual-stack tests.
+const ENDPOINT6: [u8; 16] = [0xfd, 0, 0, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// An IPv6 frame from the endpoint's MAC to the bridge: `src` to `dst`,
+/// first Next Header `next`, then `rest` (extension headers and upper
+/// layer, checksums left zero: the programs do not verify them).
+fn frame6(lab: &Lab, src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut f = lab.bridge_mac.to_vec();
+    f.extend_from_slice(&ENDPOINT_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(rest);
+    f
+}
+
+const UDP_TO_9: [u8; 8] = [0x13, 0x88, 0, 9, 0, 8, 0, 0];
+
+#[test]
+fn ipv6_from_an_endpoint_is_checked_sender_by_sender() {
+    let mut lab = Lab::new(1024);
+    let ll = netplane_common::packet::link_local_of(ENDPOINT_MAC);
+    let peer: [u8; 16] = [0xfd, 0, 0, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    let udp6 = |lab: &Lab, src| frame6(lab, src, peer, 17, &UDP_TO_9);
+
+    // An endpoint of an IPv4-only network sends no IPv6 at all.
+    assert_eq!(lab.sent_by_endpoint(&udp6(&lab, ENDPOINT6)).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::UnknownL3), 1);
+
+    lab.dp
+        .add_endpoint6(lab.endpoint_if, ENDPOINT6.into(), ENDPOINT_MAC, 0)
+        .unwrap();
+    for src in [ENDPOINT6, ll] {
+        let (verdict, out) = lab.sent_by_endpoint(&udp6(&lab, src));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, udp6(&lab, src), "passed untouched");
+    }
+    let mut forged = ENDPOINT6;
+    forged[15] = 0x99;
+    assert_eq!(lab.sent_by_endpoint(&udp6(&lab, forged)).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::Spoofed), 1);
+
+    // Neighbour discovery: advertisements only for its own addresses, no
+    // router advertisements, and DAD from the unspecified address.
+    let all_nodes: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let na = |target: [u8; 16]| {
+        let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+        icmp.extend_from_slice(&target);
+        icmp
+    };
+    let (verdict, _) = lab.sent_by_endpoint(&frame6(&lab, ll, all_nodes, 58, &na(ENDPOINT6)));
+    assert_eq!(verdict, TC_ACT_OK);
+    let mut gateway6 = ENDPOINT6;
+    gateway6[15] = 1;
+    let (verdict, _) = lab.sent_by_endpoint(&frame6(&lab, ll, all_nodes, 58, &na(gateway6)));
+    assert_eq!(verdict, TC_ACT_SHOT, "claiming the gateway's address");
+    let ra = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(
+        lab.sent_by_endpoint(&frame6(&lab, ll, all_nodes, 58, &ra))
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(lab.drops(DropReason::Spoofed), 3);
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&ENDPOINT6);
+    let (verdict, _) = lab.sent_by_endpoint(&frame6(&lab, [0; 16], all_nodes, 58, &ns));
+    assert_eq!(verdict, TC_ACT_OK, "duplicate address detection");
+
+    // Extension headers: walked up to six, refused beyond; cut short, the
+    // packet is truncated, never read past.
+    let hop = |next: u8| [next, 0, 1, 4, 0, 0, 0, 0];
+    let mut six = Vec::new();
+    for _ in 0..5 {
+        six.extend_from_slice(&hop(60));
+    }
+    six.extend_from_slice(&hop(17));
+    six.extend_from_slice(&UDP_TO_9);
+    let (verdict, _) = lab.sent_by_endpoint(&frame6(&lab, ENDPOINT6, peer, 60, &six));
+    assert_eq!(verdict, TC_ACT_OK);
+    let mut seven = hop(60).to_vec();
+    seven.extend_from_slice(&six);
+    assert_eq!(
+        lab.sent_by_endpoint(&frame6(&lab, ENDPOINT6, peer, 60, &seven))
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(lab.drops(DropReason::UnknownExt), 1);
+    let whole = frame6(&lab, ENDPOINT6, peer, 60, &six);
+    assert_eq!(
+        lab.sent_by_endpoint(&whole[..whole.len() - 5]).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(lab.drops(DropReason::Truncated), 1);
+
+    // An endpoint of another network, and --icc=false in its own.
+    let mut elsewhere = ENDPOINT6;
+    elsewhere[15] = 0x42;
+    lab.dp
+        .add_endpoint6(lab.spare_if, elsewhere.into(), [2, 0, 0, 0, 0, 0x42], 7)
+        .unwrap();
+    assert_eq!(
+        lab.sent_by_endpoint(&frame6(&lab, ENDPOINT6, elsewhere, 17, &UDP_TO_9))
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(lab.drops(DropReason::OtherNetwork), 1);
+    lab.dp
+        .add_endpoint6(lab.spare_if, peer.into(), [2, 0, 0, 0, 0, 3], 0)
+        .unwrap();
+    assert_eq!(lab.sent_by_endpoint(&udp6(&lab, ENDPOINT6)).0, TC_ACT_OK);
+    lab.dp
+        .set_config(NetConfig {
+            flags: NET_FLAG_ICC_DISABLED,
+            ..lab.cfg
+        })
+        .unwrap();
+    assert_eq!(lab.sent_by_endpoint(&udp6(&lab, ENDPOINT6)).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::IccDenied), 1);
+    // The gateway and multicast stay reachable.
+    let to_gateway = frame6(&lab, ENDPOINT6, gateway6, 17, &UDP_TO_9);
+    assert_eq!(lab.sent_by_endpoint(&to_gateway).0, TC_ACT_OK);
+}
