@@ -151,3 +151,42 @@ sendp(e/IPv6(src='fd00:79::2', dst='ff02::1')/ICMPv6ND_RA(), iface='eth0', verbo
         "and a's own traffic still flows"
     );
 }
+
+#[test]
+fn up_ipv6_gives_the_bridge_network_ipv6_and_a_restart_keeps_it() {
+    let h = Host::new();
+    h.up(&["--dns", WORLD_IP, "--ipv6", "--subnet6", "fd00:17::/64"]);
+    let (a, b) = (h.name("a"), h.name("b"));
+    h.np_ok(&["create", &a]);
+    let ep = json(&h.np_ok(&["inspect", &a]));
+    let on = &ep[0]["NetworkSettings"]["Networks"]["bridge"];
+    assert_eq!(on["GlobalIPv6Address"], "fd00:17::2", "{ep}");
+    assert_eq!(on["IPv6Gateway"], "fd00:17::1");
+    h.kill_daemon();
+    h.up(&["--dns", WORLD_IP]);
+    h.np_ok(&["create", &b]);
+    let ep = json(&h.np_ok(&["inspect", &b]));
+    let on = &ep[0]["NetworkSettings"]["Networks"]["bridge"];
+    assert_eq!(on["GlobalIPv6Address"], "fd00:17::3", "kept: {ep}");
+    assert!(pings6(&h, &b, "fd00:17::2"));
+    assert!(pings6(&h, &a, "fd00:17::1"));
+    // A user network's unique local subnet stays clear of the bridge's.
+    let net = h.name("n");
+    h.np_ok(&["network", "create", "--ipv6", &net]);
+    let inspect = json(&h.np_ok(&["network", "inspect", &net]));
+    let v6 = inspect["IPAM"]["Config"][1]["Subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(v6.starts_with("fd") && v6.ends_with("::/64"), "{inspect}");
+    // Another IPv6 subnet for the same state is refused, as another
+    // subnet is.
+    h.kill_daemon();
+    let out = h
+        .up_cmd(&["--ipv6", "--subnet6", "fd00:18::/64", "--detach"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("IPv6 subnet is fd00:17::/64"), "{err}");
+}

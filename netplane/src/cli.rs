@@ -329,6 +329,14 @@ struct UpArgs {
     /// Bridge subnet (default: the first of Docker's pools that is free).
     #[arg(long)]
     subnet: Option<Ipv4Net>,
+    /// IPv6 on the bridge network too: endpoints get an address of each
+    /// family.
+    #[arg(long)]
+    ipv6: bool,
+    /// The bridge network's IPv6 subnet, with --ipv6 (default: a unique
+    /// local /64).
+    #[arg(long, requires = "ipv6")]
+    subnet6: Option<ipnet::Ipv6Net>,
     /// Uplink interface (default: the default route's).
     #[arg(long)]
     uplink: Option<String>,
@@ -546,6 +554,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ct_max: args.ct_max,
                 bridge: args.bridge,
                 subnet: args.subnet,
+                ipv6: args.ipv6,
+                subnet6: args.subnet6,
                 uplink: args.uplink,
                 icc: args.icc,
                 state_dir: args.state.state_dir,

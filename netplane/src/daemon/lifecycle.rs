@@ -78,6 +78,7 @@ impl Daemon {
             }
         };
         let pool = Pool::new(subnet)?;
+        let ipv6 = Self::bridge_ipv6(&cfg, &store)?;
         let net = BridgeNet {
             bridge: cfg.bridge.clone(),
             subnet: Ipv4Net::new(pool.gateway, subnet.prefix_len()).expect("prefix of a valid net"),
@@ -85,7 +86,7 @@ impl Daemon {
             mtu: None,
             vni: 0,
             macvlan: false,
-            ipv6: None,
+            ipv6,
         };
 
         let upstream = if cfg.dns.is_empty() {
@@ -136,6 +137,37 @@ impl Daemon {
         }
     }
 
+    /// The bridge network's IPv6 side: the one recorded, which a later
+    /// `up` keeps (as it keeps the subnet), else the one `--ipv6` asks for.
+    fn bridge_ipv6(cfg: &Config, store: &Store) -> Result<Option<crate::logic::network::Ipv6Side>> {
+        let stored = store
+            .meta(meta::SUBNET6)?
+            .map(|s| {
+                s.parse::<ipnet::Ipv6Net>().map_err(|_| {
+                    Error::Corrupt(format!("unreadable IPv6 subnet {s:?} in the meta table"))
+                })
+            })
+            .transpose()?;
+        let subnet = match (stored, cfg.subnet6) {
+            (Some(s), Some(want)) if s != want => {
+                return Err(Error::ConfigChanged {
+                    what: "IPv6 subnet",
+                    stored: s.to_string(),
+                    dir: cfg.state_dir.clone(),
+                });
+            }
+            (Some(s), _) => s,
+            (None, _) if !cfg.ipv6 => return Ok(None),
+            (None, Some(want)) => want.trunc(),
+            (None, None) => ipam::pick_ula(&cfg.bridge, &[]).ok_or(Error::NoFreeSubnet)?,
+        };
+        let pool = Pool::new(subnet)?;
+        Ok(Some(crate::logic::network::Ipv6Side {
+            subnet,
+            gateway: pool.gateway,
+        }))
+    }
+
     pub(super) async fn bring_up(
         &mut self,
         create_bridge: bool,
@@ -184,6 +216,9 @@ impl Daemon {
         self.store.set_meta(meta::BRIDGE, &net.bridge)?;
         self.store
             .set_meta(meta::SUBNET, &net.subnet.trunc().to_string())?;
+        if let Some(v6) = net.ipv6 {
+            self.store.set_meta(meta::SUBNET6, &v6.subnet.to_string())?;
+        }
         let reconciling = std::time::Instant::now();
         self.reconcile().await?;
         self.reconciles

@@ -121,13 +121,17 @@ impl Daemon {
     /// Tells the data path who may send out of each macvlan parent: every
     /// macvlan endpoint from its MAC and address, the host from the
     /// parent's own MAC.
-    /// The IPv6 subnets of the host's networks.
+    /// The IPv6 subnets of the host's networks, the bridge network's
+    /// among them.
     pub(super) fn ipv6_subnets(&self) -> Result<Vec<ipnet::Ipv6Net>> {
+        let locals = self.store.local_networks()?;
+        let local = locals.iter().filter_map(|n| n.spec.ipv6);
         Ok(self
-            .store
-            .local_networks()?
-            .iter()
-            .filter_map(|n| n.spec.ipv6.map(|v6| v6.subnet))
+            .net
+            .ipv6
+            .into_iter()
+            .chain(local)
+            .map(|v6| v6.subnet)
             .collect())
     }
 

@@ -95,6 +95,10 @@ pub struct Config {
     pub bridge: String,
     /// Bridge subnet; picked from the default pools when absent.
     pub subnet: Option<Ipv4Net>,
+    /// IPv6 on the bridge network too.
+    pub ipv6: bool,
+    /// The bridge network's IPv6 subnet; a unique local /64 when absent.
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// Uplink; the default route's interface when absent.
     pub uplink: Option<String>,
     /// Whether endpoints may talk to each other.
@@ -131,6 +135,8 @@ impl Config {
         Config {
             bridge: DEFAULT_BRIDGE.into(),
             subnet: None,
+            ipv6: false,
+            subnet6: None,
             uplink: None,
             icc: true,
             state_dir,
@@ -159,6 +165,8 @@ impl Config {
 mod meta {
     pub const BRIDGE: &str = "bridge";
     pub const SUBNET: &str = "subnet";
+    /// The bridge network's IPv6 subnet, when it has IPv6.
+    pub const SUBNET6: &str = "subnet6";
     pub const IP_FORWARD_BEFORE: &str = "ip_forward_before";
     pub const BPFFS_MOUNTED: &str = "bpffs_mounted";
     /// The uplink to which netplane added a clsact qdisc (tc hook clsact).
