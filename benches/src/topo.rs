@@ -14,12 +14,9 @@ use std::{
 };
 
 use netplane::{
-    daemon::cluster::DEFAULT_TTL,
     daemon::{Config, Daemon, counters},
-    logic::conntrack::Timeouts,
     types::{CreateEndpoint, CreateNetwork},
 };
-use netplane_common::abi::DEFAULT_CT_MAX;
 use nix::sched::{CloneFlags, setns};
 
 use crate::{Cleanup, sh};
@@ -84,17 +81,8 @@ pub(crate) fn netplane_config(dir: &std::path::Path, uplink: &str, peers: Vec<Ip
         bridge: "np0".into(),
         subnet: Some("10.88.0.0/20".parse().expect("subnet")),
         uplink: Some(uplink.into()),
-        icc: true,
-        state_dir: dir.join("state"),
-        run_dir: dir.join("run"),
-        bpffs: dir.join("bpf"),
-        ct_max: DEFAULT_CT_MAX,
-        timeouts: Timeouts::default(),
         peers,
-        store: None,
-        store_ttl: DEFAULT_TTL,
-        dns: Vec::new(),
-        metrics: None,
+        ..Config::defaults(dir.join("state"), dir.join("run"), dir.join("bpf"))
     }
 }
 
