@@ -162,6 +162,9 @@ fn up_ipv6_gives_the_bridge_network_ipv6_and_a_restart_keeps_it() {
     let on = &ep[0]["NetworkSettings"]["Networks"]["bridge"];
     assert_eq!(on["GlobalIPv6Address"], "fd00:17::2", "{ep}");
     assert_eq!(on["IPv6Gateway"], "fd00:17::1");
+    let bridge = json(&h.np_ok(&["network", "inspect", "bridge"]));
+    assert_eq!(bridge["EnableIPv6"], true, "{bridge}");
+    assert_eq!(bridge["IPAM"]["Config"][1]["Subnet"], "fd00:17::/64");
     h.kill_daemon();
     h.up(&["--dns", WORLD_IP]);
     h.np_ok(&["create", &b]);

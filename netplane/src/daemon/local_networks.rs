@@ -12,7 +12,7 @@ use super::{
     *,
 };
 use crate::{
-    logic::network::{self, LocalDriver, LocalNetwork, LocalRequest},
+    logic::network::{self, Ipv6Side, LocalDriver, LocalNetwork, LocalRequest},
     types::{Ipam, IpamConfig, NetworkMember, Pruned},
 };
 
@@ -297,15 +297,7 @@ impl Daemon {
             gateway: Some(spec.gateway.to_string()),
             icc: Some(spec.icc),
             internal: spec.internal,
-            ipam: {
-                let mut ipam = ipam_of(spec.subnet, spec.gateway, spec.ip_range);
-                ipam.config.extend(spec.ipv6.map(|v6| IpamConfig {
-                    subnet: v6.subnet.to_string(),
-                    gateway: v6.gateway.to_string(),
-                    ip_range: None,
-                }));
-                ipam
-            },
+            ipam: ipam_of(spec.subnet, spec.gateway, spec.ip_range, spec.ipv6),
             enable_ipv6: spec.ipv6.is_some(),
             options: spec.options.clone(),
             labels: spec.labels.clone(),
@@ -326,15 +318,27 @@ fn policy(subnet: Ipv4Net, gateway: Ipv4Addr, flags: u32) -> NetworkPolicy {
     }
 }
 
-/// Docker's `IPAM` of a network with one subnet.
-pub(super) fn ipam_of(subnet: Ipv4Net, gateway: Ipv4Addr, range: Option<Ipv4Net>) -> Ipam {
+/// Docker's `IPAM` of a network: its IPv4 subnet, and its IPv6 one on a
+/// dual-stack network.
+pub(super) fn ipam_of(
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    range: Option<Ipv4Net>,
+    ipv6: Option<Ipv6Side>,
+) -> Ipam {
+    let v4 = IpamConfig {
+        subnet: subnet.trunc().to_string(),
+        gateway: gateway.to_string(),
+        ip_range: range.map(|r| r.to_string()),
+    };
+    let v6 = ipv6.map(|v6| IpamConfig {
+        subnet: v6.subnet.to_string(),
+        gateway: v6.gateway.to_string(),
+        ip_range: None,
+    });
     Ipam {
         driver: "default".into(),
-        config: vec![IpamConfig {
-            subnet: subnet.trunc().to_string(),
-            gateway: gateway.to_string(),
-            ip_range: range.map(|r| r.to_string()),
-        }],
+        config: std::iter::once(v4).chain(v6).collect(),
     }
 }
 

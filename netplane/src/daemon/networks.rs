@@ -44,7 +44,13 @@ impl Daemon {
                 subnet: Some(self.net.subnet.trunc().to_string()),
                 gateway: Some(self.net.gateway.to_string()),
                 icc: Some(self.cfg.icc),
-                ipam: local_networks::ipam_of(self.net.subnet, self.net.gateway, None),
+                ipam: local_networks::ipam_of(
+                    self.net.subnet,
+                    self.net.gateway,
+                    None,
+                    self.net.ipv6,
+                ),
+                enable_ipv6: self.net.ipv6.is_some(),
                 containers: local_networks::containers(&on_bridge, self.net.subnet.prefix_len()),
                 ..builtin(endpoint::BRIDGE_NETWORK, "bridge", Mode::Bridge)?
             },
@@ -74,7 +80,7 @@ impl Daemon {
                 bridge: Some(on_host.bridge),
                 subnet: Some(net.subnet.to_string()),
                 gateway: Some(on_host.gateway.to_string()),
-                ipam: local_networks::ipam_of(net.subnet, on_host.gateway, None),
+                ipam: local_networks::ipam_of(net.subnet, on_host.gateway, None, None),
                 endpoints: names(&here),
                 containers: local_networks::containers(&here, on_host.subnet.prefix_len()),
                 vni: Some(net.vni),
