@@ -253,6 +253,43 @@ fn every_verb_of_the_spec_driven_directly() {
     );
 }
 
+#[test]
+fn a_dual_stack_network_gives_containers_an_address_of_each_family() {
+    let h = Host::new();
+    h.up(&["--dns", WORLD_IP]);
+    let net = h.name("ds");
+    h.np_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.91.0.0/24",
+        "--subnet",
+        "fd00:91::/64",
+        &net,
+    ]);
+    let c = conf(&h, "dual", &net, "10.91.0.0/24", "1.0.0");
+    let ns = runtime_netns(&h, "c1");
+    let (ok, r) = call("ADD", &c, "dualstack1", &ns, "eth0", "");
+    assert!(ok, "{r}");
+    assert_eq!(
+        r["ips"][1],
+        json!({"interface": 1, "address": "fd00:91::2/64", "gateway": "fd00:91::1"}),
+        "{r}"
+    );
+    assert_eq!(r["routes"][1], json!({"dst": "::/0", "gw": "fd00:91::1"}));
+    let inside = |cmd: &str| stdout_if_ok(h.in_endpoint(ns_name(&ns), cmd)).unwrap_or_default();
+    assert!(inside("ip -6 addr show dev eth0").contains("fd00:91::2/64"));
+    assert!(
+        h.in_endpoint(ns_name(&ns), "ping -6 -c1 -W2 fd00:91::1")
+            .status
+            .success(),
+        "the IPv6 gateway, through the data path's IPv6 checks"
+    );
+    let (ok, e) = call("DEL", &c, "dualstack1", &ns, "eth0", "");
+    assert!(ok, "{e}");
+}
+
 /// Where the hosts of the Podman tests serve metrics, in their namespaces.
 const METRICS: &str = "127.0.0.1:9464";
 

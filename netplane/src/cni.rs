@@ -6,12 +6,12 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::ExitCode,
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rscni_plugin::{
     cni::{Cni, Plugin},
     error::Error,
@@ -54,6 +54,7 @@ impl Cni for Netplane {
         let req = CniAdd {
             name: endpoint_name(&cni_args, &key.container_id),
             ip: requested_ip(&cni_args, runtime.and_then(|r| r.custom.get("ips")))?,
+            ip6: requested_ip6(&cni_args, runtime.and_then(|r| r.custom.get("ips")))?,
             mac: cni_args
                 .get("MAC")
                 .cloned()
@@ -240,6 +241,33 @@ fn requested_ip(
     cni_args: &HashMap<String, String>,
     ips: Option<&Value>,
 ) -> Result<Option<Ipv4Addr>, Error> {
+    Ok(requested(cni_args, ips)?
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }))
+}
+
+/// The IPv6 address asked for, the same way.
+fn requested_ip6(
+    cni_args: &HashMap<String, String>,
+    ips: Option<&Value>,
+) -> Result<Option<Ipv6Addr>, Error> {
+    Ok(requested(cni_args, ips)?
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        }))
+}
+
+/// The addresses asked for: `IP=` (comma-separated) in `CNI_ARGS`, else
+/// the `ips` capability's.
+fn requested(
+    cni_args: &HashMap<String, String>,
+    ips: Option<&Value>,
+) -> Result<Vec<IpAddr>, Error> {
     let parse = |s: &str| {
         let addr = s.split('/').next().unwrap_or(s);
         addr.parse::<IpAddr>().map_err(|_| {
@@ -255,10 +283,7 @@ fn requested_ip(
             .collect::<Result<_, _>>()?,
         (None, _) => Vec::new(),
     };
-    Ok(asked.into_iter().find_map(|ip| match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    }))
+    Ok(asked)
 }
 
 fn custom_str(value: Option<&Value>) -> Option<String> {
@@ -312,22 +337,40 @@ fn result_of(att: &CniAttachment) -> CNIResult {
         pci_id: None,
     });
     let container_if = u32::try_from(interfaces.len() - 1).expect("two interfaces at most");
-    let address = Ipv4Net::new(att.ip, att.prefix_len).expect("a network's prefix length");
+    let v4 = (
+        IpNet::V4(Ipv4Net::new(att.ip, att.prefix_len).expect("a network's prefix length")),
+        IpAddr::V4(att.gateway),
+        IpNet::V4(Ipv4Net::default()),
+    );
+    let v6 = att.ip6.map(|(ip, prefix_len, gateway)| {
+        (
+            IpNet::V6(Ipv6Net::new(ip, prefix_len).expect("a network's prefix length")),
+            IpAddr::V6(gateway),
+            IpNet::V6(Ipv6Net::default()),
+        )
+    });
+    let families: Vec<_> = std::iter::once(v4).chain(v6).collect();
     CNIResult {
-        ips: vec![IpConfig {
-            interface: Some(container_if),
-            address: IpNet::V4(address),
-            gateway: Some(IpAddr::V4(att.gateway)),
-        }],
-        routes: vec![Route {
-            dst: IpNet::V4(Ipv4Net::default()),
-            gw: Some(IpAddr::V4(att.gateway)),
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }],
+        ips: families
+            .iter()
+            .map(|(address, gateway, _)| IpConfig {
+                interface: Some(container_if),
+                address: *address,
+                gateway: Some(*gateway),
+            })
+            .collect(),
+        routes: families
+            .iter()
+            .map(|(_, gateway, default)| Route {
+                dst: *default,
+                gw: Some(*gateway),
+                mtu: None,
+                advmss: None,
+                priority: None,
+                table: None,
+                scope: None,
+            })
+            .collect(),
         dns: att.dns.map(|server| Dns {
             nameservers: vec![server.to_string()],
             ..Dns::default()
@@ -402,6 +445,10 @@ mod tests {
             "IP= first"
         );
         assert_eq!(requested_ip(&HashMap::new(), None).unwrap(), None);
+        assert_eq!(
+            requested_ip6(&HashMap::new(), Some(&ips)).unwrap(),
+            Some("fd00::5".parse().unwrap())
+        );
         assert!(requested_ip(&parse_cni_args("IP=nope"), None).is_err());
     }
 
@@ -437,6 +484,7 @@ mod tests {
             prefix_len: 24,
             gateway: "10.89.0.1".parse().unwrap(),
             dns: Some("10.89.0.1".parse().unwrap()),
+            ip6: None,
         };
         let json = serde_json::to_value(result_of(&att)).unwrap();
         assert_eq!(

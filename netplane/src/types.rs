@@ -623,6 +623,9 @@ pub struct CniAdd {
     pub name: String,
     /// The address asked for (`ips` capability, `IP=`).
     pub ip: Option<Ipv4Addr>,
+    /// The IPv6 address asked for, on a dual-stack network.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     /// The MAC asked for (`mac` capability, `MAC=`).
     pub mac: Option<String>,
     /// `portMappings`, as `-p` specs.
@@ -652,6 +655,10 @@ pub struct CniAttachment {
     pub gateway: Ipv4Addr,
     /// The network's embedded DNS server, when it has one.
     pub dns: Option<Ipv4Addr>,
+    /// Its IPv6 address, the network's IPv6 prefix length and gateway,
+    /// on a dual-stack network.
+    #[serde(default)]
+    pub ip6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
 }
 
 /// `POST /v1/cni/gc`: removes the attachments of CNI network `config`

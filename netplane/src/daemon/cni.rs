@@ -93,6 +93,7 @@ impl Daemon {
             name: req.name.clone(),
             net: req.network.clone(),
             ip: req.ip,
+            ip6: req.ip6,
             publish: req.publish.clone(),
             mac_address: req.mac.clone(),
             ..CreateEndpoint::default()
@@ -130,6 +131,10 @@ impl Daemon {
             dns: zone_of(&ep.mode)
                 .filter(|zone| self.resolver.serves(zone))
                 .map(|_| net.gateway),
+            ip6: ep
+                .ip6
+                .zip(net.ipv6)
+                .map(|(ip, side)| (ip, side.subnet.prefix_len(), side.gateway)),
         })
     }
 
