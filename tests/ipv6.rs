@@ -193,3 +193,37 @@ fn up_ipv6_gives_the_bridge_network_ipv6_and_a_restart_keeps_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("IPv6 subnet is fd00:17::/64"), "{err}");
 }
+
+#[test]
+fn network_connect_to_a_dual_stack_network_adds_an_ipv6_address() {
+    let h = Host::new();
+    h.up(&["--dns", WORLD_IP]);
+    let net = h.name("v6");
+    h.np_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:7b::/64",
+        &net,
+    ]);
+    let (a, b) = (h.name("a"), h.name("b"));
+    h.np_ok(&["create", "--net", &net, &a]);
+    h.np_ok(&["create", &b]);
+    h.np_ok(&["network", "connect", "--ip6", "fd00:7b::b", &net, &b]);
+    let ep = json(&h.np_ok(&["inspect", &b]));
+    let on = &ep[0]["NetworkSettings"]["Networks"][&net];
+    assert_eq!(on["GlobalIPv6Address"], "fd00:7b::b", "{ep}");
+    assert_eq!(on["IPv6Gateway"], "fd00:7b::1");
+    let addrs = stdout_if_ok(h.in_endpoint(&b, "ip -6 addr show dev eth1")).unwrap();
+    assert!(addrs.contains("fd00:7b::b/64"), "{addrs}");
+    assert!(pings6(&h, &b, "fd00:7b::2"), "to a over eth1");
+    // Disconnected from its first network, b takes IPv6's default route
+    // on the dual-stack one.
+    h.np_ok(&["network", "disconnect", "bridge", &b]);
+    let routes = stdout_if_ok(h.in_endpoint(&b, "ip -6 route")).unwrap();
+    assert!(
+        routes.contains("default via fd00:7b::1 dev eth1"),
+        "{routes}"
+    );
+}

@@ -282,6 +282,10 @@ enum NetworkCommand {
         /// Its address on the network (default: the lowest free).
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// Its IPv6 address on a dual-stack network (default: the lowest
+        /// free).
+        #[arg(long)]
+        ip6: Option<std::net::Ipv6Addr>,
         /// One more name for it on the network.
         #[arg(long = "alias")]
         aliases: Vec<String>,
@@ -787,6 +791,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Network(NetworkCommand::Connect {
             ip,
+            ip6,
             aliases,
             network,
             endpoint,
@@ -796,6 +801,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &ConnectRequest {
                     endpoint,
                     ip,
+                    ip6,
                     aliases,
                 },
             ))?;

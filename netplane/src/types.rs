@@ -340,6 +340,10 @@ pub struct ConnectRequest {
     /// Its address on the network; the lowest free when absent.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address on a dual-stack network; the lowest free when
+    /// absent.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     /// Its other names on the network.
     #[serde(default)]
     pub aliases: Vec<String>,

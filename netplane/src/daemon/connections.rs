@@ -47,12 +47,19 @@ impl Daemon {
             endpoint::validate_name(alias)?;
         }
         let driver = self.driver_of(&mode)?;
+        let pool6 = driver.pool6();
+        if req.ip6.is_some() && pool6.is_none() {
+            return Err(Error::NotApplicable {
+                flag: "--ip6",
+                mode: format!("{network}, a network without IPv6"),
+            });
+        }
         let att = self.store.insert_attachment(
             &rec.ep.name,
             &network,
-            req.ip,
+            (req.ip, req.ip6),
             &req.aliases,
-            &driver.pool(),
+            (&driver.pool(), pool6.as_ref()),
         )?;
         let steps = endpoint::plan_attachment(&rec.ep, &att, driver.attachment());
         if let Err(e) = steps::apply_all(&mut self.kernel_steps(), &steps, &rec.ep.name).await {
@@ -108,14 +115,17 @@ impl Daemon {
         self.unpublish(&rec.ep, &rec.ports)?;
         let old = endpoint::first_interface(&rec.ep, &self.bridge_net_of(&rec.ep.mode)?);
         steps::undo_all(&mut self.kernel_steps(), &old, &name).await?;
-        let gateway = self.bridge_net_of(&next.mode())?.gateway;
+        let next_net = self.bridge_net_of(&next.mode())?;
         let ns = rec
             .ep
             .netns()
             .expect("endpoints with a veth have a namespace");
-        Rtnl::in_netns(&netns::open(&ns)?)?
-            .add_default_route(&endpoint::interface_name(next.seq), gateway)
-            .await?;
+        let inside = Rtnl::in_netns(&netns::open(&ns)?)?;
+        let ifname = endpoint::interface_name(next.seq);
+        inside.add_default_route(&ifname, next_net.gateway).await?;
+        if let (Some(_), Some(v6)) = (next.ip6, next_net.ipv6) {
+            inside.add_default_route6(&ifname, v6.gateway).await?;
+        }
         self.store.promote(&name, &next)?;
         let promoted = self.store.endpoint(&name)?;
         // Its resolv.conf and hosts file follow its new first network.

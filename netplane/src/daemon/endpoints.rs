@@ -24,7 +24,7 @@ impl Daemon {
             }
             for att in &rec.attachments {
                 let zone = zones.entry(att.network.clone()).or_default();
-                zone.insert(&rec.ep.name, &att.aliases, att.ip, None);
+                zone.insert(&rec.ep.name, &att.aliases, att.ip, att.ip6);
             }
         }
         // An endpoint on several networks asks its first network's server,
@@ -500,9 +500,16 @@ impl Daemon {
                     gateway: net.gateway.to_string(),
                     mac_address: format_mac(&mac_for(att.ip)),
                     aliases: att.aliases.clone(),
-                    global_ipv6_address: String::new(),
-                    global_ipv6_prefix_len: 0,
-                    ipv6_gateway: String::new(),
+                    global_ipv6_address: att.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
+                    global_ipv6_prefix_len: net
+                        .ipv6
+                        .filter(|_| att.ip6.is_some())
+                        .map_or(0, |v6| v6.subnet.prefix_len()),
+                    ipv6_gateway: net
+                        .ipv6
+                        .filter(|_| att.ip6.is_some())
+                        .map(|v6| v6.gateway.to_string())
+                        .unwrap_or_default(),
                 },
             );
         }

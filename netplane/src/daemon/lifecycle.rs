@@ -371,7 +371,7 @@ impl Daemon {
                             self.kernel_steps().attach_endpoint(
                                 &veth,
                                 att.ip,
-                                None,
+                                att.ip6,
                                 mac_for(att.ip),
                                 net.vni,
                             )?;

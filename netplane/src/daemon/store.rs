@@ -175,6 +175,7 @@ impl Store {
             ("endpoints", "seq", "INTEGER NOT NULL DEFAULT 0"),
             ("endpoints", "sandbox", "TEXT"),
             ("endpoints", "ip6", "TEXT"),
+            ("attachments", "ip6", "TEXT"),
         ] {
             if conn
                 .prepare(&format!("SELECT {column} FROM {table}"))
@@ -186,10 +187,15 @@ impl Store {
                 )?;
             }
         }
-        conn.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS endpoint_ip6 ON endpoints (ip6)",
-            [],
-        )?;
+        for (index, table) in [
+            ("endpoint_ip6", "endpoints"),
+            ("attachment_ip6", "attachments"),
+        ] {
+            conn.execute(
+                &format!("CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} (ip6)"),
+                [],
+            )?;
+        }
         // Endpoints made before they had an id and a creation time get
         // them now: an id like Docker's, the time of this upgrade.
         conn.execute(
@@ -490,8 +496,8 @@ impl Store {
             [name, &att.network],
         )?;
         tx.execute(
-            "UPDATE endpoints SET mode = ?2, ip = ?3, seq = ?4, aliases = ?5, options = ?6
-             WHERE name = ?1",
+            "UPDATE endpoints SET mode = ?2, ip = ?3, seq = ?4, aliases = ?5, options = ?6,
+             ip6 = ?7 WHERE name = ?1",
             params![
                 name,
                 att.mode().to_string(),
@@ -499,6 +505,7 @@ impl Store {
                 att.seq,
                 serde_json::to_string(&att.aliases).expect("aliases serialize"),
                 serde_json::to_string(&options).expect("options serialize"),
+                att.ip6.map(|ip| ip.to_string()),
             ],
         )?;
         tx.commit()?;
@@ -539,9 +546,9 @@ impl Store {
         &mut self,
         endpoint: &str,
         network: &str,
-        ip: Option<Ipv4Addr>,
+        (ip, ip6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
         aliases: &[String],
-        pool: &Pool,
+        (pool, pool6): (&Pool, Option<&Pool<Ipv6Net>>),
     ) -> Result<Attachment> {
         let tx = self
             .conn
@@ -551,6 +558,16 @@ impl Store {
             Some(ip) => pool.check(ip, &leased).map(|()| ip)?,
             None => pool.next_free(&leased)?,
         };
+        let ip6 = match pool6 {
+            Some(pool) => {
+                let leased = leased6(&tx)?;
+                Some(match ip6 {
+                    Some(ip) => pool.check(ip, &leased).map(|()| ip)?,
+                    None => pool.next_free(&leased)?,
+                })
+            }
+            None => None,
+        };
         let seq: u32 = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM attachments WHERE endpoint = ?1",
             [endpoint],
@@ -559,15 +576,23 @@ impl Store {
         let aliases_json = serde_json::to_string(aliases)
             .map_err(|e| Error::Corrupt(format!("aliases of {endpoint}: {e}")))?;
         tx.execute(
-            "INSERT INTO attachments (endpoint, network, seq, ip, aliases)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![endpoint, network, seq, ip.to_string(), aliases_json],
+            "INSERT INTO attachments (endpoint, network, seq, ip, aliases, ip6)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                endpoint,
+                network,
+                seq,
+                ip.to_string(),
+                aliases_json,
+                ip6.map(|ip| ip.to_string())
+            ],
         )?;
         tx.commit()?;
         Ok(Attachment {
             network: network.to_string(),
             seq,
             ip,
+            ip6,
             aliases: aliases.to_vec(),
         })
     }
@@ -584,7 +609,8 @@ impl Store {
     /// Every endpoint's attachments, by endpoint, in order.
     fn attachments(&self) -> Result<std::collections::HashMap<String, Vec<Attachment>>> {
         let mut stmt = self.conn.prepare(
-            "SELECT endpoint, network, seq, ip, aliases FROM attachments ORDER BY endpoint, seq",
+            "SELECT endpoint, network, seq, ip, aliases, ip6 FROM attachments
+             ORDER BY endpoint, seq",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -593,15 +619,20 @@ impl Store {
                 r.get::<_, u32>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })?;
         let mut by_endpoint: std::collections::HashMap<String, Vec<Attachment>> =
             std::collections::HashMap::new();
         for row in rows {
-            let (endpoint, network, seq, ip, aliases) = row?;
+            let (endpoint, network, seq, ip, aliases, ip6) = row?;
             let what = format!("{endpoint} on {network}");
             let attachment = Attachment {
                 ip: ip.parse().map_err(|_| corrupt("ip", "attachment", &what))?,
+                ip6: ip6
+                    .map(|ip| ip.parse())
+                    .transpose()
+                    .map_err(|_| corrupt("ip6", "attachment", &what))?,
                 aliases: serde_json::from_str(&aliases)
                     .map_err(|_| corrupt("aliases", "attachment", &what))?,
                 network,
@@ -724,7 +755,10 @@ fn leased(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv4Addr>> {
 
 /// Every leased IPv6 address, of any network.
 fn leased6(tx: &rusqlite::Transaction<'_>) -> Result<BTreeSet<Ipv6Addr>> {
-    let mut stmt = tx.prepare("SELECT ip6 FROM endpoints WHERE ip6 IS NOT NULL")?;
+    let mut stmt = tx.prepare(
+        "SELECT ip6 FROM endpoints WHERE ip6 IS NOT NULL
+         UNION SELECT ip6 FROM attachments WHERE ip6 IS NOT NULL",
+    )?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     rows.map(|ip| {
         let ip = ip?;

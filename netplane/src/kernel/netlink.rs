@@ -315,18 +315,24 @@ impl Rtnl {
         if let Some(gateway) = gateway {
             self.add_default_route(ifname, gateway).await?;
         }
-        if let Some(gateway) = v6.and_then(|v6| v6.gateway) {
-            let route = RouteMessageBuilder::<Ipv6Addr>::new()
-                .gateway(gateway)
-                .output_interface(index)
-                .build();
-            match self.handle.route().add(route).execute().await {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(EEXIST) => {}
-                Err(e) => return Err(Error::netlink("add default route via", gateway, e)),
-            }
+        match v6.and_then(|v6| v6.gateway) {
+            Some(gateway) => self.add_default_route6(ifname, gateway).await,
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Routes all IPv6 via `gateway` on `ifname`.
+    pub async fn add_default_route6(&self, ifname: &str, gateway: Ipv6Addr) -> Result<()> {
+        let index = self.index(ifname).await?;
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(Error::netlink("add default route via", gateway, e)),
+        }
     }
 
     /// Routes everything via `gateway` on `ifname`.

@@ -552,6 +552,8 @@ pub struct Attachment {
     pub seq: u32,
     /// The endpoint's address there.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address there, on a dual-stack network.
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// `--alias` names there.
     pub aliases: Vec<String>,
 }
@@ -580,8 +582,7 @@ pub fn plan_attachment(ep: &Endpoint, att: &Attachment, net: &BridgeNet) -> Vec<
         netns: ep.netns().expect("connected endpoints have a namespace"),
         ifname: interface_name(att.seq),
         ip: att.ip,
-        // Networks connected later are IPv4 only for now.
-        ip6: None,
+        ip6: att.ip6,
         mac: mac_for(att.ip),
         default_route: false,
     }
