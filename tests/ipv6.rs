@@ -65,6 +65,16 @@ fn a_dual_stack_network_gives_endpoints_an_address_of_each_family() {
     let aaaa = stdout_if_ok(h.in_endpoint(&a, &format!("dig +short +tries=1 +time=2 AAAA {b}")))
         .unwrap_or_default();
     assert_eq!(aaaa.trim(), "fd00:78::77", "the embedded DNS answers AAAA");
+    let over6 = stdout_if_ok(h.in_endpoint(
+        &a,
+        &format!("dig +short +tries=1 +time=2 @fd00:78::1 AAAA {b}"),
+    ))
+    .unwrap_or_default();
+    assert_eq!(
+        over6.trim(),
+        "fd00:78::77",
+        "and listens on the IPv6 gateway"
+    );
     let ptr = stdout_if_ok(h.in_endpoint(&a, "dig +short +tries=1 +time=2 -x fd00:78::77"))
         .unwrap_or_default();
     assert_eq!(ptr.trim(), format!("{b}."));

@@ -20,7 +20,9 @@ impl Daemon {
             if let (Some(ip), Some(zone)) = (rec.ep.ip, zone_of(&rec.ep.mode)) {
                 let zone = zones.entry(zone.to_string()).or_default();
                 zone.insert(&rec.ep.name, &rec.aliases, ip, rec.ep.ip6);
-                zone.set_upstream(ip, &rec.ep.options.dns);
+                for addr in own_addrs(ip, rec.ep.ip6) {
+                    zone.set_upstream(addr, &rec.ep.options.dns);
+                }
             }
             for att in &rec.attachments {
                 let zone = zones.entry(att.network.clone()).or_default();
@@ -38,11 +40,16 @@ impl Daemon {
                         view.absorb(other);
                     }
                 }
-                views.push((first.to_string(), ip, view));
+                views.push((first.to_string(), own_addrs(ip, rec.ep.ip6), view));
             }
         }
-        for (first, ip, view) in views {
-            zones.entry(first).or_default().set_view(ip, view);
+        for (first, addrs, view) in views {
+            for addr in addrs {
+                zones
+                    .entry(first.clone())
+                    .or_default()
+                    .set_view(addr, view.clone());
+            }
         }
         self.resolver.set_zones(zones);
         Ok(())
@@ -567,4 +574,12 @@ pub(super) fn not_runtime_owned(ep: &endpoint::Endpoint) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+/// An endpoint's addresses on its first network, as its queries come from
+/// them: the IPv4 one, and the IPv6 one on a dual-stack network.
+fn own_addrs(ip: Ipv4Addr, ip6: Option<std::net::Ipv6Addr>) -> Vec<std::net::IpAddr> {
+    std::iter::once(ip.into())
+        .chain(ip6.map(Into::into))
+        .collect()
 }

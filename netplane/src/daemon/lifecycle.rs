@@ -179,7 +179,7 @@ impl Daemon {
             undo.push(Undo::DeleteLink(net.bridge.clone()));
         }
         let bridge = self.bridge_driver().setup(&self.rtnl).await?;
-        self.serve_dns(endpoint::BRIDGE_NETWORK, net.subnet).await;
+        self.serve_dns(endpoint::BRIDGE_NETWORK, &net).await;
 
         if self.store.meta(meta::IP_FORWARD_BEFORE)?.is_none() {
             let before = host::read_sysctl(host::IP_FORWARD)?;

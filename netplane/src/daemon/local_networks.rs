@@ -111,8 +111,7 @@ impl Daemon {
             self.sync_network_policies()?;
             return self.sync_macvlan_sources();
         }
-        self.serve_dns(&driver.network.name, driver.on_host.subnet)
-            .await;
+        self.serve_dns(&driver.network.name, &driver.on_host).await;
         self.sync_network_policies()?;
         // Its gateway is closed to the uplink from now on.
         self.sync_host_addrs().await

@@ -8,10 +8,14 @@ use super::{
 use crate::logic::network::LocalDriver;
 
 impl Daemon {
-    /// Serves `network`'s endpoints DNS on its gateway (`subnet`'s
-    /// address); if the port is taken, they keep the host's resolvers.
-    pub(super) async fn serve_dns(&mut self, network: &str, subnet: Ipv4Net) {
-        if let Err(e) = self.resolver.serve(network, subnet).await {
+    /// Serves the DNS of `network`, attached at `net`, on its gateway's
+    /// addresses; if the port is taken, its endpoints keep the host's
+    /// resolvers.
+    pub(super) async fn serve_dns(&mut self, network: &str, net: &BridgeNet) {
+        let subnet6 = net.ipv6.map(|v6| {
+            ipnet::Ipv6Net::new(v6.gateway, v6.subnet.prefix_len()).expect("a valid prefix")
+        });
+        if let Err(e) = self.resolver.serve(network, net.subnet, subnet6).await {
             warn!(
                 network,
                 "no embedded DNS, endpoints use the host's resolvers: {e}"
@@ -459,8 +463,7 @@ impl Daemon {
     /// caller's to write, once for every overlay it brings up.
     pub(super) async fn bring_up_overlay(&mut self, driver: &drivers::Overlay) -> Result<()> {
         driver.setup(&self.rtnl).await?;
-        self.serve_dns(&driver.network.name, driver.on_host.subnet)
-            .await;
+        self.serve_dns(&driver.network.name, &driver.on_host).await;
         // Its gateway is closed to the uplink from now, not from the next
         // housekeeping tick.
         self.sync_host_addrs().await

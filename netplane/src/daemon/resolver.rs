@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -13,7 +13,7 @@ use std::{
 };
 
 use hickory_proto::op::{Message, ResponseCode};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -91,29 +91,45 @@ impl Resolver {
     }
 
     /// Serves `network`'s endpoints on its gateway, port 53, unless it
-    /// already does. `subnet` is the gateway's address with the network's
-    /// prefix: only senders inside it are answered, as Docker's resolver,
-    /// inside each container, is never reachable from elsewhere.
-    pub async fn serve(&mut self, network: &str, subnet: Ipv4Net) -> Result<()> {
+    /// already does: on `subnet`'s address, and on `subnet6`'s on a
+    /// dual-stack network. Each is the gateway's address with the
+    /// network's prefix: only senders inside them are answered, as
+    /// Docker's resolver, inside each container, is never reachable from
+    /// elsewhere.
+    pub async fn serve(
+        &mut self,
+        network: &str,
+        subnet: Ipv4Net,
+        subnet6: Option<Ipv6Net>,
+    ) -> Result<()> {
         if self.serves(network) {
             return Ok(());
         }
-        let at = SocketAddr::from((subnet.addr(), 53));
-        let udp = UdpSocket::bind(at)
-            .await
-            .map_err(|e| Error::io("bind DNS (UDP) on", at, e))?;
-        let tcp = TcpListener::bind(at)
-            .await
-            .map_err(|e| Error::io("bind DNS (TCP) on", at, e))?;
         let served = Arc::new(Served {
             network: network.to_string(),
             subnet: subnet.trunc(),
+            subnet6: subnet6.map(|s| s.trunc()),
         });
-        let shared = self.shared.clone();
-        let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone(), served.clone()));
-        let tcp_task = tokio::spawn(serve_tcp(tcp, shared, served));
-        self.servers
-            .insert(network.to_string(), vec![udp_task, tcp_task]);
+        let mut tasks = Vec::new();
+        let gateways = std::iter::once(IpAddr::from(subnet.addr()))
+            .chain(subnet6.map(|s| IpAddr::from(s.addr())));
+        for gateway in gateways {
+            let at = SocketAddr::new(gateway, 53);
+            let udp = UdpSocket::bind(at)
+                .await
+                .map_err(|e| Error::io("bind DNS (UDP) on", at, e))?;
+            let tcp = TcpListener::bind(at)
+                .await
+                .map_err(|e| Error::io("bind DNS (TCP) on", at, e))?;
+            let shared = self.shared.clone();
+            tasks.push(tokio::spawn(serve_udp(
+                Arc::new(udp),
+                shared.clone(),
+                served.clone(),
+            )));
+            tasks.push(tokio::spawn(serve_tcp(tcp, shared, served.clone())));
+        }
+        self.servers.insert(network.to_string(), tasks);
         Ok(())
     }
 
@@ -147,6 +163,8 @@ struct Served {
     network: String,
     /// The network's subnet: the senders answered.
     subnet: Ipv4Net,
+    /// Its IPv6 subnet, on a dual-stack network.
+    subnet6: Option<Ipv6Net>,
 }
 
 impl Served {
@@ -155,8 +173,8 @@ impl Served {
     /// no answer, not even a refusal.
     fn admits(&self, client: SocketAddr) -> bool {
         let admitted = match client.ip() {
-            std::net::IpAddr::V4(ip) => self.subnet.contains(&ip),
-            std::net::IpAddr::V6(_) => false,
+            IpAddr::V4(ip) => self.subnet.contains(&ip),
+            IpAddr::V6(ip) => self.subnet6.is_some_and(|s| s.contains(&ip)),
         };
         if !admitted {
             debug!(network = self.network, %client, "DNS: not on the network, ignored");
@@ -259,13 +277,8 @@ async fn respond(
         let zones = shared.zones.read().unwrap_or_else(|e| e.into_inner());
         let empty = Zone::default();
         let zone = zones.get(network).unwrap_or(&empty);
-        let (own, view) = match client.ip() {
-            std::net::IpAddr::V4(ip) => (
-                zone.upstream_of(ip).map(<[SocketAddr]>::to_vec),
-                zone.view_for(ip),
-            ),
-            std::net::IpAddr::V6(_) => (None, zone),
-        };
+        let own = zone.upstream_of(client.ip()).map(<[SocketAddr]>::to_vec);
+        let view = zone.view_for(client.ip());
         (decide(packet, view), own)
     };
     if outcome != Outcome::Ignore {
@@ -363,10 +376,13 @@ mod tests {
         let served = Served {
             network: "bridge".into(),
             subnet: "172.17.0.1/16".parse::<Ipv4Net>().unwrap().trunc(),
+            subnet6: Some("fd00:17::/64".parse().unwrap()),
         };
         assert!(served.admits("172.17.0.2:5353".parse().unwrap()));
         assert!(served.admits("172.17.255.254:5353".parse().unwrap()));
-        // The uplink's LAN, another network, loopback, IPv6.
+        assert!(served.admits("[fd00:17::2]:5353".parse().unwrap()));
+        assert!(!served.admits("[fd00:18::2]:5353".parse().unwrap()));
+        // The uplink's LAN, another network, loopback, a link-local sender.
         assert!(!served.admits("198.18.0.1:5353".parse().unwrap()));
         assert!(!served.admits("172.18.0.2:5353".parse().unwrap()));
         assert!(!served.admits("127.0.0.1:5353".parse().unwrap()));

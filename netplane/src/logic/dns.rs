@@ -45,11 +45,11 @@ pub struct Zone {
     names: BTreeMap<String, Vec<IpAddr>>,
     aliases: BTreeMap<String, Vec<IpAddr>>,
     reverse: BTreeMap<IpAddr, String>,
-    /// Endpoints' own resolvers (`--dns`), by their address.
-    upstreams: BTreeMap<Ipv4Addr, Vec<SocketAddr>>,
+    /// Endpoints' own resolvers (`--dns`), by their addresses.
+    upstreams: BTreeMap<IpAddr, Vec<SocketAddr>>,
     /// What endpoints on several networks are answered from, by their
-    /// address here: the names of all their networks.
-    views: BTreeMap<Ipv4Addr, Zone>,
+    /// addresses here: the names of all their networks.
+    views: BTreeMap<IpAddr, Zone>,
 }
 
 impl Zone {
@@ -82,7 +82,7 @@ impl Zone {
 
     /// Sends what the network does not know from the endpoint at `addr` to
     /// `resolvers` on port 53 instead of the daemon's.
-    pub fn set_upstream(&mut self, addr: Ipv4Addr, resolvers: &[Ipv4Addr]) {
+    pub fn set_upstream(&mut self, addr: IpAddr, resolvers: &[Ipv4Addr]) {
         if !resolvers.is_empty() {
             let servers = resolvers
                 .iter()
@@ -114,17 +114,17 @@ impl Zone {
 
     /// Answers the endpoint at `addr` from `view` (the names of every
     /// network it is on) instead of this zone.
-    pub fn set_view(&mut self, addr: Ipv4Addr, view: Zone) {
+    pub fn set_view(&mut self, addr: IpAddr, view: Zone) {
         self.views.insert(addr, view);
     }
 
     /// The zone the endpoint at `addr` is answered from.
-    pub fn view_for(&self, addr: Ipv4Addr) -> &Zone {
+    pub fn view_for(&self, addr: IpAddr) -> &Zone {
         self.views.get(&addr).unwrap_or(self)
     }
 
     /// The resolvers of the endpoint at `addr`, if it has its own.
-    pub fn upstream_of(&self, addr: Ipv4Addr) -> Option<&[SocketAddr]> {
+    pub fn upstream_of(&self, addr: IpAddr) -> Option<&[SocketAddr]> {
         self.upstreams.get(&addr).map(Vec::as_slice)
     }
 
@@ -451,15 +451,16 @@ mod tests {
         second.insert("cache", &["kv".into()], ip("10.9.0.3"), None);
         let mut view = first.clone();
         view.absorb(&second);
-        first.set_view(ip("172.18.0.2"), view);
-        let both = first.view_for(ip("172.18.0.2"));
+        first.set_view(ip("172.18.0.2").into(), view);
+        let both = first.view_for(ip("172.18.0.2").into());
         let name = |n: &str| Name::from_ascii(n).unwrap();
-        assert_eq!(both.addrs(&name("cache")), [ip("10.9.0.3")]);
-        assert_eq!(both.addrs(&name("kv")), [ip("10.9.0.3")]);
+        let any = |s: &str| IpAddr::from(ip(s));
+        assert_eq!(both.addrs(&name("cache")), [any("10.9.0.3")]);
+        assert_eq!(both.addrs(&name("kv")), [any("10.9.0.3")]);
         // Its own network's answer wins for a name on both.
-        assert_eq!(both.addrs(&name("web")), [ip("172.18.0.2")]);
+        assert_eq!(both.addrs(&name("web")), [any("172.18.0.2")]);
         // Every other endpoint of the first network sees only its names.
-        let others = first.view_for(ip("172.18.0.3"));
+        let others = first.view_for(ip("172.18.0.3").into());
         assert!(others.addrs(&name("cache")).is_empty());
     }
 
