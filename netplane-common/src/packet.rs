@@ -190,32 +190,42 @@ pub fn parse_ipv4<B: ByteSource + ?Sized>(
         return Ok(());
     }
     // Also proves the option area is all there.
-    let l4: L4Head = src.load(ip.l4)?;
-    match ip.proto {
-        proto::TCP => {
-            ip.sport = l4.sport_or_type;
-            ip.dport = l4.dport_or_csum;
-            if !quoted {
-                // Flags at 13; the header is at least 20 bytes.
-                let [flags, _]: [u8; 2] = src.load(ip.l4 + 13)?;
-                let _: u16 = src.load(ip.l4 + 18)?;
-                ip.l4_flags = flags;
-            }
-        }
-        proto::UDP => {
-            ip.sport = l4.sport_or_type;
-            ip.dport = l4.dport_or_csum;
-        }
-        _ => {
-            ip.l4_flags = l4.sport_or_type.to_ne_bytes()[0];
-            match ip.l4_flags {
-                ICMP_ECHO => ip.sport = l4.id_or_rest,
-                ICMP_ECHO_REPLY => ip.dport = l4.id_or_rest,
-                _ => {}
-            }
-        }
-    }
+    let echo = (ICMP_ECHO, ICMP_ECHO_REPLY);
+    (ip.sport, ip.dport, ip.l4_flags) = transport(src, ip.l4, ip.proto, !quoted, echo)?;
     Ok(())
+}
+
+/// The ports, or an ICMP echo's identifier (as the source port of a
+/// request and the destination port of a reply, `echo` being the two
+/// types), and the TCP flags or ICMP type of the transport header at
+/// `at`, as in the packet. TCP flags are read only of a `whole` TCP
+/// header (20 bytes; a quoted one has 8).
+#[inline(always)]
+fn transport<B: ByteSource + ?Sized>(
+    src: &B,
+    at: usize,
+    proto: u8,
+    whole: bool,
+    (echo_request, echo_reply): (u8, u8),
+) -> Result<(u16, u16, u8), DropReason> {
+    let l4: L4Head = src.load(at)?;
+    Ok(match proto {
+        proto::TCP if whole => {
+            // Flags at 13; the header is at least 20 bytes.
+            let [flags, _]: [u8; 2] = src.load(at + 13)?;
+            let _: u16 = src.load(at + 18)?;
+            (l4.sport_or_type, l4.dport_or_csum, flags)
+        }
+        proto::TCP | proto::UDP => (l4.sport_or_type, l4.dport_or_csum, 0),
+        _ => {
+            let kind = l4.sport_or_type.to_ne_bytes()[0];
+            match kind {
+                k if k == echo_request => (l4.id_or_rest, 0, kind),
+                k if k == echo_reply => (0, l4.id_or_rest, kind),
+                _ => (0, 0, kind),
+            }
+        }
+    })
 }
 
 /// ICMPv6 types the data path tells apart.
@@ -363,28 +373,8 @@ pub fn parse_ipv6<B: ByteSource + ?Sized>(
         return Ok(());
     }
     // Also proves the extension headers are all there.
-    let l4: L4Head = src.load(at)?;
-    match next {
-        proto::TCP => {
-            ip.sport = l4.sport_or_type;
-            ip.dport = l4.dport_or_csum;
-            let [flags, _]: [u8; 2] = src.load(at + 13)?;
-            let _: u16 = src.load(at + 18)?;
-            ip.l4_flags = flags;
-        }
-        proto::UDP => {
-            ip.sport = l4.sport_or_type;
-            ip.dport = l4.dport_or_csum;
-        }
-        _ => {
-            ip.l4_flags = l4.sport_or_type.to_ne_bytes()[0];
-            match ip.l4_flags {
-                icmpv6::ECHO_REQUEST => ip.sport = l4.id_or_rest,
-                icmpv6::ECHO_REPLY => ip.dport = l4.id_or_rest,
-                _ => {}
-            }
-        }
-    }
+    let echo = (icmpv6::ECHO_REQUEST, icmpv6::ECHO_REPLY);
+    (ip.sport, ip.dport, ip.l4_flags) = transport(src, at, next, true, echo)?;
     Ok(())
 }
 

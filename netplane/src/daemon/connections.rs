@@ -122,9 +122,11 @@ impl Daemon {
             .expect("endpoints with a veth have a namespace");
         let inside = Rtnl::in_netns(&netns::open(&ns)?)?;
         let ifname = endpoint::interface_name(next.seq);
-        inside.add_default_route(&ifname, next_net.gateway).await?;
+        inside
+            .add_default_route(&ifname, next_net.gateway.into())
+            .await?;
         if let (Some(_), Some(v6)) = (next.ip6, next_net.ipv6) {
-            inside.add_default_route6(&ifname, v6.gateway).await?;
+            inside.add_default_route(&ifname, v6.gateway.into()).await?;
         }
         self.store.promote(&name, &next)?;
         let promoted = self.store.endpoint(&name)?;

@@ -313,35 +313,27 @@ impl Rtnl {
         self.set_up(index, ifname).await?;
         self.loopback_up().await?;
         if let Some(gateway) = gateway {
-            self.add_default_route(ifname, gateway).await?;
+            self.add_default_route(ifname, gateway.into()).await?;
         }
         match v6.and_then(|v6| v6.gateway) {
-            Some(gateway) => self.add_default_route6(ifname, gateway).await,
+            Some(gateway) => self.add_default_route(ifname, gateway.into()).await,
             None => Ok(()),
         }
     }
 
-    /// Routes all IPv6 via `gateway` on `ifname`.
-    pub async fn add_default_route6(&self, ifname: &str, gateway: Ipv6Addr) -> Result<()> {
+    /// Routes everything of `gateway`'s family via `gateway` on `ifname`.
+    pub async fn add_default_route(&self, ifname: &str, gateway: IpAddr) -> Result<()> {
         let index = self.index(ifname).await?;
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        match self.handle.route().add(route).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => Err(Error::netlink("add default route via", gateway, e)),
-        }
-    }
-
-    /// Routes everything via `gateway` on `ifname`.
-    pub async fn add_default_route(&self, ifname: &str, gateway: Ipv4Addr) -> Result<()> {
-        let index = self.index(ifname).await?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
+        let route = match gateway {
+            IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+        };
         match self.handle.route().add(route).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
