@@ -1023,6 +1023,8 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
         added,
         [
             maps::CT_TIMEOUTS,
+            maps::ENDPOINT6_IFACES,
+            maps::ENDPOINTS6,
             maps::IF_DROPS,
             maps::LAYOUT,
             maps::MACVLAN_SOURCES,
