@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
@@ -19,7 +19,13 @@ use dns::{Outcome, Zone, decide};
 
 fuzz_target!(|packet: &[u8]| {
     let mut zone = Zone::default();
-    zone.insert("web", &["www".into()], Ipv4Addr::new(10, 88, 0, 2));
+    // A dual-stack name, so AAAA and ip6.arpa queries find answers too.
+    zone.insert(
+        "web",
+        &["www".into()],
+        Ipv4Addr::new(10, 88, 0, 2),
+        Some(Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, 2)),
+    );
     if let Outcome::Reply(reply) = decide(packet, &zone) {
         Message::from_vec(&reply).expect("a reply parses");
     }
