@@ -51,10 +51,11 @@ impl Cni for Netplane {
             .ok_or_else(|| Error::missing_env(&["CNI_NETNS"]))?;
         let cni_args = parse_cni_args(args.args().unwrap_or_default());
         let runtime = args.config().runtime_config.as_ref();
+        let (ip, ip6) = requested(&cni_args, runtime.and_then(|r| r.custom.get("ips")))?;
         let req = CniAdd {
             name: endpoint_name(&cni_args, &key.container_id),
-            ip: requested_ip(&cni_args, runtime.and_then(|r| r.custom.get("ips")))?,
-            ip6: requested_ip6(&cni_args, runtime.and_then(|r| r.custom.get("ips")))?,
+            ip,
+            ip6,
             mac: cni_args
                 .get("MAC")
                 .cloned()
@@ -235,39 +236,13 @@ fn endpoint_name(cni_args: &HashMap<String, String>, container_id: &str) -> Stri
     }
 }
 
-/// The address asked for: `IP=` in `CNI_ARGS`, else the first IPv4 one of
-/// the `ips` capability (`ADDR` or `ADDR/PREFIX`).
-fn requested_ip(
-    cni_args: &HashMap<String, String>,
-    ips: Option<&Value>,
-) -> Result<Option<Ipv4Addr>, Error> {
-    Ok(requested(cni_args, ips)?
-        .into_iter()
-        .find_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        }))
-}
-
-/// The IPv6 address asked for, the same way.
-fn requested_ip6(
-    cni_args: &HashMap<String, String>,
-    ips: Option<&Value>,
-) -> Result<Option<Ipv6Addr>, Error> {
-    Ok(requested(cni_args, ips)?
-        .into_iter()
-        .find_map(|ip| match ip {
-            IpAddr::V6(v6) => Some(v6),
-            IpAddr::V4(_) => None,
-        }))
-}
-
-/// The addresses asked for: `IP=` (comma-separated) in `CNI_ARGS`, else
-/// the `ips` capability's.
+/// The addresses asked for, the first of each family: `IP=`
+/// (comma-separated) in `CNI_ARGS`, else the `ips` capability's (`ADDR` or
+/// `ADDR/PREFIX`).
 fn requested(
     cni_args: &HashMap<String, String>,
     ips: Option<&Value>,
-) -> Result<Vec<IpAddr>, Error> {
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), Error> {
     let parse = |s: &str| {
         let addr = s.split('/').next().unwrap_or(s);
         addr.parse::<IpAddr>().map_err(|_| {
@@ -283,7 +258,15 @@ fn requested(
             .collect::<Result<_, _>>()?,
         (None, _) => Vec::new(),
     };
-    Ok(asked)
+    let v4 = asked.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = asked.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    Ok((v4, v6))
 }
 
 fn custom_str(value: Option<&Value>) -> Option<String> {
@@ -435,21 +418,20 @@ mod tests {
     fn the_address_asked_for_comes_from_ip_or_the_ips_capability() {
         let ips = serde_json::json!(["fd00::5/64", "10.89.0.9/24"]);
         assert_eq!(
-            requested_ip(&HashMap::new(), Some(&ips)).unwrap(),
-            Some("10.89.0.9".parse().unwrap())
+            requested(&HashMap::new(), Some(&ips)).unwrap(),
+            (
+                Some("10.89.0.9".parse().unwrap()),
+                Some("fd00::5".parse().unwrap())
+            )
         );
         let args = parse_cni_args("IP=10.89.0.7");
         assert_eq!(
-            requested_ip(&args, Some(&ips)).unwrap(),
-            Some("10.89.0.7".parse().unwrap()),
+            requested(&args, Some(&ips)).unwrap(),
+            (Some("10.89.0.7".parse().unwrap()), None),
             "IP= first"
         );
-        assert_eq!(requested_ip(&HashMap::new(), None).unwrap(), None);
-        assert_eq!(
-            requested_ip6(&HashMap::new(), Some(&ips)).unwrap(),
-            Some("fd00::5".parse().unwrap())
-        );
-        assert!(requested_ip(&parse_cni_args("IP=nope"), None).is_err());
+        assert_eq!(requested(&HashMap::new(), None).unwrap(), (None, None));
+        assert!(requested(&parse_cni_args("IP=nope"), None).is_err());
     }
 
     #[test]

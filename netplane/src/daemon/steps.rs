@@ -15,7 +15,7 @@ use crate::{
         self,
         datapath::{Datapath, Role},
         host,
-        netlink::Rtnl,
+        netlink::{self, Rtnl},
         netns,
     },
     logic::endpoint::Step,
@@ -123,10 +123,7 @@ impl StepRunner for KernelSteps<'_> {
                 self.rtnl
                     .create_veth(host, bridge, ifname, *mac, *mtu, &ns_file)
                     .await?;
-                netns::set_ipv6(&ns_file, ifname, ip6.is_some())?;
-                Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway, ip6.as_ref())
-                    .await
+                configure_inside(&ns_file, ifname, (*ip, *prefix_len, *gateway), ip6.as_ref()).await
             }
             Step::Macvlan {
                 parent,
@@ -143,10 +140,7 @@ impl StepRunner for KernelSteps<'_> {
                 self.rtnl
                     .create_macvlan(parent, ifname, *mac, *mtu, &ns_file)
                     .await?;
-                netns::set_ipv6(&ns_file, ifname, ip6.is_some())?;
-                Rtnl::in_netns(&ns_file)?
-                    .configure_endpoint(ifname, *ip, *prefix_len, *gateway, ip6.as_ref())
-                    .await
+                configure_inside(&ns_file, ifname, (*ip, *prefix_len, *gateway), ip6.as_ref()).await
             }
             Step::AttachDatapath {
                 ifname,
@@ -191,6 +185,20 @@ impl StepRunner for KernelSteps<'_> {
             Step::EtcFiles { name, .. } => host::remove_etc_files(name),
         }
     }
+}
+
+/// Inside the endpoint's namespace `ns`: IPv6 on `ifname` only when it
+/// has an IPv6 address, then its addresses, link state and routes.
+async fn configure_inside(
+    ns: &std::fs::File,
+    ifname: &str,
+    (ip, prefix_len, gateway): (Ipv4Addr, u8, Option<Ipv4Addr>),
+    ip6: Option<&netlink::V6Address>,
+) -> kernel::Result<()> {
+    netns::set_ipv6(ns, ifname, ip6.is_some())?;
+    Rtnl::in_netns(ns)?
+        .configure_endpoint(ifname, ip, prefix_len, gateway, ip6)
+        .await
 }
 
 #[cfg(test)]
