@@ -84,6 +84,19 @@ pub mod maps {
     /// IPv6 address of an endpoint, global and link-local (16 bytes, as
     /// in packets).
     pub const ENDPOINTS6: &str = "NP_ENDPOINTS6";
+    /// [`super::CtEntry6`] keyed by [`super::FlowKey6`]: connection
+    /// tracking and NAT of IPv6 flows, as [`CONNTRACK`] for IPv4.
+    pub const CONNTRACK6: &str = "NP_CONNTRACK6";
+    /// [`super::PortTarget6`] keyed by [`super::PortKey6`]: IPv6 published
+    /// ports; the unspecified address (all zero) stands for every address
+    /// of the host.
+    pub const PUBLISHED6: &str = "NP_PUBLISHED6";
+    /// The host's own IPv6 addresses (16 bytes, as in packets) with their
+    /// `HOST_ADDR*` bits (`u32`, host byte order), as [`HOST_ADDRS`].
+    pub const HOST_ADDRS6: &str = "NP_HOST_ADDRS6";
+    /// [`super::Uplink6`] at index 0: the uplink's global IPv6 address,
+    /// which NAT66 masquerades endpoints' flows to.
+    pub const UPLINK6: &str = "NP_UPLINK6";
 }
 
 /// The version of what the pinned maps' keys and values mean. A daemon
@@ -245,6 +258,11 @@ pub const NET_FLAG_INTERNAL: u32 = 1 << 3;
 /// [`NetConfig::flags`]: the host has macvlan networks, whose endpoints'
 /// frames leave through their parent's egress, checked there.
 pub const NET_FLAG_MACVLAN: u32 = 1 << 4;
+
+/// [`NetworkPolicy::flags`]: the network's IPv6 flows leave with the
+/// endpoints' own addresses (`--ipv6-masquerade=false`, a routed global
+/// prefix): tracked, so replies come back in, but not translated.
+pub const NET_FLAG_IPV6_ROUTED: u32 = 1 << 5;
 
 /// [`MacvlanSource::flags`]: the parent's own MAC, the host's traffic:
 /// any source address.
@@ -458,6 +476,45 @@ pub struct PortTarget {
     pub slot: u32,
 }
 
+/// Key of [`maps::PUBLISHED6`]: a host IPv6 address, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey6 {
+    /// Host address the port is published on, as in packets; all zero
+    /// for every address of the host.
+    pub addr: [u8; 16],
+    /// Host port, network byte order.
+    pub port_be: u16,
+    /// [`proto`] number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// Value of [`maps::PUBLISHED6`]: the endpoint behind an IPv6 published
+/// port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTarget6 {
+    /// Endpoint address, as in packets.
+    pub addr: [u8; 16],
+    /// Endpoint port, network byte order.
+    pub port_be: u16,
+    /// `PORT_FLAG_*` bits, host byte order.
+    pub flags: u16,
+    /// [`maps::NAT_COUNTERS`] slot of the rule, host byte order.
+    pub slot: u32,
+}
+
+/// Value of [`maps::UPLINK6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Uplink6 {
+    /// The uplink's global address, as in packets; all zero for none
+    /// (IPv6 flows are then not masqueraded but passed to the stack).
+    pub addr: [u8; 16],
+}
+
 /// An IPv4 address as the maps and packets hold it: network byte order,
 /// in a `u32` read natively (the `_be` fields).
 pub const fn addr_be(addr: core::net::Ipv4Addr) -> u32 {
@@ -489,16 +546,17 @@ pub struct OverlayPeer {
     pub vni: u32,
 }
 
-/// Key of [`maps::CONNTRACK`]: one direction of a flow as it arrives at the
-/// data path, before translation. For ICMP echo the identifier is the source
+/// Key of [`maps::CONNTRACK`] (`A = u32`) and [`maps::CONNTRACK6`]
+/// (`A = [u8; 16]`): one direction of a flow as it arrives at the data
+/// path, before translation. For ICMP echo the identifier is the source
 /// port of requests and the destination port of replies; the other is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
+pub struct FlowKey<A = u32> {
     /// Source address, network byte order.
-    pub saddr_be: u32,
+    pub saddr_be: A,
     /// Destination address, network byte order.
-    pub daddr_be: u32,
+    pub daddr_be: A,
     /// Source port, network byte order.
     pub sport_be: u16,
     /// Destination port, network byte order.
@@ -508,6 +566,9 @@ pub struct FlowKey {
     /// Explicit padding.
     pub _pad: [u8; 3],
 }
+
+/// An IPv6 flow's key: addresses as the 16 bytes of packets.
+pub type FlowKey6 = FlowKey<[u8; 16]>;
 
 /// [`CtEntry::flags`]: this entry is the reply direction of its flow.
 pub const CT_REPLY: u32 = 1 << 0;
@@ -540,15 +601,15 @@ pub struct CtTimeouts {
     pub icmp_ns: u64,
 }
 
-/// Value of [`maps::CONNTRACK`]: the addresses and ports a packet of this
+/// Value of [`maps::CONNTRACK`] and [`maps::CONNTRACK6`]: the addresses and ports a packet of this
 /// direction leaves with, and what was seen of the flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntry<A = u32> {
     /// Source address after translation, network byte order.
-    pub saddr_be: u32,
+    pub saddr_be: A,
     /// Destination address after translation, network byte order.
-    pub daddr_be: u32,
+    pub daddr_be: A,
     /// Source port after translation, network byte order.
     pub sport_be: u16,
     /// Destination port after translation, network byte order.
@@ -557,7 +618,8 @@ pub struct CtEntry {
     pub slot: u32,
     /// `CT_*` bits, host byte order.
     pub flags: u32,
-    /// Explicit padding.
+    /// Explicit padding (with 16-byte addresses too, the counters that
+    /// follow are aligned).
     pub _pad: u32,
     /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`) of the last packet, kept
     /// to within a second, host byte order.
@@ -569,6 +631,9 @@ pub struct CtEntry {
     /// Their bytes (skb length, L2 header included), host byte order.
     pub bytes: u64,
 }
+
+/// An IPv6 flow's entry.
+pub type CtEntry6 = CtEntry<[u8; 16]>;
 
 /// Direction of a counted packet, relative to the interface it crossed.
 #[repr(u32)]
@@ -722,6 +787,12 @@ pub const EVENT_HEADER_BYTES: usize = 128;
 pub const EVENT_DROP: u32 = 1;
 /// [`Event::kind`]: a flow recorded, with its translation.
 pub const EVENT_NEW_FLOW: u32 = 2;
+/// [`Event::kind`]: an IPv6 flow recorded. `original` and `translated`
+/// are zero; `header` holds the two [`FlowKey6`]s instead, original
+/// first, and `captured` is 0.
+pub const EVENT_NEW_FLOW6: u32 = 3;
+
+const _: () = assert!(2 * core::mem::size_of::<FlowKey6>() <= EVENT_HEADER_BYTES);
 
 /// What [`maps::EVENTS`] carries: one data path event.
 #[repr(C)]
@@ -778,6 +849,16 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above, with byte-array addresses.
+    unsafe impl aya::Pod for super::FlowKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtEntry6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortTarget6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Uplink6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfDrops {}
     // SAFETY: as above.

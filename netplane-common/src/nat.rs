@@ -79,9 +79,38 @@ pub const fn apply_diff(check: u16, diff: u32) -> u16 {
     !fold(sum)
 }
 
-impl FlowKey {
+/// An address of either family as keys and entries hold it.
+pub trait Addr: Copy + PartialEq {
+    /// The [`diff32`]-style accumulator for this address changing from
+    /// `old` to `new`, as a pseudo-header covers it.
+    fn csum_diff(old: &Self, new: &Self) -> u32;
+}
+
+impl Addr for u32 {
+    #[inline(always)]
+    fn csum_diff(old: &u32, new: &u32) -> u32 {
+        diff32(*old, *new)
+    }
+}
+
+impl Addr for [u8; 16] {
+    #[inline(always)]
+    fn csum_diff(old: &[u8; 16], new: &[u8; 16]) -> u32 {
+        let word =
+            |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        let mut sum = 0;
+        let mut i = 0;
+        while i < 16 {
+            sum = add32(sum, diff32(word(old, i), word(new, i)));
+            i += 4;
+        }
+        sum
+    }
+}
+
+impl<A: Copy> FlowKey<A> {
     /// The same flow seen from the other end: what its replies look like.
-    pub const fn reversed(&self) -> FlowKey {
+    pub const fn reversed(&self) -> FlowKey<A> {
         FlowKey {
             saddr_be: self.daddr_be,
             daddr_be: self.saddr_be,
@@ -96,15 +125,15 @@ impl FlowKey {
 /// The two entries of a flow, as written to [`crate::abi::maps::CONNTRACK`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowPair {
+pub struct FlowPair<A = u32> {
     /// Key of the originator's direction: its packets as they arrive.
-    pub fwd_key: FlowKey,
+    pub fwd_key: FlowKey<A>,
     /// How they leave.
-    pub fwd: CtEntry,
+    pub fwd: CtEntry<A>,
     /// Key of the reply direction: replies to the translated packet.
-    pub reply_key: FlowKey,
+    pub reply_key: FlowKey<A>,
     /// How replies leave: back to the originator's own addresses.
-    pub reply: CtEntry,
+    pub reply: CtEntry<A>,
 }
 
 /// What the entries of a new flow record of the packet that opened it.
@@ -124,15 +153,15 @@ pub struct FirstPacket {
 /// The reply entry is keyed by the reply to the translated packet and turns
 /// it back into the reply the originator expects. Its key doubles as the
 /// reservation of the translated source port: two flows can never share it.
-pub fn flow_entries(
-    original: &FlowKey,
-    translated: &FlowKey,
+pub fn flow_entries<A: Copy>(
+    original: &FlowKey<A>,
+    translated: &FlowKey<A>,
     slot: u32,
     now_ns: u64,
     first: FirstPacket,
-    out: &mut FlowPair,
+    out: &mut FlowPair<A>,
 ) {
-    let entry = |to: &FlowKey, flags: u32, packets: u64, bytes: u64| CtEntry {
+    let entry = |to: &FlowKey<A>, flags: u32, packets: u64, bytes: u64| CtEntry {
         saddr_be: to.saddr_be,
         daddr_be: to.daddr_be,
         sport_be: to.sport_be,
@@ -198,7 +227,7 @@ pub const fn reopened_reply_flags() -> u32 {
 /// The key of the other direction of the flow whose entry `entry` is keyed
 /// by `key`: entries are written in pairs, each one's translation being
 /// the reverse of the other's key.
-pub const fn other_direction(key: &FlowKey, entry: &CtEntry) -> FlowKey {
+pub const fn other_direction<A: Copy>(key: &FlowKey<A>, entry: &CtEntry<A>) -> FlowKey<A> {
     FlowKey {
         saddr_be: entry.saddr_be,
         daddr_be: entry.daddr_be,
@@ -255,7 +284,7 @@ pub const fn lifetime_ns(protocol: u8, fwd: u32, reply: u32, t: &CtTimeouts) -> 
             TcpState::FinWait => t.tcp_fin_wait_ns,
             TcpState::TimeWait | TcpState::Close => t.tcp_closing_ns,
         },
-        proto::ICMP => t.icmp_ns,
+        proto::ICMP | proto::ICMPV6 => t.icmp_ns,
         _ => t.udp_ns,
     }
 }
@@ -370,6 +399,31 @@ mod tests {
         );
         // A no-op diff changes nothing.
         assert_eq!(apply_diff(check, diff32(old, old)), check);
+    }
+
+    #[test]
+    fn ipv6_address_diff_matches_full_recompute() {
+        // A pseudo-header (two addresses, length, next header) and a UDP
+        // header with its checksum computed over both.
+        let mut b = [0u8; 48];
+        b[0..16].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
+        b[16..32].copy_from_slice(&[0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        b[34..36].copy_from_slice(&8u16.to_be_bytes());
+        b[39] = 17;
+        b[40..42].copy_from_slice(&40000u16.to_be_bytes());
+        b[42..44].copy_from_slice(&53u16.to_be_bytes());
+        b[44..46].copy_from_slice(&8u16.to_be_bytes());
+        let check = full(&b);
+        b[46..48].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(full(&b), 0);
+        let old: [u8; 16] = b[0..16].try_into().unwrap();
+        let new = [
+            0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0xab, 0xcd, 0, 9,
+        ];
+        b[0..16].copy_from_slice(&new);
+        let check = apply_diff(check, <[u8; 16]>::csum_diff(&old, &new));
+        b[46..48].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(full(&b), 0, "the updated checksum verifies");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! where unit tests check it against golden bytes and a fuzzer against
 //! anything at all.
 
-use crate::abi::{DropReason, FlowKey, proto};
+use crate::abi::{DropReason, FlowKey, FlowKey6, proto};
 
 /// Bytes of an Ethernet header.
 pub const ETH_HLEN: usize = 14;
@@ -296,6 +296,49 @@ pub struct Ipv6 {
     pub dport: u16,
     /// TCP flags byte, or the ICMPv6 type.
     pub l4_flags: u8,
+}
+
+impl Ipv6 {
+    /// The flow key of this packet as it arrived.
+    pub fn key(&self) -> FlowKey6 {
+        FlowKey6 {
+            saddr_be: self.saddr,
+            daddr_be: self.daddr,
+            sport_be: self.sport,
+            dport_be: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Offset of the transport checksum. Unlike ICMP's, ICMPv6's covers
+    /// the pseudo-header, so it changes with the addresses too.
+    pub fn l4_csum(&self) -> Option<usize> {
+        match self.proto {
+            proto::TCP => Some(self.l4 + 16),
+            proto::UDP => Some(self.l4 + 6),
+            proto::ICMPV6 => Some(self.l4 + 2),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an ICMPv6 error (type below 128), which quotes a
+    /// packet.
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == proto::ICMPV6 && self.l4_flags < 128
+    }
+
+    /// Whether the flow key of this packet carries ports (or an echo id).
+    pub fn has_ports(&self) -> bool {
+        !self.later_fragment
+            && match self.proto {
+                proto::TCP | proto::UDP => true,
+                proto::ICMPV6 => {
+                    matches!(self.l4_flags, icmpv6::ECHO_REQUEST | icmpv6::ECHO_REPLY)
+                }
+                _ => false,
+            }
+    }
 }
 
 /// The fixed IPv6 header, as on the wire.

@@ -16,14 +16,13 @@ use netplane_common::abi::{CtTimeouts, DEFAULT_CT_MAX};
 
 use crate::{
     events,
-    nat::{count, published, under_rule},
-    packet::Ipv4,
+    nat::{count, published, published6, under_rule},
     reg::InReg,
 };
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
         bpf_for_each_map_elem, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop,
@@ -32,15 +31,114 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netplane_common::{
-    abi::{CT_REPLY, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, DropReason, FlowKey, NetConfig, proto},
+    abi::{
+        CT_REPLY, CT_SEEN_FIN, CT_SEEN_RST, CtEntry, CtEntry6, DropReason, FlowKey, FlowKey6,
+        NetConfig, proto,
+    },
     nat::{
-        FirstPacket, FlowPair, candidate_port, flow_entries, lifetime_ns, other_direction,
+        Addr, FirstPacket, FlowPair, candidate_port, flow_entries, lifetime_ns, other_direction,
         reopened_reply_flags, tcp_entry_flags, tcp_opens_flow, tcp_seen_flags,
     },
 };
 
 #[map(name = "NP_CONNTRACK")]
 pub(crate) static CONNTRACK: HashMap<FlowKey, CtEntry> = HashMap::pinned(DEFAULT_CT_MAX, 0);
+
+#[map(name = "NP_CONNTRACK6")]
+pub(crate) static CONNTRACK6: HashMap<FlowKey6, CtEntry6> = HashMap::pinned(DEFAULT_CT_MAX, 0);
+
+/// An address family's flow table and the maps that go with it. The
+/// tracking below is written once, for either.
+pub(crate) trait Family: Addr + Default + 'static {
+    fn table() -> &'static HashMap<FlowKey<Self>, CtEntry<Self>>;
+    fn new_flows() -> &'static PerCpuArray<NewFlow<Self>>;
+    fn sweep_cursor() -> &'static Array<SweepCursor>;
+    /// Whether a published port holds the destination of `key`.
+    fn is_published(key: &FlowKey<Self>) -> bool;
+    /// Whether a socket of the host holds the tuple of `reply`.
+    fn host_socket_holds(ctx: &TcContext, reply: &FlowKey<Self>) -> bool;
+    fn new_flow_event(ctx: &TcContext, original: &FlowKey<Self>, translated: &FlowKey<Self>);
+}
+
+impl Family for u32 {
+    #[inline(always)]
+    fn table() -> &'static HashMap<FlowKey, CtEntry> {
+        &CONNTRACK
+    }
+    #[inline(always)]
+    fn new_flows() -> &'static PerCpuArray<NewFlow<u32>> {
+        &NEW_FLOW
+    }
+    #[inline(always)]
+    fn sweep_cursor() -> &'static Array<SweepCursor> {
+        &CT_SWEEP
+    }
+    #[inline(always)]
+    fn is_published(key: &FlowKey) -> bool {
+        published(key.daddr_be, key.dport_be, key.proto).is_some()
+    }
+    #[inline(always)]
+    fn host_socket_holds(ctx: &TcContext, reply: &FlowKey) -> bool {
+        let tuple = bpf_sock_tuple {
+            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                    saddr: reply.saddr_be,
+                    daddr: reply.daddr_be,
+                    sport: reply.sport_be,
+                    dport: reply.dport_be,
+                },
+            },
+        };
+        let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>();
+        socket_holds(ctx, tuple, size as u32, reply.proto)
+    }
+    #[inline(always)]
+    fn new_flow_event(ctx: &TcContext, original: &FlowKey, translated: &FlowKey) {
+        events::new_flow(ctx, original, translated);
+    }
+}
+
+impl Family for [u8; 16] {
+    #[inline(always)]
+    fn table() -> &'static HashMap<FlowKey6, CtEntry6> {
+        &CONNTRACK6
+    }
+    #[inline(always)]
+    fn new_flows() -> &'static PerCpuArray<NewFlow<[u8; 16]>> {
+        &NEW_FLOW6
+    }
+    #[inline(always)]
+    fn sweep_cursor() -> &'static Array<SweepCursor> {
+        &CT_SWEEP6
+    }
+    #[inline(always)]
+    fn is_published(key: &FlowKey6) -> bool {
+        published6(&key.daddr_be, key.dport_be, key.proto).is_some()
+    }
+    #[inline(always)]
+    fn host_socket_holds(ctx: &TcContext, reply: &FlowKey6) -> bool {
+        let word = |a: &[u8; 16], i: usize| {
+            u32::from_ne_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]])
+        };
+        let words = |a: &[u8; 16]| [word(a, 0), word(a, 1), word(a, 2), word(a, 3)];
+        let tuple = bpf_sock_tuple {
+            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                    saddr: words(&reply.saddr_be),
+                    daddr: words(&reply.daddr_be),
+                    sport: reply.sport_be,
+                    dport: reply.dport_be,
+                },
+            },
+        };
+        let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>();
+        socket_holds(ctx, tuple, size as u32, reply.proto)
+    }
+    #[inline(always)]
+    fn new_flow_event(ctx: &TcContext, original: &FlowKey6, translated: &FlowKey6) {
+        events::new_flow6(ctx, original, translated);
+    }
+}
 
 #[map(name = "NP_CT_TIMEOUTS")]
 pub(crate) static CT_TIMEOUTS: Array<CtTimeouts> = Array::pinned(1, 0);
@@ -49,6 +147,10 @@ pub(crate) static CT_TIMEOUTS: Array<CtTimeouts> = Array::pinned(1, 0);
 /// CPU, raced on harmlessly (two CPUs at worst sweep the same part).
 #[map]
 pub(crate) static CT_SWEEP: Array<SweepCursor> = Array::with_max_entries(1, 0);
+
+/// The same for [`CONNTRACK6`].
+#[map]
+pub(crate) static CT_SWEEP6: Array<SweepCursor> = Array::with_max_entries(1, 0);
 
 /// The sweep in progress on this CPU: in a map, not on the stack, so that
 /// the verifier does not follow its counters' values through every
@@ -59,6 +161,10 @@ pub(crate) static CT_SWEEPING: PerCpuArray<Sweep> = PerCpuArray::with_max_entrie
 /// Per-CPU room for a flow being created.
 #[map]
 pub(crate) static NEW_FLOW: PerCpuArray<NewFlow> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same for IPv6 flows.
+#[map]
+pub(crate) static NEW_FLOW6: PerCpuArray<NewFlow<[u8; 16]>> = PerCpuArray::with_max_entries(1, 0);
 
 /// Source ports masquerade tries for a new flow: its own, then random ones
 /// (Cilium tries as many). With three quarters of the range taken towards
@@ -84,8 +190,12 @@ pub(crate) const TOUCH_NS: u64 = 1_000_000_000;
 
 /// The entry of the flow this packet belongs to, updated with the packet.
 #[inline(always)]
-pub(crate) fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
-    let entry = CONNTRACK.get_ptr_mut(ip.key())?;
+pub(crate) fn track<A: Family>(
+    ctx: &TcContext,
+    key: &FlowKey<A>,
+    l4_flags: u8,
+) -> Option<&'static CtEntry<A>> {
+    let entry = A::table().get_ptr_mut(key)?;
     // SAFETY: a map value, which stays valid while the program runs; racing
     // writers only lose a timestamp or a flag, which the next packet sets.
     let entry = unsafe {
@@ -93,12 +203,12 @@ pub(crate) fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
         if stamp.wrapping_sub((*entry).last_seen_ns) > TOUCH_NS {
             (*entry).last_seen_ns = stamp;
         }
-        if ip.proto == proto::TCP
-            && let Some(flags) = tcp_entry_flags((*entry).flags, ip.l4_flags)
+        if key.proto == proto::TCP
+            && let Some(flags) = tcp_entry_flags((*entry).flags, l4_flags)
         {
             let closed = CT_SEEN_FIN | CT_SEEN_RST;
             if (*entry).flags & closed != 0 && flags & closed == 0 {
-                reopen_reply(&ip.key(), &*entry);
+                reopen_reply(key, &*entry);
             }
             (*entry).flags = flags;
         }
@@ -118,8 +228,8 @@ pub(crate) fn track(ctx: &TcContext, ip: &Ipv4) -> Option<&'static CtEntry> {
 /// its reply direction starts again too. Not inlined: rare, and off the
 /// stack of every other packet.
 #[inline(never)]
-pub(crate) fn reopen_reply(key: &FlowKey, entry: &CtEntry) {
-    if let Some(reply) = CONNTRACK.get_ptr_mut(&other_direction(key, entry)) {
+pub(crate) fn reopen_reply<A: Family>(key: &FlowKey<A>, entry: &CtEntry<A>) {
+    if let Some(reply) = A::table().get_ptr_mut(&other_direction(key, entry)) {
         // SAFETY: a map value, valid while the program runs.
         unsafe { (*reply).flags = reopened_reply_flags() };
     }
@@ -127,33 +237,37 @@ pub(crate) fn reopen_reply(key: &FlowKey, entry: &CtEntry) {
 
 /// A flow to record: its first packet `original` leaves as `translated`.
 /// Lives in a per-CPU map value, as does the pair of entries built from it.
-pub(crate) struct NewFlow {
-    original: FlowKey,
+pub(crate) struct NewFlow<A = u32> {
+    original: FlowKey<A>,
     /// Where the flow goes once translated; the caller sets the part it
     /// translates.
-    pub(crate) translated: FlowKey,
+    pub(crate) translated: FlowKey<A>,
     slot: u32,
     first_seen: u32,
     /// Both entries, once created.
-    pub(crate) pair: FlowPair,
+    pub(crate) pair: FlowPair<A>,
 }
 
-/// The per-CPU [`NewFlow`], reset for a flow that `ip` opens under NAT
-/// rule `slot`. TCP flows are opened by a SYN only.
+/// The per-CPU [`NewFlow`], reset for a flow that the packet keyed `key`
+/// opens under NAT rule `slot`. TCP flows are opened by a SYN only.
 #[inline(always)]
-pub(crate) fn new_flow(ip: &Ipv4, slot: u32) -> Result<&'static mut NewFlow, DropReason> {
-    let first_seen = if ip.proto == proto::TCP {
-        if !tcp_opens_flow(ip.l4_flags) {
+pub(crate) fn new_flow<A: Family>(
+    key: &FlowKey<A>,
+    l4_flags: u8,
+    slot: u32,
+) -> Result<&'static mut NewFlow<A>, DropReason> {
+    let first_seen = if key.proto == proto::TCP {
+        if !tcp_opens_flow(l4_flags) {
             return Err(DropReason::TcpNoFlow);
         }
-        tcp_seen_flags(ip.l4_flags)
+        tcp_seen_flags(l4_flags)
     } else {
         0
     };
-    let flow = NEW_FLOW.get_ptr_mut(0).ok_or(DropReason::CtFull)?;
+    let flow = A::new_flows().get_ptr_mut(0).ok_or(DropReason::CtFull)?;
     // SAFETY: a per-CPU map value, used by this invocation only.
     let flow = unsafe { &mut *flow };
-    flow.original = ip.key();
+    flow.original = *key;
     flow.translated = flow.original;
     flow.slot = slot;
     flow.first_seen = first_seen;
@@ -164,13 +278,19 @@ pub(crate) fn new_flow(ip: &Ipv4, slot: u32) -> Result<&'static mut NewFlow, Dro
 /// `flow.pair.fwd`. Not inlined: the verifier limits the stack of each
 /// call chain, and this frame is only live while creating.
 #[inline(never)]
-pub(crate) fn create(ctx: &TcContext, flow: &mut NewFlow) -> InReg<Result<(), DropReason>> {
+pub(crate) fn create<A: Family>(
+    ctx: &TcContext,
+    flow: &mut NewFlow<A>,
+) -> InReg<Result<(), DropReason>> {
     let slot = flow.slot;
     InReg::new(under_rule(create_now(ctx, flow), slot))
 }
 
 #[inline(always)]
-pub(crate) fn create_now(ctx: &TcContext, flow: &mut NewFlow) -> Result<(), DropReason> {
+pub(crate) fn create_now<A: Family>(
+    ctx: &TcContext,
+    flow: &mut NewFlow<A>,
+) -> Result<(), DropReason> {
     flow_entries(
         &flow.original,
         &flow.translated,
@@ -194,17 +314,17 @@ pub(crate) fn create_now(ctx: &TcContext, flow: &mut NewFlow) -> Result<(), Drop
     match insert_new(&pair.fwd_key, &pair.fwd) {
         Ok(()) => {
             count(flow.slot, ctx.len());
-            events::new_flow(ctx, &flow.original, &flow.translated);
+            A::new_flow_event(ctx, &flow.original, &flow.translated);
             Ok(())
         }
         Err(e) => {
-            let _ = CONNTRACK.remove(&pair.reply_key);
+            let _ = A::table().remove(&pair.reply_key);
             if e != -EEXIST {
                 return Err(DropReason::CtFull);
             }
             // Another CPU created the flow first: use its entry.
             // SAFETY: a map value, copied out.
-            pair.fwd = unsafe { CONNTRACK.get(&pair.fwd_key) }
+            pair.fwd = unsafe { A::table().get(&pair.fwd_key) }
                 .copied()
                 .ok_or(DropReason::CtFull)?;
             Ok(())
@@ -215,10 +335,10 @@ pub(crate) fn create_now(ctx: &TcContext, flow: &mut NewFlow) -> Result<(), Drop
 /// Inserts a new flow's entry; when the table is full, sweeps it for
 /// expired flows once and tries again.
 #[inline(always)]
-pub(crate) fn insert_new(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
-    match CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)) {
-        Err(e) if e != -EEXIST && sweep_expired() => {
-            CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST))
+pub(crate) fn insert_new<A: Family>(key: &FlowKey<A>, entry: &CtEntry<A>) -> Result<(), i32> {
+    match A::table().insert(key, entry, u64::from(BPF_NOEXIST)) {
+        Err(e) if e != -EEXIST && sweep_expired::<A>() => {
+            A::table().insert(key, entry, u64::from(BPF_NOEXIST))
         }
         r => r,
     }
@@ -265,8 +385,10 @@ pub(crate) struct Sweep {
 /// any. Not inlined: rare, and its frame stays off the stack of other
 /// packets.
 #[inline(never)]
-pub(crate) fn sweep_expired() -> bool {
-    let (Some(cursor), Some(sweep)) = (CT_SWEEP.get_ptr_mut(0), CT_SWEEPING.get_ptr_mut(0)) else {
+pub(crate) fn sweep_expired<A: Family>() -> bool {
+    let (Some(cursor), Some(sweep)) =
+        (A::sweep_cursor().get_ptr_mut(0), CT_SWEEPING.get_ptr_mut(0))
+    else {
         return false;
     };
     let now = now();
@@ -284,12 +406,14 @@ pub(crate) fn sweep_expired() -> bool {
         freed: 0,
         _pad: 0,
     };
-    // SAFETY: the map is CONNTRACK itself, and the callback takes that
-    // map's keys and values; it keeps its state in CT_SWEEPING.
+    // SAFETY: the map is the family's flow table, and the callback takes
+    // that map's keys and values; it keeps its state in CT_SWEEPING.
     let read = unsafe {
         bpf_for_each_map_elem(
-            (&raw const CONNTRACK).cast_mut().cast(),
-            sweep_flow as *mut c_void,
+            (A::table() as *const HashMap<FlowKey<A>, CtEntry<A>>)
+                .cast_mut()
+                .cast(),
+            sweep_flow::<A> as *mut c_void,
             ptr::null_mut(),
             0,
         )
@@ -308,10 +432,10 @@ pub(crate) fn sweep_expired() -> bool {
 /// has expired goes, with that reply entry; reply entries are judged with
 /// their forward ones. 1 ends the sweep.
 #[inline(never)]
-pub(crate) extern "C" fn sweep_flow(
+pub(crate) extern "C" fn sweep_flow<A: Family>(
     _map: *mut c_void,
-    key: *const FlowKey,
-    entry: *const CtEntry,
+    key: *const FlowKey<A>,
+    entry: *const CtEntry<A>,
     _ctx: *mut c_void,
 ) -> i64 {
     let Some(sweep) = CT_SWEEPING.get_ptr_mut(0) else {
@@ -335,7 +459,7 @@ pub(crate) extern "C" fn sweep_flow(
     };
     let reply_key = other_direction(key, entry);
     // SAFETY: a map value, copied out.
-    let reply = unsafe { CONNTRACK.get(&reply_key).copied() };
+    let reply = unsafe { A::table().get(&reply_key).copied() };
     let (reply_flags, reply_seen) = reply.map_or((0, 0), |r| (r.flags, r.last_seen_ns));
     let life = lifetime_ns(key.proto, entry.flags, reply_flags, t);
     // All zero: no daemon wrote lifetimes yet.
@@ -348,8 +472,8 @@ pub(crate) extern "C" fn sweep_flow(
         entry.last_seen_ns
     };
     if sweep.now.saturating_sub(last) > life {
-        let _ = CONNTRACK.remove(key);
-        let _ = CONNTRACK.remove(&reply_key);
+        let _ = A::table().remove(key);
+        let _ = A::table().remove(&reply_key);
         sweep.freed += 1;
     }
     0
@@ -361,10 +485,10 @@ pub(crate) const NO_PORT: u32 = u32::MAX;
 /// Makes `flow` leave from a port [`free_port`] found, or the drop for
 /// none.
 #[inline(always)]
-pub(crate) fn pick_port(
+pub(crate) fn pick_port<A: Family>(
     ctx: &TcContext,
     cfg: &NetConfig,
-    flow: &mut NewFlow,
+    flow: &mut NewFlow<A>,
 ) -> Result<(), DropReason> {
     match free_port(ctx, cfg, flow) {
         NO_PORT => Err(DropReason::NatPortsExhausted),
@@ -380,7 +504,7 @@ pub(crate) fn pick_port(
 /// first, then random ones of the range. It only looks; [`create`] claims
 /// the port. Not inlined: its frame stays off the stack of other packets.
 #[inline(never)]
-pub(crate) fn free_port(ctx: &TcContext, cfg: &NetConfig, flow: &NewFlow) -> u32 {
+pub(crate) fn free_port<A: Family>(ctx: &TcContext, cfg: &NetConfig, flow: &NewFlow<A>) -> u32 {
     let mut probe = PortProbe {
         reply: flow.translated.reversed(),
         own: u16::from_be(flow.original.sport_be),
@@ -396,7 +520,7 @@ pub(crate) fn free_port(ctx: &TcContext, cfg: &NetConfig, flow: &NewFlow) -> u32
         unsafe {
             bpf_loop(
                 PORT_TRIES,
-                probe_port as *mut c_void,
+                probe_port::<A> as *mut c_void,
                 (&raw mut probe).cast(),
                 0,
             )
@@ -405,7 +529,7 @@ pub(crate) fn free_port(ctx: &TcContext, cfg: &NetConfig, flow: &NewFlow) -> u32
             return NO_PORT;
         }
         probe.reply.dport_be = (probe.found as u16).to_be();
-        if !host_socket_holds(ctx, &probe.reply) {
+        if !A::host_socket_holds(ctx, &probe.reply) {
             return probe.found;
         }
         probe.skip_own = 1;
@@ -416,10 +540,10 @@ pub(crate) fn free_port(ctx: &TcContext, cfg: &NetConfig, flow: &NewFlow) -> u32
 /// A port search of [`free_port`], on its stack: `bpf_loop` hands its
 /// callback a pointer to the caller's stack only.
 #[repr(C)]
-pub(crate) struct PortProbe {
+pub(crate) struct PortProbe<A> {
     /// The key replies would arrive with; its destination port is the
     /// candidate.
-    reply: FlowKey,
+    reply: FlowKey<A>,
     /// The flow's own port and the range, host byte order.
     own: u16,
     min: u16,
@@ -435,47 +559,36 @@ pub(crate) struct PortProbe {
 /// published port hold it. Checked once by the verifier, however many
 /// times `bpf_loop` calls it.
 #[inline(never)]
-pub(crate) extern "C" fn probe_port(index: u32, ctx: *mut c_void) -> i64 {
+pub(crate) extern "C" fn probe_port<A: Family>(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: the `PortProbe` [`free_port`] passed to bpf_loop.
-    let p = unsafe { &mut *ctx.cast::<PortProbe>() };
+    let p = unsafe { &mut *ctx.cast::<PortProbe<A>>() };
     // SAFETY: no arguments.
     let random = unsafe { bpf_get_prandom_u32() };
     let port = candidate_port(p.own, index + u32::from(p.skip_own), random, p.min, p.max);
     p.reply.dport_be = port.to_be();
-    if published(p.reply.daddr_be, p.reply.dport_be, p.reply.proto).is_some() {
+    if A::is_published(&p.reply) {
         return 0;
     }
     // SAFETY: only presence is read.
-    if unsafe { CONNTRACK.get(&p.reply) }.is_some() {
+    if unsafe { A::table().get(&p.reply) }.is_some() {
         return 0;
     }
     p.found = u32::from(port);
     1
 }
 
-/// Whether a socket of the host holds the tuple a reply keyed `reply`
-/// arrives as: one connected to that peer from that port, or listening or
-/// bound to the port. Replies to the translation would otherwise meet the
-/// host's own connection.
+/// Whether a socket of the host holds `tuple` (of `size` bytes, for
+/// `protocol`), the tuple a reply arrives as: one connected to that peer
+/// from that port, or listening or bound to the port. Replies to the
+/// translation would otherwise meet the host's own connection.
 #[inline(always)]
-pub(crate) fn host_socket_holds(ctx: &TcContext, reply: &FlowKey) -> bool {
-    let mut tuple = bpf_sock_tuple {
-        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: reply.saddr_be,
-                daddr: reply.daddr_be,
-                sport: reply.sport_be,
-                dport: reply.dport_be,
-            },
-        },
-    };
-    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+fn socket_holds(ctx: &TcContext, mut tuple: bpf_sock_tuple, size: u32, protocol: u8) -> bool {
     let skb = ctx.skb.skb as *mut c_void;
     let netns = BPF_F_CURRENT_NETNS as u64;
-    // SAFETY: `tuple` is an IPv4 tuple of the size passed; a socket found
-    // is released before returning.
+    // SAFETY: `tuple` is a tuple of the size passed; a socket found is
+    // released before returning.
     let sk = unsafe {
-        match reply.proto {
+        match protocol {
             proto::TCP => bpf_skc_lookup_tcp(skb, &mut tuple, size, netns, 0),
             proto::UDP => bpf_sk_lookup_udp(skb, &mut tuple, size, netns, 0),
             _ => ptr::null_mut(),

@@ -12,7 +12,8 @@ use netplane_common::abi::EVENTS_BYTES;
 use crate::packet::ifindex;
 use aya_ebpf::{helpers::bpf_skb_load_bytes, maps::ring_buf::RingBufEntry, programs::TcContext};
 use netplane_common::abi::{
-    DropReason, EVENT_DROP, EVENT_HEADER_BYTES, EVENT_NEW_FLOW, Event, FlowKey,
+    DropReason, EVENT_DROP, EVENT_HEADER_BYTES, EVENT_NEW_FLOW, EVENT_NEW_FLOW6, Event, FlowKey,
+    FlowKey6,
 };
 
 /// Not pinned: a new daemon starts with monitoring off and a new ring,
@@ -90,6 +91,24 @@ pub fn new_flow(ctx: &TcContext, original: &FlowKey, translated: &FlowKey) {
         unsafe {
             (*event).original = *original;
             (*event).translated = *translated;
+        }
+        entry.submit(0);
+    }
+}
+
+/// A new IPv6 flow: its keys travel where a packet's bytes would.
+pub fn new_flow6(ctx: &TcContext, original: &FlowKey6, translated: &FlowKey6) {
+    if !monitoring() {
+        return;
+    }
+    if let Some(mut entry) = reserve(ctx, EVENT_NEW_FLOW6, 0) {
+        let event = entry.as_mut_ptr();
+        // SAFETY: as in `reserve`; two keys fit in the header bytes.
+        unsafe {
+            let keys = ptr::addr_of_mut!((*event).header).cast::<FlowKey6>();
+            keys.write_unaligned(*original);
+            keys.add(1).write_unaligned(*translated);
+            (*event).captured = 0;
         }
         entry.submit(0);
     }

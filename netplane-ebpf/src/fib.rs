@@ -10,8 +10,8 @@ use core::{ffi::c_void, mem::size_of, ptr};
 use netplane_common::abi::MAX_ENDPOINTS;
 
 use crate::{
-    nat::{decrement_ttl, rewrite, under_rule},
-    packet::{Ipv4, store},
+    nat::{decrement_ttl, rewrite, rewrite6, under_rule},
+    packet::{Ipv4, Ipv6, load, store},
     reg::{InReg, Route},
 };
 use aya_ebpf::{
@@ -22,7 +22,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use netplane_common::abi::{CtEntry, DropReason, EndpointPort, NetConfig};
+use netplane_common::abi::{CtEntry, CtEntry6, DropReason, EndpointPort, NetConfig};
 
 #[map(name = "NP_ENDPOINTS")]
 pub(crate) static ENDPOINTS: HashMap<u32, EndpointPort> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -32,6 +32,7 @@ pub(crate) static ENDPOINTS: HashMap<u32, EndpointPort> = HashMap::pinned(MAX_EN
 pub(crate) static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 pub(crate) const AF_INET: u8 = 2;
+pub(crate) const AF_INET6: u8 = 10;
 
 pub(crate) type Verdict = Result<i32, DropReason>;
 
@@ -85,7 +86,21 @@ pub(crate) fn fib(
     flow: &FibFlow,
     addrs: &Addrs,
 ) -> Result<Route, DropReason> {
-    let Addrs { saddr, daddr } = *addrs;
+    let p = fib_request(ctx, cfg, flow)?;
+    p.family = AF_INET;
+    p.__bindgen_anon_3.ipv4_src = addrs.saddr;
+    p.__bindgen_anon_4.ipv4_dst = addrs.daddr;
+    fib_ask(ctx, p)
+}
+
+/// The per-CPU FIB request, reset and filled in but for the family and
+/// addresses.
+#[inline(always)]
+fn fib_request(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    flow: &FibFlow,
+) -> Result<&'static mut bpf_fib_lookup, DropReason> {
     let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(DropReason::NoRoute)?;
     // SAFETY: a per-CPU map value, used by this invocation only; all-zero
     // is a valid request to fill in.
@@ -93,7 +108,6 @@ pub(crate) fn fib(
         ptr::write_bytes(p, 0, 1);
         &mut *p
     };
-    p.family = AF_INET;
     p.l4_protocol = flow.proto;
     p.sport = flow.sport;
     p.dport = flow.dport;
@@ -101,9 +115,14 @@ pub(crate) fn fib(
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     // GSO packets are segmented on the way out: only others can be too big.
     p.__bindgen_anon_1.tot_len = if gso { 0 } else { flow.tot_len };
+    // The bridge: the kernel checks that it forwards (for IPv6, that
+    // forwarding is on for that device).
     p.ifindex = cfg.bridge_ifindex;
-    p.__bindgen_anon_3.ipv4_src = saddr;
-    p.__bindgen_anon_4.ipv4_dst = daddr;
+    Ok(p)
+}
+
+#[inline(always)]
+fn fib_ask(ctx: &TcContext, p: &mut bpf_fib_lookup) -> Result<Route, DropReason> {
     // SAFETY: `p` is a bpf_fib_lookup of the size passed.
     let rc = unsafe {
         fib_lookup(
@@ -125,6 +144,86 @@ pub(crate) fn fib(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(DropReason::TooBig),
         _ => Err(DropReason::NoRoute),
     }
+}
+
+/// The way out for an IPv6 packet once its addresses are `saddr` and
+/// `daddr`. Not inlined, for the stack limit.
+#[inline(never)]
+pub(crate) fn route6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv6,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+) -> InReg<Result<Route, DropReason>> {
+    InReg::new(fib6(ctx, cfg, ip, saddr, daddr))
+}
+
+#[inline(always)]
+fn fib6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv6,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+) -> Result<Route, DropReason> {
+    let flow = FibFlow {
+        proto: ip.proto,
+        sport: ip.sport,
+        dport: ip.dport,
+        tot_len: ip.payload_len.saturating_add(40),
+    };
+    let p = fib_request(ctx, cfg, &flow)?;
+    p.family = AF_INET6;
+    // SAFETY: plain byte copies into the request's address unions.
+    unsafe {
+        ptr::copy_nonoverlapping(
+            saddr.as_ptr(),
+            p.__bindgen_anon_3.ipv6_src.as_mut_ptr().cast(),
+            16,
+        );
+        ptr::copy_nonoverlapping(
+            daddr.as_ptr(),
+            p.__bindgen_anon_4.ipv6_dst.as_mut_ptr().cast(),
+            16,
+        );
+    }
+    fib_ask(ctx, p)
+}
+
+/// Translates an IPv6 packet of a tracked flow to `to` and sends it on,
+/// to an endpoint or out of the host. Not inlined, for the stack limit.
+#[inline(never)]
+pub(crate) fn forward6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv6,
+    to: &CtEntry6,
+) -> InReg<Verdict> {
+    InReg::new(under_rule(forward6_now(ctx, cfg, ip, to), to.slot))
+}
+
+#[inline(always)]
+fn forward6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, to: &CtEntry6) -> Verdict {
+    let route = match route6(ctx, cfg, ip, &to.saddr_be, &to.daddr_be).get() {
+        Ok(route) => route,
+        // Untranslated, the stack answers "packet too big" or drops it.
+        Err(DropReason::TooBig) => return Ok(TC_ACT_OK),
+        Err(e) => return Err(e),
+    };
+    rewrite6(ctx, ip, to)?;
+    send6(ctx, ip, &route)
+}
+
+/// Sends a rewritten IPv6 packet on along `route`, its hop limit
+/// decremented as the router the host is would.
+#[inline(always)]
+pub(crate) fn send6(ctx: &TcContext, ip: &Ipv6, route: &Route) -> Verdict {
+    // The next header with the hop limit: single-byte stores get a bounds
+    // check the verifier rejects.
+    let [next, hops]: [u8; 2] = load(ctx, ip.l3 + 6)?;
+    store(ctx, ip.l3 + 6, [next, hops.saturating_sub(1)])?;
+    out_along(ctx, route)
 }
 
 /// Sends a rewritten packet out of the host along `route`.

@@ -20,6 +20,7 @@ mod nat;
 mod overlay;
 mod packet;
 mod paths;
+mod paths6;
 mod reg;
 mod sock;
 
@@ -180,7 +181,13 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             Ok(TC_ACT_OK)
         }
-        L3::Ipv6 => endpoint_ipv6(ctx, cfg, &me).get(),
+        L3::Ipv6 => match endpoint_ipv6(ctx, cfg, &me).get()? {
+            Some(verdict) => Ok(verdict),
+            None => {
+                let ip = PACKET6.get(0).ok_or(DropReason::Truncated)?;
+                paths6::from_endpoint6(ctx, cfg, ip, me.vni).get()
+            }
+        },
         // Anything else: the checks above and `--icc=false` know only IP.
         L3::Other => Err(DropReason::UnknownL3),
     }
@@ -189,12 +196,14 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 /// What an endpoint sends over IPv6: only endpoints of dual-stack
 /// networks may, only as themselves (neighbour discovery included), and
 /// to other endpoints only of their own network, as `--icc` allows.
+/// `None` for a packet to no endpoint, parsed into [`PACKET6`], which the
+/// caller sends on its way: this frame is gone by then.
 #[inline(never)]
 fn endpoint_ipv6(
     ctx: &TcContext,
     cfg: &NetConfig,
     me: &EndpointIdentity,
-) -> InReg<Result<i32, DropReason>> {
+) -> InReg<Result<Option<i32>, DropReason>> {
     InReg::new(endpoint_ipv6_now(ctx, cfg, me))
 }
 
@@ -203,16 +212,12 @@ fn endpoint_ipv6_now(
     ctx: &TcContext,
     cfg: &NetConfig,
     me: &EndpointIdentity,
-) -> Result<i32, DropReason> {
+) -> Result<Option<i32>, DropReason> {
     // SAFETY: a map value, copied out.
     let Some(own) = (unsafe { ENDPOINT6_IFACES.get(&ifindex(ctx)).copied() }) else {
         return Err(DropReason::UnknownL3);
     };
-    packet::linearize6(ctx);
-    let ip = PACKET6.get_ptr_mut(0).ok_or(DropReason::Truncated)?;
-    // SAFETY: a per-CPU map value, used by this invocation only.
-    let ip = unsafe { &mut *ip };
-    packet::ipv6(ctx, packet::ETH_HLEN, ip)?;
+    let ip = parsed6(ctx)?;
     let link_local = link_local_of(me.mac);
     let target: Option<[u8; 16]> =
         if ip.proto == proto::ICMPV6 && ip.l4_flags == icmpv6::NEIGHBOUR_ADVERT {
@@ -222,18 +227,25 @@ fn endpoint_ipv6_now(
         };
     ipv6_sender_allowed(ip, &own, &link_local, target.as_ref())?;
     if is_ipv6_multicast(&ip.daddr) || ip.daddr == own || ip.daddr == link_local {
-        return Ok(TC_ACT_OK);
+        return Ok(Some(TC_ACT_OK));
     }
     // SAFETY: a map value, copied out.
-    if let Some(vni) = unsafe { ENDPOINTS6.get(&ip.daddr).copied() } {
-        if vni != me.vni {
-            return Err(DropReason::OtherNetwork);
-        }
-        if config::network(cfg, me.vni).flags & NET_FLAG_ICC_DISABLED != 0 {
-            return Err(DropReason::IccDenied);
-        }
+    let Some(vni) = (unsafe { ENDPOINTS6.get(&ip.daddr).copied() }) else {
+        return Ok(None);
+    };
+    if vni != me.vni {
+        return Err(DropReason::OtherNetwork);
     }
-    Ok(TC_ACT_OK)
+    if config::network(cfg, me.vni).flags & NET_FLAG_ICC_DISABLED != 0 {
+        return Err(DropReason::IccDenied);
+    }
+    Ok(Some(TC_ACT_OK))
+}
+
+/// Whether `addr` is an IPv6 address of an endpoint.
+pub(crate) fn is_endpoint6(addr: &[u8; 16]) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { ENDPOINTS6.get(addr).is_some() }
 }
 
 /// What leaves through a macvlan parent: its macvlan endpoints' frames
@@ -281,8 +293,19 @@ fn uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     packet::linearize(ctx);
     match packet::l3(ctx)? {
         L3::Ipv4 => paths::from_uplink(ctx, cfg, parsed(ctx)?).get(),
+        L3::Ipv6 => uplink_ipv6(ctx, cfg).get(),
         _ => Ok(TC_ACT_OK),
     }
+}
+
+#[inline(never)]
+fn uplink_ipv6(ctx: &TcContext, cfg: &NetConfig) -> InReg<Result<i32, DropReason>> {
+    InReg::new(uplink_ipv6_now(ctx, cfg))
+}
+
+#[inline(always)]
+fn uplink_ipv6_now(ctx: &TcContext, cfg: &NetConfig) -> Result<i32, DropReason> {
+    paths6::from_uplink6(ctx, cfg, parsed6(ctx)?).get()
 }
 
 /// The packet's IPv4 header and ports, parsed into [`PACKET`].
@@ -291,6 +314,19 @@ fn parsed(ctx: &TcContext) -> Result<&'static packet::Ipv4, DropReason> {
     // SAFETY: a per-CPU map value, used by this invocation only.
     let ip = unsafe { &mut *ip };
     packet::ipv4(ctx, packet::ETH_HLEN, false, ip)?;
+    Ok(ip)
+}
+
+/// The packet's IPv6 header, extension headers walked, parsed into
+/// [`PACKET6`]. Not inlined: the walk's frame is gone before the paths
+/// that follow take theirs.
+#[inline(never)]
+fn parsed6(ctx: &TcContext) -> Result<&'static packet::Ipv6, DropReason> {
+    packet::linearize6(ctx);
+    let ip = PACKET6.get_ptr_mut(0).ok_or(DropReason::Truncated)?;
+    // SAFETY: a per-CPU map value, used by this invocation only.
+    let ip = unsafe { &mut *ip };
+    packet::ipv6(ctx, packet::ETH_HLEN, ip)?;
     Ok(ip)
 }
 

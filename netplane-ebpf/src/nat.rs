@@ -11,19 +11,32 @@ use netplane_common::abi::{
     PUBLISHED_ANY_ENTRIES,
 };
 
-use crate::packet::{ICMP_ECHO, Ipv4, load, remember_fragment_ports, store};
+use crate::packet::{ICMP_ECHO, Ipv4, Ipv6, load, remember_fragment_ports, store};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use netplane_common::{
-    abi::{CtEntry, DropReason, PORT_FLAG_ALLOW_LIST, PortKey, PortTarget, PublishFromKey, proto},
-    nat::{add32, apply_diff, diff16, diff32, replace16},
+    abi::{
+        CtEntry, CtEntry6, DropReason, PORT_FLAG_ALLOW_LIST, PortKey, PortKey6, PortTarget,
+        PortTarget6, PublishFromKey, Uplink6, proto,
+    },
+    nat::{Addr, add32, apply_diff, diff16, diff32, replace16},
+    packet::icmpv6,
 };
 
 #[map(name = "NP_HOST_ADDRS")]
 pub(crate) static HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_ADDRS, 0);
+
+#[map(name = "NP_HOST_ADDRS6")]
+pub(crate) static HOST_ADDRS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_HOST_ADDRS, 0);
+
+#[map(name = "NP_PUBLISHED6")]
+pub(crate) static PUBLISHED6: HashMap<PortKey6, PortTarget6> = HashMap::pinned(MAX_PUBLISHED, 0);
+
+#[map(name = "NP_UPLINK6")]
+pub(crate) static UPLINK6: Array<Uplink6> = Array::pinned(1, 0);
 
 #[map(name = "NP_PUBLISHED")]
 pub(crate) static PUBLISHED: HashMap<PortKey, PortTarget> = HashMap::pinned(MAX_PUBLISHED, 0);
@@ -85,6 +98,31 @@ pub(crate) fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortTarget>
     })
 }
 
+/// The endpoint behind IPv6 port `dport` of host address `daddr`:
+/// published on that address, or on all of them.
+#[inline(always)]
+pub(crate) fn published6(daddr: &[u8; 16], dport: u16, proto: u8) -> Option<PortTarget6> {
+    let mut key = PortKey6 {
+        addr: *daddr,
+        port_be: dport,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: map values, copied out.
+    unsafe { PUBLISHED6.get(&key).copied() }.or_else(|| {
+        key.addr = [0; 16];
+        // SAFETY: as above.
+        unsafe { PUBLISHED6.get(&key).copied() }
+    })
+}
+
+/// The `HOST_ADDR*` bits of IPv6 `addr`, if it is an address of the host.
+#[inline(always)]
+pub(crate) fn host_addr6_bits(addr: &[u8; 16]) -> Option<u32> {
+    // SAFETY: a map value, copied out.
+    unsafe { HOST_ADDRS6.get(addr).copied() }
+}
+
 /// The first packet of a flow from `saddr` to the published port
 /// `target`: a flow it may open under the port's allow-list, if it has one
 /// (new flows only: the flows it let in stay, as with an iptables `-s`).
@@ -121,10 +159,10 @@ pub(crate) fn csum_err<T>(r: Result<T, i64>) -> Result<T, DropReason> {
     r.map_err(|_| DropReason::Truncated)
 }
 
-/// Flags for `bpf_l4_csum_replace` on `ip`'s transport checksum: zero means
+/// Flags for `bpf_l4_csum_replace` on a `protocol` checksum: zero means
 /// "no checksum" for UDP only.
-pub(crate) fn l4_csum_flags(ip: &Ipv4) -> u64 {
-    u64::from(if ip.proto == proto::UDP {
+pub(crate) fn l4_csum_flags(protocol: u8) -> u64 {
+    u64::from(if protocol == proto::UDP {
         BPF_F_MARK_MANGLED_0
     } else {
         0
@@ -150,7 +188,7 @@ pub(crate) fn l4_csum_diff(
         0
     };
     // No field size in the flags: `to` is a diff.
-    csum_err(ctx.l4_csum_replace(csum, 0, u64::from(diff), l4_csum_flags(ip) | pseudo))
+    csum_err(ctx.l4_csum_replace(csum, 0, u64::from(diff), l4_csum_flags(ip.proto) | pseudo))
 }
 
 /// Rewrites the addresses of `ip`: the IPv4 checksum directly, the
@@ -184,32 +222,103 @@ pub(crate) fn rewrite(ctx: &TcContext, ip: &Ipv4, to: &CtEntry) -> Result<(), Dr
     if ip.later_fragment {
         return Ok(());
     }
-    match ip.proto {
-        proto::TCP | proto::UDP => {
-            if ip.sport == to.sport_be && ip.dport == to.dport_be {
+    let l4 = L4 {
+        at: ip.l4,
+        csum: ip.l4_csum(),
+        csum_flags: l4_csum_flags(ip.proto),
+        echo: match ip.proto {
+            proto::ICMP => Some(ip.l4_flags == ICMP_ECHO),
+            _ => None,
+        },
+        sport: ip.sport,
+        dport: ip.dport,
+    };
+    set_ports(ctx, &l4, to)
+}
+
+/// Where a packet's transport ports are, for [`set_ports`].
+pub(crate) struct L4 {
+    pub at: usize,
+    pub csum: Option<usize>,
+    pub csum_flags: u64,
+    /// For ICMP echo: whether this is a request (the identifier is the
+    /// source port) or a reply (the destination port); `None` otherwise.
+    pub echo: Option<bool>,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Makes the transport ports (or echo identifier) those of `to`.
+#[inline(always)]
+pub(crate) fn set_ports<A: Addr>(
+    ctx: &TcContext,
+    l4: &L4,
+    to: &CtEntry<A>,
+) -> Result<(), DropReason> {
+    let (old, new, at) = match l4.echo {
+        None => {
+            if l4.sport == to.sport_be && l4.dport == to.dport_be {
                 return Ok(());
             }
-            let diff = add32(diff16(ip.sport, to.sport_be), diff16(ip.dport, to.dport_be));
-            l4_csum_diff(ctx, ip, diff, false)?;
-            store(ctx, ip.l4, to.sport_be)?;
-            store(ctx, ip.l4 + 2, to.dport_be)
+            store(ctx, l4.at, to.sport_be)?;
+            store(ctx, l4.at + 2, to.dport_be)?;
+            let diff = add32(diff16(l4.sport, to.sport_be), diff16(l4.dport, to.dport_be));
+            return csum_update(ctx, l4, diff);
         }
-        proto::ICMP => {
-            // The echo identifier: the source port of requests, the
-            // destination port of replies.
-            let (old, new) = if ip.l4_flags == ICMP_ECHO {
-                (ip.sport, to.sport_be)
-            } else {
-                (ip.dport, to.dport_be)
-            };
-            if old == new {
-                return Ok(());
-            }
-            l4_csum_diff(ctx, ip, diff16(old, new), false)?;
-            store(ctx, ip.l4 + 4, new)
-        }
-        _ => Ok(()),
+        Some(true) => (l4.sport, to.sport_be, l4.at + 4),
+        Some(false) => (l4.dport, to.dport_be, l4.at + 4),
+    };
+    if old == new {
+        return Ok(());
     }
+    store(ctx, at, new)?;
+    csum_update(ctx, l4, diff16(old, new))
+}
+
+#[inline(always)]
+fn csum_update(ctx: &TcContext, l4: &L4, diff: u32) -> Result<(), DropReason> {
+    match l4.csum {
+        Some(csum) => csum_err(ctx.l4_csum_replace(csum, 0, u64::from(diff), l4.csum_flags)),
+        None => Ok(()),
+    }
+}
+
+/// Makes an IPv6 packet's addresses and ports those of `to`. IPv6 has no
+/// header checksum; every transport checksum, ICMPv6's included, covers
+/// the addresses through its pseudo-header.
+#[inline(always)]
+pub(crate) fn rewrite6(ctx: &TcContext, ip: &Ipv6, to: &CtEntry6) -> Result<(), DropReason> {
+    let addr_diff = add32(
+        <[u8; 16]>::csum_diff(&ip.saddr, &to.saddr_be),
+        <[u8; 16]>::csum_diff(&ip.daddr, &to.daddr_be),
+    );
+    if ip.saddr != to.saddr_be {
+        store(ctx, ip.l3 + 8, to.saddr_be)?;
+    }
+    if ip.daddr != to.daddr_be {
+        store(ctx, ip.l3 + 24, to.daddr_be)?;
+    }
+    if ip.later_fragment {
+        return Ok(());
+    }
+    let l4 = L4 {
+        at: ip.l4,
+        csum: ip.l4_csum(),
+        csum_flags: l4_csum_flags(ip.proto),
+        echo: match ip.proto {
+            proto::ICMPV6 => Some(ip.l4_flags == icmpv6::ECHO_REQUEST),
+            _ => None,
+        },
+        sport: ip.sport,
+        dport: ip.dport,
+    };
+    if (ip.saddr != to.saddr_be || ip.daddr != to.daddr_be)
+        && let Some(csum) = l4.csum
+    {
+        let flags = l4.csum_flags | u64::from(BPF_F_PSEUDO_HDR);
+        csum_err(ctx.l4_csum_replace(csum, 0, u64::from(addr_diff), flags))?;
+    }
+    set_ports(ctx, &l4, to)
 }
 
 /// Decrements the TTL, as the router the host is would.

@@ -41,7 +41,7 @@ pub(crate) fn tracked(
     if ip.later_fragment && !ip.ports_from_first_fragment {
         return Ok(None);
     }
-    match track(ctx, ip) {
+    match track(ctx, &ip.key(), ip.l4_flags) {
         Some(e) => forward(ctx, cfg, ip, e).get().map(Some),
         None => Ok(None),
     }
@@ -103,7 +103,7 @@ pub(crate) fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni
             // Hairpin. An endpoint reaching itself must see another source,
             // or its stack takes the packet for a martian.
             open_to(&target, ip.saddr)?;
-            let flow = under_rule(new_flow(ip, target.slot), target.slot)?;
+            let flow = under_rule(new_flow(&ip.key(), ip.l4_flags, target.slot), target.slot)?;
             flow.translated.daddr_be = target.addr_be;
             flow.translated.dport_be = target.port_be;
             if target.addr_be == ip.saddr {
@@ -162,7 +162,7 @@ pub(crate) fn masquerade(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, route: &Ro
     if ip.is_icmp_error() {
         return Err(DropReason::UntrackedIcmpError);
     }
-    let flow = new_flow(ip, MASQUERADE_SLOT)?;
+    let flow = new_flow(&ip.key(), ip.l4_flags, MASQUERADE_SLOT)?;
     flow.translated.saddr_be = cfg.uplink_addr_be;
     if ip.has_ports() {
         pick_port(ctx, cfg, flow)?;
@@ -214,7 +214,7 @@ pub(crate) fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Ve
         };
     };
     open_to(&target, ip.saddr)?;
-    let flow = under_rule(new_flow(ip, target.slot), target.slot)?;
+    let flow = under_rule(new_flow(&ip.key(), ip.l4_flags, target.slot), target.slot)?;
     flow.translated.daddr_be = target.addr_be;
     flow.translated.dport_be = target.port_be;
     create(ctx, flow).get()?;

@@ -1,0 +1,137 @@
+//! The paths of IPv6 packets, past the checks of who sent them: tracked
+//! flows, published ports, and masquerade (NAT66) out of the uplink.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use netplane_common::abi::{
+    DropReason, HOST_ADDR_GATEWAY, MASQUERADE_SLOT, NET_FLAG_IPV6_ROUTED, NetConfig,
+    PORT_FLAG_ALLOW_LIST, proto,
+};
+
+use crate::{
+    config::network,
+    conntrack::{create, new_flow, pick_port, track},
+    fib::{Verdict, forward6, route6},
+    nat::{UPLINK6, host_addr6_bits, published6, under_rule},
+    packet::Ipv6,
+    reg::InReg,
+};
+
+/// An IPv6 packet of a tracked flow, translated and sent on.
+#[inline(always)]
+fn tracked6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Option<Verdict> {
+    if ip.later_fragment {
+        return None;
+    }
+    let entry = track(ctx, &ip.key(), ip.l4_flags)?;
+    Some(forward6(ctx, cfg, ip, entry).get())
+}
+
+/// An IPv6 packet an endpoint of network `vni` sent, to an address that
+/// is no endpoint's: its flow's, or a new flow masqueraded out of the
+/// uplink.
+#[inline(never)]
+pub(crate) fn from_endpoint6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv6,
+    vni: u32,
+) -> InReg<Verdict> {
+    InReg::new(from_endpoint6_now(ctx, cfg, ip, vni))
+}
+
+#[inline(always)]
+fn from_endpoint6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> Verdict {
+    if ip.hop_limit <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    if let Some(verdict) = tracked6(ctx, cfg, ip) {
+        return verdict;
+    }
+    if ip.is_icmp_error() {
+        // About no flow the data path tracks: untranslated, the packet it
+        // quotes would carry the endpoint's address out.
+        return if leaves_by_uplink(ctx, cfg, ip) {
+            Err(DropReason::UntrackedIcmpError)
+        } else {
+            Ok(TC_ACT_OK)
+        };
+    }
+    if host_addr6_bits(&ip.daddr).is_some() || !leaves_by_uplink(ctx, cfg, ip) {
+        return Ok(TC_ACT_OK);
+    }
+    if ip.fragment {
+        // Without reassembly, later fragments carry no ports to translate.
+        return Err(DropReason::Fragment);
+    }
+    let routed = network(cfg, vni).flags & NET_FLAG_IPV6_ROUTED != 0;
+    let uplink = UPLINK6.get(0).map(|u| u.addr).unwrap_or_default();
+    if !routed && uplink == [0; 16] {
+        return Ok(TC_ACT_OK);
+    }
+    let flow = under_rule(
+        new_flow(&ip.key(), ip.l4_flags, MASQUERADE_SLOT),
+        MASQUERADE_SLOT,
+    )?;
+    if !routed {
+        flow.translated.saddr_be = uplink;
+        if ip.has_ports() {
+            under_rule(pick_port(ctx, cfg, flow), MASQUERADE_SLOT)?;
+        }
+    }
+    create(ctx, flow).get()?;
+    forward6(ctx, cfg, ip, &flow.pair.fwd).get()
+}
+
+/// Whether the host routes `ip` out of the uplink.
+#[inline(always)]
+fn leaves_by_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> bool {
+    cfg.uplink_ifindex != 0
+        && route6(ctx, cfg, ip, &ip.saddr, &ip.daddr)
+            .get()
+            .is_ok_and(|r| r.ifindex == cfg.uplink_ifindex)
+}
+
+/// An IPv6 packet arriving on the uplink: replies of tracked flows and
+/// new flows to published ports. Endpoints and gateways are not reached
+/// otherwise, as for IPv4.
+#[inline(never)]
+pub(crate) fn from_uplink6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> InReg<Verdict> {
+    InReg::new(from_uplink6_now(ctx, cfg, ip))
+}
+
+#[inline(always)]
+fn from_uplink6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Verdict {
+    if ip.hop_limit <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    if let Some(verdict) = tracked6(ctx, cfg, ip) {
+        return verdict;
+    }
+    if crate::is_endpoint6(&ip.daddr) {
+        return Err(DropReason::NotPublished);
+    }
+    let Some(bits) = host_addr6_bits(&ip.daddr) else {
+        return Ok(TC_ACT_OK);
+    };
+    let target = if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP) {
+        None
+    } else {
+        published6(&ip.daddr, ip.dport, ip.proto)
+    };
+    let Some(target) = target else {
+        return if bits & HOST_ADDR_GATEWAY != 0 {
+            Err(DropReason::NotPublished)
+        } else {
+            Ok(TC_ACT_OK)
+        };
+    };
+    if target.flags & PORT_FLAG_ALLOW_LIST != 0 {
+        // Allow-lists name IPv4 sources only.
+        return under_rule(Err(DropReason::NotAllowed), target.slot);
+    }
+    let flow = under_rule(new_flow(&ip.key(), ip.l4_flags, target.slot), target.slot)?;
+    flow.translated.daddr_be = target.addr;
+    flow.translated.dport_be = target.port_be;
+    create(ctx, flow).get()?;
+    forward6(ctx, cfg, ip, &flow.pair.fwd).get()
+}
