@@ -1035,7 +1035,7 @@ fn docker_port_lines(ports: &[PortInfo], only: Option<&str>) -> Vec<String> {
             {
                 continue;
             }
-            let binding = format!("{}:{}", p.host_ip, p.host_port + offset);
+            let binding = std::net::SocketAddr::new(p.host_ip, p.host_port + offset).to_string();
             lines.push(if only.is_some() {
                 binding
             } else {
@@ -1083,12 +1083,15 @@ fn print_ports(ports: &[PortInfo]) {
         } else {
             format!(" from {}", p.from.join(","))
         };
+        let host_ip = match p.host_ip {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
         println!(
-            "{:<20} {}/{} -> {}:{}{from}",
+            "{:<20} {}/{} -> {host_ip}:{}{from}",
             p.endpoint,
             port_range(p.container_port, p.container_port_end),
             p.proto,
-            p.host_ip,
             port_range(p.host_port, p.host_port_end)
         );
     }

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -469,7 +469,7 @@ pub struct PortInfo {
     /// Endpoint address.
     pub endpoint_ip: Ipv4Addr,
     /// Host address, `0.0.0.0` for all.
-    pub host_ip: Ipv4Addr,
+    pub host_ip: IpAddr,
     /// First host port.
     pub host_port: u16,
     /// Last host port.
@@ -526,8 +526,8 @@ pub struct NatTable {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct FlowTuple {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// Port, or the echo identifier for ICMP (0 where it is the other's).
     pub sport: u16,
     pub dport: u16,

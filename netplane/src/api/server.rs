@@ -20,7 +20,7 @@ use crate::{
     daemon::metrics,
     daemon::relay::{self, Hub},
     daemon::tasks,
-    daemon::{Config, Daemon, Handles, Shared, counters},
+    daemon::{Config, Daemon, Handles, Shared},
     logic::monitor::MonitorFilter,
     types::{
         CniAdd, CniAttachmentKey, CniGc, ConnectRequest, CreateEndpoint, CreateNetwork,
@@ -181,24 +181,17 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
             get(
                 async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
                     let only = filter.endpoint;
-                    off_the_workers(move || {
-                        let r = &s.readers;
-                        let owners = r.flow_owners(only.as_deref())?;
-                        counters::flows(&r.flows, &owners, only.is_some(), &r.timeouts)
-                    })
-                    .await
-                    .map(Json)
+                    off_the_workers(move || s.readers.flows(only.as_deref()))
+                        .await
+                        .map(Json)
                 },
             )
             .delete(
                 async |State(s): State<Shared>, Query(filter): Query<FlowFilter>| {
                     let only = filter.endpoint;
-                    off_the_workers(move || {
-                        let owners = s.readers.flow_owners(only.as_deref())?;
-                        counters::flush_flows(&s.readers.flows, &owners, only.is_some())
-                    })
-                    .await
-                    .map(|flows| Json(Flushed { flows }))
+                    off_the_workers(move || s.readers.flush_flows(only.as_deref()))
+                        .await
+                        .map(|flows| Json(Flushed { flows }))
                 },
             ),
         )

@@ -2,10 +2,17 @@
 //! monitor events carry.
 
 use super::*;
+use crate::logic::conntrack::FlowAddr;
+use netplane_common::abi::CtEntry;
+use std::net::IpAddr;
 
 /// Removes the flows of `table` whose lifetime has passed, both
 /// directions at once. Runs without the daemon, on a blocking thread.
-pub fn collect_garbage(table: &FlowTable, timeouts: &Timeouts) -> Result<usize> {
+fn collect_garbage<A: FlowAddr>(table: &FlowTable<A>, timeouts: &Timeouts) -> Result<usize>
+where
+    FlowKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     let now_ns = monotonic_ns()?;
     let doomed = conntrack::expired(&table.entries()?, now_ns, timeouts);
     // A packet may have refreshed a flow since the dump (of many thousand
@@ -17,12 +24,16 @@ pub fn collect_garbage(table: &FlowTable, timeouts: &Timeouts) -> Result<usize> 
 
 /// The tracked flows of `table`, each with its endpoint from `owners`;
 /// only those of an owner if `only_owned`: `ct ls`.
-pub fn flows(
-    table: &FlowTable,
-    owners: &HashMap<u32, String>,
+fn flows<A: FlowAddr>(
+    table: &FlowTable<A>,
+    owners: &HashMap<IpAddr, String>,
     only_owned: bool,
     timeouts: &Timeouts,
-) -> Result<Vec<FlowInfo>> {
+) -> Result<Vec<FlowInfo>>
+where
+    FlowKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     let now_ns = monotonic_ns()?;
     let entries = table.entries()?;
     Ok(conntrack::flows(&entries)
@@ -42,19 +53,33 @@ pub fn flows(
 /// Forgets the tracked flows of `table`, only those of an owner in
 /// `owners` if `only_owned`: `ct flush`. Their next packets start new
 /// flows, as after `conntrack -F`.
-pub fn flush_flows(
-    table: &FlowTable,
-    owners: &HashMap<u32, String>,
+fn flush_flows<A: FlowAddr>(
+    table: &FlowTable<A>,
+    owners: &HashMap<IpAddr, String>,
     only_owned: bool,
-) -> Result<usize> {
+) -> Result<usize>
+where
+    FlowKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     let entries = table.entries()?;
-    let doomed: Vec<conntrack::Flow> = conntrack::flows(&entries)
+    let doomed: Vec<conntrack::Flow<A>> = conntrack::flows(&entries)
         .into_iter()
         .filter(|flow| !only_owned || owner_of(flow, owners).is_some())
         .collect();
-    let keys: Vec<FlowKey> = doomed.iter().flat_map(|f| [f.key, f.reply_key]).collect();
+    let keys: Vec<FlowKey<A>> = doomed.iter().flat_map(|f| [f.key, f.reply_key]).collect();
     table.delete(&keys)?;
     Ok(doomed.len())
+}
+
+/// The endpoint a flow belongs to: its sender, or where it was sent.
+fn owner_of<'a, A: FlowAddr>(
+    flow: &conntrack::Flow<A>,
+    owners: &'a HashMap<IpAddr, String>,
+) -> Option<&'a String> {
+    owners
+        .get(&flow.key.saddr_be.ip())
+        .or_else(|| owners.get(&flow.entry.daddr_be.ip()))
 }
 
 /// A running daemon's tables, counters and records, read on blocking
@@ -62,8 +87,9 @@ pub fn flush_flows(
 /// metrics scrape and naming monitor events never wait behind `create`.
 #[derive(Debug)]
 pub struct Readers {
-    /// The flow table, for housekeeping and `ct ls`/`ct flush`.
+    /// The flow tables, for housekeeping and `ct ls`/`ct flush`.
     pub flows: FlowTable,
+    pub flows6: FlowTable<[u8; 16]>,
     counters: Counters,
     /// A read-only connection to the daemon's state database.
     records: std::sync::Mutex<Store>,
@@ -80,9 +106,37 @@ impl Readers {
         records.endpoints()
     }
 
-    /// Endpoint names by address (network byte order): every endpoint's,
-    /// or only the one named `only`, which must exist.
-    pub fn flow_owners(&self, only: Option<&str>) -> Result<HashMap<u32, String>> {
+    /// Removes expired flows of both families (see [`collect_garbage`]).
+    pub fn collect_garbage(&self) -> Result<usize> {
+        Ok(collect_garbage(&self.flows, &self.timeouts)?
+            + collect_garbage(&self.flows6, &self.timeouts)?)
+    }
+
+    /// The tracked flows of both families, of endpoint `only` or all:
+    /// `ct ls`.
+    pub fn flows(&self, only: Option<&str>) -> Result<Vec<FlowInfo>> {
+        let owners = self.flow_owners(only)?;
+        let mut all = flows(&self.flows, &owners, only.is_some(), &self.timeouts)?;
+        all.extend(flows(
+            &self.flows6,
+            &owners,
+            only.is_some(),
+            &self.timeouts,
+        )?);
+        Ok(all)
+    }
+
+    /// Forgets the tracked flows of both families, of endpoint `only` or
+    /// all: `ct flush`.
+    pub fn flush_flows(&self, only: Option<&str>) -> Result<usize> {
+        let owners = self.flow_owners(only)?;
+        Ok(flush_flows(&self.flows, &owners, only.is_some())?
+            + flush_flows(&self.flows6, &owners, only.is_some())?)
+    }
+
+    /// Endpoint names by address, of both families: every endpoint's, or
+    /// only the one named `only`, which must exist.
+    fn flow_owners(&self, only: Option<&str>) -> Result<HashMap<IpAddr, String>> {
         let records = self.endpoints()?;
         if let Some(name) = only
             && !records.iter().any(|r| r.ep.name == name)
@@ -92,7 +146,13 @@ impl Readers {
         Ok(records
             .into_iter()
             .filter(|r| only.is_none_or(|name| r.ep.name == name))
-            .filter_map(|r| Some((addr_be(r.ep.ip?), r.ep.name)))
+            .flat_map(|r| {
+                let addrs = [r.ep.ip.map(IpAddr::V4), r.ep.ip6.map(IpAddr::V6)];
+                addrs
+                    .into_iter()
+                    .flatten()
+                    .map(move |a| (a, r.ep.name.clone()))
+            })
             .collect())
     }
 
@@ -165,15 +225,14 @@ impl Readers {
                         let nets: Vec<String> = p.from.iter().map(|n| n.to_string()).collect();
                         nets.join(",")
                     },
-                    destination: if p.host_ip.is_unspecified() {
-                        "0.0.0.0/0".into()
-                    } else {
-                        format!("{}/32", p.host_ip)
+                    destination: nat_destination(p, rec.ep.ip6.is_some()),
+                    detail: {
+                        let mut to = vec![format!("to:{ip}:{}", p.container_ports)];
+                        if let (Some(_), Some(ip6)) = (p.host_ip6(), rec.ep.ip6) {
+                            to.push(format!("to:[{ip6}]:{}", p.container_ports));
+                        }
+                        format!("{} dpt:{} {}", p.proto, p.host_ports, to.join(" "))
                     },
-                    detail: format!(
-                        "{} dpt:{} to:{ip}:{}",
-                        p.proto, p.host_ports, p.container_ports
-                    ),
                     packets,
                     bytes,
                     drops: drops.remove(&p.slot).unwrap_or_default(),
@@ -182,7 +241,7 @@ impl Readers {
         }
         Ok(NatTable {
             rules,
-            tracked_flows: self.flows.entries()?.len() / 2,
+            tracked_flows: (self.flows.entries()?.len() + self.flows6.entries()?.len()) / 2,
             drops: self.counters.drops()?,
         })
     }
@@ -220,7 +279,11 @@ impl Readers {
             ports,
             masquerade: self.counters.nat_counters(MASQUERADE_SLOT)?,
             masquerade_drops: drops.remove(&MASQUERADE_SLOT).unwrap_or_default(),
-            tables: vec![self.flows.table_use()?, self.counters.published_use()?],
+            tables: vec![
+                self.flows.table_use()?,
+                self.flows6.table_use()?,
+                self.counters.published_use()?,
+            ],
             peers: Vec::new(),
             dns: (0, 0),
             reconciles: metrics::ReconcileDurations::default(),
@@ -251,6 +314,7 @@ impl Daemon {
     pub fn readers(&self) -> Result<Readers> {
         Ok(Readers {
             flows: FlowTable::open(&self.cfg.bpffs, netplane_common::abi::maps::CONNTRACK)?,
+            flows6: FlowTable::open(&self.cfg.bpffs, netplane_common::abi::maps::CONNTRACK6)?,
             counters: Counters::open(&self.cfg.bpffs)?,
             records: std::sync::Mutex::new(Store::open_reader(&self.cfg.db())?),
             timeouts: self.cfg.timeouts,
@@ -276,5 +340,17 @@ impl Daemon {
         snapshot.dns = self.resolver.counts();
         snapshot.reconciles = self.reconciles.clone();
         Ok(())
+    }
+}
+
+/// The destination column of `nat ls` for published rule `p`, whose
+/// endpoint has IPv6 or not.
+fn nat_destination(p: &PublishedPort, dual_stack: bool) -> String {
+    match p.host_ip {
+        IpAddr::V4(ip) if ip.is_unspecified() && dual_stack => "0.0.0.0/0,::/0".into(),
+        IpAddr::V4(ip) if ip.is_unspecified() => "0.0.0.0/0".into(),
+        IpAddr::V4(ip) => format!("{ip}/32"),
+        IpAddr::V6(ip) if ip.is_unspecified() => "::/0".into(),
+        IpAddr::V6(ip) => format!("{ip}/128"),
     }
 }

@@ -1,7 +1,7 @@
 //! Errors of the daemon's use cases: the logic's refusals and the kernel's
 //! failures, and the daemon's own. Each names the object and the operation.
 
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{io, net::IpAddr, path::PathBuf};
 
 use crate::{
     kernel,
@@ -192,7 +192,16 @@ pub enum Error {
     },
     /// A `-p` host address is not an address of this host.
     #[error("host address {0} in -p is not an address of this host")]
-    HostIpNotLocal(Ipv4Addr),
+    HostIpNotLocal(IpAddr),
+    /// A port published on an IPv6 host address, to an endpoint without
+    /// IPv6 (the eBPF path does not translate between families).
+    #[error("-p {port}: endpoint {endpoint} has no IPv6 address (its network has no --ipv6)")]
+    PortNeedsIpv6 {
+        /// The published rule.
+        port: String,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// No default pool is free.
     #[error("no free subnet in the default pools; pass --subnet")]
     NoFreeSubnet,
@@ -235,6 +244,7 @@ impl Error {
                 | Error::InternalNoPorts { .. }
                 | Error::NoNamespace(_)
                 | Error::HostIpNotLocal(_)
+                | Error::PortNeedsIpv6 { .. }
                 | Error::HostnameOfHost
         ) || matches!(self, Error::Logic(e) if !e.is_conflict() && !e.is_not_found())
     }

@@ -187,6 +187,9 @@ impl Daemon {
             undo.push(Undo::RestoreIpForward(before));
         }
         host::write_sysctl(host::IP_FORWARD, "1")?;
+        // The data path asks the FIB about IPv6 as if the bridge forwarded;
+        // the bridge is netplane's, and goes with `down`.
+        host::enable_ipv6_forwarding(&net.bridge)?;
 
         if let Some(mounted) = host::ensure_bpffs(&self.cfg.bpffs)? {
             self.store
@@ -307,7 +310,39 @@ impl Daemon {
                 .filter(|n| n.spec.parent().is_none())
                 .map(|n| n.spec.gateway),
         );
-        Ok(self.dp().set_host_addrs(&addrs, &gateways)?)
+        self.dp().set_host_addrs(&addrs, &gateways)?;
+        self.sync_host_addrs6().await
+    }
+
+    /// The same for IPv6, with the uplink's address NAT66 masquerades to:
+    /// a global one rather than a unique local one, as source address
+    /// selection would pick.
+    async fn sync_host_addrs6(&mut self) -> Result<()> {
+        let addrs = self.rtnl.addresses6().await?;
+        let uplink_index = match &self.uplink {
+            Some(name) => self.rtnl.link(name).await?.map(|l| l.index),
+            None => None,
+        };
+        let uplink = host_addr6_for_masquerade(
+            addrs
+                .iter()
+                .filter(|(_, index)| Some(*index) == uplink_index)
+                .map(|(a, _)| *a),
+        );
+        let gateways: Vec<std::net::Ipv6Addr> = self
+            .net
+            .ipv6
+            .iter()
+            .map(|v6| v6.gateway)
+            .chain(
+                self.store
+                    .local_networks()?
+                    .iter()
+                    .filter_map(|n| n.spec.ipv6.map(|v6| v6.gateway)),
+            )
+            .collect();
+        let addrs: Vec<std::net::Ipv6Addr> = addrs.into_iter().map(|(a, _)| a).collect();
+        Ok(self.dp().set_host_addrs6(&addrs, &gateways, uplink)?)
     }
 
     /// Follows a change of the uplink's MTU: overlays get the MTU left
@@ -519,4 +554,12 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
+}
+
+/// Of an interface's global IPv6 addresses, the one to masquerade to: a
+/// global unicast one before a unique local one (fc00::/7).
+fn host_addr6_for_masquerade(
+    addrs: impl Iterator<Item = std::net::Ipv6Addr>,
+) -> Option<std::net::Ipv6Addr> {
+    addrs.min_by_key(|a| a.is_unique_local())
 }

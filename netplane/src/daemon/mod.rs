@@ -258,12 +258,6 @@ fn monotonic_ns() -> Result<u64> {
 
 /// The endpoint among `owners` a flow belongs to: the one that sent its
 /// first packet, or the one that packet was translated to.
-fn owner_of<'a>(flow: &conntrack::Flow, owners: &'a HashMap<u32, String>) -> Option<&'a String> {
-    owners
-        .get(&flow.key.saddr_be)
-        .or_else(|| owners.get(&flow.entry.daddr_be))
-}
-
 fn remove_db(db: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", db.display()));

@@ -31,11 +31,22 @@ impl Daemon {
         let Some(ip) = ep.ip else {
             return Ok(());
         };
+        if let Some(port) = ports.iter().find(|p| p.host_ip.is_ipv6())
+            && ep.ip6.is_none()
+        {
+            return Err(Error::PortNeedsIpv6 {
+                port: format!("[{}]:{}", port.host_ip, port.host_ports),
+                endpoint: ep.name.clone(),
+            });
+        }
         let dp = self.dp();
         for port in ports {
             // The list first: a port never accepts more than it says.
             dp.set_publish_from(port.slot, &port.from)?;
             dp.publish(&port.map_entries(ip))?;
+            if let Some(ip6) = ep.ip6 {
+                dp.publish6(&port.map_entries6(ip6))?;
+            }
         }
         Ok(())
     }
@@ -55,6 +66,10 @@ impl Daemon {
         for port in ports {
             let keys: Vec<_> = port.map_entries(ip).into_iter().map(|(k, _)| k).collect();
             dp.unpublish(&keys, port.slot)?;
+            if let Some(ip6) = ep.ip6 {
+                let keys: Vec<_> = port.map_entries6(ip6).into_iter().map(|(k, _)| k).collect();
+                dp.unpublish6(&keys, port.slot)?;
+            }
             dp.set_publish_from(port.slot, &[])?;
         }
         Ok(())
@@ -70,12 +85,18 @@ impl Daemon {
         records: &[StoredEndpoint],
         from: &[Ipv4Net],
     ) -> Result<Vec<PublishedPort>> {
-        let local: Vec<Ipv4Addr> = rtnl
+        let mut local: Vec<std::net::IpAddr> = rtnl
             .addresses()
             .await?
             .iter()
-            .map(|(n, _)| n.addr())
+            .map(|(n, _)| std::net::IpAddr::V4(n.addr()))
             .collect();
+        local.extend(
+            rtnl.addresses6()
+                .await?
+                .iter()
+                .map(|(a, _)| std::net::IpAddr::V6(*a)),
+        );
         if let Some(ip) = specs
             .iter()
             .filter_map(|s| s.host_ip)

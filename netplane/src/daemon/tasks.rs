@@ -10,7 +10,6 @@ use crate::{
     daemon::{
         Shared,
         cluster::{ClusterError, Session, StoreUrl},
-        counters,
         metrics::Reconcile,
         relay::NameEndpoints,
     },
@@ -33,10 +32,7 @@ pub async fn housekeeping(state: Shared, every: Duration) {
         // The table is read and pruned without the daemon: `create` and
         // the API do not wait for a dump of many thousand entries.
         let handles = state.clone();
-        let expired = tokio::task::spawn_blocking(move || {
-            counters::collect_garbage(&handles.readers.flows, &handles.readers.timeouts)
-        })
-        .await;
+        let expired = tokio::task::spawn_blocking(move || handles.readers.collect_garbage()).await;
         match expired {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => debug!(entries = n, "expired tracked flows"),

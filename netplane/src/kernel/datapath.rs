@@ -30,10 +30,10 @@ use aya_log::EbpfLogger;
 use aya_obj::generated::{BPF_NOEXIST, bpf_cmd};
 use ipnet::Ipv4Net;
 use netplane_common::abi::{
-    AddrPair, CtEntry, CtTimeouts, Direction, DropReason, EndpointIdentity, EndpointPort, FlowKey,
-    HOST_ADDR, HOST_ADDR_GATEWAY, IfCounters, IfDrops, IfStatsKey, LAYOUT_VERSION, MacKey,
-    MacvlanSource, NetConfig, NetworkPolicy, OverlayPeer, PortKey, PortTarget, PublishFromKey,
-    RuleDropKey, maps, programs,
+    AddrPair, CtEntry, CtEntry6, CtTimeouts, Direction, DropReason, EndpointIdentity, EndpointPort,
+    FlowKey, FlowKey6, HOST_ADDR, HOST_ADDR_GATEWAY, IfCounters, IfDrops, IfStatsKey,
+    LAYOUT_VERSION, MacKey, MacvlanSource, NetConfig, NetworkPolicy, OverlayPeer, PortKey,
+    PortKey6, PortTarget, PortTarget6, PublishFromKey, RuleDropKey, Uplink6, maps, programs,
 };
 use nix::net::if_::if_nametoindex;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -275,7 +275,9 @@ pub struct Datapath {
     old_pins: Vec<OldPin>,
     /// The hash maps read and written in batches, their types checked.
     conntrack: BatchTable<FlowKey, CtEntry>,
+    conntrack6: BatchTable<FlowKey6, CtEntry6>,
     published: BatchTable<PortKey, PortTarget>,
+    published6: BatchTable<PortKey6, PortTarget6>,
     rule_drops: BatchTable<RuleDropKey, u64>,
     counters: Counters,
 }
@@ -392,6 +394,7 @@ impl Datapath {
             .default_map_pin_directory(&maps_dir)
             .override_global("AYA_LOG_LEVEL", &log_level, true)
             .map_max_entries(maps::CONNTRACK, ct_max)
+            .map_max_entries(maps::CONNTRACK6, ct_max)
             .load(OBJECT)
             .map_err(|e| Error::ebpf("load", "eBPF object", e))?;
         let log_drain = spawn_log_drain(&mut ebpf)?;
@@ -415,7 +418,9 @@ impl Datapath {
         let wildcard = WildcardPorts::map(map_fd(&ebpf, maps::PUBLISHED_ANY)?)?;
         let mut dp = Datapath {
             conntrack: BatchTable::open(&ebpf, maps::CONNTRACK)?,
+            conntrack6: BatchTable::open(&ebpf, maps::CONNTRACK6)?,
             published: BatchTable::open(&ebpf, maps::PUBLISHED)?,
+            published6: BatchTable::open(&ebpf, maps::PUBLISHED6)?,
             rule_drops: BatchTable::open(&ebpf, maps::RULE_DROPS)?,
             counters: Counters::open(pin_dir)?,
             ebpf,
@@ -862,8 +867,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets what [`Datapath::add_endpoint6`] told; forgetting what is
-    /// not there is fine.
+    /// Forgets what [`Datapath::add_endpoint6`] told, and every IPv6 flow
+    /// to or from the endpoint; forgetting what is not there is fine.
     pub fn remove_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
         let mut own: HashMap<_, u32, [u8; 16]> = self.map_mut(maps::ENDPOINT6_IFACES)?;
         let _ = own.remove(&ifindex);
@@ -871,7 +876,63 @@ impl Datapath {
         for a in [addr.octets(), link_local_of(mac)] {
             let _ = all.remove(&a);
         }
-        Ok(())
+        let a = addr.octets();
+        self.remove_flows6(|k, e| [k.saddr_be, k.daddr_be, e.saddr_be, e.daddr_be].contains(&a))
+    }
+
+    /// Replaces the set of the host's own IPv6 addresses, and the uplink's
+    /// address that IPv6 flows are masqueraded to (none: not at all).
+    pub fn set_host_addrs6(
+        &mut self,
+        addrs: &[Ipv6Addr],
+        gateways: &[Ipv6Addr],
+        uplink: Option<Ipv6Addr>,
+    ) -> Result<()> {
+        let entries = addrs
+            .iter()
+            .chain(gateways)
+            .map(|a| {
+                let bits = if gateways.contains(a) {
+                    HOST_ADDR | HOST_ADDR_GATEWAY
+                } else {
+                    HOST_ADDR
+                };
+                (a.octets(), bits)
+            })
+            .collect();
+        self.set_entries(maps::HOST_ADDRS6, entries)?;
+        let mut up: Array<_, Uplink6> = self.map_mut(maps::UPLINK6)?;
+        let addr = uplink.map_or([0; 16], |a| a.octets());
+        up.set(0, Uplink6 { addr }, 0)
+            .map_err(|e| Error::ebpf("update", maps::UPLINK6, e))
+    }
+
+    /// Publishes IPv6 ports (the unspecified address: every address).
+    pub fn publish6(&mut self, entries: &[(PortKey6, PortTarget6)]) -> Result<()> {
+        self.update_batch(&self.published6, entries)
+    }
+
+    /// Withdraws IPv6 published ports and the IPv6 flows of their rule.
+    pub fn unpublish6(&mut self, keys: &[PortKey6], slot: u32) -> Result<()> {
+        self.delete_batch(&self.published6, keys)?;
+        self.remove_flows6(|_, e| e.slot == slot)
+    }
+
+    /// Every IPv6 connection tracking entry.
+    pub fn flows6(&self) -> Result<Vec<(FlowKey6, CtEntry6)>> {
+        self.dump(&self.conntrack6)
+    }
+
+    /// Removes both entries of every IPv6 flow one of whose entries
+    /// matches.
+    pub fn remove_flows6(&mut self, matches: impl Fn(&FlowKey6, &CtEntry6) -> bool) -> Result<()> {
+        let doomed: Vec<FlowKey6> = self
+            .flows6()?
+            .iter()
+            .filter(|(k, e)| matches(k, e))
+            .flat_map(|(k, e)| [*k, ct::other_direction(k, e)])
+            .collect();
+        self.delete_batch(&self.conntrack6, &doomed)
     }
 
     /// Forgets an endpoint and every flow to or from it, so that a later

@@ -1,7 +1,7 @@
 //! What went wrong touching the kernel: each names the operation and the
 //! object.
 
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{io, net::IpAddr, path::PathBuf};
 
 /// A failed kernel operation, by kind.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub enum Error {
         /// Protocol.
         proto: String,
         /// Host address (0.0.0.0 for all).
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// The process holding it ("NAME (pid N)"), or "a socket".
         user: String,
     },

@@ -31,6 +31,17 @@ pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
     fs::write(path, value).map_err(|e| Error::io("write", path, e))
 }
 
+/// Turns IPv6 forwarding on for interface `ifname` (not for the host as a
+/// whole, which would stop it taking router advertisements). A kernel
+/// without IPv6 has nothing to turn on.
+pub fn enable_ipv6_forwarding(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/forwarding");
+    if !Path::new(&path).exists() {
+        return Ok(());
+    }
+    write_sysctl(&path, "1")
+}
+
 /// The host's ephemeral port range, from which `-p CPORT` picks host ports.
 pub fn ephemeral_ports() -> Result<PortRange> {
     let s = read_sysctl(LOCAL_PORT_RANGE)?;

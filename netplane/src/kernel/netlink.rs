@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::{AddressAttribute, AddressHeaderFlags},
+        address::{AddressAttribute, AddressHeaderFlags, AddressScope},
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
         tc::{TcAttribute, TcHandle},
@@ -474,6 +474,29 @@ impl Rtnl {
                             .ok()
                             .map(|n| (n, m.header.index))
                     }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The host's global IPv6 addresses (scope universe: not loopback or
+    /// link-local), each with the index of its interface.
+    pub async fn addresses6(&self) -> Result<Vec<(Ipv6Addr, u32)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink("list", "addresses", e))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.scope == AddressScope::Universe)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V6(ip)) => Some((*ip, m.header.index)),
                     _ => None,
                 })
             })

@@ -8,14 +8,14 @@
 use std::{
     collections::HashMap,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
 };
 
 use nix::{
     errno::Errno,
     sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt,
     },
 };
 
@@ -24,8 +24,9 @@ use crate::{
     logic::portspec::{Proto, PublishedPort},
 };
 
-/// One host port of one protocol on one address (0.0.0.0: all).
-type Key = (Ipv4Addr, u16, Proto);
+/// One host port of one protocol on one address (0.0.0.0 and `::`: all
+/// of their family).
+type Key = (IpAddr, u16, Proto);
 
 /// The sockets holding published ports, closed when released or dropped.
 #[derive(Debug, Default)]
@@ -106,21 +107,45 @@ pub fn check_free(port: &PublishedPort) -> Result<()> {
     keys(port).try_for_each(|key| hold(key, false).map(drop))
 }
 
+/// The sockets a rule needs: one per port, and for a rule on every
+/// address one more on `::` (as Docker's proxy listens there too), on a
+/// host with IPv6.
 fn keys(port: &PublishedPort) -> impl Iterator<Item = Key> + '_ {
-    (port.host_ports.start..=port.host_ports.end).map(|p| (port.host_ip, p, port.proto))
+    let also_v6 = (port.host_ip.is_unspecified() && port.host_ip.is_ipv4() && host_has_ipv6())
+        .then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    std::iter::once(port.host_ip)
+        .chain(also_v6)
+        .flat_map(move |ip| {
+            (port.host_ports.start..=port.host_ports.end).map(move |p| (ip, p, port.proto))
+        })
+}
+
+/// Whether this kernel has IPv6 (it may be built without, or turned off
+/// with `ipv6.disable=1`).
+fn host_has_ipv6() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
 }
 
 /// A socket bound to `key`, without SO_REUSEADDR: the bind fails when any
 /// socket (IPv4, or IPv6 that also takes IPv4) uses the port on that
 /// address or the wildcard, and later binds by others fail the same way.
+/// IPv6 ones are IPv6 only, beside the IPv4 one.
 fn hold((ip, port, proto): Key, shared: bool) -> Result<OwnedFd> {
     let kind = match proto {
         Proto::Tcp => SockType::Stream,
         Proto::Udp => SockType::Datagram,
     };
-    let at = SocketAddrV4::new(ip, port);
-    let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)
+    let at = SocketAddr::new(ip, port);
+    let family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)
         .map_err(|e| Error::io("open a socket to hold", at, e))?;
+    if ip.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+            .map_err(|e| Error::io("make IPv6 only", at, e))?;
+    }
     if proto == Proto::Udp {
         // Nothing is read from it; what strays to it is dropped early.
         let _ = setsockopt(&fd, sockopt::RcvBuf, &0);
@@ -129,7 +154,7 @@ fn hold((ip, port, proto): Key, shared: bool) -> Result<OwnedFd> {
         setsockopt(&fd, sockopt::ReuseAddr, &true)
             .map_err(|e| Error::io("share with the container runtime", at, e))?;
     }
-    match bind(fd.as_raw_fd(), &SockaddrIn::from(at)) {
+    match bind(fd.as_raw_fd(), &SockaddrStorage::from(at)) {
         Ok(()) => Ok(fd),
         Err(Errno::EADDRINUSE) => Err(Error::HostPortInUse {
             port,

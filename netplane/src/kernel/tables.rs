@@ -32,8 +32,8 @@ pub struct PinnedTable<K, V> {
     fd: OwnedFd,
 }
 
-/// The connection tracking table.
-pub type FlowTable = PinnedTable<FlowKey, CtEntry>;
+/// A connection tracking table: IPv4's (`A = u32`) or IPv6's.
+pub type FlowTable<A = u32> = PinnedTable<FlowKey<A>, CtEntry<A>>;
 
 impl<K, V> std::fmt::Debug for PinnedTable<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -3,7 +3,12 @@
 //! expired is done here, as a pure function of them.
 
 use netplane_common::abi::addr_from_be;
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
 
 pub use netplane_common::nat::other_direction;
 use netplane_common::{
@@ -12,6 +17,23 @@ use netplane_common::{
 };
 
 use crate::types::{FlowInfo, FlowTuple};
+
+/// An address as flow tables hold it, of either family.
+pub trait FlowAddr: nat::Addr + Eq + Hash + std::fmt::Debug + 'static {
+    fn ip(&self) -> IpAddr;
+}
+
+impl FlowAddr for u32 {
+    fn ip(&self) -> IpAddr {
+        IpAddr::V4(addr_from_be(*self))
+    }
+}
+
+impl FlowAddr for [u8; 16] {
+    fn ip(&self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(*self))
+    }
+}
 
 /// How long a flow lives after its last packet, by what was seen of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +88,12 @@ impl Timeouts {
 
 /// The lifetime of a flow given its two entries (`reply` may be missing),
 /// by the rule the data path also follows when it reclaims flows.
-pub fn lifetime(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>, t: &Timeouts) -> Duration {
+pub fn lifetime<A>(
+    proto: u8,
+    forward: &CtEntry<A>,
+    reply: Option<&CtEntry<A>>,
+    t: &Timeouts,
+) -> Duration {
     Duration::from_nanos(nat::lifetime_ns(
         proto,
         forward.flags,
@@ -78,17 +105,17 @@ pub fn lifetime(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>, t: &Timeo
 /// A tracked flow: its forward entry, keyed by the first packet as it
 /// arrived, and its reply entry, keyed by what replies arrive as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flow {
-    pub key: FlowKey,
-    pub entry: CtEntry,
-    pub reply_key: FlowKey,
+pub struct Flow<A = u32> {
+    pub key: FlowKey<A>,
+    pub entry: CtEntry<A>,
+    pub reply_key: FlowKey<A>,
     /// Missing while the flow is being created.
-    pub reply: Option<CtEntry>,
+    pub reply: Option<CtEntry<A>>,
 }
 
 /// The flows among the table's `entries`, one per forward entry.
-pub fn flows(entries: &[(FlowKey, CtEntry)]) -> Vec<Flow> {
-    let by_key: HashMap<FlowKey, &CtEntry> = entries.iter().map(|(k, e)| (*k, e)).collect();
+pub fn flows<A: FlowAddr>(entries: &[(FlowKey<A>, CtEntry<A>)]) -> Vec<Flow<A>> {
+    let by_key: HashMap<FlowKey<A>, &CtEntry<A>> = entries.iter().map(|(k, e)| (*k, e)).collect();
     entries
         .iter()
         .filter(|(_, e)| e.flags & CT_REPLY == 0)
@@ -105,7 +132,7 @@ pub fn flows(entries: &[(FlowKey, CtEntry)]) -> Vec<Flow> {
 }
 
 /// What was seen of a flow, in the words of Linux's `conntrack -L`.
-pub fn state(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>) -> &'static str {
+pub fn state<A>(proto: u8, forward: &CtEntry<A>, reply: Option<&CtEntry<A>>) -> &'static str {
     match proto {
         proto::TCP => match nat::tcp_state(forward.flags, reply.map_or(0, |r| r.flags)) {
             TcpState::SynSent => "SYN_SENT",
@@ -121,10 +148,10 @@ pub fn state(proto: u8, forward: &CtEntry, reply: Option<&CtEntry>) -> &'static 
 }
 
 /// `flow` as `ct ls` shows it at `now_ns` (CLOCK_MONOTONIC).
-pub fn describe(flow: &Flow, now_ns: u64, t: &Timeouts) -> FlowInfo {
-    let tuple = |key: &FlowKey, entry: Option<&CtEntry>| FlowTuple {
-        src: addr_from_be(key.saddr_be),
-        dst: addr_from_be(key.daddr_be),
+pub fn describe<A: FlowAddr>(flow: &Flow<A>, now_ns: u64, t: &Timeouts) -> FlowInfo {
+    let tuple = |key: &FlowKey<A>, entry: Option<&CtEntry<A>>| FlowTuple {
+        src: key.saddr_be.ip(),
+        dst: key.daddr_be.ip(),
         sport: u16::from_be(key.sport_be),
         dport: u16::from_be(key.dport_be),
         packets: entry.map_or(0, |e| e.packets),
@@ -143,6 +170,7 @@ pub fn describe(flow: &Flow, now_ns: u64, t: &Timeouts) -> FlowInfo {
             proto::TCP => "tcp".into(),
             proto::UDP => "udp".into(),
             proto::ICMP => "icmp".into(),
+            proto::ICMPV6 => "icmpv6".into(),
             other => other.to_string(),
         },
         state: state(flow.key.proto, &flow.entry, reply).into(),
@@ -163,8 +191,12 @@ pub fn describe(flow: &Flow, now_ns: u64, t: &Timeouts) -> FlowInfo {
 /// path stamps), both directions of a flow together. A reply entry without
 /// its forward entry (a creation in progress, or a forward entry lost) goes
 /// only once its own lifetime has passed.
-pub fn expired(flows: &[(FlowKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<FlowKey> {
-    let by_key: HashMap<FlowKey, &CtEntry> = flows.iter().map(|(k, e)| (*k, e)).collect();
+pub fn expired<A: FlowAddr>(
+    flows: &[(FlowKey<A>, CtEntry<A>)],
+    now_ns: u64,
+    t: &Timeouts,
+) -> Vec<FlowKey<A>> {
+    let by_key: HashMap<FlowKey<A>, &CtEntry<A>> = flows.iter().map(|(k, e)| (*k, e)).collect();
     let old = |last: u64, life: Duration| {
         now_ns.saturating_sub(last) > u64::try_from(life.as_nanos()).unwrap_or(u64::MAX)
     };

@@ -1,6 +1,6 @@
 //! Why the pure logic refuses a request: each names the value at fault.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::{
     endpoint::OptionError, ipam::LeaseError, ipam::SubnetError, network::NetworkError,
@@ -45,7 +45,7 @@ pub enum Error {
         /// Protocol.
         proto: String,
         /// Host address (0.0.0.0 for all).
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// Endpoint publishing it.
         owner: String,
     },

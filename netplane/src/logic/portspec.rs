@@ -1,10 +1,17 @@
-//! Docker's `-p` syntax: `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`.
+//! Docker's `-p` syntax: `[IP:][HOSTPORT[-END]:]CPORT[-END][/tcp|/udp]`,
+//! an IPv6 address in brackets (`[::1]:8080:80`).
 
 use netplane_common::abi::addr_be;
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use ipnet::Ipv4Net;
-use netplane_common::abi::{MAX_NAT_SLOTS, PORT_FLAG_ALLOW_LIST, PortKey, PortTarget, proto};
+use netplane_common::abi::{
+    MAX_NAT_SLOTS, PORT_FLAG_ALLOW_LIST, PortKey, PortKey6, PortTarget, PortTarget6, proto,
+};
 use serde::{Deserialize, Serialize};
 
 /// Transport protocol of a published port.
@@ -85,7 +92,7 @@ fn parse_port(s: &str) -> Result<u16, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     /// Host address to publish on; all addresses when absent.
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     /// Host ports; picked by the daemon when absent.
     pub host_ports: Option<PortRange>,
     /// Ports of the endpoint.
@@ -122,22 +129,34 @@ fn parse(spec: &str) -> Result<PortSpec, String> {
         Some((_, other)) => return Err(format!("unknown protocol {other:?} (tcp or udp)")),
         None => (spec, Proto::Tcp),
     };
-    if addr_ports.starts_with('[') {
-        return Err("IPv6 host addresses are not supported".into());
-    }
-    let parts: Vec<&str> = addr_ports.split(':').collect();
-    let (ip, host, container) = match parts.as_slice() {
-        [c] => (None, None, *c),
-        [h, c] => (None, Some(*h), *c),
-        [ip, h, c] => (Some(*ip), Some(*h), *c),
+    let (host_ip, ports) = match addr_ports.strip_prefix('[') {
+        Some(bracketed) => {
+            let (ip, rest) = bracketed
+                .split_once("]:")
+                .ok_or("expected [IPV6]:[HOSTPORT:]CONTAINERPORT")?;
+            let ip = ip
+                .parse::<Ipv6Addr>()
+                .map_err(|_| format!("{ip:?} is not an IPv6 address"))?;
+            (Some(IpAddr::V6(ip)), rest)
+        }
+        None => (None, addr_ports),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (ip, host, container) = match (host_ip, parts.as_slice()) {
+        (None, [c]) => (None, None, *c),
+        (None, [h, c]) => (None, Some(*h), *c),
+        (None, [ip, h, c]) => (Some(*ip), Some(*h), *c),
+        (Some(_), [c]) => (None, Some(""), *c),
+        (Some(_), [h, c]) => (None, Some(*h), *c),
         _ => return Err("expected [IP:][HOSTPORT:]CONTAINERPORT".into()),
     };
-    let host_ip = ip
-        .map(|ip| {
+    let host_ip = match ip {
+        Some(ip) => Some(IpAddr::V4(
             ip.parse::<Ipv4Addr>()
-                .map_err(|_| format!("{ip:?} is not an IPv4 address"))
-        })
-        .transpose()?;
+                .map_err(|_| format!("{ip:?} is not an IPv4 address"))?,
+        )),
+        None => host_ip,
+    };
     let host_ports = host
         .filter(|h| !h.is_empty())
         .map(PortRange::parse)
@@ -158,10 +177,18 @@ fn parse(spec: &str) -> Result<PortSpec, String> {
     })
 }
 
+/// A host address as `-p` writes it: IPv6 in brackets.
+fn write_host_ip(f: &mut fmt::Formatter<'_>, ip: IpAddr) -> fmt::Result {
+    match ip {
+        IpAddr::V4(ip) => write!(f, "{ip}:"),
+        IpAddr::V6(ip) => write!(f, "[{ip}]:"),
+    }
+}
+
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
+            write_host_ip(f, ip)?;
         }
         match (self.host_ports, self.host_ip) {
             (Some(h), _) => write!(f, "{h}:")?,
@@ -196,7 +223,7 @@ mod tests {
     #[test]
     fn full_forms() {
         let p = ok("127.0.0.1:8080:80/udp");
-        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.host_ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert_eq!(
             p.host_ports,
             Some(PortRange {
@@ -219,6 +246,8 @@ mod tests {
             "127.0.0.1:8080:80/udp",
             "10.0.0.1::53/udp",
             "1-3:4-6/tcp",
+            "[::1]:8080:80/tcp",
+            "[2001:db8::1]::53/udp",
         ] {
             assert_eq!(ok(s).to_string(), s);
         }
@@ -235,7 +264,24 @@ mod tests {
         assert!(err("1.2.3:80:80").contains("not an IPv4"));
         assert!(err("a:b:c:d").contains("expected"));
         assert!(err("").contains("not a port"));
-        assert!(err("[::1]:80:80").contains("IPv6"));
+        assert!(err("[::1]80").contains("expected [IPV6]"));
+        assert!(err("[1.2.3.4]:80:80").contains("not an IPv6"));
+        assert!(err("[::1]:1.2.3.4:80:80").contains("expected"));
+    }
+
+    #[test]
+    fn ipv6_host_addresses_in_brackets() {
+        let p = ok("[::]:8080:80");
+        assert_eq!(p.host_ip, Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(p.host_ports.unwrap().start, 8080);
+        let p = ok("[2001:db8::1]:8080:80/udp");
+        assert_eq!(p.host_ip, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(p.proto, Proto::Udp);
+        let p = ok("[::1]::80");
+        assert_eq!(p.host_ports, None);
+        let p = ok("[::1]:80");
+        assert_eq!(p.host_ports, None);
+        assert_eq!(p.container_ports.start, 80);
     }
 }
 
@@ -255,8 +301,10 @@ pub fn parse_sources(cidrs: &[String]) -> Result<Vec<Ipv4Net>, super::Error> {
 /// A port or range as published: host ports resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
-    /// Host address; 0.0.0.0 means every address of the host.
-    pub host_ip: Ipv4Addr,
+    /// Host address. 0.0.0.0 means every address of the host, of both
+    /// families when the endpoint has IPv6 (Docker's `-p 8080:80`); `::`
+    /// every IPv6 address.
+    pub host_ip: IpAddr,
     /// Host ports.
     pub host_ports: PortRange,
     /// Endpoint ports, same length as `host_ports`.
@@ -281,34 +329,87 @@ impl PublishedPort {
             && spec.host_ports.is_none_or(|h| h == self.host_ports)
     }
 
-    /// The data path's entries for this rule: one per host port, each
-    /// naming the endpoint port it maps to on `endpoint`.
-    pub fn map_entries(&self, endpoint: Ipv4Addr) -> Vec<(PortKey, PortTarget)> {
+    /// Host and endpoint port pairs, network byte order, with the
+    /// protocol number and `PORT_FLAG_*` bits of the rule.
+    fn port_pairs(&self) -> impl Iterator<Item = (u16, u16, u8, u16)> + '_ {
         let proto = match self.proto {
             Proto::Tcp => proto::TCP,
             Proto::Udp => proto::UDP,
         };
+        let flags = if self.from.is_empty() {
+            0
+        } else {
+            PORT_FLAG_ALLOW_LIST
+        };
         (self.host_ports.start..=self.host_ports.end)
             .zip(self.container_ports.start..=self.container_ports.end)
-            .map(|(host, container)| {
-                (
-                    PortKey {
-                        addr_be: addr_be(self.host_ip),
-                        port_be: host.to_be(),
-                        proto,
-                        _pad: 0,
-                    },
-                    PortTarget {
-                        addr_be: addr_be(endpoint),
-                        port_be: container.to_be(),
-                        flags: if self.from.is_empty() {
-                            0
-                        } else {
-                            PORT_FLAG_ALLOW_LIST
-                        },
-                        slot: self.slot,
-                    },
-                )
+            .map(move |(host, container)| (host.to_be(), container.to_be(), proto, flags))
+    }
+
+    /// The host address of the rule's IPv4 entries, if it has any.
+    fn host_ip4(&self) -> Option<Ipv4Addr> {
+        match self.host_ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The host address of the rule's IPv6 entries, if it has any: its
+    /// own, or every one for a rule on every address.
+    pub fn host_ip6(&self) -> Option<Ipv6Addr> {
+        match self.host_ip {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(ip) if ip.is_unspecified() => Some(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// The data path's IPv4 entries for this rule: one per host port, each
+    /// naming the endpoint port it maps to on `endpoint`.
+    pub fn map_entries(&self, endpoint: Ipv4Addr) -> Vec<(PortKey, PortTarget)> {
+        let Some(host_ip) = self.host_ip4() else {
+            return Vec::new();
+        };
+        self.port_pairs()
+            .map(|(port_be, target_be, proto, flags)| {
+                let key = PortKey {
+                    addr_be: addr_be(host_ip),
+                    port_be,
+                    proto,
+                    _pad: 0,
+                };
+                let target = PortTarget {
+                    addr_be: addr_be(endpoint),
+                    port_be: target_be,
+                    flags,
+                    slot: self.slot,
+                };
+                (key, target)
+            })
+            .collect()
+    }
+
+    /// The data path's IPv6 entries for this rule, to `endpoint`'s IPv6
+    /// address.
+    pub fn map_entries6(&self, endpoint: Ipv6Addr) -> Vec<(PortKey6, PortTarget6)> {
+        let Some(host_ip) = self.host_ip6() else {
+            return Vec::new();
+        };
+        self.port_pairs()
+            .map(|(port_be, target_be, proto, flags)| {
+                let key = PortKey6 {
+                    addr: host_ip.octets(),
+                    port_be,
+                    proto,
+                    _pad: 0,
+                };
+                let target = PortTarget6 {
+                    addr: endpoint.octets(),
+                    port_be: target_be,
+                    flags,
+                    slot: self.slot,
+                };
+                (key, target)
             })
             .collect()
     }
@@ -316,11 +417,17 @@ impl PublishedPort {
     /// Whether both publish a common host port of the same protocol on
     /// addresses that can coincide.
     pub fn conflicts_with(&self, other: &PublishedPort) -> bool {
+        let same_v4 = match (self.host_ip4(), other.host_ip4()) {
+            (Some(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),
+            _ => false,
+        };
+        let same_v6 = match (self.host_ip6(), other.host_ip6()) {
+            (Some(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),
+            _ => false,
+        };
         self.proto == other.proto
             && self.host_ports.overlaps(&other.host_ports)
-            && (self.host_ip == other.host_ip
-                || self.host_ip.is_unspecified()
-                || other.host_ip.is_unspecified())
+            && (same_v4 || same_v6)
     }
 }
 
@@ -383,11 +490,11 @@ where
     let mut next_slot = 1;
     // Where the search for a free run of each width last ended: the runs
     // before it are taken, and stay taken while this request adds ports.
-    let mut searched: std::collections::HashMap<(Proto, Ipv4Addr, u16), u16> =
+    let mut searched: std::collections::HashMap<(Proto, IpAddr, u16), u16> =
         std::collections::HashMap::new();
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        let host_ip = spec.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let host_ip = spec.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let width = spec.container_ports.end - spec.container_ports.start;
         let candidate = |start: u16| PublishedPort {
             host_ip,
