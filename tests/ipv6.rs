@@ -6,7 +6,7 @@
 use netplane_test_support as support;
 
 use serde_json::Value;
-use support::{Host, SCAPY_PYTHON, WORLD_IP, stdout_if_ok};
+use support::{HOST_IP6, Host, SCAPY_PYTHON, WORLD_IP, WORLD_IP6, stdout_if_ok};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap()
@@ -236,4 +236,123 @@ fn network_connect_to_a_dual_stack_network_adds_an_ipv6_address() {
         routes.contains("default via fd00:7b::1 dev eth1"),
         "{routes}"
     );
+}
+
+/// What socat answers each connection with: the peer address it saw
+/// (curl reads it as an HTTP/0.9 response).
+const PEER_ANSWER: &str = "echo $SOCAT_PEERADDR";
+
+/// The address a [`PEER_ANSWER`] named (socat writes IPv6 addresses in
+/// full, in brackets).
+fn peer(answer: Option<String>) -> Option<std::net::IpAddr> {
+    let answer = answer?;
+    answer
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+fn ip(s: &str) -> Option<std::net::IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+/// A TCP server on IPv6 `port` of namespace `netns`, answering with the
+/// peer's address.
+fn peer_server6(h: &Host, netns: &str, port: u16) -> support::Background {
+    h.spawn_ready(
+        netns,
+        &format!("socat TCP6-LISTEN:{port},fork,reuseaddr SYSTEM:'{PEER_ANSWER}'"),
+        |_| {
+            support::sh_ok(&format!("ip netns exec {netns} ss -Htln sport = :{port}"))
+                .contains(&format!(":{port}"))
+        },
+    )
+}
+
+#[test]
+fn published_ports_and_masquerade_carry_ipv6_through_the_data_path() {
+    let h = Host::new();
+    h.add_ipv6();
+    h.up(&["--ipv6", "--subnet6", "fd00:61::/64"]);
+    let web = h.name("web");
+    h.np_ok(&["create", "-p", "8080:80", "-p", "[::]:8082:80", &web]);
+    let ep = json(&h.np_ok(&["inspect", &web]));
+    let networks = ep[0]["NetworkSettings"]["Networks"].as_object().unwrap();
+    let web6 = networks.values().next().unwrap()["GlobalIPv6Address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ep}"))
+        .to_string();
+    assert!(web6.starts_with("fd00:61::"), "{ep}");
+    let _server = peer_server6(&h, &web, 80);
+
+    // A client outside reaches the published port over IPv6, and the
+    // endpoint sees the client's own address.
+    let url = format!("http://[{HOST_IP6}]:8080/");
+    let seen = stdout_if_ok(h.in_world(&format!("curl -6 --http0.9 -s --max-time 5 {url}")));
+    assert_eq!(peer(seen), ip(WORLD_IP6), "{}", h.log());
+    let seen = stdout_if_ok(h.in_world(&format!(
+        "curl -6 --http0.9 -s --max-time 5 http://[{HOST_IP6}]:8082/"
+    )));
+    assert_eq!(peer(seen), ip(WORLD_IP6));
+    // `[::]:8082` is IPv6 only.
+    let v4 = h.in_world(&format!(
+        "curl -4 --http0.9 -s --max-time 3 http://{}:8082/",
+        support::HOST_IP
+    ));
+    assert!(!v4.status.success(), "8082 answers over IPv4");
+
+    let nat = h.nat();
+    let rules = nat["Rules"].as_array().unwrap();
+    assert!(
+        rules.iter().any(|r| r["Destination"] == "0.0.0.0/0,::/0"
+            && r["Detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("to:[{web6}]:80"))),
+        "{nat}"
+    );
+    assert!(rules.iter().any(|r| r["Destination"] == "::/0"), "{nat}");
+    let flows = json(&h.np_ok(&["ct", "ls", "--json"]));
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["Original"]["Src"] == WORLD_IP6 && f["Reply"]["Src"] == web6.as_str()),
+        "{flows}"
+    );
+
+    // What the endpoint opens leaves from the host's address (NAT66):
+    // TCP, UDP and ICMPv6 echo.
+    let _outside = peer_server6(&h, &h.world, 9000);
+    let seen = stdout_if_ok(h.in_endpoint(
+        &web,
+        &format!("curl -6 --http0.9 -s --max-time 5 http://[{WORLD_IP6}]:9000/"),
+    ));
+    assert_eq!(peer(seen), ip(HOST_IP6), "{}", h.log());
+    let _udp = h.spawn_in(
+        &h.world,
+        &format!("socat UDP6-RECVFROM:9001,fork SYSTEM:'echo $SOCAT_PEERADDR'"),
+    );
+    let seen = support::retry(|| {
+        stdout_if_ok(h.in_endpoint(
+            &web,
+            &format!("sh -c 'echo hi | socat -t2 - UDP6:[{WORLD_IP6}]:9001'"),
+        ))
+        .filter(|s| !s.trim().is_empty())
+    });
+    assert_eq!(peer(seen), ip(HOST_IP6));
+    assert!(pings6(&h, &web, WORLD_IP6), "ping -6 out through NAT66");
+
+    // The endpoint's own address is not reachable from outside: only
+    // through published ports.
+    let before = h.drops("not_published");
+    h.in_world(&format!("ip -6 route add fd00:61::/64 via {HOST_IP6}"));
+    let direct = h.in_world(&format!(
+        "curl -6 --http0.9 -s --max-time 2 http://[{web6}]:80/"
+    ));
+    assert!(!direct.status.success(), "reached the endpoint directly");
+    assert!(h.drops("not_published") > before);
 }

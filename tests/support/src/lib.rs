@@ -18,6 +18,10 @@ use std::{
 pub const HOST_IP: &str = "198.18.0.2";
 /// Address of the world namespace behind the uplink.
 pub const WORLD_IP: &str = "198.18.0.1";
+/// The host's global IPv6 address on its uplink, after [`Host::add_ipv6`].
+pub const HOST_IP6: &str = "2001:db8:18::2";
+/// The world's, after [`Host::add_ipv6`].
+pub const WORLD_IP6: &str = "2001:db8:18::1";
 
 pub mod podman;
 
@@ -285,6 +289,22 @@ impl Host {
              ip -n {w} addr add {WORLD_IP}/24 dev {x}; ip -n {w} link set {x} up; ip -n {w} link set lo up"
         ));
         h
+    }
+
+    /// Gives the uplink and the world an IPv6 address each ([`HOST_IP6`],
+    /// [`WORLD_IP6`]), and the host a default route through the world.
+    pub fn add_ipv6(&self) {
+        let (n, w, u, x) = (
+            &self.netns,
+            &self.world,
+            &self.uplink,
+            format!("{}x", self.prefix),
+        );
+        sh_ok(&format!(
+            "set -e; ip -n {n} -6 addr add {HOST_IP6}/64 dev {u} nodad
+             ip -n {w} -6 addr add {WORLD_IP6}/64 dev {x} nodad
+             ip -n {n} -6 route add default via {WORLD_IP6}"
+        ));
     }
 
     /// A host whose uplink, with address `addr`/24, plugs into `underlay`
