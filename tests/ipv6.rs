@@ -334,7 +334,7 @@ fn published_ports_and_masquerade_carry_ipv6_through_the_data_path() {
     assert_eq!(peer(seen), ip(HOST_IP6), "{}", h.log());
     let _udp = h.spawn_in(
         &h.world,
-        &format!("socat UDP6-RECVFROM:9001,fork SYSTEM:'echo $SOCAT_PEERADDR'"),
+        "socat UDP6-RECVFROM:9001,fork SYSTEM:'echo $SOCAT_PEERADDR'",
     );
     let seen = support::retry(|| {
         stdout_if_ok(h.in_endpoint(

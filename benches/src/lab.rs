@@ -34,6 +34,12 @@ pub const WORLD: [u8; 4] = [198, 18, 0, 1];
 pub const WORLD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 /// The host port published to port 80 of [`ENDPOINT`].
 pub const PUBLISHED_PORT: u16 = 8080;
+/// IPv6 addresses, after [`Lab::with_ipv6`]: the endpoint's, the
+/// bridge's (its gateway), the uplink's and the world's.
+pub const ENDPOINT6: [u8; 16] = [0xfd, 0, 0, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const GATEWAY6: [u8; 16] = [0xfd, 0, 0, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const UPLINK6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const WORLD6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -166,6 +172,55 @@ impl Lab {
             _rt: rt,
             _cleanup: cleanup,
         }
+    }
+
+    /// Makes the lab dual-stack: IPv6 on the bridge and the uplink, the
+    /// endpoint at [`ENDPOINT6`] with its neighbour entry, the world's
+    /// too, the host's addresses, and the published port on `::` as well.
+    pub fn with_ipv6(&mut self) {
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let v6 = |a: [u8; 16]| std::net::Ipv6Addr::from(a);
+        sh(&format!(
+            "set -e
+             sysctl -qw net.ipv6.conf.tb0.disable_ipv6=0 net.ipv6.conf.tu0.disable_ipv6=0
+             sysctl -qw net.ipv6.conf.tb0.forwarding=1
+             ip addr add {gw}/64 dev tb0 nodad
+             ip addr add {up}/64 dev tu0 nodad
+             ip -6 route add default via {world} dev tu0
+             ip neigh add {world} lladdr {world_mac} dev tu0 nud permanent
+             ip neigh add {ep} lladdr {ep_mac} dev tb0 nud permanent",
+            gw = v6(GATEWAY6),
+            up = v6(UPLINK6),
+            world = v6(WORLD6),
+            world_mac = mac(WORLD_MAC),
+            ep = v6(ENDPOINT6),
+            ep_mac = mac(ENDPOINT_MAC),
+        ));
+        self.dp
+            .add_endpoint6(self.endpoint_if, ENDPOINT6.into(), ENDPOINT_MAC, 0)
+            .expect("IPv6 endpoint");
+        self.dp
+            .set_host_addrs6(&[UPLINK6.into()], &[GATEWAY6.into()], Some(UPLINK6.into()))
+            .expect("host IPv6 addresses");
+        let spec: PortSpec = format!("{PUBLISHED_PORT}:80").parse().expect("spec");
+        let published = assign_host_ports(
+            &[spec],
+            &[],
+            PortRange {
+                start: 32768,
+                end: 60999,
+            },
+            |_| Ok::<(), netplane::logic::Error>(()),
+        )
+        .expect("host port");
+        self.dp
+            .publish6(&published[0].map_entries6(ENDPOINT6.into()))
+            .expect("publishing over IPv6");
     }
 
     /// Runs `program` once on `packet` arriving on `ifindex`.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use netplane::{
-    daemon::{Config, Daemon, counters},
+    daemon::{Config, Daemon},
     types::{CreateEndpoint, CreateNetwork},
 };
 use nix::sched::{CloneFlags, setns};
@@ -677,7 +677,8 @@ impl Topo {
     pub fn collect_garbage(&mut self) {
         if let Some(daemon) = self.daemon.as_mut().and_then(|d| d.daemon.as_mut()) {
             let readers = daemon.readers().expect("the daemon's tables");
-            counters::collect_garbage(&readers.flows, &readers.timeouts)
+            readers
+                .collect_garbage()
                 .expect("conntrack garbage collection");
         }
     }

@@ -5,11 +5,14 @@
 use netplane_common::abi::addr_be;
 use std::net::Ipv4Addr;
 
-use etherparse::{Icmpv4Type, IpNumber, PacketBuilder, icmpv4::DestUnreachableHeader};
+use etherparse::{
+    Icmpv4Type, IpHeaders, IpNumber, PacketBuilder, PacketBuilderStep,
+    icmpv4::DestUnreachableHeader,
+};
 use netplane::{kernel::datapath::Role, logic::conntrack};
 use netplane_benches::lab::{
-    ENDPOINT, ENDPOINT_MAC, GATEWAY, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
-    UPLINK, WORLD, WORLD_MAC, tcp_syn, udp,
+    ENDPOINT, ENDPOINT_MAC, ENDPOINT6, GATEWAY, GATEWAY6, Lab, PUBLISHED_PORT, TC_ACT_OK,
+    TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, UPLINK6, WORLD, WORLD_MAC, WORLD6, tcp_syn, udp,
 };
 use netplane_common::{
     abi::{
@@ -972,9 +975,6 @@ fn icc_false_on_a_user_network_holds_there_only() {
     assert_eq!(open.drops(DropReason::IccDenied), 0);
 }
 
-/// The endpoint's IPv6 address in the lab's dual-stack tests.
-const ENDPOINT6: [u8; 16] = [0xfd, 0, 0, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-
 /// An IPv6 frame from the endpoint's MAC to the bridge: `src` to `dst`,
 /// first Next Header `next`, then `rest` (extension headers and upper
 /// layer, checksums left zero: the programs do not verify them).
@@ -1096,4 +1096,199 @@ fn ipv6_from_an_endpoint_is_checked_sender_by_sender() {
     // The gateway and multicast stay reachable.
     let to_gateway = frame6(&lab, ENDPOINT6, gateway6, 17, &UDP_TO_9);
     assert_eq!(lab.sent_by_endpoint(&to_gateway).0, TC_ACT_OK);
+}
+
+/// The fields of an IPv6 packet after an Ethernet header (no extension
+/// headers), its transport checksum verified from scratch over the
+/// pseudo-header.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen6 {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+    sport: u16,
+    dport: u16,
+}
+
+fn seen6(frame: &[u8]) -> Seen6 {
+    let ip = &frame[14..];
+    let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let l4 = &ip[40..40 + len];
+    let next = ip[6];
+    let pseudo = sum(&ip[8..40]) + u32::from(next) + len as u32;
+    match next {
+        6 => assert!(folds_to_ffff(pseudo + sum(l4)), "TCP checksum"),
+        17 => assert!(folds_to_ffff(pseudo + sum(l4)), "UDP checksum"),
+        58 => assert!(folds_to_ffff(pseudo + sum(l4)), "ICMPv6 checksum"),
+        _ => {}
+    }
+    let (sport, dport) = match next {
+        // The echo identifier.
+        58 => (u16::from_be_bytes([l4[4], l4[5]]), 0),
+        _ => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+    };
+    Seen6 {
+        dst_mac: frame[0..6].try_into().unwrap(),
+        src_mac: frame[6..12].try_into().unwrap(),
+        src: ip[8..24].try_into().unwrap(),
+        dst: ip[24..40].try_into().unwrap(),
+        hop_limit: ip[7],
+        sport,
+        dport,
+    }
+}
+
+/// An IPv6 packet built with etherparse: `build` gets the IP step.
+fn packet6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    build: impl FnOnce(PacketBuilderStep<IpHeaders>) -> Vec<u8>,
+) -> Vec<u8> {
+    build(PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(src, dst, 64))
+}
+
+fn echo6(step: PacketBuilderStep<IpHeaders>, request: bool, id: u16) -> Vec<u8> {
+    let b = if request {
+        step.icmpv6_echo_request(id, 1)
+    } else {
+        step.icmpv6_echo_reply(id, 1)
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, b"ping").unwrap();
+    v
+}
+
+#[test]
+fn ipv6_masquerade_and_published_ports_translate_with_checksums() {
+    let mut lab = Lab::new(1024);
+    lab.with_ipv6();
+
+    // NAT66: out from the uplink's address, checksums right, hop counted.
+    let syn = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
+        tcp_syn(s, 40000, 80)
+    });
+    let (action, out) = lab.sent_by_endpoint(&syn);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(
+        seen6(&out),
+        Seen6 {
+            dst_mac: WORLD_MAC,
+            src_mac: lab.uplink_mac,
+            src: UPLINK6,
+            dst: WORLD6,
+            hop_limit: 63,
+            sport: 40000,
+            dport: 80,
+        }
+    );
+    assert_eq!(lab.dp.flows6().unwrap().len(), 2, "one entry per direction");
+    let syn_ack = {
+        let b = PacketBuilder::ethernet2(WORLD_MAC, lab.uplink_mac)
+            .ipv6(WORLD6, UPLINK6, 64)
+            .tcp(80, 40000, 5000, 65535)
+            .syn()
+            .ack(1001);
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    };
+    let (action, out) = lab.arriving_from_world(&syn_ack);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(
+        seen6(&out),
+        Seen6 {
+            dst_mac: ENDPOINT_MAC,
+            src_mac: lab.bridge_mac,
+            src: WORLD6,
+            dst: ENDPOINT6,
+            hop_limit: 63,
+            sport: 80,
+            dport: 40000,
+        }
+    );
+
+    // ICMPv6 echo: its checksum covers the addresses too.
+    let ping = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
+        echo6(s, true, 7)
+    });
+    let (action, out) = lab.sent_by_endpoint(&ping);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let out = seen6(&out);
+    assert_eq!(out.src, UPLINK6);
+    // An identifier below the masquerade range is never kept.
+    let id = out.sport;
+    assert!((32768..=60999).contains(&id), "{id}");
+    let pong = packet6(WORLD_MAC, lab.uplink_mac, WORLD6, UPLINK6, |s| {
+        echo6(s, false, id)
+    });
+    let (action, out) = lab.arriving_from_world(&pong);
+    assert_eq!(action, TC_ACT_REDIRECT);
+
+    let back = seen6(&out);
+    assert_eq!((back.dst, back.sport), (ENDPOINT6, 7));
+
+    // A published port: to the endpoint's IPv6 address, the client's kept;
+    // its reply leaves from the host's address and port.
+    let query = packet6(WORLD_MAC, lab.uplink_mac, WORLD6, UPLINK6, |s| {
+        tcp_syn(s, 5353, PUBLISHED_PORT)
+    });
+    let (action, out) = lab.arriving_from_world(&query);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let inside = seen6(&out);
+    assert_eq!(
+        (inside.src, inside.dst, inside.sport, inside.dport),
+        (WORLD6, ENDPOINT6, 5353, 80)
+    );
+    let answer = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
+        let b = s.tcp(80, 5353, 7000, 65535).syn().ack(1001);
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    });
+    let (action, out) = lab.sent_by_endpoint(&answer);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let outside = seen6(&out);
+    assert_eq!(
+        (outside.src, outside.dst, outside.sport, outside.dport),
+        (UPLINK6, WORLD6, PUBLISHED_PORT, 5353)
+    );
+    let rule = lab.dp.counters().nat_counters(1).unwrap();
+    assert_eq!(rule.0, 2, "the published rule counted both packets");
+
+    // The endpoint's and the gateway's own addresses are not reachable
+    // from outside; other traffic to the host is the host's.
+    for dst in [ENDPOINT6, GATEWAY6] {
+        let direct = packet6(WORLD_MAC, lab.uplink_mac, WORLD6, dst, |s| {
+            udp(s, 5353, 80, b"direct")
+        });
+        assert_eq!(lab.arriving_from_world(&direct).0, TC_ACT_SHOT);
+    }
+    assert_eq!(lab.drops(DropReason::NotPublished), 2);
+    let to_host = packet6(WORLD_MAC, lab.uplink_mac, WORLD6, UPLINK6, |s| {
+        udp(s, 5353, 53, b"host")
+    });
+    assert_eq!(
+        lab.arriving_from_world(&to_host),
+        (TC_ACT_OK, to_host.clone())
+    );
+
+    // A fragment cannot be masqueraded without reassembly.
+    let mut frag = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
+        udp(s, 40001, 53, b"fragmented")
+    });
+    let udp_part = frag.split_off(54);
+    frag[20] = 44;
+    frag.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
+    frag.extend_from_slice(&udp_part);
+    let len = (frag.len() - 54) as u16;
+    frag[18..20].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(lab.sent_by_endpoint(&frag).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::Fragment), 1);
 }
