@@ -6,8 +6,8 @@ use netplane_common::abi::addr_be;
 use std::net::Ipv4Addr;
 
 use etherparse::{
-    Icmpv4Type, IpHeaders, IpNumber, PacketBuilder, PacketBuilderStep,
-    icmpv4::DestUnreachableHeader,
+    Icmpv4Type, Icmpv6Type, IpHeaders, IpNumber, PacketBuilder, PacketBuilderStep,
+    icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode,
 };
 use netplane::{kernel::datapath::Role, logic::conntrack};
 use netplane_benches::lab::{
@@ -1189,6 +1189,42 @@ fn ipv6_masquerade_and_published_ports_translate_with_checksums() {
         }
     );
     assert_eq!(lab.dp.flows6().unwrap().len(), 2, "one entry per direction");
+    // ICMPv6 errors about it, from a router and from the peer itself, are
+    // translated for the endpoint, the packet they quote included.
+    let router: [u8; 16] = [
+        0x20, 1, 0x0d, 0xb8, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+    ];
+    let quoted_syn = out[14..].to_vec();
+    for (from, kind) in [
+        (router, Icmpv6Type::PacketTooBig { mtu: 1280 }),
+        (
+            WORLD6,
+            Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+        ),
+    ] {
+        let error = packet6(WORLD_MAC, lab.uplink_mac, from, UPLINK6, |s| {
+            let b = s.icmpv6(kind);
+            let mut v = Vec::new();
+            b.write(&mut v, &quoted_syn).unwrap();
+            v
+        });
+        let (action, out) = lab.arriving_from_world(&error);
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let outer = seen6(&out);
+        assert_eq!(
+            (outer.src, outer.dst),
+            (from, ENDPOINT6),
+            "ICMPv6 checksum verified"
+        );
+        let quoted = &out[14 + 48..];
+        assert_eq!(
+            quoted[8..24],
+            ENDPOINT6,
+            "the quoted source is the endpoint"
+        );
+        assert_eq!(quoted[24..40], WORLD6);
+        assert_eq!(quoted[40..44], [0x9c, 0x40, 0, 80], "ports 40000 and 80");
+    }
     let syn_ack = {
         let b = PacketBuilder::ethernet2(WORLD_MAC, lab.uplink_mac)
             .ipv6(WORLD6, UPLINK6, 64)
@@ -1242,6 +1278,7 @@ fn ipv6_masquerade_and_published_ports_translate_with_checksums() {
     let (action, out) = lab.arriving_from_world(&query);
     assert_eq!(action, TC_ACT_REDIRECT);
     let inside = seen6(&out);
+    let inside_packet = out.clone();
     assert_eq!(
         (inside.src, inside.dst, inside.sport, inside.dport),
         (WORLD6, ENDPOINT6, 5353, 80)
@@ -1261,6 +1298,51 @@ fn ipv6_masquerade_and_published_ports_translate_with_checksums() {
     );
     let rule = lab.dp.counters().nat_counters(1).unwrap();
     assert_eq!(rule.0, 2, "the published rule counted both packets");
+
+    // The endpoint's "port unreachable" about the published flow leaves
+    // from the host, quoting the packet as the client sent it.
+    let error = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
+        let b = s.icmpv6(Icmpv6Type::DestinationUnreachable(
+            DestUnreachableCode::Port,
+        ));
+        let mut v = Vec::new();
+        b.write(&mut v, &inside_packet[14..]).unwrap();
+        v
+    });
+    let (action, out) = lab.sent_by_endpoint(&error);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let outer = seen6(&out);
+    assert_eq!((outer.src, outer.dst), (UPLINK6, WORLD6));
+    let quoted = &out[14 + 48..];
+    assert_eq!(quoted[8..24], WORLD6);
+    assert_eq!(
+        quoted[24..40],
+        UPLINK6,
+        "the quoted destination is the host's"
+    );
+    assert_eq!(
+        quoted[40..44],
+        [
+            0x14,
+            0xe9,
+            (PUBLISHED_PORT >> 8) as u8,
+            PUBLISHED_PORT as u8
+        ]
+    );
+    // One about no flow would carry the endpoint's address out.
+    let unknown = packet6(WORLD_MAC, lab.uplink_mac, WORLD6, ENDPOINT6, |s| {
+        udp(s, 999, 998, b"?")
+    });
+    let stray = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
+        let b = s.icmpv6(Icmpv6Type::DestinationUnreachable(
+            DestUnreachableCode::Port,
+        ));
+        let mut v = Vec::new();
+        b.write(&mut v, &unknown[14..]).unwrap();
+        v
+    });
+    assert_eq!(lab.sent_by_endpoint(&stray).0, TC_ACT_SHOT);
+    assert_eq!(lab.drops(DropReason::UntrackedIcmpError), 1);
 
     // The endpoint's and the gateway's own addresses are not reachable
     // from outside; other traffic to the host is the host's.

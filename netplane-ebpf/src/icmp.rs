@@ -4,21 +4,26 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 use crate::{
-    conntrack::CONNTRACK,
-    fib::{Next, next_hop, send, to_endpoint},
+    conntrack::{CONNTRACK, CONNTRACK6},
+    fib::{Next, next_hop, route6, send, send6, to_endpoint},
     nat::{count, csum_err, set_addrs, under_rule},
-    packet::{ICMP_ECHO, Ipv4, ipv4, load, store},
+    packet::{ICMP_ECHO, Ipv4, Ipv6, ipv4, ipv6, load, store},
     reg::InReg,
 };
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use netplane_common::{
-    abi::{CtEntry, DropReason, FlowKey, NetConfig, proto},
-    nat::{replace16, replace16_udp, replace32, replace32_udp},
+    abi::{CtEntry, CtEntry6, DropReason, FlowKey, NetConfig, proto},
+    nat::{Addr, add32, diff16, replace16, replace16_udp, replace32, replace32_udp},
+    packet::icmpv6,
 };
 
 /// Per-CPU room for the packet quoted in an ICMP error.
 #[map]
 pub(crate) static QUOTED: PerCpuArray<Ipv4> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same for ICMPv6.
+#[map]
+pub(crate) static QUOTED6: PerCpuArray<Ipv6> = PerCpuArray::with_max_entries(1, 0);
 
 /// Rewrites a 16-bit word inside an ICMP error's payload, keeping the ICMP
 /// checksum right.
@@ -198,4 +203,111 @@ pub(crate) fn translate_icmp_error(
         Next::Endpoint(ep) => to_endpoint(ctx, cfg, ip, &ep).map(Some),
         Next::Out(route) => send(ctx, ip, &route).map(Some),
     }
+}
+
+/// An ICMPv6 error about a packet of a translated flow, as
+/// [`icmp_error`] for IPv4. Not inlined, to keep its frame off the stack
+/// of ordinary packets.
+#[inline(never)]
+pub(crate) fn icmp_error6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv6,
+) -> InReg<Result<Option<i32>, DropReason>> {
+    InReg::new(icmp_error6_now(ctx, cfg, ip))
+}
+
+#[inline(always)]
+fn icmp_error6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Result<Option<i32>, DropReason> {
+    let inner = quoted6(ctx, ip)?;
+    if !inner.has_ports() {
+        return Ok(None);
+    }
+    let key = inner.key().reversed();
+    // SAFETY: a map value, valid while the program runs.
+    let Some(e) = (unsafe { CONNTRACK6.get(&key) }) else {
+        return Ok(None);
+    };
+    under_rule(translate_icmp_error6(ctx, cfg, ip, e), e.slot)
+}
+
+/// The packet an ICMPv6 error quotes, parsed into [`QUOTED6`]. Not
+/// inlined: the walk's frame is gone before the translation takes its.
+#[inline(never)]
+fn quoted6(ctx: &TcContext, ip: &Ipv6) -> Result<&'static Ipv6, DropReason> {
+    let inner = QUOTED6.get_ptr_mut(0).ok_or(DropReason::Truncated)?;
+    // SAFETY: a per-CPU map value, used by this invocation only.
+    let inner = unsafe { &mut *inner };
+    ipv6(ctx, ip.l4 + 8, inner)?;
+    Ok(inner)
+}
+
+/// Translates and delivers an ICMPv6 error quoting the packet in
+/// [`QUOTED6`], of the flow whose reply entry is `e`. Its checksum covers
+/// the pseudo-header and the whole message, the quoted packet included:
+/// one update for each.
+#[inline(always)]
+fn translate_icmp_error6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv6,
+    e: &CtEntry6,
+) -> Result<Option<i32>, DropReason> {
+    let inner = QUOTED6.get(0).ok_or(DropReason::Truncated)?;
+    // The error came from the flow's peer itself, or from a router between.
+    let saddr = if ip.saddr == inner.daddr {
+        e.saddr_be
+    } else {
+        ip.saddr
+    };
+    let Ok(route) = route6(ctx, cfg, ip, &saddr, &e.daddr_be).get() else {
+        return Ok(None);
+    };
+    rewrite_quoted6(ctx, ip, e).get()?;
+    let pseudo = add32(
+        <[u8; 16]>::csum_diff(&ip.saddr, &saddr),
+        <[u8; 16]>::csum_diff(&ip.daddr, &e.daddr_be),
+    );
+    store(ctx, ip.l3 + 8, saddr)?;
+    store(ctx, ip.l3 + 24, e.daddr_be)?;
+    csum_err(ctx.l4_csum_replace(ip.l4 + 2, 0, u64::from(pseudo), u64::from(BPF_F_PSEUDO_HDR)))?;
+    count(e.slot, ctx.len());
+    send6(ctx, ip, &route).map(Some)
+}
+
+/// Rewrites the packet in [`QUOTED6`], quoted by the ICMPv6 error `ip`,
+/// as its flow's reply entry `e` has it, and the error's checksum with
+/// it. (The quoted transport checksum is left: nothing checks it, and it
+/// may lie beyond what was quoted.) Not inlined, for the stack limit.
+#[inline(never)]
+fn rewrite_quoted6(ctx: &TcContext, ip: &Ipv6, e: &CtEntry6) -> InReg<Result<(), DropReason>> {
+    InReg::new(rewrite_quoted6_now(ctx, ip, e))
+}
+
+#[inline(always)]
+fn rewrite_quoted6_now(ctx: &TcContext, ip: &Ipv6, e: &CtEntry6) -> Result<(), DropReason> {
+    let inner = QUOTED6.get(0).ok_or(DropReason::Truncated)?;
+    let mut payload = add32(
+        <[u8; 16]>::csum_diff(&inner.saddr, &e.daddr_be),
+        <[u8; 16]>::csum_diff(&inner.daddr, &e.saddr_be),
+    );
+    store(ctx, inner.l3 + 8, e.daddr_be)?;
+    store(ctx, inner.l3 + 24, e.saddr_be)?;
+    match inner.proto {
+        proto::TCP | proto::UDP => {
+            payload = add32(payload, diff16(inner.sport, e.dport_be));
+            payload = add32(payload, diff16(inner.dport, e.sport_be));
+            store(ctx, inner.l4, e.dport_be)?;
+            store(ctx, inner.l4 + 2, e.sport_be)?;
+        }
+        _ if inner.l4_flags == icmpv6::ECHO_REQUEST => {
+            payload = add32(payload, diff16(inner.sport, e.dport_be));
+            store(ctx, inner.l4 + 4, e.dport_be)?;
+        }
+        _ => {
+            payload = add32(payload, diff16(inner.dport, e.sport_be));
+            store(ctx, inner.l4 + 4, e.sport_be)?;
+        }
+    }
+    csum_err(ctx.l4_csum_replace(ip.l4 + 2, 0, u64::from(payload), 0))
 }

@@ -185,7 +185,11 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             Some(verdict) => Ok(verdict),
             None => {
                 let ip = PACKET6.get(0).ok_or(DropReason::Truncated)?;
-                paths6::from_endpoint6(ctx, cfg, ip, me.vni).get()
+                if ip.is_icmp_error() && ip.hop_limit > 1 {
+                    paths6::error_from_endpoint6(ctx, cfg, ip).get()
+                } else {
+                    paths6::from_endpoint6(ctx, cfg, ip, me.vni).get()
+                }
             }
         },
         // Anything else: the checks above and `--icc=false` know only IP.

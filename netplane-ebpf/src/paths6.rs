@@ -11,6 +11,7 @@ use crate::{
     config::network,
     conntrack::{create, new_flow, pick_port, track},
     fib::{Verdict, forward6, route6},
+    icmp::icmp_error6,
     nat::{UPLINK6, host_addr6_bits, published6, under_rule},
     packet::Ipv6,
     reg::InReg,
@@ -47,15 +48,6 @@ fn from_endpoint6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> 
     if let Some(verdict) = tracked6(ctx, cfg, ip) {
         return verdict;
     }
-    if ip.is_icmp_error() {
-        // About no flow the data path tracks: untranslated, the packet it
-        // quotes would carry the endpoint's address out.
-        return if leaves_by_uplink(ctx, cfg, ip) {
-            Err(DropReason::UntrackedIcmpError)
-        } else {
-            Ok(TC_ACT_OK)
-        };
-    }
     if host_addr6_bits(&ip.daddr).is_some() || !leaves_by_uplink(ctx, cfg, ip) {
         return Ok(TC_ACT_OK);
     }
@@ -82,6 +74,21 @@ fn from_endpoint6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> 
     forward6(ctx, cfg, ip, &flow.pair.fwd).get()
 }
 
+/// An ICMPv6 error an endpoint sent to an address that is no endpoint's:
+/// translated when it is about a tracked flow. Kept apart from
+/// [`from_endpoint6`] (and called instead of it), for the stack limit.
+#[inline(never)]
+pub(crate) fn error_from_endpoint6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> InReg<Verdict> {
+    InReg::new(match icmp_error6(ctx, cfg, ip).get() {
+        Ok(Some(verdict)) => Ok(verdict),
+        Err(e) => Err(e),
+        // About no flow the data path tracks: untranslated, the packet it
+        // quotes would carry the endpoint's address out.
+        Ok(None) if leaves_by_uplink(ctx, cfg, ip) => Err(DropReason::UntrackedIcmpError),
+        Ok(None) => Ok(TC_ACT_OK),
+    })
+}
+
 /// Whether the host routes `ip` out of the uplink.
 #[inline(always)]
 fn leaves_by_uplink(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> bool {
@@ -103,6 +110,12 @@ pub(crate) fn from_uplink6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> InReg
 fn from_uplink6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Verdict {
     if ip.hop_limit <= 1 {
         return Ok(TC_ACT_OK);
+    }
+    if ip.is_icmp_error() {
+        // Translated when about a tracked flow; the host's otherwise.
+        return icmp_error6(ctx, cfg, ip)
+            .get()
+            .map(|v| v.unwrap_or(TC_ACT_OK));
     }
     if let Some(verdict) = tracked6(ctx, cfg, ip) {
         return verdict;
