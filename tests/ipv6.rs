@@ -324,6 +324,33 @@ fn published_ports_and_masquerade_carry_ipv6_through_the_data_path() {
         "{flows}"
     );
 
+    // The host's own processes reach published ports on [::1] and its
+    // addresses, and through IPv4-mapped addresses of dual-stack sockets;
+    // the socket's peer is the address it asked for.
+    for target in [
+        "[::1]:8080".to_string(),
+        format!("[{HOST_IP6}]:8080"),
+        "[::ffff:127.0.0.1]:8080".to_string(),
+    ] {
+        let seen = h.in_host(&format!("socat -t2 - TCP6:{target} </dev/null"));
+        assert!(peer(Some(seen.clone())).is_some(), "{target}: {seen:?}");
+    }
+    let peer_name = h.in_host(
+        "python3 -c 'import socket; s=socket.create_connection((\"::1\", 8080)); print(s.getpeername()[:2])'",
+    );
+    assert_eq!(peer_name.trim(), "('::1', 8080)");
+    let peer_name = h.in_host(
+        "python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\", 8080)); print(s.getpeername())'",
+    );
+    assert_eq!(peer_name.trim(), "('127.0.0.1', 8080)", "getpeername4 too");
+    h.np_ok(&["port", "add", &web, "[::1]:8083:80"]);
+    let seen = h.in_host("socat -t2 - TCP6:[::1]:8083 </dev/null");
+    assert!(peer(Some(seen.clone())).is_some(), "[::1]:8083: {seen:?}");
+    let outside = h.in_world(&format!(
+        "curl -6 --http0.9 -s --max-time 2 http://[{HOST_IP6}]:8083/"
+    ));
+    assert!(!outside.status.success(), "[::1]:8083 is the host's only");
+
     // What the endpoint opens leaves from the host's address (NAT66):
     // TCP, UDP and ICMPv6 echo.
     let _outside = peer_server6(&h, &h.world, 9000);

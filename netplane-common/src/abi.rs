@@ -97,6 +97,9 @@ pub mod maps {
     /// [`super::Uplink6`] at index 0: the uplink's global IPv6 address,
     /// which NAT66 masquerades endpoints' flows to.
     pub const UPLINK6: &str = "NP_UPLINK6";
+    /// [`super::SockRevValue6`] keyed by [`super::SockRevKey6`] (LRU): as
+    /// [`SOCK_REV`] for IPv6 sockets.
+    pub const SOCK_REV6: &str = "NP_SOCK_REV6";
 }
 
 /// The version of what the pinned maps' keys and values mean. A daemon
@@ -130,6 +133,17 @@ pub mod programs {
     pub const SENDMSG4: &str = "np_sendmsg4";
     /// cgroup recvmsg4: replies seem to come from the published address.
     pub const RECVMSG4: &str = "np_recvmsg4";
+    /// cgroup/getpeername4: a connected socket's peer as it was asked for.
+    pub const GETPEERNAME4: &str = "np_getpeername4";
+    /// cgroup/connect6: as [`CONNECT4`] for IPv6 sockets, IPv4-mapped
+    /// addresses of dual-stack sockets included.
+    pub const CONNECT6: &str = "np_connect6";
+    /// cgroup/sendmsg6.
+    pub const SENDMSG6: &str = "np_sendmsg6";
+    /// cgroup/recvmsg6.
+    pub const RECVMSG6: &str = "np_recvmsg6";
+    /// cgroup/getpeername6.
+    pub const GETPEERNAME6: &str = "np_getpeername6";
 }
 
 /// Capacity of [`maps::IF_STATS`]: two directions for this many interfaces.
@@ -222,12 +236,41 @@ pub struct SockRevKey {
     pub _pad: u16,
 }
 
-/// Value of [`maps::SOCK_REV`]: the published address and port.
+/// Value of [`maps::SOCK_REV`]: the published address and port (for a
+/// TCP socket too, which `getpeername` answers with).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockRevValue {
     /// Address the socket asked for, network byte order.
     pub addr_be: u32,
+    /// Port it asked for, network byte order.
+    pub port_be: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// Key of [`maps::SOCK_REV6`]: a socket and the endpoint address (16
+/// bytes as in packets; IPv4-mapped for a dual-stack socket talking IPv4)
+/// and port it was redirected to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey6 {
+    /// Socket cookie, host byte order.
+    pub cookie: u64,
+    /// Endpoint address the socket really talks to.
+    pub addr: [u8; 16],
+    /// Endpoint port, network byte order.
+    pub port_be: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+}
+
+/// Value of [`maps::SOCK_REV6`]: the published address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue6 {
+    /// Address the socket asked for.
+    pub addr: [u8; 16],
     /// Port it asked for, network byte order.
     pub port_be: u16,
     /// Explicit padding.
@@ -859,6 +902,10 @@ mod pod {
     unsafe impl aya::Pod for super::PortTarget6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Uplink6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevValue6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfDrops {}
     // SAFETY: as above.

@@ -142,6 +142,36 @@ pub fn np_recvmsg4(ctx: SockAddrContext) -> i32 {
     SOCK_ALLOW
 }
 
+#[cgroup_sock_addr(getpeername4)]
+pub fn np_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn np_connect6(ctx: SockAddrContext) -> i32 {
+    sock::redirect6(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn np_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::redirect6(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn np_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::restore6(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn np_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::restore6(&ctx);
+    SOCK_ALLOW
+}
+
 fn verdict(ctx: &TcContext, v: Result<i32, DropReason>) -> i32 {
     match v {
         Ok(action) => action,

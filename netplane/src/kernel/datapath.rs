@@ -1266,7 +1266,16 @@ fn pin_name(ifname: &str, d: Direction) -> String {
 }
 
 /// The cgroup programs, which see host sockets rather than packets.
-const SOCKET_PROGRAMS: [&str; 3] = [programs::CONNECT4, programs::SENDMSG4, programs::RECVMSG4];
+const SOCKET_PROGRAMS: [&str; 8] = [
+    programs::CONNECT4,
+    programs::SENDMSG4,
+    programs::RECVMSG4,
+    programs::GETPEERNAME4,
+    programs::CONNECT6,
+    programs::SENDMSG6,
+    programs::RECVMSG6,
+    programs::GETPEERNAME6,
+];
 
 fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
     let prog = ebpf
