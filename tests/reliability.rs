@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netplane_common::abi::{CtEntry, LAYOUT_VERSION, maps};
+use netplane_common::abi::{CtEntry, LAYOUT_VERSION, maps, programs};
 use serde_json::Value;
 use support::{HOST_IP, Host, SCAPY_PYTHON, WORLD_IP, figure, mac_of, sh_ok};
 
@@ -995,17 +995,34 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
     h.up(&[]);
     let upgraded_in = upgrading.elapsed();
     // Every link stays; this netplane also counts what endpoints receive,
-    // on links of its own at their veths' egress.
+    // on links of its own at their veths' egress, and hooks IPv6 sockets
+    // and getpeername.
     let links_after = link_and_program_ids(&h);
     let added: Vec<&String> = links_after
         .keys()
         .filter(|pin| !links_before.contains_key(*pin))
         .collect();
+    let new_socket_hooks = [
+        programs::GETPEERNAME4,
+        programs::CONNECT6,
+        programs::SENDMSG6,
+        programs::RECVMSG6,
+        programs::GETPEERNAME6,
+    ]
+    .map(|p| format!("cgroup@{p}"));
     assert!(
         added
             .iter()
-            .all(|pin| pin.starts_with("npv") && pin.ends_with("@egress")),
+            .all(|pin| (pin.starts_with("npv") && pin.ends_with("@egress"))
+                || new_socket_hooks.contains(pin)),
         "{added:?}"
+    );
+    assert_eq!(
+        added
+            .iter()
+            .filter(|pin| pin.starts_with("cgroup@"))
+            .count(),
+        new_socket_hooks.len()
     );
     for (pin, (link, program)) in &links_before {
         let (link_after, program_after) = links_after[pin];
@@ -1022,15 +1039,20 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
     assert_eq!(
         added,
         [
+            maps::CONNTRACK6,
             maps::CT_TIMEOUTS,
             maps::ENDPOINT6_IFACES,
             maps::ENDPOINTS6,
+            maps::HOST_ADDRS6,
             maps::IF_DROPS,
             maps::LAYOUT,
             maps::MACVLAN_SOURCES,
             maps::NETWORKS,
+            maps::PUBLISHED6,
             maps::PUBLISH_FROM,
-            maps::RULE_DROPS
+            maps::RULE_DROPS,
+            maps::SOCK_REV6,
+            maps::UPLINK6,
         ],
         "only the maps this netplane added; the old table's pin is gone"
     );
