@@ -373,6 +373,28 @@ fn published_ports_and_masquerade_carry_ipv6_through_the_data_path() {
     assert_eq!(peer(seen), ip(HOST_IP6));
     assert!(pings6(&h, &web, WORLD_IP6), "ping -6 out through NAT66");
 
+    // A routed prefix (`--ipv6-masquerade=false`): flows leave with the
+    // endpoint's own address, and their replies come back in.
+    let (routed, r) = (h.name("routed"), h.name("r"));
+    h.np_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.62.0.0/24",
+        "--subnet",
+        "fd00:62::/64",
+        "--ipv6-masquerade=false",
+        &routed,
+    ]);
+    h.np_ok(&["create", "--net", &routed, "--ip6", "fd00:62::7", &r]);
+    h.in_world(&format!("ip -6 route add fd00:62::/64 via {HOST_IP6}"));
+    let seen = stdout_if_ok(h.in_endpoint(
+        &r,
+        &format!("curl -6 --http0.9 -s --max-time 5 http://[{WORLD_IP6}]:9000/"),
+    ));
+    assert_eq!(peer(seen), ip("fd00:62::7"), "{}", h.log());
+
     // The endpoint's own address is not reachable from outside: only
     // through published ports.
     let before = h.drops("not_published");

@@ -242,6 +242,11 @@ enum NetworkCommand {
         /// IPv6 too: endpoints get an address of each family.
         #[arg(long)]
         ipv6: bool,
+        /// With --ipv6: masquerade IPv6 flows to the uplink's address
+        /// (NAT66); false for a routed prefix, whose flows leave with the
+        /// endpoints' own addresses.
+        #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        ipv6_masquerade: bool,
         /// Lease endpoints' addresses from this part of the subnet.
         #[arg(long)]
         ip_range: Option<Ipv4Net>,
@@ -737,6 +742,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             subnets,
             gateways,
             ipv6,
+            ipv6_masquerade,
             ip_range,
             internal,
             icc,
@@ -765,6 +771,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     ipv6,
                     subnet6,
                     gateway6,
+                    ipv6_masquerade,
                     ip_range,
                     internal,
                     icc,

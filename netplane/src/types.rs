@@ -299,6 +299,10 @@ pub struct CreateNetwork {
     /// The IPv6 `--gateway`.
     #[serde(default)]
     pub gateway6: Option<Ipv6Addr>,
+    /// `--ipv6-masquerade`: IPv6 flows leave from the uplink's address
+    /// (NAT66); with false, from the endpoints' own (a routed prefix).
+    #[serde(default = "yes")]
+    pub ipv6_masquerade: bool,
 }
 
 impl CreateNetwork {
@@ -320,6 +324,7 @@ impl CreateNetwork {
             ipv6: false,
             subnet6: None,
             gateway6: None,
+            ipv6_masquerade: true,
         }
     }
 }

@@ -165,6 +165,7 @@ impl Daemon {
         Ok(Some(crate::logic::network::Ipv6Side {
             subnet,
             gateway: pool.gateway,
+            routed: false,
         }))
     }
 

@@ -3,8 +3,8 @@
 //! apart from every other network by the data path.
 
 use netplane_common::abi::{
-    BRIDGE_NETWORK_IDS, MACVLAN_SOURCE_HOST, NET_FLAG_INTERNAL, NET_FLAG_MACVLAN,
-    NET_FLAG_NETWORKS, NetworkPolicy,
+    BRIDGE_NETWORK_IDS, MACVLAN_SOURCE_HOST, NET_FLAG_INTERNAL, NET_FLAG_IPV6_ROUTED,
+    NET_FLAG_MACVLAN, NET_FLAG_NETWORKS, NetworkPolicy,
 };
 
 use super::{
@@ -74,6 +74,7 @@ impl Daemon {
                 ipv6: req.ipv6,
                 subnet6: req.subnet6,
                 gateway6: req.gateway6,
+                ipv6_masquerade: req.ipv6_masquerade,
             },
             &host,
             &networks,
@@ -256,7 +257,12 @@ impl Daemon {
         for net in &locals {
             let spec = &net.spec;
             let flags = if spec.icc { 0 } else { NET_FLAG_ICC_DISABLED }
-                | if spec.internal { NET_FLAG_INTERNAL } else { 0 };
+                | if spec.internal { NET_FLAG_INTERNAL } else { 0 }
+                | if spec.ipv6.is_some_and(|v6| v6.routed) {
+                    NET_FLAG_IPV6_ROUTED
+                } else {
+                    0
+                };
             policies.push((net.id, policy(spec.subnet, spec.gateway, flags)));
         }
         self.dp().set_networks(&policies)?;

@@ -228,6 +228,7 @@ impl Daemon {
             (!req.options.is_empty(), "-o"),
             (!req.labels.is_empty(), "--label"),
             (req.ipv6, "--ipv6"),
+            (!req.ipv6_masquerade, "--ipv6-masquerade=false"),
         ] {
             if given {
                 return Err(Error::NotForOverlays(flag));

@@ -91,6 +91,10 @@ pub struct Ipv6Side {
     pub subnet: Ipv6Net,
     /// The bridge's address there, the endpoints' IPv6 gateway.
     pub gateway: Ipv6Addr,
+    /// `--ipv6-masquerade=false`: IPv6 flows leave with the endpoints'
+    /// own addresses, the subnet being routed to the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub routed: bool,
 }
 
 /// IPv6 ranges no network of endpoints may take: unspecified and
@@ -134,7 +138,11 @@ fn plan_ipv6(
     if !subnet.contains(&gateway) || gateway == subnet.network() {
         return Err(NetworkError::GatewayOutsideV6 { gateway, subnet });
     }
-    Ok(Ipv6Side { subnet, gateway })
+    Ok(Ipv6Side {
+        subnet,
+        gateway,
+        routed: false,
+    })
 }
 
 /// A local network as recorded.
@@ -175,6 +183,8 @@ pub struct LocalRequest {
     pub subnet6: Option<Ipv6Net>,
     /// An IPv6 `--gateway`.
     pub gateway6: Option<Ipv6Addr>,
+    /// `--ipv6-masquerade`.
+    pub ipv6_masquerade: bool,
 }
 
 /// The IPv6 subnets of other networks and the network's name, which
@@ -240,7 +250,7 @@ pub fn plan_local(
     networks: &[Ipv4Net],
     v6: Ipv6Context<'_>,
 ) -> Result<LocalSpec, NetworkError> {
-    if !req.ipv6 && (req.subnet6.is_some() || req.gateway6.is_some()) {
+    if !req.ipv6 && (req.subnet6.is_some() || req.gateway6.is_some() || !req.ipv6_masquerade) {
         return Err(NetworkError::NeedsIpv6);
     }
     if let Some(key) = req
@@ -307,7 +317,10 @@ pub fn plan_local(
         true if driver == LocalDriver::Macvlan => {
             return Err(NetworkError::NotForMacvlan("--ipv6"));
         }
-        true => Some(plan_ipv6(v6.name, req.subnet6, req.gateway6, v6.in_use)?),
+        true => Some(Ipv6Side {
+            routed: !req.ipv6_masquerade,
+            ..plan_ipv6(v6.name, req.subnet6, req.gateway6, v6.in_use)?
+        }),
         false => None,
     };
     Ok(LocalSpec {
@@ -355,6 +368,7 @@ mod tests {
     fn req() -> LocalRequest {
         LocalRequest {
             icc: true,
+            ipv6_masquerade: true,
             ..LocalRequest::default()
         }
     }
