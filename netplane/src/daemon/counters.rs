@@ -292,16 +292,19 @@ impl Readers {
 
     /// Names each event's endpoint: the one behind the interface the packet
     /// arrived on, else the one holding one of its addresses.
-    pub fn name_endpoints(&self, events: &mut [(MonitorEvent, Vec<Ipv4Addr>)]) -> Result<()> {
+    pub fn name_endpoints(&self, events: &mut [(MonitorEvent, Vec<IpAddr>)]) -> Result<()> {
         let records = self.endpoints()?;
         for (event, addrs) in events {
             let by_interface = records
                 .iter()
                 .find(|r| r.ep.host_veth().as_deref() == Some(event.interface.as_str()));
             let by_address = || {
-                addrs
-                    .iter()
-                    .find_map(|a| records.iter().find(|r| r.ep.ip == Some(*a)))
+                addrs.iter().find_map(|a| {
+                    records.iter().find(|r| match a {
+                        IpAddr::V4(a) => r.ep.ip == Some(*a),
+                        IpAddr::V6(a) => r.ep.ip6 == Some(*a),
+                    })
+                })
             };
             event.endpoint = by_interface.or_else(by_address).map(|r| r.ep.name.clone());
         }

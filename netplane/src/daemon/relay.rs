@@ -3,7 +3,7 @@
 //! The programs emit events only while someone watches.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -124,8 +124,8 @@ pub trait NameEndpoints: Send + Sync + 'static {
     /// addresses it carries.
     fn name_endpoints(
         &self,
-        events: Vec<(MonitorEvent, Vec<Ipv4Addr>)>,
-    ) -> impl std::future::Future<Output = Vec<(MonitorEvent, Vec<Ipv4Addr>)>> + Send;
+        events: Vec<(MonitorEvent, Vec<IpAddr>)>,
+    ) -> impl std::future::Future<Output = Vec<(MonitorEvent, Vec<IpAddr>)>> + Send;
 }
 
 /// Relays events from `maps` to the watchers of `hub` until the daemon
@@ -181,7 +181,7 @@ async fn relay(batch: &[Event], hub: &Hub, names: &impl NameEndpoints) {
     if batch.is_empty() || hub.events.receiver_count() == 0 {
         return;
     }
-    let named: Vec<(MonitorEvent, Vec<Ipv4Addr>)> = batch
+    let named: Vec<(MonitorEvent, Vec<IpAddr>)> = batch
         .iter()
         .map(|e| {
             let interface = nix::net::if_::if_indextoname(e.ifindex)

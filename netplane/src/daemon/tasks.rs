@@ -2,7 +2,7 @@
 //! goes down: housekeeping, cluster membership, and naming the endpoints of
 //! monitor events.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use tracing::{debug, info, warn};
 
@@ -144,8 +144,8 @@ async fn resync(state: &Shared) -> super::error::Result<Option<i64>> {
 impl NameEndpoints for Shared {
     async fn name_endpoints(
         &self,
-        mut events: Vec<(MonitorEvent, Vec<Ipv4Addr>)>,
-    ) -> Vec<(MonitorEvent, Vec<Ipv4Addr>)> {
+        mut events: Vec<(MonitorEvent, Vec<IpAddr>)>,
+    ) -> Vec<(MonitorEvent, Vec<IpAddr>)> {
         // Read on a blocking thread, without the daemon.
         let handles = self.clone();
         let named = tokio::task::spawn_blocking(move || {

@@ -1,11 +1,14 @@
 //! `netplane monitor`: data path events decoded for people. Pure: the
 //! daemon reads the ring buffer ([`crate::api::server`]) and names interfaces.
 
-use netplane_common::abi::addr_from_be;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
-use netplane_common::abi::{DropReason, EVENT_DROP, EVENT_NEW_FLOW, Event, FlowKey, proto};
+use netplane_common::abi::{
+    DropReason, EVENT_DROP, EVENT_NEW_FLOW, EVENT_NEW_FLOW6, Event, FlowKey, FlowKey6, proto,
+};
+
+use super::conntrack::FlowAddr;
 use serde::{Deserialize, Serialize};
 
 /// One data path event, as the monitor stream carries it.
@@ -69,8 +72,7 @@ impl MonitorFilter {
 /// `event`, which arrived on `interface`, and the addresses it is about,
 /// which may name its endpoint later: a flow's, before and after
 /// translation, or a dropped packet's.
-pub fn decode(event: &Event, interface: String) -> (MonitorEvent, Vec<Ipv4Addr>) {
-    let addr = addr_from_be;
+pub fn decode(event: &Event, interface: String) -> (MonitorEvent, Vec<IpAddr>) {
     let (kind, reason, summary, addresses) = match event.kind {
         EVENT_DROP => {
             let captured = (event.captured as usize).min(event.header.len());
@@ -85,9 +87,13 @@ pub fn decode(event: &Event, interface: String) -> (MonitorEvent, Vec<Ipv4Addr>)
             ("drop", Some(reason), summary, addresses)
         }
         EVENT_NEW_FLOW => {
-            let (o, t) = (&event.original, &event.translated);
-            let summary = format!("{} as {}", flow_tuple(o), flow_tuple(t));
-            let addresses = vec![addr(o.saddr_be), addr(t.daddr_be), addr(o.daddr_be)];
+            let (summary, addresses) = new_flow(&event.original, &event.translated);
+            ("flow", None, summary, addresses)
+        }
+        EVENT_NEW_FLOW6 => {
+            let size = size_of::<FlowKey6>();
+            let key = |at: usize| flow_key6(&event.header[at..at + size]);
+            let (summary, addresses) = new_flow(&key(0), &key(size));
             ("flow", None, summary, addresses)
         }
         other => ("unknown", None, format!("event kind {other}"), Vec::new()),
@@ -103,35 +109,80 @@ pub fn decode(event: &Event, interface: String) -> (MonitorEvent, Vec<Ipv4Addr>)
     (event, addresses)
 }
 
-fn flow_tuple(k: &FlowKey) -> String {
-    let addr = addr_from_be;
+/// The [`FlowKey6`] in `b`, as the programs lay it out (`#[repr(C)]`:
+/// two addresses, the ports as in packets, the protocol).
+fn flow_key6(b: &[u8]) -> FlowKey6 {
+    let addr = |at: usize| -> [u8; 16] { b[at..at + 16].try_into().expect("16 bytes") };
+    FlowKey6 {
+        saddr_be: addr(0),
+        daddr_be: addr(16),
+        sport_be: u16::from_ne_bytes([b[32], b[33]]),
+        dport_be: u16::from_ne_bytes([b[34], b[35]]),
+        proto: b[36],
+        _pad: [0; 3],
+    }
+}
+
+/// A new flow's summary and addresses: its first packet's, as it
+/// arrived and as it left.
+fn new_flow<A: FlowAddr>(o: &FlowKey<A>, t: &FlowKey<A>) -> (String, Vec<IpAddr>) {
+    let summary = format!("{} as {}", flow_tuple(o), flow_tuple(t));
+    let addresses = vec![o.saddr_be.ip(), t.daddr_be.ip(), o.daddr_be.ip()];
+    (summary, addresses)
+}
+
+fn flow_tuple<A: FlowAddr>(k: &FlowKey<A>) -> String {
     let name = match k.proto {
         proto::TCP => "tcp".to_string(),
         proto::UDP => "udp".to_string(),
         proto::ICMP => "icmp".to_string(),
+        proto::ICMPV6 => "icmp6".to_string(),
         other => format!("proto {other}"),
     };
     format!(
         "{name} {}.{} > {}.{}",
-        addr(k.saddr_be),
+        k.saddr_be.ip(),
         u16::from_be(k.sport_be),
-        addr(k.daddr_be),
+        k.daddr_be.ip(),
         u16::from_be(k.dport_be)
     )
 }
 
-/// The first bytes of a frame, as tcpdump would print them, and its IPv4
+/// The first bytes of a frame, as tcpdump would print them, and its IP
 /// addresses.
-fn summarize(frame: &[u8]) -> (String, Vec<Ipv4Addr>) {
+fn summarize(frame: &[u8]) -> (String, Vec<IpAddr>) {
     let Ok(packet) = LaxSlicedPacket::from_ethernet(frame) else {
         return (
             format!("{} bytes: truncated Ethernet header", frame.len()),
             Vec::new(),
         );
     };
-    let ip = match &packet.net {
-        Some(LaxNetSlice::Ipv4(ip)) => ip.header(),
-        Some(LaxNetSlice::Ipv6(_)) => return ("IP6".into(), Vec::new()),
+    let (family, src, dst, fragment, protocol): (&str, IpAddr, IpAddr, bool, u8) = match &packet.net
+    {
+        Some(LaxNetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            let fragmenting = h.is_fragmenting_payload();
+            let p = h.protocol().0;
+            (
+                "IP",
+                h.source_addr().into(),
+                h.destination_addr().into(),
+                fragmenting,
+                p,
+            )
+        }
+        Some(LaxNetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            let fragmenting = ip.is_payload_fragmented();
+            let p = ip.payload().ip_number.0;
+            (
+                "IP6",
+                h.source_addr().into(),
+                h.destination_addr().into(),
+                fragmenting,
+                p,
+            )
+        }
         Some(LaxNetSlice::Arp(_)) => return ("ARP".into(), Vec::new()),
         None => {
             let ether_type = packet
@@ -149,12 +200,7 @@ fn summarize(frame: &[u8]) -> (String, Vec<Ipv4Addr>) {
             return (summary, Vec::new());
         }
     };
-    let (src, dst) = (ip.source_addr(), ip.destination_addr());
-    let fragment = if ip.is_fragmenting_payload() {
-        ", fragment"
-    } else {
-        ""
-    };
+    let fragment = if fragment { ", fragment" } else { "" };
     let summary = match &packet.transport {
         Some(TransportSlice::Tcp(t)) => {
             let flags: String = [
@@ -169,20 +215,23 @@ fn summarize(frame: &[u8]) -> (String, Vec<Ipv4Addr>) {
             .map(|(_, c)| *c)
             .collect();
             format!(
-                "IP {src}.{} > {dst}.{}: Flags [{flags}]{fragment}",
+                "{family} {src}.{} > {dst}.{}: Flags [{flags}]{fragment}",
                 t.source_port(),
                 t.destination_port()
             )
         }
         Some(TransportSlice::Udp(u)) => format!(
-            "IP {src}.{} > {dst}.{}: UDP{fragment}",
+            "{family} {src}.{} > {dst}.{}: UDP{fragment}",
             u.source_port(),
             u.destination_port()
         ),
         Some(TransportSlice::Icmpv4(i)) => {
             format!("IP {src} > {dst}: ICMP type {}{fragment}", i.type_u8())
         }
-        _ => format!("IP {src} > {dst}: proto {}{fragment}", ip.protocol().0),
+        Some(TransportSlice::Icmpv6(i)) => {
+            format!("IP6 {src} > {dst}: ICMP6 type {}{fragment}", i.type_u8())
+        }
+        _ => format!("{family} {src} > {dst}: proto {protocol}{fragment}"),
     };
     (summary, vec![src, dst])
 }
@@ -208,6 +257,10 @@ mod tests {
     use netplane_common::abi::EVENT_HEADER_BYTES;
 
     use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
 
     fn event(kind: u32, reason: u32, frame: &[u8]) -> Event {
         let mut header = [0u8; EVENT_HEADER_BYTES];
@@ -243,10 +296,7 @@ mod tests {
         assert_eq!(e.reason.as_deref(), Some("spoofed"));
         assert_eq!(e.summary, "IP 10.99.0.5.40000 > 198.18.0.1.80: Flags [S]");
         assert_eq!(e.len, 54);
-        assert_eq!(
-            addresses,
-            [Ipv4Addr::new(10, 99, 0, 5), Ipv4Addr::new(198, 18, 0, 1)]
-        );
+        assert_eq!(addresses, [ip("10.99.0.5"), ip("198.18.0.1")]);
     }
 
     #[test]
@@ -292,12 +342,65 @@ mod tests {
         );
         assert_eq!(
             addresses,
-            [
-                Ipv4Addr::new(198, 18, 0, 1),
-                Ipv4Addr::new(10, 88, 0, 2),
-                Ipv4Addr::new(198, 18, 0, 2)
-            ]
+            [ip("198.18.0.1"), ip("10.88.0.2"), ip("198.18.0.2")]
         );
+    }
+
+    #[test]
+    fn an_ipv6_flow_and_drop_read_the_same_way() {
+        let key = |s: &str, sp: u16, d: &str, dp: u16| {
+            let v6 = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap().octets();
+            FlowKey6 {
+                saddr_be: v6(s),
+                daddr_be: v6(d),
+                sport_be: sp.to_be(),
+                dport_be: dp.to_be(),
+                proto: proto::TCP,
+                _pad: [0; 3],
+            }
+        };
+        // As the programs write them: the two keys in the header bytes.
+        let as_bytes = |k: &FlowKey6| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&k.saddr_be);
+            b.extend_from_slice(&k.daddr_be);
+            b.extend_from_slice(&k.sport_be.to_ne_bytes());
+            b.extend_from_slice(&k.dport_be.to_ne_bytes());
+            b.extend_from_slice(&[k.proto, 0, 0, 0]);
+            b
+        };
+        let original = key("2001:db8::1", 40000, "2001:db8::2", 8080);
+        let translated = key("2001:db8::1", 40000, "fd00::2", 80);
+        let mut ev = event(EVENT_NEW_FLOW6, 0, &[]);
+        let bytes = [as_bytes(&original), as_bytes(&translated)].concat();
+        ev.header[..bytes.len()].copy_from_slice(&bytes);
+        let (e, addresses) = decode(&ev, "pru".into());
+        assert_eq!(e.kind, "flow");
+        assert_eq!(
+            e.summary,
+            "tcp 2001:db8::1.40000 > 2001:db8::2.8080 as tcp 2001:db8::1.40000 > fd00::2.80"
+        );
+        assert_eq!(
+            addresses,
+            [ip("2001:db8::1"), ip("fd00::2"), ip("2001:db8::2")]
+        );
+
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv6(ip6("fd00::5"), ip6("2001:db8::1"), 64)
+            .udp(5000, 53)
+            .write(&mut frame, &[1, 2])
+            .unwrap();
+        let (e, addresses) = decode(
+            &event(EVENT_DROP, DropReason::Spoofed as u32, &frame),
+            "x".into(),
+        );
+        assert_eq!(e.summary, "IP6 fd00::5.5000 > 2001:db8::1.53: UDP");
+        assert_eq!(addresses, [ip("fd00::5"), ip("2001:db8::1")]);
+    }
+
+    fn ip6(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
     }
 
     #[test]
