@@ -324,6 +324,25 @@ fn published_ports_and_masquerade_carry_ipv6_through_the_data_path() {
         "{flows}"
     );
 
+    // Endpoints reach it at the host's address too (hairpin): another one
+    // as itself, the endpoint itself from the host's address.
+    let cli = h.name("cli");
+    h.np_ok(&["create", &cli]);
+    let cli6 = json(&h.np_ok(&["inspect", &cli]))[0]["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["GlobalIPv6Address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (from, expected) in [(&cli, cli6.as_str()), (&web, HOST_IP6)] {
+        let seen =
+            stdout_if_ok(h.in_endpoint(from, &format!("curl -6 --http0.9 -s --max-time 5 {url}")));
+        assert_eq!(peer(seen), ip(expected), "hairpin from {from}");
+    }
+
     // The host's own processes reach published ports on [::1] and its
     // addresses, and through IPv4-mapped addresses of dual-stack sockets;
     // the socket's peer is the address it asked for.

@@ -1361,16 +1361,32 @@ fn ipv6_masquerade_and_published_ports_translate_with_checksums() {
         (TC_ACT_OK, to_host.clone())
     );
 
-    // A fragment cannot be masqueraded without reassembly.
-    let mut frag = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
-        udp(s, 40001, 53, b"fragmented")
+    // Fragments: the first opens its flow and lends its ports to the
+    // fragments that follow; a later fragment of no datagram seen cannot
+    // be translated.
+    let header = frame6(&lab, ENDPOINT6, WORLD6, 44, &[]);
+    let fragment = |id: u8, offset_flags: u16, rest: &[u8]| {
+        let mut f = header.clone();
+        let [hi, lo] = offset_flags.to_be_bytes();
+        f.extend_from_slice(&[17, 0, hi, lo, 0, 0, 0, id]);
+        f.extend_from_slice(rest);
+        let len = (f.len() - 54) as u16;
+        f[18..20].copy_from_slice(&len.to_be_bytes());
+        f
+    };
+    let datagram = packet6(ENDPOINT_MAC, lab.bridge_mac, ENDPOINT6, WORLD6, |s| {
+        udp(s, 40001, 53, &[7; 24])
     });
-    let udp_part = frag.split_off(54);
-    frag[20] = 44;
-    frag.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
-    frag.extend_from_slice(&udp_part);
-    let len = (frag.len() - 54) as u16;
-    frag[18..20].copy_from_slice(&len.to_be_bytes());
-    assert_eq!(lab.sent_by_endpoint(&frag).0, TC_ACT_SHOT);
+    let (action, out) = lab.sent_by_endpoint(&fragment(9, 0x0001, &datagram[54..70]));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(out[22..38], UPLINK6);
+    let (action, out) = lab.sent_by_endpoint(&fragment(9, 2 << 3, &datagram[70..]));
+    assert_eq!(action, TC_ACT_REDIRECT, "the later fragment follows");
+    assert_eq!(out[22..38], UPLINK6);
+    assert_eq!(
+        lab.sent_by_endpoint(&fragment(10, 2 << 3, &datagram[70..]))
+            .0,
+        TC_ACT_SHOT
+    );
     assert_eq!(lab.drops(DropReason::Fragment), 1);
 }

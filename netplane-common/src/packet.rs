@@ -289,6 +289,9 @@ pub struct Ipv6 {
     pub more_fragments: bool,
     /// Fragment identification, as in the packet.
     pub frag_id: u32,
+    /// A later fragment whose ports are its first fragment's, as the
+    /// programs remembered them.
+    pub ports_from_first_fragment: bool,
     /// Transport source and destination ports (ICMPv6 echo: the
     /// identifier), as in the packet.
     pub sport: u16,
@@ -330,7 +333,7 @@ impl Ipv6 {
 
     /// Whether the flow key of this packet carries ports (or an echo id).
     pub fn has_ports(&self) -> bool {
-        !self.later_fragment
+        (!self.later_fragment || self.ports_from_first_fragment)
             && match self.proto {
                 proto::TCP | proto::UDP => true,
                 proto::ICMPV6 => {
@@ -376,6 +379,7 @@ pub fn parse_ipv6<B: ByteSource + ?Sized>(
     ip.later_fragment = false;
     ip.more_fragments = false;
     ip.frag_id = 0;
+    ip.ports_from_first_fragment = false;
     ip.sport = 0;
     ip.dport = 0;
     ip.l4_flags = 0;

@@ -37,8 +37,7 @@ use netplane_common::{
     abi::{
         DROP_REASONS, Direction, DropReason, EndpointIdentity, IfCounters, IfDrops, IfStatsKey,
         MACVLAN_SOURCE_HOST, MAX_ENDPOINTS, MAX_INTERFACES, MAX_MACVLAN_SOURCES, MAX_RULE_DROPS,
-        MacKey, MacvlanSource, NET_FLAG_ICC_DISABLED, NET_FLAG_MACVLAN, NetConfig, RuleDropKey,
-        proto,
+        MacKey, MacvlanSource, NET_FLAG_MACVLAN, NetConfig, RuleDropKey, proto,
     },
     packet::{icmpv6, link_local_of},
     policy::{ipv6_sender_allowed, is_ipv6_multicast},
@@ -211,15 +210,11 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             Ok(TC_ACT_OK)
         }
-        L3::Ipv6 => match endpoint_ipv6(ctx, cfg, &me).get()? {
+        L3::Ipv6 => match endpoint_ipv6(ctx, &me).get()? {
             Some(verdict) => Ok(verdict),
             None => {
                 let ip = PACKET6.get(0).ok_or(DropReason::Truncated)?;
-                if ip.is_icmp_error() && ip.hop_limit > 1 {
-                    paths6::error_from_endpoint6(ctx, cfg, ip).get()
-                } else {
-                    paths6::from_endpoint6(ctx, cfg, ip, me.vni).get()
-                }
+                paths6::from_endpoint(ctx, cfg, ip, me.vni)
             }
         },
         // Anything else: the checks above and `--icc=false` know only IP.
@@ -229,24 +224,16 @@ fn endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 
 /// What an endpoint sends over IPv6: only endpoints of dual-stack
 /// networks may, only as themselves (neighbour discovery included), and
-/// to other endpoints only of their own network, as `--icc` allows.
-/// `None` for a packet to no endpoint, parsed into [`PACKET6`], which the
-/// caller sends on its way: this frame is gone by then.
+/// to other endpoints only of their own network. `None` for a packet
+/// parsed into [`PACKET6`] that the caller sends on its way (`--icc`,
+/// flows, masquerade): this frame is gone by then.
 #[inline(never)]
-fn endpoint_ipv6(
-    ctx: &TcContext,
-    cfg: &NetConfig,
-    me: &EndpointIdentity,
-) -> InReg<Result<Option<i32>, DropReason>> {
-    InReg::new(endpoint_ipv6_now(ctx, cfg, me))
+fn endpoint_ipv6(ctx: &TcContext, me: &EndpointIdentity) -> InReg<Result<Option<i32>, DropReason>> {
+    InReg::new(endpoint_ipv6_now(ctx, me))
 }
 
 #[inline(always)]
-fn endpoint_ipv6_now(
-    ctx: &TcContext,
-    cfg: &NetConfig,
-    me: &EndpointIdentity,
-) -> Result<Option<i32>, DropReason> {
+fn endpoint_ipv6_now(ctx: &TcContext, me: &EndpointIdentity) -> Result<Option<i32>, DropReason> {
     // SAFETY: a map value, copied out.
     let Some(own) = (unsafe { ENDPOINT6_IFACES.get(&ifindex(ctx)).copied() }) else {
         return Err(DropReason::UnknownL3);
@@ -263,23 +250,16 @@ fn endpoint_ipv6_now(
     if is_ipv6_multicast(&ip.daddr) || ip.daddr == own || ip.daddr == link_local {
         return Ok(Some(TC_ACT_OK));
     }
-    // SAFETY: a map value, copied out.
-    let Some(vni) = (unsafe { ENDPOINTS6.get(&ip.daddr).copied() }) else {
-        return Ok(None);
-    };
-    if vni != me.vni {
-        return Err(DropReason::OtherNetwork);
+    match endpoint6_network(&ip.daddr) {
+        Some(vni) if vni != me.vni => Err(DropReason::OtherNetwork),
+        _ => Ok(None),
     }
-    if config::network(cfg, me.vni).flags & NET_FLAG_ICC_DISABLED != 0 {
-        return Err(DropReason::IccDenied);
-    }
-    Ok(Some(TC_ACT_OK))
 }
 
-/// Whether `addr` is an IPv6 address of an endpoint.
-pub(crate) fn is_endpoint6(addr: &[u8; 16]) -> bool {
-    // SAFETY: only presence is read.
-    unsafe { ENDPOINTS6.get(addr).is_some() }
+/// The network of the endpoint with IPv6 address `addr`, if it is one.
+pub(crate) fn endpoint6_network(addr: &[u8; 16]) -> Option<u32> {
+    // SAFETY: a map value, copied out.
+    unsafe { ENDPOINTS6.get(addr).copied() }
 }
 
 /// What leaves through a macvlan parent: its macvlan endpoints' frames

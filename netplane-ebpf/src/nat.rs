@@ -11,7 +11,9 @@ use netplane_common::abi::{
     PUBLISHED_ANY_ENTRIES,
 };
 
-use crate::packet::{ICMP_ECHO, Ipv4, Ipv6, load, remember_fragment_ports, store};
+use crate::packet::{
+    ICMP_ECHO, Ipv4, Ipv6, load, remember_fragment_ports, remember_fragment_ports6, store,
+};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     maps::lpm_trie::Key,
@@ -288,6 +290,7 @@ fn csum_update(ctx: &TcContext, l4: &L4, diff: u32) -> Result<(), DropReason> {
 /// the addresses through its pseudo-header.
 #[inline(always)]
 pub(crate) fn rewrite6(ctx: &TcContext, ip: &Ipv6, to: &CtEntry6) -> Result<(), DropReason> {
+    remember_fragment_ports6(ip);
     let addr_diff = add32(
         <[u8; 16]>::csum_diff(&ip.saddr, &to.saddr_be),
         <[u8; 16]>::csum_diff(&ip.daddr, &to.daddr_be),

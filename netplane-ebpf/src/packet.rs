@@ -133,6 +133,48 @@ impl FragmentKey {
     }
 }
 
+/// An IPv6 datagram being fragmented, as [`FragmentKey`].
+#[repr(C)]
+pub struct FragmentKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FragmentKey6 {
+    #[inline(always)]
+    fn of(ip: &Ipv6) -> FragmentKey6 {
+        FragmentKey6 {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            id: ip.frag_id,
+            proto: ip.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The same for IPv6 datagrams.
+#[map]
+pub(crate) static FRAGMENTS6: LruHashMap<FragmentKey6, FragmentPorts> =
+    LruHashMap::with_max_entries(8192, 0);
+
+/// Remembers the ports of an IPv6 first fragment for the fragments that
+/// follow. Not inlined: its key stays off the stack of the callers.
+#[inline(never)]
+pub fn remember_fragment_ports6(ip: &Ipv6) {
+    if !ip.more_fragments || ip.later_fragment {
+        return;
+    }
+    let ports = FragmentPorts {
+        sport: ip.sport,
+        dport: ip.dport,
+    };
+    let _ = FRAGMENTS6.insert(&FragmentKey6::of(ip), &ports, 0);
+}
+
 /// The ports of a fragmented datagram, as in its first fragment.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -182,10 +224,21 @@ pub fn ipv4(ctx: &TcContext, l3: usize, quoted: bool, ip: &mut Ipv4) -> Result<(
     Ok(())
 }
 
-/// Parses the IPv6 header at `l3` into `ip` (see [`parse_ipv6`]).
+/// Parses the IPv6 header at `l3` into `ip` (see [`parse_ipv6`]); a
+/// later fragment gets the ports its first fragment had, when that was
+/// seen.
 #[inline(always)]
 pub fn ipv6(ctx: &TcContext, l3: usize, ip: &mut Ipv6) -> Result<(), DropReason> {
-    parse_ipv6(&Packet(ctx), l3, ip)
+    parse_ipv6(&Packet(ctx), l3, ip)?;
+    if ip.later_fragment {
+        // SAFETY: a map value, copied out.
+        if let Some(ports) = unsafe { FRAGMENTS6.get(&FragmentKey6::of(ip)) }.copied() {
+            ip.sport = ports.sport;
+            ip.dport = ports.dport;
+            ip.ports_from_first_fragment = true;
+        }
+    }
+    Ok(())
 }
 
 /// The interface the packet is on.

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use netplane_common::abi::{
-    DropReason, HOST_ADDR_GATEWAY, MASQUERADE_SLOT, NET_FLAG_IPV6_ROUTED, NetConfig,
-    PORT_FLAG_ALLOW_LIST, proto,
+    DropReason, HOST_ADDR_GATEWAY, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_IPV6_ROUTED,
+    NetConfig, PORT_FLAG_ALLOW_LIST, proto,
 };
 
 use crate::{
@@ -20,16 +20,60 @@ use crate::{
 /// An IPv6 packet of a tracked flow, translated and sent on.
 #[inline(always)]
 fn tracked6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Option<Verdict> {
-    if ip.later_fragment {
+    if ip.later_fragment && !ip.ports_from_first_fragment {
         return None;
     }
     let entry = track(ctx, &ip.key(), ip.l4_flags)?;
     Some(forward6(ctx, cfg, ip, entry).get())
 }
 
+/// Where an IPv6 packet an endpoint of network `vni` sent (past the
+/// checks of its sender) goes: to another endpoint of the network, an
+/// ICMPv6 error, to the host, or out. Each path is a function of its own,
+/// called from here: their frames never add up.
+#[inline(always)]
+pub(crate) fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> Verdict {
+    if crate::endpoint6_network(&ip.daddr).is_some() {
+        // Another endpoint of its own network: the caller checked.
+        return between_endpoints6(ctx, cfg, ip, vni).get();
+    }
+    if ip.hop_limit <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    if ip.is_icmp_error() {
+        error_from_endpoint6(ctx, cfg, ip).get()
+    } else if host_addr6_bits(&ip.daddr).is_some() {
+        to_host6(ctx, cfg, ip).get()
+    } else {
+        from_endpoint6(ctx, cfg, ip, vni).get()
+    }
+}
+
+/// A packet between two endpoints of network `vni`: a reply of a flow
+/// through a published port (hairpin) goes back translated; otherwise
+/// `--icc` decides, whatever the hop limit (the bridge switches, no
+/// router counts it).
+#[inline(never)]
+fn between_endpoints6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> InReg<Verdict> {
+    InReg::new(between_endpoints6_now(ctx, cfg, ip, vni))
+}
+
+#[inline(always)]
+fn between_endpoints6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> Verdict {
+    if ip.hop_limit > 1
+        && let Some(verdict) = tracked6(ctx, cfg, ip)
+    {
+        return verdict;
+    }
+    if network(cfg, vni).flags & NET_FLAG_ICC_DISABLED != 0 {
+        return Err(DropReason::IccDenied);
+    }
+    Ok(TC_ACT_OK)
+}
+
 /// An IPv6 packet an endpoint of network `vni` sent, to an address that
-/// is no endpoint's: its flow's, or a new flow masqueraded out of the
-/// uplink.
+/// is no endpoint's nor the host's: its flow's, or a new flow
+/// masqueraded out of the uplink.
 #[inline(never)]
 pub(crate) fn from_endpoint6(
     ctx: &TcContext,
@@ -42,17 +86,14 @@ pub(crate) fn from_endpoint6(
 
 #[inline(always)]
 fn from_endpoint6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> Verdict {
-    if ip.hop_limit <= 1 {
-        return Ok(TC_ACT_OK);
-    }
     if let Some(verdict) = tracked6(ctx, cfg, ip) {
         return verdict;
     }
-    if host_addr6_bits(&ip.daddr).is_some() || !leaves_by_uplink(ctx, cfg, ip) {
+    if !leaves_by_uplink(ctx, cfg, ip) {
         return Ok(TC_ACT_OK);
     }
-    if ip.fragment {
-        // Without reassembly, later fragments carry no ports to translate.
+    if ip.later_fragment {
+        // Of no flow: without its ports it cannot be translated.
         return Err(DropReason::Fragment);
     }
     let routed = network(cfg, vni).flags & NET_FLAG_IPV6_ROUTED != 0;
@@ -78,7 +119,7 @@ fn from_endpoint6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> 
 /// translated when it is about a tracked flow. Kept apart from
 /// [`from_endpoint6`] (and called instead of it), for the stack limit.
 #[inline(never)]
-pub(crate) fn error_from_endpoint6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> InReg<Verdict> {
+fn error_from_endpoint6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> InReg<Verdict> {
     InReg::new(match icmp_error6(ctx, cfg, ip).get() {
         Ok(Some(verdict)) => Ok(verdict),
         Err(e) => Err(e),
@@ -87,6 +128,37 @@ pub(crate) fn error_from_endpoint6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) 
         Ok(None) if leaves_by_uplink(ctx, cfg, ip) => Err(DropReason::UntrackedIcmpError),
         Ok(None) => Ok(TC_ACT_OK),
     })
+}
+
+/// A packet from an endpoint to an address of the host: of a tracked
+/// flow, or to a published port, translated as from outside (an endpoint
+/// reaching itself sees the host's address as the source, or its stack
+/// would take the packet for a martian); anything else is the host's.
+#[inline(never)]
+fn to_host6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> InReg<Verdict> {
+    InReg::new(to_host6_now(ctx, cfg, ip))
+}
+
+#[inline(always)]
+fn to_host6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Verdict {
+    if let Some(verdict) = tracked6(ctx, cfg, ip) {
+        return verdict;
+    }
+    if ip.later_fragment || !matches!(ip.proto, proto::TCP | proto::UDP) {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(target) = published6(&ip.daddr, ip.dport, ip.proto) else {
+        return Ok(TC_ACT_OK);
+    };
+    let flow = under_rule(new_flow(&ip.key(), ip.l4_flags, target.slot), target.slot)?;
+    flow.translated.daddr_be = target.addr;
+    flow.translated.dport_be = target.port_be;
+    if target.addr == ip.saddr {
+        flow.translated.saddr_be = ip.daddr;
+        under_rule(pick_port(ctx, cfg, flow), target.slot)?;
+    }
+    create(ctx, flow).get()?;
+    forward6(ctx, cfg, ip, &flow.pair.fwd).get()
 }
 
 /// Whether the host routes `ip` out of the uplink.
@@ -120,7 +192,7 @@ fn from_uplink6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Verdict {
     if let Some(verdict) = tracked6(ctx, cfg, ip) {
         return verdict;
     }
-    if crate::is_endpoint6(&ip.daddr) {
+    if crate::endpoint6_network(&ip.daddr).is_some() {
         return Err(DropReason::NotPublished);
     }
     let Some(bits) = host_addr6_bits(&ip.daddr) else {
