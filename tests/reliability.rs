@@ -497,12 +497,22 @@ const OTHER_HOST_IP: &str = "198.18.0.3";
 
 /// `tcpdump` of the IPv4 packets `ifname` in `netns` receives, running.
 fn capture(h: &Host, netns: &str, ifname: &str, file: &std::path::Path) -> support::Background {
-    // IGMP: the host's own multicast membership reports. Immediate mode:
-    // otherwise libpcap hands packets over a block at a time, up to a
-    // second late, and a busy machine stops the capture before they are
-    // written.
+    // IGMP: the host's own multicast membership reports.
+    capture_of(h, netns, ifname, file, "ip and not igmp")
+}
+
+/// [`capture`] of what tcpdump's `filter` takes. Immediate mode:
+/// otherwise libpcap hands packets over a block at a time, up to a second
+/// late, and a busy machine stops the capture before they are written.
+fn capture_of(
+    h: &Host,
+    netns: &str,
+    ifname: &str,
+    file: &std::path::Path,
+    filter: &str,
+) -> support::Background {
     let cmd = format!(
-        "tcpdump -i {ifname} -Q in -n -U --immediate-mode -w {} ip and not igmp",
+        "tcpdump -i {ifname} -Q in -n -U --immediate-mode -w {} {filter}",
         file.display()
     );
     h.spawn_ready(netns, &cmd, |bg| {
@@ -684,6 +694,138 @@ fn hostile_packets_from_both_sides_leak_nothing_and_every_drop_is_counted() {
         format!(
             "{} IPv4 packets left the uplink, none with a private address",
             uplink["ipv4"]
+        ),
+    );
+}
+
+/// The endpoint's IPv6 address on its first network.
+fn ip6_of(h: &Host, endpoint: &str) -> String {
+    let inspect: Value = serde_json::from_str(&h.np_ok(&["inspect", endpoint])).unwrap();
+    let networks = inspect[0]["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap();
+    networks.values().next().unwrap()["GlobalIPv6Address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn hostile_ipv6_from_both_sides_leaks_nothing_and_every_drop_is_counted() {
+    let h = Host::new();
+    h.add_ipv6();
+    h.up(&["--icc=false", "--ipv6", "--subnet6", "fd00:61::/64"]);
+    let (atk, vic, srv) = (h.name("atk"), h.name("vic"), h.name("srv"));
+    h.np_ok(&["create", &atk]);
+    h.np_ok(&["create", &vic]);
+    h.np_ok(&["create", &srv, "-p", "8080:80", "-p", "[::1]:8081:80"]);
+    let bridge: Value = serde_json::from_str(&h.np_ok(&["network", "inspect", "bridge"])).unwrap();
+    let gateway6 = bridge["IPAM"]["Config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Subnet"] == "fd00:61::/64")
+        .expect("the IPv6 side")["Gateway"]
+        .clone();
+    let link_local = |netns: &str| {
+        let out = sh_ok(&format!(
+            "ip -n {netns} -6 -o addr show dev eth0 scope link"
+        ));
+        out.split_whitespace()
+            .nth(3)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("{netns}: no link-local address: {out}"))
+            .to_string()
+    };
+
+    let dir = &h.dir;
+    let world_if = format!("{}x", h.prefix);
+    let _captures = [
+        capture_of(&h, &h.world, &world_if, &dir.join("world6.pcap"), "ip6"),
+        capture_of(&h, &vic, "eth0", &dir.join("vic6.pcap"), "ip6"),
+        capture_of(&h, &srv, "eth0", &dir.join("srv6.pcap"), "ip6"),
+    ];
+    let from_endpoint = serde_json::json!({
+        "iface": "eth0",
+        "src_mac": mac_of(&atk, "eth0"),
+        "src_ip6": ip6_of(&h, &atk),
+        "src_ll": link_local(&atk),
+        "dst_mac": mac_of(&h.netns, bridge["Bridge"].as_str().unwrap()),
+        "world_ip6": support::WORLD_IP6,
+        "victim_ip6": ip6_of(&h, &vic),
+        "victim_ll": link_local(&vic),
+        "gateway_ip6": gateway6,
+    });
+    let mut from_world = world_sender(&h);
+    from_world.extend(
+        serde_json::json!({
+            "src_ip6": support::WORLD_IP6,
+            "host_ip6": support::HOST_IP6,
+            "gateway_ip6": gateway6,
+            "victim_ip6": ip6_of(&h, &vic),
+            "published_ip6": ip6_of(&h, &srv),
+            "any_port": 8080,
+            "loopback_port": 8081,
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+    );
+    let from_world = Value::Object(from_world);
+    let (from_endpoint_n, endpoint_sent) = barrage(&h, &atk, "endpoint6", &from_endpoint);
+    let (from_world_n, world_sent) = barrage(&h, &h.world, "world6", &from_world);
+    sleep(Duration::from_millis(500));
+    drop(_captures);
+
+    let check = |pcap: &str| {
+        hostile(
+            &h.world,
+            &format!("check6 {} fd00:61::/64", dir.join(pcap).display()),
+        )
+    };
+    let uplink = check("world6.pcap");
+    assert!(
+        uplink["ipv6"].as_u64().unwrap() > 0,
+        "the capture works: {uplink}"
+    );
+    assert_eq!(
+        uplink["leaked"],
+        serde_json::json!([]),
+        "no address of the endpoints' prefix leaves the uplink"
+    );
+    let victim = check("vic6.pcap");
+    assert_eq!(
+        victim["ipv6"], 0,
+        "nothing was meant for the victim: {victim}"
+    );
+    let published = check("srv6.pcap");
+    assert!(published["ipv6"].as_u64().unwrap() > 0, "{published}");
+    assert_eq!(
+        published["unexpected"],
+        serde_json::json!([]),
+        "the published endpoint gets its port 80 and ICMPv6 errors only"
+    );
+
+    assert!(h.daemon_pid().is_some());
+    assert!(
+        h.in_endpoint(&atk, &format!("ping -6 -c1 -W2 {}", support::WORLD_IP6))
+            .status
+            .success(),
+        "the attacker's own IPv6 traffic still flows"
+    );
+    figure(
+        "hostile6.packets",
+        format!(
+            "{} crafted IPv6 packets ({from_endpoint_n} from an endpoint: {endpoint_sent}; {from_world_n} from the world: {world_sent})",
+            from_endpoint_n + from_world_n
+        ),
+    );
+    figure("hostile6.drops", h.nat()["Drops"].clone());
+    figure(
+        "hostile6.uplink",
+        format!(
+            "{} IPv6 packets left the uplink (neighbour discovery aside), none with an address of the endpoints' prefix",
+            uplink["ipv6"]
         ),
     );
 }

@@ -5,6 +5,8 @@
   hostile.py world CONFIG      sends from the world (its uplink peer)
   hostile.py flood CONFIG      sends SYNs from the world to a published port
   hostile.py check PCAP NET... reads a capture
+  hostile.py endpoint6 CONFIG, world6 CONFIG, check6 PCAP NET...
+                               the same over IPv6
 
 CONFIG is JSON with the interface, addresses and MACs to use. Senders print
 one JSON object: packets sent per category. Categories named after a drop
@@ -31,8 +33,16 @@ from scapy.all import (
     Dot1AD,
     Dot1Q,
     Ether,
+    ICMPv6DestUnreach,
     ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_RA,
+    ICMPv6ND_Redirect,
+    ICMPv6PacketTooBig,
     IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
     IPOption_RR,
     Raw,
     conf,
@@ -237,7 +247,182 @@ def flood(c):
     print(json.dumps({"syn": len(syns)}))
 
 
-if sys.argv[1] == "check":
-    check(sys.argv[2], sys.argv[3:])
+def frame6(c, **ip):
+    return Ether(src=c["src_mac"], dst=c["dst_mac"]) / IPv6(src=c["src_ip6"], **ip)
+
+
+def truncated_shapes6(c, dst):
+    """IPv6 frames whose headers end before they should."""
+    eth = Ether(src=c["src_mac"], dst=c["dst_mac"], type=0x86DD)
+    whole = bytes(IPv6(src=c["src_ip6"], dst=dst, nh=17, plen=8))
+    return [
+        eth / Raw(whole[:20]),  # half the fixed header
+        eth / Raw(bytes([0x40]) + whole[1:]),  # version 4 in an IPv6 frame
+        eth / Raw(bytes(IPv6(src=c["src_ip6"], dst=dst, nh=0, plen=4)) + b"\x11\x00\x00\x00"),  # half a hop-by-hop header
+        eth / Raw(bytes(IPv6(src=c["src_ip6"], dst=dst, nh=6, plen=10)) + b"\x00" * 10),  # half a TCP header
+        eth / Raw(bytes(IPv6(src=c["src_ip6"], dst=dst, nh=17, plen=4)) + b"\x00" * 4),  # half a UDP header
+    ]
+
+
+def too_many_extensions(c, dst):
+    """Seven extension headers: more than the programs walk."""
+    out = []
+    for dport in (9, 80, 8080):
+        chain = IPv6ExtHdrHopByHop()
+        for _ in range(6):
+            chain = chain / IPv6ExtHdrDestOpt()
+        out.append(frame6(c, dst=dst) / chain / UDP(sport=35000, dport=dport))
+    return out
+
+
+def any_shapes6(c, dst, dport):
+    """IPv6 packets a data path must survive whatever it does with them."""
+    out = []
+    for bits in range(256):
+        flags = "".join(f for i, f in enumerate(FLAG_BITS) if bits >> i & 1)
+        out.append(frame6(c, dst=dst) / TCP(sport=36000 + bits, dport=dport, flags=flags))
+    out += [
+        frame6(c, dst=dst) / TCP(sport=36300, dport=dport, chksum=0x1234, flags="S"),
+        frame6(c, dst=dst) / UDP(sport=36301, dport=dport, chksum=0x1234) / b"bad udp sum",
+        frame6(c, dst=dst) / UDP(sport=36302, dport=dport, chksum=0) / b"no udp sum: invalid in IPv6",
+        frame6(c, dst=dst, hlim=0) / UDP(sport=36303, dport=dport),
+        frame6(c, dst=dst, hlim=1) / UDP(sport=36304, dport=dport),
+        frame6(c, dst=dst, plen=300) / UDP(sport=36305, dport=dport) / b"payload longer than frame",
+        frame6(c, dst=dst) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(sport=36306, dport=dport),
+        # A first fragment, then the rest of its datagram.
+        frame6(c, dst=dst) / IPv6ExtHdrFragment(id=4242, m=1, nh=17) / UDP(sport=36307, dport=dport, len=40) / (b"a" * 24),
+        frame6(c, dst=dst) / IPv6ExtHdrFragment(id=4242, offset=4, nh=17) / (b"b" * 8),
+        frame6(c, dst=dst) / ICMPv6EchoRequest() / b"ping",
+        frame6(c, dst=dst, nh=47) / b"not a protocol netplane translates",
+    ]
+    return out
+
+
+def untracked_errors6(c, dst, dport):
+    """ICMPv6 errors quoting flows that were never seen, both ways."""
+    return [
+        frame6(c, dst=dst) / kind / IPv6(src=src, dst=qdst) / UDP(sport=36400, dport=dport)
+        for src, qdst in ((c["src_ip6"], dst), (dst, c["src_ip6"]))
+        for kind in (ICMPv6DestUnreach(code=4), ICMPv6PacketTooBig(mtu=1280))
+    ]
+
+
+def endpoint6(c):
+    world = c["world_ip6"]
+    victims = [c["victim_ip6"], c["victim_ll"]]
+    link_local = c["src_ll"]
+    all_nodes = "ff02::1"
+    packets = {
+        "spoofed": [
+            frame6(dict(c, src_ip6=f"fd00:61::99:{i:x}"), dst=world) / UDP(sport=37000 + i, dport=9)
+            for i in range(10)
+        ]
+        + [
+            frame6(dict(c, src_mac=f"02:66:00:00:00:{i:02x}"), dst=world) / UDP(dport=9)
+            for i in range(5)
+        ]
+        + [
+            # Neighbour advertisements for addresses it does not own, a
+            # router advertisement and a redirect.
+            frame6(dict(c, src_ip6=link_local), dst=all_nodes, hlim=255) / ICMPv6ND_NA(tgt=t, R=0, S=0, O=1)
+            for t in (c["gateway_ip6"], c["victim_ip6"])
+        ]
+        + [
+            frame6(dict(c, src_ip6=link_local), dst=all_nodes, hlim=255) / ICMPv6ND_RA(),
+            frame6(dict(c, src_ip6=link_local), dst=c["victim_ll"], hlim=255)
+            / ICMPv6ND_Redirect(tgt=c["gateway_ip6"], dst=world),
+        ],
+        "icc_denied": [
+            frame6(c, dst=v, hlim=hops) / p
+            for v in victims
+            for p in (TCP(sport=37100, dport=80, flags="S"), UDP(sport=37101, dport=53), ICMPv6EchoRequest())
+            # The bridge switches them whatever their hop limit.
+            for hops in (64, 1, 0)
+        ],
+        "unknown_ext": too_many_extensions(c, world),
+        "truncated": truncated_shapes6(c, world),
+        "fragment": [
+            frame6(c, dst=world) / IPv6ExtHdrFragment(id=5000 + i, offset=10, nh=17) / (b"x" * 16)
+            for i in range(5)
+        ],
+        "untracked_icmp_error": untracked_errors6(c, world, 9),
+        "any": any_shapes6(c, world, 9),
+    }
+    sent = {}
+    for category, pkts in packets.items():
+        sendp(pkts, iface=c["iface"])
+        sent[category] = len(pkts)
+    print(json.dumps(sent))
+
+
+def world6(c):
+    host = c["host_ip6"]
+    packets = {
+        "truncated": truncated_shapes6(c, host),
+        "unknown_ext": too_many_extensions(c, host),
+        "not_published": [
+            frame6(c, dst=v) / p
+            for v in (c["victim_ip6"], c["published_ip6"])
+            for p in (TCP(sport=38000, dport=80, flags="S"), UDP(sport=38001, dport=80), ICMPv6EchoRequest())
+        ]
+        + [
+            # The gateway's embedded DNS, asked from the uplink's side.
+            frame6(c, dst=c["gateway_ip6"]) / p
+            for p in (UDP(sport=38002, dport=53) / DNS(rd=1, qd=DNSQR(qname="x")), TCP(sport=38003, dport=53, flags="S"), ICMPv6EchoRequest())
+        ],
+        "any": any_shapes6(c, host, c["any_port"])
+        + untracked_errors6(c, host, c["any_port"])
+        # A port published on [::1] only.
+        + [frame6(c, dst="::1") / TCP(sport=38100, dport=c["loopback_port"], flags="S")],
+    }
+    sent = {}
+    for category, pkts in packets.items():
+        sendp(pkts, iface=c["iface"])
+        sent[category] = len(pkts)
+    print(json.dumps(sent))
+
+
+# Neighbour discovery and multicast listener messages: the stack's own.
+NDP_MLD = {130, 131, 132, 133, 134, 135, 136, 137, 143}
+
+
+def check6(pcap, nets):
+    """`check` for IPv6: packets other than neighbour discovery, those
+    carrying an address of NET (quoted in an ICMPv6 error too), and those
+    that are neither to port 80 nor ICMPv6 errors."""
+    nets = [ipaddress.ip_network(n) for n in nets]
+    inside = lambda a: any(ipaddress.ip_address(a) in n for n in nets)
+    ipv6, leaked, unexpected = 0, [], []
+    for p in rdpcap(pcap):
+        if IPv6 not in p:
+            continue
+        ip = p[IPv6]
+        icmp_type = None
+        layer = ip.payload
+        while layer is not None and layer.name != "NoPayload":
+            if hasattr(layer, "type") and layer.__class__.__name__.startswith("ICMPv6"):
+                icmp_type = layer.type
+                break
+            layer = layer.payload
+        if icmp_type in NDP_MLD:
+            continue
+        ipv6 += 1
+        addrs = [ip.src, ip.dst]
+        is_error = icmp_type is not None and icmp_type < 128
+        if is_error and IPv6 in layer.payload:
+            quoted = layer.payload[IPv6]
+            addrs += [quoted.src, quoted.dst]
+        if any(inside(a) for a in addrs):
+            leaked.append(p.summary())
+        l4 = ip[TCP] if TCP in ip else ip[UDP] if UDP in ip else None
+        to_80 = l4 is not None and not is_error and l4.dport == 80
+        if not (to_80 or is_error):
+            unexpected.append(p.summary())
+    print(json.dumps({"ipv6": ipv6, "leaked": leaked, "unexpected": unexpected}))
+
+
+if sys.argv[1] in ("check", "check6"):
+    {"check": check, "check6": check6}[sys.argv[1]](sys.argv[2], sys.argv[3:])
 else:
-    {"endpoint": endpoint, "world": world, "flood": flood}[sys.argv[1]](json.loads(sys.argv[2]))
+    senders = {"endpoint": endpoint, "world": world, "flood": flood, "endpoint6": endpoint6, "world6": world6}
+    senders[sys.argv[1]](json.loads(sys.argv[2]))
