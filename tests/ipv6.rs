@@ -78,6 +78,13 @@ fn a_dual_stack_network_gives_endpoints_an_address_of_each_family() {
     let ptr = stdout_if_ok(h.in_endpoint(&a, "dig +short +tries=1 +time=2 -x fd00:78::77"))
         .unwrap_or_default();
     assert_eq!(ptr.trim(), format!("{b}."));
+    // What a C program's getaddrinfo sees: both families.
+    let ahosts = stdout_if_ok(h.in_endpoint(&a, &format!("getent ahosts {b}"))).unwrap_or_default();
+    let b4 = h.ip_of(&b);
+    assert!(
+        ahosts.contains("fd00:78::77") && ahosts.contains(&b4),
+        "getent ahosts: {ahosts}"
+    );
     assert!(pings6(&h, &a, &b), "by name, over IPv6 (ping -6 asks AAAA)");
     assert!(pings6(&h, &a, "fd00:78::77"), "endpoint to endpoint");
     assert!(pings6(&h, &a, "fd00:78::1"), "to the gateway");
