@@ -6,7 +6,8 @@
 //! ports published (the measured one last), and the wall and CPU time per
 //! 64-byte UDP datagram through a published port and out through
 //! masquerade, and the latency of a one-byte request/response on an
-//! established connection.
+//! established connection. Over IPv6 too: netplane's NAT66 and published
+//! ports against ip6tables with Docker's rule shapes and the ceiling.
 
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ use netplane_benches::{
     load::{Cost, Direction, Servers, connections, datagrams, round_trips},
     topo::{Nat, Topo},
 };
+
+/// Those measured over IPv6 as well.
+const NATS6: [Nat; 3] = [Nat::Netplane, Nat::Iptables, Nat::Ceiling];
 
 const NATS: [Nat; 5] = [
     Nat::Netplane,
@@ -91,12 +95,46 @@ fn udp_packets(c: &mut Criterion) {
     }
 }
 
+/// New connections and UDP both ways over IPv6, one port published.
+fn ipv6(c: &mut Criterion) {
+    let mut group = c.benchmark_group("new_connection_v6");
+    group.throughput(Throughput::Elements(1));
+    for nat in NATS6 {
+        let mut topo = Topo::new6(nat, 1);
+        let _servers = Servers::start(&topo);
+        group.bench_function(nat.name(), |b| {
+            b.iter_custom(|iters| {
+                topo.collect_garbage();
+                connections(&topo, iters)
+            })
+        });
+    }
+    group.finish();
+    for (way, wall, cpu) in [
+        (Direction::Inbound, "udp_64b_v6", "udp_64b_v6_cpu"),
+        (Direction::Outbound, "udp_64b_out_v6", "udp_64b_out_v6_cpu"),
+    ] {
+        for (group_name, cost) in [(wall, Cost::Wall), (cpu, Cost::Cpu)] {
+            let mut group = c.benchmark_group(group_name);
+            group.throughput(Throughput::Elements(1));
+            for nat in NATS6 {
+                let topo = Topo::new6(nat, 1);
+                let servers = Servers::start(&topo);
+                group.bench_function(nat.name(), |b| {
+                    b.iter_custom(|iters| datagrams(&topo, &servers, way, iters, cost))
+                });
+            }
+            group.finish();
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = new_connections, request_response, udp_packets
+    targets = new_connections, request_response, udp_packets, ipv6
 }
 criterion_main!(benches);

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
         Arc,
@@ -17,10 +17,10 @@ use std::{
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
 };
 
-use crate::topo::{CLIENTS, SERVICE_PORT, Topo, WORLD_SERVER, in_netns};
+use crate::topo::{Family, SERVICE_PORT, Topo, in_netns};
 
 /// The servers: in the endpoint, TCP answering each byte with the next and
 /// UDP counting datagrams sent to the published port; in the world, UDP
@@ -53,8 +53,8 @@ pub(crate) const PAYLOAD: [u8; 18] = [7; 18];
 /// masquerade that did not rewrite the source) counts nothing.
 pub(crate) fn udp_counter(
     netns: &str,
-    bind: SocketAddrV4,
-    from: Ipv4Addr,
+    bind: SocketAddr,
+    from: IpAddr,
     stop: Arc<AtomicBool>,
     ready: Sender<()>,
 ) -> (JoinHandle<()>, Arc<AtomicU64>) {
@@ -70,8 +70,8 @@ pub(crate) fn udp_counter(
         let _ = ready.send(());
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
-            if let Ok((len, SocketAddr::V4(src))) = socket.recv_from(&mut buf)
-                && *src.ip() == from
+            if let Ok((len, src)) = socket.recv_from(&mut buf)
+                && src.ip() == from
                 && buf[..len] == PAYLOAD
             {
                 counted.fetch_add(1, Ordering::Relaxed);
@@ -110,22 +110,23 @@ impl Servers {
         let stop = Arc::new(AtomicBool::new(false));
         // Each reports once listening, so no client races them.
         let (ready, listening) = std::sync::mpsc::channel();
+        let family = topo.family;
         let (inbound_thread, inbound) = udp_counter(
             &topo.endpoint,
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVICE_PORT),
-            *client(0).ip(),
+            family.any(SERVICE_PORT),
+            family.client(0).ip(),
             stop.clone(),
             ready.clone(),
         );
         let (outbound_thread, outbound) = udp_counter(
             &topo.world,
-            WORLD_SERVER,
+            family.world_server(),
             topo.endpoint_seen_as(),
             stop.clone(),
             ready.clone(),
         );
-        let listener = in_netns(&topo.endpoint, || {
-            let listener = TcpListener::bind(("0.0.0.0", SERVICE_PORT)).expect("TCP server");
+        let listener = in_netns(&topo.endpoint, move || {
+            let listener = TcpListener::bind(family.any(SERVICE_PORT)).expect("TCP server");
             // Accepted by whichever handler gets there first; the others
             // go back to waiting.
             listener
@@ -162,17 +163,16 @@ impl Drop for Servers {
 }
 
 /// A connection from client address `client` to `target`.
-fn connect_from(client: SocketAddrV4, target: SocketAddrV4) -> TcpStream {
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
+fn connect_from(client: SocketAddr, target: SocketAddr) -> TcpStream {
+    let family = match client {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd: OwnedFd =
+        socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
     setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
-    bind(fd.as_raw_fd(), &SockaddrIn::from(client)).expect("bind");
-    connect(fd.as_raw_fd(), &SockaddrIn::from(target))
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(client)).expect("bind");
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(target))
         .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
     let stream = TcpStream::from(fd);
     stream
@@ -190,14 +190,6 @@ pub(crate) fn ask(stream: &mut TcpStream, byte: u8) {
     assert_eq!(reply[0], byte.wrapping_add(1), "the server's answer");
 }
 
-/// The world's `i`th client address.
-fn client(i: u64) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::new(198, 18, 0, 100 + (i % u64::from(CLIENTS)) as u8),
-        0,
-    )
-}
-
 /// Clients connecting at once in [`connections`], and server threads
 /// answering them: enough that while some wait to be woken, others keep
 /// the CPUs busy, so that the rate measured is the host's, not the latency
@@ -208,13 +200,13 @@ const CONCURRENCY: u64 = 4;
 /// made by [`CONCURRENCY`] clients at once, each one after another, from
 /// the world's client addresses in turn.
 pub fn connections(topo: &Topo, n: u64) -> Duration {
-    let target = topo.target;
+    let (target, family) = (topo.target, topo.family);
     let start = Instant::now();
     let clients: Vec<_> = (0..CONCURRENCY)
         .map(|c| {
             in_netns(&topo.world, move || {
                 for i in (c..n).step_by(CONCURRENCY as usize) {
-                    ask(&mut connect_from(client(i), target), i as u8);
+                    ask(&mut connect_from(family.client(i), target), i as u8);
                 }
             })
         })
@@ -228,9 +220,9 @@ pub fn connections(topo: &Topo, n: u64) -> Duration {
 /// The time `n` request/response round trips of one byte take on one
 /// established connection (set up before the clock starts).
 pub fn round_trips(topo: &Topo, n: u64) -> Duration {
-    let target = topo.target;
+    let (target, family) = (topo.target, topo.family);
     in_netns(&topo.world, move || {
-        let mut stream = connect_from(client(0), target);
+        let mut stream = connect_from(family.client(0), target);
         let start = Instant::now();
         for i in 0..n {
             ask(&mut stream, i as u8);
@@ -279,12 +271,13 @@ fn busy_cpu() -> Duration {
 /// socket can and returns the `cost` of it, scaled by how many of them were
 /// received: lost datagrams make it higher, as they should.
 pub fn datagrams(topo: &Topo, servers: &Servers, way: Direction, n: u64, cost: Cost) -> Duration {
+    let family: Family = topo.family;
     let (netns, from, target, counter) = match way {
-        Direction::Inbound => (&topo.world, client(0), topo.target, &servers.inbound),
+        Direction::Inbound => (&topo.world, family.client(0), topo.target, &servers.inbound),
         Direction::Outbound => (
             &topo.endpoint,
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-            WORLD_SERVER,
+            family.any(0),
+            family.world_server(),
             &servers.outbound,
         ),
     };
@@ -297,8 +290,8 @@ pub fn datagrams(topo: &Topo, servers: &Servers, way: Direction, n: u64, cost: C
 /// count stops moving).
 pub(crate) fn counted_datagrams(
     netns: &str,
-    from: SocketAddrV4,
-    target: SocketAddrV4,
+    from: SocketAddr,
+    target: SocketAddr,
     counter: &AtomicU64,
     n: u64,
     cost: Cost,

@@ -222,8 +222,8 @@ impl OverlayServers {
         let (ready, listening) = std::sync::mpsc::channel();
         let (udp, datagrams) = udp_counter(
             &pair.endpoints[1],
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVICE_PORT),
-            endpoint_addr(0),
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVICE_PORT).into(),
+            endpoint_addr(0).into(),
             stop.clone(),
             ready,
         );
@@ -313,8 +313,8 @@ pub fn round_trips(pair: &OverlayPair, n: u64) -> Duration {
 pub fn datagrams(pair: &OverlayPair, servers: &OverlayServers, n: u64, cost: Cost) -> Duration {
     counted_datagrams(
         &pair.endpoints[0],
-        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-        pair.server(SERVICE_PORT),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
+        pair.server(SERVICE_PORT).into(),
         &servers.datagrams,
         n,
         cost,

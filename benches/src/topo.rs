@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -41,6 +41,48 @@ const POPULATED_PORTS: u16 = 40000;
 /// Client source addresses in the world, so that connections differ in more
 /// than the source port.
 pub const CLIENTS: u8 = 16;
+/// The IPv6 addresses of an IPv6 topology ([`Topo::new6`]): the host's
+/// uplink, the world, the endpoint (on a unique local prefix).
+pub const HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
+pub const WORLD6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 1);
+pub const ENDPOINT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, 2);
+
+/// The address family a topology's traffic uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The world's `i`th client address, port left to the kernel.
+    pub fn client(self, i: u64) -> SocketAddr {
+        let n = (i % u64::from(CLIENTS)) as u8;
+        match self {
+            Family::V4 => SocketAddr::new(Ipv4Addr::new(198, 18, 0, 100 + n).into(), 0),
+            Family::V6 => SocketAddr::new(
+                Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x100 + u16::from(n)).into(),
+                0,
+            ),
+        }
+    }
+
+    /// Any address of the family, on `port`.
+    pub fn any(self, port: u16) -> SocketAddr {
+        match self {
+            Family::V4 => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+            Family::V6 => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+        }
+    }
+
+    /// Where the world's server listens, for traffic the endpoint sends.
+    pub fn world_server(self) -> SocketAddr {
+        match self {
+            Family::V4 => WORLD_SERVER.into(),
+            Family::V6 => SocketAddr::new(WORLD6.into(), SERVICE_PORT),
+        }
+    }
+}
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -189,8 +231,9 @@ impl Drop for InProcess {
 #[derive(Debug)]
 pub struct Topo {
     pub nat: Nat,
+    pub family: Family,
     /// Where clients send to.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub host: String,
     pub world: String,
     pub endpoint: String,
@@ -207,6 +250,22 @@ pub struct Topo {
 impl Topo {
     /// The host with `published` ports published, the measured one last.
     pub fn new(nat: Nat, published: u16) -> Topo {
+        Topo::of_family(nat, published, Family::V4)
+    }
+
+    /// The same host dual-stack, its traffic over IPv6: netplane with
+    /// `--ipv6`, Docker's rule shapes with ip6tables (NAT66), plain
+    /// forwarding. The CNI plugins and user networks are not measured
+    /// over IPv6.
+    pub fn new6(nat: Nat, published: u16) -> Topo {
+        assert!(
+            matches!(nat, Nat::Netplane | Nat::Iptables | Nat::Ceiling),
+            "{nat:?} over IPv6"
+        );
+        Topo::of_family(nat, published, Family::V6)
+    }
+
+    fn of_family(nat: Nat, published: u16, family: Family) -> Topo {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "the benchmarks need root"
@@ -247,9 +306,30 @@ impl Topo {
              ip -n {host} link set {p}u up; ip -n {world} link set {p}x up
              ip -n {host} route add default via 198.18.0.1"
         ));
+        if family == Family::V6 {
+            let clients: String = (0..u64::from(CLIENTS))
+                .map(|i| {
+                    format!(
+                        "ip -n {world} addr add {}/64 dev {p}x nodad\n",
+                        family.client(i).ip()
+                    )
+                })
+                .collect();
+            sh(&format!(
+                "set -e
+                 ip -n {host} addr add {HOST6}/64 dev {p}u nodad
+                 ip -n {world} addr add {WORLD6}/64 dev {p}x nodad
+                 {clients}
+                 ip -n {host} -6 route add default via {WORLD6}"
+            ));
+        }
         let mut topo = Topo {
             nat,
-            target: SocketAddrV4::new(HOST, PUBLISHED_PORT),
+            family,
+            target: match family {
+                Family::V4 => SocketAddr::new(HOST.into(), PUBLISHED_PORT),
+                Family::V6 => SocketAddr::new(HOST6.into(), PUBLISHED_PORT),
+            },
             endpoint: format!("{p}-e"),
             host,
             world,
@@ -270,12 +350,23 @@ impl Topo {
             Nat::Cni => topo.cni_result = Some(topo.cni_add(published)),
             Nat::Ceiling => {
                 topo.manual_endpoint(&p);
-                sh(&format!(
-                    "ip -n {} route add 10.88.0.0/24 via {HOST}",
-                    topo.world
-                ));
-                topo.target = SocketAddrV4::new(ENDPOINT, SERVICE_PORT);
+                let (net, via, to) = match family {
+                    Family::V4 => ("10.88.0.0/24", IpAddr::from(HOST), IpAddr::from(ENDPOINT)),
+                    Family::V6 => ("fd00:88::/64", HOST6.into(), ENDPOINT6.into()),
+                };
+                sh(&format!("ip -n {} route add {net} via {via}", topo.world));
+                topo.target = SocketAddr::new(to, SERVICE_PORT);
             }
+        }
+        if family == Family::V6 {
+            // The host resolves its neighbours, the endpoint and the world,
+            // once: resolving one on the way took longer than a sample
+            // waits for its first datagram. A measurement starts on a
+            // resolved path, whichever the NAT.
+            sh(&format!(
+                "ip netns exec {h} ping -6 -c1 -W2 {ENDPOINT6}; ip netns exec {h} ping -6 -c1 -W2 {WORLD6}",
+                h = topo.host
+            ));
         }
         topo
     }
@@ -286,6 +377,11 @@ impl Topo {
     fn start_netplane(&self, p: &str, published: u16, on_network: bool) -> InProcess {
         let endpoint = self.endpoint.clone();
         let mut cfg = netplane_config(&self.dir, &format!("{p}u"), Vec::new());
+        let v6 = self.family == Family::V6;
+        if v6 {
+            cfg.ipv6 = true;
+            cfg.subnet6 = Some("fd00:88::/64".parse().expect("subnet"));
+        }
         let net = match on_network {
             true => {
                 let subnet = cfg.subnet.replace("10.87.0.0/20".parse().expect("subnet"));
@@ -321,6 +417,7 @@ impl Topo {
                         name: endpoint,
                         net: attach,
                         ip: Some(ENDPOINT),
+                        ip6: v6.then_some(ENDPOINT6),
                         publish,
                         ..CreateEndpoint::default()
                     })
@@ -463,19 +560,33 @@ impl Topo {
              ip -n {e} link set eth0 up; ip -n {e} link set lo up
              ip -n {e} route add default via 10.88.0.1"
         ));
+        if self.family == Family::V6 {
+            sh(&format!(
+                "set -e
+                 ip netns exec {h} sysctl -qw net.ipv6.conf.all.forwarding=1
+                 ip -n {h} addr add fd00:88::1/64 dev {p}d0 nodad
+                 ip -n {e} addr add {ENDPOINT6}/64 dev eth0 nodad
+                 ip -n {e} -6 route add default via fd00:88::1"
+            ));
+        }
     }
 
     /// Docker's rules: MASQUERADE for the subnet, a DOCKER chain behind
     /// `addrtype LOCAL` with one DNAT per published port, the measured one
-    /// last. Loaded with iptables-restore, replacing the nat table.
+    /// last. Loaded with iptables-restore (ip6tables-restore over IPv6,
+    /// Docker 27's NAT66), replacing the nat table.
     fn docker_rules(&self, published: u16) {
         let bridge = format!("{}d0", self.prefix);
+        let (subnet, loopback) = match self.family {
+            Family::V4 => ("10.88.0.0/24", "127.0.0.0/8"),
+            Family::V6 => ("fd00:88::/64", "::1/128"),
+        };
         let mut rules = format!(
             "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
              :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
              -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
-             -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n\
-             -A POSTROUTING -s 10.88.0.0/24 ! -o {bridge} -j MASQUERADE\n\
+             -A OUTPUT ! -d {loopback} -m addrtype --dst-type LOCAL -j DOCKER\n\
+             -A POSTROUTING -s {subnet} ! -o {bridge} -j MASQUERADE\n\
              -A DOCKER -i {bridge} -j RETURN\n"
         );
         rules += &self.docker_dnat(
@@ -501,9 +612,13 @@ impl Topo {
                 } else {
                     port
                 };
+                let to = match self.family {
+                    Family::V4 => SocketAddr::new(ENDPOINT.into(), to),
+                    Family::V6 => SocketAddr::new(ENDPOINT6.into(), to),
+                };
                 format!(
                     "-A DOCKER ! -i {bridge} -p {proto} -m {proto} --dport {port} \
-                     -j DNAT --to-destination {ENDPOINT}:{to}\n"
+                     -j DNAT --to-destination {to}\n"
                 )
             })
             .collect()
@@ -514,7 +629,10 @@ impl Topo {
     fn iptables_restore(&self, rules: &str, noflush: bool) -> Duration {
         let path = self.dir.join("rules");
         std::fs::write(&path, rules).expect("writing rules");
-        let mut cmd = Command::new("iptables-restore");
+        let mut cmd = Command::new(match self.family {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        });
         if noflush {
             cmd.arg("--noflush");
         }
@@ -665,10 +783,12 @@ impl Topo {
 impl Topo {
     /// The source address the world sees on the endpoint's traffic: the
     /// host's, masqueraded, or the endpoint's own with no NAT.
-    pub fn endpoint_seen_as(&self) -> Ipv4Addr {
-        match self.nat {
-            Nat::Ceiling => ENDPOINT,
-            _ => HOST,
+    pub fn endpoint_seen_as(&self) -> IpAddr {
+        match (self.nat, self.family) {
+            (Nat::Ceiling, Family::V4) => ENDPOINT.into(),
+            (Nat::Ceiling, Family::V6) => ENDPOINT6.into(),
+            (_, Family::V4) => HOST.into(),
+            (_, Family::V6) => HOST6.into(),
         }
     }
 

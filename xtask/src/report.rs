@@ -236,6 +236,7 @@ pub fn render(rows: &[Row], machine: &str) -> String {
     }
 
     network_section(&mut out, rows);
+    ipv6_section(&mut out, rows);
 
     let counts = values(rows, "publish");
     if !counts.is_empty() {
@@ -489,6 +490,63 @@ fn network_section(out: &mut String, rows: &[Row]) {
             out,
             "| {what} | {bridge:.1} | {network:.1} | {:.2} |",
             network / bridge
+        );
+    }
+    out.push('\n');
+}
+
+/// The traffic benchmark's IPv6 rows: netplane's published port and
+/// NAT66 against ip6tables with Docker's rule shapes and the ceiling.
+fn ipv6_section(out: &mut String, rows: &[Row]) {
+    const NATS6: [&str; 3] = ["netplane", "iptables", "ceiling"];
+    let figures = [
+        (
+            "new_connection_v6",
+            "new connection through a published port, µs",
+            1e3,
+        ),
+        (
+            "udp_64b_v6",
+            "UDP in through a published port, ns per packet",
+            1.0,
+        ),
+        ("udp_64b_v6_cpu", "the same, CPU ns per packet", 1.0),
+        (
+            "udp_64b_out_v6",
+            "UDP out through masquerade (NAT66), ns per packet",
+            1.0,
+        ),
+        ("udp_64b_out_v6_cpu", "the same, CPU ns per packet", 1.0),
+    ];
+    if figures
+        .iter()
+        .all(|(group, _, _)| median(rows, group, "netplane", None).is_none())
+    {
+        return;
+    }
+    out.push_str(
+        "## IPv6
+
+         The same host dual-stack, the traffic over IPv6 (medians): netplane's
+         published port and NAT66 in eBPF, Docker's rule shapes with ip6tables
+         (its NAT66 since Docker 27), and plain forwarding. Each topology
+         resolves its neighbours before it is measured.
+
+         | | netplane | ip6tables | ceiling | ip6tables / netplane | ceiling / netplane |
+         |---|---|---|---|---|---|
+",
+    );
+    for (group, what, unit) in figures {
+        let of = |n| median(rows, group, n, None);
+        let cell = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / unit));
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {} | {} |",
+            cell(of(NATS6[0])),
+            cell(of(NATS6[1])),
+            cell(of(NATS6[2])),
+            ratio(of("iptables"), of("netplane")),
+            ratio(of("ceiling"), of("netplane")),
         );
     }
     out.push('\n');

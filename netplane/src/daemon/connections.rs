@@ -137,8 +137,11 @@ impl Daemon {
             .filter(|s| matches!(s, Step::EtcFiles { .. }))
             .collect();
         steps::apply_all(&mut self.kernel_steps(), &etc, &name).await?;
-        self.reserved
-            .reserve(&promoted.ports, promoted.ep.sandbox.is_some())?;
+        self.reserved.reserve(
+            &promoted.ports,
+            promoted.ep.sandbox.is_some(),
+            promoted.ep.ip6.is_some(),
+        )?;
         self.publish(&promoted.ep, &promoted.ports)?;
         self.sync_linked()?;
         self.endpoints_changed()?;

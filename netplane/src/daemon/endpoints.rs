@@ -279,7 +279,8 @@ impl Daemon {
             return Err(e);
         }
         let mut activate = || {
-            self.reserved.reserve(&ports, ep.sandbox.is_some())?;
+            self.reserved
+                .reserve(&ports, ep.sandbox.is_some(), ep.ip6.is_some())?;
             self.reset_counters(&ports)?;
             self.publish(&ep, &ports)?;
             self.sync_linked()

@@ -17,7 +17,10 @@ impl Daemon {
     /// A host process that bound one while no daemon ran keeps it: its
     /// traffic goes to the endpoint, and the log says so.
     pub(super) fn hold_published(&mut self, ep: &endpoint::Endpoint, ports: &[PublishedPort]) {
-        if let Err(e) = self.reserved.reserve(ports, ep.sandbox.is_some()) {
+        if let Err(e) = self
+            .reserved
+            .reserve(ports, ep.sandbox.is_some(), ep.ip6.is_some())
+        {
             warn!(endpoint = %ep.name, "published port not held: {e}");
         }
     }
@@ -147,7 +150,8 @@ impl Daemon {
         ports.extend(added.iter().cloned());
         self.store.set_ports(name, &ports)?;
         let mut activate = || {
-            self.reserved.reserve(&added, rec.ep.sandbox.is_some())?;
+            self.reserved
+                .reserve(&added, rec.ep.sandbox.is_some(), rec.ep.ip6.is_some())?;
             self.reset_counters(&added)?;
             self.publish(&rec.ep, &added)
         };

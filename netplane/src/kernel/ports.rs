@@ -40,10 +40,11 @@ impl Reservations {
     /// process owning it when one is found. Ports `shared` with a container
     /// runtime are held with SO_REUSEADDR, so that the runtime's own
     /// listener on them (Podman's) binds beside the daemon's socket; a
-    /// host process still cannot take them from it.
-    pub fn reserve(&mut self, ports: &[PublishedPort], shared: bool) -> Result<()> {
+    /// host process still cannot take them from it. Ports of an endpoint
+    /// with `ipv6` are held on `::` too.
+    pub fn reserve(&mut self, ports: &[PublishedPort], shared: bool, ipv6: bool) -> Result<()> {
         let mut taken = Vec::new();
-        for key in ports.iter().flat_map(keys) {
+        for key in ports.iter().flat_map(|p| keys(p, ipv6)) {
             if self.held.contains_key(&key) {
                 continue;
             }
@@ -65,16 +66,22 @@ impl Reservations {
 
     /// Lets the host ports of `ports` go.
     pub fn release(&mut self, ports: &[PublishedPort]) {
-        for key in ports.iter().flat_map(keys) {
+        for key in ports.iter().flat_map(|p| keys(p, true)) {
             self.held.remove(&key);
         }
     }
 }
 
-/// Raises this process's soft limit of open files to its hard limit: every
-/// published host port is a held socket, and a soft limit of 1,024 (a
-/// service manager's default) would refuse ports past about a thousand.
+/// Raises this process's limit of open files as far as it may: every
+/// published host port is a held socket (two for a dual-stack endpoint),
+/// and a soft limit of 1,024 (a service manager's default) would refuse
+/// ports past about a thousand. With CAP_SYS_RESOURCE the hard limit goes
+/// up to the kernel's `fs.nr_open` too, as Docker's unit file
+/// (`LimitNOFILE=infinity`) has it; without, to the hard limit.
 pub fn allow_held_ports() -> Result<()> {
+    let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -86,6 +93,16 @@ pub fn allow_held_ports() -> Result<()> {
             "RLIMIT_NOFILE",
             std::io::Error::last_os_error(),
         ));
+    }
+    if let Some(most) = nr_open.filter(|n| *n > limit.rlim_max) {
+        let raised = libc::rlimit {
+            rlim_cur: most,
+            rlim_max: most,
+        };
+        // SAFETY: setrlimit reads one rlimit, which `raised` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(());
+        }
     }
     if limit.rlim_cur < limit.rlim_max {
         limit.rlim_cur = limit.rlim_max;
@@ -104,26 +121,20 @@ pub fn allow_held_ports() -> Result<()> {
 /// Checks that no host socket uses a host port of `port`, without holding
 /// it: `-p` refuses such a port, and picks another for `-p CPORT`.
 pub fn check_free(port: &PublishedPort) -> Result<()> {
-    keys(port).try_for_each(|key| hold(key, false).map(drop))
+    keys(port, false).try_for_each(|key| hold(key, false).map(drop))
 }
 
 /// The sockets a rule needs: one per port, and for a rule on every
-/// address one more on `::` (as Docker's proxy listens there too), on a
-/// host with IPv6.
-fn keys(port: &PublishedPort) -> impl Iterator<Item = Key> + '_ {
-    let also_v6 = (port.host_ip.is_unspecified() && port.host_ip.is_ipv4() && host_has_ipv6())
+/// address of an endpoint with `ipv6`, one more on `::`, which its IPv6
+/// entries serve.
+fn keys(port: &PublishedPort, ipv6: bool) -> impl Iterator<Item = Key> + '_ {
+    let also_v6 = (ipv6 && port.host_ip.is_unspecified() && port.host_ip.is_ipv4())
         .then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     std::iter::once(port.host_ip)
         .chain(also_v6)
         .flat_map(move |ip| {
             (port.host_ports.start..=port.host_ports.end).map(move |p| (ip, p, port.proto))
         })
-}
-
-/// Whether this kernel has IPv6 (it may be built without, or turned off
-/// with `ipv6.disable=1`).
-fn host_has_ipv6() -> bool {
-    std::path::Path::new("/proc/net/if_inet6").exists()
 }
 
 /// A socket bound to `key`, without SO_REUSEADDR: the bind fails when any
