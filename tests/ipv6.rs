@@ -1,7 +1,8 @@
 //! IPv6 on dual-stack networks: addresses of each family for endpoints,
-//! and the data path's checks on what they send over IPv6 (their own
+//! the data path's checks on what they send over IPv6 (their own
 //! addresses only, neighbour discovery included; `--icc`; isolation
-//! between networks).
+//! between networks), and real traffic through it: published ports for
+//! IPv6 clients, NAT66 and routed prefixes, hairpin and host-local access.
 
 use netplane_test_support as support;
 
