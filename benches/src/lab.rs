@@ -15,7 +15,7 @@ use std::{
 use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 use netplane::{
     kernel::datapath::Datapath,
-    logic::portspec::{PortRange, PortSpec, assign_host_ports},
+    logic::portspec::{PortRange, PortSpec, PublishedPort, assign_host_ports},
 };
 use netplane_common::abi::{DropReason, NetConfig, programs};
 use nix::sched::{CloneFlags, setns};
@@ -147,18 +147,7 @@ impl Lab {
             .expect("endpoint");
         dp.set_host_addrs(&[UPLINK.into(), GATEWAY.into()], &[GATEWAY.into()])
             .expect("host addresses");
-        let spec: PortSpec = format!("{PUBLISHED_PORT}:80").parse().expect("spec");
-        let published = assign_host_ports(
-            &[spec],
-            &[],
-            PortRange {
-                start: 32768,
-                end: 60999,
-            },
-            |_| Ok::<(), netplane::logic::Error>(()),
-        )
-        .expect("host port");
-        dp.publish(&published[0].map_entries(ENDPOINT.into()))
+        dp.publish(&published_rule().map_entries(ENDPOINT.into()))
             .expect("publishing");
         Lab {
             dp,
@@ -207,19 +196,8 @@ impl Lab {
         self.dp
             .set_host_addrs6(&[UPLINK6.into()], &[GATEWAY6.into()], Some(UPLINK6.into()))
             .expect("host IPv6 addresses");
-        let spec: PortSpec = format!("{PUBLISHED_PORT}:80").parse().expect("spec");
-        let published = assign_host_ports(
-            &[spec],
-            &[],
-            PortRange {
-                start: 32768,
-                end: 60999,
-            },
-            |_| Ok::<(), netplane::logic::Error>(()),
-        )
-        .expect("host port");
         self.dp
-            .publish6(&published[0].map_entries6(ENDPOINT6.into()))
+            .publish6(&published_rule().map_entries6(ENDPOINT6.into()))
             .expect("publishing over IPv6");
     }
 
@@ -256,6 +234,23 @@ impl Lab {
     pub fn world_frame(&self, dst: [u8; 4]) -> PacketBuilderStep<IpHeaders> {
         PacketBuilder::ethernet2(WORLD_MAC, self.uplink_mac).ipv4(WORLD, dst, 64)
     }
+}
+
+/// The lab's published rule: host port [`PUBLISHED_PORT`] to the
+/// endpoint's port 80, TCP, as `-p` resolves it.
+fn published_rule() -> PublishedPort {
+    let spec: PortSpec = format!("{PUBLISHED_PORT}:80").parse().expect("spec");
+    let published = assign_host_ports(
+        &[spec],
+        &[],
+        PortRange {
+            start: 32768,
+            end: 60999,
+        },
+        |_| Ok::<(), netplane::logic::Error>(()),
+    )
+    .expect("host port");
+    published.into_iter().next().expect("one rule")
 }
 
 /// A frame the endpoint sends to the bridge `bridge_mac`, for the world.

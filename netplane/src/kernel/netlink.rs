@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::{AddressAttribute, AddressHeaderFlags, AddressScope},
+        address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
         tc::{TcAttribute, TcHandle},
@@ -455,17 +455,22 @@ impl Rtnl {
             .collect())
     }
 
-    /// IPv4 addresses with their prefixes and interface indexes.
-    pub async fn addresses(&self) -> Result<Vec<(Ipv4Net, u32)>> {
-        let msgs: Vec<_> = self
-            .handle
+    /// Every address of every interface, as netlink gives them.
+    async fn address_messages(&self) -> Result<Vec<AddressMessage>> {
+        self.handle
             .address()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(|e| Error::netlink("list", "addresses", e))?;
-        Ok(msgs
+            .map_err(|e| Error::netlink("list", "addresses", e))
+    }
+
+    /// IPv4 addresses with their prefixes and interface indexes.
+    pub async fn addresses(&self) -> Result<Vec<(Ipv4Net, u32)>> {
+        Ok(self
+            .address_messages()
+            .await?
             .into_iter()
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
@@ -483,15 +488,9 @@ impl Rtnl {
     /// The host's global IPv6 addresses (scope universe: not loopback or
     /// link-local), each with the index of its interface.
     pub async fn addresses6(&self) -> Result<Vec<(Ipv6Addr, u32)>> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| Error::netlink("list", "addresses", e))?;
-        Ok(msgs
+        Ok(self
+            .address_messages()
+            .await?
             .into_iter()
             .filter(|m| m.header.scope == AddressScope::Universe)
             .filter_map(|m| {
