@@ -525,16 +525,13 @@ fn ipv6_section(out: &mut String, rows: &[Row]) {
         return;
     }
     out.push_str(
-        "## IPv6
-
-         The same host dual-stack, the traffic over IPv6 (medians): netplane's
-         published port and NAT66 in eBPF, Docker's rule shapes with ip6tables
-         (its NAT66 since Docker 27), and plain forwarding. Each topology
-         resolves its neighbours before it is measured.
-
-         | | netplane | ip6tables | ceiling | ip6tables / netplane | ceiling / netplane |
-         |---|---|---|---|---|---|
-",
+        "## IPv6\n\n\
+         The same host dual-stack, the traffic over IPv6 (medians): netplane's\n\
+         published port and NAT66 in eBPF, Docker's rule shapes with ip6tables\n\
+         (its NAT66 since Docker 27), and plain forwarding. Each topology\n\
+         resolves its neighbours before it is measured.\n\n\
+         | | netplane | ip6tables | ceiling | ip6tables / netplane | ceiling / netplane |\n\
+         |---|---|---|---|---|---|\n",
     );
     for (group, what, unit) in figures {
         let of = |n| median(rows, group, n, None);
