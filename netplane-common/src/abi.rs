@@ -80,9 +80,9 @@ pub mod maps {
     /// An IPv6 endpoint's own global address (16 bytes, as in packets)
     /// keyed by the ifindex of its host-side veth (host byte order).
     pub const ENDPOINT6_IFACES: &str = "NP_ENDPOINT6_IFACES";
-    /// The network (`EndpointIdentity::vni`, host byte order) of every
-    /// IPv6 address of an endpoint, global and link-local (16 bytes, as
-    /// in packets).
+    /// [`super::EndpointPort`] keyed by every IPv6 address of an endpoint,
+    /// global and link-local (16 bytes, as in packets): its network, and
+    /// where packets for it go.
     pub const ENDPOINTS6: &str = "NP_ENDPOINTS6";
     /// [`super::CtEntry6`] keyed by [`super::FlowKey6`]: connection
     /// tracking and NAT of IPv6 flows, as [`CONNTRACK`] for IPv4.

@@ -205,6 +205,10 @@ pub(crate) fn forward6(
 
 #[inline(always)]
 fn forward6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, to: &CtEntry6) -> Verdict {
+    if let Some(ep) = crate::endpoint6(&to.daddr_be) {
+        rewrite6(ctx, ip, to)?;
+        return to_endpoint6(ctx, cfg, ip, &ep);
+    }
     let route = match route6(ctx, cfg, ip, &to.saddr_be, &to.daddr_be).get() {
         Ok(route) => route,
         // Untranslated, the stack answers "packet too big" or drops it.
@@ -219,11 +223,29 @@ fn forward6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, to: &CtEntry6) -> V
 /// decremented as the router the host is would.
 #[inline(always)]
 pub(crate) fn send6(ctx: &TcContext, ip: &Ipv6, route: &Route) -> Verdict {
+    decrement_hop_limit(ctx, ip)?;
+    out_along(ctx, route)
+}
+
+/// Delivers a rewritten IPv6 packet to the endpoint `to` as IPv4's are:
+/// straight to its veth with the MAC it has, no neighbour to resolve.
+#[inline(always)]
+pub(crate) fn to_endpoint6(
+    ctx: &TcContext,
+    cfg: &NetConfig,
+    ip: &Ipv6,
+    to: &EndpointPort,
+) -> Verdict {
+    decrement_hop_limit(ctx, ip)?;
+    deliver(ctx, cfg, to)
+}
+
+#[inline(always)]
+fn decrement_hop_limit(ctx: &TcContext, ip: &Ipv6) -> Result<(), DropReason> {
     // The next header with the hop limit: single-byte stores get a bounds
     // check the verifier rejects.
     let [next, hops]: [u8; 2] = load(ctx, ip.l3 + 6)?;
-    store(ctx, ip.l3 + 6, [next, hops.saturating_sub(1)])?;
-    out_along(ctx, route)
+    store(ctx, ip.l3 + 6, [next, hops.saturating_sub(1)])
 }
 
 /// Sends a rewritten packet out of the host along `route`.
@@ -262,6 +284,12 @@ pub(crate) fn to_endpoint(
     to: &EndpointPort,
 ) -> Verdict {
     decrement_ttl(ctx, ip)?;
+    deliver(ctx, cfg, to)
+}
+
+/// Redirects the frame to the endpoint `to`, from the bridge's MAC.
+#[inline(always)]
+fn deliver(ctx: &TcContext, cfg: &NetConfig, to: &EndpointPort) -> Verdict {
     store(ctx, 0, to.mac)?;
     store(ctx, 6, cfg.bridge_mac)?;
     // SAFETY: plain helper call.

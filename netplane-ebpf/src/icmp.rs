@@ -5,7 +5,7 @@ use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 use crate::{
     conntrack::{CONNTRACK, CONNTRACK6},
-    fib::{Next, next_hop, route6, send, send6, to_endpoint},
+    fib::{Next, next_hop, route6, send, send6, to_endpoint, to_endpoint6},
     nat::{count, csum_err, set_addrs, under_rule},
     packet::{ICMP_ECHO, Ipv4, Ipv6, ipv4, ipv6, load, store},
     reg::InReg,
@@ -260,8 +260,13 @@ fn translate_icmp_error6(
     } else {
         ip.saddr
     };
-    let Ok(route) = route6(ctx, cfg, ip, &saddr, &e.daddr_be).get() else {
-        return Ok(None);
+    let endpoint = crate::endpoint6(&e.daddr_be);
+    let route = match endpoint {
+        Some(_) => None,
+        None => match route6(ctx, cfg, ip, &saddr, &e.daddr_be).get() {
+            Ok(route) => Some(route),
+            Err(_) => return Ok(None),
+        },
     };
     rewrite_quoted6(ctx, ip, e).get()?;
     let pseudo = add32(
@@ -272,7 +277,11 @@ fn translate_icmp_error6(
     store(ctx, ip.l3 + 24, e.daddr_be)?;
     csum_err(ctx.l4_csum_replace(ip.l4 + 2, 0, u64::from(pseudo), u64::from(BPF_F_PSEUDO_HDR)))?;
     count(e.slot, ctx.len());
-    send6(ctx, ip, &route).map(Some)
+    match (endpoint, route) {
+        (Some(ep), _) => to_endpoint6(ctx, cfg, ip, &ep).map(Some),
+        (None, Some(route)) => send6(ctx, ip, &route).map(Some),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Rewrites the packet in [`QUOTED6`], quoted by the ICMPv6 error `ip`,

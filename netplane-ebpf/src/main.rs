@@ -35,9 +35,9 @@ use config::NET_CONFIG;
 use nat::DROP_RULE;
 use netplane_common::{
     abi::{
-        DROP_REASONS, Direction, DropReason, EndpointIdentity, IfCounters, IfDrops, IfStatsKey,
-        MACVLAN_SOURCE_HOST, MAX_ENDPOINTS, MAX_INTERFACES, MAX_MACVLAN_SOURCES, MAX_RULE_DROPS,
-        MacKey, MacvlanSource, NET_FLAG_MACVLAN, NetConfig, RuleDropKey, proto,
+        DROP_REASONS, Direction, DropReason, EndpointIdentity, EndpointPort, IfCounters, IfDrops,
+        IfStatsKey, MACVLAN_SOURCE_HOST, MAX_ENDPOINTS, MAX_INTERFACES, MAX_MACVLAN_SOURCES,
+        MAX_RULE_DROPS, MacKey, MacvlanSource, NET_FLAG_MACVLAN, NetConfig, RuleDropKey, proto,
     },
     packet::{icmpv6, link_local_of},
     policy::{ipv6_sender_allowed, is_ipv6_multicast},
@@ -75,7 +75,7 @@ static PACKET6: PerCpuArray<packet::Ipv6> = PerCpuArray::with_max_entries(1, 0);
 static ENDPOINT6_IFACES: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 #[map(name = "NP_ENDPOINTS6")]
-static ENDPOINTS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_ENDPOINTS * 2, 0);
+static ENDPOINTS6: HashMap<[u8; 16], EndpointPort> = HashMap::pinned(MAX_ENDPOINTS * 2, 0);
 
 #[map(name = "NP_MACVLAN_SOURCES")]
 static MACVLAN_SOURCES: HashMap<MacKey, MacvlanSource> = HashMap::pinned(MAX_MACVLAN_SOURCES, 0);
@@ -250,14 +250,14 @@ fn endpoint_ipv6_now(ctx: &TcContext, me: &EndpointIdentity) -> Result<Option<i3
     if is_ipv6_multicast(&ip.daddr) || ip.daddr == own || ip.daddr == link_local {
         return Ok(Some(TC_ACT_OK));
     }
-    match endpoint6_network(&ip.daddr) {
-        Some(vni) if vni != me.vni => Err(DropReason::OtherNetwork),
+    match endpoint6(&ip.daddr) {
+        Some(ep) if ep.vni != me.vni => Err(DropReason::OtherNetwork),
         _ => Ok(None),
     }
 }
 
-/// The network of the endpoint with IPv6 address `addr`, if it is one.
-pub(crate) fn endpoint6_network(addr: &[u8; 16]) -> Option<u32> {
+/// The endpoint with IPv6 address `addr`, if it is one.
+pub(crate) fn endpoint6(addr: &[u8; 16]) -> Option<EndpointPort> {
     // SAFETY: a map value, copied out.
     unsafe { ENDPOINTS6.get(addr).copied() }
 }

@@ -33,7 +33,7 @@ fn tracked6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Option<Verdict> {
 /// called from here: their frames never add up.
 #[inline(always)]
 pub(crate) fn from_endpoint(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6, vni: u32) -> Verdict {
-    if crate::endpoint6_network(&ip.daddr).is_some() {
+    if crate::endpoint6(&ip.daddr).is_some() {
         // Another endpoint of its own network: the caller checked.
         return between_endpoints6(ctx, cfg, ip, vni).get();
     }
@@ -192,7 +192,7 @@ fn from_uplink6_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Verdict {
     if let Some(verdict) = tracked6(ctx, cfg, ip) {
         return verdict;
     }
-    if crate::endpoint6_network(&ip.daddr).is_some() {
+    if crate::endpoint6(&ip.daddr).is_some() {
         return Err(DropReason::NotPublished);
     }
     let Some(bits) = host_addr6_bits(&ip.daddr) else {

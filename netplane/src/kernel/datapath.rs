@@ -848,7 +848,7 @@ impl Datapath {
 
     /// Lets the endpoint behind host-side veth `ifindex` send over IPv6 as
     /// `addr` and as the link-local address its `mac` gives, and tells the
-    /// data path both are of network `vni`.
+    /// data path both are of network `vni`, delivered to that veth.
     pub fn add_endpoint6(
         &mut self,
         ifindex: u32,
@@ -859,9 +859,15 @@ impl Datapath {
         let mut own: HashMap<_, u32, [u8; 16]> = self.map_mut(maps::ENDPOINT6_IFACES)?;
         own.insert(ifindex, addr.octets(), 0)
             .map_err(|e| Error::ebpf("insert into", maps::ENDPOINT6_IFACES, e))?;
-        let mut all: HashMap<_, [u8; 16], u32> = self.map_mut(maps::ENDPOINTS6)?;
+        let port = EndpointPort {
+            ifindex,
+            mac,
+            _pad: [0; 2],
+            vni,
+        };
+        let mut all: HashMap<_, [u8; 16], EndpointPort> = self.map_mut(maps::ENDPOINTS6)?;
         for a in [addr.octets(), link_local_of(mac)] {
-            all.insert(a, vni, 0)
+            all.insert(a, port, 0)
                 .map_err(|e| Error::ebpf("insert into", maps::ENDPOINTS6, e))?;
         }
         Ok(())
@@ -872,7 +878,7 @@ impl Datapath {
     pub fn remove_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
         let mut own: HashMap<_, u32, [u8; 16]> = self.map_mut(maps::ENDPOINT6_IFACES)?;
         let _ = own.remove(&ifindex);
-        let mut all: HashMap<_, [u8; 16], u32> = self.map_mut(maps::ENDPOINTS6)?;
+        let mut all: HashMap<_, [u8; 16], EndpointPort> = self.map_mut(maps::ENDPOINTS6)?;
         for a in [addr.octets(), link_local_of(mac)] {
             let _ = all.remove(&a);
         }
