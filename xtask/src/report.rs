@@ -502,7 +502,7 @@ fn ipv6_section(out: &mut String, rows: &[Row]) {
     let figures = [
         (
             "new_connection_v6",
-            "new connection through a published port, µs",
+            "new connection (the ceiling: routed to the endpoint), µs",
             1e3,
         ),
         (
