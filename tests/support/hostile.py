@@ -116,9 +116,17 @@ def untracked_errors(c, dst, dport):
     ]
 
 
+def send_all(c, packets):
+    """Sends each category's packets and prints how many each had."""
+    sent = {}
+    for category, pkts in packets.items():
+        sendp(pkts, iface=c["iface"])
+        sent[category] = len(pkts)
+    print(json.dumps(sent))
+
+
 def endpoint(c):
     world = c["world_ip"]
-    sent = {}
     packets = {
         "spoofed": [
             frame(dict(c, src_ip=f"10.99.0.{i}"), dst=world) / UDP(sport=1000 + i, dport=9)
@@ -159,10 +167,7 @@ def endpoint(c):
         ],
         "any": any_shapes(c, world, 9),
     }
-    for category, pkts in packets.items():
-        sendp(pkts, iface=c["iface"])
-        sent[category] = len(pkts)
-    print(json.dumps(sent))
+    send_all(c, packets)
 
 
 def world(c):
@@ -208,11 +213,7 @@ def world(c):
             frame(c, dst=c["other_host_ip"]) / TCP(sport=34001, dport=c["host_ip_port"], flags="S"),
         ],
     }
-    sent = {}
-    for category, pkts in packets.items():
-        sendp(pkts, iface=c["iface"])
-        sent[category] = len(pkts)
-    print(json.dumps(sent))
+    send_all(c, packets)
 
 
 def check(pcap, nets):
@@ -348,11 +349,7 @@ def endpoint6(c):
         "untracked_icmp_error": untracked_errors6(c, world, 9),
         "any": any_shapes6(c, world, 9),
     }
-    sent = {}
-    for category, pkts in packets.items():
-        sendp(pkts, iface=c["iface"])
-        sent[category] = len(pkts)
-    print(json.dumps(sent))
+    send_all(c, packets)
 
 
 def world6(c):
@@ -375,11 +372,7 @@ def world6(c):
         # A port published on [::1] only.
         + [frame6(c, dst="::1") / TCP(sport=38100, dport=c["loopback_port"], flags="S")],
     }
-    sent = {}
-    for category, pkts in packets.items():
-        sendp(pkts, iface=c["iface"])
-        sent[category] = len(pkts)
-    print(json.dumps(sent))
+    send_all(c, packets)
 
 
 # Neighbour discovery and multicast listener messages: the stack's own.
