@@ -76,15 +76,21 @@ fn request_response(c: &mut Criterion) {
 /// Wall time per datagram, and the machine's CPU time per datagram, in
 /// through the published port and out through masquerade.
 fn udp_packets(c: &mut Criterion) {
-    for (way, wall, cpu) in [
-        (Direction::Inbound, "udp_64b", "udp_64b_cpu"),
-        (Direction::Outbound, "udp_64b_out", "udp_64b_out_cpu"),
+    udp_groups(c, "", &NATS, Topo::new);
+}
+
+/// The groups of [`udp_packets`], their names ending in `suffix`, for
+/// `nats` on the topologies `topo` makes.
+fn udp_groups(c: &mut Criterion, suffix: &str, nats: &[Nat], topo: fn(Nat, u16) -> Topo) {
+    for (way, base) in [
+        (Direction::Inbound, "udp_64b"),
+        (Direction::Outbound, "udp_64b_out"),
     ] {
-        for (group_name, cost) in [(wall, Cost::Wall), (cpu, Cost::Cpu)] {
-            let mut group = c.benchmark_group(group_name);
+        for (cost, cost_suffix) in [(Cost::Wall, ""), (Cost::Cpu, "_cpu")] {
+            let mut group = c.benchmark_group(format!("{base}{suffix}{cost_suffix}"));
             group.throughput(Throughput::Elements(1));
-            for nat in NATS {
-                let topo = Topo::new(nat, 1);
+            for &nat in nats {
+                let topo = topo(nat, 1);
                 let servers = Servers::start(&topo);
                 group.bench_function(nat.name(), |b| {
                     b.iter_custom(|iters| datagrams(&topo, &servers, way, iters, cost))
@@ -110,23 +116,7 @@ fn ipv6(c: &mut Criterion) {
         });
     }
     group.finish();
-    for (way, wall, cpu) in [
-        (Direction::Inbound, "udp_64b_v6", "udp_64b_v6_cpu"),
-        (Direction::Outbound, "udp_64b_out_v6", "udp_64b_out_v6_cpu"),
-    ] {
-        for (group_name, cost) in [(wall, Cost::Wall), (cpu, Cost::Cpu)] {
-            let mut group = c.benchmark_group(group_name);
-            group.throughput(Throughput::Elements(1));
-            for nat in NATS6 {
-                let topo = Topo::new6(nat, 1);
-                let servers = Servers::start(&topo);
-                group.bench_function(nat.name(), |b| {
-                    b.iter_custom(|iters| datagrams(&topo, &servers, way, iters, cost))
-                });
-            }
-            group.finish();
-        }
-    }
+    udp_groups(c, "_v6", &NATS6, Topo::new6);
 }
 
 criterion_group! {
