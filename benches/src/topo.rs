@@ -669,7 +669,7 @@ impl Topo {
                 let spec = format!("{BENCH_PORTS}-{last}:{BENCH_PORTS}-{last}");
                 self.with_daemon(move |rt, daemon| {
                     let start = Instant::now();
-                    let published = rt.block_on(daemon.add_port(&endpoint, &spec, &[]));
+                    let published = rt.block_on(daemon.add_port(&endpoint, &spec, &[], false));
                     let took = start.elapsed();
                     let published = published.expect("netplane port add");
                     assert_eq!(published.len(), 3, "{published:?}");

@@ -20,6 +20,7 @@ use crate::{
     api::client::Client,
     api::server,
     daemon::cluster::{self, StoreUrl},
+    daemon::forwarder,
     daemon::{Config, DEFAULT_BRIDGE, Daemon},
     kernel::exec,
     logic::conntrack::Timeouts,
@@ -192,6 +193,10 @@ enum PortCommand {
         /// everywhere without it.
         #[arg(long, value_name = "CIDR", num_args = 1..)]
         from: Vec<String>,
+        /// Relay its connections in the daemon, each starting with a PROXY
+        /// protocol v2 header naming the client.
+        #[arg(long)]
+        proxy_protocol: bool,
     },
     /// Withdraw a published port.
     Rm {
@@ -377,6 +382,15 @@ struct UpArgs {
     /// (for example 127.0.0.1:9464); off by default.
     #[arg(long, value_name = "ADDRESS:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// Relay every published port in the daemon instead of translating it
+    /// in the data path (Docker's --userland-proxy): endpoints see the host
+    /// as the client unless the port has --proxy-protocol.
+    #[arg(long)]
+    userland_proxy: bool,
+    /// TCP connections and UDP sessions the daemon relays at once, over
+    /// every port; more are refused and counted.
+    #[arg(long, default_value_t = forwarder::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    proxy_max_connections: usize,
     /// Connection tracking table size, in entries (two per flow); applies
     /// when the table is created, at the first `up` after a `down`.
     #[arg(long, default_value_t = DEFAULT_CT_MAX)]
@@ -445,6 +459,10 @@ struct CreateArgs {
     /// repeatable); from everywhere without it.
     #[arg(long = "publish-from", value_name = "CIDR")]
     publish_from: Vec<String>,
+    /// Relay the -p ports' connections in the daemon, each starting with a
+    /// PROXY protocol v2 header naming the client.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// MAC of the endpoint's eth0 (bridge network only).
     #[arg(long)]
     mac_address: Option<String>,
@@ -473,6 +491,7 @@ impl CreateArgs {
             links: self.links.clone(),
             network_aliases: self.network_aliases.clone(),
             publish_from: self.publish_from.clone(),
+            proxy_protocol: self.proxy_protocol,
             mac_address: self.mac_address.clone(),
             dns: self.dns.clone(),
             dns_search: self.dns_search.clone(),
@@ -579,6 +598,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|a| std::net::SocketAddr::new(*a, 53))
                     .collect(),
                 metrics: args.metrics,
+                userland_proxy: args.userland_proxy,
+                proxy_max_connections: args.proxy_max_connections,
             };
             rt.block_on(async {
                 let daemon = Daemon::start(cfg.clone()).await?;
@@ -827,12 +848,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Port(PortArgs {
-            command: Some(PortCommand::Add { name, spec, from }),
+            command:
+                Some(PortCommand::Add {
+                    name,
+                    spec,
+                    from,
+                    proxy_protocol,
+                }),
             ..
         }) => {
             let ports: Vec<PortInfo> = rt.block_on(client.post(
                 &format!("/v1/endpoints/{name}/ports"),
-                &PortRequest { spec, from },
+                &PortRequest {
+                    spec,
+                    from,
+                    proxy_protocol,
+                },
             ))?;
             print_ports(&ports);
             Ok(ExitCode::SUCCESS)
@@ -847,6 +878,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &PortRequest {
                     spec,
                     from: Vec::new(),
+                    proxy_protocol: false,
                 },
             ))?;
             print_ports(&ports);
@@ -1171,8 +1203,19 @@ fn print_nat(table: &NatTable) {
         } else {
             format!(" /* dropped: {} */", dropped.join(" "))
         };
+        let proxied = r.proxied.as_ref().map_or(String::new(), |p| {
+            let refused = counted(&p.refused, |reason, n| format!(" {reason}={n}"));
+            format!(
+                " /* proxied: connections={} active={} bytes_in={} bytes_out={}{} */",
+                p.connections,
+                p.active,
+                p.bytes_in,
+                p.bytes_out,
+                refused.concat()
+            )
+        });
         println!(
-            "{:>8} {:>10} {:<10} {:<5} {:<18} {:<18} {}{dropped}",
+            "{:>8} {:>10} {:<10} {:<5} {:<18} {:<18} {}{dropped}{proxied}",
             r.packets, r.bytes, r.target, r.prot, r.source, r.destination, r.detail
         );
     }

@@ -37,6 +37,9 @@ pub struct CreateEndpoint {
     /// when empty.
     #[serde(default)]
     pub publish_from: Vec<String>,
+    /// Relay the `-p` ports' connections with a PROXY protocol v2 header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// `--mac-address`.
     #[serde(default)]
     pub mac_address: Option<String>,
@@ -386,6 +389,10 @@ pub struct DaemonInfo {
     /// 6.6 and later) or `clsact`.
     #[serde(default)]
     pub tc_hook: String,
+    /// Whether every published port is relayed by the daemon
+    /// (`--userland-proxy`).
+    #[serde(default)]
+    pub userland_proxy: bool,
     /// The daemon's netplane version.
     #[serde(default)]
     pub version: String,
@@ -463,6 +470,10 @@ pub struct PortRequest {
     /// publishing; all when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<String>,
+    /// Relay the port's connections with a PROXY protocol v2 header, when
+    /// publishing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// One published rule, as `port ls` shows it.
@@ -512,6 +523,27 @@ pub struct NatRule {
     /// Packets dropped while being translated under the rule, by reason;
     /// only reasons that dropped any.
     pub drops: BTreeMap<String, u64>,
+    /// What the userspace forwarder relayed under the rule, when it serves
+    /// any of its ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxied: Option<ProxyCounters>,
+}
+
+/// What the userspace forwarder relayed under one rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProxyCounters {
+    /// TCP connections and UDP sessions opened.
+    pub connections: u64,
+    /// Those open now.
+    pub active: u64,
+    /// Payload bytes from clients to the endpoint.
+    pub bytes_in: u64,
+    /// Payload bytes from the endpoint to clients.
+    pub bytes_out: u64,
+    /// Connections and sessions refused, by reason (`over_limit`,
+    /// `not_allowed`, `unreachable`); only reasons that refused any.
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// `GET /v1/nat`: what `netplane nat ls` prints.

@@ -159,7 +159,9 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                        Path(n): Path<String>,
                        Json(req): Json<PortRequest>| {
                     with(&s, async |d| {
-                        d.add_port(&n, &req.spec, &req.from).await.map(Json)
+                        d.add_port(&n, &req.spec, &req.from, req.proxy_protocol)
+                            .await
+                            .map(Json)
                     })
                     .await
                 },

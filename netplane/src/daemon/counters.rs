@@ -2,7 +2,7 @@
 //! monitor events carry.
 
 use super::*;
-use crate::logic::conntrack::FlowAddr;
+use crate::logic::{conntrack::FlowAddr, forwarding};
 use netplane_common::abi::CtEntry;
 use std::net::IpAddr;
 
@@ -97,6 +97,8 @@ pub struct Readers {
     pub timeouts: Timeouts,
     /// The interfaces counted besides endpoints: the bridge and the uplink.
     host_interfaces: Vec<String>,
+    /// What the userspace forwarder relayed.
+    proxied: forwarder::Counters,
 }
 
 impl Readers {
@@ -225,7 +227,16 @@ impl Readers {
                         let nets: Vec<String> = p.from.iter().map(|n| n.to_string()).collect();
                         nets.join(",")
                     },
-                    destination: nat_destination(p, rec.ep.ip6.is_some()),
+                    destination: nat_destination(
+                        p,
+                        forwarding::held_addresses(
+                            p,
+                            rec.ep.ip6.is_some(),
+                            rec.ep.sandbox.is_some(),
+                        )
+                        .len()
+                            > 1,
+                    ),
                     detail: {
                         let mut to = vec![format!("to:{ip}:{}", p.container_ports)];
                         if let (Some(_), Some(ip6)) = (p.host_ip6(), rec.ep.ip6) {
@@ -236,6 +247,7 @@ impl Readers {
                     packets,
                     bytes,
                     drops: drops.remove(&p.slot).unwrap_or_default(),
+                    proxied: self.proxied.of(p.slot),
                 });
             }
         }
@@ -270,6 +282,7 @@ impl Readers {
                     packets,
                     bytes,
                     drops: drops.remove(&p.slot).unwrap_or_default(),
+                    proxied: self.proxied.of(p.slot),
                 });
             }
         }
@@ -324,6 +337,7 @@ impl Daemon {
             host_interfaces: std::iter::once(self.net.bridge.clone())
                 .chain(self.uplink.clone())
                 .collect(),
+            proxied: self.forwarder.counters(),
         })
     }
 
@@ -346,8 +360,8 @@ impl Daemon {
     }
 }
 
-/// The destination column of `nat ls` for published rule `p`, whose
-/// endpoint has IPv6 or not.
+/// The destination column of `nat ls` for published rule `p`, served on
+/// both families or not.
 fn nat_destination(p: &PublishedPort, dual_stack: bool) -> String {
     match p.host_ip {
         IpAddr::V4(ip) if ip.is_unspecified() && dual_stack => "0.0.0.0/0,::/0".into(),

@@ -193,11 +193,16 @@ impl Daemon {
             .map(|s| s.parse::<PortSpec>())
             .collect::<Result<Vec<_>, _>>()?;
         let from = portspec::parse_sources(&req.publish_from)?;
-        if !from.is_empty() && specs.is_empty() {
-            return Err(Error::NotApplicable {
-                flag: "--publish-from",
-                mode: "an endpoint without -p".into(),
-            });
+        for (flag, given) in [
+            ("--publish-from", !from.is_empty()),
+            ("--proxy-protocol", req.proxy_protocol),
+        ] {
+            if given && specs.is_empty() {
+                return Err(Error::NotApplicable {
+                    flag,
+                    mode: "an endpoint without -p".into(),
+                });
+            }
         }
         if !mode.has_veth() && req.ip.is_some() {
             return Err(Error::NotApplicable {
@@ -247,7 +252,8 @@ impl Daemon {
             ready(other).ok_or_else(|| Error::EndpointNotFound(other.to_string()))?;
         }
         let options = self.endpoint_options(&req, &mode, &records)?;
-        let ports = Self::resolve_ports(&self.rtnl, &specs, &records, &from).await?;
+        let ports =
+            Self::resolve_ports(&self.rtnl, &specs, &records, &from, req.proxy_protocol).await?;
         // The network's (which must exist) on this host.
         let driver = self.driver_of(&mode)?;
         let pool6 = mode.has_veth().then(|| driver.pool6()).flatten();

@@ -94,8 +94,16 @@ impl Daemon {
         } else {
             cfg.dns.clone()
         };
+        if cfg.userland_proxy {
+            warn!(
+                "--userland-proxy: published ports are relayed by the daemon; endpoints see \
+                 the host as every client (unless --proxy-protocol) and nat ls counts \
+                 connections and bytes, not packets"
+            );
+        }
         let mut undo = Vec::new();
         let mut daemon = Daemon {
+            forwarder: Forwarder::new(cfg.proxy_max_connections, cfg.timeouts.udp),
             cfg,
             store,
             rtnl,
@@ -413,8 +421,8 @@ impl Daemon {
                             )?;
                         }
                     }
-                    self.publish(&rec.ep, &rec.ports)?;
                     self.hold_published(&rec.ep, &rec.ports);
+                    self.publish(&rec.ep, &rec.ports)?;
                 }
                 // The runtime removed the container while the daemon was
                 // down: its DEL will find nothing to do.
@@ -430,8 +438,8 @@ impl Daemon {
                     warn!(endpoint = %rec.ep.name, "kernel objects missing: rebuilding");
                     self.teardown(&rec.ep).await?;
                     self.apply_plan(&rec.ep).await?;
-                    self.publish(&rec.ep, &rec.ports)?;
                     self.hold_published(&rec.ep, &rec.ports);
+                    self.publish(&rec.ep, &rec.ports)?;
                 }
             }
         }
@@ -552,6 +560,7 @@ impl Daemon {
             uplink: self.uplink.clone(),
             subnet: self.net.subnet.trunc().to_string(),
             tc_hook: self.tc_hook.name().into(),
+            userland_proxy: self.cfg.userland_proxy,
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }

@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::types::{EndpointStats, TableUse};
+use crate::types::{EndpointStats, ProxyCounters, TableUse};
 
 /// A published port rule and what was translated under it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +26,9 @@ pub struct PortCounters {
     pub bytes: u64,
     /// Drops while translating under the rule, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// What the userspace forwarder relayed under the rule, if it serves
+    /// any of its ports.
+    pub proxied: Option<ProxyCounters>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,6 +116,13 @@ struct EndpointDrop {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortDirection {
+    #[prometheus(flatten)]
+    port: PortLabels,
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -227,11 +237,54 @@ pub fn render(s: &Snapshot) -> String {
         "published_port_drops",
         "Packets dropped while being translated under a published port, by reason",
     );
+    let proxy_connections = counters(
+        &mut registry,
+        "proxy_connections",
+        "TCP connections and UDP sessions the userspace forwarder opened under a published port",
+    );
+    let proxy_active = gauges(
+        &mut registry,
+        "proxy_active_connections",
+        "TCP connections and UDP sessions the userspace forwarder relays now under a published port",
+    );
+    let proxy_bytes = counters(
+        &mut registry,
+        "proxy_bytes",
+        "Payload bytes the userspace forwarder relayed under a published port, by direction",
+    );
+    let proxy_refused = counters(
+        &mut registry,
+        "proxy_refused",
+        "Connections and UDP sessions the userspace forwarder refused under a published port, by reason",
+    );
     for p in &s.ports {
         port_packets.get_or_create(&p.labels).inc_by(p.packets);
         port_bytes.get_or_create(&p.labels).inc_by(p.bytes);
         for (reason, n) in &p.drops {
             port_drops
+                .get_or_create(&PortDrop {
+                    port: p.labels.clone(),
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
+        let Some(proxied) = &p.proxied else { continue };
+        proxy_connections
+            .get_or_create(&p.labels)
+            .inc_by(proxied.connections);
+        proxy_active
+            .get_or_create(&p.labels)
+            .set(saturating_i64(proxied.active));
+        for (direction, n) in [("in", proxied.bytes_in), ("out", proxied.bytes_out)] {
+            proxy_bytes
+                .get_or_create(&PortDirection {
+                    port: p.labels.clone(),
+                    direction,
+                })
+                .inc_by(n);
+        }
+        for (reason, n) in &proxied.refused {
+            proxy_refused
                 .get_or_create(&PortDrop {
                     port: p.labels.clone(),
                     reason: reason.clone(),
@@ -353,6 +406,13 @@ mod tests {
                 packets: 7,
                 bytes: 700,
                 drops: BTreeMap::from([("ct_full".into(), 2)]),
+                proxied: Some(ProxyCounters {
+                    connections: 4,
+                    active: 1,
+                    bytes_in: 10,
+                    bytes_out: 20,
+                    refused: BTreeMap::from([("over_limit".into(), 6)]),
+                }),
             }],
             masquerade: (5, 500),
             masquerade_drops: BTreeMap::from([("nat_ports_exhausted".into(), 3)]),
@@ -386,6 +446,10 @@ mod tests {
             "netplane_dns_failures_total 1",
             "netplane_published_port_drops_total{endpoint=\"web\",protocol=\"tcp\",host_ip=\"0.0.0.0\",host_port=\"8080\",container_port=\"80\",reason=\"ct_full\"} 2",
             "netplane_masquerade_drops_total{reason=\"nat_ports_exhausted\"} 3",
+            "netplane_proxy_connections_total{endpoint=\"web\",protocol=\"tcp\",host_ip=\"0.0.0.0\",host_port=\"8080\",container_port=\"80\"} 4",
+            "netplane_proxy_active_connections{endpoint=\"web\",protocol=\"tcp\",host_ip=\"0.0.0.0\",host_port=\"8080\",container_port=\"80\"} 1",
+            "netplane_proxy_bytes_total{endpoint=\"web\",protocol=\"tcp\",host_ip=\"0.0.0.0\",host_port=\"8080\",container_port=\"80\",direction=\"out\"} 20",
+            "netplane_proxy_refused_total{endpoint=\"web\",protocol=\"tcp\",host_ip=\"0.0.0.0\",host_port=\"8080\",container_port=\"80\",reason=\"over_limit\"} 6",
             "netplane_reconcile_duration_seconds_sum{trigger=\"up\"} 0.25",
             "netplane_reconcile_duration_seconds_count{trigger=\"up\"} 1",
             "netplane_reconcile_duration_seconds_count{trigger=\"cluster\"} 2",

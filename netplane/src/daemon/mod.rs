@@ -9,6 +9,7 @@ pub mod counters;
 pub mod drivers;
 mod endpoints;
 pub mod error;
+pub mod forwarder;
 mod lifecycle;
 mod local_networks;
 pub mod metrics;
@@ -41,6 +42,7 @@ use self::steps::KernelSteps;
 use crate::{
     daemon::cluster::{ClusterError, ClusterView, Session, StoreUrl},
     daemon::error::{Error, Result},
+    daemon::forwarder::Forwarder,
     daemon::resolver::Resolver,
     daemon::store::{NewEndpoint, State, Store, StoredEndpoint},
     kernel::{
@@ -124,6 +126,11 @@ pub struct Config {
     pub dns: Vec<SocketAddr>,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Relay every published port in the daemon instead of translating it
+    /// in the data path (Docker's `--userland-proxy`).
+    pub userland_proxy: bool,
+    /// Connections and UDP sessions the forwarder relays at once.
+    pub proxy_max_connections: usize,
 }
 
 /// The bridge `up` makes unless told otherwise.
@@ -149,6 +156,8 @@ impl Config {
             store_ttl: crate::daemon::cluster::DEFAULT_TTL,
             dns: Vec::new(),
             metrics: None,
+            userland_proxy: false,
+            proxy_max_connections: forwarder::DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -238,6 +247,8 @@ pub struct Daemon {
     parent_macs: BTreeMap<String, [u8; 6]>,
     /// Sockets holding the published host ports.
     reserved: Reservations,
+    /// The userspace forwarder, serving the ports the data path does not.
+    forwarder: Forwarder,
     _lock: DaemonLock,
 }
 

@@ -2,15 +2,17 @@
 //! data path, `port add`/`port rm`/`port ls`, and the NAT table.
 
 use super::*;
+use crate::logic::forwarding::{self, Plan};
 
 impl Daemon {
     /// Zeroes the counters of newly published rules, whose slots may have
     /// served rules since withdrawn.
     pub(super) fn reset_counters(&mut self, ports: &[PublishedPort]) -> Result<()> {
-        let dp = self.dp();
-        Ok(ports
-            .iter()
-            .try_for_each(|p| dp.reset_nat_counters(p.slot))?)
+        for p in ports {
+            self.forwarder.reset(p.slot);
+            self.dp().reset_nat_counters(p.slot)?;
+        }
+        Ok(())
     }
 
     /// Holds the host ports `name` published before this daemon started.
@@ -25,7 +27,22 @@ impl Daemon {
         }
     }
 
-    /// Writes the published ports of `ep` into the data path.
+    /// How each rule of `ep` is served: by the data path, the forwarder,
+    /// or both (see [`forwarding::plan`]).
+    fn forwarding_plan(&self, ep: &endpoint::Endpoint, port: &PublishedPort) -> Option<Plan> {
+        let ip = ep.ip?;
+        Some(forwarding::plan(
+            port,
+            ip,
+            ep.ip6,
+            self.cfg.userland_proxy,
+            ep.sandbox.is_some(),
+        ))
+    }
+
+    /// Writes the published ports of `ep` into the data path, and has the
+    /// forwarder serve what the data path does not translate, on the
+    /// sockets holding those ports (held before).
     pub(super) fn publish(
         &mut self,
         ep: &endpoint::Endpoint,
@@ -36,31 +53,62 @@ impl Daemon {
         };
         if let Some(port) = ports.iter().find(|p| p.host_ip.is_ipv6())
             && ep.ip6.is_none()
+            && ep.sandbox.is_some()
         {
             return Err(Error::PortNeedsIpv6 {
                 port: format!("[{}]:{}", port.host_ip, port.host_ports),
                 endpoint: ep.name.clone(),
             });
         }
-        let dp = self.dp();
         for port in ports {
+            let plan = self
+                .forwarding_plan(ep, port)
+                .expect("the endpoint has an address");
+            let dp = self.dp();
             // The list first: a port never accepts more than it says.
             dp.set_publish_from(port.slot, &port.from)?;
-            dp.publish(&port.map_entries(ip))?;
-            if let Some(ip6) = ep.ip6 {
+            if plan.ebpf4 {
+                dp.publish(&port.map_entries(ip))?;
+            }
+            if let (true, Some(ip6)) = (plan.ebpf6, ep.ip6) {
                 dp.publish6(&port.map_entries6(ip6))?;
+            }
+            for route in plan.routes {
+                // A port an earlier run published and a host process took
+                // while no daemon ran is that process's (see
+                // `hold_published`).
+                let socket = match self.reserved.listener(route.listen, route.proto) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(endpoint = %ep.name, "port not forwarded: {e}");
+                        continue;
+                    }
+                };
+                let at = route.listen;
+                self.forwarder
+                    .serve(route, socket)
+                    .map_err(|e| Error::io("forward the published port", at, e))?;
             }
         }
         Ok(())
     }
 
-    /// Withdraws published ports and their flows from the data path, and
-    /// lets their host ports go.
+    /// Withdraws published ports and their flows from the data path and
+    /// the forwarder, and lets their host ports go.
     pub(super) fn unpublish(
         &mut self,
         ep: &endpoint::Endpoint,
         ports: &[PublishedPort],
     ) -> Result<()> {
+        for port in ports {
+            for route in self
+                .forwarding_plan(ep, port)
+                .into_iter()
+                .flat_map(|p| p.routes)
+            {
+                self.forwarder.stop(route.listen, route.proto);
+            }
+        }
         self.reserved.release(ports);
         let Some(ip) = ep.ip else {
             return Ok(());
@@ -87,6 +135,7 @@ impl Daemon {
         specs: &[PortSpec],
         records: &[StoredEndpoint],
         from: &[Ipv4Net],
+        proxy_protocol: bool,
     ) -> Result<Vec<PublishedPort>> {
         let mut local: Vec<std::net::IpAddr> = rtnl
             .addresses()
@@ -117,6 +166,7 @@ impl Daemon {
             })?;
         for port in &mut ports {
             port.from = from.to_vec();
+            port.proxy_protocol = proxy_protocol;
         }
         Ok(ports)
     }
@@ -140,12 +190,14 @@ impl Daemon {
         name: &str,
         spec: &str,
         from: &[String],
+        proxy_protocol: bool,
     ) -> Result<Vec<PortInfo>> {
         let spec: PortSpec = spec.parse()?;
         let from = portspec::parse_sources(from)?;
         let rec = self.publishable(name)?;
         let records = self.store.endpoints()?;
-        let added = Self::resolve_ports(&self.rtnl, &[spec], &records, &from).await?;
+        let added =
+            Self::resolve_ports(&self.rtnl, &[spec], &records, &from, proxy_protocol).await?;
         let mut ports = rec.ports.clone();
         ports.extend(added.iter().cloned());
         self.store.set_ports(name, &ports)?;
@@ -239,6 +291,7 @@ impl Daemon {
             packets: 0,
             bytes: 0,
             drops: BTreeMap::new(),
+            proxied: None,
         })
     }
 }

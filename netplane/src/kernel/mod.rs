@@ -10,6 +10,7 @@ pub mod netlink;
 pub mod netns;
 pub mod pins;
 pub mod ports;
+pub mod splice;
 pub mod tables;
 pub mod wildcard;
 

@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     fs,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
 };
 
@@ -21,7 +21,10 @@ use nix::{
 
 use crate::{
     kernel::{Error, Result},
-    logic::portspec::{Proto, PublishedPort},
+    logic::{
+        forwarding,
+        portspec::{Proto, PublishedPort},
+    },
 };
 
 /// One host port of one protocol on one address (0.0.0.0 and `::`: all
@@ -40,11 +43,11 @@ impl Reservations {
     /// process owning it when one is found. Ports `shared` with a container
     /// runtime are held with SO_REUSEADDR, so that the runtime's own
     /// listener on them (Podman's) binds beside the daemon's socket; a
-    /// host process still cannot take them from it. Ports of an endpoint
-    /// with `ipv6` are held on `::` too.
+    /// host process still cannot take them from it. Ports on every IPv4
+    /// address are held on `::` too (see [`forwarding::held_addresses`]).
     pub fn reserve(&mut self, ports: &[PublishedPort], shared: bool, ipv6: bool) -> Result<()> {
         let mut taken = Vec::new();
-        for key in ports.iter().flat_map(|p| keys(p, ipv6)) {
+        for key in ports.iter().flat_map(|p| keys(p, ipv6, shared)) {
             if self.held.contains_key(&key) {
                 continue;
             }
@@ -66,9 +69,20 @@ impl Reservations {
 
     /// Lets the host ports of `ports` go.
     pub fn release(&mut self, ports: &[PublishedPort]) {
-        for key in ports.iter().flat_map(|p| keys(p, true)) {
+        for key in ports.iter().flat_map(|p| keys(p, true, false)) {
             self.held.remove(&key);
         }
+    }
+
+    /// Another descriptor of the socket holding `at`, for the forwarder to
+    /// listen on: the port stays held by the same socket throughout.
+    pub fn listener(&self, at: SocketAddr, proto: Proto) -> Result<OwnedFd> {
+        let fd = self
+            .held
+            .get(&(at.ip(), at.port(), proto))
+            .ok_or_else(|| Error::io("find the socket holding", at, Errno::ENOENT))?;
+        fd.try_clone()
+            .map_err(|e| Error::io("duplicate the socket holding", at, e))
     }
 }
 
@@ -118,20 +132,18 @@ pub fn allow_held_ports() -> Result<()> {
     Ok(())
 }
 
-/// Checks that no host socket uses a host port of `port`, without holding
-/// it: `-p` refuses such a port, and picks another for `-p CPORT`.
+/// Checks that no host socket uses a host port of `port` (on `::` too for
+/// a rule on every address), without holding it: `-p` refuses such a
+/// port, and picks another for `-p CPORT`.
 pub fn check_free(port: &PublishedPort) -> Result<()> {
-    keys(port, false).try_for_each(|key| hold(key, false).map(drop))
+    keys(port, true, false).try_for_each(|key| hold(key, false).map(drop))
 }
 
-/// The sockets a rule needs: one per port, and for a rule on every
-/// address of an endpoint with `ipv6`, one more on `::`, which its IPv6
-/// entries serve.
-fn keys(port: &PublishedPort, ipv6: bool) -> impl Iterator<Item = Key> + '_ {
-    let also_v6 = (ipv6 && port.host_ip.is_unspecified() && port.host_ip.is_ipv4())
-        .then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-    std::iter::once(port.host_ip)
-        .chain(also_v6)
+/// The sockets a rule needs, one per port on each address
+/// [`forwarding::held_addresses`] names.
+fn keys(port: &PublishedPort, ipv6: bool, shared: bool) -> impl Iterator<Item = Key> + '_ {
+    forwarding::held_addresses(port, ipv6, shared)
+        .into_iter()
         .flat_map(move |ip| {
             (port.host_ports.start..=port.host_ports.end).map(move |p| (ip, p, port.proto))
         })

@@ -317,6 +317,11 @@ pub struct PublishedPort {
     /// when empty, as in Docker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<Ipv4Net>,
+    /// Whether connections reach the endpoint through the userspace
+    /// forwarder with a PROXY protocol v2 header naming the client
+    /// (`--proxy-protocol`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 impl PublishedPort {
@@ -506,6 +511,7 @@ where
             proto: spec.proto,
             slot: 0,
             from: Vec::new(),
+            proxy_protocol: false,
         };
         let port = match spec.host_ports {
             Some(h) => {
