@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use netplane_benches::criterion_dir;
 use netplane_test_support::{HOST_IP, Host, WORLD_IP, podman::Podman, sh};
 
 /// Where in `target/criterion` the many-ports runs are written; the
@@ -121,13 +122,6 @@ fn many_ports(_: &mut Criterion) {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, serde_json::Value::Object(runs).to_string()).unwrap();
     }
-}
-
-/// `target/criterion`, where the report reads results from: this
-/// benchmark runs from `target/<profile>/deps/`.
-fn criterion_dir() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap().join("criterion")
 }
 
 criterion_group! {

@@ -61,3 +61,11 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// `target/criterion`, where the report reads results from, and where the
+/// benchmarks that time single runs write theirs: benchmarks run from
+/// `target/<profile>/deps/`.
+pub fn criterion_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the benchmark's path");
+    exe.ancestors().nth(3).expect("target/").join("criterion")
+}

@@ -114,7 +114,7 @@ impl Servers {
         let (inbound_thread, inbound) = udp_counter(
             &topo.endpoint,
             family.any(SERVICE_PORT),
-            family.client(0).ip(),
+            topo.client_seen_as(),
             stop.clone(),
             ready.clone(),
         );

@@ -28,6 +28,9 @@ pub const WORLD_SERVER: SocketAddrV4 =
     SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), SERVICE_PORT);
 /// The endpoint's address.
 pub const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+/// The host's address on the endpoint's bridge, the source of what a
+/// proxy relays.
+const BRIDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 /// The port the endpoint's servers listen on.
 pub const SERVICE_PORT: u16 = 80;
 /// The host port published to [`SERVICE_PORT`].
@@ -101,6 +104,11 @@ pub enum Nat {
     Cni,
     /// No translation: the world routes to the endpoint directly.
     Ceiling,
+    /// netplane with `--userland-proxy`: its forwarder relays the port.
+    NetplaneProxy,
+    /// Docker's userland proxy, [`DOCKER_PROXY`], one process per port
+    /// and protocol, beside no NAT rules at all.
+    DockerProxy,
 }
 
 impl Nat {
@@ -111,6 +119,8 @@ impl Nat {
             Nat::Iptables => "iptables",
             Nat::Cni => "cni",
             Nat::Ceiling => "ceiling",
+            Nat::NetplaneProxy => "netplane-proxy",
+            Nat::DockerProxy => "docker-proxy",
         }
     }
 }
@@ -241,6 +251,8 @@ pub struct Topo {
     prefix: String,
     dir: PathBuf,
     daemon: Option<InProcess>,
+    /// Docker's proxies, when they publish the ports.
+    docker_proxies: DockerProxies,
     /// What the CNI bridge plugin returned for the endpoint.
     cni_result: Option<serde_json::Value>,
     /// Dropped after the daemon is down.
@@ -336,12 +348,17 @@ impl Topo {
             prefix: p.clone(),
             dir,
             daemon: None,
+            docker_proxies: DockerProxies::default(),
             cni_result: None,
             _cleanup: cleanup,
         };
         match nat {
-            Nat::Netplane | Nat::NetplaneNetwork => {
-                topo.daemon = Some(topo.start_netplane(&p, published, nat == Nat::NetplaneNetwork));
+            Nat::Netplane | Nat::NetplaneNetwork | Nat::NetplaneProxy => {
+                topo.daemon = Some(topo.start_netplane(&p, published, nat));
+            }
+            Nat::DockerProxy => {
+                topo.manual_endpoint(&p);
+                topo.docker_proxies = DockerProxies::start(&topo, published);
             }
             Nat::Iptables => {
                 topo.manual_endpoint(&p);
@@ -372,11 +389,13 @@ impl Topo {
     }
 
     /// netplane with the endpoint at [`ENDPOINT`], on the bridge network
-    /// or, `on_network`, on a user-defined network of that subnet (the
-    /// bridge network moved aside).
-    fn start_netplane(&self, p: &str, published: u16, on_network: bool) -> InProcess {
+    /// or, for [`Nat::NetplaneNetwork`], on a user-defined network of that
+    /// subnet (the bridge network moved aside).
+    fn start_netplane(&self, p: &str, published: u16, nat: Nat) -> InProcess {
         let endpoint = self.endpoint.clone();
+        let on_network = nat == Nat::NetplaneNetwork;
         let mut cfg = netplane_config(&self.dir, &format!("{p}u"), Vec::new());
+        cfg.userland_proxy = nat == Nat::NetplaneProxy;
         let v6 = self.family == Family::V6;
         if v6 {
             cfg.ipv6 = true;
@@ -664,7 +683,7 @@ impl Topo {
     pub fn publish_ports(&mut self, ports: u16) -> Duration {
         let range = BENCH_PORTS..BENCH_PORTS + ports;
         match self.nat {
-            Nat::Netplane | Nat::NetplaneNetwork => {
+            Nat::Netplane | Nat::NetplaneNetwork | Nat::NetplaneProxy => {
                 let (endpoint, last) = (self.endpoint.clone(), range.end - 1);
                 let spec = format!("{BENCH_PORTS}-{last}:{BENCH_PORTS}-{last}");
                 self.with_daemon(move |rt, daemon| {
@@ -705,7 +724,7 @@ impl Topo {
                 self.cni("DEL", &id, "portmap", &config);
                 took
             }
-            Nat::Ceiling => panic!("the ceiling publishes nothing"),
+            nat @ (Nat::Ceiling | Nat::DockerProxy) => panic!("{nat:?} is not measured publishing"),
         }
     }
 
@@ -766,6 +785,11 @@ impl Topo {
         });
     }
 
+    /// The process ids of its Docker proxies.
+    pub fn docker_proxy_pids(&self) -> Vec<u32> {
+        self.docker_proxies.pids()
+    }
+
     /// [`InProcess::restart`] of the host's daemon.
     pub fn restart_daemon(&mut self) -> Duration {
         self.daemon.as_mut().expect("netplane is running").restart()
@@ -781,6 +805,16 @@ impl Topo {
 }
 
 impl Topo {
+    /// The source address the endpoint sees on a client's traffic to the
+    /// published port: the client's own, or the host's bridge address
+    /// where a proxy relays it.
+    pub fn client_seen_as(&self) -> IpAddr {
+        match self.nat {
+            Nat::NetplaneProxy | Nat::DockerProxy => BRIDGE_GATEWAY.into(),
+            _ => self.family.client(0).ip(),
+        }
+    }
+
     /// The source address the world sees on the endpoint's traffic: the
     /// host's, masqueraded, or the endpoint's own with no NAT.
     pub fn endpoint_seen_as(&self) -> IpAddr {
@@ -802,4 +836,109 @@ impl Topo {
                 .expect("conntrack garbage collection");
         }
     }
+}
+
+/// Debian's `docker-proxy` (package `docker.io`, 20.10), where `cargo
+/// xtask setup` unpacks it.
+pub const DOCKER_PROXY: &str = "/var/cache/netplane/docker.io/usr/sbin/docker-proxy";
+
+/// Docker's `docker-proxy` processes of a topology, killed on drop.
+#[derive(Debug, Default)]
+pub struct DockerProxies {
+    children: Vec<std::process::Child>,
+}
+
+impl DockerProxies {
+    /// One process per published port and protocol, as dockerd starts
+    /// them: TCP ports from the other ports up and the measured one, and
+    /// its UDP twin. Each reports on fd 3 once it listens.
+    fn start(topo: &Topo, published: u16) -> DockerProxies {
+        let mut ports: Vec<(u16, u16, &str)> = (0..published.saturating_sub(1))
+            .map(|i| (OTHER_PORTS + i, OTHER_PORTS + i, "tcp"))
+            .collect();
+        ports.push((PUBLISHED_PORT, SERVICE_PORT, "tcp"));
+        ports.push((PUBLISHED_PORT, SERVICE_PORT, "udp"));
+        let host = topo.host.clone();
+        let children = in_netns(&host, move || {
+            ports
+                .into_iter()
+                .map(|(host_port, container_port, proto)| {
+                    docker_proxy(host_port, container_port, proto)
+                })
+                .collect()
+        })
+        .join()
+        .expect("starting docker-proxy");
+        DockerProxies { children }
+    }
+
+    /// Their process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+}
+
+impl Drop for DockerProxies {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `docker-proxy` for one port, started the way dockerd does (a pipe on
+/// fd 3, where it writes `0` once listening, or the error), returned once
+/// it listens.
+pub fn docker_proxy(host_port: u16, container_port: u16, proto: &str) -> std::process::Child {
+    use std::{io::Read, os::fd::AsRawFd, os::unix::process::CommandExt};
+    // Close-on-exec: the child keeps only fd 3, which docker-proxy closes
+    // after reporting, so that the report ends there.
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let write_fd = write.as_raw_fd();
+    let mut cmd = Command::new(DOCKER_PROXY);
+    cmd.args([
+        "-proto",
+        proto,
+        "-host-ip",
+        "0.0.0.0",
+        "-host-port",
+        &host_port.to_string(),
+        "-container-ip",
+        &ENDPOINT.to_string(),
+        "-container-port",
+        &container_port.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: dup2 and fcntl are async-signal-safe, all the child does
+    // before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would leave close-on-exec set.
+            let done = if write_fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(write_fd, 3)
+            };
+            if done < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{DOCKER_PROXY} (cargo xtask setup unpacks it): {e}"));
+    drop(write);
+    let mut said = String::new();
+    std::fs::File::from(read)
+        .read_to_string(&mut said)
+        .expect("docker-proxy's report");
+    assert_eq!(
+        said.trim(),
+        "0",
+        "docker-proxy on {proto} {host_port}: {said}"
+    );
+    child
 }

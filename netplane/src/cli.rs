@@ -1203,7 +1203,12 @@ fn print_nat(table: &NatTable) {
         } else {
             format!(" /* dropped: {} */", dropped.join(" "))
         };
-        let proxied = r.proxied.as_ref().map_or(String::new(), |p| {
+        // Once the forwarder relayed or refused anything under the rule.
+        let relayed = r
+            .proxied
+            .as_ref()
+            .filter(|p| p.connections > 0 || !p.refused.is_empty());
+        let proxied = relayed.map_or(String::new(), |p| {
             let refused = counted(&p.refused, |reason, n| format!(" {reason}={n}"));
             format!(
                 " /* proxied: connections={} active={} bytes_in={} bytes_out={}{} */",

@@ -54,6 +54,11 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "busybox-static",
 ];
+/// Where setup unpacks Debian's `docker.io` package, for the benchmark's
+/// `docker-proxy` (`usr/sbin/docker-proxy` under it). Unpacked, not
+/// installed: installing would also set up dockerd and containerd, and a
+/// started dockerd rewrites the machine's firewall.
+const DOCKER_IO_DIR: &str = "/var/cache/netplane/docker.io";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -218,9 +223,11 @@ fn main() -> anyhow::Result<()> {
                 }
                 run(&mut cmd)?;
             }
-            let rows = report::read(&root().join("target").join("criterion"))?;
+            let criterion = root().join("target").join("criterion");
+            let rows = report::read(&criterion)?;
+            let memory = report::read_memory(&criterion)?;
             let out = root().join("benches").join("RESULTS.md");
-            std::fs::write(&out, report::render(&rows, &machine()))?;
+            std::fs::write(&out, report::render(&rows, &memory, &machine()))?;
             eprintln!("bench: wrote {}", out.display());
             let png = root().join("benches").join("results.png");
             plot::draw(&rows, &png)?;
@@ -382,6 +389,23 @@ fn setup() -> anyhow::Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let docker_io = Path::new(DOCKER_IO_DIR);
+    if !docker_io.join("usr/sbin/docker-proxy").exists() {
+        eprintln!("setup: unpacking docker.io's docker-proxy into {DOCKER_IO_DIR}");
+        let download = docker_io.with_file_name("download");
+        std::fs::create_dir_all(&download)?;
+        run(Command::new("apt-get")
+            .args(["download", "-q", "docker.io"])
+            .current_dir(&download))?;
+        let deb = std::fs::read_dir(&download)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download docker.io left no .deb")?;
+        std::fs::create_dir_all(docker_io)?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(docker_io))?;
+        std::fs::remove_dir_all(&download)?;
     }
     let toolchain = unstable_toolchain();
     let components = Command::new("rustup")

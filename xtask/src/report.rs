@@ -38,6 +38,24 @@ const PODMAN_PORTS_FILE: &str = "podman_ports.json";
 /// The group those runs are rows of.
 const PODMAN_PORTS_GROUP: &str = "podman_many_ports";
 
+/// Where in criterion's directory the proxy benchmark writes the memory it
+/// measured once: who (`netplane-proxy`, `netplane-proxy-growth`,
+/// `docker-proxy`), then TCP ports published, then `rss_kib`/`pss_kib`.
+const PROXY_MEMORY_FILE: &str = "proxy_memory.json";
+
+/// What [`PROXY_MEMORY_FILE`] holds.
+pub type Memory = BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>;
+
+/// The proxy benchmark's memory figures, none when it did not run.
+pub fn read_memory(dir: &Path) -> anyhow::Result<Memory> {
+    match std::fs::read(dir.join(PROXY_MEMORY_FILE)) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("reading {PROXY_MEMORY_FILE}"))
+        }
+        Err(_) => Ok(Memory::new()),
+    }
+}
+
 /// Every benchmark under criterion's directory (`target/criterion`), and
 /// the Podman benchmark's single runs.
 pub fn read(dir: &Path) -> anyhow::Result<Vec<Row>> {
@@ -106,7 +124,7 @@ fn ratio(num: Option<f64>, den: Option<f64>) -> String {
 }
 
 /// The report, for rows of one run on `machine`.
-pub fn render(rows: &[Row], machine: &str) -> String {
+pub fn render(rows: &[Row], memory: &Memory, machine: &str) -> String {
     let mut out = String::from(
         "# netplane benchmark results\n\n\
          Written by `cargo xtask bench` from criterion's medians; every figure below\n\
@@ -287,6 +305,7 @@ pub fn render(rows: &[Row], machine: &str) -> String {
     }
 
     podman_section(&mut out, rows);
+    proxy_section(&mut out, rows, memory);
 
     let populated = values(rows, "restart");
     if !populated.is_empty() {
@@ -314,6 +333,81 @@ pub fn render(rows: &[Row], machine: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The userspace forwarder against docker-proxy, the eBPF path beside.
+fn proxy_section(out: &mut String, rows: &[Row], memory: &Memory) {
+    const WHO: [&str; 3] = ["netplane", "netplane-proxy", "docker-proxy"];
+    let figures = [
+        ("proxy_new_connection", "new TCP connection, µs", 1e3),
+        ("proxy_udp_64b", "64-byte UDP datagram in, ns", 1.0),
+        ("proxy_udp_64b_cpu", "the same, CPU ns", 1.0),
+    ];
+    if figures
+        .iter()
+        .all(|(group, _, _)| median(rows, group, "netplane-proxy", None).is_none())
+    {
+        return;
+    }
+    out.push_str(
+        "## The userspace forwarder against docker-proxy\n\n\
+         One published port (TCP and UDP) to the endpoint, medians: netplane's\n\
+         eBPF path, netplane's forwarder (`up --userland-proxy`: one daemon\n\
+         relaying every port, TCP spliced) and Docker 20.10's `docker-proxy`\n\
+         (Debian's `docker.io`, one process per port and protocol).\n\n\
+         | | eBPF | forwarder | docker-proxy | docker-proxy / forwarder | forwarder / eBPF |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (group, what, unit) in figures {
+        let of = |n| median(rows, group, n, None);
+        let cell = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / unit));
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {} | {} |",
+            cell(of(WHO[0])),
+            cell(of(WHO[1])),
+            cell(of(WHO[2])),
+            ratio(of(WHO[2]), of(WHO[1])),
+            ratio(of(WHO[1]), of(WHO[0])),
+        );
+    }
+    out.push('\n');
+    if memory.is_empty() {
+        return;
+    }
+    out.push_str(
+        "Memory to publish TCP ports and one UDP port, measured once after\n\
+         they are up: the whole netplane daemon (and its growth over the same\n\
+         daemon with nothing published), against the sum over Docker's\n\
+         processes. PSS shares each page among the processes mapping it.\n\n\
+         | TCP ports | netplane RSS, MiB | netplane PSS, MiB | growth (PSS), MiB | docker-proxy RSS, MiB | docker-proxy PSS, MiB | docker-proxy / netplane (PSS) |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let ports: Vec<&String> = memory.values().flat_map(|m| m.keys()).collect();
+    let mut ports: Vec<&String> = ports
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    ports.sort_by_key(|p| p.parse::<u64>().unwrap_or(u64::MAX));
+    for n in ports {
+        let kib = |who: &str, what: &str| memory.get(who)?.get(n)?.get(what).copied();
+        let mib = |v: Option<u64>| v.map_or("–".into(), |v| format!("{:.1}", v as f64 / 1024.0));
+        let _ = writeln!(
+            out,
+            "| {n} | {} | {} | {} | {} | {} | {} |",
+            mib(kib("netplane-proxy", "rss_kib")),
+            mib(kib("netplane-proxy", "pss_kib")),
+            mib(kib("netplane-proxy-growth", "pss_kib")),
+            mib(kib("docker-proxy", "rss_kib")),
+            mib(kib("docker-proxy", "pss_kib")),
+            ratio(
+                kib("docker-proxy", "pss_kib").map(|v| v as f64),
+                kib("netplane-proxy", "pss_kib").map(|v| v as f64)
+            ),
+        );
+    }
+    out.push('\n');
 }
 
 /// Podman with netplane's CNI plugin against `bridge` + `portmap`.
@@ -634,8 +728,25 @@ mod tests {
             row("overlay_udp_64b_cpu", "kernel_vxlan", None, 3_000.0),
             row("overlay_tcp_bulk", "netplane", None, 65536.0),
             row("overlay_tcp_bulk", "kernel_vxlan", None, 131072.0),
+            row("proxy_new_connection", "netplane", None, 40e3),
+            row("proxy_new_connection", "netplane-proxy", None, 60e3),
+            row("proxy_new_connection", "docker-proxy", None, 240e3),
         ];
-        let md = render(&rows, "test box");
+        let memory: Memory = serde_json::from_str(
+            r#"{"netplane-proxy": {"1": {"rss_kib": 20480, "pss_kib": 10240}},
+                "netplane-proxy-growth": {"1": {"rss_kib": 100, "pss_kib": 512}},
+                "docker-proxy": {"1": {"rss_kib": 40960, "pss_kib": 20480}}}"#,
+        )
+        .unwrap();
+        let md = render(&rows, &memory, "test box");
+        assert!(
+            md.contains("| new TCP connection, µs | 40.0 | 60.0 | 240.0 | 4.00x | 1.50x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | 20.0 | 10.0 | 0.5 | 40.0 | 20.0 | 2.00x |"),
+            "{md}"
+        );
         assert!(md.contains("| dnat_established | 350 (net 250) |"), "{md}");
         assert!(md.contains("| 100000 | 82.50 |"), "{md}");
         let sweep = md

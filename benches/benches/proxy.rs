@@ -1,0 +1,140 @@
+//! The userspace forwarder (`up --userland-proxy`) against Docker's
+//! `docker-proxy`, the eBPF path beside them, on the traffic benchmark's
+//! topology: the time per new TCP connection through a published port,
+//! and the wall and CPU time per 64-byte UDP datagram in through it. Then
+//! the memory each takes to publish 1 port and a 1,000-port range (with a
+//! UDP port beside them), measured once: the netplane daemon (the release
+//! binary, as run on a host) against the sum over Docker's processes.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use netplane_benches::{
+    criterion_dir,
+    load::{Cost, Direction, Servers, connections, datagrams},
+    topo::{Nat, Topo},
+};
+use netplane_test_support::Host;
+
+const PROXIES: [Nat; 3] = [Nat::Netplane, Nat::NetplaneProxy, Nat::DockerProxy];
+
+/// Where in `target/criterion` the memory figures are written (see
+/// `xtask/src/report.rs`).
+const MEMORY_FILE: &str = "proxy_memory.json";
+
+fn new_connections(c: &mut Criterion) {
+    let mut group = c.benchmark_group("proxy_new_connection");
+    group.throughput(Throughput::Elements(1));
+    for nat in PROXIES {
+        let mut topo = Topo::new(nat, 1);
+        let _servers = Servers::start(&topo);
+        group.bench_function(nat.name(), |b| {
+            b.iter_custom(|iters| {
+                topo.collect_garbage();
+                connections(&topo, iters)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn udp_in(c: &mut Criterion) {
+    for (cost, suffix) in [(Cost::Wall, ""), (Cost::Cpu, "_cpu")] {
+        let mut group = c.benchmark_group(format!("proxy_udp_64b{suffix}"));
+        group.throughput(Throughput::Elements(1));
+        for nat in PROXIES {
+            let topo = Topo::new(nat, 1);
+            let servers = Servers::start(&topo);
+            group.bench_function(nat.name(), |b| {
+                b.iter_custom(|iters| datagrams(&topo, &servers, Direction::Inbound, iters, cost))
+            });
+        }
+        group.finish();
+    }
+}
+
+/// RSS and PSS of process `pid`, in KiB, from its smaps_rollup: PSS
+/// shares each page among the processes mapping it, so that the sum over
+/// many processes running one binary counts its pages once.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_else(|e| panic!("smaps_rollup of {pid}: {e}"));
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {rollup}"))
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// Memory of the two for `tcp_ports` TCP ports and one UDP port.
+fn memory(_: &mut Criterion) {
+    let mut figures: BTreeMap<String, BTreeMap<String, BTreeMap<&str, u64>>> = BTreeMap::new();
+    let mut record = |who: &str, ports: u16, (rss, pss): (u64, u64)| {
+        figures.entry(who.to_string()).or_default().insert(
+            ports.to_string(),
+            BTreeMap::from([("rss_kib", rss), ("pss_kib", pss)]),
+        );
+    };
+    for tcp_ports in [1u16, 1_000] {
+        let h = Host::new();
+        h.up(&["--userland-proxy"]);
+        let ep = h.name("web");
+        h.np_ok(&["create", &ep]);
+        let pid = h.daemon_pid().expect("the daemon's pid");
+        let before = memory_of(pid);
+        let mut publish = vec!["-p".to_string(), "8080:80/udp".to_string()];
+        publish.extend(["-p".into(), "8080:80".into()]);
+        if tcp_ports > 1 {
+            let last = 20_000 + tcp_ports - 2;
+            publish.extend(["-p".into(), format!("20000-{last}:20000-{last}")]);
+        }
+        let served = h.name("served");
+        let mut args = vec!["create"];
+        args.extend(publish.iter().map(String::as_str));
+        args.push(&served);
+        h.np_ok(&args);
+        // Its listeners are tasks waiting on sockets: give the runtime a
+        // moment to have started them all.
+        std::thread::sleep(Duration::from_millis(500));
+        let after = memory_of(pid);
+        record("netplane-proxy", tcp_ports, after);
+        record(
+            "netplane-proxy-growth",
+            tcp_ports,
+            (
+                after.0.saturating_sub(before.0),
+                after.1.saturating_sub(before.1),
+            ),
+        );
+        drop(h);
+
+        let topo = Topo::new(Nat::DockerProxy, tcp_ports);
+        let (rss, pss) = topo
+            .docker_proxy_pids()
+            .into_iter()
+            .map(memory_of)
+            .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1));
+        record("docker-proxy", tcp_ports, (rss, pss));
+    }
+    let dir = criterion_dir();
+    std::fs::create_dir_all(&dir).expect("target/criterion");
+    std::fs::write(
+        dir.join(MEMORY_FILE),
+        serde_json::to_string(&figures).expect("JSON"),
+    )
+    .expect("writing the memory figures");
+    eprintln!("proxy memory: {figures:?}");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = new_connections, udp_in, memory
+}
+criterion_main!(benches);
