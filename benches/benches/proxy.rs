@@ -1,57 +1,21 @@
-//! The userspace forwarder (`up --userland-proxy`) against Docker's
-//! `docker-proxy`, the eBPF path beside them, on the traffic benchmark's
-//! topology: the time per new TCP connection through a published port,
-//! and the wall and CPU time per 64-byte UDP datagram in through it. Then
-//! the memory each takes to publish 1 port and a 1,000-port range (with a
-//! UDP port beside them), measured once: the netplane daemon (the release
-//! binary, as run on a host) against the sum over Docker's processes.
+//! The memory the userspace forwarder (`up --userland-proxy`) and Docker's
+//! `docker-proxy` take to publish 1 TCP port and a 1,000-port range (with
+//! a UDP port beside them), measured once: the netplane daemon (the
+//! release binary, as run on a host) against the sum over Docker's
+//! processes. Their speed is in the traffic benchmark.
 
 use std::{collections::BTreeMap, time::Duration};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use netplane_benches::{
     criterion_dir,
-    load::{Cost, Direction, Servers, connections, datagrams},
     topo::{Nat, Topo},
 };
 use netplane_test_support::Host;
 
-const PROXIES: [Nat; 3] = [Nat::Netplane, Nat::NetplaneProxy, Nat::DockerProxy];
-
 /// Where in `target/criterion` the memory figures are written (see
 /// `xtask/src/report.rs`).
 const MEMORY_FILE: &str = "proxy_memory.json";
-
-fn new_connections(c: &mut Criterion) {
-    let mut group = c.benchmark_group("proxy_new_connection");
-    group.throughput(Throughput::Elements(1));
-    for nat in PROXIES {
-        let mut topo = Topo::new(nat, 1);
-        let _servers = Servers::start(&topo);
-        group.bench_function(nat.name(), |b| {
-            b.iter_custom(|iters| {
-                topo.collect_garbage();
-                connections(&topo, iters)
-            })
-        });
-    }
-    group.finish();
-}
-
-fn udp_in(c: &mut Criterion) {
-    for (cost, suffix) in [(Cost::Wall, ""), (Cost::Cpu, "_cpu")] {
-        let mut group = c.benchmark_group(format!("proxy_udp_64b{suffix}"));
-        group.throughput(Throughput::Elements(1));
-        for nat in PROXIES {
-            let topo = Topo::new(nat, 1);
-            let servers = Servers::start(&topo);
-            group.bench_function(nat.name(), |b| {
-                b.iter_custom(|iters| datagrams(&topo, &servers, Direction::Inbound, iters, cost))
-            });
-        }
-        group.finish();
-    }
-}
 
 /// RSS and PSS of process `pid`, in KiB, from its smaps_rollup: PSS
 /// shares each page among the processes mapping it, so that the sum over
@@ -131,10 +95,7 @@ fn memory(_: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
-    targets = new_connections, udp_in, memory
+    config = Criterion::default();
+    targets = memory
 }
 criterion_main!(benches);

@@ -7,7 +7,9 @@
 //! 64-byte UDP datagram through a published port and out through
 //! masquerade, and the latency of a one-byte request/response on an
 //! established connection. Over IPv6 too: netplane's NAT66 and published
-//! ports against ip6tables with Docker's rule shapes and the ceiling.
+//! ports against ip6tables with Docker's rule shapes and the ceiling. And
+//! the userspace forwarder (`--userland-proxy`) against Docker's
+//! docker-proxy, the eBPF path beside them.
 
 use std::time::Duration;
 
@@ -73,19 +75,28 @@ fn request_response(c: &mut Criterion) {
     group.finish();
 }
 
+/// Both ways of UDP datagrams, by the name of their groups.
+const BOTH_WAYS: [(Direction, &str); 2] = [
+    (Direction::Inbound, "udp_64b"),
+    (Direction::Outbound, "udp_64b_out"),
+];
+
 /// Wall time per datagram, and the machine's CPU time per datagram, in
 /// through the published port and out through masquerade.
 fn udp_packets(c: &mut Criterion) {
-    udp_groups(c, "", &NATS, Topo::new);
+    udp_groups(c, "", &NATS, Topo::new, &BOTH_WAYS);
 }
 
-/// The groups of [`udp_packets`], their names ending in `suffix`, for
-/// `nats` on the topologies `topo` makes.
-fn udp_groups(c: &mut Criterion, suffix: &str, nats: &[Nat], topo: fn(Nat, u16) -> Topo) {
-    for (way, base) in [
-        (Direction::Inbound, "udp_64b"),
-        (Direction::Outbound, "udp_64b_out"),
-    ] {
+/// The groups of [`udp_packets`] for the `ways` given, their names ending
+/// in `suffix`, for `nats` on the topologies `topo` makes.
+fn udp_groups(
+    c: &mut Criterion,
+    suffix: &str,
+    nats: &[Nat],
+    topo: fn(Nat, u16) -> Topo,
+    ways: &[(Direction, &str)],
+) {
+    for &(way, base) in ways {
         for (cost, cost_suffix) in [(Cost::Wall, ""), (Cost::Cpu, "_cpu")] {
             let mut group = c.benchmark_group(format!("{base}{suffix}{cost_suffix}"));
             group.throughput(Throughput::Elements(1));
@@ -101,12 +112,13 @@ fn udp_groups(c: &mut Criterion, suffix: &str, nats: &[Nat], topo: fn(Nat, u16) 
     }
 }
 
-/// New connections and UDP both ways over IPv6, one port published.
-fn ipv6(c: &mut Criterion) {
-    let mut group = c.benchmark_group("new_connection_v6");
+/// New connections through one published port, group `name`, for `nats`
+/// on the topologies `topo` makes.
+fn connection_group(c: &mut Criterion, name: &str, nats: &[Nat], topo: fn(Nat, u16) -> Topo) {
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
-    for nat in NATS6 {
-        let mut topo = Topo::new6(nat, 1);
+    for &nat in nats {
+        let mut topo = topo(nat, 1);
         let _servers = Servers::start(&topo);
         group.bench_function(nat.name(), |b| {
             b.iter_custom(|iters| {
@@ -116,7 +128,21 @@ fn ipv6(c: &mut Criterion) {
         });
     }
     group.finish();
-    udp_groups(c, "_v6", &NATS6, Topo::new6);
+}
+
+/// New connections and UDP both ways over IPv6, one port published.
+fn ipv6(c: &mut Criterion) {
+    connection_group(c, "new_connection_v6", &NATS6, Topo::new6);
+    udp_groups(c, "_v6", &NATS6, Topo::new6, &BOTH_WAYS);
+}
+
+/// The eBPF path, netplane's userspace forwarder and Docker's
+/// docker-proxy side by side: new connections and UDP in through one
+/// published port (nothing is proxied on the way out).
+fn proxies(c: &mut Criterion) {
+    const PROXIES: [Nat; 3] = [Nat::Netplane, Nat::NetplaneProxy, Nat::DockerProxy];
+    connection_group(c, "new_connection_proxy", &PROXIES, Topo::new);
+    udp_groups(c, "_proxy", &PROXIES, Topo::new, &BOTH_WAYS[..1]);
 }
 
 criterion_group! {
@@ -125,6 +151,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = new_connections, request_response, udp_packets, ipv6
+    targets = new_connections, request_response, udp_packets, ipv6, proxies
 }
 criterion_main!(benches);

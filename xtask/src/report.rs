@@ -339,9 +339,9 @@ pub fn render(rows: &[Row], memory: &Memory, machine: &str) -> String {
 fn proxy_section(out: &mut String, rows: &[Row], memory: &Memory) {
     const WHO: [&str; 3] = ["netplane", "netplane-proxy", "docker-proxy"];
     let figures = [
-        ("proxy_new_connection", "new TCP connection, µs", 1e3),
-        ("proxy_udp_64b", "64-byte UDP datagram in, ns", 1.0),
-        ("proxy_udp_64b_cpu", "the same, CPU ns", 1.0),
+        ("new_connection_proxy", "new TCP connection, µs", 1e3),
+        ("udp_64b_proxy", "64-byte UDP datagram in, ns", 1.0),
+        ("udp_64b_proxy_cpu", "the same, CPU ns", 1.0),
     ];
     if figures
         .iter()
@@ -358,20 +358,7 @@ fn proxy_section(out: &mut String, rows: &[Row], memory: &Memory) {
          | | eBPF | forwarder | docker-proxy | docker-proxy / forwarder | forwarder / eBPF |\n\
          |---|---|---|---|---|---|\n",
     );
-    for (group, what, unit) in figures {
-        let of = |n| median(rows, group, n, None);
-        let cell = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / unit));
-        let _ = writeln!(
-            out,
-            "| {what} | {} | {} | {} | {} | {} |",
-            cell(of(WHO[0])),
-            cell(of(WHO[1])),
-            cell(of(WHO[2])),
-            ratio(of(WHO[2]), of(WHO[1])),
-            ratio(of(WHO[1]), of(WHO[0])),
-        );
-    }
-    out.push('\n');
+    three_way_rows(out, rows, &figures, WHO, [(2, 1), (1, 0)]);
     if memory.is_empty() {
         return;
     }
@@ -627,17 +614,30 @@ fn ipv6_section(out: &mut String, rows: &[Row]) {
          | | netplane | ip6tables | ceiling | ip6tables / netplane | ceiling / netplane |\n\
          |---|---|---|---|---|---|\n",
     );
-    for (group, what, unit) in figures {
-        let of = |n| median(rows, group, n, None);
+    three_way_rows(out, rows, &figures, NATS6, [(1, 0), (2, 0)]);
+}
+
+/// Rows of a table comparing three functions `who` in each group of
+/// `figures` (group, what it measures, the unit's nanoseconds), then two
+/// ratios between them (indices into `who`), and a blank line.
+fn three_way_rows(
+    out: &mut String,
+    rows: &[Row],
+    figures: &[(&str, &str, f64)],
+    who: [&str; 3],
+    ratios: [(usize, usize); 2],
+) {
+    for &(group, what, unit) in figures {
+        let of = |i: usize| median(rows, group, who[i], None);
         let cell = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / unit));
         let _ = writeln!(
             out,
             "| {what} | {} | {} | {} | {} | {} |",
-            cell(of(NATS6[0])),
-            cell(of(NATS6[1])),
-            cell(of(NATS6[2])),
-            ratio(of("iptables"), of("netplane")),
-            ratio(of("ceiling"), of("netplane")),
+            cell(of(0)),
+            cell(of(1)),
+            cell(of(2)),
+            ratio(of(ratios[0].0), of(ratios[0].1)),
+            ratio(of(ratios[1].0), of(ratios[1].1)),
         );
     }
     out.push('\n');
@@ -728,9 +728,9 @@ mod tests {
             row("overlay_udp_64b_cpu", "kernel_vxlan", None, 3_000.0),
             row("overlay_tcp_bulk", "netplane", None, 65536.0),
             row("overlay_tcp_bulk", "kernel_vxlan", None, 131072.0),
-            row("proxy_new_connection", "netplane", None, 40e3),
-            row("proxy_new_connection", "netplane-proxy", None, 60e3),
-            row("proxy_new_connection", "docker-proxy", None, 240e3),
+            row("new_connection_proxy", "netplane", None, 40e3),
+            row("new_connection_proxy", "netplane-proxy", None, 60e3),
+            row("new_connection_proxy", "docker-proxy", None, 240e3),
         ];
         let memory: Memory = serde_json::from_str(
             r#"{"netplane-proxy": {"1": {"rss_kib": 20480, "pss_kib": 10240}},

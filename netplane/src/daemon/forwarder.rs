@@ -238,12 +238,7 @@ async fn serve_tcp(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
-                    if !route.admits(peer.ip()) {
-                        counters.not_allowed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
-                        counters.over_limit.fetch_add(1, Ordering::Relaxed);
+                    let Some(permit) = admit(&route, &shared, &counters, peer) else {
                         continue;
                     };
                     connections.spawn(relay_tcp(client, peer, route.clone(), counters.clone(), permit));
@@ -256,6 +251,25 @@ async fn serve_tcp(
             Some(_) = connections.join_next() => {}
         }
     }
+}
+
+/// A place under the limit for a new connection or session from `peer`,
+/// if the route's allow-list admits it; a refusal is counted.
+fn admit(
+    route: &Route,
+    shared: &Shared,
+    counters: &RuleCounters,
+    peer: SocketAddr,
+) -> Option<OwnedSemaphorePermit> {
+    if !route.admits(peer.ip()) {
+        counters.not_allowed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let permit = shared.limit.clone().try_acquire_owned().ok();
+    if permit.is_none() {
+        counters.over_limit.fetch_add(1, Ordering::Relaxed);
+    }
+    permit
 }
 
 /// A PROXY protocol v2 header saying that `client` connected to `local`.
@@ -405,12 +419,7 @@ async fn serve_udp(
         let session = match sessions.entry(client) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(vacant) => {
-                if !route.admits(client.ip()) {
-                    counters.not_allowed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
-                    counters.over_limit.fetch_add(1, Ordering::Relaxed);
+                let Some(permit) = admit(&route, &shared, &counters, client) else {
                     continue;
                 };
                 let Ok(upstream) = connect_udp(route.target).await else {
