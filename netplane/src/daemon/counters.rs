@@ -2,7 +2,7 @@
 //! monitor events carry.
 
 use super::*;
-use crate::logic::{conntrack::FlowAddr, forwarding};
+use crate::logic::conntrack::FlowAddr;
 use netplane_common::abi::CtEntry;
 use std::net::IpAddr;
 
@@ -229,13 +229,7 @@ impl Readers {
                     },
                     destination: nat_destination(
                         p,
-                        forwarding::held_addresses(
-                            p,
-                            rec.ep.ip6.is_some(),
-                            rec.ep.sandbox.is_some(),
-                        )
-                        .len()
-                            > 1,
+                        rec.ep.ip6.is_some() || rec.ep.sandbox.is_none(),
                     ),
                     detail: {
                         let mut to = vec![format!("to:{ip}:{}", p.container_ports)];
@@ -360,8 +354,9 @@ impl Daemon {
     }
 }
 
-/// The destination column of `nat ls` for published rule `p`, served on
-/// both families or not.
+/// The destination column of `nat ls` for published rule `p`, served to
+/// IPv6 clients too on every address or not (an IPv4-only endpoint's
+/// port is, through the forwarder, unless a runtime shares it).
 fn nat_destination(p: &PublishedPort, dual_stack: bool) -> String {
     match p.host_ip {
         IpAddr::V4(ip) if ip.is_unspecified() && dual_stack => "0.0.0.0/0,::/0".into(),

@@ -168,7 +168,7 @@ impl Forwarder {
     /// Serves `route` on `socket`, the socket holding its host port (bound,
     /// not yet listening), unless it is served already.
     pub fn serve(&mut self, route: Route, socket: OwnedFd) -> io::Result<()> {
-        let key = (route.listen, route.proto);
+        let key = (route.listen_addr(), route.proto);
         if self.listeners.contains_key(&key) {
             return Ok(());
         }
@@ -244,7 +244,7 @@ async fn serve_tcp(
                     connections.spawn(relay_tcp(client, peer, route.clone(), counters.clone(), permit));
                 }
                 Err(e) => {
-                    warn!(port = %route.listen, "forwarder: accept: {e}");
+                    warn!(port = %route.listen_addr(), "forwarder: accept: {e}");
                     tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
@@ -274,6 +274,9 @@ fn admit(
 
 /// A PROXY protocol v2 header saying that `client` connected to `local`.
 fn proxy_header(protocol: Protocol, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    // IPv4 clients of a dual-stack socket show IPv4-mapped.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (client, local) = (canonical(client), canonical(local));
     let local = match (client, local) {
         // The two must be of one family; a wildcard of the other family
         // says nothing anyway.
@@ -300,7 +303,8 @@ async fn relay_tcp(
     _permit: OwnedSemaphorePermit,
 ) {
     let _active = Active::new(&counters);
-    let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(route.target)).await {
+    let target = route.target_for(peer.ip());
+    let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
         _ => {
             counters.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +312,7 @@ async fn relay_tcp(
         }
     };
     if route.proxy_protocol {
-        let local = client.local_addr().unwrap_or(route.listen);
+        let local = client.local_addr().unwrap_or(route.listen_addr());
         let header = proxy_header(Protocol::Stream, peer, local);
         if upstream.write_all(&header).await.is_err() {
             return;
@@ -406,7 +410,7 @@ async fn serve_udp(
             received = socket.recv_from(&mut buf[HEADER_ROOM..]) => match received {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!(port = %route.listen, "forwarder: receive: {e}");
+                    warn!(port = %route.listen_addr(), "forwarder: receive: {e}");
                     continue;
                 }
             },
@@ -422,7 +426,7 @@ async fn serve_udp(
                 let Some(permit) = admit(&route, &shared, &counters, client) else {
                     continue;
                 };
-                let Ok(upstream) = connect_udp(route.target).await else {
+                let Ok(upstream) = connect_udp(route.target_for(client.ip())).await else {
                     counters.unreachable.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
@@ -448,7 +452,7 @@ async fn serve_udp(
         };
         session.last.store(since(), Ordering::Relaxed);
         let datagram = if route.proxy_protocol {
-            let local = socket.local_addr().unwrap_or(route.listen);
+            let local = socket.local_addr().unwrap_or(route.listen_addr());
             let header = proxy_header(Protocol::Datagram, client, local);
             let start = HEADER_ROOM - header.len();
             buf[start..HEADER_ROOM].copy_from_slice(&header);
@@ -515,6 +519,20 @@ mod tests {
         assert_eq!(parsed.command, Command::Proxy);
         assert_eq!(parsed.protocol, Protocol::Stream);
         assert_eq!(parsed.addresses, ppp::v2::Addresses::from((client, local)));
+        // An IPv4 client of a dual-stack socket, seen IPv4-mapped.
+        let header = proxy_header(
+            Protocol::Stream,
+            "[::ffff:198.18.0.1]:40000".parse().unwrap(),
+            "[::ffff:198.18.0.2]:9100".parse().unwrap(),
+        );
+        let parsed = ppp::v2::Header::try_from(&header[..]).unwrap();
+        assert_eq!(
+            parsed.addresses,
+            ppp::v2::Addresses::from((
+                "198.18.0.1:40000".parse::<SocketAddr>().unwrap(),
+                "198.18.0.2:9100".parse::<SocketAddr>().unwrap()
+            ))
+        );
         // An IPv4 wildcard a UDP client of the other family reached.
         let header = proxy_header(Protocol::Datagram, client, "0.0.0.0:8080".parse().unwrap());
         assert!(header.len() <= HEADER_ROOM);

@@ -77,14 +77,14 @@ impl Daemon {
                 // A port an earlier run published and a host process took
                 // while no daemon ran is that process's (see
                 // `hold_published`).
-                let socket = match self.reserved.listener(route.listen, route.proto) {
+                let socket = match self.reserved.lend(route.listen, route.port, route.proto) {
                     Ok(s) => s,
                     Err(e) => {
                         warn!(endpoint = %ep.name, "port not forwarded: {e}");
                         continue;
                     }
                 };
-                let at = route.listen;
+                let at = route.listen_addr();
                 self.forwarder
                     .serve(route, socket)
                     .map_err(|e| Error::io("forward the published port", at, e))?;
@@ -106,7 +106,7 @@ impl Daemon {
                 .into_iter()
                 .flat_map(|p| p.routes)
             {
-                self.forwarder.stop(route.listen, route.proto);
+                self.forwarder.stop(route.listen_addr(), route.proto);
             }
         }
         self.reserved.release(ports);

@@ -6,7 +6,7 @@
 //! host socket already uses is found.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
@@ -22,19 +22,20 @@ use nix::{
 use crate::{
     kernel::{Error, Result},
     logic::{
-        forwarding,
+        forwarding::{self, Held},
         portspec::{Proto, PublishedPort},
     },
 };
 
-/// One host port of one protocol on one address (0.0.0.0 and `::`: all
-/// of their family).
-type Key = (IpAddr, u16, Proto);
+/// One host port of one protocol on what its socket binds.
+type Key = (Held, u16, Proto);
 
-/// The sockets holding published ports, closed when released or dropped.
+/// The sockets holding published ports, closed when released or dropped,
+/// and the ports whose socket the forwarder took over to listen on.
 #[derive(Debug, Default)]
 pub struct Reservations {
     held: HashMap<Key, OwnedFd>,
+    lent: HashSet<Key>,
 }
 
 impl Reservations {
@@ -43,12 +44,12 @@ impl Reservations {
     /// process owning it when one is found. Ports `shared` with a container
     /// runtime are held with SO_REUSEADDR, so that the runtime's own
     /// listener on them (Podman's) binds beside the daemon's socket; a
-    /// host process still cannot take them from it. Ports on every IPv4
-    /// address are held on `::` too (see [`forwarding::held_addresses`]).
+    /// host process still cannot take them from it. (See
+    /// [`forwarding::held`] for the sockets a rule takes.)
     pub fn reserve(&mut self, ports: &[PublishedPort], shared: bool, ipv6: bool) -> Result<()> {
         let mut taken = Vec::new();
         for key in ports.iter().flat_map(|p| keys(p, ipv6, shared)) {
-            if self.held.contains_key(&key) {
+            if self.held.contains_key(&key) || self.lent.contains(&key) {
                 continue;
             }
             match hold(key, shared) {
@@ -68,21 +69,30 @@ impl Reservations {
     }
 
     /// Lets the host ports of `ports` go.
+    /// (The forwarder closes the sockets it took, when it stops serving
+    /// them.)
     pub fn release(&mut self, ports: &[PublishedPort]) {
-        for key in ports.iter().flat_map(|p| keys(p, true, false)) {
-            self.held.remove(&key);
+        for shared in [false, true] {
+            for key in ports.iter().flat_map(|p| keys(p, true, shared)) {
+                self.held.remove(&key);
+                self.lent.remove(&key);
+            }
         }
     }
 
-    /// Another descriptor of the socket holding `at`, for the forwarder to
-    /// listen on: the port stays held by the same socket throughout.
-    pub fn listener(&self, at: SocketAddr, proto: Proto) -> Result<OwnedFd> {
-        let fd = self
-            .held
-            .get(&(at.ip(), at.port(), proto))
-            .ok_or_else(|| Error::io("find the socket holding", at, Errno::ENOENT))?;
-        fd.try_clone()
-            .map_err(|e| Error::io("duplicate the socket holding", at, e))
+    /// The socket holding `port` on `on`, handed to the forwarder to listen
+    /// on: the port stays held by that same socket, now the forwarder's.
+    pub fn lend(&mut self, on: Held, port: u16, proto: Proto) -> Result<OwnedFd> {
+        let key = (on, port, proto);
+        let fd = self.held.remove(&key).ok_or_else(|| {
+            Error::io(
+                "find the socket holding",
+                SocketAddr::new(on.addr(), port),
+                Errno::ENOENT,
+            )
+        })?;
+        self.lent.insert(key);
+        Ok(fd)
     }
 }
 
@@ -139,10 +149,10 @@ pub fn check_free(port: &PublishedPort) -> Result<()> {
     keys(port, true, false).try_for_each(|key| hold(key, false).map(drop))
 }
 
-/// The sockets a rule needs, one per port on each address
-/// [`forwarding::held_addresses`] names.
+/// The sockets a rule needs, one per port on each [`forwarding::held`]
+/// names.
 fn keys(port: &PublishedPort, ipv6: bool, shared: bool) -> impl Iterator<Item = Key> + '_ {
-    forwarding::held_addresses(port, ipv6, shared)
+    forwarding::held(port, ipv6, shared)
         .into_iter()
         .flat_map(move |ip| {
             (port.host_ports.start..=port.host_ports.end).map(move |p| (ip, p, port.proto))
@@ -152,22 +162,26 @@ fn keys(port: &PublishedPort, ipv6: bool, shared: bool) -> impl Iterator<Item = 
 /// A socket bound to `key`, without SO_REUSEADDR: the bind fails when any
 /// socket (IPv4, or IPv6 that also takes IPv4) uses the port on that
 /// address or the wildcard, and later binds by others fail the same way.
-/// IPv6 ones are IPv6 only, beside the IPv4 one.
-fn hold((ip, port, proto): Key, shared: bool) -> Result<OwnedFd> {
+/// A dual-stack one takes IPv4 too, unless the host has no IPv6 at all:
+/// then it is an IPv4 one.
+fn hold((on, port, proto): Key, shared: bool) -> Result<OwnedFd> {
     let kind = match proto {
         Proto::Tcp => SockType::Stream,
         Proto::Udp => SockType::Datagram,
     };
+    let mut ip = on.addr();
+    let fd = match socket(address_family(ip), kind, SockFlag::SOCK_CLOEXEC, None) {
+        Err(Errno::EAFNOSUPPORT) if on == Held::DualStack => {
+            ip = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+            socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)
+        }
+        other => other,
+    }
+    .map_err(|e| Error::io("open a socket to hold", SocketAddr::new(ip, port), e))?;
     let at = SocketAddr::new(ip, port);
-    let family = match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    };
-    let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| Error::io("open a socket to hold", at, e))?;
     if ip.is_ipv6() {
-        setsockopt(&fd, sockopt::Ipv6V6Only, &true)
-            .map_err(|e| Error::io("make IPv6 only", at, e))?;
+        setsockopt(&fd, sockopt::Ipv6V6Only, &matches!(on, Held::V6Only(_)))
+            .map_err(|e| Error::io("set IPV6_V6ONLY on", at, e))?;
     }
     if proto == Proto::Udp {
         // Nothing is read from it; what strays to it is dropped early.
@@ -182,10 +196,21 @@ fn hold((ip, port, proto): Key, shared: bool) -> Result<OwnedFd> {
         Err(Errno::EADDRINUSE) => Err(Error::HostPortInUse {
             port,
             proto: proto.to_string(),
-            ip,
+            // A rule on every address names them as `-p` did.
+            ip: match on {
+                Held::DualStack => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                _ => ip,
+            },
             user: owner(port, proto).unwrap_or_else(|| "a socket".into()),
         }),
         Err(e) => Err(Error::io("bind", at, e)),
+    }
+}
+
+fn address_family(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 

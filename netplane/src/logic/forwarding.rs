@@ -10,13 +10,38 @@ use ipnet::Ipv4Net;
 
 use crate::logic::portspec::{Proto, PublishedPort};
 
+/// What a socket holding a published host port binds: one address of a
+/// family, or every address of both with one IPv6 socket that takes IPv4
+/// too (one descriptor per port: ten thousand published ports stay under
+/// a common open-files limit of twenty thousand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Held {
+    V4(Ipv4Addr),
+    V6Only(Ipv6Addr),
+    DualStack,
+}
+
+impl Held {
+    /// The address the socket binds.
+    pub fn addr(self) -> IpAddr {
+        match self {
+            Held::V4(a) => a.into(),
+            Held::V6Only(a) => a.into(),
+            Held::DualStack => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+}
+
 /// One host port the forwarder listens on, and where it relays to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    /// The host socket's address: an address of the host, or a wildcard.
-    pub listen: SocketAddr,
-    /// The endpoint's address and port.
+    /// The socket holding the host port, which the forwarder listens on.
+    pub listen: Held,
+    pub port: u16,
+    /// The endpoint's IPv4 address and port.
     pub target: SocketAddr,
+    /// Its IPv6 address and port, where IPv6 clients go if it has one.
+    pub target6: Option<SocketAddr>,
     pub proto: Proto,
     /// The rule's counter slot, which names it in `nat ls`.
     pub slot: u32,
@@ -28,6 +53,20 @@ pub struct Route {
 }
 
 impl Route {
+    /// The address the forwarder listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen.addr(), self.port)
+    }
+
+    /// Where a connection from `peer` goes: the endpoint's address of the
+    /// client's family when it has one, its IPv4 address otherwise.
+    pub fn target_for(&self, peer: IpAddr) -> SocketAddr {
+        match (peer.to_canonical(), self.target6) {
+            (IpAddr::V6(_), Some(t)) => t,
+            _ => self.target,
+        }
+    }
+
     /// Whether a client at `peer` may open a connection, by the rule's
     /// `--publish-from` list; as in the data path, the list names IPv4
     /// networks and an IPv6 client is refused when there is one.
@@ -35,11 +74,9 @@ impl Route {
         if self.from.is_empty() {
             return true;
         }
-        match peer {
+        match peer.to_canonical() {
             IpAddr::V4(ip) => self.from.iter().any(|n| n.contains(&ip)),
-            IpAddr::V6(ip) => ip
-                .to_ipv4_mapped()
-                .is_some_and(|ip| self.from.iter().any(|n| n.contains(&ip))),
+            IpAddr::V6(_) => false,
         }
     }
 }
@@ -55,11 +92,27 @@ pub struct Plan {
     pub routes: Vec<Route>,
 }
 
+/// The sockets holding a rule's host ports, one per port on each of
+/// these. A rule on every address takes one dual-stack socket, unless the
+/// port is `shared` with a container runtime, whose own listener binds
+/// beside the daemon's IPv4 socket (and IPv6 one, for an endpoint with
+/// `ipv6`).
+pub fn held(port: &PublishedPort, ipv6: bool, shared: bool) -> Vec<Held> {
+    match port.host_ip {
+        IpAddr::V4(a) if a.is_unspecified() && shared => std::iter::once(Held::V4(a))
+            .chain(ipv6.then_some(Held::V6Only(Ipv6Addr::UNSPECIFIED)))
+            .collect(),
+        IpAddr::V4(a) if a.is_unspecified() => vec![Held::DualStack],
+        IpAddr::V4(a) => vec![Held::V4(a)],
+        IpAddr::V6(a) => vec![Held::V6Only(a)],
+    }
+}
+
 /// Plans `port` of an endpoint at `ip` (and `ip6` when it is dual-stack).
 /// `userland_proxy` sends every port through the forwarder. A port
-/// `shared` with a container runtime, whose own listener binds beside the
-/// daemon's socket, is never listened on by the forwarder: such a port of
-/// an IPv4-only endpoint stays IPv4-only, as before the forwarder.
+/// `shared` with a container runtime is never relayed for a family the
+/// data path cannot translate: the runtime's listener holds it beside
+/// the daemon's socket, which must not listen.
 pub fn plan(
     port: &PublishedPort,
     ip: Ipv4Addr,
@@ -68,30 +121,27 @@ pub fn plan(
     shared: bool,
 ) -> Plan {
     let relayed = userland_proxy || port.proxy_protocol;
-    let host4 = match port.host_ip {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(_) => None,
-    };
-    let host6 = port.host_ip6().filter(|_| ip6.is_some() || !shared);
-    let mut listens: Vec<(IpAddr, IpAddr)> = Vec::new();
-    if let Some(h) = host4.filter(|_| relayed) {
-        listens.push((h.into(), ip.into()));
-    }
-    if let Some(h) = host6 {
-        match ip6 {
-            Some(e) if relayed => listens.push((h.into(), e.into())),
-            Some(_) => {}
-            None => listens.push((h.into(), ip.into())),
-        }
-    }
+    let covers4 = port.host_ip.is_ipv4();
+    let covers6 = port.host_ip.is_ipv6() || port.host_ip.is_unspecified();
+    let listens: Vec<Held> = held(port, ip6.is_some(), shared)
+        .into_iter()
+        .filter(|h| match h {
+            // A dual-stack socket relays IPv6 for an IPv4-only endpoint.
+            Held::DualStack => relayed || ip6.is_none(),
+            Held::V6Only(_) => relayed || (ip6.is_none() && !shared),
+            Held::V4(_) => relayed,
+        })
+        .collect();
     let routes = listens
         .into_iter()
-        .flat_map(|(host, endpoint)| {
+        .flat_map(|listen| {
             (port.host_ports.start..=port.host_ports.end)
                 .zip(port.container_ports.start..=port.container_ports.end)
                 .map(move |(hp, cp)| Route {
-                    listen: SocketAddr::new(host, hp),
-                    target: SocketAddr::new(endpoint, cp),
+                    listen,
+                    port: hp,
+                    target: SocketAddr::new(ip.into(), cp),
+                    target6: ip6.map(|a| SocketAddr::new(a.into(), cp)),
                     proto: port.proto,
                     slot: port.slot,
                     proxy_protocol: port.proxy_protocol,
@@ -100,20 +150,10 @@ pub fn plan(
         })
         .collect();
     Plan {
-        ebpf4: host4.is_some() && !relayed,
-        ebpf6: host6.is_some() && ip6.is_some() && !relayed,
+        ebpf4: covers4 && !relayed,
+        ebpf6: covers6 && ip6.is_some() && !relayed,
         routes,
     }
-}
-
-/// The host sockets a rule needs held: one per port on its address, and
-/// on `::` too for a rule on every IPv4 address, unless the port is
-/// `shared` with a container runtime and the endpoint has no IPv6 (see
-/// [`plan`]).
-pub fn held_addresses(port: &PublishedPort, ipv6: bool, shared: bool) -> Vec<IpAddr> {
-    let also_v6 = (port.host_ip.is_ipv4() && port.host_ip.is_unspecified() && (ipv6 || !shared))
-        .then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-    std::iter::once(port.host_ip).chain(also_v6).collect()
 }
 
 #[cfg(test)]
@@ -145,7 +185,7 @@ mod tests {
     fn listens(plan: &Plan) -> Vec<(String, String)> {
         plan.routes
             .iter()
-            .map(|r| (r.listen.to_string(), r.target.to_string()))
+            .map(|r| (r.listen_addr().to_string(), r.target.to_string()))
             .collect()
     }
 
@@ -179,6 +219,12 @@ mod tests {
                 ("[::]:8081".into(), "172.17.0.2:81".into())
             ]
         );
+        assert_eq!(p.routes[0].listen, Held::DualStack);
+        let v6_client = "2001:db8::7".parse().unwrap();
+        assert_eq!(
+            p.routes[0].target_for(v6_client).to_string(),
+            "172.17.0.2:80"
+        );
         let only6 = plan(
             &rule("2001:db8::1", (8080, 8080), (80, 80)),
             EP,
@@ -203,23 +249,21 @@ mod tests {
     }
 
     #[test]
-    fn a_runtimes_shared_port_is_never_listened_on() {
-        let p = plan(
-            &rule("0.0.0.0", (8080, 8080), (80, 80)),
-            EP,
-            None,
-            false,
-            true,
+    fn a_port_on_every_address_is_one_dual_stack_socket_unless_shared() {
+        let every = rule("0.0.0.0", (8080, 8080), (80, 80));
+        assert_eq!(held(&every, false, false), [Held::DualStack]);
+        assert_eq!(held(&every, true, false), [Held::DualStack]);
+        assert_eq!(held(&every, false, true), [Held::V4(Ipv4Addr::UNSPECIFIED)]);
+        assert_eq!(
+            held(&every, true, true),
+            [
+                Held::V4(Ipv4Addr::UNSPECIFIED),
+                Held::V6Only(Ipv6Addr::UNSPECIFIED)
+            ]
         );
+        // A runtime's shared port is never listened on.
+        let p = plan(&every, EP, None, false, true);
         assert!(p.ebpf4 && p.routes.is_empty());
-        assert_eq!(
-            held_addresses(&rule("0.0.0.0", (8080, 8080), (80, 80)), false, true),
-            ["0.0.0.0".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            held_addresses(&rule("0.0.0.0", (8080, 8080), (80, 80)), false, false).len(),
-            2
-        );
     }
 
     #[test]
@@ -229,14 +273,29 @@ mod tests {
             r.proxy_protocol = proxy_protocol;
             let p = plan(&r, EP, Some(EP6), userland, false);
             assert!(!p.ebpf4 && !p.ebpf6);
+            assert_eq!(listens(&p), [("[::]:8080".into(), "172.17.0.2:80".into())]);
+            let route = &p.routes[0];
+            assert!(route.proxy_protocol == proxy_protocol);
             assert_eq!(
-                listens(&p),
+                route.target_for("2001:db8::7".parse().unwrap()).to_string(),
+                "[fd00::2]:80"
+            );
+            // IPv4 clients reach a dual-stack socket IPv4-mapped.
+            assert_eq!(
+                route
+                    .target_for("::ffff:192.0.2.9".parse().unwrap())
+                    .to_string(),
+                "172.17.0.2:80"
+            );
+            // Shared with a runtime: one socket per family.
+            let shared = plan(&r, EP, Some(EP6), userland, true);
+            assert_eq!(
+                listens(&shared),
                 [
                     ("0.0.0.0:8080".into(), "172.17.0.2:80".into()),
-                    ("[::]:8080".into(), "[fd00::2]:80".into())
+                    ("[::]:8080".into(), "172.17.0.2:80".into())
                 ]
             );
-            assert!(p.routes.iter().all(|r| r.proxy_protocol == proxy_protocol));
         }
     }
 
