@@ -7,12 +7,7 @@
 use netplane_test_support as support;
 
 use serde_json::Value;
-use support::{HOST_IP, HOST_IP6, Host, WORLD_IP, WORLD_IP6, rule, stdout_if_ok};
-
-/// The answer of a server that names its client, after taking in its
-/// request: closing with a request unread would reset the connection,
-/// which can overtake the answer.
-const PEER_ANSWER: &str = "timeout 0.3 cat >/dev/null; echo $SOCAT_PEERADDR";
+use support::{HOST_IP, HOST_IP6, Host, PEER_ANSWER, WORLD_IP, WORLD_IP6, rule, stdout_if_ok};
 
 /// The address a [`PEER_ANSWER`] named.
 fn peer(answer: Option<String>) -> Option<String> {

@@ -7,7 +7,7 @@
 use netplane_test_support as support;
 
 use serde_json::Value;
-use support::{HOST_IP6, Host, SCAPY_PYTHON, WORLD_IP, WORLD_IP6, stdout_if_ok};
+use support::{HOST_IP6, Host, PEER_ANSWER, SCAPY_PYTHON, WORLD_IP, WORLD_IP6, stdout_if_ok};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap()
@@ -245,10 +245,6 @@ fn network_connect_to_a_dual_stack_network_adds_an_ipv6_address() {
         "{routes}"
     );
 }
-
-/// What socat answers each connection with: the peer address it saw
-/// (curl reads it as an HTTP/0.9 response).
-const PEER_ANSWER: &str = "echo $SOCAT_PEERADDR";
 
 /// The address a [`PEER_ANSWER`] named (socat writes IPv6 addresses in
 /// full, in brackets).

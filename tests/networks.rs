@@ -71,7 +71,7 @@ fn two_bridge_networks_are_isolated_and_each_resolves_its_own() {
     assert_eq!(dig(&h, &a1, &b1), "", "{b1} is on another network");
     assert_eq!(dig(&h, &b1, &a1), "");
     // Out through the uplink, masqueraded as the host.
-    let _server = h.tcp_server(&h.world, 7000, "echo $SOCAT_PEERADDR");
+    let _server = h.tcp_server(&h.world, 7000, support::PEER_ANSWER);
     let seen = stdout_if_ok(h.in_endpoint(&a1, &format!("nc -w2 {WORLD_IP} 7000")));
     assert_eq!(seen.as_deref().map(str::trim), Some(HOST_IP));
 
@@ -182,7 +182,7 @@ fn a_published_port_on_a_user_network_shows_the_client_and_bad_requests_make_not
     h.np_ok(&["network", "create", "--subnet", "10.78.0.0/24", &net]);
     let w = h.name("w");
     h.np_ok(&["create", "--net", &net, "-p", "8080:80", &w]);
-    let _server = h.tcp_server(&w, 80, "echo $SOCAT_PEERADDR");
+    let _server = h.tcp_server(&w, 80, support::PEER_ANSWER);
     let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {HOST_IP} 8080"))));
     assert_eq!(
         seen.as_deref().map(str::trim),
@@ -320,7 +320,7 @@ fn an_endpoint_connected_to_two_networks_reaches_and_resolves_both_until_disconn
     assert_eq!(dig(&h, &db, "api"), "10.82.0.50", "by its alias too");
     assert!(!h.pings(&proxy, &ip_db), "not a bridge for the others");
     // Published on a multi-homed endpoint: still its first address.
-    let _server = h.tcp_server(&web, 80, "echo $SOCAT_PEERADDR");
+    let _server = h.tcp_server(&web, 80, support::PEER_ANSWER);
     let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {HOST_IP} 8081"))));
     assert_eq!(seen.as_deref().map(str::trim), Some(WORLD_IP));
     let members = json(&h.np_ok(&["network", "inspect", &back]));
@@ -391,10 +391,10 @@ fn a_macvlan_endpoint_is_on_the_lan_at_its_own_address_and_sends_only_as_itself(
     assert_eq!(ip, "198.18.0.128", "the first of the range");
 
     // From the LAN straight to it, and out as itself: no NAT either way.
-    let _server = h.tcp_server(&m, 80, "echo $SOCAT_PEERADDR");
+    let _server = h.tcp_server(&m, 80, support::PEER_ANSWER);
     let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {ip} 80"))));
     assert_eq!(seen.as_deref().map(str::trim), Some(WORLD_IP));
-    let _peer = h.tcp_server(&h.world, 7001, "echo $SOCAT_PEERADDR");
+    let _peer = h.tcp_server(&h.world, 7001, support::PEER_ANSWER);
     let seen = stdout_if_ok(h.in_endpoint(&m, &format!("nc -w2 {WORLD_IP} 7001")));
     assert_eq!(seen.as_deref().map(str::trim), Some(ip.as_str()));
     let refused = h.np_err(&["create", "--net", &lan, "-p", "8080:80", &h.name("x")]);
@@ -454,7 +454,7 @@ fn disconnecting_the_first_network_moves_the_default_route_dns_and_ports_to_the_
     assert_eq!(dig(&h, &web, &db), h.ip_of(&db));
     assert!(!h.pings(&web, &h.ip_of(&peer)), "off the first network");
     assert!(h.pings(&web, WORLD_IP), "out through the next network");
-    let _server = h.tcp_server(&web, 80, "echo $SOCAT_PEERADDR");
+    let _server = h.tcp_server(&web, 80, support::PEER_ANSWER);
     let seen = retry(|| stdout_if_ok(h.in_world(&format!("nc -w2 {HOST_IP} 8082"))));
     assert_eq!(
         seen.as_deref().map(str::trim),

@@ -39,6 +39,12 @@ pub fn netplane_bin() -> PathBuf {
     profile_dir.join("netplane")
 }
 
+/// A TCP server's answer naming its client, given after it took in the
+/// request: a server that closes with a request unread resets the
+/// connection, and on a loaded machine the reset can overtake the answer
+/// (curl then reports an empty reply).
+pub const PEER_ANSWER: &str = "timeout 0.3 cat >/dev/null; echo $SOCAT_PEERADDR";
+
 /// Debian's Python, the one python3-scapy is installed for (a Python
 /// earlier in PATH may lack it).
 pub const SCAPY_PYTHON: &str = "/usr/bin/python3";
