@@ -1390,3 +1390,80 @@ fn ipv6_masquerade_and_published_ports_translate_with_checksums() {
     );
     assert_eq!(lab.drops(DropReason::Fragment), 1);
 }
+
+/// XDP's verdicts, as `enum xdp_action` numbers them.
+const XDP_PASS: i32 = 2;
+const XDP_REDIRECT: i32 = 4;
+
+#[test]
+fn xdp_redirects_established_flows_to_endpoints_and_passes_the_rest() {
+    let mut lab = Lab::new(1024);
+    let uplink = lab.uplink_if;
+    let xdp = |lab: &mut Lab, packet: &[u8]| lab.run(programs::UPLINK_XDP, uplink, packet);
+    // A first packet is tc's: XDP passes it untouched.
+    let syn = tcp_syn(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT);
+    assert_eq!(xdp(&mut lab, &syn), (XDP_PASS, syn.clone()));
+    assert_eq!(lab.arriving_from_world(&syn).0, TC_ACT_REDIRECT);
+    let answer = tcp(lab.endpoint_frame(), 80, 5555, "SYN|ACK");
+    assert_eq!(lab.sent_by_endpoint(&answer).0, TC_ACT_REDIRECT);
+
+    // The client's next segments take the fast path: translated as tc
+    // would, addressed to the endpoint, checksums right, and counted.
+    let ack = tcp(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT, "ACK");
+    let (action, out) = xdp(&mut lab, &ack);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        seen(&out),
+        Seen {
+            dst_mac: ENDPOINT_MAC,
+            src_mac: lab.bridge_mac,
+            src: WORLD,
+            dst: ENDPOINT,
+            ttl: 63,
+            sport: 5555,
+            dport: 80,
+        }
+    );
+    let (tc_action, tc_out) = lab.arriving_from_world(&ack);
+    assert_eq!(tc_action, TC_ACT_REDIRECT);
+    assert_eq!(out, tc_out, "XDP and tc make the same frame");
+    let (flow, _, _) = only_flow(&lab);
+    assert_eq!(flow.entry.packets, 3, "the SYN, then the ACK through each");
+
+    // A masquerade reply, UDP: its checksum is kept right too.
+    let query = udp(lab.endpoint_frame(), 7000, 53, b"query");
+    let (action, sent) = lab.sent_by_endpoint(&query);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let masqueraded = seen(&sent);
+    let reply = udp(lab.world_frame(UPLINK), 53, masqueraded.sport, b"answer");
+    let (action, fast) = xdp(&mut lab, &reply);
+    assert_eq!(action, XDP_REDIRECT);
+    let fast_seen = seen(&fast);
+    assert_eq!(
+        (
+            fast_seen.src,
+            fast_seen.sport,
+            fast_seen.dst,
+            fast_seen.dport
+        ),
+        (WORLD, 53, ENDPOINT, 7000)
+    );
+    assert_eq!(lab.arriving_from_world(&reply).1, fast);
+
+    // FIN and RST change the flow's state: tc's.
+    for flags in ["FIN|ACK", "RST"] {
+        let segment = tcp(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT, flags);
+        assert_eq!(
+            xdp(&mut lab, &segment),
+            (XDP_PASS, segment.clone()),
+            "{flags}"
+        );
+    }
+    // A flow of nobody's, and a TTL that would expire.
+    let stray = tcp(lab.world_frame(UPLINK), 5556, PUBLISHED_PORT, "ACK");
+    assert_eq!(xdp(&mut lab, &stray).0, XDP_PASS);
+    let mut expiring = ack.clone();
+    expiring[14 + 8] = 1;
+    assert_eq!(xdp(&mut lab, &expiring).0, XDP_PASS);
+    assert_eq!(lab.drops(DropReason::Truncated), 0);
+}

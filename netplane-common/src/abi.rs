@@ -14,6 +14,10 @@ pub mod maps {
     /// Per-CPU [`super::IfDrops`] keyed by interface index (`u32`, host
     /// byte order): the drops among the packets that arrived on it.
     pub const IF_DROPS: &str = "NP_IF_DROPS";
+    /// Device map (hash) of the endpoints' host-side veths the XDP program
+    /// may redirect to, keyed and valued by ifindex (`u32`, host byte
+    /// order).
+    pub const XDP_PORTS: &str = "NP_XDP_PORTS";
     /// [`super::EndpointPort`] keyed by the endpoint's address (`u32`,
     /// network byte order): where packets for an endpoint are delivered.
     pub const ENDPOINTS: &str = "NP_ENDPOINTS";
@@ -124,6 +128,12 @@ pub mod programs {
     pub const PASS: &str = "np_pass";
     /// tc ingress of the uplink: counts, reverses masquerade, publishes ports.
     pub const UPLINK_INGRESS: &str = "np_uplink_ingress";
+    /// XDP of the uplink: established flows to endpoints, redirected
+    /// before an skb exists; the rest passes to [`UPLINK_INGRESS`].
+    pub const UPLINK_XDP: &str = "np_uplink_xdp";
+    /// XDP of an endpoint's eth0: passes every frame, so that its veth
+    /// takes frames [`UPLINK_XDP`] redirects as they are.
+    pub const XDP_PASS: &str = "np_xdp_pass";
     /// tc egress of the uplink and of every macvlan parent: counts, and
     /// lets macvlan endpoints send only as themselves.
     pub const PARENT_EGRESS: &str = "np_parent_egress";

@@ -79,6 +79,19 @@ pub const fn apply_diff(check: u16, diff: u32) -> u16 {
     !fold(sum)
 }
 
+/// As [`apply_diff`] for a UDP checksum: 0 ("no checksum") stays 0, and
+/// a computed 0 is sent as 0xffff (RFC 768). The XDP path updates
+/// checksums itself, without the kernel's helper that knows this.
+pub const fn apply_diff_udp(check: u16, diff: u32) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    match apply_diff(check, diff) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
 /// An address of either family as keys and entries hold it.
 pub trait Addr: Copy + PartialEq {
     /// The [`diff32`]-style accumulator for this address changing from
@@ -399,6 +412,15 @@ mod tests {
         );
         // A no-op diff changes nothing.
         assert_eq!(apply_diff(check, diff32(old, old)), check);
+        // UDP: no checksum stays none; a computed 0 is sent as 0xffff.
+        assert_eq!(apply_diff_udp(0, diff32(old, new)), 0);
+        assert_eq!(
+            apply_diff_udp(check, diff32(old, new)),
+            replace32_udp(check, old, new)
+        );
+        let to_zero = diff16(!check, 0xffff);
+        assert_eq!(apply_diff(check, to_zero), 0);
+        assert_eq!(apply_diff_udp(check, to_zero), 0xffff);
     }
 
     #[test]

@@ -188,14 +188,27 @@ pub(crate) fn now() -> u64 {
 /// writing it on every packet would bounce its cache line between CPUs.
 pub(crate) const TOUCH_NS: u64 = 1_000_000_000;
 
-/// The entry of the flow this packet belongs to, updated with the packet.
+/// The entry of the flow this packet (of `len` bytes) belongs to, updated
+/// with the packet.
 #[inline(always)]
 pub(crate) fn track<A: Family>(
-    ctx: &TcContext,
     key: &FlowKey<A>,
     l4_flags: u8,
+    len: u32,
 ) -> Option<&'static CtEntry<A>> {
     let entry = A::table().get_ptr_mut(key)?;
+    Some(touch(entry, key, l4_flags, len))
+}
+
+/// Updates `entry`, a flow's entry found under `key`, with a packet of
+/// `len` bytes: its timestamp, TCP flags and counters, and its rule's.
+#[inline(always)]
+pub(crate) fn touch<A: Family>(
+    entry: *mut CtEntry<A>,
+    key: &FlowKey<A>,
+    l4_flags: u8,
+    len: u32,
+) -> &'static CtEntry<A> {
     // SAFETY: a map value, which stays valid while the program runs; racing
     // writers only lose a timestamp or a flag, which the next packet sets.
     let entry = unsafe {
@@ -216,12 +229,12 @@ pub(crate) fn track<A: Family>(
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
             &raw mut (*entry).bytes,
-            u64::from(ctx.len()),
+            u64::from(len),
         );
         &*entry
     };
-    count(entry.slot, ctx.len());
-    Some(entry)
+    count(entry.slot, len);
+    entry
 }
 
 /// A SYN reopened the flow whose forward entry is `entry` (keyed `key`):

@@ -23,12 +23,13 @@ mod paths;
 mod paths6;
 mod reg;
 mod sock;
+mod xdp;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    macros::{cgroup_sock_addr, classifier, map},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, xdp_action::XDP_PASS},
+    macros::{cgroup_sock_addr, classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
-    programs::{SockAddrContext, TcContext},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use config::NET_CONFIG;
@@ -100,6 +101,23 @@ pub fn np_count_egress(ctx: TcContext) -> i32 {
 pub fn np_parent_egress(ctx: TcContext) -> i32 {
     count(&ctx, Direction::Egress);
     verdict(&ctx, parent_egress(&ctx))
+}
+
+/// The uplink's XDP fast path (see [`xdp`]): redirects what it can take,
+/// passes the rest to the uplink's tc program.
+#[xdp]
+pub fn np_uplink_xdp(ctx: XdpContext) -> u32 {
+    let Some(cfg) = NET_CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    xdp::uplink(&ctx, cfg).unwrap_or(XDP_PASS)
+}
+
+/// Passes every frame: on an endpoint's eth0, it lets its veth take
+/// frames redirected by XDP in their native form.
+#[xdp]
+pub fn np_xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
 }
 
 /// Returns at once: the floor the benchmarks measure the others against.
@@ -344,18 +362,24 @@ fn parsed6(ctx: &TcContext) -> Result<&'static packet::Ipv6, DropReason> {
     Ok(ip)
 }
 
-/// Interfaces get their counter slots when the daemon attaches to them, so
-/// the hot path never inserts.
 fn count(ctx: &TcContext, direction: Direction) {
+    count_interface(ifindex(ctx), direction, ctx.len());
+}
+
+/// Counts a packet of `len` bytes through interface `ifindex`. Interfaces
+/// get their counter slots when the daemon attaches to them, so the hot
+/// path never inserts.
+#[inline(always)]
+pub(crate) fn count_interface(ifindex: u32, direction: Direction, len: u32) {
     let key = IfStatsKey {
-        ifindex: ifindex(ctx),
+        ifindex,
         direction: direction as u32,
     };
     if let Some(counters) = IF_STATS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, so no other writer runs concurrently.
         unsafe {
             (*counters).packets += 1;
-            (*counters).bytes += u64::from(ctx.len());
+            (*counters).bytes += u64::from(len);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the kernel against the whole packet, paged data included, so a truncated
 //! header is an error and never a read past the end.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use aya_ebpf::{macros::map, maps::LruHashMap};
 
 pub use netplane_common::packet::{ETH_HLEN, ICMP_ECHO, Ipv4, Ipv6};
@@ -51,9 +51,40 @@ fn pull(ctx: &TcContext, headers: u32) {
     }
 }
 
+/// A packet whose bytes a program reads and writes directly: a tc
+/// program's linear data, or an XDP program's frame.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
 /// A pointer to a `T` at `offset`, if the packet's linear data holds it.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, DropReason> {
+fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Result<*mut T, DropReason> {
     // Offsets kept in map values reach the verifier unbounded. Masking
     // (rather than comparing, which the compiler may fold into other
     // comparisons) gives it a range it accepts for pointer arithmetic; no
@@ -70,7 +101,7 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, DropReason> {
 /// past the end. (No single bytes: the compiler turns their bounds check
 /// into a comparison the verifier does not follow.)
 #[inline(always)]
-pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
+pub fn load<T>(ctx: &impl Frame, offset: usize) -> Result<T, DropReason> {
     // SAFETY: `ptr_at` checked the bounds; the read is unaligned-safe.
     Ok(unsafe { core::ptr::read_unaligned(ptr_at::<T>(ctx, offset)?) })
 }
@@ -78,7 +109,7 @@ pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
 /// Writes `v` at `offset`. Pointers are derived afresh, since helpers that
 /// change the packet (checksum updates, pulls) invalidate older ones.
 #[inline(always)]
-pub fn store<T>(ctx: &TcContext, offset: usize, v: T) -> Result<(), DropReason> {
+pub fn store<T>(ctx: &impl Frame, offset: usize, v: T) -> Result<(), DropReason> {
     // SAFETY: `ptr_at` checked the bounds; the write is unaligned-safe.
     unsafe { core::ptr::write_unaligned(ptr_at::<T>(ctx, offset)?, v) };
     Ok(())
@@ -99,7 +130,7 @@ pub enum L3 {
 }
 
 #[inline(always)]
-pub fn l3(ctx: &TcContext) -> Result<L3, DropReason> {
+pub fn l3(ctx: &impl Frame) -> Result<L3, DropReason> {
     Ok(match u16::from_be(load::<u16>(ctx, 12)?) {
         ETH_P_IP => L3::Ipv4,
         ETH_P_IPV6 => L3::Ipv6,
@@ -197,10 +228,10 @@ pub fn remember_fragment_ports(ip: &Ipv4) {
     let _ = FRAGMENTS.insert(&key, &ports, 0);
 }
 
-/// The packet of a tc program, as the parser in `netplane_common` reads it.
-struct Packet<'a>(&'a TcContext);
+/// The packet of a program, as the parser in `netplane_common` reads it.
+pub struct Packet<'a, C: Frame>(pub &'a C);
 
-impl ByteSource for Packet<'_> {
+impl<C: Frame> ByteSource for Packet<'_, C> {
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Result<T, DropReason> {
         load(self.0, offset)

@@ -41,7 +41,7 @@ pub(crate) fn tracked(
     if ip.later_fragment && !ip.ports_from_first_fragment {
         return Ok(None);
     }
-    match track(ctx, &ip.key(), ip.l4_flags) {
+    match track(&ip.key(), ip.l4_flags, ctx.len()) {
         Some(e) => forward(ctx, cfg, ip, e).get().map(Some),
         None => Ok(None),
     }

@@ -23,7 +23,7 @@ fn tracked6(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv6) -> Option<Verdict> {
     if ip.later_fragment && !ip.ports_from_first_fragment {
         return None;
     }
-    let entry = track(ctx, &ip.key(), ip.l4_flags)?;
+    let entry = track(&ip.key(), ip.l4_flags, ctx.len())?;
     Some(forward6(ctx, cfg, ip, entry).get())
 }
 

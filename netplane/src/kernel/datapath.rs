@@ -16,12 +16,12 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TestRun,
-        TestRunOptions,
+        TestRunOptions, Xdp,
         links::{FdLink, Link, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
@@ -412,6 +412,11 @@ impl Datapath {
         }
         for name in SOCKET_PROGRAMS {
             socket_program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| Error::ebpf("load program", name, e))?;
+        }
+        for name in [programs::UPLINK_XDP, programs::XDP_PASS] {
+            xdp_program(&mut ebpf, name)?
                 .load()
                 .map_err(|e| Error::ebpf("load program", name, e))?;
         }
@@ -831,7 +836,11 @@ impl Datapath {
                 },
                 0,
             )
-            .map_err(|e| Error::ebpf("insert into", maps::ENDPOINTS, e))
+            .map_err(|e| Error::ebpf("insert into", maps::ENDPOINTS, e))?;
+        let mut xdp_ports: DevMapHash<_> = self.map_mut(maps::XDP_PORTS)?;
+        xdp_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| Error::ebpf("insert into", maps::XDP_PORTS, e))
     }
 
     /// What the data path knows of the endpoint behind host-side veth
@@ -950,6 +959,8 @@ impl Datapath {
         let _ = ids.remove(&ifindex);
         let mut ports: HashMap<_, u32, EndpointPort> = self.map_mut(maps::ENDPOINTS)?;
         let _ = ports.remove(&addr_be);
+        let mut xdp_ports: DevMapHash<_> = self.map_mut(maps::XDP_PORTS)?;
+        let _ = xdp_ports.remove(ifindex);
         self.remove_flows(|k, e| {
             [k.saddr_be, k.daddr_be, e.saddr_be, e.daddr_be].contains(&addr_be)
         })
@@ -1216,22 +1227,30 @@ impl Datapath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome> {
-        // The leading fields of struct __sk_buff, zero but for `ifindex`
-        // (offset 40), which the kernel turns into the packet's device.
-        const SKB_IFINDEX: usize = 40;
-        let mut ctx = [0u8; SKB_IFINDEX + 4];
-        ctx[SKB_IFINDEX..].copy_from_slice(&ifindex.to_ne_bytes());
         // Room for a packet that grows (none of ours does, yet).
         let mut out = vec![0u8; packet.len() + 256];
-        let prog = classifier(&mut self.ebpf, program)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
         opts.repeat = repeat;
-        let result = prog
-            .test_run(opts)
-            .map_err(|e| Error::ebpf("test run", program, e))?;
+        let result = if program == programs::UPLINK_XDP || program == programs::XDP_PASS {
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+            // rx_queue_index, egress_ifindex; the frame from offset 0.
+            let md = [0, packet.len() as u32, 0, ifindex, 0, 0];
+            let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            opts.ctx_in = Some(&ctx);
+            xdp_program(&mut self.ebpf, program)?.test_run(opts)
+        } else {
+            // The leading fields of struct __sk_buff, zero but for
+            // `ifindex` (offset 40), which the kernel turns into the
+            // packet's device.
+            const SKB_IFINDEX: usize = 40;
+            let mut ctx = [0u8; SKB_IFINDEX + 4];
+            ctx[SKB_IFINDEX..].copy_from_slice(&ifindex.to_ne_bytes());
+            opts.ctx_in = Some(&ctx);
+            classifier(&mut self.ebpf, program)?.test_run(opts)
+        }
+        .map_err(|e| Error::ebpf("test run", program, e))?;
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutcome {
             action: result.return_value as i32,
@@ -1284,6 +1303,14 @@ const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 
 fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| not_in_object("program", name))?;
+    prog.try_into()
+        .map_err(|e| Error::ebpf("open program", name, e))
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| not_in_object("program", name))?;
