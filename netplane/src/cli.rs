@@ -22,6 +22,7 @@ use crate::{
     daemon::cluster::{self, StoreUrl},
     daemon::forwarder,
     daemon::{Config, DEFAULT_BRIDGE, Daemon},
+    kernel::datapath::XdpSetting,
     kernel::exec,
     logic::conntrack::Timeouts,
     logic::monitor::{self, MonitorFilter, MonitorRecord},
@@ -391,6 +392,10 @@ struct UpArgs {
     /// every port; more are refused and counted.
     #[arg(long, default_value_t = forwarder::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     proxy_max_connections: usize,
+    /// The uplink's XDP fast path for established flows: auto (in the
+    /// driver when it can), native, generic or off.
+    #[arg(long, default_value = "off")]
+    xdp: XdpSetting,
     /// Connection tracking table size, in entries (two per flow); applies
     /// when the table is created, at the first `up` after a `down`.
     #[arg(long, default_value_t = DEFAULT_CT_MAX)]
@@ -600,6 +605,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics: args.metrics,
                 userland_proxy: args.userland_proxy,
                 proxy_max_connections: args.proxy_max_connections,
+                xdp: args.xdp,
             };
             rt.block_on(async {
                 let daemon = Daemon::start(cfg.clone()).await?;

@@ -393,6 +393,9 @@ pub struct DaemonInfo {
     /// (`--userland-proxy`).
     #[serde(default)]
     pub userland_proxy: bool,
+    /// How the uplink's XDP fast path runs: `native`, `generic` or `off`.
+    #[serde(default)]
+    pub xdp: String,
     /// The daemon's netplane version.
     #[serde(default)]
     pub version: String,

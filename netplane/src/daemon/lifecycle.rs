@@ -118,6 +118,7 @@ impl Daemon {
             resolver: Resolver::new(upstream),
             reconciles: metrics::ReconcileDurations::default(),
             reserved: Reservations::default(),
+            xdp: XdpAttached::Off,
             tc_hook: TcHook::choose()?,
             _lock: lock,
         };
@@ -210,10 +211,11 @@ impl Daemon {
         dp.use_hook(self.tc_hook);
         dp.set_ct_timeouts(self.cfg.timeouts.to_abi())?;
         dp.attach(&net.bridge, Role::Counted)?;
-        if let Some(uplink) = &self.uplink
-            && dp.attach(uplink, Role::Uplink)?
-        {
-            self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
+        if let Some(uplink) = &self.uplink {
+            if dp.attach(uplink, Role::Uplink)? {
+                self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
+            }
+            self.xdp = dp.attach_xdp(uplink, self.cfg.xdp)?;
         }
         dp.reset_nat_counters(MASQUERADE_SLOT)?;
         dp.attach_sockets(&host::cgroup2_root()?)?;
@@ -561,6 +563,7 @@ impl Daemon {
             subnet: self.net.subnet.trunc().to_string(),
             tc_hook: self.tc_hook.name().into(),
             userland_proxy: self.cfg.userland_proxy,
+            xdp: self.xdp.name().into(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }

@@ -47,7 +47,7 @@ use crate::{
     daemon::store::{NewEndpoint, State, Store, StoredEndpoint},
     kernel::{
         self,
-        datapath::{Datapath, EventMaps, Role, TcHook},
+        datapath::{Datapath, EventMaps, Role, TcHook, XdpAttached, XdpSetting},
         host::{self, DaemonLock},
         netlink::{Link, Rtnl},
         netns,
@@ -131,6 +131,8 @@ pub struct Config {
     pub userland_proxy: bool,
     /// Connections and UDP sessions the forwarder relays at once.
     pub proxy_max_connections: usize,
+    /// Whether and how the uplink's XDP fast path runs.
+    pub xdp: XdpSetting,
 }
 
 /// The bridge `up` makes unless told otherwise.
@@ -158,6 +160,7 @@ impl Config {
             metrics: None,
             userland_proxy: false,
             proxy_max_connections: forwarder::DEFAULT_MAX_CONNECTIONS,
+            xdp: XdpSetting::Off,
         }
     }
 
@@ -249,6 +252,8 @@ pub struct Daemon {
     reserved: Reservations,
     /// The userspace forwarder, serving the ports the data path does not.
     forwarder: Forwarder,
+    /// How the uplink's XDP program runs.
+    xdp: XdpAttached,
     _lock: DaemonLock,
 }
 

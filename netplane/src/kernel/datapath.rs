@@ -24,6 +24,7 @@ use aya::{
         TestRunOptions, Xdp,
         links::{FdLink, Link, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
+        xdp::{XdpLink, XdpMode},
     },
 };
 use aya_log::EbpfLogger;
@@ -90,6 +91,54 @@ impl Role {
                 (programs::COUNT_INGRESS, Direction::Ingress),
                 (programs::PARENT_EGRESS, Direction::Egress),
             ],
+        }
+    }
+}
+
+/// Whether and how the uplink's XDP program runs (`up --xdp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpSetting {
+    /// In the driver when it can take XDP programs, else not at all.
+    #[default]
+    Auto,
+    /// In the driver, or `up` fails.
+    Native,
+    /// In the kernel's generic hook, after the skb exists (for testing:
+    /// it saves no allocation).
+    Generic,
+    /// Not attached: tc does everything.
+    Off,
+}
+
+impl std::str::FromStr for XdpSetting {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(XdpSetting::Auto),
+            "native" => Ok(XdpSetting::Native),
+            "generic" => Ok(XdpSetting::Generic),
+            "off" => Ok(XdpSetting::Off),
+            other => Err(format!(
+                "--xdp takes auto, native, generic or off, not {other}"
+            )),
+        }
+    }
+}
+
+/// How the uplink's XDP program runs once attached: what `info` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttached {
+    Native,
+    Generic,
+    Off,
+}
+
+impl XdpAttached {
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpAttached::Native => "native",
+            XdpAttached::Generic => "generic",
+            XdpAttached::Off => "off",
         }
     }
 }
@@ -692,6 +741,54 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the XDP fast path to the uplink `ifname` as `setting`
+    /// says, through a pinned link, so that it outlives the daemon and a
+    /// later run swaps the program in atomically; `Off` removes a link an
+    /// earlier run left. Returns how it runs.
+    pub fn attach_xdp(&mut self, ifname: &str, setting: XdpSetting) -> Result<XdpAttached> {
+        let pin = self.links_dir.join(hook_pin_name(ifname, "xdp"));
+        if setting == XdpSetting::Off {
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                // Unpinned and dropped, the link detaches.
+                let _ = old.unpin();
+            }
+            return Ok(XdpAttached::Off);
+        }
+        let prog = xdp_program(&mut self.ebpf, programs::UPLINK_XDP)?;
+        let replaced = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|old| XdpLink::try_from(FdLink::from(old)).ok())
+            .and_then(|link| prog.attach_to_link(link).ok());
+        let wanted = match setting {
+            XdpSetting::Generic => (XdpMode::Skb, XdpAttached::Generic),
+            _ => (XdpMode::Driver, XdpAttached::Native),
+        };
+        // A replaced link keeps the mode it was made in: the one this
+        // setting asks for, unless `--xdp` changed between runs.
+        let (link_id, attached) = match replaced {
+            Some(id) => (id, wanted.1),
+            None => {
+                let _ = fs::remove_file(&pin);
+                let (mode, attached) = wanted;
+                match prog.attach(ifname, mode) {
+                    Ok(id) => (id, attached),
+                    // The driver cannot run XDP: tc does everything.
+                    Err(_) if setting == XdpSetting::Auto => return Ok(XdpAttached::Off),
+                    Err(e) => return Err(Error::ebpf("attach XDP to", ifname, e)),
+                }
+            }
+        };
+        let link = prog
+            .take_link(link_id)
+            .map_err(|e| Error::ebpf("take link", ifname, e))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf("pin link", ifname, e))?;
+        let _ = fs::remove_file(&pin);
+        fd_link
+            .pin(&pin)
+            .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
+        Ok(attached)
+    }
+
     /// Gives `key` zeroed per-CPU counters in map `name` unless it has
     /// them: the programs count only into slots that exist.
     fn ensure_counters<K: aya::Pod, V: aya::Pod>(
@@ -1286,8 +1383,14 @@ fn not_in_object(kind: &'static str, name: &str) -> Error {
 /// bpffs refuses names containing '.', which interface names may contain
 /// (VLAN devices): escape it, and the escape character, percent-style.
 fn pin_name(ifname: &str, d: Direction) -> String {
+    hook_pin_name(ifname, direction_name(d))
+}
+
+/// The pin of the link on `ifname`'s `hook`: its name with `%` and `.`
+/// escaped (bpffs names take no dots), then `@hook`.
+fn hook_pin_name(ifname: &str, hook: &str) -> String {
     let escaped = ifname.replace('%', "%25").replace('.', "%2e");
-    format!("{escaped}@{}", direction_name(d))
+    format!("{escaped}@{hook}")
 }
 
 /// The cgroup programs, which see host sockets rather than packets.
