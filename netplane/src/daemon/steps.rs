@@ -123,7 +123,10 @@ impl StepRunner for KernelSteps<'_> {
                 self.rtnl
                     .create_veth(host, bridge, ifname, *mac, *mtu, &ns_file)
                     .await?;
-                configure_inside(&ns_file, ifname, (*ip, *prefix_len, *gateway), ip6.as_ref()).await
+                configure_inside(&ns_file, ifname, (*ip, *prefix_len, *gateway), ip6.as_ref())
+                    .await?;
+                // Once both ends are up: the veth starts NAPI then.
+                netns::enable_gro(&ns_file, ifname)
             }
             Step::Macvlan {
                 parent,

@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -130,6 +130,53 @@ pub fn set_ipv6(ns: &File, ifname: &str, on: bool) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !on => Ok(()),
         Err(e) => Err(Error::io("write", knob, e)),
     }
+}
+
+/// Turns GRO on for interface `ifname` of namespace `ns` (ethtool's
+/// `-K gro on`): a veth whose peer has GRO on receives through NAPI, and
+/// only then takes the frames the uplink's XDP program redirects to it as
+/// they are; without, it drops them.
+pub fn enable_gro(ns: &File, ifname: &str) -> Result<()> {
+    /// `struct ethtool_value` of `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let name = ifname.to_string();
+    run_in(ns, move || -> std::io::Result<()> {
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_SGRO,
+            data: 1,
+        };
+        // SAFETY: an all-zero ifreq is valid; its name and data pointer
+        // are set below.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req
+            .ifr_name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_data = (&raw mut value).cast();
+        // SAFETY: a datagram socket for the ioctl, closed on drop.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if sock < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `sock` is a socket this thread owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+        // SAFETY: SIOCETHTOOL reads `req` and the `value` it points at,
+        // both alive for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &raw mut req) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })?
+    .map_err(|e| Error::io("turn GRO on for", ifname, e))
 }
 
 /// Names the namespace of `from` as `name` too.

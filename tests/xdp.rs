@@ -1,0 +1,69 @@
+//! The uplink's XDP fast path on real traffic: attached natively with
+//! `up --xdp native`, carrying the later packets of a published port's
+//! connection into the endpoint (the veth counts the redirects), gone with
+//! `down`.
+
+use netplane_test_support as support;
+
+use serde_json::Value;
+use support::{HOST_IP, Host, stdout_if_ok};
+
+/// A counter of `ethtool -S` on `ifname`, run by `run`.
+fn ethtool_stat(out: &str, name: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn xdp_carries_established_flows_into_endpoints() {
+    let h = Host::new();
+    // Frames from a wire carry complete checksums, which XDP updates;
+    // a veth sender leaves them to offload unless told not to.
+    support::sh_ok(&format!(
+        "ip netns exec {} ethtool -K {}x tx off",
+        h.world, h.prefix
+    ));
+    h.up(&["--xdp", "native"]);
+    let info: Value = serde_json::from_str(&h.np_ok(&["info"])).unwrap();
+    assert_eq!(info["Xdp"], "native", "{info}");
+    let link = h.in_host(&format!("ip -d link show {}", h.uplink));
+    assert!(link.contains("np_uplink_xdp"), "{link}");
+
+    let web = h.name("web");
+    h.np_ok(&["create", "-p", "8080:80", &web]);
+    let _server = h.tcp_server(
+        &web,
+        80,
+        "timeout 0.3 cat >/dev/null; yes netplane | head -c 200000",
+    );
+    let curl = h.in_world(&format!(
+        "curl --http0.9 -sS --max-time 5 http://{HOST_IP}:8080/"
+    ));
+    let got = stdout_if_ok(curl.clone()).unwrap_or_else(|| {
+        panic!(
+            "curl through XDP failed: {} {}\n{}\n{}",
+            curl.status,
+            String::from_utf8_lossy(&curl.stderr),
+            h.in_host(&format!("ethtool -S {}", h.uplink)),
+            support::sh_ok(&format!("ip netns exec {web} ethtool -k eth0")),
+        )
+    });
+    assert_eq!(got.len(), 200_000);
+    assert!(got.starts_with("netplane\nnetplane\n"));
+    let stats = h.in_host(&format!("ethtool -S {}", h.uplink));
+    let redirected = ethtool_stat(&stats, "rx_queue_0_xdp_redirect");
+    assert!(redirected > 0, "nothing took the XDP path: {stats}");
+    let flows: Value = serde_json::from_str(&h.np_ok(&["ct", "ls", "--json"])).unwrap();
+    let inbound = flows[0]["Original"]["Packets"].as_u64().unwrap();
+    assert!(
+        inbound > redirected,
+        "the flow counts what XDP carried ({redirected}) and what tc did: {flows}"
+    );
+    support::figure("xdp.redirected_packets", redirected);
+
+    h.down();
+    let link = h.in_host(&format!("ip -d link show {}", h.uplink));
+    assert!(!link.contains("xdp"), "down left XDP attached: {link}");
+}
