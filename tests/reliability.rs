@@ -1195,6 +1195,7 @@ fn an_upgrade_swaps_programs_into_the_same_links_keeps_maps_and_flows_and_refuse
             maps::RULE_DROPS,
             maps::SOCK_REV6,
             maps::UPLINK6,
+            maps::XDP_PORTS,
         ],
         "only the maps this netplane added; the old table's pin is gone"
     );

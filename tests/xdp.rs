@@ -1,7 +1,7 @@
 //! The uplink's XDP fast path on real traffic: attached natively with
 //! `up --xdp native`, carrying the later packets of a published port's
-//! connection into the endpoint (the veth counts the redirects), gone with
-//! `down`.
+//! connection into the endpoint (the veth counts the redirects), kept
+//! across a `kill -9` and the next `up`, gone with `down`.
 
 use netplane_test_support as support;
 
@@ -62,6 +62,23 @@ fn xdp_carries_established_flows_into_endpoints() {
         "the flow counts what XDP carried ({redirected}) and what tc did: {flows}"
     );
     support::figure("xdp.redirected_packets", redirected);
+
+    // After kill -9 the pinned link keeps XDP running; the next `up`
+    // swaps its new program into that link, and the fast path goes on.
+    h.kill_daemon();
+    h.up(&["--xdp", "native"]);
+    let again = stdout_if_ok(h.in_world(&format!(
+        "curl --http0.9 -s --max-time 5 http://{HOST_IP}:8080/"
+    )))
+    .unwrap_or_else(|| panic!("curl after a restart: {}", h.log()));
+    assert_eq!(again.len(), 200_000);
+    let stats = h.in_host(&format!("ethtool -S {}", h.uplink));
+    assert!(
+        ethtool_stat(&stats, "rx_queue_0_xdp_redirect") > redirected,
+        "XDP carried nothing after the restart: {stats}"
+    );
+    let link = h.in_host(&format!("ip -d link show {}", h.uplink));
+    assert_eq!(link.matches("prog/xdp").count(), 1, "one program: {link}");
 
     h.down();
     let link = h.in_host(&format!("ip -d link show {}", h.uplink));

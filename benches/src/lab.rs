@@ -143,7 +143,7 @@ impl Lab {
             ..NetConfig::default()
         };
         let mut dp = Datapath::load(&dir, cfg, ct_max).expect("loading the data path");
-        dp.add_endpoint(endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, 0)
+        dp.add_endpoint(endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, 0, true)
             .expect("endpoint");
         dp.set_host_addrs(&[UPLINK.into(), GATEWAY.into()], &[GATEWAY.into()])
             .expect("host addresses");

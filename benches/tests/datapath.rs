@@ -139,7 +139,7 @@ fn a_taken_source_port_is_replaced_and_a_free_one_kept() {
     let second_mac = [0x02, 0x42, 10, 90, 0, 3];
     let second_if = lab.spare_if;
     lab.dp
-        .add_endpoint(second_if, Ipv4Addr::new(10, 90, 0, 3), second_mac, 0)
+        .add_endpoint(second_if, Ipv4Addr::new(10, 90, 0, 3), second_mac, 0, false)
         .unwrap();
     let packet = udp(
         PacketBuilder::ethernet2(second_mac, lab.bridge_mac).ipv4([10, 90, 0, 3], WORLD, 64),
@@ -409,7 +409,7 @@ fn overlay_lab() -> Lab {
     lab.dp.set_config(cfg).unwrap();
     // The lab's endpoint is on the overlay.
     lab.dp
-        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, VNI)
+        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, VNI, false)
         .unwrap();
     lab.dp
         .set_overlay_routes(&[(
@@ -525,7 +525,7 @@ fn endpoints_of_different_networks_do_not_meet() {
     // A second endpoint here, on the bridge network.
     let (bridged, bridged_mac) = ([10, 90, 0, 3], [0x02, 0x42, 10, 90, 0, 3]);
     lab.dp
-        .add_endpoint(lab.spare_if, bridged.into(), bridged_mac, 0)
+        .add_endpoint(lab.spare_if, bridged.into(), bridged_mac, 0, false)
         .unwrap();
     let overlay_to_bridge = udp(
         PacketBuilder::ethernet2(ENDPOINT_MAC, lab.bridge_mac).ipv4(ENDPOINT, bridged, 64),
@@ -917,7 +917,7 @@ fn local_network_lab(flags: u32) -> (Lab, [u8; 4]) {
         )])
         .unwrap();
     lab.dp
-        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, id)
+        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, id, false)
         .unwrap();
     let neighbour = [10, 90, 0, 3];
     lab.dp
@@ -926,6 +926,7 @@ fn local_network_lab(flags: u32) -> (Lab, [u8; 4]) {
             neighbour.into(),
             [0x02, 0x42, 10, 90, 0, 3],
             id,
+            false,
         )
         .unwrap();
     (lab, neighbour)

@@ -101,6 +101,7 @@ impl Daemon {
     /// The kernel, as what applies and undoes plan steps.
     pub(super) fn kernel_steps(&mut self) -> KernelSteps<'_> {
         KernelSteps {
+            xdp: self.xdp != XdpAttached::Off,
             rtnl: &self.rtnl,
             dp: self
                 .dp

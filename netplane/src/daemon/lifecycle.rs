@@ -4,6 +4,28 @@
 use super::{drivers::NetworkDriver, *};
 
 impl Daemon {
+    /// GRO on every veth interface of an endpoint an earlier run made,
+    /// perhaps without XDP: before the data path may redirect to it.
+    fn enable_endpoint_gro(&self, rec: &StoredEndpoint) -> Result<()> {
+        let Some(ns) = rec.ep.netns() else {
+            return Ok(());
+        };
+        let ns = netns::open(&ns)?;
+        let mut ifnames = Vec::new();
+        if rec.ep.host_veth().is_some() && !self.bridge_net_of(&rec.ep.mode)?.macvlan {
+            ifnames.push(rec.ep.first_ifname());
+        }
+        for att in &rec.attachments {
+            if !self.bridge_net_of(&att.mode())?.macvlan {
+                ifnames.push(endpoint::interface_name(att.seq));
+            }
+        }
+        for ifname in ifnames {
+            netns::enable_gro(&ns, &ifname)?;
+        }
+        Ok(())
+    }
+
     /// Validates the settings against the store and the host, then brings
     /// the network up (or adopts what an earlier run left), reverting what it
     /// did if a step fails.
@@ -400,6 +422,9 @@ impl Daemon {
                     self.store.delete_endpoint(&rec.ep.name)?;
                 }
                 State::Ready if self.is_intact(&rec.ep).await? => {
+                    if self.xdp != XdpAttached::Off {
+                        self.enable_endpoint_gro(rec)?;
+                    }
                     // The new programs on every veth (macvlan interfaces
                     // have none: their parent's way out checks them).
                     if let (Some(veth), Some(ip), Some(mac)) =

@@ -75,6 +75,9 @@ pub struct KernelSteps<'a> {
     pub rtnl: &'a Rtnl,
     /// The loaded data path.
     pub dp: &'a mut Datapath,
+    /// Whether the uplink's XDP program runs: endpoints' veths then take
+    /// the frames it redirects.
+    pub xdp: bool,
 }
 
 impl KernelSteps<'_> {
@@ -91,7 +94,7 @@ impl KernelSteps<'_> {
         let ifindex =
             if_nametoindex(ifname).map_err(|e| kernel::Error::io("look up", ifname, e))?;
         self.dp.attach(ifname, Role::Endpoint)?;
-        self.dp.add_endpoint(ifindex, ip, mac, vni)?;
+        self.dp.add_endpoint(ifindex, ip, mac, vni, self.xdp)?;
         match ip6 {
             Some(ip6) => self.dp.add_endpoint6(ifindex, ip6, mac, vni),
             None => Ok(()),
@@ -125,8 +128,11 @@ impl StepRunner for KernelSteps<'_> {
                     .await?;
                 configure_inside(&ns_file, ifname, (*ip, *prefix_len, *gateway), ip6.as_ref())
                     .await?;
-                // Once both ends are up: the veth starts NAPI then.
-                netns::enable_gro(&ns_file, ifname)
+                if self.xdp {
+                    // Once both ends are up: the veth starts NAPI then.
+                    netns::enable_gro(&ns_file, ifname)?;
+                }
+                Ok(())
             }
             Step::Macvlan {
                 parent,

@@ -901,12 +901,15 @@ impl Datapath {
     /// Lets the data path deliver to the endpoint behind the host-side veth
     /// `ifindex` and accept what it sends as `addr` from `mac`, keeping it
     /// to the endpoints of its network, `vni` (0 for the bridge network).
+    /// With `xdp`, the uplink's XDP program may redirect to its veth too
+    /// (whose peer must have GRO on).
     pub fn add_endpoint(
         &mut self,
         ifindex: u32,
         addr: Ipv4Addr,
         mac: [u8; 6],
         vni: u32,
+        xdp: bool,
     ) -> Result<()> {
         let addr_be = addr_be(addr);
         let mut ids: HashMap<_, u32, EndpointIdentity> = self.map_mut(maps::ENDPOINT_IFACES)?;
@@ -935,9 +938,14 @@ impl Datapath {
             )
             .map_err(|e| Error::ebpf("insert into", maps::ENDPOINTS, e))?;
         let mut xdp_ports: DevMapHash<_> = self.map_mut(maps::XDP_PORTS)?;
-        xdp_ports
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| Error::ebpf("insert into", maps::XDP_PORTS, e))
+        if xdp {
+            xdp_ports
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| Error::ebpf("insert into", maps::XDP_PORTS, e))
+        } else {
+            let _ = xdp_ports.remove(ifindex);
+            Ok(())
+        }
     }
 
     /// What the data path knows of the endpoint behind host-side veth

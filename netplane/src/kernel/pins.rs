@@ -24,6 +24,20 @@ pub struct MapLayout {
     pub flags: u32,
 }
 
+/// Flags the kernel gives maps of `map_type` by itself: device maps are
+/// read-only to programs (a lookup returns the kernel's own device entry),
+/// and creating one with that flag asked for fails.
+fn kernel_added_flags(map_type: u32) -> u32 {
+    use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_map_type};
+    if map_type == bpf_map_type::BPF_MAP_TYPE_DEVMAP as u32
+        || map_type == bpf_map_type::BPF_MAP_TYPE_DEVMAP_HASH as u32
+    {
+        BPF_F_RDONLY_PROG
+    } else {
+        0
+    }
+}
+
 /// How `found`, a pinned map, differs from `want`, what the programs were
 /// built for; `None` when they can share it.
 pub fn layout_mismatch(want: &MapLayout, found: &MapLayout) -> Option<String> {
@@ -142,15 +156,15 @@ pub(super) fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
         }
         let info = aya::maps::MapInfo::from_pin(&pin)
             .map_err(|e| Error::ebpf("read", pin.display(), e))?;
+        let map_type =
+            info.map_type()
+                .map_err(|e| Error::ebpf("read the type of", pin.display(), e))? as u32;
         let found = MapLayout {
-            map_type: info
-                .map_type()
-                .map_err(|e| Error::ebpf("read the type of", pin.display(), e))?
-                as u32,
+            map_type,
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: Some(info.max_entries()),
-            flags: info.map_flags(),
+            flags: info.map_flags() & !kernel_added_flags(map_type),
         };
         let want = MapLayout {
             map_type: map.map_type(),
@@ -174,6 +188,19 @@ pub(super) fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_maps_are_read_only_to_programs_by_the_kernels_hand() {
+        use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_map_type};
+        assert_eq!(
+            kernel_added_flags(bpf_map_type::BPF_MAP_TYPE_DEVMAP_HASH as u32),
+            BPF_F_RDONLY_PROG
+        );
+        assert_eq!(
+            kernel_added_flags(bpf_map_type::BPF_MAP_TYPE_HASH as u32),
+            0
+        );
+    }
 
     #[test]
     fn pinned_maps_of_another_layout_are_told_apart() {
