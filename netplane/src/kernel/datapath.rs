@@ -732,11 +732,7 @@ impl Datapath {
             let link = prog
                 .take_link(link_id)
                 .map_err(|e| Error::ebpf("take link", ifname, e))?;
-            let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf("pin link", ifname, e))?;
-            let _ = fs::remove_file(&pin);
-            fd_link
-                .pin(&pin)
-                .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
+            pin_link(link, ifname, &pin)?;
         }
         Ok(())
     }
@@ -781,11 +777,7 @@ impl Datapath {
         let link = prog
             .take_link(link_id)
             .map_err(|e| Error::ebpf("take link", ifname, e))?;
-        let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf("pin link", ifname, e))?;
-        let _ = fs::remove_file(&pin);
-        fd_link
-            .pin(&pin)
-            .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
+        pin_link(link, ifname, &pin)?;
         Ok(attached)
     }
 
@@ -1419,6 +1411,20 @@ fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSo
         .ok_or_else(|| not_in_object("program", name))?;
     prog.try_into()
         .map_err(|e| Error::ebpf("open program", name, e))
+}
+
+/// Pins `link`, on `ifname`, at `pin` in place of whatever was pinned
+/// there: the link then outlives this daemon.
+fn pin_link<L>(link: L, ifname: &str, pin: &Path) -> Result<()>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf("pin link", ifname, e))?;
+    let _ = fs::remove_file(pin);
+    fd_link
+        .pin(pin)
+        .map_err(|e| Error::ebpf("pin link", pin.display(), e))?;
+    Ok(())
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
