@@ -5,7 +5,7 @@
 
 use crate::{
     fib::{Addrs, ENDPOINTS, FibFlow, Verdict, out_along, route},
-    packet::{ETH_HLEN, Ipv4, load, store},
+    packet::{ETH_HLEN, Frame, Ipv4, load, store},
     reg::InReg,
 };
 use aya_ebpf::{
@@ -23,8 +23,8 @@ use aya_ebpf::{
 use netplane_common::abi::MAX_OVERLAY_LEASES;
 use netplane_common::{
     abi::{
-        DropReason, NET_FLAG_NETWORKS, NET_FLAG_OVERLAY, NetConfig, OverlayPeer, endpoint_mac,
-        proto,
+        DropReason, EndpointPort, NET_FLAG_NETWORKS, NET_FLAG_OVERLAY, NetConfig, OverlayPeer,
+        endpoint_mac, proto,
     },
     vxlan::{OVERHEAD, Outer, VXLAN_PORT, lease_of, source_port, vni, write_outer_headers},
 };
@@ -148,6 +148,28 @@ pub fn decapsulate(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> InReg<Verdict
 
 #[inline(always)]
 fn decapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
+    let to = vxlan_delivery(ctx, cfg, ip)?;
+    ctx.adjust_room(
+        -(OVERHEAD as i32),
+        BPF_ADJ_ROOM_MAC,
+        u64::from(BPF_F_ADJ_ROOM_DECAP_L3_IPV4),
+    )
+    .map_err(|_| DropReason::Truncated)?;
+    store(ctx, 0, to.mac)?;
+    store(ctx, 6, cfg.bridge_mac)?;
+    // SAFETY: a plain helper call.
+    Ok(unsafe { bpf_redirect(to.ifindex, 0) } as i32)
+}
+
+/// The endpoint a VXLAN frame `ip` (the outer packet, for this host)
+/// delivers its inner packet to: only one from the peer holding the inner
+/// source's lease, with that peer's VNI, to an endpoint of that network.
+#[inline(always)]
+pub fn vxlan_delivery(
+    ctx: &impl Frame,
+    cfg: &NetConfig,
+    ip: &Ipv4,
+) -> Result<EndpointPort, DropReason> {
     // Outer headers as encapsulation writes them; IPv4 options would move
     // everything and no VTEP sends them.
     if ip.l4 != ETH_HLEN + 20 {
@@ -169,16 +191,7 @@ fn decapsulate_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Verdict {
     if to.vni != peer.vni {
         return Err(DropReason::OtherNetwork);
     }
-    ctx.adjust_room(
-        -(OVERHEAD as i32),
-        BPF_ADJ_ROOM_MAC,
-        u64::from(BPF_F_ADJ_ROOM_DECAP_L3_IPV4),
-    )
-    .map_err(|_| DropReason::Truncated)?;
-    store(ctx, 0, to.mac)?;
-    store(ctx, 6, cfg.bridge_mac)?;
-    // SAFETY: a plain helper call.
-    Ok(unsafe { bpf_redirect(to.ifindex, 0) } as i32)
+    Ok(to)
 }
 
 /// Whether `ip` is a VXLAN frame for this host's VTEP, while it has

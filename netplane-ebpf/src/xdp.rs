@@ -4,10 +4,12 @@
 //! for them. Everything else, first packets, TCP SYN, FIN and RST, ICMP,
 //! fragments, IP options and anything not to an endpoint of this host,
 //! passes unchanged to the tc program, which decides as it always did.
-//! What is redirected is counted as the tc path counts it.
+//! VXLAN frames from known peers to endpoints of this host are
+//! decapsulated and redirected the same way. What is redirected is counted
+//! as the tc path counts it.
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
+    helpers::bpf_xdp_adjust_head,
     macros::map,
     maps::{DevMapHash, PerCpuArray},
     programs::XdpContext,
@@ -16,12 +18,14 @@ use netplane_common::{
     abi::{CtEntry, Direction, DropReason, EndpointPort, MAX_ENDPOINTS, NetConfig, proto},
     nat::{add32, apply_diff, apply_diff_udp, diff16, diff32, replace16, tcp},
     packet::{Ipv4, parse_ipv4},
+    vxlan::OVERHEAD,
 };
 
 use crate::{
     conntrack::{Family, touch},
     count_interface,
     fib::ENDPOINTS,
+    overlay,
     packet::{ETH_HLEN, L3, Packet, l3, load, store},
 };
 
@@ -35,24 +39,66 @@ pub(crate) static XDP_PORTS: DevMapHash = DevMapHash::pinned(MAX_ENDPOINTS, 0);
 #[map]
 static XDP_PACKET: PerCpuArray<Ipv4> = PerCpuArray::with_max_entries(1, 0);
 
-/// The redirect of a frame of an established flow to an endpoint, or
-/// `None`: the frame is left, unchanged, to tc.
+/// The redirect of a frame of an established flow to an endpoint, or of
+/// a VXLAN frame from a known peer to one, or `None`: the frame is left,
+/// unchanged, to tc.
 #[inline(always)]
 pub(crate) fn uplink(ctx: &XdpContext, cfg: &NetConfig) -> Option<u32> {
     let ip = plain(ctx).ok()??;
+    if overlay::is_vxlan_for(cfg, ip) {
+        decapsulate(ctx, cfg, ip)
+    } else {
+        established(ctx, cfg, ip)
+    }
+}
+
+#[inline(always)]
+fn established(ctx: &XdpContext, cfg: &NetConfig, ip: &Ipv4) -> Option<u32> {
     let key = ip.key();
     let entry = <u32 as Family>::table().get_ptr_mut(&key)?;
     // SAFETY: a map value, valid while the program runs; copied out.
     let daddr = unsafe { (*entry).daddr_be };
     // SAFETY: a map value, copied out.
     let ep: EndpointPort = unsafe { *ENDPOINTS.get(&daddr)? };
-    XDP_PORTS.get(ep.ifindex)?;
-    let len = (ctx.data_end() - ctx.data()) as u32;
+    let action = redirect_to(ep.ifindex)?;
+    let len = frame_len(ctx);
     let to = touch(entry, &key, ip.l4_flags, len);
     translate(ctx, cfg, ip, to, &ep).ok()?;
     count_interface(ctx.ingress_ifindex() as u32, Direction::Ingress, len);
     count_interface(ep.ifindex, Direction::Egress, len);
-    XDP_PORTS.redirect(ep.ifindex, u64::from(XDP_PASS)).ok()
+    Some(action)
+}
+
+/// Takes the outer headers off a VXLAN frame `ip` for an endpoint of this
+/// host, as tc would, and redirects the inner frame to it.
+#[inline(always)]
+fn decapsulate(ctx: &XdpContext, cfg: &NetConfig, ip: &Ipv4) -> Option<u32> {
+    let to = overlay::vxlan_delivery(ctx, cfg, ip).ok()?;
+    let action = redirect_to(to.ifindex)?;
+    let outer_len = frame_len(ctx);
+    // SAFETY: `ctx.ctx` is the kernel's xdp_md for this invocation.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, OVERHEAD as i32) } != 0 {
+        return None;
+    }
+    store(ctx, 0, to.mac).ok()?;
+    store(ctx, 6, cfg.bridge_mac).ok()?;
+    count_interface(ctx.ingress_ifindex() as u32, Direction::Ingress, outer_len);
+    count_interface(to.ifindex, Direction::Egress, frame_len(ctx));
+    Some(action)
+}
+
+/// Sets the frame's redirect to the endpoint veth `ifindex`, which takes
+/// effect only when the program returns the action; `None` for a veth XDP
+/// may not redirect to, whose frames are tc's. Taken before the frame is
+/// changed, so that a frame left to tc is left unchanged.
+#[inline(always)]
+fn redirect_to(ifindex: u32) -> Option<u32> {
+    XDP_PORTS.redirect(ifindex, 0).ok()
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u32 {
+    (ctx.data_end() - ctx.data()) as u32
 }
 
 /// The parsed packet if it may take the fast path: IPv4 without options

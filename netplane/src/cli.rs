@@ -394,7 +394,7 @@ struct UpArgs {
     proxy_max_connections: usize,
     /// The uplink's XDP fast path for established flows: auto (in the
     /// driver when it can), native, generic or off.
-    #[arg(long, default_value = "off")]
+    #[arg(long, env = "NETPLANE_XDP", default_value = "off")]
     xdp: XdpSetting,
     /// Connection tracking table size, in entries (two per flow); applies
     /// when the table is created, at the first `up` after a `down`.

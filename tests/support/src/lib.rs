@@ -294,7 +294,18 @@ impl Host {
              ip -n {n} route add default via {WORLD_IP}
              ip -n {w} addr add {WORLD_IP}/24 dev {x}; ip -n {w} link set {x} up; ip -n {w} link set lo up"
         ));
+        h.checksums_like_a_nic(w, &x);
         h
+    }
+
+    /// With the uplink's XDP program on (`NETPLANE_XDP`, which the
+    /// daemons inherit), makes `ifname` in `netns`, which sends into an
+    /// uplink, fill in checksums as a network card does. A veth otherwise
+    /// leaves them to the receiver, which XDP cannot see or finish.
+    fn checksums_like_a_nic(&self, netns: &str, ifname: &str) {
+        if std::env::var("NETPLANE_XDP").is_ok_and(|x| x != "off") {
+            sh_ok(&format!("ip netns exec {netns} ethtool -K {ifname} tx off"));
+        }
     }
 
     /// Gives the uplink and the world an IPv6 address each ([`HOST_IP6`],
@@ -327,6 +338,7 @@ impl Host {
              ip -n {n} addr add {addr}/24 dev {u}; ip -n {n} link set {u} up; ip -n {n} link set lo up
              ip -n {w} link set {x} master {sw}; ip -n {w} link set {x} up"
         ));
+        h.checksums_like_a_nic(n, u);
         h
     }
 
