@@ -409,7 +409,7 @@ fn overlay_lab() -> Lab {
     lab.dp.set_config(cfg).unwrap();
     // The lab's endpoint is on the overlay.
     lab.dp
-        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, VNI, false)
+        .add_endpoint(lab.endpoint_if, ENDPOINT.into(), ENDPOINT_MAC, VNI, true)
         .unwrap();
     lab.dp
         .set_overlay_routes(&[(
@@ -475,6 +475,10 @@ fn vxlan_from_the_lease_holder_reaches_the_endpoint_and_nothing_else_does() {
     assert_eq!(out[..6], ENDPOINT_MAC);
     assert_eq!(out[6..12], lab.bridge_mac);
     assert_eq!(out[12..], good[12..]);
+    let uplink = lab.uplink_if;
+    let (action, fast) = lab.run(programs::UPLINK_XDP, uplink, &vxlan(WORLD, VNI, &good));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(fast, out, "XDP and tc decapsulate alike");
 
     let wrong = [
         vxlan(WORLD, VNI + 1, &good),
@@ -482,6 +486,11 @@ fn vxlan_from_the_lease_holder_reaches_the_endpoint_and_nothing_else_does() {
         vxlan(WORLD, VNI, &inner([10, 201, 3, 3])),
     ];
     for frame in &wrong {
+        assert_eq!(
+            lab.run(programs::UPLINK_XDP, uplink, frame),
+            (XDP_PASS, frame.clone()),
+            "XDP leaves what it does not take to tc"
+        );
         assert_eq!(lab.arriving_from_world(frame).0, TC_ACT_SHOT);
     }
     assert_eq!(

@@ -157,6 +157,14 @@ fn main() -> anyhow::Result<()> {
                 .args(["--", "--skip", "an_upgrade"])
                 .env("NETPLANE_REQUIRE_EBPF", "1")
                 .env("NETPLANE_TC_HOOK", "clsact"))?;
+            // The NAT, overlay and hostile-packet tests again with the
+            // uplink's XDP program taking established flows and VXLAN
+            // first: what can be seen from outside must not change.
+            run(cargo()
+                .args(["test", "-p", "netplane"])
+                .args(["--test", "nat", "--test", "overlay", "--test", "security"])
+                .env("NETPLANE_REQUIRE_EBPF", "1")
+                .env("NETPLANE_XDP", "native"))?;
             for (dir, target) in FUZZ_TARGETS {
                 // rustup's cargo, which takes a +toolchain.
                 run(Command::new("cargo")
