@@ -104,6 +104,9 @@ fn world_reaches_published_ports_and_the_endpoint_sees_the_real_client() {
     })
     .unwrap_or_else(|| panic!("iperf3 through the published port: {last}"));
     assert!(received > 1e6, "iperf3 moved {received} bytes");
+    if let Some(redirected) = h.xdp_redirected() {
+        assert!(redirected > 0, "no packet of iperf3 took the XDP path");
+    }
     h.np_ok(&["port", "rm", &web, "5201"]);
 
     // Withdrawn at run time: nothing answers any more.

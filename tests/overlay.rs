@@ -73,6 +73,9 @@ fn endpoints_on_three_hosts_reach_each_other_over_the_overlay() {
     let _server = hosts[2].spawn_in(&eps[2], "iperf3 -s");
     let received = iperf3_received(&hosts[0], &eps[0], &ips[2]);
     assert!(received > 1e6, "iperf3 received {received} bytes");
+    if let Some(redirected) = hosts[2].xdp_redirected() {
+        assert!(redirected > 0, "no VXLAN frame took the XDP path");
+    }
 
     // UDP: a datagram from host 1 to host 0 and the answer back.
     let _echo = hosts[0].spawn_in(

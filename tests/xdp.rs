@@ -6,15 +6,7 @@
 use netplane_test_support as support;
 
 use serde_json::Value;
-use support::{HOST_IP, Host, stdout_if_ok};
-
-/// A counter of `ethtool -S` on `ifname`, run by `run`.
-fn ethtool_stat(out: &str, name: &str) -> u64 {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
+use support::{HOST_IP, Host, ethtool_stat, stdout_if_ok};
 
 #[test]
 fn xdp_carries_established_flows_into_endpoints() {

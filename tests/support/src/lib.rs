@@ -298,6 +298,19 @@ impl Host {
         h
     }
 
+    /// Frames the uplink's XDP program redirected, as the veth counts
+    /// them; `None` unless the tests run with it on (`NETPLANE_XDP`).
+    pub fn xdp_redirected(&self) -> Option<u64> {
+        std::env::var("NETPLANE_XDP")
+            .is_ok_and(|x| x != "off")
+            .then(|| {
+                ethtool_stat(
+                    &self.in_host(&format!("ethtool -S {}", self.uplink)),
+                    "rx_queue_0_xdp_redirect",
+                )
+            })
+    }
+
     /// With the uplink's XDP program on (`NETPLANE_XDP`, which the
     /// daemons inherit), makes `ifname` in `netns`, which sends into an
     /// uplink, fill in checksums as a network card does. A veth otherwise
@@ -715,4 +728,12 @@ impl Drop for Host {
 /// from the tests' output into the README.
 pub fn figure(name: &str, value: impl std::fmt::Display) {
     println!("figure: {name} = {value}");
+}
+
+/// The counter `name` in `ethtool -S` output `out`, 0 if absent.
+pub fn ethtool_stat(out: &str, name: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
