@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 use netplane_benches::lab::{
     ENDPOINT, Lab, PUBLISHED_PORT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, WORLD,
-    endpoint_frame, tcp_syn, udp,
+    XDP_PASS, XDP_REDIRECT, endpoint_frame, tcp, tcp_syn, udp,
 };
 use netplane_common::{
     abi::{CtTimeouts, FlowKey, PortKey, PortTarget, programs, proto},
@@ -123,8 +123,10 @@ fn per_packet(c: &mut Criterion) {
         let snat = udp(lab.endpoint_frame(), 40000, 53, &[0; 18]);
         assert_eq!(lab.sent_by_endpoint(&snat).0, TC_ACT_REDIRECT);
         let miss = tcp_syn(lab.world_frame(UPLINK), 5555, 22);
+        // A later segment of the published-port flow: XDP's to take.
+        let ack = tcp(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT, "ACK");
 
-        let cases: [(&str, &str, u32, &Vec<u8>, i32); 5] = [
+        let cases: [(&str, &str, u32, &Vec<u8>, i32); 8] = [
             (
                 "floor_empty_program",
                 programs::PASS,
@@ -159,6 +161,27 @@ fn per_packet(c: &mut Criterion) {
                 uplink_if,
                 &miss,
                 TC_ACT_OK,
+            ),
+            (
+                "dnat_established_ack",
+                programs::UPLINK_INGRESS,
+                uplink_if,
+                &ack,
+                TC_ACT_REDIRECT,
+            ),
+            (
+                "xdp_floor_empty_program",
+                programs::XDP_PASS,
+                uplink_if,
+                &miss,
+                XDP_PASS,
+            ),
+            (
+                "xdp_dnat_established_ack",
+                programs::UPLINK_XDP,
+                uplink_if,
+                &ack,
+                XDP_REDIRECT,
             ),
         ];
         for (name, program, ifindex, packet, expect) in cases {

@@ -9,12 +9,15 @@
 //! established connection. Over IPv6 too: netplane's NAT66 and published
 //! ports against ip6tables with Docker's rule shapes and the ceiling. And
 //! the userspace forwarder (`--userland-proxy`) against Docker's
-//! docker-proxy, the eBPF path beside them.
+//! docker-proxy, the eBPF path beside them. And the uplink's XDP program
+//! against tc alone, with each program's own cost from the kernel.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use netplane_benches::{
+    costs::Measurement,
+    criterion_dir,
     load::{Cost, Direction, Servers, connections, datagrams, round_trips},
     topo::{Nat, Topo},
 };
@@ -166,12 +169,79 @@ fn proxies(c: &mut Criterion) {
     udp_groups(c, "_proxy", &PROXIES, Topo::new, &BOTH_WAYS[..1]);
 }
 
+/// Where in `target/criterion` each program's own cost is written (see
+/// `xtask/src/report.rs`).
+const PROGRAM_COSTS_FILE: &str = "program_costs.json";
+
+/// Datagrams sent in through the published port while the kernel counts
+/// each program's run time.
+const COSTED_DATAGRAMS: u64 = 100_000;
+
+/// The uplink's XDP program against tc alone, both with the world's
+/// clients filling in checksums as a network card does: new connections
+/// and UDP in through the published port, and each program's own cost
+/// (run time over run count, from the kernel's statistics) under that
+/// UDP, written to [`PROGRAM_COSTS_FILE`].
+fn xdp(c: &mut Criterion) {
+    const PATHS: [Nat; 2] = [Nat::Netplane, Nat::NetplaneXdp];
+    connection_group(
+        c,
+        "new_connection_nic",
+        &PATHS,
+        Topo::with_nic_checksums,
+        MEASURE,
+    );
+    udp_groups(
+        c,
+        "_nic",
+        &PATHS,
+        Topo::with_nic_checksums,
+        &[(Direction::Inbound, "udp_64b")],
+    );
+    let mut figures = BTreeMap::new();
+    for nat in PATHS {
+        let topo = Topo::with_nic_checksums(nat, 1);
+        let servers = Servers::start(&topo);
+        // One run first, so that the flow exists and ARP is resolved.
+        datagrams(&topo, &servers, Direction::Inbound, 1_000, Cost::Wall);
+        let measurement = Measurement::start();
+        datagrams(
+            &topo,
+            &servers,
+            Direction::Inbound,
+            COSTED_DATAGRAMS,
+            Cost::Wall,
+        );
+        let costs = measurement.finish();
+        assert!(!costs.is_empty(), "no program of netplane ran for {nat:?}");
+        let costs: BTreeMap<String, serde_json::Value> = costs
+            .into_iter()
+            .map(|(name, cost)| {
+                let figures = serde_json::json!({
+                    "runs": cost.runs,
+                    "ns_per_run": cost.ns_per_run(),
+                });
+                (name, figures)
+            })
+            .collect();
+        eprintln!("program costs, {}: {costs:?}", nat.name());
+        figures.insert(nat.name(), costs);
+    }
+    let dir = criterion_dir();
+    std::fs::create_dir_all(&dir).expect("target/criterion");
+    std::fs::write(
+        dir.join(PROGRAM_COSTS_FILE),
+        serde_json::to_string(&figures).expect("JSON"),
+    )
+    .expect("writing the program costs");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(MEASURE);
-    targets = new_connections, request_response, udp_packets, ipv6, proxies
+    targets = new_connections, request_response, udp_packets, ipv6, proxies, xdp
 }
 criterion_main!(benches);

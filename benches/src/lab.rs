@@ -25,6 +25,9 @@ use crate::{Cleanup, sh};
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
+/// XDP's verdicts, as `enum xdp_action` numbers them.
+pub const XDP_PASS: i32 = 2;
+pub const XDP_REDIRECT: i32 = 4;
 
 pub const ENDPOINT: [u8; 4] = [10, 90, 0, 2];
 pub const ENDPOINT_MAC: [u8; 6] = [0x02, 0x42, 10, 90, 0, 2];
@@ -262,6 +265,23 @@ pub fn endpoint_frame(bridge_mac: [u8; 6]) -> PacketBuilderStep<IpHeaders> {
 pub fn tcp_syn(step: PacketBuilderStep<IpHeaders>, sport: u16, dport: u16) -> Vec<u8> {
     let b = step.tcp(sport, dport, 1000, 65535).syn();
     let mut v = Vec::with_capacity(b.size(0));
+    b.write(&mut v, &[]).expect("building a TCP packet");
+    v
+}
+
+/// A TCP segment with `flags` (etherparse's builder setters by name).
+pub fn tcp(step: PacketBuilderStep<IpHeaders>, sport: u16, dport: u16, flags: &str) -> Vec<u8> {
+    let mut b = step.tcp(sport, dport, 1000, 65535);
+    for f in flags.split('|') {
+        b = match f {
+            "SYN" => b.syn(),
+            "ACK" => b.ack(1),
+            "FIN" => b.fin(),
+            "RST" => b.rst(),
+            other => panic!("flag {other}"),
+        };
+    }
+    let mut v = Vec::new();
     b.write(&mut v, &[]).expect("building a TCP packet");
     v
 }

@@ -1,6 +1,7 @@
 //! Benchmarks of netplane against iptables NAT, and the lab they share with
 //! the data path's BPF_PROG_TEST_RUN tests.
 
+pub mod costs;
 pub mod lab;
 pub mod load;
 pub mod overlay;

@@ -15,6 +15,7 @@ use std::{
 
 use netplane::{
     daemon::{Config, Daemon},
+    kernel::datapath::XdpSetting,
     types::{CreateEndpoint, CreateNetwork},
 };
 use nix::sched::{CloneFlags, setns};
@@ -109,6 +110,9 @@ pub enum Nat {
     /// Docker's userland proxy, [`DOCKER_PROXY`], one process per port
     /// and protocol, beside no NAT rules at all.
     DockerProxy,
+    /// netplane with `--xdp native`: established flows go through the
+    /// uplink's XDP program.
+    NetplaneXdp,
 }
 
 impl Nat {
@@ -121,6 +125,7 @@ impl Nat {
             Nat::Ceiling => "ceiling",
             Nat::NetplaneProxy => "netplane-proxy",
             Nat::DockerProxy => "docker-proxy",
+            Nat::NetplaneXdp => "netplane-xdp",
         }
     }
 }
@@ -277,6 +282,19 @@ impl Topo {
         Topo::of_family(nat, published, Family::V6)
     }
 
+    /// [`Topo::new`] with the world's clients filling in checksums as a
+    /// network card does, which the uplink's XDP program needs (a veth
+    /// otherwise leaves them partial): the topology XDP and tc are
+    /// measured on side by side.
+    pub fn with_nic_checksums(nat: Nat, published: u16) -> Topo {
+        let topo = Topo::new(nat, published);
+        sh(&format!(
+            "ip netns exec {} ethtool -K {}x tx off",
+            topo.world, topo.prefix
+        ));
+        topo
+    }
+
     fn of_family(nat: Nat, published: u16, family: Family) -> Topo {
         assert!(
             nix::unistd::Uid::effective().is_root(),
@@ -353,7 +371,7 @@ impl Topo {
             _cleanup: cleanup,
         };
         match nat {
-            Nat::Netplane | Nat::NetplaneNetwork | Nat::NetplaneProxy => {
+            Nat::Netplane | Nat::NetplaneNetwork | Nat::NetplaneProxy | Nat::NetplaneXdp => {
                 topo.daemon = Some(topo.start_netplane(&p, published, nat));
             }
             Nat::DockerProxy => {
@@ -396,6 +414,9 @@ impl Topo {
         let on_network = nat == Nat::NetplaneNetwork;
         let mut cfg = netplane_config(&self.dir, &format!("{p}u"), Vec::new());
         cfg.userland_proxy = nat == Nat::NetplaneProxy;
+        if nat == Nat::NetplaneXdp {
+            cfg.xdp = XdpSetting::Native;
+        }
         let v6 = self.family == Family::V6;
         if v6 {
             cfg.ipv6 = true;
@@ -683,7 +704,7 @@ impl Topo {
     pub fn publish_ports(&mut self, ports: u16) -> Duration {
         let range = BENCH_PORTS..BENCH_PORTS + ports;
         match self.nat {
-            Nat::Netplane | Nat::NetplaneNetwork | Nat::NetplaneProxy => {
+            Nat::Netplane | Nat::NetplaneNetwork | Nat::NetplaneProxy | Nat::NetplaneXdp => {
                 let (endpoint, last) = (self.endpoint.clone(), range.end - 1);
                 let spec = format!("{BENCH_PORTS}-{last}:{BENCH_PORTS}-{last}");
                 self.with_daemon(move |rt, daemon| {

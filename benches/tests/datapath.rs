@@ -12,7 +12,8 @@ use etherparse::{
 use netplane::{kernel::datapath::Role, logic::conntrack};
 use netplane_benches::lab::{
     ENDPOINT, ENDPOINT_MAC, ENDPOINT6, GATEWAY, GATEWAY6, Lab, PUBLISHED_PORT, TC_ACT_OK,
-    TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, UPLINK6, WORLD, WORLD_MAC, WORLD6, tcp_syn, udp,
+    TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK, UPLINK6, WORLD, WORLD_MAC, WORLD6, XDP_PASS,
+    XDP_REDIRECT, tcp, tcp_syn, udp,
 };
 use netplane_common::{
     abi::{
@@ -564,28 +565,6 @@ fn endpoints_of_different_networks_do_not_meet() {
     assert_eq!(lab.arriving_from_world(&remote_to_bridge).0, TC_ACT_SHOT);
     assert_eq!(lab.drops(DropReason::OtherNetwork), 3);
     assert_eq!(lab.drops(DropReason::OverlayUnknownPeer), 0);
-}
-
-/// A TCP segment with `flags` (etherparse's builder setters by name).
-fn tcp(
-    step: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
-    sport: u16,
-    dport: u16,
-    flags: &str,
-) -> Vec<u8> {
-    let mut b = step.tcp(sport, dport, 1000, 65535);
-    for f in flags.split('|') {
-        b = match f {
-            "SYN" => b.syn(),
-            "ACK" => b.ack(1),
-            "FIN" => b.fin(),
-            "RST" => b.rst(),
-            other => panic!("flag {other}"),
-        };
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).unwrap();
-    v
 }
 
 /// The one flow in the lab's table, and what `ct ls` says of it.
@@ -1400,10 +1379,6 @@ fn ipv6_masquerade_and_published_ports_translate_with_checksums() {
     );
     assert_eq!(lab.drops(DropReason::Fragment), 1);
 }
-
-/// XDP's verdicts, as `enum xdp_action` numbers them.
-const XDP_PASS: i32 = 2;
-const XDP_REDIRECT: i32 = 4;
 
 #[test]
 fn xdp_redirects_established_flows_to_endpoints_and_passes_the_rest() {

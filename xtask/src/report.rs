@@ -46,13 +46,32 @@ const PROXY_MEMORY_FILE: &str = "proxy_memory.json";
 /// What [`PROXY_MEMORY_FILE`] holds.
 pub type Memory = BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>;
 
+/// Where in criterion's directory the traffic benchmark writes each eBPF
+/// program's own cost under UDP in through a published port: path
+/// (`netplane`, `netplane-xdp`), then program, then `runs`/`ns_per_run`.
+const PROGRAM_COSTS_FILE: &str = "program_costs.json";
+
+/// What [`PROGRAM_COSTS_FILE`] holds.
+pub type ProgramCosts = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
+
 /// The proxy benchmark's memory figures, none when it did not run.
 pub fn read_memory(dir: &Path) -> anyhow::Result<Memory> {
-    match std::fs::read(dir.join(PROXY_MEMORY_FILE)) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).with_context(|| format!("reading {PROXY_MEMORY_FILE}"))
-        }
-        Err(_) => Ok(Memory::new()),
+    read_once(dir, PROXY_MEMORY_FILE)
+}
+
+/// The traffic benchmark's program costs, none when it did not run.
+pub fn read_program_costs(dir: &Path) -> anyhow::Result<ProgramCosts> {
+    read_once(dir, PROGRAM_COSTS_FILE)
+}
+
+/// Figures a benchmark measured once and wrote to `file` in `dir`.
+fn read_once<T: serde::de::DeserializeOwned + Default>(
+    dir: &Path,
+    file: &str,
+) -> anyhow::Result<T> {
+    match std::fs::read(dir.join(file)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {file}")),
+        Err(_) => Ok(T::default()),
     }
 }
 
@@ -124,7 +143,7 @@ fn ratio(num: Option<f64>, den: Option<f64>) -> String {
 }
 
 /// The report, for rows of one run on `machine`.
-pub fn render(rows: &[Row], memory: &Memory, machine: &str) -> String {
+pub fn render(rows: &[Row], memory: &Memory, costs: &ProgramCosts, machine: &str) -> String {
     let mut out = String::from(
         "# netplane benchmark results\n\n\
          Written by `cargo xtask bench` from criterion's medians; every figure below\n\
@@ -139,7 +158,10 @@ pub fn render(rows: &[Row], memory: &Memory, machine: &str) -> String {
              Median ns per packet, the kernel's own measurement of single runs, with\n\
              as many published ports and tracked flows in the maps as the column says.\n\
              The floor is an empty program measured the same way (the kernel's timer\n\
-             and per-run setup); `net` is a path's median minus the floor's.\n\n",
+             and per-run setup); `net` is a path's median minus the floor's, an\n\
+             empty XDP program's for the `xdp_` rows. `dnat_established_ack` and\n\
+             `xdp_dnat_established_ack` take the same segment of a published-port\n\
+             flow, in tc and in XDP.\n\n",
         );
         let _ = writeln!(out, "| path | {} |", sizes.join(" | "));
         let _ = writeln!(out, "|---|{}", "---|".repeat(sizes.len()));
@@ -153,9 +175,15 @@ pub fn render(rows: &[Row], memory: &Memory, machine: &str) -> String {
                 .iter()
                 .map(|n| {
                     let v = median(rows, "per_packet", path, Some(n));
-                    let floor = median(rows, "per_packet", "floor_empty_program", Some(n));
+                    // XDP's runs are set up differently: their own floor.
+                    let floor_of = if path.starts_with("xdp_") {
+                        "xdp_floor_empty_program"
+                    } else {
+                        "floor_empty_program"
+                    };
+                    let floor = median(rows, "per_packet", floor_of, Some(n));
                     match (v, floor) {
-                        (Some(v), Some(f)) if *path != "floor_empty_program" => {
+                        (Some(v), Some(f)) if *path != floor_of => {
                             format!("{v:.0} (net {:.0})", v - f)
                         }
                         _ => cell(v),
@@ -306,6 +334,7 @@ pub fn render(rows: &[Row], memory: &Memory, machine: &str) -> String {
 
     podman_section(&mut out, rows);
     proxy_section(&mut out, rows, memory);
+    xdp_section(&mut out, rows, costs);
 
     let populated = values(rows, "restart");
     if !populated.is_empty() {
@@ -393,6 +422,64 @@ fn proxy_section(out: &mut String, rows: &[Row], memory: &Memory) {
                 kib("netplane-proxy", "pss_kib").map(|v| v as f64)
             ),
         );
+    }
+    out.push('\n');
+}
+
+/// The uplink's XDP program against tc alone, and each program's cost.
+fn xdp_section(out: &mut String, rows: &[Row], costs: &ProgramCosts) {
+    let figures = [
+        ("new_connection_nic", "new TCP connection, µs", 1e3),
+        ("udp_64b_nic", "64-byte UDP datagram in, ns", 1.0),
+        ("udp_64b_nic_cpu", "the same, CPU ns", 1.0),
+    ];
+    if figures
+        .iter()
+        .all(|(group, _, _)| median(rows, group, "netplane-xdp", None).is_none())
+    {
+        return;
+    }
+    out.push_str(
+        "## XDP on the uplink against tc alone\n\n\
+         One published port to the endpoint, medians, with the world's clients\n\
+         filling in checksums as a network card does (both columns): netplane\n\
+         with its tc programs only, and with `--xdp native` taking established\n\
+         flows before the kernel allocates an skb.\n\n\
+         | | tc only | XDP | tc / XDP |\n|---|---|---|---|\n",
+    );
+    for (group, what, unit) in figures {
+        let of = |who: &str| median(rows, group, who, None);
+        let cell = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v / unit));
+        let (tc, xdp) = (of("netplane"), of("netplane-xdp"));
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} |",
+            cell(tc),
+            cell(xdp),
+            ratio(tc, xdp)
+        );
+    }
+    out.push('\n');
+    if costs.is_empty() {
+        return;
+    }
+    out.push_str(
+        "Each program's own cost while 100,000 datagrams went in through the\n\
+         published port, from the kernel's statistics (BPF_ENABLE_STATS: run\n\
+         time over run count; names cut to 15 bytes by the kernel). The socket\n\
+         programs run for the benchmark's own client and server.\n\n\
+         | path | program | runs | ns per run |\n|---|---|---|---|\n",
+    );
+    for (path, programs) in costs {
+        for (program, figures) in programs {
+            let figure = |name: &str| figures.get(name).copied().unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "| {path} | {program} | {:.0} | {:.0} |",
+                figure("runs"),
+                figure("ns_per_run")
+            );
+        }
     }
     out.push('\n');
 }
@@ -731,6 +818,8 @@ mod tests {
             row("new_connection_proxy", "netplane", None, 40e3),
             row("new_connection_proxy", "netplane-proxy", None, 60e3),
             row("new_connection_proxy", "docker-proxy", None, 240e3),
+            row("udp_64b_nic", "netplane", None, 6_000.0),
+            row("udp_64b_nic", "netplane-xdp", None, 4_000.0),
         ];
         let memory: Memory = serde_json::from_str(
             r#"{"netplane-proxy": {"1": {"rss_kib": 20480, "pss_kib": 10240}},
@@ -738,7 +827,19 @@ mod tests {
                 "docker-proxy": {"1": {"rss_kib": 40960, "pss_kib": 20480}}}"#,
         )
         .unwrap();
-        let md = render(&rows, &memory, "test box");
+        let costs: ProgramCosts = serde_json::from_str(
+            r#"{"netplane-xdp": {"np_uplink_xdp": {"runs": 100000, "ns_per_run": 312.4}}}"#,
+        )
+        .unwrap();
+        let md = render(&rows, &memory, &costs, "test box");
+        assert!(
+            md.contains("| 64-byte UDP datagram in, ns | 6000.0 | 4000.0 | 1.50x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| netplane-xdp | np_uplink_xdp | 100000 | 312 |"),
+            "{md}"
+        );
         assert!(
             md.contains("| new TCP connection, µs | 40.0 | 60.0 | 240.0 | 4.00x | 1.50x |"),
             "{md}"
