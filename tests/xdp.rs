@@ -75,4 +75,13 @@ fn xdp_carries_established_flows_into_endpoints() {
     h.down();
     let link = h.in_host(&format!("ip -d link show {}", h.uplink));
     assert!(!link.contains("xdp"), "down left XDP attached: {link}");
+
+    // `auto` on a veth uplink: tc alone, as its senders' checksums may be
+    // partial.
+    h.up(&["--xdp", "auto"]);
+    let info: Value = serde_json::from_str(&h.np_ok(&["info"])).unwrap();
+    assert_eq!(info["Xdp"], "off", "{info}");
+    let link = h.in_host(&format!("ip -d link show {}", h.uplink));
+    assert!(!link.contains("xdp"), "auto attached XDP to a veth: {link}");
+    h.down();
 }

@@ -392,8 +392,9 @@ struct UpArgs {
     /// every port; more are refused and counted.
     #[arg(long, default_value_t = forwarder::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     proxy_max_connections: usize,
-    /// The uplink's XDP fast path for established flows: auto (in the
-    /// driver when it can), native, generic or off.
+    /// The uplink's XDP fast path for established flows and VXLAN: auto
+    /// (in the driver of a network card that can take it, never on a
+    /// virtual device such as a veth), native, generic or off.
     #[arg(long, env = "NETPLANE_XDP", default_value = "off")]
     xdp: XdpSetting,
     /// Connection tracking table size, in entries (two per flow); applies

@@ -237,7 +237,16 @@ impl Daemon {
             if dp.attach(uplink, Role::Uplink)? {
                 self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
             }
-            self.xdp = dp.attach_xdp(uplink, self.cfg.xdp)?;
+            let kind = self.rtnl.link(uplink).await?.and_then(|l| l.kind);
+            let xdp = self.cfg.xdp.for_uplink(kind.as_deref());
+            if xdp != self.cfg.xdp {
+                info!(
+                    uplink = %uplink,
+                    kind = kind.as_deref().unwrap_or_default(),
+                    "--xdp auto: XDP stays off on a virtual uplink, whose senders may leave checksums partial"
+                );
+            }
+            self.xdp = dp.attach_xdp(uplink, xdp)?;
         }
         dp.reset_nat_counters(MASQUERADE_SLOT)?;
         dp.attach_sockets(&host::cgroup2_root()?)?;

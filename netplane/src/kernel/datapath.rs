@@ -98,7 +98,8 @@ impl Role {
 /// Whether and how the uplink's XDP program runs (`up --xdp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum XdpSetting {
-    /// In the driver when it can take XDP programs, else not at all.
+    /// In the driver of a network card when it can take XDP programs,
+    /// else not at all (see [`XdpSetting::for_uplink`]).
     #[default]
     Auto,
     /// In the driver, or `up` fails.
@@ -121,6 +122,20 @@ impl std::str::FromStr for XdpSetting {
             other => Err(format!(
                 "--xdp takes auto, native, generic or off, not {other}"
             )),
+        }
+    }
+}
+
+impl XdpSetting {
+    /// The setting to attach with on an uplink of device kind `kind`
+    /// (none for a network card). `auto` leaves virtual devices to tc:
+    /// their senders (a veth's peer, above all) may leave checksums to
+    /// offload, partial in the frame, and XDP can neither see that nor
+    /// finish them, so its rewrites would deliver wrong ones.
+    pub fn for_uplink(self, kind: Option<&str>) -> XdpSetting {
+        match (self, kind) {
+            (XdpSetting::Auto, Some(_)) => XdpSetting::Off,
+            (setting, _) => setting,
         }
     }
 }
@@ -1481,6 +1496,20 @@ mod tests {
     use netplane_common::abi::proto;
 
     use super::*;
+
+    #[test]
+    fn xdp_auto_leaves_virtual_uplinks_to_tc() {
+        assert_eq!(XdpSetting::Auto.for_uplink(Some("veth")), XdpSetting::Off);
+        assert_eq!(XdpSetting::Auto.for_uplink(None), XdpSetting::Auto);
+        assert_eq!(
+            XdpSetting::Native.for_uplink(Some("veth")),
+            XdpSetting::Native
+        );
+        assert_eq!(
+            XdpSetting::Generic.for_uplink(Some("bond")),
+            XdpSetting::Generic
+        );
+    }
 
     #[test]
     fn pin_names_have_no_dots_and_stay_distinct() {

@@ -12,7 +12,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
-        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
         tc::{TcAttribute, TcHandle},
     },
@@ -47,6 +47,9 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// MTU.
     pub mtu: Option<u32>,
+    /// What kind of virtual device it is (`veth`, `bridge`, ...); none
+    /// for a network card's.
+    pub kind: Option<String>,
 }
 
 impl From<LinkMessage> for Link {
@@ -57,6 +60,7 @@ impl From<LinkMessage> for Link {
             controller: None,
             mac: None,
             mtu: None,
+            kind: None,
         };
         for attr in m.attributes {
             match attr {
@@ -64,6 +68,12 @@ impl From<LinkMessage> for Link {
                 LinkAttribute::Controller(c) => link.controller = Some(c),
                 LinkAttribute::Address(a) => link.mac = a.try_into().ok(),
                 LinkAttribute::Mtu(m) => link.mtu = Some(m),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.into_iter().find_map(|i| match i {
+                        LinkInfo::Kind(k) => Some(k.to_string()),
+                        _ => None,
+                    });
+                }
                 _ => {}
             }
         }
