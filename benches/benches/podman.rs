@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use netplane_benches::criterion_dir;
+use netplane_benches::write_measured_once;
 use netplane_test_support::{HOST_IP, Host, WORLD_IP, podman::Podman, sh};
 
 /// Where in `target/criterion` the many-ports runs are written; the
@@ -118,9 +118,7 @@ fn many_ports(_: &mut Criterion) {
         runs.insert(plugins.name().into(), took.as_secs_f64().into());
     }
     if measured {
-        let file = criterion_dir().join(PODMAN_PORTS_FILE);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, serde_json::Value::Object(runs).to_string()).unwrap();
+        write_measured_once(PODMAN_PORTS_FILE, &serde_json::Value::Object(runs));
     }
 }
 

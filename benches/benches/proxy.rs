@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use netplane_benches::{
-    criterion_dir,
     topo::{Nat, Topo},
+    write_measured_once,
 };
 use netplane_test_support::Host;
 
@@ -83,13 +83,7 @@ fn memory(_: &mut Criterion) {
             .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1));
         record("docker-proxy", tcp_ports, (rss, pss));
     }
-    let dir = criterion_dir();
-    std::fs::create_dir_all(&dir).expect("target/criterion");
-    std::fs::write(
-        dir.join(MEMORY_FILE),
-        serde_json::to_string(&figures).expect("JSON"),
-    )
-    .expect("writing the memory figures");
+    write_measured_once(MEMORY_FILE, &figures);
     eprintln!("proxy memory: {figures:?}");
 }
 

@@ -17,9 +17,9 @@ use std::{collections::BTreeMap, time::Duration};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use netplane_benches::{
     costs::Measurement,
-    criterion_dir,
     load::{Cost, Direction, Servers, connections, datagrams, round_trips},
     topo::{Nat, Topo},
+    write_measured_once,
 };
 
 /// How long each benchmark is measured, unless it says otherwise.
@@ -227,13 +227,7 @@ fn xdp(c: &mut Criterion) {
         eprintln!("program costs, {}: {costs:?}", nat.name());
         figures.insert(nat.name(), costs);
     }
-    let dir = criterion_dir();
-    std::fs::create_dir_all(&dir).expect("target/criterion");
-    std::fs::write(
-        dir.join(PROGRAM_COSTS_FILE),
-        serde_json::to_string(&figures).expect("JSON"),
-    )
-    .expect("writing the program costs");
+    write_measured_once(PROGRAM_COSTS_FILE, &figures);
 }
 
 criterion_group! {

@@ -63,10 +63,18 @@ impl Drop for Cleanup {
     }
 }
 
-/// `target/criterion`, where the report reads results from, and where the
-/// benchmarks that time single runs write theirs: benchmarks run from
-/// `target/<profile>/deps/`.
-pub fn criterion_dir() -> PathBuf {
+/// `target/criterion`, where the report reads results from: benchmarks
+/// run from `target/<profile>/deps/`.
+fn criterion_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the benchmark's path");
     exe.ancestors().nth(3).expect("target/").join("criterion")
+}
+
+/// Writes `figures` a benchmark measured once (outside criterion's
+/// sampling) as JSON to `file` in `target/criterion`, for the report.
+pub fn write_measured_once(file: &str, figures: &impl serde::Serialize) {
+    let dir = criterion_dir();
+    std::fs::create_dir_all(&dir).expect("target/criterion");
+    let json = serde_json::to_string(figures).expect("figures as JSON");
+    std::fs::write(dir.join(file), json).unwrap_or_else(|e| panic!("writing {file}: {e}"));
 }

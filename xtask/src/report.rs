@@ -364,6 +364,14 @@ pub fn render(rows: &[Row], memory: &Memory, costs: &ProgramCosts, machine: &str
     out
 }
 
+/// Whether any group of `figures` (group, what, unit) has a median for
+/// `who`: a section whose benchmark did not run is left out.
+fn any_measured(rows: &[Row], figures: &[(&str, &str, f64)], who: &str) -> bool {
+    figures
+        .iter()
+        .any(|(group, _, _)| median(rows, group, who, None).is_some())
+}
+
 /// The userspace forwarder against docker-proxy, the eBPF path beside.
 fn proxy_section(out: &mut String, rows: &[Row], memory: &Memory) {
     const WHO: [&str; 3] = ["netplane", "netplane-proxy", "docker-proxy"];
@@ -372,10 +380,7 @@ fn proxy_section(out: &mut String, rows: &[Row], memory: &Memory) {
         ("udp_64b_proxy", "64-byte UDP datagram in, ns", 1.0),
         ("udp_64b_proxy_cpu", "the same, CPU ns", 1.0),
     ];
-    if figures
-        .iter()
-        .all(|(group, _, _)| median(rows, group, "netplane-proxy", None).is_none())
-    {
+    if !any_measured(rows, &figures, "netplane-proxy") {
         return;
     }
     out.push_str(
@@ -433,10 +438,7 @@ fn xdp_section(out: &mut String, rows: &[Row], costs: &ProgramCosts) {
         ("udp_64b_nic", "64-byte UDP datagram in, ns", 1.0),
         ("udp_64b_nic_cpu", "the same, CPU ns", 1.0),
     ];
-    if figures
-        .iter()
-        .all(|(group, _, _)| median(rows, group, "netplane-xdp", None).is_none())
-    {
+    if !any_measured(rows, &figures, "netplane-xdp") {
         return;
     }
     out.push_str(
