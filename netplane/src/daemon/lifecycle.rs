@@ -237,7 +237,9 @@ impl Daemon {
             if dp.attach(uplink, Role::Uplink)? {
                 self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
             }
-            let kind = self.rtnl.link(uplink).await?.and_then(|l| l.kind);
+            let link = self.rtnl.link(uplink).await?;
+            self.uplink_mtu = link.as_ref().and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
+            let kind = link.and_then(|l| l.kind);
             let xdp = self.cfg.xdp.for_uplink(kind.as_deref());
             if xdp != self.cfg.xdp {
                 info!(
@@ -251,10 +253,6 @@ impl Daemon {
         dp.reset_nat_counters(MASQUERADE_SLOT)?;
         dp.attach_sockets(&host::cgroup2_root()?)?;
         self.dp = Some(dp);
-        if let Some(uplink) = &self.uplink {
-            let link = self.rtnl.link(uplink).await?;
-            self.uplink_mtu = link.and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
-        }
         self.sync_host_addrs().await?;
         self.restore_overlays().await?;
         self.restore_local_networks().await?;
