@@ -79,6 +79,17 @@ fn ipv4(n: String) -> String {
     std::net::Ipv4Addr::from(n.parse::<u32>().unwrap()).to_string()
 }
 
+/// Endpoint `web` publishing HTTP on 8080, iperf3's 5201 and a UDP echo
+/// on 7007, plus the `-p` flags in `more`, with a [`peer_server`] on its
+/// port 80; and the bridge's gateway, where relayed connections come from.
+fn web_endpoint(h: &Host, more: &[&str]) -> (String, support::Background, String) {
+    let web = h.name("web");
+    let ports = ["-p", "8080:80", "-p", "5201:5201", "-p", "7007:7/udp"];
+    h.np_ok(&[&["create"], &ports[..], more, &[web.as_str()]].concat());
+    let http = peer_server(h, &web, 80);
+    (web, http, ipv4(bridge_gateway(h)))
+}
+
 #[test]
 fn ipv6_clients_reach_an_ipv4_endpoint_through_the_forwarder() {
     let h = Host::new();
@@ -86,21 +97,7 @@ fn ipv6_clients_reach_an_ipv4_endpoint_through_the_forwarder() {
     // The bridge network is IPv4 only: the data path cannot translate an
     // IPv6 client's packets for its endpoints.
     h.up(&[]);
-    let web = h.name("web");
-    h.np_ok(&[
-        "create",
-        "-p",
-        "8080:80",
-        "-p",
-        "5201:5201",
-        "-p",
-        "7007:7/udp",
-        "-p",
-        "9000:9000",
-        &web,
-    ]);
-    let _http = peer_server(&h, &web, 80);
-    let gateway = ipv4(bridge_gateway(&h));
+    let (web, _http, gateway) = web_endpoint(&h, &["-p", "9000:9000"]);
 
     // IPv4 stays in the data path: the endpoint sees the client itself.
     let seen = stdout_if_ok(h.in_world(&format!(
@@ -325,4 +322,130 @@ print(len(held))"
         "sh -c 'echo again | socat -t3 - TCP4:{HOST_IP}:9000'"
     )));
     assert_eq!(echoed.as_deref().map(str::trim), Some("again"));
+}
+
+/// `up` with the daemon's bpf(2) calls failing, as on a host without
+/// CAP_BPF; `--detach` waits until it serves or failed.
+fn up_without_bpf(h: &Host, extra: &[&str]) -> std::process::Output {
+    h.up_cmd_without_bpf(&[extra, &["--detach"]].concat())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn userland_proxy_without_ebpf_serves_ports_masquerades_and_keeps_networks_apart() {
+    let h = Host::new();
+    let before = h.residue();
+
+    let refused = up_without_bpf(&h, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "up without eBPF started");
+    assert!(stderr.contains("--userland-proxy"), "{stderr}");
+    assert_eq!(h.residue(), before, "a refused up leaves nothing");
+
+    let up = up_without_bpf(&h, &["--userland-proxy"]);
+    assert!(
+        up.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&up.stderr),
+        h.log()
+    );
+    let info: Value = serde_json::from_str(&h.np_ok(&["info"])).unwrap();
+    assert_eq!(info["Datapath"], "none", "{info}");
+    assert!(
+        h.log().contains("did not load"),
+        "the daemon warns what is lost"
+    );
+    assert!(!h.dir.join("bpf/maps").exists(), "nothing pinned");
+
+    let (web, _http, gateway) = web_endpoint(&h, &[]);
+    let seen = stdout_if_ok(h.in_world(&format!(
+        "curl --http0.9 -s --max-time 5 http://{HOST_IP}:8080/"
+    )));
+    assert_eq!(peer(seen).as_deref(), Some(gateway.as_str()), "{}", h.log());
+    let local = stdout_if_ok(sh_in_host(
+        &h,
+        "curl --http0.9 -s --max-time 5 http://127.0.0.1:8080/",
+    ));
+    assert!(peer(local).is_some(), "host-local access: {}", h.log());
+    assert_eq!(proxied(&h, "dpt:8080 ")["Connections"], 2);
+
+    let _echo = h.spawn_ready(&web, "socat UDP4-LISTEN:7,fork,reuseaddr PIPE", |_| {
+        support::sh_ok(&format!("ip netns exec {web} ss -Huln sport = :7")).contains(":7")
+    });
+    let echoed = stdout_if_ok(h.in_world(&format!(
+        "sh -c 'echo hello | socat -t2 - UDP4:{HOST_IP}:7007'"
+    )));
+    assert_eq!(echoed.as_deref().map(str::trim), Some("hello"));
+
+    let _iperf = h.spawn_ready(&web, "iperf3 -s -1 -p 5201", |_| {
+        support::sh_ok(&format!("ip netns exec {web} ss -Htln sport = :5201")).contains(":5201")
+    });
+    let report = stdout_if_ok(h.in_world(&format!("iperf3 -c {HOST_IP} -p 5201 -t 2 -J")))
+        .unwrap_or_else(|| panic!("iperf3 without eBPF failed: {}", h.log()));
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert!(
+        report["end"]["sum_received"]["bytes"].as_u64().unwrap() > 1_000_000,
+        "{report}"
+    );
+
+    // Outbound, nftables masquerades: the world sees the host's address.
+    let _world = h.tcp_server(&h.world, 8000, PEER_ANSWER);
+    let seen = stdout_if_ok(h.in_endpoint(
+        &web,
+        &format!("curl --http0.9 -s --max-time 5 http://{WORLD_IP}:8000/"),
+    ));
+    assert_eq!(
+        peer(seen).as_deref(),
+        Some(HOST_IP),
+        "{}",
+        h.in_host("nft list ruleset")
+    );
+
+    // Another network is out of reach, and what the data path alone does
+    // is refused by name.
+    let other = h.name("other");
+    h.np_ok(&["network", "create", &other]);
+    let db = h.name("db");
+    h.np_ok(&["create", "--net", &other, &db]);
+    let db_ip = h.ip_of(&db);
+    assert!(h.pings(&db, WORLD_IP), "the other network goes out too");
+    assert!(!h.pings(&web, &db_ip), "networks are kept apart");
+    for refused in [
+        h.np_err(&["network", "create", "--icc=false", &h.name("closed")]),
+        h.np_err(&["network", "create", "--driver", "overlay", &h.name("ov")]),
+        h.np_err(&["ct", "ls"]),
+    ] {
+        assert!(refused.contains("needs the eBPF data path"), "{refused}");
+    }
+
+    // Restarted without eBPF, the daemon serves again; restarted with it,
+    // the data path takes over from the nftables rules.
+    let curl = format!("curl --http0.9 -s --max-time 5 http://{HOST_IP}:8080/");
+    h.kill_daemon();
+    let up = up_without_bpf(&h, &["--userland-proxy"]);
+    assert!(up.status.success(), "{}", h.log());
+    assert_eq!(
+        peer(stdout_if_ok(h.in_world(&curl))).as_deref(),
+        Some(gateway.as_str()),
+        "{}",
+        h.log()
+    );
+    h.kill_daemon();
+    h.up(&["--userland-proxy"]);
+    let info: Value = serde_json::from_str(&h.np_ok(&["info"])).unwrap();
+    assert_eq!(info["Datapath"], "ebpf", "{info}");
+    let ruleset = h.in_host("nft list ruleset");
+    assert!(!ruleset.contains("netplane"), "{ruleset}");
+    assert_eq!(
+        peer(stdout_if_ok(h.in_world(&curl))).as_deref(),
+        Some(gateway.as_str())
+    );
+    assert!(
+        !h.pings(&web, &db_ip),
+        "the data path keeps the networks apart"
+    );
+
+    h.down();
+    assert_eq!(h.residue(), before, "down leaves nothing");
 }

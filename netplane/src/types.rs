@@ -389,6 +389,10 @@ pub struct DaemonInfo {
     /// 6.6 and later) or `clsact`.
     #[serde(default)]
     pub tc_hook: String,
+    /// The data path: `ebpf`, or `none` when `--userland-proxy` runs
+    /// without it.
+    #[serde(default)]
+    pub datapath: String,
     /// Whether every published port is relayed by the daemon
     /// (`--userland-proxy`).
     #[serde(default)]

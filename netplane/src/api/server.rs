@@ -103,7 +103,8 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
         daemon: Mutex::new(Some(daemon)),
     });
     let hub = Hub::new();
-    let events = tokio::spawn(relay::run(event_maps, hub.clone(), state.clone()));
+    let monitored = event_maps.is_some();
+    let events = event_maps.map(|maps| tokio::spawn(relay::run(maps, hub.clone(), state.clone())));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let gc = tokio::spawn(tasks::housekeeping(state.clone(), gc_interval));
     let membership = cfg
@@ -324,8 +325,13 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
                 .route(
                     "/v1/monitor",
                     get(
-                        async |State(hub): State<Arc<Hub>>, Query(filter): Query<MonitorFilter>| {
-                            Hub::stream(hub, filter).await
+                        async move |State(hub): State<Arc<Hub>>,
+                                    Query(filter): Query<MonitorFilter>| {
+                            if !monitored {
+                                let what = "monitor";
+                                return ApiError(Error::NeedsDatapath { what }).into_response();
+                            }
+                            Hub::stream(hub, filter).await.into_response()
                         },
                     ),
                 )
@@ -343,8 +349,7 @@ pub async fn serve(mut daemon: Daemon, cfg: &Config) -> anyhow::Result<()> {
     })
     .await;
     gc.abort();
-    events.abort();
-    for task in [membership, metrics].into_iter().flatten() {
+    for task in [events, membership, metrics].into_iter().flatten() {
         task.abort();
     }
     Ok(())

@@ -207,12 +207,8 @@ impl Daemon {
                 }
             }
         }
-        if let Some(ifindex) = veth_index {
-            let (identity, port) = self
-                .dp
-                .as_ref()
-                .expect("data path is loaded while the daemon runs")
-                .endpoint_entries(ifindex, want.ip)?;
+        if let (Some(ifindex), Some(dp)) = (veth_index, self.dp.as_ref()) {
+            let (identity, port) = dp.endpoint_entries(ifindex, want.ip)?;
             let ip_be = addr_be(want.ip);
             if identity.is_none_or(|id| id.addr_be != ip_be) {
                 found.push(format!(

@@ -87,10 +87,8 @@ fn owner_of<'a, A: FlowAddr>(
 /// metrics scrape and naming monitor events never wait behind `create`.
 #[derive(Debug)]
 pub struct Readers {
-    /// The flow tables, for housekeeping and `ct ls`/`ct flush`.
-    pub flows: FlowTable,
-    pub flows6: FlowTable<[u8; 16]>,
-    counters: Counters,
+    /// The data path's tables; none when the daemon runs without one.
+    tables: Option<Tables>,
     /// A read-only connection to the daemon's state database.
     records: std::sync::Mutex<Store>,
     /// Lifetimes of tracked flows.
@@ -101,7 +99,43 @@ pub struct Readers {
     proxied: forwarder::Counters,
 }
 
+/// The tables of a loaded data path.
+#[derive(Debug)]
+struct Tables {
+    /// The flow tables, for housekeeping and `ct ls`/`ct flush`.
+    flows: FlowTable,
+    flows6: FlowTable<[u8; 16]>,
+    counters: Counters,
+}
+
 impl Readers {
+    /// The data path's tables, for `what`, which has no meaning without.
+    fn tables(&self, what: &'static str) -> Result<&Tables> {
+        self.tables.as_ref().ok_or(Error::NeedsDatapath { what })
+    }
+
+    /// The packets and bytes the data path translated under `slot`: none
+    /// without a data path.
+    fn nat_counters(&self, slot: u32) -> Result<(u64, u64)> {
+        self.tables
+            .as_ref()
+            .map_or(Ok((0, 0)), |t| Ok(t.counters.nat_counters(slot)?))
+    }
+
+    /// The data path's drops by rule slot, then reason.
+    fn rule_drops(&self) -> Result<BTreeMap<u32, BTreeMap<String, u64>>> {
+        self.tables
+            .as_ref()
+            .map_or(Ok(BTreeMap::new()), |t| Ok(t.counters.rule_drops()?))
+    }
+
+    /// The data path's drops by reason.
+    fn drops(&self) -> Result<BTreeMap<String, u64>> {
+        self.tables
+            .as_ref()
+            .map_or(Ok(BTreeMap::new()), |t| Ok(t.counters.drops()?))
+    }
+
     fn endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         // A panic elsewhere while reading leaves the connection as it was.
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,30 +144,32 @@ impl Readers {
 
     /// Removes expired flows of both families (see [`collect_garbage`]).
     pub fn collect_garbage(&self) -> Result<usize> {
-        Ok(collect_garbage(&self.flows, &self.timeouts)?
-            + collect_garbage(&self.flows6, &self.timeouts)?)
+        let Some(t) = &self.tables else {
+            return Ok(0);
+        };
+        Ok(
+            collect_garbage(&t.flows, &self.timeouts)?
+                + collect_garbage(&t.flows6, &self.timeouts)?,
+        )
     }
 
     /// The tracked flows of both families, of endpoint `only` or all:
     /// `ct ls`.
     pub fn flows(&self, only: Option<&str>) -> Result<Vec<FlowInfo>> {
+        let t = self.tables("ct ls")?;
         let owners = self.flow_owners(only)?;
-        let mut all = flows(&self.flows, &owners, only.is_some(), &self.timeouts)?;
-        all.extend(flows(
-            &self.flows6,
-            &owners,
-            only.is_some(),
-            &self.timeouts,
-        )?);
+        let mut all = flows(&t.flows, &owners, only.is_some(), &self.timeouts)?;
+        all.extend(flows(&t.flows6, &owners, only.is_some(), &self.timeouts)?);
         Ok(all)
     }
 
     /// Forgets the tracked flows of both families, of endpoint `only` or
     /// all: `ct flush`.
     pub fn flush_flows(&self, only: Option<&str>) -> Result<usize> {
+        let t = self.tables("ct flush")?;
         let owners = self.flow_owners(only)?;
-        Ok(flush_flows(&self.flows, &owners, only.is_some())?
-            + flush_flows(&self.flows6, &owners, only.is_some())?)
+        Ok(flush_flows(&t.flows, &owners, only.is_some())?
+            + flush_flows(&t.flows6, &owners, only.is_some())?)
     }
 
     /// Endpoint names by address, of both families: every endpoint's, or
@@ -160,6 +196,7 @@ impl Readers {
 
     /// Counters of the bridge, the uplink and every endpoint veth, and drops.
     pub fn stats(&self) -> Result<Stats> {
+        let counters = &self.tables("stats")?.counters;
         let records = self.endpoints()?;
         let names = self
             .host_interfaces
@@ -169,14 +206,14 @@ impl Readers {
         let mut interfaces = BTreeMap::new();
         for name in names {
             let counters = InterfaceStats {
-                traffic: self.counters.traffic(&name)?,
-                drops: self.counters.interface_drops(&name)?,
+                traffic: counters.traffic(&name)?,
+                drops: counters.interface_drops(&name)?,
             };
             interfaces.insert(name, counters);
         }
         Ok(Stats {
             interfaces,
-            drops: self.counters.drops()?,
+            drops: counters.drops()?,
         })
     }
 
@@ -195,14 +232,15 @@ impl Readers {
                 mode: rec.ep.mode.to_string(),
             });
         };
-        let host_side = self.counters.traffic(&veth)?;
+        let counters = &self.tables("stats")?.counters;
+        let host_side = counters.traffic(&veth)?;
         Ok(EndpointStats {
             endpoint: rec.ep.name.clone(),
             rx_packets: host_side.tx_packets,
             rx_bytes: host_side.tx_bytes,
             tx_packets: host_side.rx_packets,
             tx_bytes: host_side.rx_bytes,
-            drops: self.counters.interface_drops(&veth)?,
+            drops: counters.interface_drops(&veth)?,
             interface: veth,
         })
     }
@@ -210,14 +248,14 @@ impl Readers {
     /// The NAT rules with their counters, masquerade (`masquerade`, as the
     /// daemon describes it) first: `nat ls`.
     pub fn nat_table(&self, mut masquerade: NatRule) -> Result<NatTable> {
-        let mut drops = self.counters.rule_drops()?;
-        (masquerade.packets, masquerade.bytes) = self.counters.nat_counters(MASQUERADE_SLOT)?;
+        let mut drops = self.rule_drops()?;
+        (masquerade.packets, masquerade.bytes) = self.nat_counters(MASQUERADE_SLOT)?;
         masquerade.drops = drops.remove(&MASQUERADE_SLOT).unwrap_or_default();
         let mut rules = vec![masquerade];
         for rec in self.endpoints()? {
             let Some(ip) = rec.ep.ip else { continue };
             for p in &rec.ports {
-                let (packets, bytes) = self.counters.nat_counters(p.slot)?;
+                let (packets, bytes) = self.nat_counters(p.slot)?;
                 rules.push(NatRule {
                     target: "DNAT".into(),
                     prot: p.proto.to_string(),
@@ -247,8 +285,11 @@ impl Readers {
         }
         Ok(NatTable {
             rules,
-            tracked_flows: (self.flows.entries()?.len() + self.flows6.entries()?.len()) / 2,
-            drops: self.counters.drops()?,
+            tracked_flows: match &self.tables {
+                Some(t) => (t.flows.entries()?.len() + t.flows6.entries()?.len()) / 2,
+                None => 0,
+            },
+            drops: self.drops()?,
         })
     }
 
@@ -257,14 +298,16 @@ impl Readers {
     pub fn metrics(&self) -> Result<metrics::Snapshot> {
         let records = self.endpoints()?;
         let mut endpoints = Vec::new();
-        for rec in records.iter().filter(|r| r.ep.host_veth().is_some()) {
-            endpoints.push(self.stats_of(rec)?);
+        if self.tables.is_some() {
+            for rec in records.iter().filter(|r| r.ep.host_veth().is_some()) {
+                endpoints.push(self.stats_of(rec)?);
+            }
         }
-        let mut drops = self.counters.rule_drops()?;
+        let mut drops = self.rule_drops()?;
         let mut ports = Vec::new();
         for rec in &records {
             for p in &rec.ports {
-                let (packets, bytes) = self.counters.nat_counters(p.slot)?;
+                let (packets, bytes) = self.nat_counters(p.slot)?;
                 ports.push(metrics::PortCounters {
                     labels: metrics::PortLabels {
                         endpoint: rec.ep.name.clone(),
@@ -282,15 +325,18 @@ impl Readers {
         }
         Ok(metrics::Snapshot {
             endpoints,
-            drops: self.counters.drops()?,
+            drops: self.drops()?,
             ports,
-            masquerade: self.counters.nat_counters(MASQUERADE_SLOT)?,
+            masquerade: self.nat_counters(MASQUERADE_SLOT)?,
             masquerade_drops: drops.remove(&MASQUERADE_SLOT).unwrap_or_default(),
-            tables: vec![
-                self.flows.table_use()?,
-                self.flows6.table_use()?,
-                self.counters.published_use()?,
-            ],
+            tables: match &self.tables {
+                Some(t) => vec![
+                    t.flows.table_use()?,
+                    t.flows6.table_use()?,
+                    t.counters.published_use()?,
+                ],
+                None => Vec::new(),
+            },
             peers: Vec::new(),
             dns: (0, 0),
             reconciles: metrics::ReconcileDurations::default(),
@@ -322,10 +368,16 @@ impl Readers {
 impl Daemon {
     /// Its readers, opened apart from it (see [`Readers`]).
     pub fn readers(&self) -> Result<Readers> {
+        let tables = match self.dp {
+            Some(_) => Some(Tables {
+                flows: FlowTable::open(&self.cfg.bpffs, netplane_common::abi::maps::CONNTRACK)?,
+                flows6: FlowTable::open(&self.cfg.bpffs, netplane_common::abi::maps::CONNTRACK6)?,
+                counters: Counters::open(&self.cfg.bpffs)?,
+            }),
+            None => None,
+        };
         Ok(Readers {
-            flows: FlowTable::open(&self.cfg.bpffs, netplane_common::abi::maps::CONNTRACK)?,
-            flows6: FlowTable::open(&self.cfg.bpffs, netplane_common::abi::maps::CONNTRACK6)?,
-            counters: Counters::open(&self.cfg.bpffs)?,
+            tables,
             records: std::sync::Mutex::new(Store::open_reader(&self.cfg.db())?),
             timeouts: self.cfg.timeouts,
             host_interfaces: std::iter::once(self.net.bridge.clone())
@@ -335,9 +387,13 @@ impl Daemon {
         })
     }
 
-    /// The data path's event maps, for the monitor's relay.
-    pub fn take_event_maps(&mut self) -> Result<EventMaps> {
-        Ok(self.dp().take_event_maps()?)
+    /// The data path's event maps, for the monitor's relay; none without
+    /// a data path.
+    pub fn take_event_maps(&mut self) -> Result<Option<EventMaps>> {
+        self.dp
+            .as_mut()
+            .map(|dp| dp.take_event_maps().map_err(Error::from))
+            .transpose()
     }
 
     /// What a metrics scrape takes from the daemon itself: overlay peers,

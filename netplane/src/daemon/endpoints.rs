@@ -103,10 +103,7 @@ impl Daemon {
         KernelSteps {
             xdp: self.xdp != XdpAttached::Off,
             rtnl: &self.rtnl,
-            dp: self
-                .dp
-                .as_mut()
-                .expect("data path is loaded while the daemon runs"),
+            dp: self.dp.as_mut(),
         }
     }
 
@@ -132,7 +129,7 @@ impl Daemon {
                     .collect::<Vec<_>>()
             })
             .collect();
-        self.dp().set_linked(&pairs)?;
+        self.tell_datapath(|dp| dp.set_linked(&pairs))?;
         for rec in records
             .iter()
             .filter(|r| r.state == State::Ready && !r.links.is_empty())

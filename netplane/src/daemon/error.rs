@@ -202,6 +202,20 @@ pub enum Error {
         /// The endpoint.
         endpoint: String,
     },
+    /// Something only the eBPF data path does, asked of a daemon running
+    /// without it (`--userland-proxy` where eBPF cannot load).
+    #[error("{what} needs the eBPF data path, which this daemon runs without (see its log)")]
+    NeedsDatapath {
+        /// What was asked.
+        what: &'static str,
+    },
+    /// The eBPF data path did not load, and `--userland-proxy` was not
+    /// given to run without it.
+    #[error(
+        "loading the eBPF data path: {0}; `up --userland-proxy` runs without it, relaying \
+         published ports in the daemon"
+    )]
+    DatapathUnavailable(#[source] kernel::Error),
     /// No default pool is free.
     #[error("no free subnet in the default pools; pass --subnet")]
     NoFreeSubnet,
@@ -246,6 +260,7 @@ impl Error {
                 | Error::HostIpNotLocal(_)
                 | Error::PortNeedsIpv6 { .. }
                 | Error::HostnameOfHost
+                | Error::NeedsDatapath { .. }
         ) || matches!(self, Error::Logic(e) if !e.is_conflict() && !e.is_not_found())
     }
 

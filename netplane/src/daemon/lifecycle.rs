@@ -229,30 +229,19 @@ impl Daemon {
             undo.push(Undo::Unmount(mounted));
         }
         self.net_config = self.build_net_config(&bridge).await?;
-        let mut dp = Datapath::load(&self.cfg.bpffs, self.net_config, self.cfg.ct_max)?;
-        dp.use_hook(self.tc_hook);
-        dp.set_ct_timeouts(self.cfg.timeouts.to_abi())?;
-        dp.attach(&net.bridge, Role::Counted)?;
-        if let Some(uplink) = &self.uplink {
-            if dp.attach(uplink, Role::Uplink)? {
-                self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
+        let uplink_kind = match &self.uplink {
+            Some(uplink) => {
+                let link = self.rtnl.link(uplink).await?;
+                self.uplink_mtu = link.as_ref().and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
+                link.and_then(|l| l.kind)
             }
-            let link = self.rtnl.link(uplink).await?;
-            self.uplink_mtu = link.as_ref().and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU);
-            let kind = link.and_then(|l| l.kind);
-            let xdp = self.cfg.xdp.for_uplink(kind.as_deref());
-            if xdp != self.cfg.xdp {
-                info!(
-                    uplink = %uplink,
-                    kind = kind.as_deref().unwrap_or_default(),
-                    "--xdp auto: XDP stays off on a virtual uplink, whose senders may leave checksums partial"
-                );
-            }
-            self.xdp = dp.attach_xdp(uplink, xdp)?;
+            None => None,
+        };
+        match Datapath::load(&self.cfg.bpffs, self.net_config, self.cfg.ct_max) {
+            Ok(dp) => self.start_datapath(dp, uplink_kind.as_deref())?,
+            Err(e) if self.cfg.userland_proxy => self.go_without_datapath(e)?,
+            Err(e) => return Err(Error::DatapathUnavailable(e)),
         }
-        dp.reset_nat_counters(MASQUERADE_SLOT)?;
-        dp.attach_sockets(&host::cgroup2_root()?)?;
-        self.dp = Some(dp);
         self.sync_host_addrs().await?;
         self.restore_overlays().await?;
         self.restore_local_networks().await?;
@@ -266,7 +255,66 @@ impl Daemon {
         self.reconcile().await?;
         self.reconciles
             .observe(metrics::Reconcile::Up, reconciling.elapsed());
-        Ok(self.dp().finish_migration()?)
+        self.tell_datapath(Datapath::finish_migration)
+    }
+
+    /// Hangs the loaded data path `dp` on the bridge, the uplink (whose
+    /// link kind is `uplink_kind`) and the cgroup's sockets.
+    fn start_datapath(&mut self, mut dp: Datapath, uplink_kind: Option<&str>) -> Result<()> {
+        dp.use_hook(self.tc_hook);
+        dp.set_ct_timeouts(self.cfg.timeouts.to_abi())?;
+        dp.attach(&self.net.bridge, Role::Counted)?;
+        if let Some(uplink) = &self.uplink {
+            if dp.attach(uplink, Role::Uplink)? {
+                self.store.set_meta(meta::CLSACT_ADDED, uplink)?;
+            }
+            let xdp = self.cfg.xdp.for_uplink(uplink_kind);
+            if xdp != self.cfg.xdp {
+                info!(
+                    uplink = %uplink,
+                    kind = uplink_kind.unwrap_or_default(),
+                    "--xdp auto: XDP stays off on a virtual uplink, whose senders may leave checksums partial"
+                );
+            }
+            self.xdp = dp.attach_xdp(uplink, xdp)?;
+        }
+        dp.reset_nat_counters(MASQUERADE_SLOT)?;
+        dp.attach_sockets(&host::cgroup2_root()?)?;
+        self.dp = Some(dp);
+        // An earlier run without the data path left its rules: the data
+        // path does all they did.
+        if self.store.meta(meta::FIREWALL)?.is_some() {
+            kernel::nft::apply(&firewall::removal())?;
+            self.store.delete_meta(meta::FIREWALL)?;
+        }
+        Ok(())
+    }
+
+    /// `--userland-proxy` where the data path did not load (`why`): the
+    /// forwarder serves every published port, nftables masquerades and
+    /// keeps networks apart, and the log says what is lost. Refuses what
+    /// only the data path does.
+    fn go_without_datapath(&mut self, why: kernel::Error) -> Result<()> {
+        if !self.cfg.icc {
+            return Err(Error::NeedsDatapath {
+                what: "--icc=false",
+            });
+        }
+        if !self.store.networks()?.is_empty() {
+            return Err(Error::NeedsDatapath {
+                what: "an overlay network (one is recorded here)",
+            });
+        }
+        warn!(
+            "the eBPF data path did not load ({why}); --userland-proxy runs without it. Lost: \
+             endpoints see the host instead of the client behind a published port (unless \
+             --proxy-protocol); no per-packet counters (stats, ct ls, monitor; nat ls counts \
+             the forwarder's connections and bytes); no anti-spoofing of endpoints' and \
+             macvlan sources; overlay networks and --icc=false are refused. Masquerade and \
+             network isolation are nftables rules (table inet {})",
+            firewall::TABLE
+        );
+        self.sync_firewall()
     }
 
     pub(super) async fn revert(&self, step: Undo) -> kernel::Result<()> {
@@ -350,7 +398,7 @@ impl Daemon {
                 .filter(|n| n.spec.parent().is_none())
                 .map(|n| n.spec.gateway),
         );
-        self.dp().set_host_addrs(&addrs, &gateways)?;
+        self.tell_datapath(|dp| dp.set_host_addrs(&addrs, &gateways))?;
         self.sync_host_addrs6().await
     }
 
@@ -382,7 +430,7 @@ impl Daemon {
             )
             .collect();
         let addrs: Vec<std::net::Ipv6Addr> = addrs.into_iter().map(|(a, _)| a).collect();
-        Ok(self.dp().set_host_addrs6(&addrs, &gateways, uplink)?)
+        self.tell_datapath(|dp| dp.set_host_addrs6(&addrs, &gateways, uplink))
     }
 
     /// Follows a change of the uplink's MTU: overlays get the MTU left
@@ -489,7 +537,7 @@ impl Daemon {
         for link in self.rtnl.links().await? {
             if link.name.starts_with(HOST_VETH_PREFIX) && !owned.contains(&link.name) {
                 info!(link = %link.name, "removing veth no endpoint owns");
-                self.dp().detach(&link.name)?;
+                self.tell_datapath(|dp| dp.detach(&link.name))?;
                 self.rtnl.delete_link(&link.name).await?;
             }
         }
@@ -521,6 +569,8 @@ impl Daemon {
         if let Some(bridge) = Store::open(&db)?.meta(meta::BRIDGE)? {
             cfg.bridge = bridge;
         }
+        // What a daemon without a data path made goes down the same way.
+        cfg.userland_proxy = true;
         Self::start(cfg).await?.down().await?;
         Ok(true)
     }
@@ -549,6 +599,9 @@ impl Daemon {
                 note(dp.detach(hooked).map_err(Error::from));
             }
             note(dp.remove_pins().map_err(Error::from));
+        }
+        if self.store.meta(meta::FIREWALL)?.is_some() {
+            note(kernel::nft::apply(&firewall::removal()).map_err(Error::from));
         }
         if let Some(uplink) = self.store.meta(meta::CLSACT_ADDED)? {
             note(self.rtnl.delete_clsact(&uplink).await.map_err(Error::from));
@@ -593,7 +646,14 @@ impl Daemon {
             bridge: self.net.bridge.clone(),
             uplink: self.uplink.clone(),
             subnet: self.net.subnet.trunc().to_string(),
-            tc_hook: self.tc_hook.name().into(),
+            tc_hook: match self.dp {
+                Some(_) => self.tc_hook.name().into(),
+                None => "none".into(),
+            },
+            datapath: match self.dp {
+                Some(_) => "ebpf".into(),
+                None => "none".into(),
+            },
             userland_proxy: self.cfg.userland_proxy,
             xdp: self.xdp.name().into(),
             version: env!("CARGO_PKG_VERSION").into(),

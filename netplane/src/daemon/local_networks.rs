@@ -51,6 +51,11 @@ impl Daemon {
                 mode: driver.name().into(),
             });
         }
+        if !req.icc && self.dp.is_none() {
+            return Err(Error::NeedsDatapath {
+                what: "--icc=false",
+            });
+        }
         let host = self.rtnl.networks_in_use(None).await?;
         let networks = self.subnets_besides(None)?;
         let mut options = req.options;
@@ -107,7 +112,7 @@ impl Daemon {
                 .ok_or_else(|| Error::MacvlanParent(parent.to_string()))?;
             self.parent_macs.insert(parent.to_string(), mac);
             if self.uplink.as_deref() != Some(parent) {
-                self.dp().attach(parent, Role::Parent)?;
+                self.tell_datapath(|dp| dp.attach(parent, Role::Parent).map(drop))?;
             }
             self.sync_network_policies()?;
             return self.sync_macvlan_sources();
@@ -155,7 +160,7 @@ impl Daemon {
                 }
             }
         }
-        self.dp().set_macvlan_sources(&sources).map_err(Error::from)
+        self.tell_datapath(|dp| dp.set_macvlan_sources(&sources))
     }
 
     /// Brings up every local network recorded here (after a restart,
@@ -182,7 +187,7 @@ impl Daemon {
             if !still_used {
                 self.parent_macs.remove(parent);
                 if self.uplink.as_deref() != Some(parent) {
-                    self.dp().detach(parent)?;
+                    self.tell_datapath(|dp| dp.detach(parent))?;
                 }
             }
             self.sync_macvlan_sources()?;
@@ -265,7 +270,10 @@ impl Daemon {
                 };
             policies.push((net.id, policy(spec.subnet, spec.gateway, flags)));
         }
-        self.dp().set_networks(&policies)?;
+        if self.dp.is_none() {
+            return self.sync_firewall();
+        }
+        self.tell_datapath(|dp| dp.set_networks(&policies))?;
         let mut flags =
             self.net_config.flags & !(NET_FLAG_OVERLAY | NET_FLAG_NETWORKS | NET_FLAG_MACVLAN);
         if locals.iter().any(|n| n.spec.driver == LocalDriver::Macvlan) {
@@ -279,7 +287,32 @@ impl Daemon {
         }
         self.net_config.flags = flags;
         let cfg = self.net_config;
-        Ok(self.dp().set_config(cfg)?)
+        self.tell_datapath(|dp| dp.set_config(cfg))
+    }
+
+    /// Without a data path: has nftables masquerade what leaves each
+    /// bridge network, keep the networks apart and internal ones in.
+    pub(super) fn sync_firewall(&mut self) -> Result<()> {
+        let masqueraded6 = |v6: Option<Ipv6Side>| v6.filter(|v6| !v6.routed).map(|v6| v6.subnet);
+        let mut networks = vec![firewall::BridgeRules {
+            bridge: self.net.bridge.clone(),
+            subnet: self.net.subnet,
+            subnet6: masqueraded6(self.net.ipv6),
+            internal: false,
+        }];
+        for net in self.store.local_networks()? {
+            if net.spec.driver == LocalDriver::Bridge {
+                networks.push(firewall::BridgeRules {
+                    bridge: net.bridge(),
+                    subnet: net.spec.subnet,
+                    subnet6: masqueraded6(net.spec.ipv6),
+                    internal: net.spec.internal,
+                });
+            }
+        }
+        let script = firewall::ruleset(&networks).map_err(crate::logic::Error::from)?;
+        self.store.set_meta(meta::FIREWALL, firewall::TABLE)?;
+        Ok(kernel::nft::apply(&script)?)
     }
 
     /// `network ls`/`inspect` of local network `net`.

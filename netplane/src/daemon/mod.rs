@@ -60,6 +60,7 @@ use crate::{
         self, BridgeNet, DEFAULT_MTU, EndpointOptions, HOST_VETH_PREFIX, LinkedHost, Mode, Sandbox,
         Step, format_mac, mac_for,
     },
+    logic::firewall,
     logic::ipam::{self, Pool},
     logic::monitor::MonitorEvent,
     logic::overlay::{self, OverlayNetwork},
@@ -183,6 +184,8 @@ mod meta {
     pub const BPFFS_MOUNTED: &str = "bpffs_mounted";
     /// The uplink to which netplane added a clsact qdisc (tc hook clsact).
     pub const CLSACT_ADDED: &str = "clsact_added";
+    /// The nftables table netplane added (without a data path).
+    pub const FIREWALL: &str = "firewall";
 }
 
 /// Something `up` changed, to be reverted if a later step fails.
@@ -258,10 +261,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn dp(&mut self) -> &mut Datapath {
-        self.dp
-            .as_mut()
-            .expect("data path is loaded while the daemon runs")
+    /// Tells the eBPF data path something through `f`; without one
+    /// (`--userland-proxy` where eBPF cannot load) there is nobody to tell.
+    fn tell_datapath(&mut self, f: impl FnOnce(&mut Datapath) -> kernel::Result<()>) -> Result<()> {
+        match self.dp.as_mut() {
+            Some(dp) => Ok(f(dp)?),
+            None => Ok(()),
+        }
     }
 }
 

@@ -219,6 +219,10 @@ impl Daemon {
     /// Creates an overlay network: recorded, its bridge up, the routes to
     /// the other hosts' leases in the data path.
     async fn create_overlay(&mut self, req: CreateNetwork) -> Result<NetworkInfo> {
+        if self.dp.is_none() {
+            let what = "an overlay network";
+            return Err(Error::NeedsDatapath { what });
+        }
         for (given, flag) in [
             (req.gateway.is_some(), "--gateway"),
             (req.ip_range.is_some(), "--ip-range"),
@@ -495,7 +499,7 @@ impl Daemon {
                     net.vni,
                 ));
             }
-            self.dp().set_overlay_routes(&routes)?;
+            self.tell_datapath(|dp| dp.set_overlay_routes(&routes))?;
         }
         self.sync_network_policies()
     }

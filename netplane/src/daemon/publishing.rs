@@ -10,7 +10,7 @@ impl Daemon {
     pub(super) fn reset_counters(&mut self, ports: &[PublishedPort]) -> Result<()> {
         for p in ports {
             self.forwarder.reset(p.slot);
-            self.dp().reset_nat_counters(p.slot)?;
+            self.tell_datapath(|dp| dp.reset_nat_counters(p.slot))?;
         }
         Ok(())
     }
@@ -64,15 +64,17 @@ impl Daemon {
             let plan = self
                 .forwarding_plan(ep, port)
                 .expect("the endpoint has an address");
-            let dp = self.dp();
-            // The list first: a port never accepts more than it says.
-            dp.set_publish_from(port.slot, &port.from)?;
-            if plan.ebpf4 {
-                dp.publish(&port.map_entries(ip))?;
-            }
-            if let (true, Some(ip6)) = (plan.ebpf6, ep.ip6) {
-                dp.publish6(&port.map_entries6(ip6))?;
-            }
+            self.tell_datapath(|dp| {
+                // The list first: a port never accepts more than it says.
+                dp.set_publish_from(port.slot, &port.from)?;
+                if plan.ebpf4 {
+                    dp.publish(&port.map_entries(ip))?;
+                }
+                if let (true, Some(ip6)) = (plan.ebpf6, ep.ip6) {
+                    dp.publish6(&port.map_entries6(ip6))?;
+                }
+                Ok(())
+            })?;
             for route in plan.routes {
                 // A port an earlier run published and a host process took
                 // while no daemon ran is that process's (see
@@ -113,17 +115,18 @@ impl Daemon {
         let Some(ip) = ep.ip else {
             return Ok(());
         };
-        let dp = self.dp();
-        for port in ports {
-            let keys: Vec<_> = port.map_entries(ip).into_iter().map(|(k, _)| k).collect();
-            dp.unpublish(&keys, port.slot)?;
-            if let Some(ip6) = ep.ip6 {
-                let keys: Vec<_> = port.map_entries6(ip6).into_iter().map(|(k, _)| k).collect();
-                dp.unpublish6(&keys, port.slot)?;
+        self.tell_datapath(|dp| {
+            for port in ports {
+                let keys: Vec<_> = port.map_entries(ip).into_iter().map(|(k, _)| k).collect();
+                dp.unpublish(&keys, port.slot)?;
+                if let Some(ip6) = ep.ip6 {
+                    let keys: Vec<_> = port.map_entries6(ip6).into_iter().map(|(k, _)| k).collect();
+                    dp.unpublish6(&keys, port.slot)?;
+                }
+                dp.set_publish_from(port.slot, &[])?;
             }
-            dp.set_publish_from(port.slot, &[])?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Checks `-p` specs against the host and the ports already published,

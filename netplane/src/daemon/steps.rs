@@ -73,8 +73,9 @@ pub async fn undo_all(
 pub struct KernelSteps<'a> {
     /// Netlink in the host's namespace.
     pub rtnl: &'a Rtnl,
-    /// The loaded data path.
-    pub dp: &'a mut Datapath,
+    /// The loaded data path; none under `--userland-proxy` where eBPF
+    /// cannot load, when the bridge alone carries endpoints' frames.
+    pub dp: Option<&'a mut Datapath>,
     /// Whether the uplink's XDP program runs: endpoints' veths then take
     /// the frames it redirects.
     pub xdp: bool,
@@ -91,12 +92,15 @@ impl KernelSteps<'_> {
         mac: [u8; 6],
         vni: u32,
     ) -> kernel::Result<()> {
+        let Some(dp) = self.dp.as_deref_mut() else {
+            return Ok(());
+        };
         let ifindex =
             if_nametoindex(ifname).map_err(|e| kernel::Error::io("look up", ifname, e))?;
-        self.dp.attach(ifname, Role::Endpoint)?;
-        self.dp.add_endpoint(ifindex, ip, mac, vni, self.xdp)?;
+        dp.attach(ifname, Role::Endpoint)?;
+        dp.add_endpoint(ifindex, ip, mac, vni, self.xdp)?;
         match ip6 {
-            Some(ip6) => self.dp.add_endpoint6(ifindex, ip6, mac, vni),
+            Some(ip6) => dp.add_endpoint6(ifindex, ip6, mac, vni),
             None => Ok(()),
         }
     }
@@ -184,12 +188,15 @@ impl StepRunner for KernelSteps<'_> {
                 mac,
                 ..
             } => {
+                let Some(dp) = self.dp.as_deref_mut() else {
+                    return Ok(());
+                };
                 let ifindex = if_nametoindex(ifname.as_str()).unwrap_or(0);
-                self.dp.remove_endpoint(ifindex, *ip)?;
+                dp.remove_endpoint(ifindex, *ip)?;
                 if let Some(ip6) = ip6 {
-                    self.dp.remove_endpoint6(ifindex, *ip6, *mac)?;
+                    dp.remove_endpoint6(ifindex, *ip6, *mac)?;
                 }
-                self.dp.detach(ifname)
+                dp.detach(ifname)
             }
             Step::EtcFiles { name, .. } => host::remove_etc_files(name),
         }

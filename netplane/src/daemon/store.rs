@@ -240,6 +240,13 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a daemon setting.
+    pub fn delete_meta(&self, key: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
     /// Records an overlay network; its name and VNI must be new.
     pub fn insert_network(&self, net: &OverlayNetwork) -> Result<()> {
         let taken: Option<String> = self

@@ -441,6 +441,24 @@ impl Datapath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir.display(), e))?;
         }
+        let loaded = Self::load_pinned(pin_dir, maps_dir.clone(), links_dir.clone(), cfg, ct_max);
+        if loaded.is_err() {
+            // A directory nothing was pinned into goes again; remove_dir
+            // leaves one holding an earlier run's pins.
+            for dir in [&maps_dir, &links_dir] {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        loaded
+    }
+
+    fn load_pinned(
+        pin_dir: &Path,
+        maps_dir: PathBuf,
+        links_dir: PathBuf,
+        cfg: NetConfig,
+        ct_max: u32,
+    ) -> Result<Self> {
         pins::prepare_pinned(&maps_dir)?;
         pins::check_pinned_layouts(&maps_dir)?;
         let old_pins = pins::old_pins(&maps_dir)?;

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod host;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod pins;
 pub mod ports;
 pub mod splice;

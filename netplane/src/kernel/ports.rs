@@ -91,6 +91,14 @@ impl Reservations {
                 Errno::ENOENT,
             )
         })?;
+        if proto == Proto::Tcp {
+            // The connections it accepts inherit it: once closed, their
+            // TIME_WAIT lets the next run hold the port again (see `hold`).
+            // Listening, the socket still keeps every other bind out.
+            setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| {
+                Error::io("set SO_REUSEADDR on", SocketAddr::new(on.addr(), port), e)
+            })?;
+        }
         self.lent.insert(key);
         Ok(fd)
     }
@@ -191,7 +199,20 @@ fn hold((on, port, proto): Key, shared: bool) -> Result<OwnedFd> {
         setsockopt(&fd, sockopt::ReuseAddr, &true)
             .map_err(|e| Error::io("share with the container runtime", at, e))?;
     }
-    match bind(fd.as_raw_fd(), &SockaddrStorage::from(at)) {
+    let mut bound = bind(fd.as_raw_fd(), &SockaddrStorage::from(at));
+    if bound == Err(Errno::EADDRINUSE)
+        && proto == Proto::Tcp
+        && !shared
+        && only_orphans(port, proto)
+    {
+        // Connections a killed daemon's forwarder relayed linger closing
+        // (TIME_WAIT), held by no process: SO_REUSEADDR binds past them,
+        // as any TCP server restarting does, and past nothing else.
+        setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(|e| Error::io("set SO_REUSEADDR on", at, e))?;
+        bound = bind(fd.as_raw_fd(), &SockaddrStorage::from(at));
+    }
+    match bound {
         Ok(()) => Ok(fd),
         Err(Errno::EADDRINUSE) => Err(Error::HostPortInUse {
             port,
@@ -242,6 +263,15 @@ fn owner(port: u16, proto: Proto) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether every socket on local port `port` is an orphan (inode 0): a
+/// connection closing after its process went.
+fn only_orphans(port: u16, proto: Proto) -> bool {
+    ["", "6"].iter().all(|v6| {
+        fs::read_to_string(format!("/proc/net/{proto}{v6}"))
+            .is_ok_and(|table| socket_inodes(&table, port).is_empty())
+    })
 }
 
 /// Inodes of the sockets with local port `port` in a /proc/net/{tcp,udp}

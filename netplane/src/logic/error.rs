@@ -34,6 +34,9 @@ pub enum Error {
     /// An overlay network that cannot be planned.
     #[error(transparent)]
     Overlay(#[from] OverlayError),
+    /// A network whose bridge nftables cannot name.
+    #[error(transparent)]
+    Firewall(#[from] super::firewall::UnquotableName),
     /// A `--publish-from` / `--from` value that is no IPv4 network.
     #[error("source {0} is not an IPv4 network (CIDR, such as 192.0.2.0/24)")]
     BadSource(String),

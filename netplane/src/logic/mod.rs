@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod dns;
 pub mod endpoint;
 mod error;
+pub mod firewall;
 pub mod forwarding;
 pub mod ipam;
 pub mod layout;

@@ -426,6 +426,34 @@ impl Host {
         c
     }
 
+    /// [`Host::up_cmd`] with every `bpf(2)` call of the daemon failing
+    /// with EPERM, as on a host without CAP_BPF: a seccomp filter the
+    /// command and everything it starts inherit.
+    pub fn up_cmd_without_bpf(&self, extra: &[&str]) -> Command {
+        use std::os::unix::process::CommandExt;
+        let filter = seccompiler::SeccompFilter::new(
+            [(libc::SYS_bpf, Vec::new())].into_iter().collect(),
+            seccompiler::SeccompAction::Allow,
+            seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+            std::env::consts::ARCH
+                .try_into()
+                .expect("seccompiler knows this architecture"),
+        )
+        .expect("a filter of one system call");
+        let program: seccompiler::BpfProgram =
+            filter.try_into().expect("the filter compiles to BPF");
+        let mut c = self.up_cmd(extra);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes the prctl/seccomp calls installing the program built above.
+        unsafe {
+            c.pre_exec(move || {
+                seccompiler::apply_filter(&program)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
+        }
+        c
+    }
+
     pub fn up(&self, extra: &[&str]) {
         self.up_with_env(extra, &[]);
     }
