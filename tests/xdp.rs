@@ -11,12 +11,7 @@ use support::{HOST_IP, Host, ethtool_stat, stdout_if_ok};
 #[test]
 fn xdp_carries_established_flows_into_endpoints() {
     let h = Host::new();
-    // Frames from a wire carry complete checksums, which XDP updates;
-    // a veth sender leaves them to offload unless told not to.
-    support::sh_ok(&format!(
-        "ip netns exec {} ethtool -K {}x tx off",
-        h.world, h.prefix
-    ));
+    support::checksums_filled_in(&h.world, &format!("{}x", h.prefix));
     h.up(&["--xdp", "native"]);
     let info: Value = serde_json::from_str(&h.np_ok(&["info"])).unwrap();
     assert_eq!(info["Xdp"], "native", "{info}");

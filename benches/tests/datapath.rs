@@ -76,6 +76,20 @@ fn seen(frame: &[u8]) -> Seen {
     }
 }
 
+/// A packet of the world's, routed (TTL down by one) from the bridge into
+/// the endpoint's veth, between ports `sport` and `dport`.
+fn from_world_to_endpoint(lab: &Lab, sport: u16, dport: u16) -> Seen {
+    Seen {
+        dst_mac: ENDPOINT_MAC,
+        src_mac: lab.bridge_mac,
+        src: WORLD,
+        dst: ENDPOINT,
+        ttl: 63,
+        sport,
+        dport,
+    }
+}
+
 #[test]
 fn masquerade_rewrites_the_source_and_its_reply_comes_back() {
     let mut lab = Lab::new(1024);
@@ -112,18 +126,7 @@ fn masquerade_rewrites_the_source_and_its_reply_comes_back() {
     };
     let (action, out) = lab.arriving_from_world(&reply);
     assert_eq!(action, TC_ACT_REDIRECT);
-    assert_eq!(
-        seen(&out),
-        Seen {
-            dst_mac: ENDPOINT_MAC,
-            src_mac: lab.bridge_mac,
-            src: WORLD,
-            dst: ENDPOINT,
-            ttl: 63,
-            sport: 80,
-            dport: 40000,
-        }
-    );
+    assert_eq!(seen(&out), from_world_to_endpoint(&lab, 80, 40000));
     let nat = lab.dp.counters().nat_counters(0).unwrap();
     assert_eq!(nat.0, 2, "masquerade counted both packets");
 }
@@ -175,18 +178,7 @@ fn published_ports_translate_the_destination_and_keep_the_client() {
     let mut lab = Lab::new(1024);
     let (action, out) = lab.arriving_from_world(&tcp_syn(lab.world_frame(UPLINK), 5555, 8080));
     assert_eq!(action, TC_ACT_REDIRECT);
-    assert_eq!(
-        seen(&out),
-        Seen {
-            dst_mac: ENDPOINT_MAC,
-            src_mac: lab.bridge_mac,
-            src: WORLD,
-            dst: ENDPOINT,
-            ttl: 63,
-            sport: 5555,
-            dport: 80,
-        }
-    );
+    assert_eq!(seen(&out), from_world_to_endpoint(&lab, 5555, 80));
     // The endpoint's answer leaves as the published address and port.
     let answer = {
         let b = lab.endpoint_frame().tcp(80, 5555, 1, 65535).syn().ack(1001);
@@ -1397,18 +1389,7 @@ fn xdp_redirects_established_flows_to_endpoints_and_passes_the_rest() {
     let ack = tcp(lab.world_frame(UPLINK), 5555, PUBLISHED_PORT, "ACK");
     let (action, out) = xdp(&mut lab, &ack);
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(
-        seen(&out),
-        Seen {
-            dst_mac: ENDPOINT_MAC,
-            src_mac: lab.bridge_mac,
-            src: WORLD,
-            dst: ENDPOINT,
-            ttl: 63,
-            sport: 5555,
-            dport: 80,
-        }
-    );
+    assert_eq!(seen(&out), from_world_to_endpoint(&lab, 5555, 80));
     let (tc_action, tc_out) = lab.arriving_from_world(&ack);
     assert_eq!(tc_action, TC_ACT_REDIRECT);
     assert_eq!(out, tc_out, "XDP and tc make the same frame");

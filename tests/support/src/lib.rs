@@ -312,12 +312,11 @@ impl Host {
     }
 
     /// With the uplink's XDP program on (`NETPLANE_XDP`, which the
-    /// daemons inherit), makes `ifname` in `netns`, which sends into an
-    /// uplink, fill in checksums as a network card does. A veth otherwise
-    /// leaves them to the receiver, which XDP cannot see or finish.
+    /// daemons inherit), [`checksums_filled_in`] for `ifname` in `netns`,
+    /// which sends into an uplink.
     fn checksums_like_a_nic(&self, netns: &str, ifname: &str) {
         if std::env::var("NETPLANE_XDP").is_ok_and(|x| x != "off") {
-            sh_ok(&format!("ip netns exec {netns} ethtool -K {ifname} tx off"));
+            checksums_filled_in(netns, ifname);
         }
     }
 
@@ -659,6 +658,13 @@ impl Host {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// Has `ifname` in `netns` fill in the checksums of what it sends, as a
+/// network card's driver hands frames on: XDP updates checksums it can
+/// see, and a veth otherwise leaves them to the receiver.
+pub fn checksums_filled_in(netns: &str, ifname: &str) {
+    sh_ok(&format!("ip netns exec {netns} ethtool -K {ifname} tx off"));
 }
 
 /// The hooks of the host's interfaces that run a netplane program, as
