@@ -58,6 +58,10 @@ fn vteps(h: &Host, network: &str) -> Vec<String> {
 
 fn up_with_store(h: &Host, etcd: &Etcd) {
     h.up(&[
+        // Names no host knows go to an address of the test's own, where
+        // nothing answers: never to the machine's resolvers.
+        "--dns",
+        UNANSWERED_DNS,
         "--uplink",
         &h.uplink,
         "--subnet",
@@ -70,6 +74,9 @@ fn up_with_store(h: &Host, etcd: &Etcd) {
         METRICS,
     ]);
 }
+
+/// The underlay's own address, where no DNS server listens.
+const UNANSWERED_DNS: &str = "192.0.2.1";
 
 /// Where the hosts serve metrics, each in its own namespace.
 const METRICS: &str = "127.0.0.1:9464";
@@ -305,4 +312,147 @@ fn a_three_member_etcd_cluster_keeps_membership_with_a_member_down() {
     let ip0 = hosts[0].ip_of(&eps[0]);
     assert!(ping_until(&hosts[0], &eps[0], &ip2), "0 → 2");
     assert!(ping_until(&hosts[2], &eps[2], &ip0), "2 → 0");
+}
+
+/// What `dig +short NAME` prints in endpoint `ep` of `h`: the addresses
+/// its network's DNS server answers, sorted.
+fn resolved(h: &Host, ep: &str, name: &str) -> Vec<String> {
+    let out = h.in_endpoint(ep, &format!("dig +short +tries=1 +time=1 {name}"));
+    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_string)
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// Writes `value` at `key` of the store, as a host netplane does not know
+/// would, through etcd's JSON gateway.
+fn put_in_store(underlay: &Underlay, member: &str, key: &str, value: &str) {
+    use std::io::Write;
+    let b64 = |s: &str| {
+        let mut child = std::process::Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
+    support::sh_ok(&format!(
+        "ip netns exec {} curl -sf http://{member}:2379/v3/kv/put -d '{body}'",
+        underlay.netns
+    ));
+}
+
+#[test]
+fn names_resolve_across_hosts_through_etcd() {
+    let underlay = Underlay::new();
+    let etcd = Etcd::start(&underlay, &["192.0.2.254"]);
+    let hosts = joined(&underlay, &etcd);
+    hosts[0].create_overlay("ov", "10.205.0.0/16");
+    assert!(
+        within(Duration::from_secs(5), || inspect(&hosts[1], "ov")
+            .is_some())
+        .is_some(),
+        "host 1 takes up the network"
+    );
+    let client = hosts[1].name("client");
+    hosts[1].np_ok(&["create", &client, "--net", "ov"]);
+
+    // An endpoint created on host 0 resolves on host 1, by name and alias.
+    let web = hosts[0].name("web");
+    hosts[0].np_ok(&["create", &web, "--net", "ov", "--network-alias", "api"]);
+    let created = Instant::now();
+    let web_ip = hosts[0].ip_of(&web);
+    let took = within(Duration::from_secs(5), || {
+        resolved(&hosts[1], &client, &web) == [web_ip.clone()]
+    })
+    .unwrap_or_else(|| panic!("{web} never resolved on host 1: {}", hosts[1].log()));
+    support::figure(
+        "discovery.name_seen_on_another_host_ms",
+        created.elapsed().as_millis(),
+    );
+    eprintln!("{web} resolved on host 1 {took:?} after polling began");
+    assert!(
+        ping_until(&hosts[1], &client, &web),
+        "host 1 reaches {web} by name"
+    );
+
+    // An alias two hosts' endpoints share answers both; only the network's
+    // own endpoints see the names.
+    let api2 = hosts[1].name("api2");
+    hosts[1].np_ok(&["create", &api2, "--net", "ov", "--network-alias", "api"]);
+    let mut both = vec![web_ip.clone(), hosts[1].ip_of(&api2)];
+    both.sort();
+    assert!(
+        within(Duration::from_secs(5), || resolved(&hosts[0], &web, "api")
+            == both)
+        .is_some(),
+        "the alias answers both hosts' endpoints: {:?}",
+        resolved(&hosts[0], &web, "api")
+    );
+    let outside = hosts[1].name("outside");
+    hosts[1].np_ok(&["create", &outside]);
+    assert_eq!(resolved(&hosts[1], &outside, &web), Vec::<String>::new());
+
+    // A name another host claims from a lower VTEP answers that host's
+    // endpoint on every host, and inspect names the clash.
+    put_in_store(
+        &underlay,
+        "192.0.2.254",
+        "/netplane/v1/names/ov/192.0.2.5",
+        &format!(r#"[{{"Name":"{web}","Address":"10.205.200.2"}}]"#),
+    );
+    assert!(
+        within(Duration::from_secs(5), || {
+            resolved(&hosts[1], &client, &web) == ["10.205.200.2"]
+                && resolved(&hosts[0], &web, &web) == ["10.205.200.2"]
+        })
+        .is_some(),
+        "the lower VTEP's endpoint answers everywhere"
+    );
+    let clashes = inspect(&hosts[0], "ov").unwrap()["NameClashes"].clone();
+    assert_eq!(clashes[0]["Name"], web.as_str(), "{clashes}");
+    assert_eq!(
+        clashes[0]["Answers"], "10.205.200.2 on 192.0.2.5",
+        "{clashes}"
+    );
+    assert_eq!(
+        clashes[0]["Shadowed"][0],
+        format!("{web_ip} on {}", VTEPS[0]).as_str(),
+        "{clashes}"
+    );
+    put_in_store(
+        &underlay,
+        "192.0.2.254",
+        "/netplane/v1/names/ov/192.0.2.5",
+        "[]",
+    );
+
+    // Removed, the name goes; its host killed, its names go with its
+    // session.
+    hosts[1].np_ok(&["rm", &api2]);
+    assert!(
+        within(Duration::from_secs(5), || resolved(&hosts[0], &web, "api")
+            == [web_ip.clone()])
+        .is_some(),
+        "a removed endpoint stops answering the alias"
+    );
+    hosts[0].kill_daemon();
+    let killed = Instant::now();
+    let gone = within(Duration::from_secs(TTL + 5), || {
+        resolved(&hosts[1], &client, &web).is_empty()
+    });
+    assert!(
+        gone.is_some(),
+        "a killed host's names expire with its session"
+    );
+    support::figure(
+        "discovery.names_gone_after_kill_ms",
+        killed.elapsed().as_millis(),
+    );
 }

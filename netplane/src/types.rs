@@ -181,6 +181,10 @@ pub struct NetworkInfo {
     /// This host's /24 of the subnet, for overlays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// Names of an overlay that endpoints on several hosts have, and which
+    /// one each answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub name_clashes: Vec<crate::logic::discovery::NameClash>,
     /// Every host of the overlay with its lease, this one included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerInfo>,

@@ -8,6 +8,9 @@
 //! - `vnis/VNI` → `NAME` (so that two networks never share a VNI)
 //! - `leases/NAME/LEASE-ADDRESS` → `{"Vtep": "192.0.2.11"}`, under the
 //!   holding host's session
+//! - `names/NAME/VTEP` → `[{"Name": "web", "Address": "10.201.0.2",
+//!   "Aliases": ["api"]}, ...]`: the endpoints of network NAME on the host
+//!   at VTEP, under that host's session
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr, time::Duration};
 
@@ -19,7 +22,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::logic::overlay::OverlayNetwork;
+use crate::logic::{
+    discovery::{HostNames, PublishedName},
+    overlay::OverlayNetwork,
+};
 
 /// Every key netplane writes starts with this.
 pub const PREFIX: &str = "/netplane/v1/";
@@ -104,6 +110,14 @@ fn lease_key(network: &str, lease: Ipv4Net) -> String {
     format!("{}{}", leases_prefix(network), lease.network())
 }
 
+fn names_prefix(network: &str) -> String {
+    format!("{PREFIX}names/{network}/")
+}
+
+fn names_key(network: &str, vtep: Ipv4Addr) -> String {
+    format!("{}{vtep}", names_prefix(network))
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct NetworkRecord {
@@ -136,6 +150,8 @@ pub struct Holder {
 pub struct ClusterView {
     pub networks: BTreeMap<String, OverlayNetwork>,
     holders: BTreeMap<String, Vec<Holder>>,
+    /// Each network's endpoints, by the VTEP of their host.
+    names: BTreeMap<String, BTreeMap<Ipv4Addr, Vec<PublishedName>>>,
 }
 
 impl ClusterView {
@@ -184,6 +200,19 @@ impl ClusterView {
                         _ => false,
                     }
                 }
+                ["names", network, vtep] => match (
+                    vtep.parse::<Ipv4Addr>(),
+                    serde_json::from_slice::<Vec<PublishedName>>(value),
+                ) {
+                    (Ok(vtep), Ok(endpoints)) => {
+                        view.names
+                            .entry(network.to_string())
+                            .or_default()
+                            .insert(vtep, endpoints);
+                        true
+                    }
+                    _ => false,
+                },
                 ["vnis", _] => true,
                 _ => false,
             };
@@ -197,6 +226,11 @@ impl ClusterView {
     /// The hosts holding a /24 of overlay `network`.
     pub fn holders(&self, network: &str) -> &[Holder] {
         self.holders.get(network).map_or(&[], Vec::as_slice)
+    }
+
+    /// The endpoints of overlay `network` each host published, by VTEP.
+    pub fn names(&self, network: &str) -> Option<&BTreeMap<Ipv4Addr, Vec<PublishedName>>> {
+        self.names.get(network)
     }
 
     /// The /24 of overlay `network` the host at `vtep` holds.
@@ -358,6 +392,10 @@ impl Session {
                 leases_prefix(&net.name),
                 Some(DeleteOptions::new().with_prefix()),
             ),
+            TxnOp::delete(
+                names_prefix(&net.name),
+                Some(DeleteOptions::new().with_prefix()),
+            ),
         ]);
         self.client
             .clone()
@@ -393,6 +431,31 @@ impl Session {
             }
         }
         Ok(false)
+    }
+
+    /// Publishes the endpoints of each network in `names` as this host's
+    /// (at `vtep`), under this session; a network without endpoints here
+    /// loses its key. One transaction, so others see all or none of it.
+    pub async fn publish_names(&self, vtep: Ipv4Addr, names: &HostNames) -> Result<()> {
+        let ops: Vec<TxnOp> = names
+            .iter()
+            .map(|(network, endpoints)| {
+                let key = names_key(network, vtep);
+                if endpoints.is_empty() {
+                    TxnOp::delete(key, None)
+                } else {
+                    let value =
+                        serde_json::to_string(endpoints).expect("published names serialise");
+                    TxnOp::put(key, value, Some(PutOptions::new().with_lease(self.id)))
+                }
+            })
+            .collect();
+        self.client
+            .clone()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(self.fail("publish names"))?;
+        Ok(())
     }
 
     /// Ends the session: the store drops this host's keys at once.

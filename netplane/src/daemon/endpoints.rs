@@ -12,23 +12,62 @@ impl Daemon {
         self.sync_macvlan_sources()
     }
 
-    fn sync_zones(&self) -> Result<()> {
+    /// Gives the DNS server the names of every network: a local one's
+    /// from its ready endpoints; an overlay's from every host's (see
+    /// [`Daemon::overlay_names`]). Hands what this host publishes to the
+    /// membership task.
+    pub(super) fn sync_zones(&mut self) -> Result<()> {
         let mut zones: BTreeMap<String, Zone> = BTreeMap::new();
         let records = self.store.endpoints()?;
+        let overlays: Vec<String> = self.store.networks()?.into_iter().map(|n| n.name).collect();
+        let mut published: discovery::HostNames =
+            overlays.iter().map(|n| (n.clone(), Vec::new())).collect();
+        let mut add =
+            |zone: &str, name: &str, aliases: &[String], ip, ip6| match published.get_mut(zone) {
+                Some(overlay) => overlay.push(PublishedName::new(name, ip, aliases)),
+                None => zones
+                    .entry(zone.to_string())
+                    .or_default()
+                    .insert(name, aliases, ip, ip6),
+            };
         let ready = || records.iter().filter(|r| r.state == State::Ready);
         for rec in ready() {
             if let (Some(ip), Some(zone)) = (rec.ep.ip, zone_of(&rec.ep.mode)) {
+                add(zone, &rec.ep.name, &rec.aliases, ip, rec.ep.ip6);
+            }
+            for att in &rec.attachments {
+                add(&att.network, &rec.ep.name, &att.aliases, att.ip, att.ip6);
+            }
+        }
+        for rec in ready() {
+            if let (Some(ip), Some(zone)) = (rec.ep.ip, zone_of(&rec.ep.mode)) {
                 let zone = zones.entry(zone.to_string()).or_default();
-                zone.insert(&rec.ep.name, &rec.aliases, ip, rec.ep.ip6);
                 for addr in own_addrs(ip, rec.ep.ip6) {
                     zone.set_upstream(addr, &rec.ep.options.dns);
                 }
             }
-            for att in &rec.attachments {
-                let zone = zones.entry(att.network.clone()).or_default();
-                zone.insert(&rec.ep.name, &att.aliases, att.ip, att.ip6);
+        }
+        self.name_clashes.clear();
+        for (network, here) in &published {
+            let (claims, clashes) = self.overlay_names(network, here.clone());
+            let zone = zones.entry(network.clone()).or_default();
+            for c in claims {
+                let e = c.endpoint;
+                if c.answers_name {
+                    zone.insert(&e.name, &e.aliases, e.address, None);
+                } else {
+                    zone.add_aliases(&e.aliases, &[e.address.into()]);
+                }
+            }
+            if !clashes.is_empty() {
+                self.name_clashes.insert(network.clone(), clashes);
             }
         }
+        self.names_published.send_if_modified(|before| {
+            let changed = *before != published;
+            *before = published;
+            changed
+        });
         // An endpoint on several networks asks its first network's server,
         // which answers it the names of all of them.
         let mut views = Vec::new();
@@ -53,6 +92,28 @@ impl Daemon {
         }
         self.resolver.set_zones(zones);
         Ok(())
+    }
+
+    /// The endpoints of overlay `network` across the hosts: `here`, this
+    /// host's, and those the other hosts published in the cluster store,
+    /// each marked whether its name answers (see [`discovery::settle`]).
+    /// With static peers there is no store: names stay on their host.
+    fn overlay_names(
+        &self,
+        network: &str,
+        here: Vec<PublishedName>,
+    ) -> (Vec<discovery::Claim>, Vec<discovery::NameClash>) {
+        let Ok(vtep) = self.vtep() else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut hosts = self
+            .view
+            .as_ref()
+            .and_then(|(view, _)| view.names(network))
+            .cloned()
+            .unwrap_or_default();
+        hosts.insert(vtep, here);
+        discovery::settle(&hosts)
     }
 
     pub(super) fn plan(&self, ep: &endpoint::Endpoint) -> Result<Vec<Step>> {

@@ -141,6 +141,8 @@ impl Daemon {
             reconciles: metrics::ReconcileDurations::default(),
             reserved: Reservations::default(),
             xdp: XdpAttached::Off,
+            names_published: tokio::sync::watch::Sender::new(BTreeMap::new()),
+            name_clashes: BTreeMap::new(),
             tc_hook: TcHook::choose()?,
             _lock: lock,
         };

@@ -55,6 +55,7 @@ use crate::{
         tables::{Counters, FlowTable},
     },
     logic::conntrack::{self, Timeouts},
+    logic::discovery::{self, PublishedName},
     logic::dns::{self, Zone},
     logic::endpoint::{
         self, BridgeNet, DEFAULT_MTU, EndpointOptions, HOST_VETH_PREFIX, LinkedHost, Mode, Sandbox,
@@ -257,6 +258,11 @@ pub struct Daemon {
     forwarder: Forwarder,
     /// How the uplink's XDP program runs.
     xdp: XdpAttached,
+    /// The endpoints of each overlay network here, for the membership
+    /// task to publish in the cluster store.
+    names_published: tokio::sync::watch::Sender<discovery::HostNames>,
+    /// Names of overlay networks that endpoints on several hosts have.
+    name_clashes: BTreeMap<String, Vec<discovery::NameClash>>,
     _lock: DaemonLock,
 }
 

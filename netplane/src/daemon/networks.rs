@@ -88,6 +88,11 @@ impl Daemon {
                 endpoints: names(&here),
                 containers: local_networks::containers(&here, on_host.subnet.prefix_len()),
                 vni: Some(net.vni),
+                name_clashes: self
+                    .name_clashes
+                    .get(&net.name)
+                    .cloned()
+                    .unwrap_or_default(),
                 lease: Some(on_host.subnet.trunc().to_string()),
                 peers: leases
                     .iter()
@@ -460,7 +465,16 @@ impl Daemon {
             self.store.set_network_lease(&net.name, own.lease)?;
         }
         self.view = Some((view, revision));
-        self.restore_overlays().await
+        self.restore_overlays().await?;
+        self.sync_zones()
+    }
+
+    /// What the membership task publishes: this host's VTEP, and the
+    /// endpoints of each overlay here as they change.
+    pub fn names_to_publish(
+        &self,
+    ) -> Result<(Ipv4Addr, tokio::sync::watch::Receiver<discovery::HostNames>)> {
+        Ok((self.vtep()?, self.names_published.subscribe()))
     }
 
     /// Overlay `driver`'s network on this host: its bridge, its address,

@@ -84,10 +84,15 @@ async fn follow(
     let session = Session::open(url, ttl, *next_member).await?;
     *next_member = session.member + 1;
     let (mut keeper, mut renewals) = session.keep_alive().await?;
-    match state.daemon.lock().await.as_mut() {
-        Some(daemon) => daemon.set_session(Some(session.clone())),
+    let (vtep, mut names) = match state.daemon.lock().await.as_mut() {
+        Some(daemon) => {
+            daemon.set_session(Some(session.clone()));
+            daemon.names_to_publish()?
+        }
         None => return Ok(()),
-    }
+    };
+    // A new session publishes afresh: the last one's keys went with it.
+    names.mark_changed();
     let Some(revision) = resync(state).await? else {
         return Ok(());
     };
@@ -102,6 +107,13 @@ async fn follow(
     loop {
         tokio::select! {
             _ = beat.tick() => session.renew(&mut keeper, &mut renewals).await?,
+            changed = names.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let current = names.borrow_and_update().clone();
+                session.publish_names(vtep, &current).await?;
+            }
             change = changes.message() => {
                 let change = change
                     .map_err(session.fail("watch the cluster"))?

@@ -66,18 +66,24 @@ impl Zone {
         let addrs: Vec<IpAddr> = std::iter::once(addr.into())
             .chain(addr6.map(IpAddr::from))
             .collect();
+        self.add_aliases(aliases, &addrs);
+        for a in &addrs {
+            self.reverse.insert(*a, name.clone());
+        }
+        self.names.insert(name, addrs);
+    }
+
+    /// Adds `addrs` to the addresses each of `aliases` answers: of an
+    /// endpoint whose own name answers another endpoint elsewhere too.
+    pub fn add_aliases(&mut self, aliases: &[String], addrs: &[IpAddr]) {
         for alias in aliases {
             let sharing = self.aliases.entry(alias.to_ascii_lowercase()).or_default();
-            for a in &addrs {
+            for a in addrs {
                 if !sharing.contains(a) {
                     sharing.push(*a);
                 }
             }
         }
-        for a in &addrs {
-            self.reverse.insert(*a, name.clone());
-        }
-        self.names.insert(name, addrs);
     }
 
     /// Sends what the network does not know from the endpoint at `addr` to

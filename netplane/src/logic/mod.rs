@@ -2,6 +2,7 @@
 //! takes plain values and returns plain values.
 
 pub mod conntrack;
+pub mod discovery;
 pub mod dns;
 pub mod endpoint;
 mod error;
