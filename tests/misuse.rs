@@ -29,8 +29,11 @@ fn alive(pid: &str) -> bool {
     })
 }
 
+/// The host's IPv4 routes, every table: those an overlay could take.
+/// (IPv6 link-local routes of a new bridge port come when its duplicate
+/// address detection ends, whenever that is.)
 fn routes(h: &Host) -> String {
-    h.in_host("ip route show table all")
+    h.in_host("ip -4 route show table all")
 }
 
 #[test]
