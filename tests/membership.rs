@@ -7,76 +7,17 @@ use netplane_test_support as support;
 
 use std::time::{Duration, Instant};
 
-use support::{Etcd, Host, Underlay, sample, sh};
+use support::{
+    Etcd, Host, Underlay,
+    cluster::{self, TTL, inspect, peers, resolved, vteps, within},
+    sample, sh,
+};
 
 const VTEPS: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
 
-/// Seconds the store keeps a stopped host's keys in these tests.
-const TTL: u64 = 3;
-
-/// Polls `f` every 20 ms until it holds or `limit` passes; the time it took.
-fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-fn inspect(h: &Host, network: &str) -> Option<serde_json::Value> {
-    let out = h.np(&["network", "inspect", network]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
-/// VTEPs of the hosts `h` knows in `network`, and their state.
-fn peers(h: &Host, network: &str) -> Vec<(String, String)> {
-    inspect(h, network).map_or_else(Vec::new, |v| {
-        let mut peers: Vec<(String, String)> = v["Peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["Vtep"].as_str().unwrap().to_string(),
-                    p["State"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        peers.sort();
-        peers
-    })
-}
-
-fn vteps(h: &Host, network: &str) -> Vec<String> {
-    peers(h, network).into_iter().map(|(v, _)| v).collect()
-}
-
 fn up_with_store(h: &Host, etcd: &Etcd) {
-    h.up(&[
-        // Names no host knows go to an address of the test's own, where
-        // nothing answers: never to the machine's resolvers.
-        "--dns",
-        UNANSWERED_DNS,
-        "--uplink",
-        &h.uplink,
-        "--subnet",
-        "10.88.0.0/24",
-        "--store",
-        &etcd.url(),
-        "--store-ttl",
-        &TTL.to_string(),
-        "--metrics",
-        METRICS,
-    ]);
+    cluster::up_with_store(h, etcd, &["--metrics", METRICS]);
 }
-
-/// The underlay's own address, where no DNS server listens.
-const UNANSWERED_DNS: &str = "192.0.2.1";
 
 /// Where the hosts serve metrics, each in its own namespace.
 const METRICS: &str = "127.0.0.1:9464";
@@ -312,19 +253,6 @@ fn a_three_member_etcd_cluster_keeps_membership_with_a_member_down() {
     let ip0 = hosts[0].ip_of(&eps[0]);
     assert!(ping_until(&hosts[0], &eps[0], &ip2), "0 → 2");
     assert!(ping_until(&hosts[2], &eps[2], &ip0), "2 → 0");
-}
-
-/// What `dig +short NAME` prints in endpoint `ep` of `h`: the addresses
-/// its network's DNS server answers, sorted.
-fn resolved(h: &Host, ep: &str, name: &str) -> Vec<String> {
-    let out = h.in_endpoint(ep, &format!("dig +short +tries=1 +time=1 {name}"));
-    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
-        .map(str::to_string)
-        .collect();
-    addrs.sort();
-    addrs
 }
 
 /// Writes `value` at `key` of the store, as a host netplane does not know

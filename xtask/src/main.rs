@@ -233,10 +233,9 @@ fn main() -> anyhow::Result<()> {
             }
             let criterion = root().join("target").join("criterion");
             let rows = report::read(&criterion)?;
-            let memory = report::read_memory(&criterion)?;
-            let costs = report::read_program_costs(&criterion)?;
+            let once = report::read_measured_once(&criterion)?;
             let out = root().join("benches").join("RESULTS.md");
-            std::fs::write(&out, report::render(&rows, &memory, &costs, &machine()))?;
+            std::fs::write(&out, report::render(&rows, &once, &machine()))?;
             eprintln!("bench: wrote {}", out.display());
             let png = root().join("benches").join("results.png");
             plot::draw(&rows, &png)?;

@@ -54,14 +54,38 @@ const PROGRAM_COSTS_FILE: &str = "program_costs.json";
 /// What [`PROGRAM_COSTS_FILE`] holds.
 pub type ProgramCosts = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
 
-/// The proxy benchmark's memory figures, none when it did not run.
-pub fn read_memory(dir: &Path) -> anyhow::Result<Memory> {
-    read_once(dir, PROXY_MEMORY_FILE)
+/// Where in criterion's directory the cluster benchmark writes its runs,
+/// one per cluster size.
+const CLUSTER_FILE: &str = "cluster.json";
+
+/// One run of the cluster benchmark, as it wrote it.
+#[derive(Debug, Default, Deserialize)]
+pub struct ClusterRun {
+    pub hosts: usize,
+    pub join_ms: Vec<u64>,
+    pub converge_ms: u64,
+    pub ping_all_pairs_ms: u64,
+    pub rss_kib: Vec<u64>,
+    pub store_keys: u64,
+    pub host_gone_ms: u64,
 }
 
-/// The traffic benchmark's program costs, none when it did not run.
-pub fn read_program_costs(dir: &Path) -> anyhow::Result<ProgramCosts> {
-    read_once(dir, PROGRAM_COSTS_FILE)
+/// What benchmarks measured once each and wrote beside criterion's
+/// results; empty where a benchmark did not run.
+#[derive(Debug, Default)]
+pub struct MeasuredOnce {
+    pub memory: Memory,
+    pub costs: ProgramCosts,
+    pub cluster: Vec<ClusterRun>,
+}
+
+/// Every [`MeasuredOnce`] figure under criterion's directory.
+pub fn read_measured_once(dir: &Path) -> anyhow::Result<MeasuredOnce> {
+    Ok(MeasuredOnce {
+        memory: read_once(dir, PROXY_MEMORY_FILE)?,
+        costs: read_once(dir, PROGRAM_COSTS_FILE)?,
+        cluster: read_once(dir, CLUSTER_FILE)?,
+    })
 }
 
 /// Figures a benchmark measured once and wrote to `file` in `dir`.
@@ -143,7 +167,7 @@ fn ratio(num: Option<f64>, den: Option<f64>) -> String {
 }
 
 /// The report, for rows of one run on `machine`.
-pub fn render(rows: &[Row], memory: &Memory, costs: &ProgramCosts, machine: &str) -> String {
+pub fn render(rows: &[Row], once: &MeasuredOnce, machine: &str) -> String {
     let mut out = String::from(
         "# netplane benchmark results\n\n\
          Written by `cargo xtask bench` from criterion's medians; every figure below\n\
@@ -333,8 +357,9 @@ pub fn render(rows: &[Row], memory: &Memory, costs: &ProgramCosts, machine: &str
     }
 
     podman_section(&mut out, rows);
-    proxy_section(&mut out, rows, memory);
-    xdp_section(&mut out, rows, costs);
+    proxy_section(&mut out, rows, &once.memory);
+    xdp_section(&mut out, rows, &once.costs);
+    cluster_section(&mut out, &once.cluster);
 
     let populated = values(rows, "restart");
     if !populated.is_empty() {
@@ -482,6 +507,44 @@ fn xdp_section(out: &mut String, rows: &[Row], costs: &ProgramCosts) {
                 figure("ns_per_run")
             );
         }
+    }
+    out.push('\n');
+}
+
+/// Hosts through etcd, by cluster size.
+fn cluster_section(out: &mut String, runs: &[ClusterRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    out.push_str(
+        "## A cluster through etcd\n\n\
+         Simulated hosts, each its own netplane daemon in a namespace, on one\n\
+         switch with a three-member etcd, all on one overlay network, session\n\
+         TTL 3 s. Join: from a host's `up` until it knows every host up before\n\
+         it. Converged: from the last `up` until every host knows every other.\n\
+         Pinged: one ping from each host's endpoint to every other host's, in\n\
+         turn. Gone: from kill -9 of a daemon until no other host has its\n\
+         route or its endpoint's name. Once each, in one run.\n\n\
+         | hosts | join, median ms | join, max ms | converged, ms | all pairs pinged, ms | daemon RSS, mean MiB | etcd keys | keys per host | killed host gone, ms |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for run in runs {
+        let mut join = run.join_ms.clone();
+        join.sort_unstable();
+        let rss = run.rss_kib.iter().sum::<u64>() as f64 / run.rss_kib.len().max(1) as f64;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} |",
+            run.hosts,
+            join.get(join.len() / 2).copied().unwrap_or_default(),
+            join.last().copied().unwrap_or_default(),
+            run.converge_ms,
+            run.ping_all_pairs_ms,
+            rss / 1024.0,
+            run.store_keys,
+            run.store_keys as f64 / run.hosts.max(1) as f64,
+            run.host_gone_ms,
+        );
     }
     out.push('\n');
 }
@@ -833,7 +896,22 @@ mod tests {
             r#"{"netplane-xdp": {"np_uplink_xdp": {"runs": 100000, "ns_per_run": 312.4}}}"#,
         )
         .unwrap();
-        let md = render(&rows, &memory, &costs, "test box");
+        let cluster: Vec<ClusterRun> = serde_json::from_str(
+            r#"[{"hosts": 5, "join_ms": [900, 300, 400, 500, 350], "converge_ms": 120,
+                 "ping_all_pairs_ms": 800, "rss_kib": [20480, 30720], "store_keys": 23,
+                 "host_gone_ms": 3100}]"#,
+        )
+        .unwrap();
+        let once = MeasuredOnce {
+            memory,
+            costs,
+            cluster,
+        };
+        let md = render(&rows, &once, "test box");
+        assert!(
+            md.contains("| 5 | 400 | 900 | 120 | 800 | 25.0 | 23 | 4.6 | 3100 |"),
+            "{md}"
+        );
         assert!(
             md.contains("| 64-byte UDP datagram in, ns | 6000.0 | 4000.0 | 1.50x |"),
             "{md}"

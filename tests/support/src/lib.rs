@@ -23,6 +23,7 @@ pub const HOST_IP6: &str = "2001:db8:18::2";
 /// The world's, after [`Host::add_ipv6`].
 pub const WORLD_IP6: &str = "2001:db8:18::1";
 
+pub mod cluster;
 pub mod podman;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
