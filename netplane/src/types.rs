@@ -157,6 +157,18 @@ pub struct EndpointInfo {
     pub network_settings: NetworkSettings,
 }
 
+/// A name of an overlay several hosts' endpoints have: who answers it,
+/// who does not (see `logic::discovery::settle`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NameClash {
+    pub name: String,
+    /// `ADDRESS on VTEP`, the endpoint the name answers.
+    pub answers: String,
+    /// The same for each endpoint whose name is shadowed.
+    pub shadowed: Vec<String>,
+}
+
 /// `GET /v1/networks/NAME`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -184,7 +196,7 @@ pub struct NetworkInfo {
     /// Names of an overlay that endpoints on several hosts have, and which
     /// one each answers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub name_clashes: Vec<crate::logic::discovery::NameClash>,
+    pub name_clashes: Vec<NameClash>,
     /// Every host of the overlay with its lease, this one included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerInfo>,

@@ -7,6 +7,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::types::NameClash;
+
 /// One endpoint of an overlay network, as its host publishes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -41,17 +43,6 @@ pub struct Claim {
     /// Whether its name answers with its address: false when an endpoint
     /// of the same name on another host won (see [`settle`]).
     pub answers_name: bool,
-}
-
-/// A name several hosts' endpoints have: who answers it, who does not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct NameClash {
-    pub name: String,
-    /// `ADDRESS on VTEP`, the endpoint the name answers.
-    pub answers: String,
-    /// The same for each endpoint whose name is shadowed.
-    pub shadowed: Vec<String>,
 }
 
 fn placed(c: &Claim) -> String {
