@@ -317,6 +317,14 @@ pub const NET_FLAG_MACVLAN: u32 = 1 << 4;
 /// prefix): tracked, so replies come back in, but not translated.
 pub const NET_FLAG_IPV6_ROUTED: u32 = 1 << 5;
 
+/// [`NetworkPolicy::flags`]: an overlay whose frames travel between hosts
+/// in GRE (`--encap gre`) instead of VXLAN.
+pub const NET_FLAG_ENCAP_GRE: u32 = 1 << 6;
+
+/// [`NetworkPolicy::flags`]: an overlay whose packets are routed between
+/// hosts as they are, to the peer's uplink address (`--encap none`).
+pub const NET_FLAG_ENCAP_NONE: u32 = 1 << 7;
+
 /// [`MacvlanSource::flags`]: the parent's own MAC, the host's traffic:
 /// any source address.
 pub const MACVLAN_SOURCE_HOST: u32 = 1 << 0;
@@ -364,7 +372,9 @@ pub struct NetworkPolicy {
     pub mask_be: u32,
     /// Its gateway's address, network byte order.
     pub gateway_be: u32,
-    /// [`NET_FLAG_ICC_DISABLED`] and [`NET_FLAG_INTERNAL`], host byte order.
+    /// [`NET_FLAG_ICC_DISABLED`], [`NET_FLAG_INTERNAL`],
+    /// [`NET_FLAG_IPV6_ROUTED`] and an overlay's `NET_FLAG_ENCAP_*`, host
+    /// byte order.
     pub flags: u32,
 }
 

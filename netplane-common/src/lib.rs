@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod gre;
 pub mod nat;
 pub mod packet;
 pub mod policy;

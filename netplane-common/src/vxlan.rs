@@ -41,24 +41,31 @@ pub struct Outer {
 /// default).
 pub fn write_outer_headers(o: &Outer, inner_len: u16, h: &mut [u8; OVERHEAD]) {
     *h = [0; OVERHEAD];
-    h[0..6].copy_from_slice(&o.dst_mac);
-    h[6..12].copy_from_slice(&o.src_mac);
-    h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = inner_len.wrapping_add((OVERHEAD - IP) as u16);
-    h[IP] = 0x45;
-    h[IP + 2..IP + 4].copy_from_slice(&ip_len.to_be_bytes());
-    h[IP + 8] = 64;
-    h[IP + 9] = 17;
-    h[IP + 12..IP + 16].copy_from_slice(&o.src_be.to_ne_bytes());
-    h[IP + 16..IP + 20].copy_from_slice(&o.dst_be.to_ne_bytes());
-    let check = ipv4_checksum(&h[IP..UDP]);
-    h[IP + 10..IP + 12].copy_from_slice(&check.to_be_bytes());
+    write_outer_ip(o, inner_len, 17, h);
     let udp_len = inner_len.wrapping_add((OVERHEAD - UDP) as u16);
     h[UDP..UDP + 2].copy_from_slice(&o.sport.to_be_bytes());
     h[UDP + 2..UDP + 4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
     h[UDP + 4..UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
     h[VXLAN] = FLAG_VNI;
     h[VXLAN + 4..VXLAN + 8].copy_from_slice(&(o.vni << 8).to_be_bytes());
+}
+
+/// Writes the outer Ethernet and IPv4 headers (without DF, TTL 64) at
+/// the start of `h`, whose length is all of the outer headers, for an
+/// inner Ethernet frame of `inner_len` bytes carried in `protocol`.
+pub(crate) fn write_outer_ip(o: &Outer, inner_len: u16, protocol: u8, h: &mut [u8]) {
+    h[0..6].copy_from_slice(&o.dst_mac);
+    h[6..12].copy_from_slice(&o.src_mac);
+    h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = inner_len.wrapping_add((h.len() - IP) as u16);
+    h[IP] = 0x45;
+    h[IP + 2..IP + 4].copy_from_slice(&ip_len.to_be_bytes());
+    h[IP + 8] = 64;
+    h[IP + 9] = protocol;
+    h[IP + 12..IP + 16].copy_from_slice(&o.src_be.to_ne_bytes());
+    h[IP + 16..IP + 20].copy_from_slice(&o.dst_be.to_ne_bytes());
+    let check = ipv4_checksum(&h[IP..IP + 20]);
+    h[IP + 10..IP + 12].copy_from_slice(&check.to_be_bytes());
 }
 
 /// The network address of the /24 lease `addr` (network byte order) falls

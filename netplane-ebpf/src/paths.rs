@@ -81,7 +81,7 @@ pub(crate) fn from_endpoint_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, vni
         if peer.vni != vni {
             return Err(DropReason::OtherNetwork);
         }
-        return overlay::encapsulate(ctx, cfg, ip, &peer).get();
+        return overlay::encapsulate(ctx, cfg, ip, &peer, net.flags).get();
     }
     if overlay::in_other_network(cfg, ip.daddr, vni) {
         return Err(DropReason::OtherNetwork);
@@ -184,14 +184,17 @@ pub(crate) fn from_uplink_now(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4) -> Ve
     if ip.ttl <= 1 {
         return Ok(TC_ACT_OK);
     }
-    if overlay::is_vxlan_for(cfg, ip) {
+    if overlay::is_vxlan_for(cfg, ip) || overlay::is_gre_for(cfg, ip) {
         return overlay::decapsulate(ctx, cfg, ip).get();
     }
     if let Some(verdict) = tracked(ctx, cfg, ip)? {
         return Ok(verdict);
     }
-    // SAFETY: only presence is read.
-    if unsafe { ENDPOINTS.get(&ip.daddr) }.is_some() {
+    // SAFETY: a map value, copied out.
+    if let Some(to) = unsafe { ENDPOINTS.get(&ip.daddr).copied() } {
+        if let Some(verdict) = overlay::routed_from_peer(ctx, cfg, ip, &to) {
+            return verdict;
+        }
         // Not a flow of the endpoint's: the stack would route it in.
         return Err(DropReason::NotPublished);
     }

@@ -273,9 +273,13 @@ enum NetworkCommand {
         #[arg(long = "label", value_parser = network::parse_key_value)]
         labels: Vec<(String, String)>,
         /// VXLAN network identifier of an overlay (default: derived from
-        /// the name).
+        /// the name); the GRE key with `--encap gre`.
         #[arg(long)]
         vni: Option<u32>,
+        /// How an overlay's frames travel between hosts: vxlan (default),
+        /// gre, or none (routed directly, hosts on one link).
+        #[arg(long)]
+        encap: Option<crate::types::Encap>,
         /// Network name.
         name: String,
     },
@@ -778,6 +782,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             options,
             labels,
             vni,
+            encap,
             name,
         }) => {
             let (subnet, subnet6) = one_of_each("--subnet", &subnets, |n| match n {
@@ -795,6 +800,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     driver,
                     subnet,
                     vni,
+                    encap,
                     gateway,
                     ipv6,
                     subnet6,

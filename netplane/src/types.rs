@@ -157,6 +157,49 @@ pub struct EndpointInfo {
     pub network_settings: NetworkSettings,
 }
 
+/// How an overlay's frames travel between hosts (`network create
+/// --encap`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// VXLAN (RFC 7348): Ethernet in UDP, port 4789.
+    #[default]
+    Vxlan,
+    /// Ethernet in GRE (RFC 2784/2890), the key carrying the VNI.
+    Gre,
+    /// No encapsulation: routed to the peer's uplink address, for hosts
+    /// on one link (flannel's host-gw).
+    None,
+}
+
+impl Encap {
+    /// Its name on the command line and in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encap::Vxlan => "vxlan",
+            Encap::Gre => "gre",
+            Encap::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Encap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Encap::Vxlan, Encap::Gre, Encap::None]
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("encapsulation {s:?}: expected vxlan, gre or none"))
+    }
+}
+
+impl std::fmt::Display for Encap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A name of an overlay several hosts' endpoints have: who answers it,
 /// who does not (see `logic::discovery::settle`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +236,9 @@ pub struct NetworkInfo {
     /// This host's /24 of the subnet, for overlays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// How an overlay's frames travel between hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<Encap>,
     /// Names of an overlay that endpoints on several hosts have, and which
     /// one each answers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -288,6 +334,9 @@ pub struct CreateNetwork {
     /// VXLAN network identifier of an overlay; derived from the name when
     /// absent.
     pub vni: Option<u32>,
+    /// How an overlay's frames travel between hosts; VXLAN when absent.
+    #[serde(default)]
+    pub encap: Option<Encap>,
     /// The bridge's address; the subnet's first host address when absent.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
@@ -333,6 +382,7 @@ impl CreateNetwork {
             driver: driver.into(),
             subnet: None,
             vni: None,
+            encap: None,
             gateway: None,
             ip_range: None,
             internal: false,

@@ -524,7 +524,7 @@ fn cluster_section(out: &mut String, runs: &[ClusterRun]) {
          it. Converged: from the last `up` until every host knows every other.\n\
          Pinged: one ping from each host's endpoint to every other host's, in\n\
          turn. Gone: from kill -9 of a daemon until no other host has its\n\
-         route or its endpoint's name. Once each, in one run.\n\n\
+         route (its endpoint's name goes in the same resync). Once each, in one run.\n\n\
          | hosts | join, median ms | join, max ms | converged, ms | all pairs pinged, ms | daemon RSS, mean MiB | etcd keys | keys per host | killed host gone, ms |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );

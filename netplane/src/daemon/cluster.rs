@@ -24,7 +24,7 @@ use tracing::warn;
 
 use crate::logic::{
     discovery::{HostNames, PublishedName},
-    overlay::OverlayNetwork,
+    overlay::{Encap, OverlayNetwork},
 };
 
 /// Every key netplane writes starts with this.
@@ -123,6 +123,9 @@ fn names_key(network: &str, vtep: Ipv4Addr) -> String {
 struct NetworkRecord {
     subnet: Ipv4Net,
     vni: u32,
+    /// Absent from records of netplanes before other encapsulations.
+    #[serde(default)]
+    encap: Encap,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -173,6 +176,7 @@ impl ClusterView {
                                 name: name.to_string(),
                                 subnet: r.subnet,
                                 vni: r.vni,
+                                encap: r.encap,
                             },
                         );
                     })
@@ -352,6 +356,7 @@ impl Session {
         let record = serde_json::to_string(&NetworkRecord {
             subnet: net.subnet,
             vni: net.vni,
+            encap: net.encap,
         })
         .expect("a network record serialises");
         let txn = Txn::new()

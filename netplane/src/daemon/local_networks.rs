@@ -45,11 +45,16 @@ impl Daemon {
         req: CreateNetwork,
         driver: LocalDriver,
     ) -> Result<NetworkInfo> {
-        if req.vni.is_some() {
-            return Err(Error::NotApplicable {
-                flag: "--vni",
-                mode: driver.name().into(),
-            });
+        for (given, flag) in [
+            (req.vni.is_some(), "--vni"),
+            (req.encap.is_some(), "--encap"),
+        ] {
+            if given {
+                return Err(Error::NotApplicable {
+                    flag,
+                    mode: driver.name().into(),
+                });
+            }
         }
         if !req.icc && self.dp.is_none() {
             return Err(Error::NeedsDatapath {
@@ -256,7 +261,8 @@ impl Daemon {
         for net in &overlays {
             // Without a lease here, no endpoint of it is here either.
             if let Ok(driver) = self.overlay_driver(net) {
-                policies.push((net.vni, policy(net.subnet, driver.on_host.gateway, 0)));
+                let flags = net.encap.policy_flags();
+                policies.push((net.vni, policy(net.subnet, driver.on_host.gateway, flags)));
             }
         }
         for net in &locals {

@@ -31,9 +31,8 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netplane_common::{
-    abi::{FlowKey, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig},
-    vxlan,
+use netplane_common::abi::{
+    FlowKey, MASQUERADE_SLOT, NET_FLAG_ICC_DISABLED, NET_FLAG_OVERLAY, NetConfig,
 };
 
 use tracing::{info, warn};

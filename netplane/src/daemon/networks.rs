@@ -88,6 +88,7 @@ impl Daemon {
                 endpoints: names(&here),
                 containers: local_networks::containers(&here, on_host.subnet.prefix_len()),
                 vni: Some(net.vni),
+                encap: Some(net.encap),
                 name_clashes: self
                     .name_clashes
                     .get(&net.name)
@@ -154,7 +155,7 @@ impl Daemon {
                 bridge: overlay_bridge(net.vni),
                 subnet: Ipv4Net::new(gateway, lease.prefix_len()).expect("prefix of a valid net"),
                 gateway,
-                mtu: Some(vxlan::overlay_mtu(self.uplink_mtu)),
+                mtu: Some(net.encap.endpoint_mtu(self.uplink_mtu)),
                 vni: net.vni,
                 macvlan: false,
                 ipv6: None,
@@ -251,7 +252,11 @@ impl Daemon {
             },
             name: req.name,
             subnet: subnet.trunc(),
+            encap: req.encap.unwrap_or_default(),
         };
+        if net.encap == overlay::Encap::None {
+            self.check_direct_peers().await?;
+        }
         if let Some(other) = self.overlay_named(&net.name) {
             return Err(Error::NetworkExists {
                 name: net.name,
@@ -287,6 +292,30 @@ impl Daemon {
         }
         info!(network = %net.name, vni = net.vni, lease = %driver.on_host.subnet.trunc(), "overlay created");
         self.network(&net.name)
+    }
+
+    /// Refuses `--encap none` unless every other host known (the static
+    /// peers, or those in the cluster store) is on the uplink's subnet.
+    async fn check_direct_peers(&self) -> Result<()> {
+        let vtep = self.vtep()?;
+        let link = self
+            .rtnl
+            .addresses()
+            .await?
+            .into_iter()
+            .map(|(net, _)| net)
+            .find(|net| net.addr() == vtep)
+            .ok_or(Error::NoVtep)?;
+        let peers: Vec<Ipv4Addr> = match &self.view {
+            Some((view, _)) => view
+                .networks
+                .keys()
+                .flat_map(|n| view.holders(n))
+                .map(|h| h.vtep)
+                .collect(),
+            None => self.cfg.peers.clone(),
+        };
+        Ok(overlay::check_direct_peers(link, &peers).map_err(crate::logic::Error::from)?)
     }
 
     /// The overlay network, here or elsewhere in the cluster, named `name`

@@ -164,10 +164,11 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        // Databases from before cluster stores and network aliases lack
-        // their columns.
+        // Databases from before cluster stores, network aliases and
+        // encapsulations other than VXLAN lack their columns.
         for (table, column, definition) in [
             ("networks", "lease", "TEXT"),
+            ("networks", "encap", "TEXT NOT NULL DEFAULT 'vxlan'"),
             ("endpoints", "aliases", "TEXT NOT NULL DEFAULT '[]'"),
             ("endpoints", "options", "TEXT NOT NULL DEFAULT '{}'"),
             ("endpoints", "uid", "TEXT"),
@@ -265,8 +266,8 @@ impl Store {
             });
         }
         self.conn.execute(
-            "INSERT INTO networks (name, subnet, vni) VALUES (?1, ?2, ?3)",
-            params![net.name, net.subnet.to_string(), net.vni],
+            "INSERT INTO networks (name, subnet, vni, encap) VALUES (?1, ?2, ?3, ?4)",
+            params![net.name, net.subnet.to_string(), net.vni, net.encap.name()],
         )?;
         Ok(())
     }
@@ -275,16 +276,29 @@ impl Store {
     pub fn networks(&self) -> Result<Vec<OverlayNetwork>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT name, subnet, vni FROM networks ORDER BY name")?;
+            .prepare("SELECT name, subnet, vni, encap FROM networks ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         rows.map(|row| {
-            let (name, subnet, vni) = row?;
+            let (name, subnet, vni, encap) = row?;
             let subnet = subnet
                 .parse()
                 .map_err(|_| corrupt("subnet", "network", &name))?;
-            Ok(OverlayNetwork { name, subnet, vni })
+            let encap = encap
+                .parse()
+                .map_err(|_| corrupt("encap", "network", &name))?;
+            Ok(OverlayNetwork {
+                name,
+                subnet,
+                vni,
+                encap,
+            })
         })
         .collect()
     }

@@ -6,7 +6,12 @@ use netplane_common::abi::addr_be;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use netplane_common::abi::OverlayPeer;
+use netplane_common::{
+    abi::{NET_FLAG_ENCAP_GRE, NET_FLAG_ENCAP_NONE, OverlayPeer},
+    gre, vxlan,
+};
+
+pub use crate::types::Encap;
 
 /// Each host's slice of an overlay subnet, as flannel hands them out.
 pub const LEASE_PREFIX: u8 = 24;
@@ -29,6 +34,11 @@ pub enum OverlayError {
     },
     #[error("VNI {0} does not fit VXLAN's 24 bits")]
     VniOutOfRange(u32),
+    #[error(
+        "--encap none routes to each host's uplink address directly: host {peer} is not \
+         on this uplink's subnet {link}; use --encap vxlan or gre"
+    )]
+    PeerNotOnLink { peer: Ipv4Addr, link: Ipv4Net },
 }
 
 /// An overlay network: the same on every host of the cluster.
@@ -38,8 +48,43 @@ pub struct OverlayNetwork {
     pub name: String,
     /// The whole overlay subnet, cut into /24 leases.
     pub subnet: Ipv4Net,
-    /// VXLAN network identifier.
+    /// VXLAN network identifier, and GRE key.
     pub vni: u32,
+    /// How its frames travel between hosts.
+    pub encap: Encap,
+}
+
+impl Encap {
+    /// The MTU left for endpoints on an uplink with `uplink_mtu`, so that
+    /// no frame makes an outer packet the uplink cannot send.
+    pub fn endpoint_mtu(self, uplink_mtu: u32) -> u32 {
+        match self {
+            Encap::Vxlan => vxlan::overlay_mtu(uplink_mtu),
+            Encap::Gre => uplink_mtu.saturating_sub(gre::OVERHEAD as u32),
+            Encap::None => uplink_mtu,
+        }
+    }
+
+    /// Its `NET_FLAG_ENCAP_*` bit for the data path (none for VXLAN).
+    pub fn policy_flags(self) -> u32 {
+        match self {
+            Encap::Vxlan => 0,
+            Encap::Gre => NET_FLAG_ENCAP_GRE,
+            Encap::None => NET_FLAG_ENCAP_NONE,
+        }
+    }
+}
+
+/// Refuses `--encap none` unless every one of `peers` is on the uplink's
+/// subnet `link`: packets go to a peer's address as the next hop.
+pub fn check_direct_peers(link: Ipv4Net, peers: &[Ipv4Addr]) -> Result<(), OverlayError> {
+    match peers.iter().find(|p| !link.contains(*p)) {
+        Some(peer) => Err(OverlayError::PeerNotOnLink {
+            peer: *peer,
+            link: link.trunc(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Leases under static membership: every host is given the same VTEP
@@ -167,6 +212,28 @@ mod tests {
                 (ip("192.0.2.2"), net("10.200.1.0/24")),
                 (ip("192.0.2.3"), net("10.200.2.0/24")),
             ]
+        );
+    }
+
+    #[test]
+    fn each_encapsulation_leaves_endpoints_room_for_its_headers() {
+        assert_eq!(Encap::Vxlan.endpoint_mtu(1500), 1450);
+        assert_eq!(Encap::Gre.endpoint_mtu(1500), 1458);
+        assert_eq!(Encap::None.endpoint_mtu(1500), 1500);
+        assert_eq!("gre".parse(), Ok(Encap::Gre));
+        assert!("geneve".parse::<Encap>().is_err());
+    }
+
+    #[test]
+    fn direct_routing_needs_every_peer_on_the_link() {
+        let link = net("192.0.2.11/24");
+        assert_eq!(check_direct_peers(link, &[ip("192.0.2.12")]), Ok(()));
+        assert_eq!(
+            check_direct_peers(link, &[ip("192.0.2.12"), ip("198.51.100.7")]),
+            Err(OverlayError::PeerNotOnLink {
+                peer: ip("198.51.100.7"),
+                link: net("192.0.2.0/24")
+            })
         );
     }
 
