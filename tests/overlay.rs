@@ -11,8 +11,17 @@ use support::{Host, Underlay, retry, sh, stdout_if_ok};
 const VTEPS: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
 
 /// netplane hosts at the first `n` of [`VTEPS`], all of them peers, with
-/// the overlay `ov` (10.201.0.0/16) and one endpoint each.
+/// the overlay `ov` (10.201.0.0/16, VXLAN) and one endpoint each.
 fn cluster(underlay: &Underlay, n: usize) -> (Vec<Host>, Vec<String>, Vec<String>) {
+    cluster_with(underlay, n, "vxlan")
+}
+
+/// [`cluster`] with the overlay's frames in `encap`.
+fn cluster_with(
+    underlay: &Underlay,
+    n: usize,
+    encap: &str,
+) -> (Vec<Host>, Vec<String>, Vec<String>) {
     let hosts: Vec<Host> = VTEPS[..n]
         .iter()
         .map(|v| Host::on_underlay(underlay, v))
@@ -25,7 +34,17 @@ fn cluster(underlay: &Underlay, n: usize) -> (Vec<Host>, Vec<String>, Vec<String
             }
         }
         h.up(&args);
-        h.create_overlay("ov", "10.201.0.0/16");
+        h.np_ok(&[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--encap",
+            encap,
+            "--subnet",
+            "10.201.0.0/16",
+            "ov",
+        ]);
     }
     let endpoints: Vec<String> = hosts
         .iter()
@@ -281,4 +300,109 @@ fn vni_of(host: &Host) -> u64 {
     let net: serde_json::Value =
         serde_json::from_str(&host.np_ok(&["network", "inspect", "ov"])).unwrap();
     net["VNI"].as_u64().unwrap()
+}
+
+/// What crosses the underlay switch while `during` runs: tcpdump's
+/// one-line summaries of up to `count` frames matching `filter`.
+fn on_the_wire(underlay: &Underlay, filter: &str, count: u32, during: impl FnOnce()) -> String {
+    let capture = std::process::Command::new("ip")
+        .args(["netns", "exec", &underlay.netns, "timeout", "5", "tcpdump"])
+        .args(["-i", "sw0", "-n", "-l", "-c", &count.to_string()])
+        .arg(filter)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // tcpdump needs a moment to open the interface.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    during();
+    String::from_utf8_lossy(&capture.wait_with_output().unwrap().stdout).into_owned()
+}
+
+#[test]
+fn gre_and_direct_routing_carry_the_overlay_between_hosts() {
+    for (encap, mtu, wire) in [
+        ("gre", "1458", "ip proto 47"),
+        ("none", "1500", "icmp and net 10.201.0.0/16"),
+    ] {
+        let underlay = Underlay::new();
+        let (hosts, eps, ips) = cluster_with(&underlay, 2, encap);
+        let inspect: serde_json::Value =
+            serde_json::from_str(&hosts[0].np_ok(&["network", "inspect", "ov"])).unwrap();
+        assert_eq!(inspect["Encap"], encap);
+        let seen = on_the_wire(&underlay, wire, 2, || {
+            assert!(
+                retry(|| hosts[0].pings(&eps[0], &ips[1]).then_some(())).is_some(),
+                "{encap}: host 0 pings host 1"
+            );
+        });
+        assert!(
+            seen.lines().count() >= 2,
+            "{encap}: nothing like {wire:?} on the underlay: {seen}"
+        );
+        if encap == "gre" {
+            assert!(seen.contains("GREv0") && seen.contains("key=0x"), "{seen}");
+        } else {
+            // The endpoints' own addresses, nothing around them.
+            assert!(seen.contains(&ips[0]) && seen.contains(&ips[1]), "{seen}");
+        }
+        assert!(
+            hosts[1].pings(&eps[1], &ips[0]),
+            "{encap}: host 1 pings host 0"
+        );
+        let got = hosts[0].in_endpoint(&eps[0], "cat /sys/class/net/eth0/mtu");
+        assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), mtu, "{encap}");
+        let _server = hosts[1].spawn_in(&eps[1], "iperf3 -s");
+        let received = iperf3_received(&hosts[0], &eps[0], &ips[1]);
+        assert!(received > 1e6, "{encap}: iperf3 received {received} bytes");
+        for h in &hosts {
+            assert_eq!(h.drops("overlay_unknown_peer"), 0, "{encap}");
+        }
+    }
+}
+
+#[test]
+fn direct_routing_takes_only_peers_and_needs_them_on_the_link() {
+    let underlay = Underlay::new();
+    let (hosts, eps, ips) = cluster_with(&underlay, 2, "none");
+    assert!(retry(|| hosts[0].pings(&eps[0], &ips[1]).then_some(())).is_some());
+    // A machine on the link that is no peer routes to an endpoint through
+    // host 0: the data path drops it, as it drops VXLAN from a stranger.
+    let lease0 = format!("{}.0/24", ips[0].rsplit_once('.').unwrap().0);
+    support::sh_ok(&format!(
+        "ip -n {0} addr add 192.0.2.1/24 dev sw0; ip -n {0} route add {lease0} via {1}",
+        underlay.netns, VTEPS[0]
+    ));
+    let stranger = sh(&format!(
+        "ip netns exec {} ping -c1 -W1 -I 192.0.2.1 {}",
+        underlay.netns, ips[0]
+    ));
+    assert!(!stranger.status.success(), "a non-peer reached the overlay");
+    assert_eq!(hosts[0].drops("overlay_unknown_peer"), 1);
+
+    // A host whose peer is on another subnet cannot have such a network.
+    let far = Host::on_underlay(&underlay, "192.0.2.14");
+    far.up(&[
+        "--uplink",
+        &far.uplink,
+        "--subnet",
+        "10.88.0.0/24",
+        "--peer",
+        "198.51.100.7",
+    ]);
+    let err = far.np_err(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--encap",
+        "none",
+        "--subnet",
+        "10.202.0.0/16",
+        "direct",
+    ]);
+    assert!(
+        err.contains("198.51.100.7 is not on this uplink's subnet"),
+        "{err}"
+    );
 }

@@ -17,9 +17,11 @@ use netplane_benches::lab::{
 };
 use netplane_common::{
     abi::{
-        BRIDGE_NETWORK_IDS, DropReason, NET_FLAG_ICC_DISABLED, NET_FLAG_INTERNAL,
-        NET_FLAG_NETWORKS, NET_FLAG_OVERLAY, NetConfig, NetworkPolicy, OverlayPeer, programs,
+        BRIDGE_NETWORK_IDS, DropReason, NET_FLAG_ENCAP_GRE, NET_FLAG_ICC_DISABLED,
+        NET_FLAG_INTERNAL, NET_FLAG_NETWORKS, NET_FLAG_OVERLAY, NetConfig, NetworkPolicy,
+        OverlayPeer, programs,
     },
+    gre,
     vxlan::{OVERHEAD, Outer, write_outer_headers},
 };
 
@@ -416,15 +418,20 @@ fn overlay_lab() -> Lab {
     lab
 }
 
-#[test]
-fn overlay_frames_leave_in_vxlan_with_the_outer_headers_a_vtep_expects() {
-    let mut lab = overlay_lab();
-    let inner = udp(
+/// A UDP packet the lab's endpoint sends to an endpoint on another host.
+fn to_remote_endpoint(lab: &Lab) -> Vec<u8> {
+    udp(
         PacketBuilder::ethernet2(ENDPOINT_MAC, lab.bridge_mac).ipv4(ENDPOINT, REMOTE_ENDPOINT, 64),
         5000,
         6000,
         b"overlay",
-    );
+    )
+}
+
+#[test]
+fn overlay_frames_leave_in_vxlan_with_the_outer_headers_a_vtep_expects() {
+    let mut lab = overlay_lab();
+    let inner = to_remote_endpoint(&lab);
     let (action, out) = lab.sent_by_endpoint(&inner);
     assert_eq!(action, TC_ACT_REDIRECT);
     assert_eq!(out.len(), inner.len() + OVERHEAD);
@@ -484,6 +491,80 @@ fn vxlan_from_the_lease_holder_reaches_the_endpoint_and_nothing_else_does() {
             (XDP_PASS, frame.clone()),
             "XDP leaves what it does not take to tc"
         );
+        assert_eq!(lab.arriving_from_world(frame).0, TC_ACT_SHOT);
+    }
+    assert_eq!(
+        lab.drops(DropReason::OverlayUnknownPeer),
+        wrong.len() as u64
+    );
+}
+
+/// [`overlay_lab`] with the overlay's frames in GRE.
+fn gre_lab() -> Lab {
+    let mut lab = overlay_lab();
+    let policy = NetworkPolicy {
+        flags: NET_FLAG_ENCAP_GRE,
+        ..NetworkPolicy::UNKNOWN
+    };
+    lab.dp.set_networks(&[(VNI, policy)]).unwrap();
+    lab
+}
+
+/// `inner` in GRE from `vtep` keyed `key`, to the lab's uplink (whose MAC
+/// is `uplink_mac`).
+fn gre_from(uplink_mac: [u8; 6], vtep: [u8; 4], key: u32, inner: &[u8]) -> Vec<u8> {
+    let mut outer = [0; gre::OVERHEAD];
+    gre::write_outer_headers(
+        &Outer {
+            src_mac: WORLD_MAC,
+            dst_mac: uplink_mac,
+            src_be: addr_be(vtep.into()),
+            dst_be: addr_be(UPLINK.into()),
+            vni: key,
+            ..Outer::default()
+        },
+        inner.len() as u16,
+        &mut outer,
+    );
+    [outer.as_slice(), inner].concat()
+}
+
+#[test]
+fn gre_carries_the_overlay_and_is_taken_apart_only_from_the_lease_holder() {
+    let mut lab = gre_lab();
+    let inner = to_remote_endpoint(&lab);
+    let (action, out) = lab.sent_by_endpoint(&inner);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let outer = &gre_from(WORLD_MAC, UPLINK, VNI, &inner)[..gre::OVERHEAD];
+    // As a peer would send it back: the same headers, addresses swapped.
+    assert_eq!(out[14 + 20..gre::OVERHEAD], outer[14 + 20..], "GRE header");
+    assert_eq!(out[14 + 9], gre::IPPROTO_GRE);
+    assert_eq!(out[14 + 12..14 + 20], [UPLINK, WORLD].concat());
+    assert!(folds_to_ffff(sum(&out[14..34])), "outer IPv4 checksum");
+    assert_eq!(out[gre::OVERHEAD..gre::OVERHEAD + 6], REMOTE_ENDPOINT_MAC);
+    assert_eq!(out[gre::OVERHEAD + 12..], inner[12..]);
+
+    let uplink_mac = lab.uplink_mac;
+    let gre = |vtep: [u8; 4], key: u32, inner: &[u8]| gre_from(uplink_mac, vtep, key, inner);
+    let good = remote_udp(REMOTE_ENDPOINT, ENDPOINT);
+    let (action, out) = lab.arriving_from_world(&gre(WORLD, VNI, &good));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(out[..6], ENDPOINT_MAC);
+    assert_eq!(out[6..12], lab.bridge_mac);
+    assert_eq!(out[12..], good[12..]);
+    let uplink = lab.uplink_if;
+    let frame = gre(WORLD, VNI, &good);
+    assert_eq!(
+        lab.run(programs::UPLINK_XDP, uplink, &frame),
+        (XDP_PASS, frame.clone()),
+        "XDP leaves GRE to tc"
+    );
+    let wrong = [
+        gre(WORLD, VNI + 1, &good),
+        gre([198, 18, 0, 9], VNI, &good),
+        gre(WORLD, VNI, &remote_udp([10, 201, 3, 3], ENDPOINT)),
+    ];
+    for frame in &wrong {
         assert_eq!(lab.arriving_from_world(frame).0, TC_ACT_SHOT);
     }
     assert_eq!(

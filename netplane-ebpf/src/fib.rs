@@ -17,7 +17,7 @@ use crate::{
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_OK, bpf_fib_lookup,
+        TC_ACT_OK, bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -272,6 +272,31 @@ pub(crate) fn out_along(ctx: &TcContext, route: &Route) -> Verdict {
     store(ctx, 6, smac)?;
     // SAFETY: a plain helper call.
     Ok(unsafe { bpf_redirect(route.ifindex, 0) } as i32)
+}
+
+/// [`out_along`] for a packet whose next hop is `nexthop_be` (a peer's
+/// uplink address), not its destination: a neighbour not yet resolved is
+/// resolved for that hop.
+#[inline(always)]
+pub(crate) fn out_via(ctx: &TcContext, route: &Route, nexthop_be: u32) -> Verdict {
+    if route.resolved {
+        return out_along(ctx, route);
+    }
+    let mut hop = bpf_redir_neigh {
+        nh_family: u32::from(AF_INET),
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: nexthop_be,
+        },
+    };
+    // SAFETY: a plain helper call with a parameter block on the stack.
+    Ok(unsafe {
+        bpf_redirect_neigh(
+            route.ifindex,
+            &mut hop,
+            size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    } as i32)
 }
 
 /// Delivers a rewritten packet to the endpoint `to`, as if the gateway had

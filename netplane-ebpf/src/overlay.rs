@@ -7,7 +7,7 @@
 
 use crate::{
     config::network,
-    fib::{Addrs, ENDPOINTS, FibFlow, Verdict, out_along, route, to_endpoint},
+    fib::{Addrs, ENDPOINTS, FibFlow, Verdict, out_along, out_via, route, to_endpoint},
     packet::{ETH_HLEN, Frame, Ipv4, load, store},
     reg::InReg,
 };
@@ -119,7 +119,7 @@ fn encapsulate_vxlan(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, peer: &Overlay
         ..Outer::default()
     };
     vxlan::write_outer_headers(&outer, inner_len(ip), &mut headers.outer);
-    push_headers(ctx, cfg, ip, peer, &flow, headers, BPF_F_ADJ_ROOM_ENCAP_L4_UDP)
+    push_headers(ctx, cfg, ip, peer, &flow, headers)
 }
 
 #[inline(always)]
@@ -140,7 +140,7 @@ fn encapsulate_gre(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, peer: &OverlayPe
         ..Outer::default()
     };
     gre::write_outer_headers(&outer, inner_len(ip), &mut headers.outer);
-    push_headers(ctx, cfg, ip, peer, &flow, headers, BPF_F_ADJ_ROOM_ENCAP_L4_GRE)
+    push_headers(ctx, cfg, ip, peer, &flow, headers)
 }
 
 /// The inner Ethernet frame's length.
@@ -151,8 +151,8 @@ fn inner_len(ip: &Ipv4) -> u16 {
 
 /// Pushes `headers` (outer headers written, the inner Ethernet header
 /// still to write) in front of the endpoint's packet `ip` and sends it
-/// along the way to `peer` the FIB gives for `flow`. `l4` is the tunnel's
-/// BPF_F_ADJ_ROOM_ENCAP_L4_* flag.
+/// along the way to `peer` the FIB gives for `flow`, the tunnel's outer
+/// packet (UDP for VXLAN, else GRE).
 #[inline(always)]
 fn push_headers<const N: usize>(
     ctx: &TcContext,
@@ -161,8 +161,12 @@ fn push_headers<const N: usize>(
     peer: &OverlayPeer,
     flow: &FibFlow,
     headers: &mut EncapHeaders<N>,
-    l4: u32,
 ) -> Verdict {
+    let l4 = if flow.proto == proto::UDP {
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    } else {
+        BPF_F_ADJ_ROOM_ENCAP_L4_GRE
+    };
     let way = match route(
         ctx,
         cfg,
@@ -211,7 +215,7 @@ fn route_to_peer(ctx: &TcContext, cfg: &NetConfig, ip: &Ipv4, peer: &OverlayPeer
     )
     .get()?;
     crate::nat::decrement_ttl(ctx, ip)?;
-    out_along(ctx, &way)
+    out_via(ctx, &way, peer.vtep_be)
 }
 
 /// Takes a VXLAN or GRE frame `ip` (the outer packet, for this host)
@@ -282,9 +286,8 @@ fn tunnel_delivery(
     let inner_type: u16 = load(ctx, overhead + 12)?;
     let inner_src: u32 = load(ctx, inner_ip + 12)?;
     let inner_dst: u32 = load(ctx, inner_ip + 16)?;
-    let peer = peer_of(cfg, inner_src).filter(|p| {
-        p.vtep_be == ip.saddr && Some(p.vni) == id && inner_type == 0x0800u16.to_be()
-    });
+    let peer = peer_of(cfg, inner_src)
+        .filter(|p| p.vtep_be == ip.saddr && Some(p.vni) == id && inner_type == 0x0800u16.to_be());
     // SAFETY: a map value, copied out.
     let to = unsafe { ENDPOINTS.get(&inner_dst).copied() };
     let (Some(peer), Some(to)) = (peer, to) else {

@@ -574,7 +574,9 @@ mod tests {
             [&OverlayNetwork {
                 name: "ov".into(),
                 subnet: "10.201.0.0/16".parse().unwrap(),
-                vni: 42
+                vni: 42,
+                // A record from before encapsulations were chosen.
+                encap: Encap::Vxlan,
             }]
         );
         assert_eq!(view.holders("ov").len(), 2);

@@ -914,6 +914,7 @@ mod tests {
             name: "web".into(),
             subnet: "10.200.0.0/16".parse().unwrap(),
             vni: 42,
+            encap: crate::logic::overlay::Encap::Gre,
         };
         store.insert_network(&web).unwrap();
         let same_vni = OverlayNetwork {
