@@ -1,6 +1,7 @@
-//! Traffic between endpoints on two hosts: netplane's overlay against
-//! Linux's own vxlan device configured as flannel configures it, and plain
-//! routes without encapsulation (the ceiling), in the same run: one-byte
+//! Traffic between endpoints on two hosts: netplane's overlay in VXLAN,
+//! in GRE and routed without encapsulation, against Linux's own vxlan
+//! device configured as flannel configures it, and plain routes without
+//! encapsulation (the ceiling), in the same run: one-byte
 //! request/response latency, 64-byte UDP datagrams (wall and CPU time per
 //! datagram), and a bulk TCP transfer.
 
@@ -12,7 +13,13 @@ use netplane_benches::{
     overlay::{CHUNK, OverlayPair, OverlayServers, Tunnel, bulk, datagrams, round_trips},
 };
 
-const TUNNELS: [Tunnel; 3] = [Tunnel::Netplane, Tunnel::KernelVxlan, Tunnel::Routed];
+const TUNNELS: [Tunnel; 5] = [
+    Tunnel::Netplane,
+    Tunnel::NetplaneGre,
+    Tunnel::NetplaneDirect,
+    Tunnel::KernelVxlan,
+    Tunnel::Routed,
+];
 
 fn overlay(c: &mut Criterion) {
     for tunnel in TUNNELS {

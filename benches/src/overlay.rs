@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netplane::types::{CreateEndpoint, CreateNetwork};
+use netplane::types::{CreateEndpoint, CreateNetwork, Encap};
 
 use crate::{
     Cleanup,
@@ -32,8 +32,12 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// What carries the endpoints' traffic between the hosts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tunnel {
-    /// netplane's overlay with static peers.
+    /// netplane's overlay with static peers, in VXLAN.
     Netplane,
+    /// The same in GRE (`--encap gre`).
+    NetplaneGre,
+    /// The same routed without encapsulation (`--encap none`).
+    NetplaneDirect,
     /// Linux's vxlan device, as flannel's vxlan backend configures it.
     KernelVxlan,
     /// Routes to the other host's endpoint subnet, no encapsulation.
@@ -44,6 +48,8 @@ impl Tunnel {
     pub fn name(self) -> &'static str {
         match self {
             Tunnel::Netplane => "netplane",
+            Tunnel::NetplaneGre => "netplane_gre",
+            Tunnel::NetplaneDirect => "netplane_none",
             Tunnel::KernelVxlan => "kernel_vxlan",
             Tunnel::Routed => "no_overlay",
         }
@@ -110,8 +116,13 @@ impl OverlayPair {
                  ip -n {underlay} link set {p}x{i} master sw0; ip -n {underlay} link set {p}x{i} up"
             ));
         }
+        let encap = match tunnel {
+            Tunnel::NetplaneGre => Some(Encap::Gre),
+            Tunnel::NetplaneDirect => Some(Encap::None),
+            _ => None,
+        };
         let daemons = match tunnel {
-            Tunnel::Netplane => (0..2)
+            Tunnel::Netplane | Tunnel::NetplaneGre | Tunnel::NetplaneDirect => (0..2)
                 .map(|i| {
                     std::fs::create_dir_all(host_dir(i)).expect("host directory");
                     let cfg =
@@ -123,6 +134,7 @@ impl OverlayPair {
                                 .create_network(CreateNetwork {
                                     subnet: Some("10.201.0.0/16".parse().expect("subnet")),
                                     vni: Some(VNI),
+                                    encap,
                                     ..CreateNetwork::new("ov", "overlay")
                                 })
                                 .await

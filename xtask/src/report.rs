@@ -586,7 +586,13 @@ fn podman_section(out: &mut String, rows: &[Row]) {
 
 /// The ways of joining two hosts' endpoints, in the order the overlay
 /// table lists them.
-const TUNNELS: [&str; 3] = ["netplane", "kernel_vxlan", "no_overlay"];
+const TUNNELS: [&str; 5] = [
+    "netplane",
+    "netplane_gre",
+    "netplane_none",
+    "kernel_vxlan",
+    "no_overlay",
+];
 
 /// Bytes the bulk benchmark writes per iteration.
 const BULK_CHUNK: f64 = 65536.0;
@@ -604,9 +610,11 @@ fn overlay_section(out: &mut String, rows: &[Row]) {
     out.push_str(
         "## Overlay between two hosts\n\n\
          An endpoint on each of two hosts on one underlay switch, joined by\n\
-         netplane's overlay (VXLAN pushed and taken off in eBPF), by Linux's\n\
-         vxlan device set up as flannel's vxlan backend sets it up, or by plain\n\
-         routes without encapsulation (the ceiling). Medians: µs per one-byte\n\
+         netplane's overlay (VXLAN, `netplane_gre` GRE, both pushed and taken\n\
+         off in eBPF; `netplane_none` routed by the programs without\n\
+         encapsulation), by Linux's vxlan device set up as flannel's vxlan\n\
+         backend sets it up, or by plain routes without encapsulation (the\n\
+         ceiling). Medians: µs per one-byte\n\
          round trip on an established TCP connection, wall and CPU ns per\n\
          64-byte UDP datagram received, and the rate of a bulk TCP transfer\n\
          written 64 KiB at a time.\n\n\
@@ -647,9 +655,13 @@ fn overlay_section(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
         out,
         "\nnetplane against the kernel's vxlan: {}.\n\
-         Against no encapsulation: {}.\n",
+         Against no encapsulation: {}.\n\
+         Against netplane in GRE: {}.\n\
+         Against netplane without encapsulation: {}.\n",
         vs("kernel_vxlan"),
         vs("no_overlay"),
+        vs("netplane_gre"),
+        vs("netplane_none"),
     );
 }
 
