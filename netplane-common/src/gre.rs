@@ -48,9 +48,8 @@ pub const fn key(header: [u8; GRE_LEN]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    extern crate std;
-
     use super::*;
+    use crate::vxlan::golden::{hex, outer};
 
     /// Outer headers of a 50-byte inner frame from 192.0.2.1 to 192.0.2.2,
     /// key 42, as scapy builds them: `Ether(src="02:00:00:00:00:01",
@@ -59,22 +58,11 @@ mod tests {
     const GOLDEN: &str =
         "02000000000202000000000108004500004e00000000402ff67dc0000201c0000202200065580000002a";
 
-    fn hex(bytes: &[u8]) -> std::string::String {
-        bytes.iter().map(|b| std::format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn outer_headers_match_what_scapy_builds() {
-        let outer = Outer {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src_be: u32::from_ne_bytes([192, 0, 2, 1]),
-            dst_be: u32::from_ne_bytes([192, 0, 2, 2]),
-            vni: 42,
-            ..Outer::default()
-        };
         let mut headers = [0xaa; OVERHEAD];
-        write_outer_headers(&outer, 50, &mut headers);
+        // The source port has no place in GRE.
+        write_outer_headers(&outer(42), 50, &mut headers);
         assert_eq!(hex(&headers), GOLDEN);
     }
 

@@ -103,11 +103,34 @@ pub const fn overlay_mtu(uplink_mtu: u32) -> u32 {
     uplink_mtu.saturating_sub(OVERHEAD as u32)
 }
 
+/// What the golden-bytes tests of the encapsulations share.
 #[cfg(test)]
-mod tests {
+pub(crate) mod golden {
     extern crate std;
 
-    use super::*;
+    use super::Outer;
+
+    /// Outer headers from 02:00:00:00:00:01 at 192.0.2.1 to
+    /// 02:00:00:00:00:02 at 192.0.2.2 with `vni` and source port 50000.
+    pub(crate) fn outer(vni: u32) -> Outer {
+        Outer {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_be: u32::from_ne_bytes([192, 0, 2, 1]),
+            dst_be: u32::from_ne_bytes([192, 0, 2, 2]),
+            sport: 50000,
+            vni,
+        }
+    }
+
+    pub(crate) fn hex(bytes: &[u8]) -> std::string::String {
+        bytes.iter().map(|b| std::format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{golden::*, *};
 
     /// Outer headers of a 50-byte inner frame from 192.0.2.1 to 192.0.2.2,
     /// VNI 42, source port 50000, as scapy builds them:
@@ -116,22 +139,10 @@ mod tests {
     /// chksum=0)/VXLAN(vni=42, flags=0x08)`.
     const GOLDEN: &str = "020000000002020000000001080045000056000000004011f693c0000201c0000202c35012b5004200000800000000002a00";
 
-    fn hex(bytes: &[u8]) -> std::string::String {
-        bytes.iter().map(|b| std::format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn outer_headers_match_what_scapy_builds() {
-        let outer = Outer {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src_be: u32::from_ne_bytes([192, 0, 2, 1]),
-            dst_be: u32::from_ne_bytes([192, 0, 2, 2]),
-            sport: 50000,
-            vni: 42,
-        };
         let mut headers = [0xaa; OVERHEAD];
-        write_outer_headers(&outer, 50, &mut headers);
+        write_outer_headers(&outer(42), 50, &mut headers);
         assert_eq!(hex(&headers), GOLDEN);
     }
 
