@@ -499,7 +499,9 @@ fn vxlan_from_the_lease_holder_reaches_the_endpoint_and_nothing_else_does() {
     );
 }
 
-/// [`overlay_lab`] with the overlay's frames in GRE.
+/// [`overlay_lab`] with the overlay's frames in GRE: the network's
+/// policy says so, and the host's configuration that it has such a
+/// network.
 fn gre_lab() -> Lab {
     let mut lab = overlay_lab();
     let policy = NetworkPolicy {
@@ -507,6 +509,11 @@ fn gre_lab() -> Lab {
         ..NetworkPolicy::UNKNOWN
     };
     lab.dp.set_networks(&[(VNI, policy)]).unwrap();
+    let cfg = NetConfig {
+        flags: lab.cfg.flags | NET_FLAG_OVERLAY | NET_FLAG_NETWORKS | NET_FLAG_ENCAP_GRE,
+        ..lab.cfg
+    };
+    lab.dp.set_config(cfg).unwrap();
     lab
 }
 

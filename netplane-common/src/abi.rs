@@ -318,7 +318,10 @@ pub const NET_FLAG_MACVLAN: u32 = 1 << 4;
 pub const NET_FLAG_IPV6_ROUTED: u32 = 1 << 5;
 
 /// [`NetworkPolicy::flags`]: an overlay whose frames travel between hosts
-/// in GRE (`--encap gre`) instead of VXLAN.
+/// in GRE (`--encap gre`) instead of VXLAN. [`NetConfig::flags`]: the
+/// host has such an overlay, so GRE to its VTEP address is the data
+/// path's to take apart; without one it is left to the stack, where
+/// another GRE user of the host may want it.
 pub const NET_FLAG_ENCAP_GRE: u32 = 1 << 6;
 
 /// [`NetworkPolicy::flags`]: an overlay whose packets are routed between

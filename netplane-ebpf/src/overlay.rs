@@ -255,6 +255,7 @@ pub fn vxlan_delivery(
     cfg: &NetConfig,
     ip: &Ipv4,
 ) -> Result<EndpointPort, DropReason> {
+    plain_outer(ip)?;
     let header: [u8; 8] = load(ctx, ip.l4 + 8)?;
     tunnel_delivery(ctx, cfg, ip, vxlan::OVERHEAD, vxlan::vni(header))
 }
@@ -262,13 +263,25 @@ pub fn vxlan_delivery(
 /// The same for a GRE frame, its key the VNI.
 #[inline(always)]
 fn gre_delivery(ctx: &impl Frame, cfg: &NetConfig, ip: &Ipv4) -> Result<EndpointPort, DropReason> {
+    plain_outer(ip)?;
     let header: [u8; 8] = load(ctx, ip.l4)?;
     tunnel_delivery(ctx, cfg, ip, gre::OVERHEAD, gre::key(header))
 }
 
+/// Outer headers as encapsulation writes them; IPv4 options would move
+/// everything and no VTEP sends them.
+#[inline(always)]
+fn plain_outer(ip: &Ipv4) -> Result<(), DropReason> {
+    if ip.l4 == ETH_HLEN + 20 {
+        Ok(())
+    } else {
+        Err(DropReason::OverlayUnknownPeer)
+    }
+}
+
 /// The endpoint the tunnelled frame `ip` delivers to: outer headers of
-/// `overhead` bytes carrying network identifier `id`, checked as
-/// [`vxlan_delivery`] says.
+/// `overhead` bytes carrying network identifier `id` (none: not a header
+/// netplane sends), checked as [`vxlan_delivery`] says.
 #[inline(always)]
 fn tunnel_delivery(
     ctx: &impl Frame,
@@ -277,17 +290,13 @@ fn tunnel_delivery(
     overhead: usize,
     id: Option<u32>,
 ) -> Result<EndpointPort, DropReason> {
-    // Outer headers as encapsulation writes them; IPv4 options would move
-    // everything and no VTEP sends them.
-    if ip.l4 != ETH_HLEN + 20 {
-        return Err(DropReason::OverlayUnknownPeer);
-    }
+    let id = id.ok_or(DropReason::OverlayUnknownPeer)?;
     let inner_ip = overhead + ETH_HLEN;
     let inner_type: u16 = load(ctx, overhead + 12)?;
     let inner_src: u32 = load(ctx, inner_ip + 12)?;
     let inner_dst: u32 = load(ctx, inner_ip + 16)?;
     let peer = peer_of(cfg, inner_src)
-        .filter(|p| p.vtep_be == ip.saddr && Some(p.vni) == id && inner_type == 0x0800u16.to_be());
+        .filter(|p| p.vtep_be == ip.saddr && p.vni == id && inner_type == 0x0800u16.to_be());
     // SAFETY: a map value, copied out.
     let to = unsafe { ENDPOINTS.get(&inner_dst).copied() };
     let (Some(peer), Some(to)) = (peer, to) else {
@@ -332,10 +341,10 @@ pub fn is_vxlan_for(cfg: &NetConfig, ip: &Ipv4) -> bool {
 }
 
 /// Whether `ip` is a GRE frame for this host's VTEP, while it has
-/// overlays.
+/// overlays in GRE.
 #[inline(always)]
 pub fn is_gre_for(cfg: &NetConfig, ip: &Ipv4) -> bool {
-    cfg.flags & NET_FLAG_OVERLAY != 0
+    cfg.flags & NET_FLAG_ENCAP_GRE != 0
         && ip.proto == IPPROTO_GRE
         && ip.daddr == cfg.uplink_addr_be
         && !ip.later_fragment

@@ -3,8 +3,8 @@
 //! apart from every other network by the data path.
 
 use netplane_common::abi::{
-    BRIDGE_NETWORK_IDS, MACVLAN_SOURCE_HOST, NET_FLAG_INTERNAL, NET_FLAG_IPV6_ROUTED,
-    NET_FLAG_MACVLAN, NET_FLAG_NETWORKS, NetworkPolicy,
+    BRIDGE_NETWORK_IDS, MACVLAN_SOURCE_HOST, NET_FLAG_ENCAP_GRE, NET_FLAG_INTERNAL,
+    NET_FLAG_IPV6_ROUTED, NET_FLAG_MACVLAN, NET_FLAG_NETWORKS, NetworkPolicy,
 };
 
 use super::{
@@ -280,13 +280,16 @@ impl Daemon {
             return self.sync_firewall();
         }
         self.tell_datapath(|dp| dp.set_networks(&policies))?;
-        let mut flags =
-            self.net_config.flags & !(NET_FLAG_OVERLAY | NET_FLAG_NETWORKS | NET_FLAG_MACVLAN);
+        let mut flags = self.net_config.flags
+            & !(NET_FLAG_OVERLAY | NET_FLAG_NETWORKS | NET_FLAG_MACVLAN | NET_FLAG_ENCAP_GRE);
         if locals.iter().any(|n| n.spec.driver == LocalDriver::Macvlan) {
             flags |= NET_FLAG_MACVLAN;
         }
         if !overlays.is_empty() {
             flags |= NET_FLAG_OVERLAY;
+        }
+        if overlays.iter().any(|n| n.encap == overlay::Encap::Gre) {
+            flags |= NET_FLAG_ENCAP_GRE;
         }
         if !overlays.is_empty() || !locals.is_empty() {
             flags |= NET_FLAG_NETWORKS;
