@@ -258,22 +258,8 @@ fn a_three_member_etcd_cluster_keeps_membership_with_a_member_down() {
 /// Writes `value` at `key` of the store, as a host netplane does not know
 /// would, through etcd's JSON gateway.
 fn put_in_store(underlay: &Underlay, member: &str, key: &str, value: &str) {
-    use std::io::Write;
-    let b64 = |s: &str| {
-        let mut child = std::process::Command::new("base64")
-            .arg("-w0")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-    };
-    let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
-    support::sh_ok(&format!(
-        "ip netns exec {} curl -sf http://{member}:2379/v3/kv/put -d '{body}'",
-        underlay.netns
-    ));
+    let body = serde_json::json!({"key": cluster::base64(key), "value": cluster::base64(value)});
+    cluster::etcd_gateway(underlay, member, "kv/put", &body);
 }
 
 #[test]

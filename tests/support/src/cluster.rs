@@ -107,6 +107,39 @@ pub fn up_with_store(h: &Host, etcd: &Etcd, extra: &[&str]) {
     .concat());
 }
 
+/// `s` in base64, as etcd's JSON gateway takes keys and values.
+pub fn base64(s: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("base64 (coreutils)");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(s.as_bytes())
+        .unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+/// POSTs `body` to `/v3/CALL` of etcd's JSON gateway on the member at
+/// `member` on `underlay`; its answer.
+pub fn etcd_gateway(
+    underlay: &Underlay,
+    member: &str,
+    call: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let out = sh_ok(&format!(
+        "ip netns exec {} curl -sf http://{member}:2379/v3/{call} -d '{body}'",
+        underlay.netns
+    ));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcd {call}: {e}: {out}"))
+}
+
 /// Resident memory of `h`'s daemon, in KiB.
 fn daemon_rss_kib(h: &Host) -> u64 {
     let pid = h.daemon_pid().expect("the daemon runs");
@@ -163,17 +196,12 @@ impl Cluster {
     /// Keys netplane holds in the store, counted by etcd's JSON gateway
     /// on a live member.
     fn store_keys(&self, member: usize) -> u64 {
-        let b64 = |s: &str| sh_ok(&format!("printf %s '{s}' | base64 -w0"));
-        let body = format!(
-            r#"{{"key":"{}","range_end":"{}","count_only":true}}"#,
-            b64("/netplane/v1/"),
-            b64("/netplane/v10")
-        );
-        let out = sh_ok(&format!(
-            "ip netns exec {} curl -sf http://{}:2379/v3/kv/range -d '{body}'",
-            self.underlay.netns, ETCD[member]
-        ));
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let body = serde_json::json!({
+            "key": base64("/netplane/v1/"),
+            "range_end": base64("/netplane/v10"),
+            "count_only": true,
+        });
+        let v = etcd_gateway(&self.underlay, ETCD[member], "kv/range", &body);
         v["count"].as_str().map_or(0, |c| c.parse().unwrap())
     }
 
